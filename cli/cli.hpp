@@ -1,0 +1,63 @@
+// The spattn command: shared pieces of the subcommands.
+//
+// Every subcommand lives in its own file and registers itself on the root app through
+// a register_*() function listed in main.cpp. Callbacks report failure by throwing
+// spattn::Error (or UsageError for bad arguments); main() maps the error to the exit
+// codes of DESIGN.md §8 and prints a one-line reason on stderr:
+//   0 success, 1 runtime failure, 2 bad usage or invalid input, 3 needs a GPU.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <spattn/error.hpp>
+#include <spattn/pattern.hpp>
+
+#include <string>
+
+namespace spattn::cli {
+
+// Bad command-line usage that CLI11 itself cannot detect (exit code 2).
+struct UsageError : Error {
+  explicit UsageError(const std::string& message) : Error(ErrorCode::kInvalidArgument, message) {}
+};
+
+// Options every subcommand can read.
+struct Globals {
+  bool json = false;  // --json: machine-readable output on stdout
+  bool quiet = false;  // --quiet: no progress output
+};
+Globals& globals();
+
+// Reads a --pattern argument: inline JSON, @file.json, or a preset name.
+Pattern load_pattern_arg(const std::string& arg);
+
+// Prints a JSON value on stdout (one object, pretty-printed, trailing newline).
+void print_json(const nlohmann::json& value);
+
+// A progress line on stderr ("label [#####     ] 12/50"), silent with --quiet, --json,
+// or when stderr is not a terminal unless force is set.
+class Progress {
+ public:
+  Progress(std::string label, size_t total);
+  void advance(size_t n = 1);
+  void finish();
+  ~Progress();
+
+ private:
+  void draw();
+  std::string label_;
+  size_t total_;
+  size_t done_ = 0;
+  bool enabled_;
+  bool finished_ = false;
+};
+
+// Subcommand registration (one per file).
+void register_info(CLI::App& app);
+void register_pattern(CLI::App& app);
+void register_cache(CLI::App& app);
+void register_compile(CLI::App& app);
+void register_demo(CLI::App& app);
+
+}  // namespace spattn::cli

@@ -1,0 +1,66 @@
+// spattn info: toolkit, NVRTC, GPUs and the kernel cache at a glance.
+#include <spattn/cache.hpp>
+
+#include "cli/cli.hpp"
+#include "runtime/device.hpp"
+#include "runtime/driver.hpp"
+#include "runtime/nvrtc.hpp"
+
+#include <iostream>
+
+namespace spattn::cli {
+
+void register_info(CLI::App& app) {
+  auto* cmd = app.add_subcommand("info", "toolkit and NVRTC versions, GPUs, kernel cache");
+  cmd->callback([] {
+    nlohmann::json j;
+    j["spattn_version"] = SPATTN_VERSION_STRING;
+    j["cuda_home"] = runtime::cuda_home();
+    j["nvrtc_version"] = runtime::nvrtc_version();
+    j["nvrtc_archs"] = runtime::supported_archs();
+    j["gpus"] = nlohmann::json::array();
+    if (runtime::has_gpu()) {
+      for (int d = 0; d < runtime::device_count(); ++d) {
+        const auto info = runtime::device_info(d);
+        j["gpus"].push_back({{"ordinal", d},
+                             {"name", info.name},
+                             {"compute_capability", fmt::format("{}.{}", info.cc_major, info.cc_minor)},
+                             {"arch", info.arch()},
+                             {"sms", info.sm_count},
+                             {"l2_bytes", info.l2_bytes},
+                             {"smem_per_block_optin", info.smem_per_block_optin},
+                             {"memory_bytes", info.total_memory},
+                             {"driver", info.driver_version_string()}});
+      }
+    } else {
+      j["no_gpu_reason"] = runtime::no_gpu_reason();
+    }
+    const auto& cache = KernelCache::instance();
+    const auto st = cache.stat();
+    j["cache"] = {{"dir", st.dir.string()}, {"entries", st.entries}, {"bytes", st.bytes},
+                  {"max_bytes", st.max_bytes}, {"disabled", st.disabled}};
+    if (globals().json) {
+      print_json(j);
+      return;
+    }
+    std::cout << "spattn " << SPATTN_VERSION_STRING << "\n";
+    std::cout << "CUDA toolkit: " << j["cuda_home"].get<std::string>() << "\n";
+    std::cout << "NVRTC: " << j["nvrtc_version"].get<std::string>() << " (targets: "
+              << fmt::format("{}", fmt::join(runtime::supported_archs(), " ")) << ")\n";
+    if (j["gpus"].empty()) {
+      std::cout << "GPUs: no GPU (" << runtime::no_gpu_reason() << ")\n";
+    } else {
+      for (const auto& g : j["gpus"])
+        std::cout << fmt::format("GPU {}: {} (cc {}, {}, {} SMs, {} MiB L2, {} GiB, driver {})\n",
+                                 g["ordinal"].get<int>(), g["name"].get<std::string>(),
+                                 g["compute_capability"].get<std::string>(), g["arch"].get<std::string>(),
+                                 g["sms"].get<int>(), g["l2_bytes"].get<int>() >> 20,
+                                 g["memory_bytes"].get<size_t>() >> 30, g["driver"].get<std::string>());
+    }
+    std::cout << fmt::format("Kernel cache: {} ({} entries, {:.1f} MiB of {:.0f} MiB){}\n", st.dir.string(),
+                             st.entries, st.bytes / 1048576.0, st.max_bytes / 1048576.0,
+                             st.disabled ? " [disabled by SPATTN_DISABLE_CACHE]" : "");
+  });
+}
+
+}  // namespace spattn::cli

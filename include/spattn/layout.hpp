@@ -1,0 +1,118 @@
+// Layouts: what a kernel needs to run a pattern at one problem shape and tile size.
+//
+// compile_layout() reduces the token predicate of a Pattern to block tables. Token
+// sparsity that is not block-sparse in natural order (LongNet dilation, relative
+// strides, grids) is made block-sparse by a token permutation ("slots"). A pattern
+// may need several *parts* (LongNet branches, branch items, union members that want
+// different token orders); every part has its own softmax and the parts' outputs are
+// merged with LSE weights. Within one branch the parts' allowed key sets are disjoint,
+// so the merge is exactly one softmax over their union.
+//
+// Tile size is a pure performance choice: it never changes which pairs are allowed.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <spattn/pattern.hpp>
+
+namespace spattn {
+
+// Order in which (table, query tile, head) work items are launched. Never changes results.
+enum class ScheduleOrder {
+  kRowMajor,      // head-major, then query tiles in order
+  kHilbert,       // along a Hilbert curve over (query tile, key tile) block coordinates
+  kLongestFirst,  // most key tiles first (evens out the tail of imbalanced patterns)
+};
+const char* to_string(ScheduleOrder order);
+ScheduleOrder schedule_order_from_string(std::string_view name);  // throws kInvalidArgument
+
+struct LayoutOptions {
+  int64_t tile_m = 128;  // query tile (rows per work item)
+  int64_t tile_n = 64;   // key tile
+  bool permute = true;   // allow token permutations; false: natural order everywhere
+  ScheduleOrder schedule = ScheduleOrder::kRowMajor;
+};
+
+// One softmax domain: key j is allowed for query i of head h iff pattern.allowed_in_branch
+// (branch, h, i, j) holds and no pattern of `exclude` allows it. The kernel evaluates
+// exactly this predicate in partial tiles, on original token indices.
+struct LayoutPart {
+  Pattern pattern;               // the part's own predicate (a branch item, or a union member)
+  int branch = 0;                // the branch of `pattern` this part runs (see Pattern::branch_count)
+  std::vector<Pattern> exclude;  // pairs already covered by earlier parts of the same branch
+};
+
+// Block tables for one part and the set of heads that share them.
+struct BlockTable {
+  int part = 0;                // index into Layout::parts
+  std::vector<int32_t> heads;  // query heads that use this table, ascending
+
+  // Token order. Empty: identity (slot s holds token s; slots past the end are padding).
+  // Otherwise slot s holds an original token index, or -1 for padding; the size is
+  // num_q_tiles * tile_m (resp. num_k_tiles * tile_n).
+  std::vector<int32_t> q_slots;
+  std::vector<int32_t> k_slots;
+  int64_t num_q_tiles = 0;
+  int64_t num_k_tiles = 0;
+
+  // CSR over query tiles: query tile t visits key tiles cols[row_ptr[t] .. row_ptr[t+1]);
+  // the first full_count[t] of them are full (every valid pair allowed, no padding key),
+  // the rest are partial (the kernel evaluates the predicate). Listed tiles are never empty.
+  std::vector<int64_t> row_ptr;
+  std::vector<int32_t> full_count;
+  std::vector<int32_t> cols;
+};
+
+// One unit of kernel work: a query tile of a table, for one head.
+struct WorkItem {
+  int32_t table = 0;
+  int32_t q_tile = 0;
+  int32_t head = 0;
+};
+
+// Statistics of a compiled layout (DESIGN.md §3, §8 "Stats").
+struct LayoutStats {
+  double density = 0;             // allowed pairs / (Nq*Nk), averaged over heads, branch multiplicity counted
+  double allowed_pairs = 0;       // allowed pairs per head (mean over heads)
+  int64_t allowed_pairs_total = 0;  // summed over heads
+  int64_t total_tiles = 0;        // query tiles x key tiles of every table, summed over heads
+  int64_t active_tiles = 0;       // listed tiles, summed over heads
+  int64_t full_tiles = 0;
+  int64_t partial_tiles = 0;
+  double natural_block_density = 0;  // touched tiles / all tiles without any permutation
+  double useful_flops = 0;        // 4 * head_dim * allowed_pairs_total
+  std::vector<double> level_coverage;  // hierarchical: fraction of pairs each level allows; else empty
+  int parts = 0;
+  int64_t table_bytes = 0;        // host memory of the tables and slots
+};
+
+struct Layout {
+  Shape shape;
+  int64_t tile_m = 0;
+  int64_t tile_n = 0;
+  std::vector<LayoutPart> parts;
+  std::vector<BlockTable> tables;
+  // True when every (head, query) is a row of some table of every part that can reach
+  // it; false means some rows have no table and the kernel must write O = 0, LSE = -inf
+  // for them before (or instead of) running.
+  bool covers_all_rows = true;
+  std::vector<WorkItem> schedule;  // every (table, q_tile, head) once, in launch order
+
+  bool needs_merge() const { return parts.size() > 1; }
+};
+
+// Compiles the layout. Throws kInvalidArgument for an invalid pattern/shape/tile and
+// kUnsupported for adaptive patterns (their tables are built on the GPU).
+Layout compile_layout(const Pattern& pattern, const Shape& shape, const LayoutOptions& options = {});
+
+// Exact statistics (pair counts from the layout's row ranges, not O(N^2) enumeration).
+LayoutStats layout_stats(const Pattern& pattern, const Layout& layout, int64_t head_dim = 128);
+
+// ASCII block picture in natural token order (like the seeds' visualize_pattern):
+// at most max_cells x max_cells characters, one cell per group of blocks.
+std::string render_pattern(const Pattern& pattern, const Shape& shape, int64_t block = 128,
+                           int64_t head = 0, int max_cells = 64);
+
+}  // namespace spattn

@@ -1,0 +1,397 @@
+// spattn forward attention over block tables: FlashAttention-2 style online softmax
+// with mma.sync (m16n8k16, fp32 accumulate) and cp.async pipelining, for sm_80 and newer.
+//
+// The generated translation unit defines `struct Cfg` (tile shape, warps, stages,
+// head dim, dtype, and the partial-tile predicate Cfg::allowed) and then includes this
+// file. One CTA processes one work item: a query tile of one block table for one head.
+// It walks the table's key tiles from the CSR list, full tiles first (no mask), then
+// partial tiles (Cfg::allowed evaluated per element on original token indices).
+// Tokens are gathered through the table's slot permutation (or taken in natural order
+// when the table has none) and outputs are scattered back to their original rows.
+#pragma once
+
+#include "spattn/params.cuh"
+
+namespace spattn {
+
+// ---- PTX wrappers --------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  uint32_t r;
+  asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }\n" : "=r"(r) : "l"(p));
+  return r;
+}
+
+// 16-byte async copy global -> shared; copies zeros when !valid (src is not read then).
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
+  const int bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// D = A * B + D, A 16x16 row-major, B 16x8 column-major, fp32 accumulators.
+template <bool kBf16>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (kBf16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Packs two floats into one register of two 16-bit values (lo in the low half).
+template <bool kBf16>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  uint32_t r;
+  if constexpr (kBf16) {
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+  } else {
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+  }
+  return r;
+}
+
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+// ---- the kernel body -------------------------------------------------------------------
+
+template <class Cfg>
+struct Forward {
+  static constexpr int D = Cfg::kHeadDim;
+  static constexpr int BM = Cfg::kBlockM;
+  static constexpr int BN = Cfg::kBlockN;
+  static constexpr int kWarps = Cfg::kWarps;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kStages = Cfg::kStages;
+  static constexpr bool kBf16 = Cfg::kBf16;
+  static constexpr int kWarpM = BM / kWarps;      // query rows owned by one warp
+  static constexpr int kMTiles = kWarpM / 16;     // m16 tiles per warp
+  static constexpr int kNTilesS = BN / 8;         // n8 tiles of S per warp
+  static constexpr int kNTilesO = D / 8;          // n8 tiles of O per warp
+  static constexpr int kKStepsQK = D / 16;
+  static constexpr int kKStepsPV = BN / 16;
+  // Rows are padded by 16 bytes: consecutive rows then start in different bank groups,
+  // so the 8 row addresses of every ldmatrix phase hit distinct banks, for any D.
+  static constexpr int kRow = D + 8;              // elements per smem row
+  static constexpr int kChunksPerRow = D / 8;     // 16-byte chunks per row
+  static constexpr int kQElems = BM * kRow;
+  static constexpr int kKVElems = BN * kRow;
+
+  static_assert(BM % (16 * kWarps) == 0, "tile_m must be a multiple of 16 * warps");
+  static_assert(BN % 16 == 0, "tile_n must be a multiple of 16");
+  static_assert(D % 16 == 0, "head dim must be a multiple of 16");
+  static_assert(kStages == 1 || kStages == 2, "stages must be 1 or 2");
+
+  // Shared memory: Q, then K and V stages, then per-stage key token indices.
+  static constexpr int kSmemBytes = (kQElems + 2 * kStages * kKVElems) * 2 + kStages * BN * 4;
+
+  using elem = unsigned short;
+
+  // Issues the cp.async copies of one key tile (K and V rows) and records the key token
+  // index of every column (-1 for padding) for the mask.
+  static __device__ __forceinline__ void load_kv(const SpattnFwdParams& p, const SpattnTable& t, int k_tile,
+                                                 const elem* kbase, const elem* vbase, elem* ks, elem* vs,
+                                                 int* kslot, bool load_k, bool load_v) {
+    const int tid = threadIdx.x;
+    const int32_t* slots = t.k_slots >= 0 ? p.arena + t.k_slots : nullptr;
+    const int slot0 = k_tile * BN;
+#pragma unroll
+    for (int c = tid; c < BN * kChunksPerRow; c += kThreads) {
+      const int row = c / kChunksPerRow;
+      const int chunk = c % kChunksPerRow;
+      int token = slots ? __ldg(slots + slot0 + row) : slot0 + row;
+      const bool valid = token >= 0 && token < p.nk;
+      if (!valid) token = 0;
+      if (load_k)
+        cp_async_16(smem_addr(ks + row * kRow + chunk * 8), kbase + token * p.k_stride_n + chunk * 8, valid);
+      if (load_v)
+        cp_async_16(smem_addr(vs + row * kRow + chunk * 8), vbase + token * p.v_stride_n + chunk * 8, valid);
+    }
+    if (load_k) {
+      for (int r = tid; r < BN; r += kThreads) {
+        int token = slots ? __ldg(slots + slot0 + r) : slot0 + r;
+        kslot[r] = (token >= 0 && token < p.nk) ? token : -1;
+      }
+    }
+  }
+
+  static __device__ void run(const SpattnFwdParams& p) {
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    elem* qs = reinterpret_cast<elem*>(smem_raw);
+    elem* ks0 = qs + kQElems;
+    elem* vs0 = ks0 + kStages * kKVElems;
+    int* kslot0 = reinterpret_cast<int*>(vs0 + kStages * kKVElems);
+
+    const int item = blockIdx.x;
+    const int b = blockIdx.y;
+    const int table_id = p.work[3 * item + 0];
+    const int q_tile = p.work[3 * item + 1];
+    const int h = p.work[3 * item + 2];
+    const SpattnTable t = p.tables[table_id];
+    const int kvh = h / p.kv_group;
+
+    const int tid = threadIdx.x;
+    const int warp = tid / 32;
+    const int lane = tid % 32;
+
+    const elem* qbase = static_cast<const elem*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
+    const elem* kbase = static_cast<const elem*>(p.k) + b * p.k_stride_b + kvh * p.k_stride_h;
+    const elem* vbase = static_cast<const elem*>(p.v) + b * p.v_stride_b + kvh * p.v_stride_h;
+    const int32_t* qslots = t.q_slots >= 0 ? p.arena + t.q_slots : nullptr;
+    const int qslot0 = q_tile * BM;
+
+    // ---- Q tile -> shared memory (zeros for padding rows)
+#pragma unroll
+    for (int c = tid; c < BM * kChunksPerRow; c += kThreads) {
+      const int row = c / kChunksPerRow;
+      const int chunk = c % kChunksPerRow;
+      int token = qslots ? __ldg(qslots + qslot0 + row) : qslot0 + row;
+      const bool valid = token >= 0 && token < p.nq;
+      if (!valid) token = 0;
+      cp_async_16(smem_addr(qs + row * kRow + chunk * 8), qbase + token * p.q_stride_n + chunk * 8, valid);
+    }
+
+    const int row_begin = __ldg(p.arena + t.row_ptr + q_tile);
+    const int row_end = __ldg(p.arena + t.row_ptr + q_tile + 1);
+    const int n_full = __ldg(p.arena + t.full_count + q_tile);
+    const int n_tiles = row_end - row_begin;
+    const int32_t* cols = p.arena + t.cols + row_begin;
+
+    // Original token index of the two rows this thread holds in each m16 tile.
+    int row_token[kMTiles][2];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const int r = warp * kWarpM + mt * 16 + lane / 4 + hr * 8;
+        int token = qslots ? __ldg(qslots + qslot0 + r) : qslot0 + r;
+        row_token[mt][hr] = (token >= 0 && token < p.nq) ? token : -1;
+      }
+    }
+
+    if (n_tiles > 0) {
+      const int first = __ldg(cols);
+      load_kv(p, t, first, kbase, vbase, ks0, vs0, kslot0, true, kStages == 2);
+    }
+    cp_async_commit();
+
+    float acc_o[kMTiles][kNTilesO][4];
+    float row_max[kMTiles][2];
+    float row_sum[kMTiles][2];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < kNTilesO; ++nt) acc_o[mt][nt][0] = acc_o[mt][nt][1] = acc_o[mt][nt][2] = acc_o[mt][nt][3] = 0.f;
+      row_max[mt][0] = row_max[mt][1] = neg_inf();
+      row_sum[mt][0] = row_sum[mt][1] = 0.f;
+    }
+
+    typename Cfg::MaskCtx mask_ctx{p.nq, p.nk, p.heads};
+
+    for (int n = 0; n < n_tiles; ++n) {
+      const int stage = kStages == 2 ? (n & 1) : 0;
+      elem* ks = ks0 + stage * kKVElems;
+      elem* vs = vs0 + stage * kKVElems;
+      const int* kslot = kslot0 + stage * BN;
+
+      cp_async_wait_all();
+      __syncthreads();
+      if constexpr (kStages == 2) {
+        if (n + 1 < n_tiles) {
+          const int nxt = (n + 1) & 1;
+          load_kv(p, t, __ldg(cols + n + 1), kbase, vbase, ks0 + nxt * kKVElems, vs0 + nxt * kKVElems,
+                  kslot0 + nxt * BN, true, true);
+        }
+      } else {
+        load_kv(p, t, __ldg(cols + n), kbase, vbase, ks, vs, nullptr, false, true);
+      }
+      cp_async_commit();
+
+      // ---- S = Q K^T
+      float acc_s[kMTiles][kNTilesS][4];
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNTilesS; ++nt) acc_s[mt][nt][0] = acc_s[mt][nt][1] = acc_s[mt][nt][2] = acc_s[mt][nt][3] = 0.f;
+
+#pragma unroll
+      for (int kk = 0; kk < kKStepsQK; ++kk) {
+        uint32_t a[kMTiles][4];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          const int r = warp * kWarpM + mt * 16 + (lane % 16);
+          const int c = kk * 16 + (lane / 16) * 8;
+          ldmatrix_x4(a[mt], smem_addr(qs + r * kRow + c));
+        }
+#pragma unroll
+        for (int np = 0; np < kNTilesS / 2; ++np) {
+          uint32_t bfrag[4];
+          const int mi = lane / 8;
+          const int r = np * 16 + (lane % 8) + (mi / 2) * 8;
+          const int c = kk * 16 + (mi % 2) * 8;
+          ldmatrix_x4(bfrag, smem_addr(ks + r * kRow + c));
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            mma_16816<kBf16>(acc_s[mt][2 * np], a[mt], bfrag[0], bfrag[1]);
+            mma_16816<kBf16>(acc_s[mt][2 * np + 1], a[mt], bfrag[2], bfrag[3]);
+          }
+        }
+      }
+
+      // ---- mask (partial tiles only)
+      if (n >= n_full) {
+#pragma unroll
+        for (int nt = 0; nt < kNTilesS; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int j = kslot[nt * 8 + (lane % 4) * 2 + e];
+#pragma unroll
+            for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+              for (int hr = 0; hr < 2; ++hr) {
+                const int i = row_token[mt][hr];
+                const bool ok = j >= 0 && i >= 0 && Cfg::allowed(t.part, h, i, j, mask_ctx);
+                if (!ok) acc_s[mt][nt][hr * 2 + e] = neg_inf();
+              }
+            }
+          }
+        }
+      }
+
+      // ---- online softmax
+      float scale_o[kMTiles][2];
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          float mx = row_max[mt][hr];
+#pragma unroll
+          for (int nt = 0; nt < kNTilesS; ++nt) mx = fmaxf(mx, fmaxf(acc_s[mt][nt][hr * 2], acc_s[mt][nt][hr * 2 + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          // A row that has seen only masked keys keeps max -inf; exponentiate against 0
+          // then so that exp2(-inf) = 0 instead of NaN.
+          const float m_scaled = mx == neg_inf() ? 0.f : mx * p.scale_log2;
+          scale_o[mt][hr] = exp2_approx(row_max[mt][hr] * p.scale_log2 - m_scaled);
+          row_max[mt][hr] = mx;
+          float sum = 0.f;
+#pragma unroll
+          for (int nt = 0; nt < kNTilesS; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float pv = exp2_approx(acc_s[mt][nt][hr * 2 + e] * p.scale_log2 - m_scaled);
+              acc_s[mt][nt][hr * 2 + e] = pv;
+              sum += pv;
+            }
+          }
+          row_sum[mt][hr] = row_sum[mt][hr] * scale_o[mt][hr] + sum;
+        }
+#pragma unroll
+        for (int nt = 0; nt < kNTilesO; ++nt) {
+          acc_o[mt][nt][0] *= scale_o[mt][0];
+          acc_o[mt][nt][1] *= scale_o[mt][0];
+          acc_o[mt][nt][2] *= scale_o[mt][1];
+          acc_o[mt][nt][3] *= scale_o[mt][1];
+        }
+      }
+
+      // ---- wait for V; with one stage, start the next K as soon as every warp is done with this one
+      cp_async_wait_all();
+      __syncthreads();
+      if constexpr (kStages == 1) {
+        if (n + 1 < n_tiles) load_kv(p, t, __ldg(cols + n + 1), kbase, vbase, ks0, vs0, kslot0, true, false);
+        cp_async_commit();
+      }
+
+      // ---- O += P V
+#pragma unroll
+      for (int kk = 0; kk < kKStepsPV; ++kk) {
+        uint32_t a[kMTiles][4];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          a[mt][0] = pack2<kBf16>(acc_s[mt][2 * kk][0], acc_s[mt][2 * kk][1]);
+          a[mt][1] = pack2<kBf16>(acc_s[mt][2 * kk][2], acc_s[mt][2 * kk][3]);
+          a[mt][2] = pack2<kBf16>(acc_s[mt][2 * kk + 1][0], acc_s[mt][2 * kk + 1][1]);
+          a[mt][3] = pack2<kBf16>(acc_s[mt][2 * kk + 1][2], acc_s[mt][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int dp = 0; dp < kNTilesO / 2; ++dp) {
+          uint32_t bfrag[4];
+          const int mi = lane / 8;
+          const int r = kk * 16 + (lane % 8) + (mi % 2) * 8;
+          const int c = dp * 16 + (mi / 2) * 8;
+          ldmatrix_x4_trans(bfrag, smem_addr(vs + r * kRow + c));
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt) {
+            mma_16816<kBf16>(acc_o[mt][2 * dp], a[mt], bfrag[0], bfrag[1]);
+            mma_16816<kBf16>(acc_o[mt][2 * dp + 1], a[mt], bfrag[2], bfrag[3]);
+          }
+        }
+      }
+    }
+
+    // ---- epilogue: normalise, write O and LSE (or this part's fp32 output)
+    const float ln2 = 0.6931471805599453f;
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        float sum = row_sum[mt][hr];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const int i = row_token[mt][hr];
+        if (i < 0) continue;
+        const bool empty = !(sum > 0.f);
+        const float inv = empty ? 0.f : 1.f / sum;
+        const float lse = empty ? neg_inf() : (row_max[mt][hr] * p.scale_log2 + __log2f(sum)) * ln2;
+        if (p.write_parts) {
+          float* out = p.part_o + ((((int64_t)t.part * p.batch + b) * p.nq + i) * p.heads + h) * D;
+#pragma unroll
+          for (int nt = 0; nt < kNTilesO; ++nt) {
+            const int col = nt * 8 + (lane % 4) * 2;
+            *reinterpret_cast<float2*>(out + col) =
+                make_float2(acc_o[mt][nt][hr * 2] * inv, acc_o[mt][nt][hr * 2 + 1] * inv);
+          }
+          if (lane % 4 == 0) p.part_lse[(((int64_t)t.part * p.batch + b) * p.heads + h) * p.nq + i] = lse;
+        } else {
+          elem* out = static_cast<elem*>(p.o) + b * p.o_stride_b + i * p.o_stride_n + h * p.o_stride_h;
+#pragma unroll
+          for (int nt = 0; nt < kNTilesO; ++nt) {
+            const int col = nt * 8 + (lane % 4) * 2;
+            *reinterpret_cast<uint32_t*>(out + col) =
+                pack2<kBf16>(acc_o[mt][nt][hr * 2] * inv, acc_o[mt][nt][hr * 2 + 1] * inv);
+          }
+          if (p.lse && lane % 4 == 0) p.lse[b * p.lse_stride_b + h * p.lse_stride_h + i] = lse;
+        }
+      }
+    }
+  }
+};
+
+}  // namespace spattn

@@ -1,0 +1,90 @@
+// Kernel parameter structs, shared verbatim by host code (C++20) and the NVRTC-compiled
+// kernels: plain fixed-width fields only, so both compilers agree on the layout.
+#pragma once
+
+#ifdef __CUDACC_RTC__
+typedef signed char int8_t;
+typedef int int32_t;
+typedef unsigned int uint32_t;
+typedef long long int64_t;
+typedef unsigned long long uint64_t;
+#else
+#include <cstdint>
+#endif
+
+// One block table on the device (see spattn::BlockTable). Offsets index the int32 arena.
+struct SpattnTable {
+  int32_t part;         // softmax part: selects the predicate and the partial-output slot
+  int32_t num_q_tiles;
+  int32_t num_k_tiles;
+  int32_t q_slots;      // arena offset of the query slots, or -1 for identity order
+  int32_t k_slots;      // arena offset of the key slots, or -1 for identity order
+  int32_t row_ptr;      // arena offset of num_q_tiles + 1 CSR row offsets (into cols)
+  int32_t full_count;   // arena offset of num_q_tiles counts of leading full tiles
+  int32_t cols;         // arena offset of the key tile indices
+};
+
+// Forward attention over block tables. Strides are in elements; the last dimension
+// (head dim) is contiguous.
+struct SpattnFwdParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* o;
+  float* lse;               // [B, Hq, Nq] or null
+  int64_t q_stride_b, q_stride_n, q_stride_h;
+  int64_t k_stride_b, k_stride_n, k_stride_h;
+  int64_t v_stride_b, v_stride_n, v_stride_h;
+  int64_t o_stride_b, o_stride_n, o_stride_h;
+  int64_t lse_stride_b, lse_stride_h;
+  int32_t nq, nk, heads, kv_group;   // kv_group = Hq / Hkv
+  float scale_log2;                   // softmax scale * log2(e)
+  const int32_t* arena;
+  const SpattnTable* tables;
+  const int32_t* work;                // 3 ints per item: table, q_tile, head
+  int32_t num_work;
+  // Multi-part layouts write each part's normalised output and LSE here (fp32,
+  // [parts][B][Nq][Hq][D] and [parts][B][Hq][Nq]); a merge kernel combines them.
+  float* part_o;
+  float* part_lse;
+  int32_t write_parts;                // 0: write o/lse directly; 1: write part_o/part_lse
+  int32_t batch;
+};
+
+// LSE-weighted merge of part outputs into O and LSE.
+struct SpattnMergeParams {
+  const float* part_o;
+  const float* part_lse;
+  void* o;
+  float* lse;
+  int64_t o_stride_b, o_stride_n, o_stride_h;
+  int64_t lse_stride_b, lse_stride_h;
+  int32_t parts, batch, nq, heads, head_dim;
+};
+
+// Writes O = 0 and LSE = -inf for every row (rows no table covers).
+struct SpattnFillParams {
+  void* o;
+  float* lse;
+  int64_t o_stride_b, o_stride_n, o_stride_h;
+  int64_t lse_stride_b, lse_stride_h;
+  int32_t batch, nq, heads, head_dim;
+};
+
+// Naive fp32 reference attention over explicit bit masks, one warp per (batch, head,
+// query row). Used to check kernels (tests, the demo, the autotuner's correctness gate).
+// masks: [branches][Hq][Nq][words] bits, bit j of row i set iff key j is allowed;
+// branches are merged with LSE weights (a branch whose row has no bit set is skipped).
+struct SpattnReferenceParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  float* o;                 // [B, Nq, Hq, D] fp32
+  float* lse;               // [B, Hq, Nq] fp32
+  const uint32_t* masks;
+  int64_t q_stride_b, q_stride_n, q_stride_h;
+  int64_t k_stride_b, k_stride_n, k_stride_h;
+  int64_t v_stride_b, v_stride_n, v_stride_h;
+  int32_t batch, nq, nk, heads, kv_group, head_dim, branches, words, bf16;
+  float scale;
+};
