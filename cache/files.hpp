@@ -1,0 +1,100 @@
+// POSIX file plumbing for the cache: whole-file reads, atomic writes, in-place stamp
+// updates, and the per-key lock.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace spattn::cache {
+
+// The outcome of reading a file: its bytes, or errno (ENOENT when it does not exist).
+struct ReadResult {
+  std::string bytes;
+  int error = 0;
+  bool ok() const { return error == 0; }
+};
+
+// Reads a whole file.
+ReadResult read_file(const std::filesystem::path& path);
+
+// Overwrites 8 bytes at `offset` with `value` (little-endian) in place, without changing
+// the file's size. Returns false if the file cannot be written (e.g. a read-only cache);
+// that is not an error for callers.
+bool write_u64_at(const std::filesystem::path& path, std::uint64_t offset, std::uint64_t value);
+
+// Reads at most `max_bytes` from the start of a file, plus its size.
+struct PrefixResult {
+  std::string bytes;
+  std::uint64_t file_size = 0;
+  int error = 0;
+};
+PrefixResult read_prefix(const std::filesystem::path& path, std::size_t max_bytes);
+// Reads `size` bytes at `offset` (fewer at the end of the file).
+ReadResult read_range(const std::filesystem::path& path, std::uint64_t offset, std::size_t size);
+
+// A file written atomically: the data goes to a temp file in the target's directory
+// (".<name>.<pid>.<n>.tmp"); commit() fsyncs it, renames it over the target and fsyncs
+// the directory. Destroyed without commit(), the temp file is removed. Throws kIo.
+class AtomicFile {
+ public:
+  explicit AtomicFile(const std::filesystem::path& target);
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  void append(std::string_view bytes);
+  void commit();
+
+ private:
+  std::filesystem::path target_, temp_;
+  int fd_ = -1;
+};
+
+// A file opened for reading by offset (archives, which may be large). Throws kIo.
+class InputFile {
+ public:
+  explicit InputFile(const std::filesystem::path& path);
+  ~InputFile();
+  InputFile(const InputFile&) = delete;
+  InputFile& operator=(const InputFile&) = delete;
+
+  std::uint64_t size() const { return size_; }
+  // Exactly `count` bytes at `offset`; throws kIo if the file ends or a read fails.
+  void read(std::uint64_t offset, std::size_t count, std::string& out) const;
+
+ private:
+  std::filesystem::path path_;
+  int fd_ = -1;
+  std::uint64_t size_ = 0;
+};
+
+// Writes `bytes` to `target` through an AtomicFile.
+void write_atomic(const std::filesystem::path& target, std::string_view bytes);
+
+// Whether a file name is one of write_atomic's temp files.
+bool is_temp_name(const std::string& file_name);
+
+// An exclusive flock() on a lock file, held for the object's lifetime. Waiters that
+// opened a lock file which the holder has since unlinked notice (inode changed) and retry,
+// so the holder may delete the file when it is done: lock files do not pile up.
+class FileLock {
+ public:
+  // Blocks until the lock is held. Returns nullopt (with errno in *error) if the lock
+  // file cannot be created, e.g. in a read-only cache.
+  static std::optional<FileLock> acquire(const std::filesystem::path& path, int* error = nullptr);
+
+  FileLock(FileLock&& other) noexcept;
+  FileLock& operator=(FileLock&&) = delete;
+  FileLock(const FileLock&) = delete;
+  ~FileLock();  // unlinks the lock file, then unlocks
+
+ private:
+  FileLock(int fd, std::filesystem::path path) : fd_(fd), path_(std::move(path)) {}
+  int fd_ = -1;
+  std::filesystem::path path_;
+};
+
+}  // namespace spattn::cache

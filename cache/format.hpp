@@ -1,0 +1,108 @@
+// The cache file format and the export archive format (pure functions: bytes in, bytes
+// out; no file system). Integers are little-endian.
+//
+// Kernel file, format version 1 ("<key>.spk"):
+//
+//   offset  size  field
+//        0     8  magic "SPATTNKC"
+//        8     4  format version (u32)
+//       12     4  reserved, 0
+//       16     8  last-used stamp (u64, ns since the Unix epoch); rewritten in place on
+//                 every hit, so it is NOT covered by the checksum
+//       24     8  manifest length M (u64)
+//       32     8  metadata length D (u64)
+//       40     8  CUBIN length C (u64)
+//       48     M  manifest: KernelManifest::canonical() (its SHA-256 is the key)
+//     48+M     D  metadata: compact JSON {compile_us, local_bytes, log, lowered_names,
+//                 registers, shared_bytes}
+//   48+M+D     C  CUBIN
+//   48+M+D+C  32  SHA-256 of bytes [0, 16) and [24, 48+M+D+C)
+//
+// The first 24 bytes (magic, version, reserved, stamp) keep this layout in every future
+// version, so eviction can read the stamp of any entry. Any other change to the layout or
+// to the manifest or metadata encoding must bump kFormatVersion (the golden-file test in
+// tests/cache fails until it is bumped and the golden file regenerated).
+//
+// Archive ("spattn cache export"), archive version 1:
+//
+//        0     8  magic "SPATTNKA"
+//        8     4  archive version (u32)
+//       12     4  reserved, 0
+//       16        N times: u64 length L, then L bytes of a kernel file exactly as cached
+//   end-40     8  entry count N (u64)
+//   end-32    32  SHA-256 of every byte before it
+//
+// The count sits at the end so an archive is written in one pass.
+#pragma once
+
+#include <spattn/cache.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace spattn::cache {
+
+inline constexpr std::uint32_t kFormatVersion = 1;
+inline constexpr std::string_view kEntryMagic = "SPATTNKC";
+inline constexpr std::size_t kHeaderBytes = 48;
+inline constexpr std::size_t kStampOffset = 16;
+inline constexpr std::size_t kChecksumBytes = 32;
+inline constexpr std::string_view kEntrySuffix = ".spk";
+
+inline constexpr std::uint32_t kArchiveVersion = 1;
+inline constexpr std::string_view kArchiveMagic = "SPATTNKA";
+inline constexpr std::size_t kArchiveHeaderBytes = 16;
+inline constexpr std::size_t kArchiveTrailerBytes = 8 + 32;
+
+// Canonical manifest text for a given format version (tests use other versions to make
+// "wrong version" files).
+std::string canonical_manifest(const KernelManifest& manifest, std::uint32_t format_version);
+
+// The fields of a canonical manifest that listings show.
+struct ManifestSummary {
+  std::string kernel_name, arch, nvrtc_version, spattn_version;
+};
+// Throws kCorrupt if the text is not a manifest.
+ManifestSummary summarize_manifest(std::string_view manifest_text);
+
+// Encodes a kernel file. `format_version` other than kFormatVersion only writes a header
+// with that number (for tests); the body layout is always this version's.
+std::string encode_entry(std::string_view manifest_text, const CompiledKernel& kernel,
+                         std::uint64_t last_used_ns, std::uint32_t format_version = kFormatVersion);
+
+// A decoded kernel file.
+struct DecodedEntry {
+  std::string error;  // empty when the file is good
+  std::uint32_t format_version = 0;
+  std::uint64_t last_used_ns = 0;
+  std::string manifest;
+  CompiledKernel kernel;
+  bool ok() const { return error.empty(); }
+};
+// Checks everything (size, magic, version, lengths, checksum, metadata) and decodes.
+// Never throws on bad input: the reason is in `error`.
+DecodedEntry decode_entry(std::string_view bytes);
+
+// The fixed header of a kernel file, enough for listings and eviction.
+struct EntryHeader {
+  std::uint32_t format_version = 0;
+  std::uint64_t last_used_ns = 0;
+  std::uint64_t manifest_bytes = 0, metadata_bytes = 0, cubin_bytes = 0;
+};
+// Parses the first kHeaderBytes of a file of `file_size` bytes. Without an error the
+// magic and version are right and the lengths add up to the file size; with one, the
+// version and stamp are still filled in when the magic was right.
+EntryHeader parse_header(std::string_view head, std::uint64_t file_size, std::string* error);
+
+// Little-endian integer helpers shared with the archive code.
+void put_u32(std::string& out, std::uint32_t v);
+void put_u64(std::string& out, std::uint64_t v);
+std::uint32_t get_u32(const char* p);
+std::uint64_t get_u64(const char* p);
+
+// Nanoseconds since the Unix epoch, now.
+std::uint64_t now_ns();
+
+}  // namespace spattn::cache

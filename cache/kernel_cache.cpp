@@ -1,0 +1,565 @@
+// KernelCache: configuration, lookups, and directory maintenance.
+#include <pwd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <system_error>
+
+#include "cache/format.hpp"
+#include "cache/sha256.hpp"
+#include "cache/store.hpp"
+#include "common/check.hpp"
+#include "common/log.hpp"
+
+namespace spattn {
+
+namespace fs = std::filesystem;
+using cache::kEntrySuffix;
+
+namespace {
+
+std::array<std::atomic<std::uint64_t>, static_cast<std::size_t>(CacheCounter::kCount)> g_counters{};
+
+double ms_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::string trim(std::string_view s) {
+  const auto first = s.find_first_not_of(" \t\n\r");
+  if (first == std::string_view::npos) return {};
+  const auto last = s.find_last_not_of(" \t\n\r");
+  return std::string(s.substr(first, last - first + 1));
+}
+
+std::string env_or_empty(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::string(v) : std::string();
+}
+
+fs::path home_dir() {
+  if (std::string home = env_or_empty("HOME"); !home.empty()) return home;
+  // No HOME (some service managers): ask the password database.
+  struct passwd pw {};
+  struct passwd* result = nullptr;
+  std::vector<char> buffer(16384);
+  if (::getpwuid_r(::getuid(), &pw, buffer.data(), buffer.size(), &result) == 0 && result &&
+      result->pw_dir && *result->pw_dir) {
+    return result->pw_dir;
+  }
+  return {};
+}
+
+}  // namespace
+
+// --- configuration -------------------------------------------------------------------
+
+std::optional<std::uint64_t> parse_byte_size(std::string_view text) {
+  const std::string s = lower(trim(text));
+  std::size_t digits = 0;
+  while (digits < s.size() && std::isdigit(static_cast<unsigned char>(s[digits]))) ++digits;
+  if (digits == 0 || digits > 20) return std::nullopt;
+  std::uint64_t value = 0;
+  for (std::size_t i = 0; i < digits; ++i) {
+    const std::uint64_t d = static_cast<std::uint64_t>(s[i] - '0');
+    if (value > (std::numeric_limits<std::uint64_t>::max() - d) / 10) return std::nullopt;
+    value = value * 10 + d;
+  }
+  std::string unit = trim(std::string_view(s).substr(digits));
+  if (unit == "b") unit.clear();
+  // "k", "kb" and "kib" all mean 1024: sizes of caches are thought of in binary units.
+  int shift = 0;
+  if (!unit.empty()) {
+    static constexpr std::string_view kUnits = "kmgt";
+    const auto pos = kUnits.find(unit[0]);
+    if (pos == std::string_view::npos) return std::nullopt;
+    const std::string_view rest = std::string_view(unit).substr(1);
+    if (!(rest.empty() || rest == "b" || rest == "ib")) return std::nullopt;
+    shift = 10 * static_cast<int>(pos + 1);
+  }
+  if (shift > 0 && value > (std::numeric_limits<std::uint64_t>::max() >> shift)) return std::nullopt;
+  return value << shift;
+}
+
+CacheConfig CacheConfig::from_env() {
+  CacheConfig c;
+  if (std::string dir = env_or_empty("SPATTN_CACHE_DIR"); !dir.empty()) {
+    c.dir = dir;
+  } else if (std::string xdg = env_or_empty("XDG_CACHE_HOME"); !xdg.empty() && xdg.front() == '/') {
+    // The XDG spec says relative values are to be ignored.
+    c.dir = fs::path(xdg) / "spattn";
+  } else if (fs::path home = home_dir(); !home.empty()) {
+    c.dir = home / ".cache" / "spattn";
+  } else {
+    SPATTN_FAIL(ErrorCode::kInvalidArgument,
+                "cannot place the kernel cache: HOME is not set; set SPATTN_CACHE_DIR");
+  }
+
+  if (std::string max = env_or_empty("SPATTN_CACHE_MAX_BYTES"); !trim(max).empty()) {
+    const auto bytes = parse_byte_size(max);
+    if (!bytes) {
+      SPATTN_FAIL(ErrorCode::kInvalidArgument,
+                  "SPATTN_CACHE_MAX_BYTES='{}' is not a size: use bytes or a K/M/G/T suffix "
+                  "(e.g. 2G), or 0 for no limit",
+                  max);
+    }
+    c.max_bytes = *bytes;
+  }
+
+  if (std::string off = lower(trim(env_or_empty("SPATTN_DISABLE_CACHE"))); !off.empty()) {
+    if (off == "1" || off == "true" || off == "yes" || off == "on") {
+      c.disabled = true;
+    } else if (off == "0" || off == "false" || off == "no" || off == "off") {
+      c.disabled = false;
+    } else {
+      SPATTN_FAIL(ErrorCode::kInvalidArgument,
+                  "SPATTN_DISABLE_CACHE='{}' is not a boolean: use 1/true/yes/on or 0/false/no/off",
+                  env_or_empty("SPATTN_DISABLE_CACHE"));
+    }
+  }
+  return c;
+}
+
+// --- manifest ------------------------------------------------------------------------
+
+std::string KernelManifest::canonical() const { return cache::canonical_manifest(*this, cache::kFormatVersion); }
+
+std::string KernelManifest::key() const { return cache::sha256_hex(canonical()); }
+
+const char* import_status_name(ImportStatus status) noexcept {
+  switch (status) {
+    case ImportStatus::kAdded: return "added";
+    case ImportStatus::kPresent: return "present";
+    case ImportStatus::kRejected: return "rejected";
+  }
+  return "unknown";
+}
+
+std::size_t ImportReport::count(ImportStatus status) const {
+  return static_cast<std::size_t>(std::count_if(entries.begin(), entries.end(),
+                                                [&](const ImportResult& r) { return r.status == status; }));
+}
+
+bool cache::is_key(std::string_view key) {
+  return key.size() == 64 && std::all_of(key.begin(), key.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+// --- Impl ----------------------------------------------------------------------------
+
+KernelCache::Impl::Impl(CacheConfig c)
+    : config(std::move(c)), kernels_dir(config.dir / "kernels"), locks_dir(config.dir / "locks") {}
+
+void KernelCache::Impl::bump(CacheCounter which, std::uint64_t n) {
+  counters[static_cast<std::size_t>(which)] += n;
+  g_counters[static_cast<std::size_t>(which)] += n;
+}
+
+namespace {
+CacheCounters to_counters(
+    const std::array<std::atomic<std::uint64_t>, static_cast<std::size_t>(CacheCounter::kCount)>& a) {
+  CacheCounters c;
+  c.hits = a[static_cast<std::size_t>(CacheCounter::kHits)].load();
+  c.misses = a[static_cast<std::size_t>(CacheCounter::kMisses)].load();
+  c.compiles = a[static_cast<std::size_t>(CacheCounter::kCompiles)].load();
+  c.recovered = a[static_cast<std::size_t>(CacheCounter::kRecovered)].load();
+  c.evictions = a[static_cast<std::size_t>(CacheCounter::kEvictions)].load();
+  return c;
+}
+}  // namespace
+
+CacheCounters KernelCache::Impl::snapshot() const { return to_counters(counters); }
+
+fs::path KernelCache::Impl::entry_path(const std::string& key) const {
+  return kernels_dir / (key + std::string(kEntrySuffix));
+}
+
+fs::path KernelCache::Impl::lock_path(const std::string& key) const { return locks_dir / (key + ".lock"); }
+
+std::optional<cache::FileLock> KernelCache::Impl::lock(const std::string& key) {
+  int err = 0;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    if (auto held = cache::FileLock::acquire(lock_path(key), &err)) return held;
+    // First use, or `cache clear` removed the directories meanwhile.
+    std::error_code ec;
+    fs::create_directories(kernels_dir, ec);
+    fs::create_directories(locks_dir, ec);
+  }
+  if (!warned_unwritable.exchange(true)) {
+    log::warn("kernel cache '{}' is not writable ({}); kernels are compiled but not stored",
+              config.dir.string(), std::strerror(err));
+  }
+  return std::nullopt;
+}
+
+KernelCache::Impl::Load KernelCache::Impl::load(const fs::path& path, std::string_view manifest,
+                                                CompiledKernel* out, std::string* reason) const {
+  cache::ReadResult file = cache::read_file(path);
+  if (!file.ok()) {
+    if (file.error == ENOENT) return Load::kAbsent;
+    *reason = std::strerror(file.error);
+    return Load::kBad;
+  }
+  cache::DecodedEntry d = cache::decode_entry(file.bytes);
+  if (!d.ok()) {
+    *reason = std::move(d.error);
+    return Load::kBad;
+  }
+  if (d.manifest != manifest) {
+    *reason = "stored manifest differs from the requested one (file renamed or key collision)";
+    return Load::kBad;
+  }
+  *out = std::move(d.kernel);
+  return Load::kGood;
+}
+
+std::string KernelCache::Impl::check_file(const fs::path& path, const std::string& key) const {
+  cache::ReadResult file = cache::read_file(path);
+  if (!file.ok()) return file.error == ENOENT ? std::string() : std::string(std::strerror(file.error));
+  cache::DecodedEntry d = cache::decode_entry(file.bytes);
+  if (!d.ok()) return d.error;
+  if (cache::sha256_hex(d.manifest) != key) return "stored manifest does not hash to the file's key";
+  try {
+    cache::summarize_manifest(d.manifest);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return {};
+}
+
+bool KernelCache::Impl::delete_bad(const std::string& key, const fs::path& path, const std::string& reason) {
+  // Under the lock a writer cannot be replacing the file, so what is deleted is the file
+  // that was judged bad, not a good one renamed into place a moment ago.
+  std::optional<cache::FileLock> held = cache::is_key(key) ? lock(key) : std::nullopt;
+  if (held && check_file(path, key).empty()) return false;
+  std::error_code ec;
+  if (!fs::remove(path, ec)) {
+    if (ec) log::warn("cannot delete bad kernel cache entry '{}' ({}): {}", path.string(), reason, ec.message());
+    return false;
+  }
+  log::warn("deleted bad kernel cache entry '{}': {}", path.string(), reason);
+  bump(CacheCounter::kRecovered);
+  return true;
+}
+
+std::vector<KernelCache::Impl::FileInfo> KernelCache::Impl::scan() const {
+  std::vector<FileInfo> files;
+  std::error_code ec;
+  fs::directory_iterator it(kernels_dir, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!name.ends_with(kEntrySuffix) || name.front() == '.') continue;
+    std::error_code size_ec;
+    const std::uint64_t size = it->file_size(size_ec);
+    if (size_ec) continue;  // deleted meanwhile, or not a regular file
+    files.push_back({it->path(), name.substr(0, name.size() - kEntrySuffix.size()), size});
+  }
+  std::sort(files.begin(), files.end(), [](const FileInfo& a, const FileInfo& b) { return a.key < b.key; });
+  return files;
+}
+
+PruneReport KernelCache::Impl::enforce_limit(std::uint64_t max_bytes, const std::string& protect) {
+  std::vector<FileInfo> files = scan();
+  PruneReport report;
+  std::uint64_t total = 0;
+  for (const FileInfo& f : files) total += f.size;
+  if (max_bytes != 0 && total > max_bytes) {
+    // Oldest stamp first. A file whose header cannot be read has stamp 0 and goes first.
+    std::vector<std::pair<std::uint64_t, const FileInfo*>> order;
+    for (const FileInfo& f : files) {
+      const cache::PrefixResult head = cache::read_prefix(f.path, cache::kStampOffset + 8);
+      std::uint64_t stamp = 0;
+      if (head.error == 0 && head.bytes.size() == cache::kStampOffset + 8 &&
+          head.bytes.compare(0, 8, cache::kEntryMagic) == 0) {
+        stamp = cache::get_u64(head.bytes.data() + cache::kStampOffset);
+      }
+      order.emplace_back(stamp, &f);
+    }
+    std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
+      return a.first != b.first ? a.first < b.first : a.second->key < b.second->key;
+    });
+    for (const auto& [stamp, f] : order) {
+      if (total <= max_bytes) break;
+      if (f->key == protect) continue;
+      std::error_code ec;
+      const bool removed = fs::remove(f->path, ec);
+      if (ec) {
+        log::warn("cannot evict kernel cache entry '{}': {}", f->path.string(), ec.message());
+        continue;
+      }
+      total -= f->size;  // removed now, or by another process a moment ago
+      if (removed) {
+        ++report.removed;
+        report.freed_bytes += f->size;
+        bump(CacheCounter::kEvictions);
+        log::debug("kernel cache: evicted {} ({} bytes) to stay under {} bytes", f->key, f->size, max_bytes);
+      }
+    }
+  }
+  report.remaining_bytes = total;
+  report.remaining_entries = files.size() - report.removed;
+  return report;
+}
+
+std::size_t KernelCache::Impl::remove_temp_files(double min_age_s) const {
+  std::size_t removed = 0;
+  const auto now = fs::file_time_type::clock::now();
+  std::error_code ec;
+  fs::directory_iterator it(kernels_dir, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    if (!cache::is_temp_name(it->path().filename().string())) continue;
+    std::error_code time_ec;
+    const auto mtime = it->last_write_time(time_ec);
+    if (time_ec) continue;
+    if (min_age_s > 0 && std::chrono::duration<double>(now - mtime).count() < min_age_s) continue;
+    std::error_code rm_ec;
+    if (fs::remove(it->path(), rm_ec)) ++removed;
+  }
+  return removed;
+}
+
+// --- KernelCache ---------------------------------------------------------------------
+
+KernelCache::KernelCache(CacheConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {
+  SPATTN_REQUIRE(!impl_->config.dir.empty(), "kernel cache: the cache directory is empty");
+}
+
+KernelCache::~KernelCache() = default;
+
+KernelCache& KernelCache::instance() {
+  static KernelCache cache(CacheConfig::from_env());
+  return cache;
+}
+
+CacheCounters KernelCache::global_counters() { return to_counters(g_counters); }
+
+const CacheConfig& KernelCache::config() const { return impl_->config; }
+
+CacheCounters KernelCache::counters() const { return impl_->snapshot(); }
+
+fs::path KernelCache::path_for(const std::string& key) const {
+  SPATTN_REQUIRE(cache::is_key(key), "'{}' is not a kernel cache key (64 lower-case hex digits)", key);
+  return impl_->entry_path(key);
+}
+
+CacheLookup KernelCache::get_or_compile(const KernelManifest& manifest,
+                                        const std::function<CompiledKernel()>& compile) {
+  SPATTN_REQUIRE(!manifest.kernel_name.empty(), "kernel manifest: kernel_name is empty");
+  SPATTN_REQUIRE(!manifest.arch.empty(), "kernel manifest for '{}': arch is empty", manifest.kernel_name);
+  SPATTN_REQUIRE(!manifest.nvrtc_version.empty(), "kernel manifest for '{}': nvrtc_version is empty",
+                 manifest.kernel_name);
+  SPATTN_REQUIRE(!manifest.spattn_version.empty(), "kernel manifest for '{}': spattn_version is empty",
+                 manifest.kernel_name);
+  SPATTN_REQUIRE(static_cast<bool>(compile), "kernel cache: no compile function given");
+
+  Impl& s = *impl_;
+  const auto start = std::chrono::steady_clock::now();
+  const std::string text = manifest.canonical();
+  CacheLookup out;
+  out.key = cache::sha256_hex(text);
+
+  auto run_compile = [&] {
+    s.bump(CacheCounter::kMisses);
+    s.bump(CacheCounter::kCompiles);
+    const auto compile_start = std::chrono::steady_clock::now();
+    out.kernel = compile();
+    log::debug("kernel cache: miss {} {} {}: compiled in {:.1f} ms", out.key.substr(0, 12),
+               manifest.kernel_name, manifest.arch, ms_since(compile_start));
+  };
+  auto hit = [&](const fs::path& path) {
+    // Our own last-used stamp (not atime, which many mounts do not keep).
+    cache::write_u64_at(path, cache::kStampOffset, cache::now_ns());
+    s.bump(CacheCounter::kHits);
+    out.hit = true;
+    log::debug("kernel cache: hit {} {} {}: loaded in {:.2f} ms", out.key.substr(0, 12),
+               manifest.kernel_name, manifest.arch, ms_since(start));
+  };
+
+  if (s.config.disabled) {
+    run_compile();
+    return out;
+  }
+
+  const fs::path path = s.entry_path(out.key);
+  std::string reason;
+  if (s.load(path, text, &out.kernel, &reason) == Impl::Load::kGood) {
+    hit(path);
+    return out;
+  }
+
+  // Miss (or a bad file). Whoever holds the key's lock compiles; the others wait and then
+  // find the entry it wrote.
+  std::optional<cache::FileLock> held = s.lock(out.key);
+  if (!held) {
+    run_compile();
+    return out;
+  }
+  reason.clear();
+  switch (s.load(path, text, &out.kernel, &reason)) {
+    case Impl::Load::kGood:
+      hit(path);
+      return out;
+    case Impl::Load::kBad: {
+      std::error_code ec;
+      if (fs::remove(path, ec)) {
+        log::warn("deleted bad kernel cache entry '{}' ({}): {}; recompiling", path.string(),
+                  manifest.kernel_name, reason);
+        s.bump(CacheCounter::kRecovered);
+      } else {
+        log::warn("bad kernel cache entry '{}' ({}) cannot be deleted: {}", path.string(), reason,
+                  ec ? ec.message() : "already gone");
+      }
+      break;
+    }
+    case Impl::Load::kAbsent: break;
+  }
+
+  run_compile();
+  bool stored = false;
+  try {
+    cache::write_atomic(path, cache::encode_entry(text, out.kernel, cache::now_ns()));
+    stored = true;
+  } catch (const Error& e) {
+    log::warn("kernel cache: cannot store {}: {}", manifest.kernel_name, e.what());
+  }
+  held.reset();  // others waiting on this key may now load it
+  if (stored) s.enforce_limit(s.config.max_bytes, out.key);
+  return out;
+}
+
+bool KernelCache::remove(const std::string& key, const std::string& reason) {
+  const fs::path path = path_for(key);
+  std::optional<cache::FileLock> held = impl_->lock(key);
+  std::error_code ec;
+  if (!fs::remove(path, ec)) {
+    if (ec) log::warn("cannot delete kernel cache entry '{}' ({}): {}", path.string(), reason, ec.message());
+    return false;
+  }
+  log::warn("deleted kernel cache entry '{}': {}", path.string(), reason);
+  impl_->bump(CacheCounter::kRecovered);
+  return true;
+}
+
+std::vector<CacheEntry> KernelCache::list() const {
+  // Headers and manifests only: the manifest (which carries the source) usually fits in
+  // the first read.
+  constexpr std::size_t kFirstRead = 64 * 1024;
+  std::vector<CacheEntry> entries;
+  for (const Impl::FileInfo& f : impl_->scan()) {
+    CacheEntry e;
+    e.key = f.key;
+    e.path = f.path;
+    e.size_bytes = f.size;
+    cache::PrefixResult head = cache::read_prefix(f.path, kFirstRead);
+    if (head.error != 0) {
+      if (head.error == ENOENT) continue;  // evicted meanwhile
+      e.problem = std::strerror(head.error);
+      entries.push_back(std::move(e));
+      continue;
+    }
+    e.size_bytes = head.file_size;
+    const cache::EntryHeader h = cache::parse_header(head.bytes, head.file_size, &e.problem);
+    e.format_version = h.format_version;
+    e.last_used = std::chrono::system_clock::time_point(
+        std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::nanoseconds(h.last_used_ns)));
+    if (e.problem.empty()) {
+      std::string manifest;
+      if (cache::kHeaderBytes + h.manifest_bytes <= head.bytes.size()) {
+        manifest = head.bytes.substr(cache::kHeaderBytes, h.manifest_bytes);
+      } else {
+        cache::ReadResult r = cache::read_range(f.path, cache::kHeaderBytes, h.manifest_bytes);
+        if (!r.ok()) e.problem = std::strerror(r.error);
+        manifest = std::move(r.bytes);
+      }
+      if (e.problem.empty()) {
+        try {
+          const cache::ManifestSummary m = cache::summarize_manifest(manifest);
+          e.kernel_name = m.kernel_name;
+          e.arch = m.arch;
+          e.nvrtc_version = m.nvrtc_version;
+          e.spattn_version = m.spattn_version;
+        } catch (const Error& err) {
+          e.problem = err.what();
+        }
+      }
+    }
+    entries.push_back(std::move(e));
+  }
+  std::stable_sort(entries.begin(), entries.end(),
+                   [](const CacheEntry& a, const CacheEntry& b) { return a.last_used > b.last_used; });
+  return entries;
+}
+
+CacheStats KernelCache::stat() const {
+  CacheStats s;
+  s.dir = impl_->config.dir;
+  s.max_bytes = impl_->config.max_bytes;
+  s.disabled = impl_->config.disabled;
+  s.counters = impl_->snapshot();
+  for (const Impl::FileInfo& f : impl_->scan()) {
+    ++s.entries;
+    s.bytes += f.size;
+  }
+  return s;
+}
+
+VerifyReport KernelCache::verify(bool remove_bad, const CacheProgress& progress) {
+  // A writer that died (or a power cut) can leave a temp file; one an hour old is not
+  // being written any more.
+  constexpr double kStaleTempAgeS = 3600;
+  VerifyReport report;
+  const std::vector<Impl::FileInfo> files = impl_->scan();
+  if (progress) progress(0, files.size());
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const Impl::FileInfo& f = files[i];
+    std::string reason = cache::is_key(f.key) ? impl_->check_file(f.path, f.key)
+                                              : std::string("file name is not a cache key");
+    ++report.checked;
+    if (reason.empty()) {
+      ++report.good;
+    } else {
+      if (remove_bad) impl_->delete_bad(f.key, f.path, reason);
+      report.bad.push_back({f.key, f.path, std::move(reason)});
+    }
+    if (progress) progress(i + 1, files.size());
+  }
+  if (remove_bad) report.stale_temp_files = impl_->remove_temp_files(kStaleTempAgeS);
+  return report;
+}
+
+PruneReport KernelCache::prune(std::uint64_t max_bytes) {
+  impl_->remove_temp_files(3600);
+  return impl_->enforce_limit(max_bytes, {});
+}
+
+std::size_t KernelCache::clear() {
+  std::size_t removed = 0;
+  for (const Impl::FileInfo& f : impl_->scan()) {
+    std::error_code ec;
+    if (fs::remove(f.path, ec)) ++removed;
+  }
+  impl_->remove_temp_files(0);
+  std::error_code ec;
+  fs::directory_iterator it(impl_->locks_dir, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    if (it->path().extension() == ".lock") {
+      std::error_code rm_ec;
+      fs::remove(it->path(), rm_ec);
+    }
+  }
+  return removed;
+}
+
+}  // namespace spattn
