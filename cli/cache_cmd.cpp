@@ -1,0 +1,343 @@
+// spattn cache ls|stat|verify|prune|clear|export|import: the on-disk kernel cache.
+//
+// Exit codes follow DESIGN.md §8, plus: `cache verify` exits 1 when it found bad entries
+// (they are removed unless --keep; a second run then exits 0), and `cache import` exits 1
+// when the archive itself is damaged (entries it merely cannot use are reported as
+// rejected, with exit 0).
+#include <spattn/cache.hpp>
+
+#include <fmt/format.h>
+
+#include <ctime>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+
+#include "cli/cli.hpp"
+
+namespace spattn::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct CacheArgs {
+  std::string dir;  // --dir overrides the environment
+};
+
+CacheArgs& cache_args() {
+  static CacheArgs args;
+  return args;
+}
+
+CacheConfig cli_config() {
+  CacheConfig c = CacheConfig::from_env();
+  if (!cache_args().dir.empty()) c.dir = cache_args().dir;
+  return c;
+}
+
+std::string human_bytes(std::uint64_t bytes) {
+  if (bytes < 1024) return fmt::format("{} B", bytes);
+  static constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int unit = -1;
+  while (v >= 1024 && unit < 3) {
+    v /= 1024;
+    ++unit;
+  }
+  return fmt::format("{:.1f} {}", v, kUnits[unit]);
+}
+
+std::string iso_utc(std::chrono::system_clock::time_point t) {
+  const std::time_t s = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&s, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string local_time(std::chrono::system_clock::time_point t) {
+  if (t.time_since_epoch().count() == 0) return "-";
+  const std::time_t s = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  localtime_r(&s, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M", &tm);
+  return buf;
+}
+
+std::string limit_text(std::uint64_t max_bytes) {
+  return max_bytes == 0 ? std::string("no limit") : human_bytes(max_bytes);
+}
+
+// Feeds the library's (done, total) callbacks to a progress bar created on first use.
+class ProgressFeed {
+ public:
+  explicit ProgressFeed(std::string label) : label_(std::move(label)) {}
+  CacheProgress callback() {
+    return [this](std::size_t done, std::size_t total) {
+      if (!bar_) bar_ = std::make_unique<Progress>(label_, total);
+      // At most ~100 redraws: in a log (not a terminal) every redraw is a line.
+      const std::size_t step = std::max<std::size_t>(1, total / 100);
+      if (done > done_ && (done - done_ >= step || done == total)) {
+        bar_->advance(done - done_);
+        done_ = done;
+      }
+    };
+  }
+  void finish() {
+    if (bar_) bar_->finish();
+  }
+
+ private:
+  std::string label_;
+  std::unique_ptr<Progress> bar_;
+  std::size_t done_ = 0;
+};
+
+nlohmann::json problem_json(const CacheProblem& p) {
+  return {{"key", p.key}, {"path", p.path.string()}, {"reason", p.reason}};
+}
+
+// Subcommands take --json themselves too, so `spattn cache ls --json` works as well as
+// `spattn --json cache ls`; anything else unknown goes up to the root (--quiet).
+CLI::App* add_cache_subcommand(CLI::App* parent, const std::string& name, const std::string& description) {
+  CLI::App* cmd = parent->add_subcommand(name, description);
+  cmd->fallthrough();
+  cmd->add_flag("--json", globals().json, "machine-readable JSON output on stdout");
+  return cmd;
+}
+
+void cmd_ls() {
+  const KernelCache cache(cli_config());
+  const std::vector<CacheEntry> entries = cache.list();
+  if (globals().json) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const CacheEntry& e : entries) {
+      nlohmann::json j = {{"key", e.key},
+                          {"path", e.path.string()},
+                          {"kernel", e.kernel_name},
+                          {"arch", e.arch},
+                          {"nvrtc_version", e.nvrtc_version},
+                          {"spattn_version", e.spattn_version},
+                          {"format_version", e.format_version},
+                          {"size_bytes", e.size_bytes},
+                          {"last_used", iso_utc(e.last_used)}};
+      if (!e.problem.empty()) j["problem"] = e.problem;
+      out.push_back(std::move(j));
+    }
+    print_json(out);
+    return;
+  }
+  if (entries.empty()) {
+    std::cout << "kernel cache " << cache.config().dir.string() << " is empty\n";
+    return;
+  }
+  std::size_t kernel_width = 6;
+  for (const CacheEntry& e : entries) kernel_width = std::max(kernel_width, e.kernel_name.size());
+  std::cout << fmt::format("{:<12}  {:<{}}  {:<8}  {:>10}  {:<16}  {}\n", "KEY", "KERNEL", kernel_width, "ARCH",
+                           "SIZE", "LAST USED", "NVRTC");
+  std::uint64_t total = 0;
+  for (const CacheEntry& e : entries) {
+    total += e.size_bytes;
+    if (!e.problem.empty()) {
+      std::cout << fmt::format("{:<12}  {:<{}}  {:<8}  {:>10}  {:<16}  unreadable: {}\n", e.key.substr(0, 12), "?",
+                               kernel_width, "?", human_bytes(e.size_bytes), local_time(e.last_used), e.problem);
+      continue;
+    }
+    std::cout << fmt::format("{:<12}  {:<{}}  {:<8}  {:>10}  {:<16}  {}\n", e.key.substr(0, 12), e.kernel_name,
+                             kernel_width, e.arch, human_bytes(e.size_bytes), local_time(e.last_used),
+                             e.nvrtc_version);
+  }
+  std::cout << fmt::format("{} entries, {} in {}\n", entries.size(), human_bytes(total),
+                           cache.config().dir.string());
+}
+
+void cmd_stat() {
+  const KernelCache cache(cli_config());
+  const CacheStats s = cache.stat();
+  if (globals().json) {
+    print_json({{"dir", s.dir.string()},
+                {"entries", s.entries},
+                {"bytes", s.bytes},
+                {"max_bytes", s.max_bytes},
+                {"disabled", s.disabled}});
+    return;
+  }
+  std::cout << fmt::format("directory: {}\nentries:   {}\nsize:      {} ({} bytes)\nlimit:     {}\n", s.dir.string(),
+                           s.entries, human_bytes(s.bytes), s.bytes, limit_text(s.max_bytes));
+  if (s.disabled) std::cout << "disabled:  yes (SPATTN_DISABLE_CACHE): lookups compile and store nothing\n";
+}
+
+void cmd_verify(bool keep) {
+  KernelCache cache(cli_config());
+  ProgressFeed feed("verifying");
+  const VerifyReport r = cache.verify(!keep, feed.callback());
+  feed.finish();
+  if (globals().json) {
+    nlohmann::json bad = nlohmann::json::array();
+    for (const CacheProblem& p : r.bad) bad.push_back(problem_json(p));
+    print_json({{"checked", r.checked},
+                {"good", r.good},
+                {"bad", std::move(bad)},
+                {"removed", !keep},
+                {"stale_temp_files", r.stale_temp_files}});
+  } else {
+    for (const CacheProblem& p : r.bad) {
+      std::cout << fmt::format("bad: {} ({}){}\n", p.key.empty() ? p.path.string() : p.key, p.reason,
+                               keep ? "" : ": removed");
+    }
+    std::cout << fmt::format("{} entries checked: {} good, {} bad", r.checked, r.good, r.bad.size());
+    if (r.stale_temp_files > 0) std::cout << fmt::format(", {} stale temp files removed", r.stale_temp_files);
+    std::cout << "\n";
+  }
+  if (!r.bad.empty()) {
+    throw Error(ErrorCode::kCorrupt, fmt::format("cache verify: {} bad entr{} {}", r.bad.size(),
+                                                 r.bad.size() == 1 ? "y" : "ies",
+                                                 keep ? "found (kept: --keep)" : "found and removed"));
+  }
+}
+
+std::uint64_t parse_size_arg(const std::string& option, const std::string& text) {
+  const auto bytes = parse_byte_size(text);
+  if (!bytes) throw UsageError(fmt::format("{} '{}' is not a size (bytes, or with a K/M/G/T suffix)", option, text));
+  return *bytes;
+}
+
+void cmd_prune(const std::string& max_bytes_arg) {
+  KernelCache cache(cli_config());
+  const std::uint64_t limit =
+      max_bytes_arg.empty() ? cache.config().max_bytes : parse_size_arg("--max-bytes", max_bytes_arg);
+  const PruneReport r = cache.prune(limit);
+  if (globals().json) {
+    print_json({{"removed", r.removed},
+                {"freed_bytes", r.freed_bytes},
+                {"remaining_entries", r.remaining_entries},
+                {"remaining_bytes", r.remaining_bytes},
+                {"max_bytes", limit}});
+    return;
+  }
+  std::cout << fmt::format("removed {} entries ({}); {} entries, {} remain (limit {})\n", r.removed,
+                           human_bytes(r.freed_bytes), r.remaining_entries, human_bytes(r.remaining_bytes),
+                           limit_text(limit));
+}
+
+void cmd_clear() {
+  KernelCache cache(cli_config());
+  const std::size_t removed = cache.clear();
+  if (globals().json) {
+    print_json({{"removed", removed}, {"dir", cache.config().dir.string()}});
+    return;
+  }
+  std::cout << fmt::format("removed {} entries from {}\n", removed, cache.config().dir.string());
+}
+
+void cmd_export(const std::string& file, const std::vector<std::string>& archs) {
+  const KernelCache cache(cli_config());
+  CacheFilter filter;
+  if (!archs.empty()) {
+    filter = [&archs](const CacheEntry& e) { return std::find(archs.begin(), archs.end(), e.arch) != archs.end(); };
+  }
+  ProgressFeed feed("exporting");
+  const ExportReport r = cache.export_archive(file, filter, feed.callback());
+  feed.finish();
+  if (globals().json) {
+    nlohmann::json skipped = nlohmann::json::array();
+    for (const CacheProblem& p : r.skipped) skipped.push_back(problem_json(p));
+    print_json({{"archive", file}, {"exported", r.exported}, {"bytes", r.bytes}, {"skipped", std::move(skipped)}});
+    return;
+  }
+  for (const CacheProblem& p : r.skipped) std::cout << fmt::format("skipped {}: {}\n", p.key, p.reason);
+  std::cout << fmt::format("exported {} entries to {} ({})\n", r.exported, file, human_bytes(r.bytes));
+}
+
+void cmd_import(const std::string& file) {
+  std::error_code ec;
+  if (!fs::is_regular_file(file, ec)) throw UsageError(fmt::format("archive '{}' does not exist", file));
+  KernelCache cache(cli_config());
+  ProgressFeed feed("importing");
+  const ImportReport r = cache.import_archive(file, feed.callback());
+  feed.finish();
+  if (globals().json) {
+    nlohmann::json entries = nlohmann::json::array();
+    for (const ImportResult& e : r.entries) {
+      entries.push_back({{"key", e.key},
+                         {"kernel", e.kernel_name},
+                         {"arch", e.arch},
+                         {"status", import_status_name(e.status)},
+                         {"reason", e.reason}});
+    }
+    print_json({{"archive", file},
+                {"entries", std::move(entries)},
+                {"added", r.count(ImportStatus::kAdded)},
+                {"present", r.count(ImportStatus::kPresent)},
+                {"rejected", r.count(ImportStatus::kRejected)},
+                {"evictions", r.evictions}});
+    return;
+  }
+  for (const ImportResult& e : r.entries) {
+    std::cout << fmt::format("{:<8}  {:<12}  {:<24}  {:<8}  {}\n", import_status_name(e.status),
+                             e.key.empty() ? "-" : e.key.substr(0, 12), e.kernel_name.empty() ? "-" : e.kernel_name,
+                             e.arch.empty() ? "-" : e.arch, e.reason);
+  }
+  std::cout << fmt::format("{} added, {} already present, {} rejected", r.count(ImportStatus::kAdded),
+                           r.count(ImportStatus::kPresent), r.count(ImportStatus::kRejected));
+  if (r.evictions > 0) std::cout << fmt::format("; {} entries evicted to stay under the limit", r.evictions);
+  std::cout << "\n";
+}
+
+}  // namespace
+
+void register_cache(CLI::App& app) {
+  CLI::App* cache = app.add_subcommand(
+      "cache",
+      "inspect and maintain the on-disk kernel cache ($SPATTN_CACHE_DIR, else $XDG_CACHE_HOME/spattn, "
+      "else ~/.cache/spattn)");
+  cache->require_subcommand(1);
+  cache->fallthrough();
+  cache->add_option("--dir", cache_args().dir, "cache directory (overrides the environment)");
+
+  add_cache_subcommand(cache, "ls", "list entries, most recently used first: key, kernel, arch, size, last use")
+      ->callback(cmd_ls);
+  add_cache_subcommand(cache, "stat", "cache directory, entry count, total size and size limit")->callback(cmd_stat);
+
+  {
+    auto keep = std::make_shared<bool>(false);
+    CLI::App* cmd = add_cache_subcommand(
+        cache, "verify",
+        "check every entry completely (magic, version, checksum, manifest); remove bad ones. "
+        "Exits 1 if any were bad");
+    cmd->add_flag("--keep", *keep, "report bad entries but do not remove them");
+    cmd->callback([keep] { cmd_verify(*keep); });
+  }
+  {
+    auto max_bytes = std::make_shared<std::string>();
+    CLI::App* cmd = add_cache_subcommand(cache, "prune",
+                                         "evict least recently used entries until the cache fits the limit");
+    cmd->add_option("--max-bytes", *max_bytes,
+                    "limit to prune to, e.g. 500M or 2G (default: $SPATTN_CACHE_MAX_BYTES, else 2G)");
+    cmd->callback([max_bytes] { cmd_prune(*max_bytes); });
+  }
+  add_cache_subcommand(cache, "clear", "delete every entry")->callback(cmd_clear);
+  {
+    auto file = std::make_shared<std::string>();
+    auto archs = std::make_shared<std::vector<std::string>>();
+    CLI::App* cmd = add_cache_subcommand(cache, "export",
+                                         "write cache entries into one archive file (e.g. to prewarm other hosts)");
+    cmd->add_option("FILE", *file, "archive to write")->required();
+    cmd->add_option("--arch", *archs, "only entries for this target (repeatable), e.g. --arch sm_90a");
+    cmd->callback([file, archs] { cmd_export(*file, *archs); });
+  }
+  {
+    auto file = std::make_shared<std::string>();
+    CLI::App* cmd = add_cache_subcommand(
+        cache, "import",
+        "add the entries of an archive; entries for another NVRTC, spattn or format version are rejected "
+        "with a reason. Exits 1 if the archive itself is damaged");
+    cmd->add_option("FILE", *file, "archive to read")->required();
+    cmd->callback([file] { cmd_import(*file); });
+  }
+}
+
+}  // namespace spattn::cli
