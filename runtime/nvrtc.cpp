@@ -2,6 +2,8 @@
 
 #include <nvrtc.h>
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>

@@ -121,7 +121,9 @@ struct Forward {
     const int tid = threadIdx.x;
     const int32_t* slots = t.k_slots >= 0 ? p.arena + t.k_slots : nullptr;
     const int slot0 = k_tile * BN;
-#pragma unroll
+    // Not unrolled on purpose: unrolled, the compiler hoists every row's 64-bit offset
+    // out of the key-tile loop and keeps them in registers the accumulators need.
+#pragma unroll 1
     for (int c = tid; c < BN * kChunksPerRow; c += kThreads) {
       const int row = c / kChunksPerRow;
       const int chunk = c % kChunksPerRow;
@@ -167,7 +169,7 @@ struct Forward {
     const int qslot0 = q_tile * BM;
 
     // ---- Q tile -> shared memory (zeros for padding rows)
-#pragma unroll
+#pragma unroll 1
     for (int c = tid; c < BM * kChunksPerRow; c += kThreads) {
       const int row = c / kChunksPerRow;
       const int chunk = c % kChunksPerRow;

@@ -5,6 +5,7 @@
 //    part in have lse_p = -inf and weight 0; a row with no part gets O = 0, LSE = -inf.
 //  - fill: O = 0 and LSE = -inf for every row, before a single-part layout that leaves
 //    some rows without any table.
+//  - fill_random: uniform random fp16/bf16 values (tests, benchmarks, the demo).
 #pragma once
 
 #include "spattn/params.cuh"
@@ -74,8 +75,22 @@ __device__ void fill_empty(const SpattnFillParams& p) {
   if (p.lse && lane == 0) p.lse[b * p.lse_stride_b + h * p.lse_stride_h + i] = __int_as_float(0xff800000);
 }
 
+__device__ void fill_random(const SpattnRandomParams& p) {
+  for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < p.n; idx += (int64_t)gridDim.x * blockDim.x) {
+    // splitmix64 of (seed, index)
+    uint64_t z = p.seed * 0x9E3779B97F4A7C15ull + (uint64_t)idx + 1;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const float u = (float)(z >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+    const float x = (2.f * u - 1.f) * p.scale;
+    static_cast<unsigned short*>(p.data)[idx] = p.bf16 ? to_half_bits<true>(x) : to_half_bits<false>(x);
+  }
+}
+
 }  // namespace spattn
 
+extern "C" __global__ void spattn_fill_random(const SpattnRandomParams p) { spattn::fill_random(p); }
 extern "C" __global__ void spattn_merge_bf16(const SpattnMergeParams p) { spattn::merge_parts<true>(p); }
 extern "C" __global__ void spattn_merge_fp16(const SpattnMergeParams p) { spattn::merge_parts<false>(p); }
 extern "C" __global__ void spattn_fill_empty(const SpattnFillParams p) { spattn::fill_empty(p); }

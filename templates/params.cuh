@@ -88,3 +88,13 @@ struct SpattnReferenceParams {
   int32_t batch, nq, nk, heads, kv_group, head_dim, branches, words, bf16;
   float scale;
 };
+
+// Fills n 16-bit values with uniform random numbers in [-scale, scale) from a counter
+// hash of (seed, index): fresh inputs for tests and benchmarks without host traffic.
+struct SpattnRandomParams {
+  void* data;
+  int64_t n;
+  uint64_t seed;
+  float scale;
+  int32_t bf16;
+};

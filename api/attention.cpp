@@ -1,0 +1,133 @@
+#include <spattn/attention.hpp>
+
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <tuple>
+
+#include "api/select.hpp"
+#include "common/check.hpp"
+#include "common/log.hpp"
+#include "engine/forward.hpp"
+#include "runtime/device.hpp"
+
+namespace spattn {
+
+const char* version() { return SPATTN_VERSION_STRING; }
+
+std::string Explanation::to_string() const {
+  std::ostringstream s;
+  s << "pattern   " << pattern << "\n";
+  s << "problem   " << problem << "\n";
+  s << "device    " << device << " (" << arch << ")\n";
+  s << "config    " << config.to_string() << " — " << config_source << "\n";
+  s << "kernel    " << kernel << " key " << cache_key.substr(0, 16) << (cache_hit ? " (cache hit)" : " (compiled")
+    << (cache_hit ? "" : fmt::format(" in {:.0f} ms)", compile_ms)) << "\n";
+  s << fmt::format("layout    {} part(s), {} table(s), {} work items, built in {:.1f} ms\n", parts, tables, work_items,
+                   layout_ms);
+  s << fmt::format("tiles     {} active of {} ({} full, {} partial); density {:.4f}; {:.3g} useful FLOP per batch\n",
+                   stats.active_tiles, stats.total_tiles, stats.full_tiles, stats.partial_tiles, stats.density,
+                   stats.useful_flops);
+  return s.str();
+}
+
+struct Attention::Impl {
+  Pattern pattern;
+  AttentionOptions options;
+  // One plan per (problem shape, dtype, config) and device; batch does not change the plan.
+  using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int, std::string>;
+  std::map<PlanKey, std::unique_ptr<engine::ForwardPlan>> plans;
+  Explanation last;
+  bool has_last = false;
+  std::mutex mu;
+
+  engine::ForwardPlan& plan_for(const engine::Problem& p) {
+    const int device = options.device >= 0 ? options.device : runtime::current_device();
+    runtime::make_current(device);
+    const runtime::DeviceInfo info = runtime::device_info(device);
+    const api::Choice choice = options.config
+                                   ? api::Choice{*options.config, "forced by AttentionOptions::config"}
+                                   : api::choose(pattern, p, info, options.use_tuning_db);
+    const PlanKey key{device, p.nq, p.nk, p.heads, p.kv_heads, p.head_dim, static_cast<int>(p.dtype),
+                      choice.config.to_string()};
+    auto& slot = plans[key];
+    if (!slot) {
+      engine::Problem shape = p;
+      shape.batch = 1;
+      slot = std::make_unique<engine::ForwardPlan>(pattern, shape, choice.config, device);
+    }
+    engine::ForwardPlan& plan = *slot;
+    last = Explanation{};
+    last.pattern = pattern.to_json();
+    last.problem = p.to_string();
+    last.device = info.name;
+    last.arch = info.arch();
+    last.config = choice.config;
+    last.config_source = choice.source;
+    last.kernel = plan.rendered().program_name;
+    last.cache_key = plan.kernel().cache_key;
+    last.cache_hit = plan.kernel().cache_hit;
+    last.compile_ms = plan.kernel().compile_ms;
+    last.layout_ms = plan.layout_ms();
+    last.stats = plan.stats();
+    last.parts = plan.layout().parts.size();
+    last.tables = plan.layout().tables.size();
+    last.work_items = plan.layout().schedule.size();
+    has_last = true;
+    log::debug("attention: {} | {} | {}", last.problem, choice.config.to_string(), choice.source);
+    return plan;
+  }
+};
+
+Attention::Attention(Pattern pattern, AttentionOptions options) : impl_(std::make_unique<Impl>()) {
+  impl_->pattern = std::move(pattern);
+  impl_->options = std::move(options);
+}
+
+Attention::~Attention() = default;
+Attention::Attention(Attention&&) noexcept = default;
+Attention& Attention::operator=(Attention&&) noexcept = default;
+
+void Attention::forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                        const TensorView* lse, CUstream stream) {
+  const engine::Problem p = engine::problem_from_tensors(q, k, v, o, lse);
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->pattern.validate(p.shape());
+  engine::ForwardPlan& plan = impl_->plan_for(p);
+  plan.run(q, k, v, o, lse, impl_->options.scale, stream);
+}
+
+Explanation Attention::prepare(int64_t batch, int64_t nq, int64_t nk, int64_t heads, int64_t kv_heads,
+                               int64_t head_dim, DType dtype) {
+  engine::Problem p;
+  p.batch = batch;
+  p.nq = nq;
+  p.nk = nk;
+  p.heads = heads;
+  p.kv_heads = kv_heads;
+  p.head_dim = head_dim;
+  p.dtype = dtype;
+  SPATTN_REQUIRE(batch >= 1 && nq >= 1 && nk >= 1 && heads >= 1 && kv_heads >= 1 && heads % kv_heads == 0,
+                 "invalid problem {}", p.to_string());
+  if (!head_dim_supported(static_cast<int>(head_dim)))
+    SPATTN_FAIL(ErrorCode::kUnsupported, "head dim {} is not supported; supported head dims: {}", head_dim,
+                supported_head_dims());
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->pattern.validate(p.shape());
+  impl_->plan_for(p);
+  return impl_->last;
+}
+
+std::string Attention::explain() const {
+  if (!impl_->has_last) return "spattn::Attention: nothing has run yet (call forward() or prepare())\n";
+  return impl_->last.to_string();
+}
+
+const Explanation& Attention::explanation() const {
+  SPATTN_REQUIRE(impl_->has_last, "nothing has run yet: call forward() or prepare() first");
+  return impl_->last;
+}
+
+const Pattern& Attention::pattern() const { return impl_->pattern; }
+
+}  // namespace spattn

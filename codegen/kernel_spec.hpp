@@ -1,0 +1,47 @@
+// KernelSpec: everything that determines the source of one forward kernel, and the
+// tile configuration that is the autotuner's search space.
+#pragma once
+
+#include <spattn/config.hpp>
+#include <spattn/layout.hpp>
+#include <spattn/tensor.hpp>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace spattn::codegen {
+
+struct KernelSpec {
+  std::vector<LayoutPart> parts;  // the partial-tile predicate of each softmax part
+  KernelConfig config;
+  int head_dim = 128;
+  DType dtype = DType::kBFloat16;
+  std::string arch = "sm_90a";
+};
+
+// A rendered, ready-to-compile program.
+struct RenderedKernel {
+  std::string program_name;   // "spattn_fwd_<hash>.cu"
+  std::string kernel_name;    // the extern "C" entry point
+  std::string source;         // the generated translation unit
+  std::vector<std::pair<std::string, std::string>> headers;  // embedded templates it includes
+  std::vector<std::pair<std::string, std::string>> template_hashes;
+  int threads = 0;
+  int smem_bytes = 0;
+};
+
+// Readable CUDA source for the spec, with a header comment naming it.
+RenderedKernel render_forward(const KernelSpec& spec);
+// The merge / fill / reference helper kernels (templates/merge.cuh, reference.cuh).
+RenderedKernel render_support_kernels();
+
+// The partial-tile predicate of `parts` as one C++ function
+//   bool <name>(int part, long long h, long long i, long long j, long long nq, long long nk, long long heads)
+// compilable both by NVRTC (as device code) and by a host C++ compiler, so tests can
+// check it against Pattern::allowed_in_branch. `qualifiers` is prepended
+// ("__device__ __forceinline__" or "inline").
+std::string render_predicate(const std::vector<LayoutPart>& parts, const std::string& name,
+                             const std::string& qualifiers);
+
+}  // namespace spattn::codegen

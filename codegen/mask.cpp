@@ -1,0 +1,227 @@
+// Rendering of the token predicate (DESIGN.md §3) as C++ source: the code the kernel
+// evaluates in partial tiles. The expressions mirror Pattern::allowed term by term;
+// tests compile the rendered function on the host and compare the two on random
+// (h, i, j) for every pattern kind.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <sstream>
+
+#include "codegen/kernel_spec.hpp"
+#include "common/check.hpp"
+
+namespace spattn::codegen {
+namespace {
+
+template <class... F>
+struct Overload : F... {
+  using F::operator()...;
+};
+template <class... F>
+Overload(F...) -> Overload<F...>;
+
+std::string ll(int64_t v) { return fmt::format("{}LL", v); }
+
+class Emitter {
+ public:
+  explicit Emitter(std::string qualifiers) : qualifiers_(std::move(qualifiers)) {}
+
+  // Expression for "query i of head h may attend key j" (union over branches).
+  std::string allowed(const Pattern& p) {
+    const int n = p.branch_count();
+    if (n == 1) return in_branch(p, 0);
+    std::vector<std::string> terms;
+    for (int b = 0; b < n; ++b) terms.push_back(in_branch(p, b));
+    return "(" + join(terms, " || ") + ")";
+  }
+
+  // Expression for allowed_in_branch(b, h, i, j): the pattern's own term and its causal flag.
+  std::string in_branch(const Pattern& p, int b) {
+    std::string e = node_branch(p, b);
+    if (p.causal()) e = "(" + e + " && j <= i + (nk - nq))";
+    return e;
+  }
+
+  std::string prelude() const { return prelude_.str(); }
+
+ private:
+  static std::string join(const std::vector<std::string>& v, const char* sep) {
+    std::string out;
+    for (size_t k = 0; k < v.size(); ++k) out += (k ? sep : "") + v[k];
+    return out.empty() ? "false" : out;
+  }
+
+  std::string node_branch(const Pattern& p, int b) {
+    return std::visit(
+        Overload{
+            [&](const Dense&) -> std::string { return "true"; },
+            [&](const LocalWindow& w) -> std::string {
+              return fmt::format("(j >= i - {} && j <= i + {})", ll(w.left), ll(w.right));
+            },
+            [&](const GlobalLocal& g) -> std::string {
+              return fmt::format("((j >= i - {} && j <= i + {}) || j < {} || i < {})", ll(g.left), ll(g.right),
+                                 ll(g.global), ll(g.global));
+            },
+            [&](const Strided& s) -> std::string {
+              if (s.mode == StrideMode::kRelative) return fmt::format("((i - j) % {} == 0)", ll(s.stride));
+              return fmt::format("(j % {} == 0)", ll(s.stride));
+            },
+            [&](const DilatedSparse& d) -> std::string {
+              std::vector<std::string> terms{"dI == 0"};
+              for (int64_t r : d.rates)
+                terms.push_back(fmt::format("(dI % {} == 0 && dI <= {})", ll(r), ll(r * d.reach)));
+              return fmt::format("([&]() {{ const long long dI = i / {0} > j / {0} ? i / {0} - j / {0} : j / {0} - i / {0}; return {1}; }}())",
+                                 ll(d.block), join(terms, " || "));
+            },
+            [&](const Hierarchical& hr) -> std::string {
+              std::vector<std::string> terms;
+              for (const auto& l : hr.levels) {
+                const int64_t s = std::max<int64_t>(1, l.stride / l.block);
+                std::string t = fmt::format("((i / {0}) % {1} == 0", ll(l.block), ll(s));
+                if (l.window != -1)
+                  t += fmt::format(" && (i / {0} > j / {0} ? i / {0} - j / {0} : j / {0} - i / {0}) <= {1}", ll(l.block),
+                                   ll((l.window / l.block) / 2));
+                terms.push_back(t + ")");
+              }
+              return "(" + join(terms, " || ") + ")";
+            },
+            [&](const Neighborhood& n) -> std::string { return neighborhood(n); },
+            [&](const Adaptive&) -> std::string {
+              SPATTN_FAIL(ErrorCode::kUnsupported,
+                          "adaptive patterns choose their blocks on the GPU at run time; the generated "
+                          "predicate cannot express them");
+            },
+            [&](const Custom& c) -> std::string { return custom(c); },
+            [&](const Butterfly& bf) -> std::string {
+              return fmt::format("([&]() {{ const long long x = (i / {0}) ^ (j / {0}); return (x & (x - 1)) == 0; }}())",
+                                 ll(bf.block));
+            },
+            [&](const LongNet& ln) -> std::string {
+              SPATTN_ASSERT(b >= 0 && b < static_cast<int>(ln.segments.size()));
+              const int64_t w = ln.segments[b], r = ln.rates[b];
+              // Head group o = h / ceil(H / r); position within the segment decides the residue.
+              return fmt::format(
+                  "([&]() {{ const long long o = h / ((heads + {1} - 1) / {1}); return i / {0} == j / {0} && "
+                  "(i % {0}) % {1} == o && (j % {0}) % {1} == o; }}())",
+                  ll(w), ll(r));
+            },
+            [&](const Union& u) -> std::string {
+              std::vector<std::string> terms;
+              for (const auto& item : u.items) terms.push_back(allowed(item));
+              return "(" + join(terms, " || ") + ")";
+            },
+            [&](const Intersect& x) -> std::string {
+              std::vector<std::string> terms;
+              for (const auto& item : x.items) terms.push_back(allowed(item));
+              return "(" + join(terms, " && ") + ")";
+            },
+            [&](const Branches& br) -> std::string {
+              int base = 0;
+              for (const auto& item : br.items) {
+                const int n = item.branch_count();
+                if (b < base + n) return in_branch(item, b - base);
+                base += n;
+              }
+              SPATTN_FAIL(ErrorCode::kInternal, "branch {} out of range", b);
+            },
+            [&](const HeadGroups& hg) -> std::string {
+              std::string e = "false";
+              // Nested conditionals: the group that contains h decides.
+              for (auto it = hg.groups.rbegin(); it != hg.groups.rend(); ++it) {
+                const Pattern& gp = *it->pattern;
+                const std::string term = b < gp.branch_count() ? in_branch(gp, b) : std::string("false");
+                e = fmt::format("((h >= {} && h < {}) ? {} : {})", ll(it->first), ll(it->first + it->count), term, e);
+              }
+              return e;
+            },
+        },
+        p.node());
+  }
+
+  std::string neighborhood(const Neighborhood& n) {
+    if (!axis_helper_) {
+      axis_helper_ = true;
+      // NATTEN per-axis rule: same dilation residue; in the residue class of length L
+      // the window of min(w, L) positions starts at clamp(t_i - w/2, 0, L - w).
+      prelude_ << qualifiers_ << " bool spattn_nbr_axis(long long xi, long long xj, long long g, long long w, long long d) {\n"
+               << "  const long long ri = xi % d;\n"
+               << "  if (ri != xj % d) return false;\n"
+               << "  const long long len = (g - ri + d - 1) / d;\n"
+               << "  const long long ti = xi / d, tj = xj / d;\n"
+               << "  long long start = 0, width = len;\n"
+               << "  if (w < len) {\n"
+               << "    start = ti - w / 2;\n"
+               << "    if (start < 0) start = 0;\n"
+               << "    if (start > len - w) start = len - w;\n"
+               << "    width = w;\n"
+               << "  }\n"
+               << "  return tj >= start && tj < start + width;\n"
+               << "}\n";
+    }
+    std::vector<std::string> terms;
+    int64_t inner = 1;
+    for (size_t a = n.grid.size(); a-- > 0;) {
+      const int64_t d = a < n.dilation.size() ? n.dilation[a] : 1;
+      terms.push_back(fmt::format("spattn_nbr_axis((i / {0}) % {1}, (j / {0}) % {1}, {1}, {2}, {3})", ll(inner),
+                                  ll(n.grid[a]), ll(n.window[a]), ll(d)));
+      inner *= n.grid[a];
+    }
+    std::reverse(terms.begin(), terms.end());
+    return "(" + join(terms, " && ") + ")";
+  }
+
+  std::string custom(const Custom& c) {
+    std::vector<long long> keys;
+    keys.reserve(c.pairs.size());
+    for (const auto& [qi, kj] : c.pairs) keys.push_back((static_cast<long long>(qi) << 32) | kj);
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    const int id = custom_count_++;
+    prelude_ << "// custom pattern " << id << ": " << keys.size() << " (query block, key block) pairs, sorted\n";
+    prelude_ << (qualifiers_.find("__device__") != std::string::npos ? "__device__ " : "") << "static const long long spattn_custom_"
+             << id << "[" << std::max<size_t>(1, keys.size()) << "] = {";
+    for (size_t k = 0; k < keys.size(); ++k) prelude_ << (k % 8 ? " " : "\n  ") << keys[k] << "LL,";
+    if (keys.empty()) prelude_ << "-1LL";
+    prelude_ << "\n};\n";
+    prelude_ << qualifiers_ << " bool spattn_custom_has_" << id << "(long long key) {\n"
+             << "  int lo = 0, hi = " << keys.size() << ";\n"
+             << "  while (lo < hi) {\n"
+             << "    const int mid = (lo + hi) / 2;\n"
+             << "    if (spattn_custom_" << id << "[mid] < key) lo = mid + 1; else hi = mid;\n"
+             << "  }\n"
+             << "  return lo < " << keys.size() << " && spattn_custom_" << id << "[lo] == key;\n"
+             << "}\n";
+    return fmt::format("spattn_custom_has_{}(((i / {}) << 32) | (j / {}))", id, ll(c.block), ll(c.block));
+  }
+
+  std::string qualifiers_;
+  std::ostringstream prelude_;
+  bool axis_helper_ = false;
+  int custom_count_ = 0;
+};
+
+}  // namespace
+
+std::string render_predicate(const std::vector<LayoutPart>& parts, const std::string& name,
+                             const std::string& qualifiers) {
+  Emitter em(qualifiers);
+  std::vector<std::string> cases;
+  for (size_t k = 0; k < parts.size(); ++k) {
+    const LayoutPart& part = parts[k];
+    std::string e = em.in_branch(part.pattern, part.branch);
+    for (const Pattern& ex : part.exclude) e += " && !" + em.allowed(ex);
+    cases.push_back(fmt::format("    case {}: return {};\n", k, e));
+  }
+  std::ostringstream out;
+  out << em.prelude();
+  out << qualifiers << " bool " << name
+      << "(int part, long long h, long long i, long long j, long long nq, long long nk, long long heads) {\n";
+  out << "  (void)h; (void)i; (void)j; (void)nq; (void)nk; (void)heads;\n";
+  out << "  switch (part) {\n";
+  for (const auto& c : cases) out << c;
+  out << "    default: return false;\n  }\n}\n";
+  return out.str();
+}
+
+}  // namespace spattn::codegen

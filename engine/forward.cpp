@@ -1,0 +1,282 @@
+#include "engine/forward.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include "common/check.hpp"
+#include "common/log.hpp"
+#include "runtime/driver.hpp"
+#include "templates/params.cuh"
+
+namespace spattn::engine {
+
+std::string Problem::to_string() const {
+  return fmt::format("B={} Nq={} Nk={} Hq={} Hkv={} D={} {}", batch, nq, nk, heads, kv_heads, head_dim,
+                     spattn::to_string(dtype));
+}
+
+double Problem::useful_flops(const LayoutStats& stats) const {
+  return 4.0 * static_cast<double>(head_dim) * static_cast<double>(stats.allowed_pairs_total) *
+         static_cast<double>(batch);
+}
+
+namespace {
+
+void check_tensor_4d(const TensorView& t, const char* name, int64_t b, int64_t n, int64_t h, int64_t d,
+                     const char* layout, DType dtype) {
+  SPATTN_REQUIRE(t.data != nullptr, "{} is a null pointer", name);
+  SPATTN_REQUIRE(t.rank == 4, "{} must have 4 dimensions {}; got {}", name, layout, t.describe());
+  SPATTN_REQUIRE(t.shape[0] == b && t.shape[1] == n && t.shape[2] == h && t.shape[3] == d,
+                 "{} must have shape [{}, {}, {}, {}] {}; got {}", name, b, n, h, d, layout, t.describe());
+  SPATTN_REQUIRE(t.dtype == dtype, "{} has dtype {} but Q has {}; all of Q, K, V, O must share one dtype", name,
+                 to_string(t.dtype), to_string(dtype));
+  SPATTN_REQUIRE(t.strides[3] == 1, "{} must be contiguous in the head dimension (stride 1); got {}", name,
+                 t.describe());
+  for (int k = 0; k < 3; ++k)
+    SPATTN_REQUIRE(t.strides[k] % 8 == 0 && t.strides[k] >= 0,
+                   "{}: strides must be non-negative multiples of 8 elements (16-byte rows for async copies); got {}",
+                   name, t.describe());
+  SPATTN_REQUIRE(reinterpret_cast<uintptr_t>(t.data) % 16 == 0, "{} must be 16-byte aligned", name);
+}
+
+}  // namespace
+
+Problem problem_from_tensors(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                             const TensorView* lse) {
+  SPATTN_REQUIRE(q.rank == 4, "Q must be [B, Nq, Hq, D]; got {}", q.describe());
+  SPATTN_REQUIRE(k.rank == 4, "K must be [B, Nk, Hkv, D]; got {}", k.describe());
+  Problem p;
+  p.batch = q.shape[0];
+  p.nq = q.shape[1];
+  p.heads = q.shape[2];
+  p.head_dim = q.shape[3];
+  p.nk = k.shape[1];
+  p.kv_heads = k.shape[2];
+  p.dtype = q.dtype;
+  SPATTN_REQUIRE(p.batch >= 1 && p.nq >= 1 && p.nk >= 1 && p.heads >= 1 && p.kv_heads >= 1,
+                 "every dimension must be >= 1 (got Q {}, K {})", q.describe(), k.describe());
+  SPATTN_REQUIRE(p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16,
+                 "Q has dtype {}; supported: fp16, bf16", to_string(p.dtype));
+  if (!head_dim_supported(static_cast<int>(p.head_dim)))
+    SPATTN_FAIL(ErrorCode::kUnsupported, "head dim {} is not supported; supported head dims: {}", p.head_dim,
+                supported_head_dims());
+  SPATTN_REQUIRE(p.heads % p.kv_heads == 0,
+                 "query heads ({}) must be a multiple of key/value heads ({}) for GQA/MQA", p.heads, p.kv_heads);
+  SPATTN_REQUIRE(p.nq < (int64_t{1} << 31) && p.nk < (int64_t{1} << 31), "sequence lengths must be below 2^31");
+  check_tensor_4d(q, "Q", p.batch, p.nq, p.heads, p.head_dim, "[B, Nq, Hq, D]", p.dtype);
+  check_tensor_4d(k, "K", p.batch, p.nk, p.kv_heads, p.head_dim, "[B, Nk, Hkv, D]", p.dtype);
+  check_tensor_4d(v, "V", p.batch, p.nk, p.kv_heads, p.head_dim, "[B, Nk, Hkv, D]", p.dtype);
+  check_tensor_4d(o, "O", p.batch, p.nq, p.heads, p.head_dim, "[B, Nq, Hq, D]", p.dtype);
+  if (lse) {
+    SPATTN_REQUIRE(lse->data != nullptr, "LSE is a null pointer (pass no LSE view instead)");
+    SPATTN_REQUIRE(lse->dtype == DType::kFloat32, "LSE must be fp32; got {}", to_string(lse->dtype));
+    SPATTN_REQUIRE(lse->rank == 3 && lse->shape[0] == p.batch && lse->shape[1] == p.heads && lse->shape[2] == p.nq,
+                   "LSE must have shape [{}, {}, {}] ([B, Hq, Nq]); got {}", p.batch, p.heads, p.nq, lse->describe());
+    SPATTN_REQUIRE(lse->strides[2] == 1, "LSE must be contiguous along Nq; got {}", lse->describe());
+  }
+  return p;
+}
+
+codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& config, const Problem& problem,
+                                    const std::string& arch) {
+  codegen::KernelSpec spec;
+  spec.parts = layout.parts;
+  spec.config = config;
+  spec.head_dim = static_cast<int>(problem.head_dim);
+  spec.dtype = problem.dtype;
+  spec.arch = arch;
+  return spec;
+}
+
+namespace {
+
+int32_t checked_i32(int64_t v, const char* what) {
+  if (v > std::numeric_limits<int32_t>::max())
+    SPATTN_FAIL(ErrorCode::kUnsupported, "{} ({}) exceeds the 32-bit range of the device tables; use larger tiles",
+                what, v);
+  return static_cast<int32_t>(v);
+}
+
+}  // namespace
+
+ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config,
+                         int device)
+    : pattern_(pattern), problem_(problem), config_(config), device_(device) {
+  runtime::make_current(device);
+  const runtime::DeviceInfo info = runtime::device_info(device);
+  config.validate(static_cast<int>(problem.head_dim));
+  const int smem = config.smem_bytes(static_cast<int>(problem.head_dim));
+  if (smem > info.smem_per_block_optin)
+    SPATTN_FAIL(ErrorCode::kUnsupported,
+                "config {} with head dim {} needs {} bytes of shared memory per block; {} allows {}; use a smaller "
+                "tile or one stage",
+                config.to_string(), problem.head_dim, smem, info.name, info.smem_per_block_optin);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  LayoutOptions lo;
+  lo.tile_m = config.tile_m;
+  lo.tile_n = config.tile_n;
+  lo.permute = config.permute;
+  lo.schedule = config.schedule;
+  layout_ = compile_layout(pattern, problem.shape(), lo);
+  stats_ = layout_stats(pattern, layout_, problem.head_dim);
+  layout_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+
+  rendered_ = codegen::render_forward(kernel_spec_for(layout_, config, problem, info.arch()));
+  fwd_ = &load_kernel(rendered_, device);
+  if (rendered_.smem_bytes > 48 * 1024) fwd_->kernel.set_max_dynamic_shared(rendered_.smem_bytes);
+  const codegen::RenderedKernel support = codegen::render_support_kernels();
+  if (layout_.needs_merge())
+    merge_ = &load_kernel(support, device, problem.dtype == DType::kBFloat16 ? "spattn_merge_bf16" : "spattn_merge_fp16");
+  if (!layout_.covers_all_rows && !layout_.needs_merge()) fill_ = &load_kernel(support, device, "spattn_fill_empty");
+
+  // Tables -> one int32 arena + descriptors + the work list.
+  std::vector<int32_t> arena;
+  std::vector<SpattnTable> descs;
+  auto append = [&](const auto& values) {
+    const int32_t off = checked_i32(static_cast<int64_t>(arena.size()), "table arena size");
+    for (auto v : values) arena.push_back(checked_i32(v, "table entry"));
+    return off;
+  };
+  for (const BlockTable& t : layout_.tables) {
+    SpattnTable d{};
+    d.part = t.part;
+    d.num_q_tiles = checked_i32(t.num_q_tiles, "query tiles");
+    d.num_k_tiles = checked_i32(t.num_k_tiles, "key tiles");
+    d.q_slots = t.q_slots.empty() ? -1 : append(t.q_slots);
+    d.k_slots = t.k_slots.empty() ? -1 : append(t.k_slots);
+    d.row_ptr = append(t.row_ptr);
+    d.full_count = append(t.full_count);
+    d.cols = append(t.cols);
+    descs.push_back(d);
+  }
+  std::vector<int32_t> work;
+  work.reserve(layout_.schedule.size() * 3);
+  for (const WorkItem& w : layout_.schedule) {
+    work.push_back(w.table);
+    work.push_back(w.q_tile);
+    work.push_back(w.head);
+  }
+  if (arena.empty()) arena.push_back(0);
+  arena_ = runtime::DeviceBuffer(arena.size() * sizeof(int32_t));
+  arena_.upload(arena.data(), arena.size() * sizeof(int32_t));
+  if (!descs.empty()) {
+    tables_ = runtime::DeviceBuffer(descs.size() * sizeof(SpattnTable));
+    tables_.upload(descs.data(), descs.size() * sizeof(SpattnTable));
+  }
+  if (!work.empty()) {
+    work_ = runtime::DeviceBuffer(work.size() * sizeof(int32_t));
+    work_.upload(work.data(), work.size() * sizeof(int32_t));
+  }
+  log::debug("plan {} | {} | {} parts, {} tables, {} work items, layout {:.1f} ms | kernel {} ({})",
+             problem.to_string(), config.to_string(), layout_.parts.size(), layout_.tables.size(),
+             layout_.schedule.size(), layout_ms_, rendered_.program_name, fwd_->cache_hit ? "cache hit" : "compiled");
+}
+
+ForwardPlan::~ForwardPlan() = default;
+
+void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                      const TensorView* lse, float scale, CUstream stream) {
+  const Problem p = problem_from_tensors(q, k, v, o, lse);
+  SPATTN_REQUIRE(p.nq == problem_.nq && p.nk == problem_.nk && p.heads == problem_.heads &&
+                     p.kv_heads == problem_.kv_heads && p.head_dim == problem_.head_dim && p.dtype == problem_.dtype,
+                 "tensors ({}) do not match the plan ({})", p.to_string(), problem_.to_string());
+  runtime::make_current(device_);
+  if (scale <= 0) scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
+  const int parts = static_cast<int>(layout_.parts.size());
+  const bool merge = layout_.needs_merge();
+
+  if (merge) {
+    const size_t o_elems = static_cast<size_t>(parts) * p.batch * p.nq * p.heads * p.head_dim;
+    const size_t l_elems = static_cast<size_t>(parts) * p.batch * p.heads * p.nq;
+    if (part_o_.size() < o_elems * 4) part_o_ = runtime::DeviceBuffer(o_elems * 4);
+    if (part_lse_.size() < l_elems * 4) part_lse_ = runtime::DeviceBuffer(l_elems * 4);
+    // Rows a part does not reach keep LSE = -inf (weight 0 in the merge).
+    SPATTN_CU_CHECK(cuMemsetD32Async(part_lse_.get(), 0xff800000u, l_elems, stream));
+  }
+
+  const int64_t lse_sb = lse ? lse->strides[0] : 0, lse_sh = lse ? lse->strides[1] : 0;
+  float* lse_ptr = lse ? static_cast<float*>(lse->data) : nullptr;
+
+  if (fill_) {
+    SpattnFillParams f{};
+    f.o = o.data;
+    f.lse = lse_ptr;
+    f.o_stride_b = o.strides[0];
+    f.o_stride_n = o.strides[1];
+    f.o_stride_h = o.strides[2];
+    f.lse_stride_b = lse_sb;
+    f.lse_stride_h = lse_sh;
+    f.batch = static_cast<int32_t>(p.batch);
+    f.nq = static_cast<int32_t>(p.nq);
+    f.heads = static_cast<int32_t>(p.heads);
+    f.head_dim = static_cast<int32_t>(p.head_dim);
+    const int64_t rows = p.batch * p.heads * p.nq;
+    void* args[] = {&f};
+    fill_->kernel.launch({static_cast<unsigned>((rows + 7) / 8)}, {256}, 0, stream, args);
+  }
+
+  if (!layout_.schedule.empty()) {
+    SpattnFwdParams fp{};
+    fp.q = q.data;
+    fp.k = k.data;
+    fp.v = v.data;
+    fp.o = o.data;
+    fp.lse = lse_ptr;
+    fp.q_stride_b = q.strides[0];
+    fp.q_stride_n = q.strides[1];
+    fp.q_stride_h = q.strides[2];
+    fp.k_stride_b = k.strides[0];
+    fp.k_stride_n = k.strides[1];
+    fp.k_stride_h = k.strides[2];
+    fp.v_stride_b = v.strides[0];
+    fp.v_stride_n = v.strides[1];
+    fp.v_stride_h = v.strides[2];
+    fp.o_stride_b = o.strides[0];
+    fp.o_stride_n = o.strides[1];
+    fp.o_stride_h = o.strides[2];
+    fp.lse_stride_b = lse_sb;
+    fp.lse_stride_h = lse_sh;
+    fp.nq = static_cast<int32_t>(p.nq);
+    fp.nk = static_cast<int32_t>(p.nk);
+    fp.heads = static_cast<int32_t>(p.heads);
+    fp.kv_group = static_cast<int32_t>(p.heads / p.kv_heads);
+    fp.scale_log2 = scale * 1.4426950408889634f;
+    fp.arena = reinterpret_cast<const int32_t*>(arena_.get());
+    fp.tables = reinterpret_cast<const SpattnTable*>(tables_.get());
+    fp.work = reinterpret_cast<const int32_t*>(work_.get());
+    fp.num_work = static_cast<int32_t>(layout_.schedule.size());
+    fp.part_o = merge ? reinterpret_cast<float*>(part_o_.get()) : nullptr;
+    fp.part_lse = merge ? reinterpret_cast<float*>(part_lse_.get()) : nullptr;
+    fp.write_parts = merge ? 1 : 0;
+    fp.batch = static_cast<int32_t>(p.batch);
+    SPATTN_REQUIRE(p.batch <= 65535, "batch {} exceeds the launch grid limit 65535", p.batch);
+    void* args[] = {&fp};
+    fwd_->kernel.launch({static_cast<unsigned>(layout_.schedule.size()), static_cast<unsigned>(p.batch)},
+                        {static_cast<unsigned>(rendered_.threads)}, rendered_.smem_bytes, stream, args);
+  }
+
+  if (merge) {
+    SpattnMergeParams m{};
+    m.part_o = reinterpret_cast<const float*>(part_o_.get());
+    m.part_lse = reinterpret_cast<const float*>(part_lse_.get());
+    m.o = o.data;
+    m.lse = lse_ptr;
+    m.o_stride_b = o.strides[0];
+    m.o_stride_n = o.strides[1];
+    m.o_stride_h = o.strides[2];
+    m.lse_stride_b = lse_sb;
+    m.lse_stride_h = lse_sh;
+    m.parts = parts;
+    m.batch = static_cast<int32_t>(p.batch);
+    m.nq = static_cast<int32_t>(p.nq);
+    m.heads = static_cast<int32_t>(p.heads);
+    m.head_dim = static_cast<int32_t>(p.head_dim);
+    const int64_t rows = p.batch * p.heads * p.nq;
+    void* args[] = {&m};
+    merge_->kernel.launch({static_cast<unsigned>((rows + 7) / 8)}, {256}, 0, stream, args);
+  }
+}
+
+}  // namespace spattn::engine

@@ -1,0 +1,83 @@
+// The forward engine: one ForwardPlan holds everything needed to run a pattern at one
+// problem shape with one kernel configuration on one device — the compiled layout, its
+// tables on the device, the loaded kernels — and launches them.
+//
+// Execution: a single-part layout runs the forward kernel writing O and LSE directly
+// (after an O = 0 / LSE = -inf fill when some rows have no table). A multi-part layout
+// (LongNet branches, unions of differently ordered members) runs every part in one
+// launch into fp32 part buffers, then a merge kernel combines them with LSE weights.
+#pragma once
+
+#include <spattn/layout.hpp>
+#include <spattn/tensor.hpp>
+
+#include <memory>
+#include <string>
+
+#include "codegen/kernel_spec.hpp"
+#include "engine/jit.hpp"
+#include "runtime/device.hpp"
+
+namespace spattn::engine {
+
+struct Problem {
+  int64_t batch = 1;
+  int64_t nq = 0;
+  int64_t nk = 0;
+  int64_t heads = 1;     // query heads
+  int64_t kv_heads = 1;  // divides heads (GQA/MQA)
+  int64_t head_dim = 128;
+  DType dtype = DType::kBFloat16;
+
+  Shape shape() const { return Shape{nq, nk, heads}; }
+  std::string to_string() const;
+  // 4 * D * allowed pairs (summed over heads and batch): the "useful" FLOPs.
+  double useful_flops(const LayoutStats& stats) const;
+};
+
+// Checks that the tensors describe one problem (DESIGN.md §2 shapes, fp16/bf16, a
+// contiguous head dim, 16-byte aligned rows, LSE [B, Hq, Nq] fp32) and returns it.
+// Throws kInvalidArgument / kUnsupported naming the tensor and what is expected.
+Problem problem_from_tensors(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                             const TensorView* lse);
+
+// The spec the plan's kernel is generated from.
+codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& config, const Problem& problem,
+                                    const std::string& arch);
+
+class ForwardPlan {
+ public:
+  // Compiles the layout and the kernels (through the cache) and uploads the tables.
+  ForwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config, int device);
+  ~ForwardPlan();
+
+  // Launches on `stream` (asynchronous). `lse` may be null. scale <= 0 means 1/sqrt(D).
+  void run(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+           const TensorView* lse, float scale, CUstream stream);
+
+  const Layout& layout() const { return layout_; }
+  const LayoutStats& stats() const { return stats_; }
+  const Problem& problem() const { return problem_; }
+  const KernelConfig& config() const { return config_; }
+  const codegen::RenderedKernel& rendered() const { return rendered_; }
+  const JitKernel& kernel() const { return *fwd_; }
+  double layout_ms() const { return layout_ms_; }
+  int device() const { return device_; }
+
+ private:
+  Pattern pattern_;
+  Problem problem_;
+  KernelConfig config_;
+  int device_;
+  Layout layout_;
+  LayoutStats stats_;
+  double layout_ms_ = 0;
+  codegen::RenderedKernel rendered_;
+  const JitKernel* fwd_ = nullptr;
+  const JitKernel* merge_ = nullptr;
+  const JitKernel* fill_ = nullptr;
+  runtime::DeviceBuffer arena_, tables_, work_;
+  runtime::DeviceBuffer part_o_, part_lse_;
+};
+
+}  // namespace spattn::engine

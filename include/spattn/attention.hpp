@@ -1,0 +1,85 @@
+// spattn::Attention — sparse attention forward through generated kernels.
+//
+//   spattn::Attention attn(spattn::Pattern::parse(R"({"type":"local_window","window":1024})"));
+//   attn.forward(q, k, v, o, &lse, stream);   // device tensors, see spattn/tensor.hpp
+//   std::cout << attn.explain();
+//
+// Layouts are compiled once per problem shape and kept; kernels are generated and
+// compiled lazily through the on-disk kernel cache (a warm cache loads in milliseconds).
+// The kernel configuration comes from the options if forced, else from the tuning
+// database of this GPU (written by `spattn autotune`), else from documented heuristics;
+// explain() says which.
+#pragma once
+
+#include <spattn/config.hpp>
+#include <spattn/layout.hpp>
+#include <spattn/pattern.hpp>
+#include <spattn/tensor.hpp>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+typedef struct CUstream_st* CUstream;
+
+namespace spattn {
+
+struct AttentionOptions {
+  float scale = 0;                    // softmax scale; <= 0 means 1/sqrt(head_dim)
+  int device = -1;                    // CUDA device; -1: the device of the current context (else 0)
+  std::optional<KernelConfig> config;   // force a kernel configuration
+  bool use_tuning_db = true;          // consult the tuning database of this GPU
+};
+
+// What the last forward() ran, for logs and bug reports.
+struct Explanation {
+  std::string pattern;        // canonical JSON
+  std::string problem;        // "B=1 Nq=16384 Nk=16384 Hq=16 Hkv=16 D=128 bf16"
+  std::string device;         // GPU name
+  std::string arch;
+  KernelConfig config;
+  std::string config_source;  // "forced", "tuning database (...)", "heuristic (...)"
+  std::string kernel;         // generated program name
+  std::string cache_key;
+  bool cache_hit = false;
+  double compile_ms = 0;
+  double layout_ms = 0;
+  LayoutStats stats;
+  size_t parts = 0;
+  size_t tables = 0;
+  size_t work_items = 0;
+  std::string to_string() const;
+};
+
+class Attention {
+ public:
+  explicit Attention(Pattern pattern, AttentionOptions options = {});
+  ~Attention();
+  Attention(Attention&&) noexcept;
+  Attention& operator=(Attention&&) noexcept;
+
+  // O = attention(Q, K, V) under the pattern; LSE optional ([B, Hq, Nq] fp32).
+  // Asynchronous on `stream`. Throws spattn::Error on invalid input (naming the tensor
+  // and the expected shape), unsupported dtype/head dim/arch, or a missing GPU.
+  void forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+               const TensorView* lse = nullptr, CUstream stream = nullptr);
+
+  // Prepares (layout + kernel) for a problem without running it: returns what forward would use.
+  Explanation prepare(int64_t batch, int64_t nq, int64_t nk, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                      DType dtype);
+
+  // The last forward()/prepare(), as text.
+  std::string explain() const;
+  const Explanation& explanation() const;
+
+  const Pattern& pattern() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Library version, "0.1.0".
+const char* version();
+
+}  // namespace spattn

@@ -1,0 +1,164 @@
+// Rendering and NVRTC compilation of the forward kernel (no GPU needed).
+#include <gtest/gtest.h>
+
+#include <spattn/config.hpp>
+#include <spattn/error.hpp>
+#include <spattn/pattern.hpp>
+
+#include "codegen/kernel_spec.hpp"
+#include "runtime/nvrtc.hpp"
+#include "templates/embedded.hpp"
+
+namespace spattn {
+namespace {
+
+codegen::KernelSpec spec_for(const char* json, int head_dim, DType dtype, const std::string& arch,
+                             KernelConfig config = {}) {
+  codegen::KernelSpec s;
+  const Pattern p = Pattern::parse(json);
+  for (int b = 0; b < p.branch_count(); ++b) s.parts.push_back(LayoutPart{p, b, {}});
+  s.head_dim = head_dim;
+  s.dtype = dtype;
+  s.arch = arch;
+  s.config = config;
+  return s;
+}
+
+runtime::CompiledProgram compile(const codegen::RenderedKernel& r, const std::string& arch) {
+  runtime::Program prog;
+  prog.name = r.program_name;
+  prog.source = r.source;
+  prog.headers = r.headers;
+  prog.arch = arch;
+  return runtime::compile(prog);
+}
+
+TEST(Render, SourceNamesItsSpecAndIsDeterministic) {
+  const auto spec = spec_for(R"({"type":"local_window","window":1024})", 128, DType::kBFloat16, "sm_90a");
+  const auto a = codegen::render_forward(spec);
+  const auto b = codegen::render_forward(spec);
+  EXPECT_EQ(a.source, b.source);
+  EXPECT_EQ(a.program_name, b.program_name);
+  EXPECT_NE(a.source.find("local_window"), std::string::npos);
+  EXPECT_NE(a.source.find("tile 128x64, 4 warps, 2 stage(s), head dim 128, bf16, sm_90a"), std::string::npos);
+  EXPECT_NE(a.source.find("kHeadDim = 128"), std::string::npos);
+  ASSERT_EQ(a.template_hashes.size(), 2u);
+  EXPECT_EQ(a.template_hashes[1].second, templates::get("spattn/forward.cuh").sha256);
+  // A different tile config is a different program.
+  KernelConfig other;
+  other.tile_n = 32;
+  EXPECT_NE(codegen::render_forward(spec_for(R"({"type":"local_window","window":1024})", 128, DType::kBFloat16,
+                                              "sm_90a", other))
+                .source,
+            a.source);
+}
+
+// The two targets CI must prove: the portable sm_80 family and Hopper's sm_90a, for both
+// dtypes and the head dims of the heuristic, with no register spills.
+TEST(Render, ForwardCompilesWithoutSpillsForSm80AndSm90a) {
+  struct Case {
+    const char* json;
+    int head_dim;
+    DType dtype;
+    const char* arch;
+    KernelConfig config;
+  };
+  KernelConfig d256;
+  d256.tile_m = 64;
+  d256.stages = 1;
+  const Case cases[] = {
+      {R"({"type":"longnet","segments":[2048,4096],"rates":[1,2]})", 128, DType::kBFloat16, "sm_90a", {}},
+      {R"({"type":"local_window","window":256,"causal":true})", 64, DType::kFloat16, "sm_80", {}},
+      {R"({"type":"dense"})", 256, DType::kBFloat16, "sm_80", d256},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(std::string(c.json) + " " + c.arch);
+    const auto r = codegen::render_forward(spec_for(c.json, c.head_dim, c.dtype, c.arch, c.config));
+    const auto out = compile(r, c.arch);
+    EXPECT_GT(out.cubin.size(), 1000u);
+    EXPECT_GT(out.registers, 0);
+    EXPECT_LE(out.registers, 255);
+    EXPECT_EQ(out.local_bytes, 0) << "register spills:\n" << out.log;
+  }
+}
+
+TEST(Render, SupportKernelsCompile) {
+  const auto r = codegen::render_support_kernels();
+  const auto out = compile(r, "sm_80");
+  EXPECT_GT(out.cubin.size(), 1000u);
+}
+
+TEST(Render, NvrtcErrorsCarryTheLogAndNumberedSourceLines) {
+  runtime::Program prog;
+  prog.name = "broken.cu";
+  prog.source = "// line 1\n__global__ void k() {\n  int x = undeclared_name;\n}\n";
+  prog.arch = "sm_80";
+  try {
+    runtime::compile(prog);
+    FAIL() << "expected a compile error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kCompile);
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("undeclared_name"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("around line 3"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(">    3 |   int x = undeclared_name;"), std::string::npos) << msg;
+  }
+}
+
+TEST(Render, UnknownArchIsRefusedWithTheSupportedList) {
+  runtime::Program prog;
+  prog.name = "k.cu";
+  prog.source = "__global__ void k() {}\n";
+  prog.arch = "sm_12";
+  try {
+    runtime::compile(prog);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("sm_90a"), std::string::npos) << e.what();
+  }
+}
+
+TEST(KernelConfig, ValidationNamesTheFieldAndTheAllowedValues) {
+  auto expect_error = [](KernelConfig c, int d, const char* needle) {
+    try {
+      c.validate(d);
+      ADD_FAILURE() << "accepted " << c.to_string() << " at head dim " << d;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  KernelConfig c;
+  c.validate(128);
+  KernelConfig bad = c;
+  bad.tile_n = 48;
+  expect_error(bad, 128, "config.tile_n must be 32, 64 or 128");
+  bad = c;
+  bad.warps = 3;
+  expect_error(bad, 128, "config.warps");
+  bad = c;
+  bad.tile_m = 96;
+  expect_error(bad, 128, "config.tile_m must be a multiple of 16 * warps = 64");
+  expect_error(c, 80, "head dim 80 is not supported; supported head dims: 32, 64, 96, 128, 256");
+  expect_error(c, 256, "output accumulators");
+}
+
+TEST(KernelConfig, TextRoundTrip) {
+  KernelConfig c;
+  EXPECT_EQ(c.to_string(), "128x64w4s2");
+  EXPECT_EQ(KernelConfig::parse("128x64w4s2"), c);
+  KernelConfig d;
+  d.tile_m = 64;
+  d.tile_n = 128;
+  d.warps = 2;
+  d.stages = 1;
+  d.permute = false;
+  d.schedule = ScheduleOrder::kHilbert;
+  EXPECT_EQ(d.to_string(), "64x128w2s1:noperm:hilbert");
+  EXPECT_EQ(KernelConfig::parse(d.to_string()), d);
+  EXPECT_THROW(KernelConfig::parse("128x64"), Error);
+  EXPECT_THROW(KernelConfig::parse("128x64w4s2:fast"), Error);
+}
+
+}  // namespace
+}  // namespace spattn
