@@ -63,6 +63,10 @@ struct BlockTable {
   std::vector<int64_t> row_ptr;
   std::vector<int32_t> full_count;
   std::vector<int32_t> cols;
+
+  // Allowed (query, key) pairs of this table for one of its heads (the same for each):
+  // what the kernel's useful work is, and what layout_stats() adds up.
+  int64_t allowed_pairs = 0;
 };
 
 // One unit of kernel work: a query tile of a table, for one head.
@@ -84,6 +88,7 @@ struct LayoutStats {
   double natural_block_density = 0;  // touched tiles / all tiles without any permutation
   double useful_flops = 0;        // 4 * head_dim * allowed_pairs_total
   std::vector<double> level_coverage;  // hierarchical: fraction of pairs each level allows; else empty
+  std::vector<int64_t> level_queries;  // hierarchical: queries that take part in each level
   int parts = 0;
   int64_t table_bytes = 0;        // host memory of the tables and slots
 };

@@ -1,0 +1,697 @@
+// The layout compiler: pattern -> parts -> (per group of heads with the same predicate)
+// token order and CSR block tables, plus the work schedule.
+//
+// Tables are exact: a key tile is listed for a query tile iff some real query row of the
+// tile allows some key of it, and it is listed as full iff every real row allows every
+// slot of it (a tile holding a padding slot or a key past Nk is never full). Rows come
+// from detail::RowGen as key intervals, so the cost is O(rows x intervals + listed
+// tiles), never O(Nq x Nk).
+#include <spattn/layout.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <numeric>
+
+#include "common/check.hpp"
+#include "patterns/arith.hpp"
+#include "patterns/hilbert.hpp"
+#include "patterns/layout_internal.hpp"
+#include "patterns/rows.hpp"
+
+namespace spattn {
+
+const char* to_string(ScheduleOrder order) {
+  switch (order) {
+    case ScheduleOrder::kRowMajor: return "row_major";
+    case ScheduleOrder::kHilbert: return "hilbert";
+    case ScheduleOrder::kLongestFirst: return "longest_first";
+  }
+  return "unknown";
+}
+
+ScheduleOrder schedule_order_from_string(std::string_view name) {
+  if (name == "row_major") return ScheduleOrder::kRowMajor;
+  if (name == "hilbert") return ScheduleOrder::kHilbert;
+  if (name == "longest_first") return ScheduleOrder::kLongestFirst;
+  SPATTN_FAIL(ErrorCode::kInvalidArgument, "schedule: unknown order '{}' (known: row_major, hilbert, longest_first)",
+              name);
+}
+
+namespace detail {
+
+namespace {
+
+constexpr int64_t kMaxTokens = int64_t{1} << 30;  // slots are int32, with room for padding
+
+// --- which token order a part wants ----------------------------------------------------
+
+// Whether a token order lists fewer tiles than natural order for this predicate,
+// estimated on a sample of query tiles of each. A permutation costs gathers and
+// padding, so it has to save at least 10%.
+bool permutation_pays(const Node& n, const OrderSpec& spec, const Shape& shape, const LayoutOptions& o) {
+  constexpr int kSamples = 48;
+  RowGen gen(n, {}, shape);
+  const TokenOrder permuted(spec, shape, o.tile_m, o.tile_n);
+  const TokenOrder natural(OrderSpec{}, shape, o.tile_m, o.tile_n);
+  const double p = TableBuilder(gen, permuted).estimate_listed_tiles(kSamples);
+  const double q = TableBuilder(gen, natural).estimate_listed_tiles(kSamples);
+  return p < 0.9 * q;
+}
+
+// The order a leaf wants, or natural order.
+OrderSpec leaf_order(const Node& n, const Shape& shape, const LayoutOptions& o) {
+  OrderSpec spec;
+  if (n.kind == NodeKind::kStrided) {
+    const auto& s = std::get<Strided>(*n.leaf);
+    if (s.stride <= 1) return spec;
+    spec.kind = s.mode == StrideMode::kRelative ? OrderSpec::kClass : OrderSpec::kColumns;
+    spec.s = s.stride;
+    // Compacting the key columns never lists more tiles; stride classes only pay when
+    // each class fills tiles.
+    if (spec.kind == OrderSpec::kClass && !permutation_pays(n, spec, shape, o)) return OrderSpec{};
+  } else if (n.kind == NodeKind::kLongNet) {
+    // Runs keep tiles inside segments and residues; for rate 1 and whole-tile segments
+    // they come out as the identity.
+    spec.kind = OrderSpec::kRun;
+    spec.w = n.w;
+    spec.r = n.r;
+    spec.o = n.o;
+  } else if (n.kind == NodeKind::kNeighborhood) {
+    const auto& g = std::get<Neighborhood>(*n.leaf);
+    bool dilated = false;
+    for (int64_t d : g.dilation) dilated = dilated || d > 1;
+    if (g.grid.size() == 1 && !dilated) return spec;  // a 1-D window is a band already
+    spec.kind = OrderSpec::kGrid;
+    spec.grid = &g;
+    if (!permutation_pays(n, spec, shape, o)) return OrderSpec{};
+  }
+  return spec;
+}
+
+// Head-independent order key of a union member, used to split unions into parts.
+std::string static_order_key(const Pattern& p, const Shape& shape, const LayoutOptions& o) {
+  const PatternNode& n = p.node();
+  if (std::holds_alternative<Strided>(n) || std::holds_alternative<Neighborhood>(n)) {
+    const std::optional<Node> leaf = resolve(p, shape, 0, 0);
+    const OrderSpec spec = leaf_order(*leaf, shape, o);
+    switch (spec.kind) {
+      case OrderSpec::kClass: return fmt::format("class:{}", spec.s);
+      case OrderSpec::kColumns: return fmt::format("columns:{}", spec.s);
+      case OrderSpec::kGrid: return "grid:" + p.with_causal(false).to_json();
+      default: return "";
+    }
+  }
+  if (const auto* l = std::get_if<LongNet>(&n)) return fmt::format("run:{}:{}", l->segments[0], l->rates[0]);
+  auto common = [&](const std::vector<Pattern>& items) {
+    std::string k = static_order_key(items[0], shape, o);
+    for (const Pattern& q : items) {
+      if (static_order_key(q, shape, o) != k) return std::string();
+    }
+    return k;
+  };
+  if (const auto* u = std::get_if<Union>(&n)) return common(u->items);
+  if (const auto* b = std::get_if<Branches>(&n)) return common(b->items);
+  if (const auto* x = std::get_if<Intersect>(&n)) {
+    for (const Pattern& q : x->items) {
+      std::string k = static_order_key(q, shape, o);
+      if (!k.empty()) return k;
+    }
+    return "";
+  }
+  if (const auto* h = std::get_if<HeadGroups>(&n)) {
+    std::vector<Pattern> subs;
+    for (const HeadGroup& g : h->groups) subs.push_back(*g.pattern);
+    return common(subs);
+  }
+  return "";
+}
+
+OrderSpec node_order(const Node& n, const Shape& shape, const LayoutOptions& o) {
+  if (n.kind == NodeKind::kUnion) {
+    const OrderSpec spec = node_order(n.children[0], shape, o);
+    for (size_t c = 1; c < n.children.size(); ++c) {
+      if (!(node_order(n.children[c], shape, o) == spec)) return OrderSpec{};
+    }
+    return spec;
+  }
+  if (n.kind == NodeKind::kIntersect) {
+    // Any operand's order keeps the intersection compact: take the first that has one.
+    for (const Node& c : n.children) {
+      const OrderSpec cs = node_order(c, shape, o);
+      if (cs.kind != OrderSpec::kIdentity) return cs;
+    }
+    return OrderSpec{};
+  }
+  return leaf_order(n, shape, o);
+}
+
+// --- parts -----------------------------------------------------------------------------
+
+// Head groups enclosing a part, outermost first: the part's pattern is evaluated on the
+// original head index through HeadGroups wrappers that contain only those heads.
+using Wrap = std::vector<std::pair<int64_t, int64_t>>;
+
+Pattern wrap_pattern(Pattern p, const Wrap& wrap) {
+  for (size_t k = wrap.size(); k-- > 0;) {
+    HeadGroups g;
+    g.groups.push_back(HeadGroup{wrap[k].first, wrap[k].second, std::make_shared<const Pattern>(std::move(p))});
+    p = Pattern(std::move(g));
+  }
+  return p;
+}
+
+void decompose(const Pattern& p, bool causal, const Wrap& wrap, const Shape& shape, const LayoutOptions& o,
+               std::vector<LayoutPart>& parts) {
+  causal = causal || p.causal();
+  const PatternNode& n = p.node();
+  if (const auto* b = std::get_if<Branches>(&n)) {
+    for (const Pattern& item : b->items) decompose(item, causal, wrap, shape, o, parts);
+    return;
+  }
+  if (const auto* h = std::get_if<HeadGroups>(&n)) {
+    for (const HeadGroup& g : h->groups) {
+      Wrap inner = wrap;
+      inner.emplace_back(g.first, g.count);
+      decompose(*g.pattern, causal, inner, Shape{shape.nq, shape.nk, g.count}, o, parts);
+    }
+    return;
+  }
+  const Pattern self = wrap_pattern(p.with_causal(causal), wrap);
+  if (const auto* l = std::get_if<LongNet>(&n)) {
+    for (size_t b = 0; b < l->segments.size(); ++b) parts.push_back(LayoutPart{self, static_cast<int>(b), {}});
+    return;
+  }
+  if (const auto* u = std::get_if<Union>(&n); u != nullptr && o.permute) {
+    // Members that want different token orders become separate parts; each later part
+    // excludes the earlier ones so that the parts of this branch stay disjoint. Natural
+    // order goes first: a permuted part then subtracts a band, which stays compact in
+    // its own order.
+    std::vector<std::string> keys;
+    std::vector<std::vector<Pattern>> groups;
+    for (const Pattern& m : u->items) {
+      const std::string k = static_order_key(m, shape, o);
+      auto it = std::find(keys.begin(), keys.end(), k);
+      if (it == keys.end()) {
+        keys.push_back(k);
+        groups.emplace_back();
+        it = keys.end() - 1;
+      }
+      groups[it - keys.begin()].push_back(m);
+    }
+    if (groups.size() > 1) {
+      auto natural = std::find(keys.begin(), keys.end(), "");
+      if (natural != keys.end()) std::rotate(groups.begin(), groups.begin() + (natural - keys.begin()),
+                                             groups.begin() + (natural - keys.begin()) + 1);
+      std::vector<Pattern> earlier;
+      for (auto& members : groups) {
+        Pattern member = members.size() == 1 ? members[0] : Pattern(Union{members});
+        member = wrap_pattern(member.with_causal(member.causal() || causal), wrap);
+        parts.push_back(LayoutPart{member, 0, earlier});
+        earlier.push_back(member);
+      }
+      return;
+    }
+  }
+  parts.push_back(LayoutPart{self, 0, {}});
+}
+
+// --- building one table ----------------------------------------------------------------
+
+// Appends [lo, hi) to a sorted range list, merging with the last range when they touch.
+inline void append_range(Ivs& v, int64_t lo, int64_t hi, bool& unsorted) {
+  if (!v.empty()) {
+    Iv& b = v.back();
+    if (lo >= b.lo && lo <= b.hi) {
+      if (hi > b.hi) b.hi = hi;
+      return;
+    }
+    if (lo < b.lo) unsorted = true;
+  }
+  v.push_back({lo, hi});
+}
+
+}  // namespace
+
+bool OrderSpec::operator==(const OrderSpec& x) const {
+  if (kind != x.kind) return false;
+  switch (kind) {
+    case kIdentity: return true;
+    case kClass:
+    case kColumns: return s == x.s;
+    case kRun: return w == x.w && r == x.r && o == x.o;
+    case kGrid: return grid == x.grid || (grid->grid == x.grid->grid && grid->dilation == x.grid->dilation);
+  }
+  return false;
+}
+
+TokenOrder::TokenOrder(const OrderSpec& spec, const Shape& shape, int64_t tile_m, int64_t tile_n)
+    : spec_(spec), nq_(shape.nq), nk_(shape.nk), tm_(tile_m), tn_(tile_n) {
+  num_q_tiles_ = ceil_div(nq_, tm_);
+  num_k_tiles_ = ceil_div(nk_, tn_);
+  switch (spec.kind) {
+    case OrderSpec::kIdentity:
+      break;
+    case OrderSpec::kClass: {
+      const int64_t s = spec.s;
+      for (int64_t c = 0; c < std::min(s, nq_); ++c) {
+        for (int64_t t = c; t < nq_; t += s) q_slots_.push_back(static_cast<int32_t>(t));
+        q_slots_.resize(round_up(static_cast<int64_t>(q_slots_.size()), tm_), -1);
+      }
+      kbase_.assign(static_cast<size_t>(s), 0);
+      for (int64_t c = 0; c < std::min(s, nk_); ++c) {
+        kbase_[c] = static_cast<int64_t>(k_slots_.size());
+        for (int64_t t = c; t < nk_; t += s) k_slots_.push_back(static_cast<int32_t>(t));
+        k_slots_.resize(round_up(static_cast<int64_t>(k_slots_.size()), tn_), -1);
+      }
+      break;
+    }
+    case OrderSpec::kColumns:
+      for (int64_t t = 0; t < nk_; t += spec.s) k_slots_.push_back(static_cast<int32_t>(t));
+      k_slots_.resize(round_up(static_cast<int64_t>(k_slots_.size()), tn_), -1);
+      break;
+    case OrderSpec::kRun: {
+      // Per segment, the tokens of residue o, each segment's run padded to whole tiles.
+      const int64_t w = spec.w, r = spec.r, o = spec.o;
+      auto build = [&](int64_t n, int64_t tile, std::vector<int32_t>& slots) {
+        int64_t total = 0;
+        for (int64_t seg = 0; seg < n; seg += w) {
+          const int64_t start = seg + o, end = std::min(seg + w, n);
+          if (start < end) total += round_up(ceil_div(end - start, r), tile);
+        }
+        slots.assign(static_cast<size_t>(total), -1);
+        int64_t pos = 0;
+        for (int64_t seg = 0; seg < n; seg += w) {
+          const int64_t start = seg + o, end = std::min(seg + w, n);
+          if (start >= end) continue;
+          const int64_t begin = pos;
+          for (int64_t t = start; t < end; t += r) slots[pos++] = static_cast<int32_t>(t);
+          pos = begin + round_up(pos - begin, tile);
+        }
+      };
+      build(nq_, tm_, q_slots_);
+      build(nk_, tn_, k_slots_);
+      run_stride_ = o < w ? round_up(ceil_div(w - o, r), tn_) : 0;
+      break;
+    }
+    case OrderSpec::kGrid:
+      build_grid();
+      break;
+  }
+  if (spec.kind != OrderSpec::kIdentity) {
+    if (spec.kind != OrderSpec::kColumns) num_q_tiles_ = static_cast<int64_t>(q_slots_.size()) / tm_;
+    num_k_tiles_ = static_cast<int64_t>(k_slots_.size()) / tn_;
+  }
+  q_identity_ = spec.kind == OrderSpec::kIdentity || spec.kind == OrderSpec::kColumns;
+}
+
+// Grid tokens grouped by dilation residue (each class padded to whole tiles), and
+// inside a class along the Hilbert curve of the class's sub-grid. Cells of the
+// bounding power-of-two cube that lie outside the sub-grid are simply skipped, which
+// keeps non-power-of-two and non-square grids local.
+void TokenOrder::build_grid() {
+  const Neighborhood& p = *spec_.grid;
+  const int dims = static_cast<int>(p.grid.size());
+  int64_t g[3] = {1, 1, 1}, d[3] = {1, 1, 1};
+  for (int a = 0; a < dims; ++a) {
+    g[a] = p.grid[a];
+    d[a] = p.dilation.empty() ? 1 : p.dilation[a];
+  }
+  // Row-major strides.
+  int64_t st[3] = {0, 0, 0};
+  {
+    int64_t s = 1;
+    for (int a = dims - 1; a >= 0; --a) {
+      st[a] = s;
+      s *= g[a];
+    }
+  }
+  std::vector<std::pair<uint64_t, int32_t>> cells;
+  k_inverse_.assign(static_cast<size_t>(nk_), -1);
+  int64_t res[3] = {0, 0, 0};
+  const int64_t r0 = std::min(d[0], g[0]), r1 = dims > 1 ? std::min(d[1], g[1]) : 1,
+                r2 = dims > 2 ? std::min(d[2], g[2]) : 1;
+  for (res[0] = 0; res[0] < r0; ++res[0]) {
+    for (res[1] = 0; res[1] < r1; ++res[1]) {
+      for (res[2] = 0; res[2] < r2; ++res[2]) {
+        int64_t len[3] = {1, 1, 1};
+        uint64_t longest = 1;
+        for (int a = 0; a < dims; ++a) {
+          len[a] = ceil_div(g[a] - res[a], d[a]);
+          longest = std::max<uint64_t>(longest, static_cast<uint64_t>(len[a]));
+        }
+        const int bits = bits_for(longest);
+        cells.clear();
+        uint64_t c[3] = {0, 0, 0};
+        for (c[0] = 0; c[0] < static_cast<uint64_t>(len[0]); ++c[0]) {
+          for (c[1] = 0; c[1] < static_cast<uint64_t>(len[1]); ++c[1]) {
+            for (c[2] = 0; c[2] < static_cast<uint64_t>(len[2]); ++c[2]) {
+              int64_t token = 0;
+              for (int a = 0; a < dims; ++a) token += (res[a] + d[a] * static_cast<int64_t>(c[a])) * st[a];
+              cells.emplace_back(dims == 1 ? c[0] : hilbert_index(c, dims, bits), static_cast<int32_t>(token));
+            }
+          }
+        }
+        std::sort(cells.begin(), cells.end());
+        for (const auto& cell : cells) {
+          k_inverse_[cell.second] = static_cast<int32_t>(k_slots_.size());
+          q_slots_.push_back(cell.second);
+          k_slots_.push_back(cell.second);
+        }
+        q_slots_.resize(round_up(static_cast<int64_t>(q_slots_.size()), tm_), -1);
+        k_slots_.resize(round_up(static_cast<int64_t>(k_slots_.size()), tn_), -1);
+      }
+    }
+  }
+}
+
+Region TokenOrder::region(int64_t i, int64_t& base) const {
+  base = 0;
+  switch (spec_.kind) {
+    case OrderSpec::kIdentity:
+    case OrderSpec::kGrid:
+      return Region{0, 1, nk_};
+    case OrderSpec::kClass: {
+      const int64_t c = i % spec_.s;
+      if (c >= nk_) return Region{0, 1, 0};
+      base = kbase_[c];
+      return Region{c, spec_.s, ceil_div(nk_ - c, spec_.s)};
+    }
+    case OrderSpec::kColumns:
+      return Region{0, spec_.s, ceil_div(nk_, spec_.s)};
+    case OrderSpec::kRun: {
+      const int64_t seg = i / spec_.w;
+      const int64_t start = seg * spec_.w + spec_.o, end = std::min(seg * spec_.w + spec_.w, nk_);
+      if (start >= end) return Region{0, 1, 0};
+      base = seg * run_stride_;
+      return Region{start, spec_.r, ceil_div(end - start, spec_.r)};
+    }
+  }
+  return Region{0, 1, 0};
+}
+
+int64_t TokenOrder::q_token(int64_t slot) const {
+  if (q_identity_) return slot < nq_ ? slot : -1;
+  return q_slots_[static_cast<size_t>(slot)];
+}
+
+bool TokenOrder::slots_are_identity(const std::vector<int32_t>& slots, int64_t n, int64_t tile) {
+  if (slots.empty()) return true;
+  if (static_cast<int64_t>(slots.size()) != round_up(n, tile)) return false;
+  for (int64_t s = 0; s < static_cast<int64_t>(slots.size()); ++s) {
+    if (slots[s] != (s < n ? s : -1)) return false;
+  }
+  return true;
+}
+
+TableBuilder::TableBuilder(RowGen& gen, const TokenOrder& order) : gen_(gen), order_(order) {}
+
+// Allowed keys of query token i as sorted slot intervals.
+void TableBuilder::slot_row(int64_t i, Ivs& out) {
+  int64_t base = 0;
+  const Region rg = order_.region(i, base);
+  gen_.row(i, rg, ranks_);
+  pairs_ = iv_size(ranks_);
+  out.clear();
+  if (order_.spec().kind == OrderSpec::kGrid) {
+    // Ranks are key tokens here; map them through the grid order and re-merge.
+    slots_.clear();
+    for (const Iv& iv : ranks_) {
+      for (int64_t t = iv.lo; t < iv.hi; ++t) slots_.push_back(order_.k_slot_of(t));
+    }
+    std::sort(slots_.begin(), slots_.end());
+    for (int64_t s : slots_) {
+      if (!out.empty() && out.back().hi == s) ++out.back().hi;
+      else out.push_back({s, s + 1});
+    }
+    return;
+  }
+  for (const Iv& iv : ranks_) out.push_back({iv.lo + base, iv.hi + base});
+}
+
+// Reduces the rows of query tile qt: `touched` gets the key tiles some real row allows
+// a key of, `full` those that every real row allows completely.
+int64_t TableBuilder::reduce(int64_t qt, Ivs& touched, Ivs& full) {
+  const int64_t tm = order_.tile_m(), tn = order_.tile_n();
+  touched.clear();
+  full.clear();
+  int64_t pairs = 0;
+  bool any_row = false, full_dead = false, have_prev = false, unsorted = false, sorted_dummy = false;
+  for (int64_t s = qt * tm; s < (qt + 1) * tm; ++s) {
+    const int64_t i = order_.q_token(s);
+    if (i < 0) continue;
+    slot_row(i, row_);
+    pairs += pairs_;
+    rt_.clear();
+    rf_.clear();
+    for (const Iv& iv : row_) {
+      append_range(rt_, iv.lo / tn, (iv.hi - 1) / tn + 1, sorted_dummy);
+      const int64_t f0 = ceil_div(iv.lo, tn), f1 = iv.hi / tn;
+      if (f0 < f1) append_range(rf_, f0, f1, sorted_dummy);
+    }
+    // Neighbouring rows mostly reach the same tiles: skip repeats cheaply.
+    if (have_prev && rt_ == prev_t_ && rf_ == prev_f_) continue;
+    for (const Iv& r : rt_) append_range(touched, r.lo, r.hi, unsorted);
+    if (!full_dead) {
+      if (!any_row) {
+        full = rf_;
+      } else {
+        iv_intersect(full, rf_, tmp_);
+        full.swap(tmp_);
+      }
+      full_dead = full.empty();
+    }
+    any_row = true;
+    prev_t_.swap(rt_);
+    prev_f_.swap(rf_);
+    have_prev = true;
+  }
+  if (unsorted) iv_normalize(touched);
+  return pairs;
+}
+
+BlockTable TableBuilder::build() {
+  BlockTable t;
+  const int64_t nqt = order_.num_q_tiles(), nkt = order_.num_k_tiles();
+  if (nkt > INT32_MAX) {
+    SPATTN_FAIL(ErrorCode::kUnsupported, "layout: {} key tiles do not fit the int32 tables; use a larger tile_n", nkt);
+  }
+  t.num_q_tiles = nqt;
+  t.num_k_tiles = nkt;
+  t.row_ptr.assign(static_cast<size_t>(nqt) + 1, 0);
+  t.full_count.assign(static_cast<size_t>(nqt), 0);
+  Ivs touched, full, partial;
+  int64_t pairs = 0;
+  for (int64_t qt = 0; qt < nqt; ++qt) {
+    pairs += reduce(qt, touched, full);
+    for (const Iv& f : full) {
+      for (int64_t k = f.lo; k < f.hi; ++k) t.cols.push_back(static_cast<int32_t>(k));
+    }
+    t.full_count[qt] = static_cast<int32_t>(iv_size(full));
+    iv_subtract(touched, full, partial);
+    for (const Iv& p : partial) {
+      for (int64_t k = p.lo; k < p.hi; ++k) t.cols.push_back(static_cast<int32_t>(k));
+    }
+    t.row_ptr[qt + 1] = static_cast<int64_t>(t.cols.size());
+  }
+  t.allowed_pairs = pairs;
+  t.cols.shrink_to_fit();
+  return t;
+}
+
+double TableBuilder::estimate_listed_tiles(int samples) {
+  const int64_t nqt = order_.num_q_tiles();
+  if (nqt == 0) return 0;
+  const int64_t n = std::min<int64_t>(samples, nqt);
+  Ivs touched, full;
+  double listed = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    reduce(k * nqt / n, touched, full);
+    listed += double(iv_size(touched));
+  }
+  return listed * double(nqt) / double(n);
+}
+
+std::vector<LayoutPart> decompose_parts(const Pattern& pattern, const Shape& shape, const LayoutOptions& options) {
+  std::vector<LayoutPart> parts;
+  decompose(pattern, false, {}, shape, options, parts);
+  return parts;
+}
+
+std::vector<PartTable> plan_tables(const std::vector<LayoutPart>& parts, const Shape& shape,
+                                   const LayoutOptions& options) {
+  std::vector<PartTable> plans;
+  for (size_t p = 0; p < parts.size(); ++p) {
+    std::map<std::string, size_t> by_key;
+    const size_t first_plan = plans.size();
+    for (int64_t h = 0; h < shape.heads; ++h) {
+      std::optional<Node> pos = resolve(parts[p].pattern, shape, h, parts[p].branch);
+      if (!pos) continue;
+      std::vector<Node> ex;
+      std::string key = pos->key();
+      for (const Pattern& e : parts[p].exclude) {
+        std::optional<Node> n = resolve(e, shape, h, 0);
+        if (!n) continue;
+        key += "|" + n->key();
+        ex.push_back(std::move(*n));
+      }
+      auto it = by_key.find(key);
+      if (it != by_key.end()) {
+        plans[it->second].heads.push_back(static_cast<int32_t>(h));
+        continue;
+      }
+      by_key.emplace(key, plans.size());
+      PartTable plan;
+      plan.part = static_cast<int>(p);
+      plan.heads.push_back(static_cast<int32_t>(h));
+      plan.order = options.permute ? node_order(*pos, shape, options) : OrderSpec{};
+      plan.positive = std::move(*pos);
+      plan.excludes = std::move(ex);
+      plans.push_back(std::move(plan));
+    }
+    (void)first_plan;
+  }
+  return plans;
+}
+
+}  // namespace detail
+
+using detail::ceil_div;
+
+namespace {
+
+void check_options(const LayoutOptions& o) {
+  SPATTN_REQUIRE(o.tile_m >= 1 && o.tile_m <= 4096, "layout: tile_m must be in [1, 4096] (got {})", o.tile_m);
+  SPATTN_REQUIRE(o.tile_n >= 1 && o.tile_n <= 4096, "layout: tile_n must be in [1, 4096] (got {})", o.tile_n);
+}
+
+bool rows_covered(const Layout& layout) {
+  const Shape& s = layout.shape;
+  std::vector<std::vector<int>> tables_of(static_cast<size_t>(s.heads));
+  for (size_t t = 0; t < layout.tables.size(); ++t) {
+    for (int32_t h : layout.tables[t].heads) tables_of[h].push_back(static_cast<int>(t));
+  }
+  std::map<std::vector<int>, bool> memo;
+  for (const auto& ts : tables_of) {
+    auto it = memo.find(ts);
+    if (it != memo.end()) {
+      if (!it->second) return false;
+      continue;
+    }
+    bool all = false;
+    std::vector<char> seen;
+    for (int t : ts) {
+      const BlockTable& bt = layout.tables[t];
+      if (bt.q_slots.empty()) {
+        all = true;
+        break;
+      }
+      if (seen.empty()) seen.assign(static_cast<size_t>(s.nq), 0);
+      for (int32_t tok : bt.q_slots) {
+        if (tok >= 0) seen[tok] = 1;
+      }
+    }
+    if (!all) all = !seen.empty() && std::all_of(seen.begin(), seen.end(), [](char c) { return c != 0; });
+    memo.emplace(ts, all);
+    if (!all) return false;
+  }
+  return true;
+}
+
+std::vector<WorkItem> make_schedule(const Layout& layout, ScheduleOrder order) {
+  std::vector<WorkItem> items;
+  size_t total = 0;
+  for (const BlockTable& t : layout.tables) total += t.heads.size() * static_cast<size_t>(t.num_q_tiles);
+  items.reserve(total);
+  // Row-major: head-major, then each table of the head, then its query tiles in order.
+  std::vector<std::vector<int32_t>> tables_of(static_cast<size_t>(layout.shape.heads));
+  for (size_t t = 0; t < layout.tables.size(); ++t) {
+    for (int32_t h : layout.tables[t].heads) tables_of[h].push_back(static_cast<int32_t>(t));
+  }
+  for (int32_t h = 0; h < layout.shape.heads; ++h) {
+    for (int32_t t : tables_of[h]) {
+      for (int64_t q = 0; q < layout.tables[t].num_q_tiles; ++q) items.push_back({t, static_cast<int32_t>(q), h});
+    }
+  }
+  auto length = [&](const WorkItem& w) {
+    const BlockTable& t = layout.tables[w.table];
+    return t.row_ptr[w.q_tile + 1] - t.row_ptr[w.q_tile];
+  };
+  if (order == ScheduleOrder::kLongestFirst) {
+    std::stable_sort(items.begin(), items.end(),
+                     [&](const WorkItem& a, const WorkItem& b) { return length(a) > length(b); });
+  } else if (order == ScheduleOrder::kHilbert) {
+    // Within each head, along the Hilbert curve over (query tile, mean key tile): items
+    // launched together touch nearby K/V tiles and share them in L2.
+    int64_t side = 1;
+    for (const BlockTable& t : layout.tables) side = std::max({side, t.num_q_tiles, t.num_k_tiles});
+    const int bits = detail::bits_for(static_cast<uint64_t>(side));
+    std::vector<uint64_t> key(items.size());
+    for (size_t k = 0; k < items.size(); ++k) {
+      const BlockTable& t = layout.tables[items[k].table];
+      const int64_t lo = t.row_ptr[items[k].q_tile], hi = t.row_ptr[items[k].q_tile + 1];
+      int64_t sum = 0;
+      for (int64_t c = lo; c < hi; ++c) sum += t.cols[c];
+      const uint64_t c[2] = {static_cast<uint64_t>(items[k].q_tile),
+                             static_cast<uint64_t>(hi > lo ? sum / (hi - lo) : 0)};
+      key[k] = detail::hilbert_index(c, 2, bits);
+    }
+    std::vector<size_t> idx(items.size());
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) {
+      if (items[a].head != items[b].head) return items[a].head < items[b].head;
+      return key[a] < key[b];
+    });
+    std::vector<WorkItem> sorted(items.size());
+    for (size_t k = 0; k < idx.size(); ++k) sorted[k] = items[idx[k]];
+    items.swap(sorted);
+  }
+  return items;
+}
+
+}  // namespace
+
+Layout compile_layout(const Pattern& pattern, const Shape& shape, const LayoutOptions& options) {
+  check_options(options);
+  return detail::compile_unchecked(pattern, shape, options);
+}
+
+Layout detail::compile_unchecked(const Pattern& pattern, const Shape& shape, const LayoutOptions& options) {
+  pattern.validate(shape);
+  if (shape.nq > detail::kMaxTokens || shape.nk > detail::kMaxTokens) {
+    SPATTN_FAIL(ErrorCode::kUnsupported, "layout: at most 2^30 tokens per sequence (got Nq = {}, Nk = {})", shape.nq,
+                shape.nk);
+  }
+  Layout layout;
+  layout.shape = shape;
+  layout.tile_m = options.tile_m;
+  layout.tile_n = options.tile_n;
+  layout.parts = detail::decompose_parts(pattern, shape, options);
+  std::vector<detail::PartTable> plans = detail::plan_tables(layout.parts, shape, options);
+  for (detail::PartTable& plan : plans) {
+    detail::TokenOrder order(plan.order, shape, options.tile_m, options.tile_n);
+    if (order.num_q_tiles() == 0) continue;  // no query of these heads takes part
+    detail::RowGen gen(std::move(plan.positive), std::move(plan.excludes), shape);
+    detail::TableBuilder builder(gen, order);
+    BlockTable table = builder.build();
+    table.part = plan.part;
+    table.heads = std::move(plan.heads);
+    // Orders that come out as the identity (a LongNet branch of rate 1 whose segments
+    // are whole tiles) are stored as such: the kernel then loads contiguously.
+    if (!detail::TokenOrder::slots_are_identity(order.q_slots(), shape.nq, options.tile_m)) {
+      table.q_slots = order.q_slots();
+    }
+    if (!detail::TokenOrder::slots_are_identity(order.k_slots(), shape.nk, options.tile_n)) {
+      table.k_slots = order.k_slots();
+    }
+    layout.tables.push_back(std::move(table));
+  }
+  layout.covers_all_rows = rows_covered(layout);
+  layout.schedule = make_schedule(layout, options.schedule);
+  if (layout.schedule.size() > static_cast<size_t>(INT32_MAX)) {
+    SPATTN_FAIL(ErrorCode::kUnsupported, "layout: {} work items exceed the int32 schedule", layout.schedule.size());
+  }
+  return layout;
+}
+
+}  // namespace spattn

@@ -1,0 +1,100 @@
+// Pieces of the layout compiler shared with the statistics and the picture (internal
+// to patterns/).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <spattn/layout.hpp>
+
+#include "patterns/rows.hpp"
+
+namespace spattn::detail {
+
+// The token order of one table.
+struct OrderSpec {
+  enum Kind {
+    kIdentity,  // natural order
+    kClass,     // relative stride s: queries and keys grouped by token % s
+    kColumns,   // column stride s: keys compacted to the multiples of s
+    kRun,       // LongNet branch (w, r) head group o: per segment, the tokens of residue o
+    kGrid,      // neighborhood: dilation residue classes, Hilbert order inside each
+  };
+  Kind kind = kIdentity;
+  int64_t s = 1;
+  int64_t w = 0, r = 1, o = 0;
+  const Neighborhood* grid = nullptr;
+  bool operator==(const OrderSpec& other) const;
+};
+
+// Slots of one table and, for a query token, the region of key tokens its allowed keys
+// lie in and where that region starts among the key slots.
+class TokenOrder {
+ public:
+  TokenOrder(const OrderSpec& spec, const Shape& shape, int64_t tile_m, int64_t tile_n);
+
+  const OrderSpec& spec() const { return spec_; }
+  int64_t tile_m() const { return tm_; }
+  int64_t tile_n() const { return tn_; }
+  int64_t num_q_tiles() const { return num_q_tiles_; }
+  int64_t num_k_tiles() const { return num_k_tiles_; }
+  const std::vector<int32_t>& q_slots() const { return q_slots_; }  // empty: identity
+  const std::vector<int32_t>& k_slots() const { return k_slots_; }
+
+  int64_t q_token(int64_t slot) const;  // -1 for padding
+  Region region(int64_t i, int64_t& base) const;
+  int64_t k_slot_of(int64_t token) const { return k_inverse_[static_cast<size_t>(token)]; }  // kGrid only
+
+  static bool slots_are_identity(const std::vector<int32_t>& slots, int64_t n, int64_t tile);
+
+ private:
+  void build_grid();
+
+  OrderSpec spec_;
+  int64_t nq_, nk_, tm_, tn_;
+  int64_t num_q_tiles_ = 0, num_k_tiles_ = 0;
+  bool q_identity_ = true;
+  std::vector<int32_t> q_slots_, k_slots_;
+  std::vector<int64_t> kbase_;      // kClass: first key slot of each class
+  int64_t run_stride_ = 0;          // kRun: key slots per whole segment
+  std::vector<int32_t> k_inverse_;  // kGrid: key token -> slot
+};
+
+// Reduces the rows of one (part, head group) to its CSR table.
+class TableBuilder {
+ public:
+  TableBuilder(RowGen& gen, const TokenOrder& order);
+  BlockTable build();
+  // Listed tiles of the whole table, estimated from `samples` evenly spaced query tiles.
+  double estimate_listed_tiles(int samples);
+  // Allowed keys of query token i as sorted key-slot intervals.
+  void slot_row(int64_t i, Ivs& out);
+
+ private:
+  int64_t reduce(int64_t qt, Ivs& touched, Ivs& full);
+
+  RowGen& gen_;
+  const TokenOrder& order_;
+  Ivs ranks_, row_, rt_, rf_, prev_t_, prev_f_, tmp_;
+  std::vector<int64_t> slots_;
+  int64_t pairs_ = 0;
+};
+
+// One table to build: a part, the heads that share its predicate, and its order.
+struct PartTable {
+  int part = 0;
+  std::vector<int32_t> heads;
+  OrderSpec order;
+  Node positive;
+  std::vector<Node> excludes;
+};
+
+// compile_layout() without the limits on tile sizes (the picture uses tiles as large as
+// the sequence).
+Layout compile_unchecked(const Pattern& pattern, const Shape& shape, const LayoutOptions& options);
+
+std::vector<LayoutPart> decompose_parts(const Pattern& pattern, const Shape& shape, const LayoutOptions& options);
+std::vector<PartTable> plan_tables(const std::vector<LayoutPart>& parts, const Shape& shape,
+                                   const LayoutOptions& options);
+
+}  // namespace spattn::detail

@@ -1,0 +1,111 @@
+// Row ranges: the allowed keys of one query as sorted disjoint intervals (internal to
+// patterns/).
+//
+// The layout compiler never enumerates (query, key) pairs. For each query row it asks
+// for the allowed keys as intervals over a *region*: the arithmetic progression of key
+// tokens start + k * step (k in [0, count)) that the row's token order makes
+// contiguous -- all keys in natural order, one stride class, one LongNet segment's
+// residue. Patterns are evaluated on that progression directly (an interval pattern
+// maps to one rank interval, a periodic pattern to an interval when its period matches
+// the region's, to single ranks otherwise), and unions, intersections and exclusions
+// are interval algebra. Intersections and exclusions clip later operands to the hull
+// of what is left, so periodic operands only enumerate inside a small range.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <spattn/pattern.hpp>
+
+namespace spattn::detail {
+
+struct Iv {
+  int64_t lo = 0;
+  int64_t hi = 0;  // exclusive
+  bool operator==(const Iv&) const = default;
+};
+using Ivs = std::vector<Iv>;  // sorted, disjoint, non-adjacent
+
+void iv_union(const Ivs& a, const Ivs& b, Ivs& out);
+void iv_intersect(const Ivs& a, const Ivs& b, Ivs& out);
+void iv_subtract(const Ivs& a, const Ivs& b, Ivs& out);
+void iv_normalize(Ivs& v);  // sort and merge
+int64_t iv_size(const Ivs& v);
+
+// Candidate keys of a row: tokens start + k * step, k in [0, count), all inside [0, Nk).
+struct Region {
+  int64_t start = 0;
+  int64_t step = 1;
+  int64_t count = 0;
+};
+
+enum class NodeKind : uint8_t {
+  kDense,
+  kWindow,
+  kGlobalLocal,
+  kStrided,
+  kDilated,
+  kHierarchical,
+  kNeighborhood,
+  kCustom,
+  kButterfly,
+  kLongNet,  // one LongNet branch for one head group
+  kUnion,
+  kIntersect,
+};
+
+// A pattern resolved for one head and one branch: head groups are chosen, LongNet
+// branches and head groups are concrete, causal is pushed down to the leaves.
+struct Node {
+  NodeKind kind = NodeKind::kDense;
+  bool causal = false;
+  const PatternNode* leaf = nullptr;  // leaf parameters (owned by a live Pattern)
+  int64_t w = 0, r = 1, o = 0;        // kLongNet: segment, rate, head group
+  std::vector<Node> children;         // kUnion, kIntersect (periodic operands last)
+  std::vector<Iv> runs;               // kDilated: allowed block distances as runs [lo, hi)
+
+  // Block-level leaves give every row of a block the same keys: the last result is
+  // kept and reused while block, clip and region stay the same.
+  mutable int64_t cached_block = -1;
+  mutable int64_t cached_clo = 0, cached_chi = 0;
+  mutable Region cached_region;
+  mutable Ivs cached;
+
+  // Identity of the predicate, for sharing one table between heads.
+  std::string key() const;
+  // True for leaves whose row sets are periodic (many intervals in natural order).
+  bool periodic() const;
+};
+
+// Resolves branch `branch` of `pattern` for head h of a problem of shape.heads heads.
+// Empty when the head has nothing in that branch (head groups that leave it out).
+// Throws kUnsupported for adaptive patterns.
+std::optional<Node> resolve(const Pattern& pattern, const Shape& shape, int64_t h, int branch);
+
+// Evaluates the allowed keys of rows for one (part, head): the positive node minus the
+// excluded nodes. Not thread-safe (scratch buffers); use one per thread.
+class RowGen {
+ public:
+  RowGen(Node positive, std::vector<Node> excludes, const Shape& shape);
+
+  // Allowed keys of query token i as rank intervals k in [0, region.count).
+  void row(int64_t i, const Region& region, Ivs& out);
+
+  const Node& positive() const { return positive_; }
+
+ private:
+  struct Scratch;
+  void gen(const Node& n, int64_t i, const Region& rg, int64_t clo, int64_t chi, Ivs& out, int depth);
+  void leaf(const Node& n, int64_t i, const Region& rg, int64_t clo, int64_t chi, Ivs& out);
+
+  Node positive_;
+  std::vector<Node> excludes_;
+  Shape shape_;
+  std::vector<Ivs> scratch_;  // two buffers per tree depth
+  Ivs tmp_, tmp2_;
+  std::vector<Iv> small_;
+};
+
+}  // namespace spattn::detail
