@@ -53,7 +53,7 @@ ExportReport KernelCache::export_archive(const fs::path& archive, const CacheFil
   if (progress) progress(0, selected.size());
   for (std::size_t i = 0; i < selected.size(); ++i) {
     const CacheEntry& e = selected[i];
-    cache::ReadResult file = cache::read_file(e.path);
+    cache::ReadResult file = cache::read_file(e.path, cache::kMaxEntryBytes);
     std::string reason;
     if (!file.ok()) {
       reason = std::strerror(file.error);

@@ -82,7 +82,7 @@ void fsync_dir(const fs::path& dir) {
 
 }  // namespace
 
-ReadResult read_file(const fs::path& path) {
+ReadResult read_file(const fs::path& path, std::uint64_t max_bytes) {
   ReadResult r;
   Fd fd(open_retry(path.c_str(), O_RDONLY));
   if (fd.get() < 0) {
@@ -96,6 +96,10 @@ ReadResult read_file(const fs::path& path) {
   }
   if (!S_ISREG(st.st_mode)) {
     r.error = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+    return r;
+  }
+  if (static_cast<std::uint64_t>(st.st_size) > max_bytes) {
+    r.error = EFBIG;
     return r;
   }
   // Size from fstat; a file that shrinks or grows meanwhile just fails its checks.

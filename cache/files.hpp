@@ -17,8 +17,8 @@ struct ReadResult {
   bool ok() const { return error == 0; }
 };
 
-// Reads a whole file.
-ReadResult read_file(const std::filesystem::path& path);
+// Reads a whole file; a file larger than `max_bytes` is not read (error EFBIG).
+ReadResult read_file(const std::filesystem::path& path, std::uint64_t max_bytes = UINT64_MAX);
 
 // Overwrites 8 bytes at `offset` with `value` (little-endian) in place, without changing
 // the file's size. Returns false if the file cannot be written (e.g. a read-only cache);

@@ -50,6 +50,8 @@ inline constexpr std::size_t kHeaderBytes = 48;
 inline constexpr std::size_t kStampOffset = 16;
 inline constexpr std::size_t kChecksumBytes = 32;
 inline constexpr std::string_view kEntrySuffix = ".spk";
+// No kernel comes near this; a larger file in the cache is not one of ours.
+inline constexpr std::uint64_t kMaxEntryBytes = std::uint64_t{1} << 30;
 
 inline constexpr std::uint32_t kArchiveVersion = 1;
 inline constexpr std::string_view kArchiveMagic = "SPATTNKA";

@@ -206,7 +206,7 @@ std::optional<cache::FileLock> KernelCache::Impl::lock(const std::string& key) {
 
 KernelCache::Impl::Load KernelCache::Impl::load(const fs::path& path, std::string_view manifest,
                                                 CompiledKernel* out, std::string* reason) const {
-  cache::ReadResult file = cache::read_file(path);
+  cache::ReadResult file = cache::read_file(path, cache::kMaxEntryBytes);
   if (!file.ok()) {
     if (file.error == ENOENT) return Load::kAbsent;
     *reason = std::strerror(file.error);
@@ -226,7 +226,7 @@ KernelCache::Impl::Load KernelCache::Impl::load(const fs::path& path, std::strin
 }
 
 std::string KernelCache::Impl::check_file(const fs::path& path, const std::string& key) const {
-  cache::ReadResult file = cache::read_file(path);
+  cache::ReadResult file = cache::read_file(path, cache::kMaxEntryBytes);
   if (!file.ok()) return file.error == ENOENT ? std::string() : std::string(std::strerror(file.error));
   cache::DecodedEntry d = cache::decode_entry(file.bytes);
   if (!d.ok()) return d.error;

@@ -256,6 +256,18 @@ TEST(KernelCache, ADirectoryInPlaceOfAnEntryDoesNotCrash) {
   EXPECT_TRUE(cache.get_or_compile(m, [] { return fake_kernel(100, 1); }).hit);
 }
 
+TEST(KernelCache, AnImplausiblyLargeFileIsNotReadIntoMemory) {
+  TempDir dir("cache");
+  KernelCache cache(config_in(dir.path()));
+  const KernelManifest m = fake_manifest("k");
+  cache.get_or_compile(m, [] { return fake_kernel(100, 1); });
+  fs::resize_file(cache.path_for(m.key()), cache::kMaxEntryBytes + 1);  // sparse: no real disk use
+  const CacheLookup r = cache.get_or_compile(m, [] { return fake_kernel(100, 1); });
+  EXPECT_FALSE(r.hit);
+  EXPECT_EQ(cache.counters().recovered, 1u);
+  EXPECT_LT(fs::file_size(cache.path_for(m.key())), 10000u);
+}
+
 TEST(KernelCache, UnwritableDirectoryStillCompiles) {
   if (::geteuid() == 0) GTEST_SKIP() << "running as root: permissions are not enforced";
   TempDir dir("cache");
