@@ -6,7 +6,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstdlib>
 #include <fstream>
+#include <set>
 #include <random>
 
 #include "runtime/nvrtc.hpp"
@@ -18,6 +20,12 @@ namespace {
 namespace fs = std::filesystem;
 using test::CommandResult;
 using test::TempDir;
+
+// $SPATTN_CLI (set by ctest), else the binary this test was built with.
+std::string cli() {
+  const char* env = std::getenv("SPATTN_CLI");
+  return env && *env ? std::string(env) : std::string(SPATTN_CLI_PATH);
+}
 
 KernelManifest manifest(const std::string& name, const std::string& arch) {
   KernelManifest m;
@@ -53,7 +61,7 @@ class CacheCli : public ::testing::Test {
   // Runs `spattn <args>` with this test's cache directory.
   CommandResult spattn(const std::string& args, const std::string& env = "") const {
     return test::run_command("env SPATTN_CACHE_DIR='" + (dir_.path() / "cache").string() +
-                             "' SPATTN_CACHE_MAX_BYTES=10M " + env + " '" + test::cli_path() + "' " + args);
+                             "' SPATTN_CACHE_MAX_BYTES=10M " + env + " '" + cli() + "' " + args);
   }
 
   static nlohmann::json json_of(const CommandResult& r) {
