@@ -1,5 +1,7 @@
 // spattn compile: generate and compile the kernels of a pattern into the cache for a
 // named arch. No GPU needed.
+#include <fmt/format.h>
+
 #include <chrono>
 #include <iostream>
 

@@ -4,6 +4,8 @@
 // TFLOP/s. Without a GPU it compiles and says plainly that it could not run.
 #include <spattn/attention.hpp>
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <chrono>
 #include <iostream>

@@ -6,6 +6,9 @@
 #include "runtime/driver.hpp"
 #include "runtime/nvrtc.hpp"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <iostream>
 
 namespace spattn::cli {

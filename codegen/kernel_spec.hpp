@@ -37,7 +37,8 @@ RenderedKernel render_forward(const KernelSpec& spec);
 RenderedKernel render_support_kernels();
 
 // The partial-tile predicate of `parts` as one C++ function
-//   bool <name>(int part, long long h, long long i, long long j, long long nq, long long nk, long long heads)
+//   bool <name>(int part, int h, int i, int j, int nq, int nk, int heads)
+// (32-bit arithmetic: token indices are below 2^30)
 // compilable both by NVRTC (as device code) and by a host C++ compiler, so tests can
 // check it against Pattern::allowed_in_branch. `qualifiers` is prepended
 // ("__device__ __forceinline__" or "inline").

@@ -21,7 +21,11 @@ struct Overload : F... {
 template <class... F>
 Overload(F...) -> Overload<F...>;
 
-std::string ll(int64_t v) { return fmt::format("{}LL", v); }
+// Token indices are below 2^30 (the engine refuses longer sequences), so the predicate
+// runs in 32-bit arithmetic (cheaper divisions, fewer registers in the kernel). Pattern
+// constants beyond 2^30 act exactly like 2^30 there and are clamped.
+constexpr int64_t kIndexLimit = int64_t{1} << 30;
+std::string ll(int64_t v) { return fmt::format("{}", std::clamp<int64_t>(v, -kIndexLimit, kIndexLimit)); }
 
 class Emitter {
  public:
@@ -71,7 +75,7 @@ class Emitter {
               std::vector<std::string> terms{"dI == 0"};
               for (int64_t r : d.rates)
                 terms.push_back(fmt::format("(dI % {} == 0 && dI <= {})", ll(r), ll(r * d.reach)));
-              return fmt::format("([&]() {{ const long long dI = i / {0} > j / {0} ? i / {0} - j / {0} : j / {0} - i / {0}; return {1}; }}())",
+              return fmt::format("([&]() {{ const int dI = i / {0} > j / {0} ? i / {0} - j / {0} : j / {0} - i / {0}; return {1}; }}())",
                                  ll(d.block), join(terms, " || "));
             },
             [&](const Hierarchical& hr) -> std::string {
@@ -94,7 +98,7 @@ class Emitter {
             },
             [&](const Custom& c) -> std::string { return custom(c); },
             [&](const Butterfly& bf) -> std::string {
-              return fmt::format("([&]() {{ const long long x = (i / {0}) ^ (j / {0}); return (x & (x - 1)) == 0; }}())",
+              return fmt::format("([&]() {{ const int x = (i / {0}) ^ (j / {0}); return (x & (x - 1)) == 0; }}())",
                                  ll(bf.block));
             },
             [&](const LongNet& ln) -> std::string {
@@ -102,7 +106,7 @@ class Emitter {
               const int64_t w = ln.segments[b], r = ln.rates[b];
               // Head group o = h / ceil(H / r); position within the segment decides the residue.
               return fmt::format(
-                  "([&]() {{ const long long o = h / ((heads + {1} - 1) / {1}); return i / {0} == j / {0} && "
+                  "([&]() {{ const int o = h / ((heads + {1} - 1) / {1}); return i / {0} == j / {0} && "
                   "(i % {0}) % {1} == o && (j % {0}) % {1} == o; }}())",
                   ll(w), ll(r));
             },
@@ -144,12 +148,12 @@ class Emitter {
       axis_helper_ = true;
       // NATTEN per-axis rule: same dilation residue; in the residue class of length L
       // the window of min(w, L) positions starts at clamp(t_i - w/2, 0, L - w).
-      prelude_ << qualifiers_ << " bool spattn_nbr_axis(long long xi, long long xj, long long g, long long w, long long d) {\n"
-               << "  const long long ri = xi % d;\n"
+      prelude_ << qualifiers_ << " bool spattn_nbr_axis(int xi, int xj, int g, int w, int d) {\n"
+               << "  const int ri = xi % d;\n"
                << "  if (ri != xj % d) return false;\n"
-               << "  const long long len = (g - ri + d - 1) / d;\n"
-               << "  const long long ti = xi / d, tj = xj / d;\n"
-               << "  long long start = 0, width = len;\n"
+               << "  const int len = (g - ri + d - 1) / d;\n"
+               << "  const int ti = xi / d, tj = xj / d;\n"
+               << "  int start = 0, width = len;\n"
                << "  if (w < len) {\n"
                << "    start = ti - w / 2;\n"
                << "    if (start < 0) start = 0;\n"
@@ -192,7 +196,8 @@ class Emitter {
              << "  }\n"
              << "  return lo < " << keys.size() << " && spattn_custom_" << id << "[lo] == key;\n"
              << "}\n";
-    return fmt::format("spattn_custom_has_{}(((i / {}) << 32) | (j / {}))", id, ll(c.block), ll(c.block));
+    return fmt::format("spattn_custom_has_{}((static_cast<long long>(i / {}) << 32) | (j / {}))", id, ll(c.block),
+                       ll(c.block));
   }
 
   std::string qualifiers_;
@@ -216,7 +221,7 @@ std::string render_predicate(const std::vector<LayoutPart>& parts, const std::st
   std::ostringstream out;
   out << em.prelude();
   out << qualifiers << " bool " << name
-      << "(int part, long long h, long long i, long long j, long long nq, long long nk, long long heads) {\n";
+      << "(int part, int h, int i, int j, int nq, int nk, int heads) {\n";
   out << "  (void)h; (void)i; (void)j; (void)nq; (void)nk; (void)heads;\n";
   out << "  switch (part) {\n";
   for (const auto& c : cases) out << c;

@@ -63,7 +63,7 @@ Problem problem_from_tensors(const TensorView& q, const TensorView& k, const Ten
                 supported_head_dims());
   SPATTN_REQUIRE(p.heads % p.kv_heads == 0,
                  "query heads ({}) must be a multiple of key/value heads ({}) for GQA/MQA", p.heads, p.kv_heads);
-  SPATTN_REQUIRE(p.nq < (int64_t{1} << 31) && p.nk < (int64_t{1} << 31), "sequence lengths must be below 2^31");
+  SPATTN_REQUIRE(p.nq < (int64_t{1} << 30) && p.nk < (int64_t{1} << 30), "sequence lengths must be below 2^30 (got Nq={}, Nk={})", p.nq, p.nk);
   check_tensor_4d(q, "Q", p.batch, p.nq, p.heads, p.head_dim, "[B, Nq, Hq, D]", p.dtype);
   check_tensor_4d(k, "K", p.batch, p.nk, p.kv_heads, p.head_dim, "[B, Nk, Hkv, D]", p.dtype);
   check_tensor_4d(v, "V", p.batch, p.nk, p.kv_heads, p.head_dim, "[B, Nk, Hkv, D]", p.dtype);

@@ -18,7 +18,7 @@ namespace spattn {
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   uint32_t r;
-  asm volatile("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }\n" : "=r"(r) : "l"(p));
+  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }\n" : "=r"(r) : "l"(p));
   return r;
 }
 
@@ -108,15 +108,20 @@ struct Forward {
   static_assert(D % 16 == 0, "head dim must be a multiple of 16");
   static_assert(kStages == 1 || kStages == 2, "stages must be 1 or 2");
 
-  // Shared memory: Q, then K and V stages, then per-stage key token indices.
-  static constexpr int kSmemBytes = (kQElems + 2 * kStages * kKVElems) * 2 + kStages * BN * 4;
+  static constexpr int kMaskWords = BN / 32;      // mask bits per query row of a partial tile
+  // Shared memory: Q, the K and V stages, the key token index of every column (per
+  // stage), the query token index of every row, and the partial-tile mask bits.
+  static constexpr int kSmemBytes =
+      (kQElems + 2 * kStages * kKVElems) * 2 + kStages * BN * 4 + BM * 4 + BM * kMaskWords * 4;
+  static_assert(kSmemBytes == Cfg::kSmemBytes, "host and template disagree on the shared memory size");
 
   using elem = unsigned short;
 
   // Issues the cp.async copies of one key tile (K and V rows) and records the key token
   // index of every column (-1 for padding) for the mask.
+  // ks/vs are shared-memory addresses (32-bit) of this stage's K and V tiles.
   static __device__ __forceinline__ void load_kv(const SpattnFwdParams& p, const SpattnTable& t, int k_tile,
-                                                 const elem* kbase, const elem* vbase, elem* ks, elem* vs,
+                                                 const elem* kbase, const elem* vbase, uint32_t ks, uint32_t vs,
                                                  int* kslot, bool load_k, bool load_v) {
     const int tid = threadIdx.x;
     const int32_t* slots = t.k_slots >= 0 ? p.arena + t.k_slots : nullptr;
@@ -130,10 +135,9 @@ struct Forward {
       int token = slots ? __ldg(slots + slot0 + row) : slot0 + row;
       const bool valid = token >= 0 && token < p.nk;
       if (!valid) token = 0;
-      if (load_k)
-        cp_async_16(smem_addr(ks + row * kRow + chunk * 8), kbase + token * p.k_stride_n + chunk * 8, valid);
-      if (load_v)
-        cp_async_16(smem_addr(vs + row * kRow + chunk * 8), vbase + token * p.v_stride_n + chunk * 8, valid);
+      const uint32_t offset = (row * kRow + chunk * 8) * 2;
+      if (load_k) cp_async_16(ks + offset, kbase + token * p.k_stride_n + chunk * 8, valid);
+      if (load_v) cp_async_16(vs + offset, vbase + token * p.v_stride_n + chunk * 8, valid);
     }
     if (load_k) {
       for (int r = tid; r < BN; r += kThreads) {
@@ -145,10 +149,15 @@ struct Forward {
 
   static __device__ void run(const SpattnFwdParams& p) {
     extern __shared__ __align__(128) unsigned char smem_raw[];
-    elem* qs = reinterpret_cast<elem*>(smem_raw);
-    elem* ks0 = qs + kQElems;
-    elem* vs0 = ks0 + kStages * kKVElems;
-    int* kslot0 = reinterpret_cast<int*>(vs0 + kStages * kKVElems);
+    // Shared addresses as 32-bit integers computed from one base: ptxas then folds the
+    // per-fragment constant offsets into the ldmatrix/cp.async immediates instead of
+    // keeping one register per fragment address.
+    const uint32_t qs = smem_addr(smem_raw);
+    const uint32_t ks0 = qs + kQElems * 2;
+    const uint32_t vs0 = ks0 + kStages * kKVElems * 2;
+    int* kslot0 = reinterpret_cast<int*>(smem_raw + (kQElems + 2 * kStages * kKVElems) * 2);
+    int* qtok = kslot0 + kStages * BN;
+    uint32_t* mask_bits = reinterpret_cast<uint32_t*>(qtok + BM);
 
     const int item = blockIdx.x;
     const int b = blockIdx.y;
@@ -161,6 +170,12 @@ struct Forward {
     const int tid = threadIdx.x;
     const int warp = tid / 32;
     const int lane = tid % 32;
+    // ldmatrix row addresses of this lane (byte offsets): A from Q (rows of the warp's
+    // m16 tile, two 8-column halves), B from K (two n8 tiles x two k8 halves), B from V
+    // transposed (two k8 halves x two n8 tiles).
+    const uint32_t q_frag = qs + ((warp * kWarpM + lane % 16) * kRow + (lane / 16) * 8) * 2;
+    const uint32_t k_frag = ((lane % 8 + (lane / 16) * 8) * kRow + ((lane / 8) % 2) * 8) * 2;
+    const uint32_t v_frag = ((lane % 8 + ((lane / 8) % 2) * 8) * kRow + (lane / 16) * 8) * 2;
 
     const elem* qbase = static_cast<const elem*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
     const elem* kbase = static_cast<const elem*>(p.k) + b * p.k_stride_b + kvh * p.k_stride_h;
@@ -176,7 +191,7 @@ struct Forward {
       int token = qslots ? __ldg(qslots + qslot0 + row) : qslot0 + row;
       const bool valid = token >= 0 && token < p.nq;
       if (!valid) token = 0;
-      cp_async_16(smem_addr(qs + row * kRow + chunk * 8), qbase + token * p.q_stride_n + chunk * 8, valid);
+      cp_async_16(qs + (row * kRow + chunk * 8) * 2, qbase + token * p.q_stride_n + chunk * 8, valid);
     }
 
     const int row_begin = __ldg(p.arena + t.row_ptr + q_tile);
@@ -185,16 +200,10 @@ struct Forward {
     const int n_tiles = row_end - row_begin;
     const int32_t* cols = p.arena + t.cols + row_begin;
 
-    // Original token index of the two rows this thread holds in each m16 tile.
-    int row_token[kMTiles][2];
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        const int r = warp * kWarpM + mt * 16 + lane / 4 + hr * 8;
-        int token = qslots ? __ldg(qslots + qslot0 + r) : qslot0 + r;
-        row_token[mt][hr] = (token >= 0 && token < p.nq) ? token : -1;
-      }
+    // Original token index of every query row (-1 for padding), for masks and the epilogue.
+    for (int r = tid; r < BM; r += kThreads) {
+      const int token = qslots ? __ldg(qslots + qslot0 + r) : qslot0 + r;
+      qtok[r] = (token >= 0 && token < p.nq) ? token : -1;
     }
 
     if (n_tiles > 0) {
@@ -218,8 +227,8 @@ struct Forward {
 
     for (int n = 0; n < n_tiles; ++n) {
       const int stage = kStages == 2 ? (n & 1) : 0;
-      elem* ks = ks0 + stage * kKVElems;
-      elem* vs = vs0 + stage * kKVElems;
+      const uint32_t ks = ks0 + stage * kKVElems * 2;
+      const uint32_t vs = vs0 + stage * kKVElems * 2;
       const int* kslot = kslot0 + stage * BN;
 
       cp_async_wait_all();
@@ -227,13 +236,35 @@ struct Forward {
       if constexpr (kStages == 2) {
         if (n + 1 < n_tiles) {
           const int nxt = (n + 1) & 1;
-          load_kv(p, t, __ldg(cols + n + 1), kbase, vbase, ks0 + nxt * kKVElems, vs0 + nxt * kKVElems,
+          load_kv(p, t, __ldg(cols + n + 1), kbase, vbase, ks0 + nxt * kKVElems * 2, vs0 + nxt * kKVElems * 2,
                   kslot0 + nxt * BN, true, true);
         }
       } else {
         load_kv(p, t, __ldg(cols + n), kbase, vbase, ks, vs, nullptr, false, true);
       }
       cp_async_commit();
+
+      // ---- partial tile: evaluate the predicate into mask bits (before the score
+      // accumulators exist, so its registers do not compete with them)
+      const bool partial = n >= n_full;
+      if (partial) {
+#pragma unroll 1
+        for (int w = tid; w < BM * kMaskWords; w += kThreads) {
+          const int r = w / kMaskWords;
+          const int c0 = (w % kMaskWords) * 32;
+          const int i = qtok[r];
+          uint32_t bits = 0;
+          if (i >= 0) {
+#pragma unroll 1
+            for (int bit = 0; bit < 32; ++bit) {
+              const int j = kslot[c0 + bit];
+              if (j >= 0 && Cfg::allowed(t.part, h, i, j, mask_ctx)) bits |= 1u << bit;
+            }
+          }
+          mask_bits[w] = bits;
+        }
+        __syncthreads();
+      }
 
       // ---- S = Q K^T
       float acc_s[kMTiles][kNTilesS][4];
@@ -246,18 +277,11 @@ struct Forward {
       for (int kk = 0; kk < kKStepsQK; ++kk) {
         uint32_t a[kMTiles][4];
 #pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) {
-          const int r = warp * kWarpM + mt * 16 + (lane % 16);
-          const int c = kk * 16 + (lane / 16) * 8;
-          ldmatrix_x4(a[mt], smem_addr(qs + r * kRow + c));
-        }
+        for (int mt = 0; mt < kMTiles; ++mt) ldmatrix_x4(a[mt], q_frag + (mt * 16 * kRow + kk * 16) * 2);
 #pragma unroll
         for (int np = 0; np < kNTilesS / 2; ++np) {
           uint32_t bfrag[4];
-          const int mi = lane / 8;
-          const int r = np * 16 + (lane % 8) + (mi / 2) * 8;
-          const int c = kk * 16 + (mi % 2) * 8;
-          ldmatrix_x4(bfrag, smem_addr(ks + r * kRow + c));
+          ldmatrix_x4(bfrag, ks + k_frag + (np * 16 * kRow + kk * 16) * 2);
 #pragma unroll
           for (int mt = 0; mt < kMTiles; ++mt) {
             mma_16816<kBf16>(acc_s[mt][2 * np], a[mt], bfrag[0], bfrag[1]);
@@ -266,21 +290,18 @@ struct Forward {
         }
       }
 
-      // ---- mask (partial tiles only)
-      if (n >= n_full) {
+      // ---- apply the mask bits (partial tiles only)
+      if (partial) {
 #pragma unroll
-        for (int nt = 0; nt < kNTilesS; ++nt) {
+        for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int j = kslot[nt * 8 + (lane % 4) * 2 + e];
+          for (int hr = 0; hr < 2; ++hr) {
+            const uint32_t* row_bits = mask_bits + (warp * kWarpM + mt * 16 + lane / 4 + hr * 8) * kMaskWords;
 #pragma unroll
-            for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-              for (int hr = 0; hr < 2; ++hr) {
-                const int i = row_token[mt][hr];
-                const bool ok = j >= 0 && i >= 0 && Cfg::allowed(t.part, h, i, j, mask_ctx);
-                if (!ok) acc_s[mt][nt][hr * 2 + e] = neg_inf();
-              }
+            for (int nt = 0; nt < kNTilesS; ++nt) {
+              const uint32_t word = row_bits[nt / 4] >> ((nt % 4) * 8 + (lane % 4) * 2);
+              if (!(word & 1u)) acc_s[mt][nt][hr * 2] = neg_inf();
+              if (!(word & 2u)) acc_s[mt][nt][hr * 2 + 1] = neg_inf();
             }
           }
         }
@@ -345,10 +366,7 @@ struct Forward {
 #pragma unroll
         for (int dp = 0; dp < kNTilesO / 2; ++dp) {
           uint32_t bfrag[4];
-          const int mi = lane / 8;
-          const int r = kk * 16 + (lane % 8) + (mi % 2) * 8;
-          const int c = dp * 16 + (mi / 2) * 8;
-          ldmatrix_x4_trans(bfrag, smem_addr(vs + r * kRow + c));
+          ldmatrix_x4_trans(bfrag, vs + v_frag + (kk * 16 * kRow + dp * 16) * 2);
 #pragma unroll
           for (int mt = 0; mt < kMTiles; ++mt) {
             mma_16816<kBf16>(acc_o[mt][2 * dp], a[mt], bfrag[0], bfrag[1]);
@@ -367,7 +385,7 @@ struct Forward {
         float sum = row_sum[mt][hr];
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        const int i = row_token[mt][hr];
+        const int i = qtok[warp * kWarpM + mt * 16 + lane / 4 + hr * 8];
         if (i < 0) continue;
         const bool empty = !(sum > 0.f);
         const float inv = empty ? 0.f : 1.f / sum;

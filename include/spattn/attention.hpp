@@ -12,6 +12,7 @@
 #pragma once
 
 #include <spattn/config.hpp>
+#include <spattn/error.hpp>
 #include <spattn/layout.hpp>
 #include <spattn/pattern.hpp>
 #include <spattn/tensor.hpp>

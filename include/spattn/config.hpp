@@ -15,7 +15,7 @@ struct KernelConfig {
   int tile_m = 128;  // query rows per CTA; a multiple of 16 * warps, at most 256
   int tile_n = 64;   // keys per K/V tile: 32, 64 or 128
   int warps = 4;     // 2, 4 or 8 warps; each warp owns tile_m / warps query rows
-  int stages = 2;    // 1: single K and V buffers — the V load overlaps QK^T and the next K
+  int stages = 1;    // 1: single K and V buffers — the V load overlaps QK^T and the next K
                      //    load overlaps PV (less shared memory, more CTAs per SM);
                      // 2: double-buffered K and V — the whole next tile loads during this one
   bool permute = true;  // token permutations for token-level patterns (LongNet, strides, grids)

@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
     std::vector<spattn::LayoutPart> parts{spattn::LayoutPart{window, 0, {strided}}};
     out << "namespace excl {\n" << spattn::codegen::render_predicate(parts, "allowed", "inline") << "}\n";
   }
-  out << "using Predicate = bool (*)(int, long long, long long, long long, long long, long long, long long);\n";
+  out << "using Predicate = bool (*)(int, int, int, int, int, int, int);\n";
   out << "inline constexpr Predicate kPredicates[] = {\n";
   for (int i = 0; i < k; ++i) out << "    &c" << i << "::allowed,\n";
   out << "};\n}  // namespace spattn::test::generated\n";

@@ -1,0 +1,143 @@
+// The C ABI over spattn::Attention: exceptions become status codes plus a thread-local
+// message; nothing throws across the boundary.
+#include <spattn/spattn.h>
+
+#include <spattn/attention.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <cstring>
+#include <string>
+
+struct spattn_attention {
+  spattn::Attention attn;
+};
+
+namespace {
+
+thread_local std::string g_last_error;
+
+spattn_status status_of(spattn::ErrorCode code) { return static_cast<spattn_status>(static_cast<int>(code)); }
+
+template <class F>
+spattn_status guarded(F&& f) {
+  try {
+    f();
+    g_last_error.clear();
+    return SPATTN_OK;
+  } catch (const spattn::Error& e) {
+    g_last_error = e.what();
+    return status_of(e.code());
+  } catch (const nlohmann::json::exception& e) {
+    g_last_error = std::string("invalid options JSON: ") + e.what();
+    return SPATTN_ERROR_INVALID_ARGUMENT;
+  } catch (const std::bad_alloc&) {
+    g_last_error = "out of host memory";
+    return SPATTN_ERROR_INTERNAL;
+  } catch (const std::exception& e) {
+    g_last_error = e.what();
+    return SPATTN_ERROR_INTERNAL;
+  }
+}
+
+spattn::TensorView view_of(const spattn_tensor* t, const char* name) {
+  if (!t) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, std::string(name) + " is NULL");
+  if (t->rank != 3 && t->rank != 4)
+    throw spattn::Error(spattn::ErrorCode::kInvalidArgument, std::string(name) + ": rank must be 3 or 4");
+  if (t->dtype < SPATTN_FP16 || t->dtype > SPATTN_FP32)
+    throw spattn::Error(spattn::ErrorCode::kInvalidArgument, std::string(name) + ": unknown dtype code");
+  spattn::TensorView v;
+  v.data = t->data;
+  v.dtype = t->dtype == SPATTN_FP16 ? spattn::DType::kFloat16
+            : t->dtype == SPATTN_BF16 ? spattn::DType::kBFloat16 : spattn::DType::kFloat32;
+  v.rank = t->rank;
+  for (int d = 0; d < 4; ++d) {
+    v.shape[d] = d < t->rank ? t->shape[d] : 1;
+    v.strides[d] = d < t->rank ? t->strides[d] : 1;
+  }
+  return v;
+}
+
+spattn_status copy_out(const std::string& text, char* buffer, size_t capacity, size_t* needed) {
+  if (needed) *needed = text.size() + 1;
+  if (buffer && capacity > 0) {
+    const size_t n = std::min(capacity - 1, text.size());
+    std::memcpy(buffer, text.data(), n);
+    buffer[n] = '\0';
+  }
+  return SPATTN_OK;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* spattn_version(void) { return spattn::version(); }
+
+const char* spattn_last_error(void) { return g_last_error.c_str(); }
+
+spattn_status spattn_attention_create(const char* pattern_json, const char* options_json, spattn_attention_t* out) {
+  return guarded([&] {
+    if (!out) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "out is NULL");
+    *out = nullptr;
+    if (!pattern_json) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "pattern_json is NULL");
+    spattn::AttentionOptions opts;
+    if (options_json && *options_json) {
+      const auto j = nlohmann::json::parse(options_json);
+      if (!j.is_object()) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "options must be a JSON object");
+      for (const auto& [key, value] : j.items()) {
+        if (key == "scale") opts.scale = value.get<float>();
+        else if (key == "device") opts.device = value.get<int>();
+        else if (key == "config") opts.config = spattn::KernelConfig::parse(value.get<std::string>());
+        else if (key == "use_tuning_db") opts.use_tuning_db = value.get<bool>();
+        else
+          throw spattn::Error(spattn::ErrorCode::kInvalidArgument,
+                              "options." + key + ": unknown option; known: scale, device, config, use_tuning_db");
+      }
+    }
+    *out = new spattn_attention{spattn::Attention(spattn::Pattern::parse(pattern_json), opts)};
+  });
+}
+
+void spattn_attention_destroy(spattn_attention_t attn) { delete attn; }
+
+spattn_status spattn_attention_forward(spattn_attention_t attn, const spattn_tensor* q, const spattn_tensor* k,
+                                       const spattn_tensor* v, const spattn_tensor* o, const spattn_tensor* lse,
+                                       void* stream) {
+  return guarded([&] {
+    if (!attn) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "attention handle is NULL");
+    const spattn::TensorView l = lse ? view_of(lse, "lse") : spattn::TensorView{};
+    attn->attn.forward(view_of(q, "q"), view_of(k, "k"), view_of(v, "v"), view_of(o, "o"), lse ? &l : nullptr,
+                       static_cast<CUstream>(stream));
+  });
+}
+
+spattn_status spattn_attention_explain(spattn_attention_t attn, char* buffer, size_t capacity, size_t* needed) {
+  return guarded([&] {
+    if (!attn) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "attention handle is NULL");
+    copy_out(attn->attn.explain(), buffer, capacity, needed);
+  });
+}
+
+spattn_status spattn_pattern_stats(const char* pattern_json, int64_t nq, int64_t nk, int64_t heads, int64_t tile_m,
+                                   int64_t tile_n, int64_t head_dim, char* buffer, size_t capacity, size_t* needed) {
+  return guarded([&] {
+    if (!pattern_json) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "pattern_json is NULL");
+    const spattn::Pattern p = spattn::Pattern::parse(pattern_json);
+    const spattn::Shape shape{nq, nk, heads};
+    p.validate(shape);
+    spattn::LayoutOptions lo;
+    lo.tile_m = tile_m;
+    lo.tile_n = tile_n;
+    const spattn::Layout layout = spattn::compile_layout(p, shape, lo);
+    const spattn::LayoutStats s = spattn::layout_stats(p, layout, head_dim);
+    const nlohmann::json j = {{"density", s.density},           {"allowed_pairs", s.allowed_pairs},
+                              {"allowed_pairs_total", s.allowed_pairs_total},
+                              {"total_tiles", s.total_tiles},   {"active_tiles", s.active_tiles},
+                              {"full_tiles", s.full_tiles},     {"partial_tiles", s.partial_tiles},
+                              {"useful_flops", s.useful_flops}, {"parts", s.parts}};
+    copy_out(j.dump(), buffer, capacity, needed);
+  });
+}
+
+}  // extern "C"

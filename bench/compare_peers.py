@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Side-by-side forward timing: spattn (through python/spattn.py) against FlexAttention
+and SDPA (FlashAttention-2 and cuDNN backends), same process, same GPU, same inputs.
+
+bf16, head dim 128, B=1, H=16. Times are CUDA-event medians over --reps runs after
+warm-up; useful TFLOP/s = 4 * D * allowed pairs * H / time (allowed pairs from spattn's
+exact layout statistics); ratios are peer time / spattn time (> 1: spattn is faster).
+
+    python3 bench/compare_peers.py [--seqs 16384,65536] [--cases window,longnet] [--quick]
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import spattn  # noqa: E402
+
+H, D = 16, 128
+DT = torch.bfloat16
+
+CASES = {
+    "dense": {"type": "dense"},
+    "causal": {"type": "dense", "causal": True},
+    "window": {"type": "local_window", "window": 1024},
+    "global_local": {"type": "global_local", "global": 128, "window": 512},
+    "longnet": {"type": "longnet", "segments": [2048, 4096, 8192], "rates": [1, 2, 4]},
+    "strided": {"type": "strided", "stride": 64, "mode": "relative"},
+    "hierarchy": {"preset": "standard"},
+}
+
+
+def time_ms(fn, reps, warmup=3):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times)
+
+
+# ---- FlexAttention formulations of the same patterns ---------------------------------
+
+def flex_mask_mod(name, n):
+    if name in ("dense",):
+        return None
+    if name == "causal":
+        return lambda b, h, q, kv: kv <= q
+    if name == "window":
+        return lambda b, h, q, kv: (q - kv).abs() <= 512
+    if name == "global_local":
+        return lambda b, h, q, kv: ((q - kv).abs() <= 256) | (kv < 128) | (q < 128)
+    if name == "strided":
+        return lambda b, h, q, kv: ((q - kv) % 64) == 0
+    if name == "hierarchy":
+        levels = [(64, 256, 64), (256, 1024, 128), (1024, -1, 256)]
+
+        def mm(b, h, q, kv):
+            allowed = torch.zeros_like(q, dtype=torch.bool)
+            for stride, window, block in levels:
+                s = max(1, stride // block)
+                term = ((q // block) % s) == 0
+                if window != -1:
+                    term = term & (((q // block) - (kv // block)).abs() <= (window // block) // 2)
+                allowed = allowed | term
+            return allowed
+        return mm
+    raise KeyError(name)
+
+
+def longnet_branch_mod(w, r):
+    group = math.ceil(H / r)
+
+    def mm(b, h, q, kv):
+        o = h // group
+        return ((q // w) == (kv // w)) & (((q % w) % r) == o) & (((kv % w) % r) == o)
+    return mm
+
+
+def run_flex(name, q, k, v, n):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    flex = torch.compile(flex_attention, dynamic=False)
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # flex wants [B, H, N, D]
+    if name == "longnet":
+        masks = [create_block_mask(longnet_branch_mod(w, r), 1, H, n, n, device="cuda")
+                 for w, r in ((2048, 1), (4096, 2), (8192, 4))]
+
+        def fn():
+            outs = [flex(qt, kt, vt, block_mask=m, return_lse=True) for m in masks]
+            lse = torch.stack([l for _, l in outs])          # [3, B, H, N]
+            w = torch.softmax(lse.nan_to_num(neginf=-1e30), dim=0).unsqueeze(-1)
+            return sum(w[i] * outs[i][0] for i in range(3))
+        return fn
+    mm = flex_mask_mod(name, n)
+    if mm is None:
+        return lambda: flex(qt, kt, vt)
+    bm = create_block_mask(mm, None, None, n, n, device="cuda")
+    return lambda: flex(qt, kt, vt, block_mask=bm)
+
+
+def run_sdpa(backend, name, q, k, v):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    if name not in ("dense", "causal"):
+        return None
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    b = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
+
+    def fn():
+        with sdpa_kernel(b):
+            return F.scaled_dot_product_attention(qt, kt, vt, is_causal=(name == "causal"))
+    return fn
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seqs", default="16384,65536")
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="16k only, fewer repetitions")
+    ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--json", help="write the rows to this file")
+    args = ap.parse_args()
+    seqs = [16384] if args.quick else [int(s) for s in args.seqs.split(",")]
+    reps = 10 if args.quick else args.reps
+    gpu = torch.cuda.get_device_name()
+    rows = []
+    for n in seqs:
+        gen = torch.Generator(device="cuda").manual_seed(n)
+        q, k, v = (torch.rand(1, n, H, D, device="cuda", dtype=torch.float32, generator=gen).mul_(2).sub_(1).to(DT)
+                   for _ in range(3))
+        for name in args.cases.split(","):
+            pattern = CASES[name]
+            stats = spattn.pattern_stats(pattern, n, heads=H, head_dim=D)
+            flops = 4.0 * D * stats["allowed_pairs"] * H
+            row = {"case": name, "seq": n, "density": stats["density"], "gpu": gpu}
+            try:
+                attn = spattn.Attention(pattern)
+                out = torch.empty_like(q)
+                row["spattn_ms"] = time_ms(lambda: attn(q, k, v, out=out), reps)
+                row["spattn_tflops"] = flops / row["spattn_ms"] / 1e9
+                row["config"] = [l for l in attn.explain().splitlines() if l.startswith("config")][0].split()[1]
+            except Exception as e:  # report and go on: one failing case must not hide the rest
+                row["spattn_error"] = str(e).splitlines()[0]
+            for backend in ("flash", "cudnn"):
+                try:
+                    fn = run_sdpa(backend, name, q, k, v)
+                    if fn:
+                        row[f"{backend}_ms"] = time_ms(fn, reps)
+                except Exception as e:
+                    row[f"{backend}_error"] = str(e).splitlines()[0][:80]
+            if not args.no_flex:
+                try:
+                    t0 = time.time()
+                    fn = run_flex(name, q, k, v, n)
+                    fn()
+                    torch.cuda.synchronize()
+                    row["flex_setup_s"] = time.time() - t0
+                    row["flex_ms"] = time_ms(fn, reps)
+                except Exception as e:
+                    row["flex_error"] = str(e).splitlines()[0][:80]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+    def fmt(x, spec):
+        return format(x, spec) if isinstance(x, (int, float)) else "-"
+
+    print(f"\nspattn vs peers on {gpu} (bf16, hd128, B=1, H={H}); ratio = peer ms / spattn ms")
+    print(f"{'case':<13}{'seq':>7}{'density':>9}{'spattn ms':>11}{'TFLOP/s':>9}{'flex ms':>9}{'x flex':>8}"
+          f"{'fa2 ms':>8}{'x fa2':>7}{'cudnn ms':>9}{'x cudnn':>8}  config")
+    for r in rows:
+        s = r.get("spattn_ms")
+        ratio = lambda key: (r[key] / s) if (s and key in r) else None  # noqa: E731
+        print(f"{r['case']:<13}{r['seq']:>7}{r['density']:>9.4f}{fmt(s, '11.3f'):>11}{fmt(r.get('spattn_tflops'), '9.0f'):>9}"
+              f"{fmt(r.get('flex_ms'), '9.3f'):>9}{fmt(ratio('flex_ms'), '8.2f'):>8}{fmt(r.get('flash_ms'), '8.3f'):>8}"
+              f"{fmt(ratio('flash_ms'), '7.2f'):>7}{fmt(r.get('cudnn_ms'), '9.3f'):>9}{fmt(ratio('cudnn_ms'), '8.2f'):>8}"
+              f"  {r.get('config', r.get('spattn_error', ''))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+// Everything of spattn's C++ API in one include.
+#pragma once
+
+#include <spattn/attention.hpp>
+#include <spattn/cache.hpp>
+#include <spattn/config.hpp>
+#include <spattn/error.hpp>
+#include <spattn/layout.hpp>
+#include <spattn/pattern.hpp>
+#include <spattn/reference.hpp>
+#include <spattn/tensor.hpp>
