@@ -276,7 +276,9 @@ PruneReport KernelCache::Impl::enforce_limit(std::uint64_t max_bytes, const std:
   std::uint64_t total = 0;
   for (const FileInfo& f : files) total += f.size;
   if (max_bytes != 0 && total > max_bytes) {
-    // Oldest stamp first. A file whose header cannot be read has stamp 0 and goes first.
+    // Oldest stamp first. A file whose header cannot be read, or whose stamp lies more
+    // than a day in the future (damage, a wrong clock), counts as stamp 0 and goes first.
+    const std::uint64_t latest_plausible = cache::now_ns() + std::uint64_t{86400} * 1000000000;
     std::vector<std::pair<std::uint64_t, const FileInfo*>> order;
     for (const FileInfo& f : files) {
       const cache::PrefixResult head = cache::read_prefix(f.path, cache::kStampOffset + 8);
@@ -284,6 +286,7 @@ PruneReport KernelCache::Impl::enforce_limit(std::uint64_t max_bytes, const std:
       if (head.error == 0 && head.bytes.size() == cache::kStampOffset + 8 &&
           head.bytes.compare(0, 8, cache::kEntryMagic) == 0) {
         stamp = cache::get_u64(head.bytes.data() + cache::kStampOffset);
+        if (stamp > latest_plausible) stamp = 0;
       }
       order.emplace_back(stamp, &f);
     }

@@ -331,6 +331,21 @@ TEST(KernelCache, EvictionKeepsUnderTheLimitInLruOrder) {
   EXPECT_EQ(entries[2].kernel_name, "a");
 }
 
+TEST(KernelCache, AStampFromTheFutureDoesNotProtectAnEntry) {
+  TempDir dir("cache");
+  KernelCache unlimited(config_in(dir.path()));
+  unlimited.get_or_compile(fake_manifest("old"), [] { return fake_kernel(1000, 0); });
+  const std::string future = unlimited.get_or_compile(fake_manifest("future"), [] { return fake_kernel(1000, 0); }).key;
+  std::string bytes = slurp(unlimited.path_for(future));
+  for (std::size_t i = cache::kStampOffset; i < cache::kStampOffset + 8; ++i) bytes[i] = '\x7f';
+  spit(unlimited.path_for(future), bytes);
+
+  KernelCache cache(config_in(dir.path(), unlimited.stat().bytes + 100));
+  cache.get_or_compile(fake_manifest("new"), [] { return fake_kernel(1000, 0); });
+  EXPECT_FALSE(fs::exists(cache.path_for(future)));
+  EXPECT_TRUE(fs::exists(cache.path_for(fake_manifest("old").key())));
+}
+
 TEST(KernelCache, AnEntryLargerThanTheLimitIsKept) {
   TempDir dir("cache");
   KernelCache cache(config_in(dir.path(), 1000));
