@@ -19,3 +19,27 @@ inline int64_t pos_mod(int64_t a, int64_t b) {
 inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 }  // namespace spattn::detail
+
+namespace spattn::detail {
+
+// Division by a divisor fixed at setup, as a multiplication: for 0 <= x < 2^32 and
+// 2 <= d < 2^32, floor(x / d) is the high word of ceil(2^64 / d) * x. Token indices are
+// below 2^30, so this is exact wherever the compiler uses it (per-row keys).
+class FastDiv {
+ public:
+  FastDiv() = default;
+  explicit FastDiv(int64_t d)
+      : d_(d), m_(d > 1 && d <= int64_t{0xFFFFFFFF} ? UINT64_MAX / static_cast<uint64_t>(d) + 1 : 0) {}
+  int64_t div(int64_t x) const {
+    if (m_ != 0) return static_cast<int64_t>((static_cast<unsigned __int128>(m_) * static_cast<uint64_t>(x)) >> 64);
+    return d_ == 1 ? x : x / d_;
+  }
+  int64_t mod(int64_t x) const { return x - div(x) * d_; }
+  int64_t divisor() const { return d_; }
+
+ private:
+  int64_t d_ = 1;
+  uint64_t m_ = 0;
+};
+
+}  // namespace spattn::detail

@@ -8,8 +8,13 @@
 // tiles), never O(Nq x Nk).
 #include <spattn/layout.hpp>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <numeric>
 
@@ -231,6 +236,52 @@ inline void append_range(Ivs& v, int64_t lo, int64_t hi, bool& unsorted) {
   v.push_back({lo, hi});
 }
 
+// Large tables (tens of MiB for patterns with dense rows at 1M tokens) are written
+// once, front to back: with transparent huge pages on request, the first touch costs
+// one fault per 2 MiB instead of one per 4 KiB.
+void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  if (bytes < 2 * kHuge) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint: failure is fine
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
+// Walks the tiles of a list of tile ranges, so that cols is written once, in place.
+class TileIterator {
+ public:
+  using iterator_category = std::forward_iterator_tag;
+  using value_type = int32_t;
+  using difference_type = std::ptrdiff_t;
+  using pointer = const int32_t*;
+  using reference = int32_t;
+
+  TileIterator(const std::vector<Iv>& ranges, size_t r)
+      : ranges_(&ranges), r_(r), k_(r < ranges.size() ? ranges[r].lo : 0) {}
+  int32_t operator*() const { return static_cast<int32_t>(k_); }
+  TileIterator& operator++() {
+    if (++k_ == (*ranges_)[r_].hi && ++r_ < ranges_->size()) k_ = (*ranges_)[r_].lo;
+    if (r_ == ranges_->size()) k_ = 0;
+    return *this;
+  }
+  TileIterator operator++(int) {
+    TileIterator t = *this;
+    ++*this;
+    return t;
+  }
+  bool operator==(const TileIterator& o) const { return r_ == o.r_ && k_ == o.k_; }
+
+ private:
+  const std::vector<Iv>* ranges_;
+  size_t r_;
+  int64_t k_;
+};
+
 }  // namespace
 
 bool OrderSpec::operator==(const OrderSpec& x) const {
@@ -404,19 +455,24 @@ bool TokenOrder::slots_are_identity(const std::vector<int32_t>& slots, int64_t n
   return true;
 }
 
-TableBuilder::TableBuilder(RowGen& gen, const TokenOrder& order) : gen_(gen), order_(order) {}
+TableBuilder::TableBuilder(RowGen& gen, const TokenOrder& order)
+    : gen_(gen), order_(order), tn_(order.tile_n()) {
+  if ((tn_ & (tn_ - 1)) == 0) shift_ = bits_for(static_cast<uint64_t>(tn_));
+}
 
-// Allowed keys of query token i as sorted slot intervals.
-void TableBuilder::slot_row(int64_t i, Ivs& out) {
-  int64_t base = 0;
-  const Region rg = order_.region(i, base);
-  gen_.row(i, rg, ranks_);
-  pairs_ = iv_size(ranks_);
+// Allowed keys of query token i as sorted slot intervals. Returns false when they are
+// those of the previous row (out is then left as it was).
+bool TableBuilder::slot_row(int64_t i, const Region& rg, int64_t base, Ivs& out) {
+  const Ivs& ranks = gen_.row(i, rg);
+  if (gen_.repeated() && base == last_base_ && have_row_) return false;
+  last_base_ = base;
+  have_row_ = true;
+  pairs_ = iv_size(ranks);
   out.clear();
   if (order_.spec().kind == OrderSpec::kGrid) {
     // Ranks are key tokens here; map them through the grid order and re-merge.
     slots_.clear();
-    for (const Iv& iv : ranks_) {
+    for (const Iv& iv : ranks) {
       for (int64_t t = iv.lo; t < iv.hi; ++t) slots_.push_back(order_.k_slot_of(t));
     }
     std::sort(slots_.begin(), slots_.end());
@@ -424,29 +480,43 @@ void TableBuilder::slot_row(int64_t i, Ivs& out) {
       if (!out.empty() && out.back().hi == s) ++out.back().hi;
       else out.push_back({s, s + 1});
     }
-    return;
+    return true;
   }
-  for (const Iv& iv : ranks_) out.push_back({iv.lo + base, iv.hi + base});
+  for (const Iv& iv : ranks) out.push_back({iv.lo + base, iv.hi + base});
+  return true;
 }
 
 // Reduces the rows of query tile qt: `touched` gets the key tiles some real row allows
 // a key of, `full` those that every real row allows completely.
 int64_t TableBuilder::reduce(int64_t qt, Ivs& touched, Ivs& full) {
-  const int64_t tm = order_.tile_m(), tn = order_.tile_n();
+  const int64_t tm = order_.tile_m();
   touched.clear();
   full.clear();
   int64_t pairs = 0;
   bool any_row = false, full_dead = false, have_prev = false, unsorted = false, sorted_dummy = false;
+  // Every row of a query tile has the same key region: token orders pad each segment
+  // or class to whole tiles.
+  Region rg;
+  int64_t base = 0;
+  bool have_region = false;
   for (int64_t s = qt * tm; s < (qt + 1) * tm; ++s) {
     const int64_t i = order_.q_token(s);
     if (i < 0) continue;
-    slot_row(i, row_);
+    if (!have_region) {
+      rg = order_.region(i, base);
+      have_region = true;
+    }
+    if (!slot_row(i, rg, base, row_) && have_prev) {
+      pairs += pairs_;  // the same keys as the row before: nothing new for the tile
+      continue;
+    }
     pairs += pairs_;
     rt_.clear();
     rf_.clear();
     for (const Iv& iv : row_) {
-      append_range(rt_, iv.lo / tn, (iv.hi - 1) / tn + 1, sorted_dummy);
-      const int64_t f0 = ceil_div(iv.lo, tn), f1 = iv.hi / tn;
+      const int64_t t0 = tile_of(iv.lo), t1 = tile_of(iv.hi - 1) + 1;
+      append_range(rt_, t0, t1, sorted_dummy);
+      const int64_t f0 = tile_of(iv.lo + tn_ - 1), f1 = tile_of(iv.hi);
       if (f0 < f1) append_range(rf_, f0, f1, sorted_dummy);
     }
     // Neighbouring rows mostly reach the same tiles: skip repeats cheaply.
@@ -480,22 +550,26 @@ BlockTable TableBuilder::build() {
   t.num_k_tiles = nkt;
   t.row_ptr.assign(static_cast<size_t>(nqt) + 1, 0);
   t.full_count.assign(static_cast<size_t>(nqt), 0);
+  // Pass 1: full and partial tiles of every query tile as ranges (compact even when a
+  // row lists thousands of tiles). Pass 2: expand them into cols, allocated once.
   Ivs touched, full, partial;
+  std::vector<Iv> ranges;
+  std::vector<int64_t> range_end(static_cast<size_t>(nqt), 0);
   int64_t pairs = 0;
   for (int64_t qt = 0; qt < nqt; ++qt) {
     pairs += reduce(qt, touched, full);
-    for (const Iv& f : full) {
-      for (int64_t k = f.lo; k < f.hi; ++k) t.cols.push_back(static_cast<int32_t>(k));
-    }
-    t.full_count[qt] = static_cast<int32_t>(iv_size(full));
     iv_subtract(touched, full, partial);
-    for (const Iv& p : partial) {
-      for (int64_t k = p.lo; k < p.hi; ++k) t.cols.push_back(static_cast<int32_t>(k));
-    }
-    t.row_ptr[qt + 1] = static_cast<int64_t>(t.cols.size());
+    const int64_t nfull = iv_size(full);
+    t.full_count[qt] = static_cast<int32_t>(nfull);
+    t.row_ptr[qt + 1] = t.row_ptr[qt] + nfull + iv_size(partial);
+    ranges.insert(ranges.end(), full.begin(), full.end());
+    ranges.insert(ranges.end(), partial.begin(), partial.end());
+    range_end[qt] = static_cast<int64_t>(ranges.size());
   }
+  t.cols.reserve(static_cast<size_t>(t.row_ptr[nqt]));
+  advise_huge_pages(t.cols.data(), t.cols.capacity() * sizeof(int32_t));
+  t.cols.insert(t.cols.end(), TileIterator(ranges, 0), TileIterator(ranges, ranges.size()));
   t.allowed_pairs = pairs;
-  t.cols.shrink_to_fit();
   return t;
 }
 

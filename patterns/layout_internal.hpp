@@ -67,17 +67,24 @@ class TableBuilder {
   BlockTable build();
   // Listed tiles of the whole table, estimated from `samples` evenly spaced query tiles.
   double estimate_listed_tiles(int samples);
-  // Allowed keys of query token i as sorted key-slot intervals.
-  void slot_row(int64_t i, Ivs& out);
+  // Allowed keys of query token i as sorted key-slot intervals; false (and `out` left
+  // alone) when they are those of the previous row.
+  bool slot_row(int64_t i, const Region& region, int64_t base, Ivs& out);
+  int64_t row_pairs() const { return pairs_; }
 
  private:
   int64_t reduce(int64_t qt, Ivs& touched, Ivs& full);
+  int64_t tile_of(int64_t slot) const { return shift_ >= 0 ? slot >> shift_ : slot / tn_; }
 
   RowGen& gen_;
   const TokenOrder& order_;
-  Ivs ranks_, row_, rt_, rf_, prev_t_, prev_f_, tmp_;
+  int64_t tn_;
+  int shift_ = -1;  // log2(tile_n) when it is a power of two
+  Ivs row_, rt_, rf_, prev_t_, prev_f_, tmp_;
   std::vector<int64_t> slots_;
   int64_t pairs_ = 0;
+  int64_t last_base_ = 0;
+  bool have_row_ = false;
 };
 
 // One table to build: a part, the heads that share its predicate, and its order.

@@ -120,6 +120,8 @@ std::optional<Node> resolve_rec(const Pattern& p, const Shape& shape, int64_t h,
     n->w = l->segments[branch];
     n->r = l->rates[branch];
     n->o = h / ceil_div(shape.heads, n->r);
+    n->key_div = FastDiv(n->w);
+    n->rate_div = FastDiv(n->r);
     return n;
   }
   if (const auto* b = std::get_if<Branches>(&pn)) {
@@ -165,12 +167,27 @@ std::optional<Node> resolve_rec(const Pattern& p, const Shape& shape, int64_t h,
   if (const auto* d = std::get_if<DilatedSparse>(&pn)) {
     auto n = leaf(NodeKind::kDilated);
     n->runs = distance_runs(*d);
+    n->key_div = FastDiv(d->block);
     return n;
   }
-  if (std::holds_alternative<Hierarchical>(pn)) return leaf(NodeKind::kHierarchical);
+  if (const auto* hp = std::get_if<Hierarchical>(&pn)) {
+    auto n = leaf(NodeKind::kHierarchical);
+    n->key_block = 0;
+    for (const HierarchicalLevel& l : hp->levels) n->key_block = std::gcd(n->key_block, l.block);
+    n->key_div = FastDiv(n->key_block);
+    return n;
+  }
   if (std::holds_alternative<Neighborhood>(pn)) return leaf(NodeKind::kNeighborhood);
-  if (std::holds_alternative<Custom>(pn)) return leaf(NodeKind::kCustom);
-  if (std::holds_alternative<Butterfly>(pn)) return leaf(NodeKind::kButterfly);
+  if (const auto* c = std::get_if<Custom>(&pn)) {
+    auto n = leaf(NodeKind::kCustom);
+    n->key_div = FastDiv(c->block);
+    return n;
+  }
+  if (const auto* b = std::get_if<Butterfly>(&pn)) {
+    auto n = leaf(NodeKind::kButterfly);
+    n->key_div = FastDiv(b->block);
+    return n;
+  }
   SPATTN_FAIL(ErrorCode::kInternal, "unhandled pattern kind '{}'", p.kind());
 }
 
@@ -295,6 +312,20 @@ int tree_depth(const Node& n) {
 }
 }  // namespace
 
+namespace {
+
+bool all_leaves_causal(const Node& n) {
+  if (is_leaf(n.kind)) return n.causal;
+  return std::all_of(n.children.begin(), n.children.end(), all_leaves_causal);
+}
+
+void strip_causal(Node& n) {
+  n.causal = false;
+  for (Node& c : n.children) strip_causal(c);
+}
+
+}  // namespace
+
 RowGen::RowGen(Node positive, std::vector<Node> excludes, const Shape& shape)
     : positive_(std::move(positive)), excludes_(std::move(excludes)), shape_(shape) {
   // Two scratch buffers per level of the tree, allocated once: gen() holds references
@@ -302,19 +333,97 @@ RowGen::RowGen(Node positive, std::vector<Node> excludes, const Shape& shape)
   int depth = tree_depth(positive_);
   for (const Node& e : excludes_) depth = std::max(depth, tree_depth(e));
   scratch_.resize(2 * static_cast<size_t>(depth) + 2);
+  // (P & C) \ (E & C) == (P \ E) & C: with a causal positive node, causal comes off
+  // every leaf and is applied once at the end.
+  hoisted_causal_ = all_leaves_causal(positive_);
+  if (hoisted_causal_) {
+    strip_causal(positive_);
+    for (Node& e : excludes_) strip_causal(e);
+  }
 }
 
-void RowGen::row(int64_t i, const Region& region, Ivs& out) {
-  out.clear();
-  if (region.count <= 0) return;
-  gen(positive_, i, region, 0, region.count, out, 0);
-  for (const Node& e : excludes_) {
-    if (out.empty()) break;
-    gen(e, i, region, out.front().lo, out.back().hi, tmp_, 0);
-    if (tmp_.empty()) continue;
-    iv_subtract(out, tmp_, tmp2_);
-    out.swap(tmp2_);
+bool RowGen::row_key(const Node& n, int64_t i) {
+  if (n.causal) return false;
+  switch (n.kind) {
+    case NodeKind::kDense:
+      key_.push_back(0);
+      return true;
+    case NodeKind::kWindow:
+    case NodeKind::kNeighborhood:
+      return false;
+    case NodeKind::kGlobalLocal:
+      if (i >= std::get<GlobalLocal>(*n.leaf).global) return false;
+      key_.push_back(-1);
+      return true;
+    case NodeKind::kStrided: {
+      const auto& p = std::get<Strided>(*n.leaf);
+      key_.push_back(p.mode == StrideMode::kRelative ? i % p.stride : 0);
+      return true;
+    }
+    case NodeKind::kDilated:
+    case NodeKind::kCustom:
+    case NodeKind::kButterfly:
+    case NodeKind::kHierarchical:
+      key_.push_back(n.key_div.div(i));
+      return true;
+    case NodeKind::kLongNet: {
+      const int64_t seg = n.key_div.div(i);
+      key_.push_back(n.rate_div.mod(i - seg * n.w) == n.o ? seg : -1);
+      return true;
+    }
+    case NodeKind::kUnion:
+    case NodeKind::kIntersect:
+      for (const Node& c : n.children) {
+        if (!row_key(c, i)) return false;
+      }
+      return true;
   }
+  return false;
+}
+
+const Ivs& RowGen::row(int64_t i, const Region& region) {
+  key_.clear();
+  bool keyed = row_key(positive_, i);
+  for (size_t e = 0; keyed && e < excludes_.size(); ++e) keyed = row_key(excludes_[e], i);
+  bool hit = keyed && have_last_ && region.start == last_region_.start && region.step == last_region_.step &&
+             region.count == last_region_.count && key_.size() == last_key_.size();
+  for (size_t k = 0; hit && k < key_.size(); ++k) hit = key_[k] == last_key_[k];
+  if (!hit) {
+    // Keyed rows are computed into the memo itself.
+    Ivs& out = keyed ? last_ : out_;
+    out.clear();
+    if (region.count > 0) {
+      gen(positive_, i, region, 0, region.count, out, 0);
+      for (const Node& e : excludes_) {
+        if (out.empty()) break;
+        gen(e, i, region, out.front().lo, out.back().hi, tmp_, 0);
+        if (tmp_.empty()) continue;
+        iv_subtract(out, tmp_, tmp2_);
+        out.swap(tmp2_);
+      }
+    }
+    have_last_ = keyed;
+    if (keyed) {
+      last_key_.swap(key_);
+      last_region_ = region;
+    }
+  }
+  repeated_ = hit && !hoisted_causal_;
+  if (!hoisted_causal_) return keyed ? last_ : out_;
+  // Causal last: keys below i + Nk - Nq + 1, as a rank bound.
+  const int64_t bound = i + shape_.nk - shape_.nq + 1;
+  const int64_t kb = bound <= region.start ? 0 : std::min(region.count, ceil_div(bound - region.start, region.step));
+  if (keyed) {
+    out_.clear();
+    for (const Iv& iv : last_) {
+      if (iv.lo >= kb) break;
+      out_.push_back({iv.lo, std::min(iv.hi, kb)});
+    }
+  } else {
+    while (!out_.empty() && out_.back().lo >= kb) out_.pop_back();
+    if (!out_.empty() && out_.back().hi > kb) out_.back().hi = kb;
+  }
+  return out_;
 }
 
 void RowGen::gen(const Node& n, int64_t i, const Region& rg, int64_t clo, int64_t chi, Ivs& out, int depth) {

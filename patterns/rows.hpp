@@ -19,6 +19,8 @@
 
 #include <spattn/pattern.hpp>
 
+#include "patterns/arith.hpp"
+
 namespace spattn::detail {
 
 struct Iv {
@@ -65,6 +67,9 @@ struct Node {
   int64_t w = 0, r = 1, o = 0;        // kLongNet: segment, rate, head group
   std::vector<Node> children;         // kUnion, kIntersect (periodic operands last)
   std::vector<Iv> runs;               // kDilated: allowed block distances as runs [lo, hi)
+  int64_t key_block = 1;              // kHierarchical: rows in one such block share their keys
+  FastDiv key_div;                    // divides a query index into its row key (block, segment)
+  FastDiv rate_div;                   // kLongNet: the rate
 
   // Block-level leaves give every row of a block the same keys: the last result is
   // kept and reused while block, clip and region stay the same.
@@ -86,26 +91,40 @@ std::optional<Node> resolve(const Pattern& pattern, const Shape& shape, int64_t 
 
 // Evaluates the allowed keys of rows for one (part, head): the positive node minus the
 // excluded nodes. Not thread-safe (scratch buffers); use one per thread.
+//
+// Rows are memoised: every leaf has a cheap "row key" such that rows with equal keys
+// have equal key sets (LongNet: the segment; block patterns: the block; strided: the
+// class...), so a run of equivalent rows is evaluated once. When every leaf of the
+// positive node is causal, causal is applied last, as a prefix clip, so that causal
+// rows still share the memo.
 class RowGen {
  public:
   RowGen(Node positive, std::vector<Node> excludes, const Shape& shape);
 
-  // Allowed keys of query token i as rank intervals k in [0, region.count).
-  void row(int64_t i, const Region& region, Ivs& out);
-
-  const Node& positive() const { return positive_; }
+  // Allowed keys of query token i as rank intervals k in [0, region.count). The
+  // reference stays valid until the next call.
+  const Ivs& row(int64_t i, const Region& region);
+  // True when the last row() returned exactly the set of the row before it.
+  bool repeated() const { return repeated_; }
 
  private:
-  struct Scratch;
   void gen(const Node& n, int64_t i, const Region& rg, int64_t clo, int64_t chi, Ivs& out, int depth);
   void leaf(const Node& n, int64_t i, const Region& rg, int64_t clo, int64_t chi, Ivs& out);
+  bool row_key(const Node& n, int64_t i);  // appends to key_; false: this row has no key
 
   Node positive_;
   std::vector<Node> excludes_;
   Shape shape_;
+  bool hoisted_causal_ = false;
   std::vector<Ivs> scratch_;  // two buffers per tree depth
   Ivs tmp_, tmp2_;
   std::vector<Iv> small_;
+  // Memo of the last keyed row (before the causal clip).
+  std::vector<int64_t> key_, last_key_;
+  Region last_region_;
+  bool have_last_ = false;
+  bool repeated_ = false;
+  Ivs last_, out_;
 };
 
 }  // namespace spattn::detail
