@@ -46,7 +46,7 @@ ScopedEnv::~ScopedEnv() {
 
 std::string cli_path() {
   const char* p = std::getenv("SPATTN_CLI");
-  return p ? p : "spattn";
+  return p && *p ? p : SPATTN_CLI_PATH;
 }
 
 CommandResult run_command(const std::string& command) {

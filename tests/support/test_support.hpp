@@ -33,7 +33,7 @@ class ScopedEnv {
   std::optional<std::string> old_;
 };
 
-// Path of the spattn CLI binary (from $SPATTN_CLI, set by ctest).
+// Path of the spattn CLI binary ($SPATTN_CLI, else the one this build made).
 std::string cli_path();
 
 // Runs a shell command, capturing stdout and stderr; returns the exit status.
