@@ -344,9 +344,13 @@ Pattern from_json(const json& j, const std::string& path) {
       const Pattern p = from_preset(v.get<std::string>(), fp);
       return causal ? p.with_causal(true) : p;
     }
-    if (form == "union") return Pattern(Union{read_items(v, fp)}, causal);
-    if (form == "intersect") return Pattern(Intersect{read_items(v, fp)}, causal);
-    if (form == "branches") return Pattern(Branches{read_items(v, fp)}, causal);
+    auto checked = [&](Pattern p) {
+      check_fields(p, path);
+      return p;
+    };
+    if (form == "union") return checked(Pattern(Union{read_items(v, fp)}, causal));
+    if (form == "intersect") return checked(Pattern(Intersect{read_items(v, fp)}, causal));
+    if (form == "branches") return checked(Pattern(Branches{read_items(v, fp)}, causal));
     SPATTN_REQUIRE(v.is_array(), "{}: must be an array of head groups (got {})", fp, describe(v));
     HeadGroups groups;
     for (size_t k = 0; k < v.size(); ++k) {
@@ -361,7 +365,7 @@ Pattern from_json(const json& j, const std::string& path) {
       g.finish();
       groups.groups.push_back(std::move(group));
     }
-    return Pattern(std::move(groups), causal);
+    return checked(Pattern(std::move(groups), causal));
   }
 
   SPATTN_REQUIRE(j.contains("type"), "{}.type: missing; known types: {}", path, kKnownTypes);
