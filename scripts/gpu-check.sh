@@ -31,8 +31,10 @@ fi
 if [ "$MODE" != "--tests-only" ]; then
   step demo
   $BUILD/cli/spattn demo 2>&1 | tee "$LOGS/demo.txt" | grep -E "==|check|run:|compile:"
+  step "forward benchmark (16k)"
+  $BUILD/bench/forward_bench --benchmark_filter='/16384' 2>&1 | tee "$LOGS/forward_bench.txt" | grep -E "forward/"
   step "peer benchmark"
-  SPATTN_LIB=$PWD/$BUILD/libspattn.so PYTHONUNBUFFERED=1 timeout 420 python3 bench/compare_peers.py --quick \
+  SPATTN_LIB=$PWD/$BUILD/libspattn.so PYTHONUNBUFFERED=1 timeout 420 python3 -X faulthandler bench/compare_peers.py --quick \
     --json "$LOGS/peers.json" >"$LOGS/peers.txt" 2>"$LOGS/peers.err" || echo "peer benchmark failed: $(tail -3 "$LOGS/peers.err")"
   sed -n '/^spattn vs peers/,$p' "$LOGS/peers.txt"
 fi

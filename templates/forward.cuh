@@ -205,6 +205,7 @@ struct Forward {
       const int token = qslots ? __ldg(qslots + qslot0 + r) : qslot0 + r;
       qtok[r] = (token >= 0 && token < p.nq) ? token : -1;
     }
+    __syncthreads();  // qtok is read by other threads, also when the tile has no key tiles
 
     if (n_tiles > 0) {
       const int first = __ldg(cols);
