@@ -486,6 +486,48 @@ bool TableBuilder::slot_row(int64_t i, const Region& rg, int64_t base, Ivs& out)
   return true;
 }
 
+// Key tiles of query token i: rt_ those it reaches, rf_ those it allows completely;
+// pairs_ its allowed keys. False when its keys are those of the previous row (rt_ and
+// rf_ are then left alone).
+bool TableBuilder::row_tiles(int64_t i, const Region& rg, int64_t base) {
+  bool unsorted = false;
+  if (gen_.progression_rows() && order_.spec().kind != OrderSpec::kGrid) {
+    const Progression p = gen_.row_progression(i, rg);
+    pairs_ = p.count;
+    rt_.clear();
+    rf_.clear();
+    if (p.count == 0) return true;
+    const int64_t first = p.first + base, last = first + (p.count - 1) * p.step;
+    if (p.step == 1 || tn_ == 1) {
+      if (p.step == 1) {
+        row_.assign(1, Iv{first, last + 1});
+      } else {
+        row_.clear();
+        for (int64_t k = first; k <= last; k += p.step) row_.push_back({k, k + 1});
+      }
+    } else {
+      // Period >= 2 in tiles of >= 2 slots: no tile is full; with a period up to the tile
+      // size every tile of the hull is reached.
+      if (p.step <= tn_) {
+        rt_.push_back({tile_of(first), tile_of(last) + 1});
+      } else {
+        for (int64_t k = first; k <= last; k += p.step) append_range(rt_, tile_of(k), tile_of(k) + 1, unsorted);
+      }
+      return true;
+    }
+  } else if (!slot_row(i, rg, base, row_)) {
+    return false;
+  }
+  rt_.clear();
+  rf_.clear();
+  for (const Iv& iv : row_) {
+    append_range(rt_, tile_of(iv.lo), tile_of(iv.hi - 1) + 1, unsorted);
+    const int64_t f0 = tile_of(iv.lo + tn_ - 1), f1 = tile_of(iv.hi);
+    if (f0 < f1) append_range(rf_, f0, f1, unsorted);
+  }
+  return true;
+}
+
 // Reduces the rows of query tile qt: `touched` gets the key tiles some real row allows
 // a key of, `full` those that every real row allows completely.
 int64_t TableBuilder::reduce(int64_t qt, Ivs& touched, Ivs& full) {
@@ -493,7 +535,7 @@ int64_t TableBuilder::reduce(int64_t qt, Ivs& touched, Ivs& full) {
   touched.clear();
   full.clear();
   int64_t pairs = 0;
-  bool any_row = false, full_dead = false, have_prev = false, unsorted = false, sorted_dummy = false;
+  bool any_row = false, full_dead = false, have_prev = false, unsorted = false;
   // Every row of a query tile has the same key region: token orders pad each segment
   // or class to whole tiles.
   Region rg;
@@ -506,21 +548,16 @@ int64_t TableBuilder::reduce(int64_t qt, Ivs& touched, Ivs& full) {
       rg = order_.region(i, base);
       have_region = true;
     }
-    if (!slot_row(i, rg, base, row_) && have_prev) {
-      pairs += pairs_;  // the same keys as the row before: nothing new for the tile
-      continue;
-    }
+    const bool fresh = row_tiles(i, rg, base);
     pairs += pairs_;
-    rt_.clear();
-    rf_.clear();
-    for (const Iv& iv : row_) {
-      const int64_t t0 = tile_of(iv.lo), t1 = tile_of(iv.hi - 1) + 1;
-      append_range(rt_, t0, t1, sorted_dummy);
-      const int64_t f0 = tile_of(iv.lo + tn_ - 1), f1 = tile_of(iv.hi);
-      if (f0 < f1) append_range(rf_, f0, f1, sorted_dummy);
+    if (!fresh) {
+      // The same keys as the row before: nothing new for the tile.
+      if (have_prev) continue;
+      rt_ = prev_t_;
+      rf_ = prev_f_;
+    } else if (have_prev && rt_ == prev_t_ && rf_ == prev_f_) {
+      continue;  // neighbouring rows mostly reach the same tiles
     }
-    // Neighbouring rows mostly reach the same tiles: skip repeats cheaply.
-    if (have_prev && rt_ == prev_t_ && rf_ == prev_f_) continue;
     for (const Iv& r : rt_) append_range(touched, r.lo, r.hi, unsorted);
     if (!full_dead) {
       if (!any_row) {

@@ -65,11 +65,6 @@ void iv_normalize(Ivs& v) {
   v.resize(n);
 }
 
-int64_t iv_size(const Ivs& v) {
-  int64_t n = 0;
-  for (const Iv& iv : v) n += iv.hi - iv.lo;
-  return n;
-}
 
 // --- resolved nodes ------------------------------------------------------------------
 
@@ -202,6 +197,34 @@ int64_t modinv(int64_t a, int64_t m) {
   return pos_mod(t, m);
 }
 
+}  // namespace
+
+Progression rank_progression(const Region& rg, int64_t a0, int64_t q, int64_t a, int64_t b) {
+  a = std::max(a, rg.start);
+  b = std::min(b, rg.start + rg.count * rg.step);
+  if (a >= b) return {};
+  // Rank k holds token start + k * step; it is in the progression iff
+  // k * step = a0 - start (mod q): a progression of ranks with period m.
+  int64_t k0, m;
+  if (rg.step == 1) {
+    m = q;
+    k0 = pos_mod(a0 - rg.start, q);
+  } else {
+    const int64_t g = std::gcd(rg.step, q);
+    const int64_t rhs = pos_mod(a0 - rg.start, q);
+    if (rhs % g != 0) return {};
+    m = q / g;
+    k0 = m == 1 ? 0 : static_cast<int64_t>(static_cast<__int128>(rhs / g) * modinv((rg.step / g) % m, m) % m);
+  }
+  const int64_t klo = (a - rg.start + rg.step - 1) / rg.step;
+  const int64_t khi = (b - rg.start + rg.step - 1) / rg.step;
+  const int64_t first = m == 1 ? klo : klo + pos_mod(k0 - klo, m);
+  if (first >= khi) return {};
+  return Progression{first, m, (khi - 1 - first) / m + 1};
+}
+
+namespace {
+
 // Appends rank intervals for token sets given in ascending token order, clipped to the
 // ranks [clo, chi) of the region.
 struct Emitter {
@@ -242,30 +265,13 @@ struct Emitter {
   // Tokens t in [a, b) with t = a0 (mod q).
   void progression(int64_t a0, int64_t q, int64_t a, int64_t b) {
     if (q == 1) return interval(a, b);
-    if (a < tlo) a = tlo;
-    if (b > thi) b = thi;
-    if (a >= b) return;
-    // Rank k holds token start + k * step; it is in the progression iff
-    // k * step = a0 - start (mod q): a progression of ranks with period m.
-    int64_t k0, m;
-    if (rg.step == 1) {
-      m = q;
-      k0 = pos_mod(a0 - rg.start, q);
-    } else {
-      const int64_t g = std::gcd(rg.step, q);
-      const int64_t rhs = pos_mod(a0 - rg.start, q);
-      if (rhs % g != 0) return;
-      m = q / g;
-      k0 = m == 1 ? 0
-                  : static_cast<int64_t>(static_cast<__int128>(rhs / g) * modinv((rg.step / g) % m, m) % m);
-    }
-    const int64_t klo = (a - rg.start + rg.step - 1) / rg.step;
-    const int64_t khi = (b - rg.start + rg.step - 1) / rg.step;
-    if (m == 1) {
-      if (klo < khi) push(klo, khi);
+    const Progression p = rank_progression(rg, a0, q, std::max(a, tlo), std::min(b, thi));
+    if (p.count == 0) return;
+    if (p.step == 1) {
+      push(p.first, p.first + p.count);
       return;
     }
-    for (int64_t k = klo + pos_mod(k0 - klo, m); k < khi; k += m) push(k, k + 1);
+    for (int64_t n = 0, k = p.first; n < p.count; ++n, k += p.step) push(k, k + 1);
   }
 
   void finish() {
@@ -340,6 +346,31 @@ RowGen::RowGen(Node positive, std::vector<Node> excludes, const Shape& shape)
     strip_causal(positive_);
     for (Node& e : excludes_) strip_causal(e);
   }
+  progression_rows_ = excludes_.empty() && (positive_.kind == NodeKind::kStrided || positive_.kind == NodeKind::kLongNet);
+}
+
+int64_t RowGen::causal_bound(int64_t i, const Region& rg) const {
+  const int64_t bound = i + shape_.nk - shape_.nq + 1;  // first key token causal excludes
+  return bound <= rg.start ? 0 : std::min(rg.count, ceil_div(bound - rg.start, rg.step));
+}
+
+Progression RowGen::row_progression(int64_t i, const Region& rg) const {
+  const Node& n = positive_;
+  Progression p;
+  if (n.kind == NodeKind::kStrided) {
+    const auto& s = std::get<Strided>(*n.leaf);
+    p = rank_progression(rg, s.mode == StrideMode::kRelative ? pos_mod(i, s.stride) : 0, s.stride, 0, shape_.nk);
+  } else {
+    SPATTN_ASSERT(n.kind == NodeKind::kLongNet);
+    if ((i % n.w) % n.r != n.o) return p;
+    const int64_t seg = i / n.w * n.w;
+    p = rank_progression(rg, seg + n.o, n.r, seg, std::min(shape_.nk, seg + n.w));
+  }
+  if ((hoisted_causal_ || n.causal) && p.count > 0) {
+    const int64_t kb = causal_bound(i, rg);
+    p.count = kb <= p.first ? 0 : std::min(p.count, (kb - 1 - p.first) / p.step + 1);
+  }
+  return p;
 }
 
 bool RowGen::row_key(const Node& n, int64_t i) {
@@ -405,6 +436,7 @@ const Ivs& RowGen::row(int64_t i, const Region& region) {
     have_last_ = keyed;
     if (keyed) {
       last_key_.swap(key_);
+      if (region.step != last_region_.step) step_div_ = FastDiv(region.step);
       last_region_ = region;
     }
   }
@@ -412,7 +444,12 @@ const Ivs& RowGen::row(int64_t i, const Region& region) {
   if (!hoisted_causal_) return keyed ? last_ : out_;
   // Causal last: keys below i + Nk - Nq + 1, as a rank bound.
   const int64_t bound = i + shape_.nk - shape_.nq + 1;
-  const int64_t kb = bound <= region.start ? 0 : std::min(region.count, ceil_div(bound - region.start, region.step));
+  int64_t kb = 0;
+  if (bound > region.start) {
+    // Keyed rows reuse the divider of the memo's region (the same region).
+    const int64_t above = bound - region.start + region.step - 1;
+    kb = std::min(region.count, keyed && above <= int64_t{0xFFFFFFFF} ? step_div_.div(above) : above / region.step);
+  }
   if (keyed) {
     out_.clear();
     for (const Iv& iv : last_) {

@@ -34,7 +34,11 @@ void iv_union(const Ivs& a, const Ivs& b, Ivs& out);
 void iv_intersect(const Ivs& a, const Ivs& b, Ivs& out);
 void iv_subtract(const Ivs& a, const Ivs& b, Ivs& out);
 void iv_normalize(Ivs& v);  // sort and merge
-int64_t iv_size(const Ivs& v);
+inline int64_t iv_size(const Ivs& v) {
+  int64_t n = 0;
+  for (const Iv& iv : v) n += iv.hi - iv.lo;
+  return n;
+}
 
 // Candidate keys of a row: tokens start + k * step, k in [0, count), all inside [0, Nk).
 struct Region {
@@ -42,6 +46,15 @@ struct Region {
   int64_t step = 1;
   int64_t count = 0;
 };
+
+// Ranks first + n * step for n in [0, count).
+struct Progression {
+  int64_t first = 0;
+  int64_t step = 1;
+  int64_t count = 0;
+};
+// The ranks of `region` that hold tokens t in [a, b) with t = a0 (mod q).
+Progression rank_progression(const Region& region, int64_t a0, int64_t q, int64_t a, int64_t b);
 
 enum class NodeKind : uint8_t {
   kDense,
@@ -107,21 +120,30 @@ class RowGen {
   // True when the last row() returned exactly the set of the row before it.
   bool repeated() const { return repeated_; }
 
+  // True when every row is one arithmetic progression of ranks (a lone strided or
+  // LongNet leaf, nothing excluded): row_progression() then gives it without listing
+  // its ranks, so that periodic patterns cost O(1) per row even in natural order.
+  bool progression_rows() const { return progression_rows_; }
+  Progression row_progression(int64_t i, const Region& region) const;
+
  private:
   void gen(const Node& n, int64_t i, const Region& rg, int64_t clo, int64_t chi, Ivs& out, int depth);
   void leaf(const Node& n, int64_t i, const Region& rg, int64_t clo, int64_t chi, Ivs& out);
   bool row_key(const Node& n, int64_t i);  // appends to key_; false: this row has no key
+  int64_t causal_bound(int64_t i, const Region& rg) const;  // first rank that causal excludes
 
   Node positive_;
   std::vector<Node> excludes_;
   Shape shape_;
   bool hoisted_causal_ = false;
+  bool progression_rows_ = false;
   std::vector<Ivs> scratch_;  // two buffers per tree depth
   Ivs tmp_, tmp2_;
   std::vector<Iv> small_;
   // Memo of the last keyed row (before the causal clip).
   std::vector<int64_t> key_, last_key_;
   Region last_region_;
+  FastDiv step_div_;  // divides by last_region_.step
   bool have_last_ = false;
   bool repeated_ = false;
   Ivs last_, out_;
