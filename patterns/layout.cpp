@@ -64,6 +64,55 @@ bool permutation_pays(const Node& n, const OrderSpec& spec, const Shape& shape, 
   return p < 0.9 * q;
 }
 
+// Slots an order needs for n tokens: its groups (classes, segment runs) are each padded
+// to whole tiles.
+int64_t padded_slots(const OrderSpec& spec, int64_t n, int64_t tile) {
+  switch (spec.kind) {
+    case OrderSpec::kClass: {
+      const int64_t q = n / spec.s, r = n % spec.s;  // r classes of q + 1 tokens, the others q
+      const int64_t classes = std::min(spec.s, n);
+      return r * round_up(q + 1, tile) + (classes - r) * round_up(q, tile);
+    }
+    case OrderSpec::kRun: {
+      const int64_t per = spec.o < spec.w ? ceil_div(spec.w - spec.o, spec.r) : 0;
+      int64_t total = (n / spec.w) * round_up(per, tile);
+      const int64_t rest = n % spec.w;
+      if (rest > spec.o) total += round_up(ceil_div(rest - spec.o, spec.r), tile);
+      return total;
+    }
+    case OrderSpec::kGrid: {
+      const Neighborhood& g = *spec.grid;
+      std::vector<std::vector<int64_t>> lens(g.grid.size());
+      double classes = 1;
+      for (size_t a = 0; a < g.grid.size(); ++a) {
+        const int64_t d = g.dilation.empty() ? 1 : g.dilation[a];
+        classes *= double(std::min(d, g.grid[a]));
+        for (int64_t r = 0; r < std::min(d, g.grid[a]); ++r) lens[a].push_back(ceil_div(g.grid[a] - r, d));
+      }
+      if (classes > double(n) / 2) return INT64_MAX;  // classes of one or two cells
+      int64_t total = 0;
+      std::vector<size_t> idx(g.grid.size(), 0);
+      for (;;) {
+        int64_t cells = 1;
+        for (size_t a = 0; a < idx.size(); ++a) cells *= lens[a][idx[a]];
+        total += round_up(cells, tile);
+        size_t a = idx.size();
+        while (a-- > 0 && ++idx[a] == lens[a].size()) idx[a] = 0;
+        if (a == static_cast<size_t>(-1)) break;
+      }
+      return total;
+    }
+    default:
+      return round_up(n, tile);
+  }
+}
+
+// A permutation may at most double the slots (padding is work the kernel does).
+bool padding_acceptable(const OrderSpec& spec, const Shape& shape, const LayoutOptions& o) {
+  return padded_slots(spec, shape.nq, o.tile_m) <= 2 * shape.nq + o.tile_m &&
+         padded_slots(spec, shape.nk, o.tile_n) <= 2 * shape.nk + o.tile_n;
+}
+
 // The order a leaf wants, or natural order.
 OrderSpec leaf_order(const Node& n, const Shape& shape, const LayoutOptions& o) {
   OrderSpec spec;
@@ -73,8 +122,7 @@ OrderSpec leaf_order(const Node& n, const Shape& shape, const LayoutOptions& o) 
     spec.kind = s.mode == StrideMode::kRelative ? OrderSpec::kClass : OrderSpec::kColumns;
     spec.s = s.stride;
     // Compacting the key columns never lists more tiles; stride classes only pay when
-    // each class fills tiles.
-    if (spec.kind == OrderSpec::kClass && !permutation_pays(n, spec, shape, o)) return OrderSpec{};
+    // each class fills tiles (checked below).
   } else if (n.kind == NodeKind::kLongNet) {
     // Runs keep tiles inside segments and residues; for rate 1 and whole-tile segments
     // they come out as the identity.
@@ -89,7 +137,10 @@ OrderSpec leaf_order(const Node& n, const Shape& shape, const LayoutOptions& o) 
     if (g.grid.size() == 1 && !dilated) return spec;  // a 1-D window is a band already
     spec.kind = OrderSpec::kGrid;
     spec.grid = &g;
-    if (!permutation_pays(n, spec, shape, o)) return OrderSpec{};
+  }
+  if (spec.kind != OrderSpec::kIdentity && !padding_acceptable(spec, shape, o)) return OrderSpec{};
+  if ((spec.kind == OrderSpec::kClass || spec.kind == OrderSpec::kGrid) && !permutation_pays(n, spec, shape, o)) {
+    return OrderSpec{};
   }
   return spec;
 }

@@ -172,6 +172,22 @@ TEST(Layout, PermutationsMakeTokenPatternsBlockSparse) {
   }
 }
 
+// Permutations never more than double the slots: tiny segments, strides past the
+// sequence or one-cell residue classes keep natural order.
+TEST(Layout, PaddingBoundsPermutations) {
+  const LayoutOptions o = tiles(64, 64);
+  for (const char* spec : {R"({"type":"longnet","segments":[3],"rates":[2]})", R"({"type":"strided","stride":5000})",
+                           R"({"type":"neighborhood","grid":[64,64],"window":[3,3],"dilation":[32,32]})"}) {
+    const Pattern p = Pattern::parse(spec);
+    const Shape s{4096, 4096, 2};
+    const Layout l = compile_layout(p, s, o);
+    for (const BlockTable& t : l.tables) {
+      EXPECT_TRUE(t.q_slots.empty()) << spec;
+      EXPECT_TRUE(t.k_slots.empty()) << spec;
+    }
+  }
+}
+
 TEST(Layout, LongNetRowsThatNeverTakePart) {
   // One branch of rate 2 and a single head: odd positions are in no table.
   const Pattern p = P(R"({"type":"longnet","segments":[64],"rates":[2]})");
