@@ -15,12 +15,16 @@ namespace spattn::api {
 //  - D = 256: 64x64 tiles, 4 warps, 1 stage: 16 rows per warp keeps the 128 output
 //    accumulators per thread in registers; 104 KB of shared memory.
 //  - When 128-row query tiles would give fewer than two CTAs per SM, 64-row tiles.
+//  - Work items launch longest first (most key tiles first): for uniform patterns this
+//    is the natural order, for imbalanced ones (causal, global rows) the long items no
+//    longer start last and stretch the tail.
 Choice heuristic(const Pattern& pattern, const engine::Problem& problem, const runtime::DeviceInfo& device) {
   (void)pattern;
   KernelConfig c;
   std::string why;
   c.tile_n = 64;
   c.warps = 4;
+  c.schedule = ScheduleOrder::kLongestFirst;
   if (problem.head_dim == 256) {
     c.tile_m = 64;
     c.stages = 1;

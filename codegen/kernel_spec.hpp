@@ -6,6 +6,7 @@
 #include <spattn/layout.hpp>
 #include <spattn/tensor.hpp>
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -44,5 +45,13 @@ RenderedKernel render_support_kernels();
 // ("__device__ __forceinline__" or "inline").
 std::string render_predicate(const std::vector<LayoutPart>& parts, const std::string& name,
                              const std::string& qualifiers);
+
+// The same predicate as per-row key ranges, when every part allows each query at most
+// two contiguous key ranges in natural order (windows, causal, global columns,
+// hierarchies, their intersections and head groups):
+//   void <name>(int part, int h, int i, int nq, int nk, int heads, int& lo0, int& hi0, int& lo1, int& hi1)
+// key j is allowed iff lo0 <= j <= hi0 or lo1 <= j <= hi1. nullopt when not expressible.
+std::optional<std::string> render_row_bounds(const std::vector<LayoutPart>& parts, const std::string& name,
+                                             const std::string& qualifiers);
 
 }  // namespace spattn::codegen

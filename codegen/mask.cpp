@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "codegen/kernel_spec.hpp"
@@ -206,6 +207,135 @@ class Emitter {
   int custom_count_ = 0;
 };
 
+
+// ---- interval form ------------------------------------------------------------------
+// Many predicates allow, for each query, one or two contiguous key ranges (windows,
+// causal bounds, global columns, hierarchies: every level's window contains the query,
+// so their union is one range). For those the kernel compares key indices with per-row
+// bounds in registers instead of evaluating the predicate per element.
+
+constexpr const char* kBig = "1073741824";      // 2^30: beyond every token index
+constexpr const char* kNegBig = "-1073741824";
+
+struct Interval {
+  std::string lo, hi;  // inclusive; empty when lo > hi
+};
+using IntervalSet = std::vector<Interval>;  // union; at most kMaxIntervals members
+
+constexpr size_t kMaxIntervals = 2;
+
+std::string imax(const std::string& a, const std::string& b) { return "max(" + a + ", " + b + ")"; }
+std::string imin(const std::string& a, const std::string& b) { return "min(" + a + ", " + b + ")"; }
+
+std::optional<IntervalSet> intersect_sets(const IntervalSet& a, const IntervalSet& b) {
+  IntervalSet out;
+  for (const auto& x : a)
+    for (const auto& y : b) out.push_back({imax(x.lo, y.lo), imin(x.hi, y.hi)});
+  if (out.size() > kMaxIntervals) return std::nullopt;
+  return out;
+}
+
+class IntervalEmitter {
+ public:
+  // Allowed keys of query i (head h) in branch b as a union of ranges, if expressible.
+  std::optional<IntervalSet> in_branch(const Pattern& p, int b) {
+    auto set = node_branch(p, b);
+    if (set && p.causal()) set = intersect_sets(*set, {{kNegBig, "i + (nk - nq)"}});
+    return set;
+  }
+
+ private:
+  std::optional<IntervalSet> allowed(const Pattern& p) {
+    if (p.branch_count() != 1) return std::nullopt;
+    return in_branch(p, 0);
+  }
+
+  std::optional<IntervalSet> node_branch(const Pattern& p, int b) {
+    return std::visit(
+        Overload{
+            [&](const Dense&) -> std::optional<IntervalSet> { return IntervalSet{{kNegBig, kBig}}; },
+            [&](const LocalWindow& w) -> std::optional<IntervalSet> {
+              return IntervalSet{{"i - " + ll(w.left), "i + " + ll(w.right)}};
+            },
+            [&](const GlobalLocal& g) -> std::optional<IntervalSet> {
+              const std::string gl = ll(g.global);
+              // Global rows see everything; other rows see the global columns and their window.
+              return IntervalSet{{fmt::format("(i < {} ? {} : {})", gl, kNegBig, kNegBig),
+                                  fmt::format("(i < {} ? {} : {} - 1)", gl, kBig, gl)},
+                                 {"i - " + ll(g.left), "i + " + ll(g.right)}};
+            },
+            [&](const Hierarchical& hr) -> std::optional<IntervalSet> {
+              // Each active level's window contains i's block, so the union is one range.
+              std::string lo = kBig, hi = kNegBig;
+              for (const auto& l : hr.levels) {
+                const int64_t s = std::max<int64_t>(1, l.stride / l.block);
+                const std::string active = fmt::format("((i / {}) % {} == 0)", ll(l.block), ll(s));
+                std::string llo = kNegBig, lhi = kBig;
+                if (l.window != -1) {
+                  const int64_t w = (l.window / l.block) / 2;
+                  llo = fmt::format("(i / {0} - {1}) * {0}", ll(l.block), ll(w));
+                  lhi = fmt::format("(i / {0} + {1} + 1) * {0} - 1", ll(l.block), ll(w));
+                }
+                lo = imin(lo, fmt::format("({} ? {} : {})", active, llo, kBig));
+                hi = imax(hi, fmt::format("({} ? {} : {})", active, lhi, kNegBig));
+              }
+              return IntervalSet{{lo, hi}};
+            },
+            [&](const Union& u) -> std::optional<IntervalSet> {
+              IntervalSet out;
+              for (const auto& item : u.items) {
+                auto set = allowed(item);
+                if (!set) return std::nullopt;
+                out.insert(out.end(), set->begin(), set->end());
+              }
+              if (out.empty() || out.size() > kMaxIntervals) return std::nullopt;
+              return out;
+            },
+            [&](const Intersect& x) -> std::optional<IntervalSet> {
+              std::optional<IntervalSet> acc = IntervalSet{{kNegBig, kBig}};
+              for (const auto& item : x.items) {
+                auto set = allowed(item);
+                if (!set) return std::nullopt;
+                acc = intersect_sets(*acc, *set);
+                if (!acc) return std::nullopt;
+              }
+              return acc;
+            },
+            [&](const Branches& br) -> std::optional<IntervalSet> {
+              int base = 0;
+              for (const auto& item : br.items) {
+                const int n = item.branch_count();
+                if (b < base + n) return in_branch(item, b - base);
+                base += n;
+              }
+              return std::nullopt;
+            },
+            [&](const HeadGroups& hg) -> std::optional<IntervalSet> {
+              // Per-group ranges selected by h; a head outside every group allows nothing.
+              IntervalSet out(kMaxIntervals, Interval{"1", "0"});
+              for (auto it = hg.groups.rbegin(); it != hg.groups.rend(); ++it) {
+                const Pattern& gp = *it->pattern;
+                IntervalSet set{{"1", "0"}};
+                if (b < gp.branch_count()) {
+                  auto s = in_branch(gp, b);
+                  if (!s) return std::nullopt;
+                  set = *s;
+                }
+                const std::string cond = fmt::format("(h >= {} && h < {})", ll(it->first), ll(it->first + it->count));
+                for (size_t k = 0; k < kMaxIntervals; ++k) {
+                  const Interval v = k < set.size() ? set[k] : Interval{"1", "0"};
+                  out[k] = {fmt::format("({} ? {} : {})", cond, v.lo, out[k].lo),
+                            fmt::format("({} ? {} : {})", cond, v.hi, out[k].hi)};
+                }
+              }
+              return out;
+            },
+            [&](const auto&) -> std::optional<IntervalSet> { return std::nullopt; },
+        },
+        p.node());
+  }
+};
+
 }  // namespace
 
 std::string render_predicate(const std::vector<LayoutPart>& parts, const std::string& name,
@@ -226,6 +356,32 @@ std::string render_predicate(const std::vector<LayoutPart>& parts, const std::st
   out << "  switch (part) {\n";
   for (const auto& c : cases) out << c;
   out << "    default: return false;\n  }\n}\n";
+  return out.str();
+}
+
+std::optional<std::string> render_row_bounds(const std::vector<LayoutPart>& parts, const std::string& name,
+                                             const std::string& qualifiers) {
+  IntervalEmitter em;
+  std::vector<IntervalSet> sets;
+  for (const LayoutPart& part : parts) {
+    if (!part.exclude.empty()) return std::nullopt;
+    auto set = em.in_branch(part.pattern, part.branch);
+    if (!set || set->empty()) return std::nullopt;
+    set->resize(kMaxIntervals, Interval{"1", "0"});
+    sets.push_back(*set);
+  }
+  std::ostringstream out;
+  out << qualifiers << " void " << name
+      << "(int part, int h, int i, int nq, int nk, int heads, int& lo0, int& hi0, int& lo1, int& hi1) {\n";
+  out << "  (void)h; (void)i; (void)nq; (void)nk; (void)heads;\n";
+  out << "  switch (part) {\n";
+  for (size_t k = 0; k < sets.size(); ++k) {
+    out << "    case " << k << ":\n";
+    out << "      lo0 = " << sets[k][0].lo << ";\n      hi0 = " << sets[k][0].hi << ";\n";
+    out << "      lo1 = " << sets[k][1].lo << ";\n      hi1 = " << sets[k][1].hi << ";\n";
+    out << "      return;\n";
+  }
+  out << "    default:\n      lo0 = lo1 = 1;\n      hi0 = hi1 = 0;\n  }\n}\n";
   return out.str();
 }
 

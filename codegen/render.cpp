@@ -137,8 +137,11 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   src << fmt::format("//   tile {}x{}, {} warps, {} stage(s), head dim {}, {}, {}\n", c.tile_m, c.tile_n, c.warps,
                      c.stages, spec.head_dim, to_string(spec.dtype), spec.arch);
   src << "#include \"spattn/params.cuh\"\n\n";
+  const std::optional<std::string> bounds =
+      render_row_bounds(spec.parts, "row_bounds", "__device__ __forceinline__");
   src << "namespace spattn_generated {\n";
   src << render_predicate(spec.parts, "allowed", "__device__ __forceinline__");
+  if (bounds) src << *bounds;
   src << "}  // namespace spattn_generated\n\n";
   src << "struct Cfg {\n";
   src << fmt::format("  static constexpr int kHeadDim = {};\n", spec.head_dim);
@@ -151,6 +154,15 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   src << "  struct MaskCtx {\n    int nq, nk, heads;\n  };\n";
   src << "  static __device__ __forceinline__ bool allowed(int part, int h, int i, int j, const MaskCtx& c) {\n";
   src << "    return spattn_generated::allowed(part, h, i, j, c.nq, c.nk, c.heads);\n  }\n";
+  // Partial tiles compare keys with per-row ranges when the predicate has that form.
+  src << fmt::format("  static constexpr bool kIntervalMask = {};\n", bounds ? "true" : "false");
+  src << "  static __device__ __forceinline__ void row_bounds(int part, int h, int i, const MaskCtx& c, int& lo0, int& hi0,\n"
+         "                                                  int& lo1, int& hi1) {\n";
+  if (bounds)
+    src << "    spattn_generated::row_bounds(part, h, i, c.nq, c.nk, c.heads, lo0, hi0, lo1, hi1);\n";
+  else
+    src << "    (void)part; (void)h; (void)i; (void)c; lo0 = lo1 = 1; hi0 = hi1 = 0;\n";
+  src << "  }\n";
   src << "};\n\n";
   src << "#include \"spattn/forward.cuh\"\n\n";
   src << fmt::format("extern \"C\" __global__ void __launch_bounds__({}) spattn_fwd(const SpattnFwdParams p) {{\n",

@@ -117,32 +117,51 @@ struct Forward {
 
   using elem = unsigned short;
 
-  // Issues the cp.async copies of one key tile (K and V rows) and records the key token
-  // index of every column (-1 for padding) for the mask.
-  // ks/vs are shared-memory addresses (32-bit) of this stage's K and V tiles.
-  static __device__ __forceinline__ void load_kv(const SpattnFwdParams& p, const SpattnTable& t, int k_tile,
-                                                 const elem* kbase, const elem* vbase, uint32_t ks, uint32_t vs,
-                                                 int* kslot, bool load_k, bool load_v) {
-    const int tid = threadIdx.x;
-    const int32_t* slots = t.k_slots >= 0 ? p.arena + t.k_slots : nullptr;
-    const int slot0 = k_tile * BN;
-    // Not unrolled on purpose: unrolled, the compiler hoists every row's 64-bit offset
-    // out of the key-tile loop and keeps them in registers the accumulators need.
+  // Copies `rows` rows of one tile (Q, K or V) from global to shared memory with 16-byte
+  // cp.async, zero-filling rows whose token is invalid. Row r holds token slot0 + r
+  // (natural order), or gslots[slot0 + r] (global slot table) or sslots[r] (token
+  // indices already in shared memory), -1 meaning padding. If `kslot` is given, the
+  // token of every row (-1 when invalid) is recorded there for masks and later loads.
+  // The loop is not unrolled on purpose: unrolled, the compiler hoists every row's
+  // 64-bit offset out of the key-tile loop into registers the accumulators need.
+  static __device__ __forceinline__ void load_tile(const elem* base, int64_t stride, uint32_t dst, int rows,
+                                                   int slot0, int limit, const int32_t* gslots, const int* sslots,
+                                                   int* kslot) {
+    if constexpr (kThreads % kChunksPerRow == 0) {
+      constexpr int kStep = kThreads / kChunksPerRow;  // rows per pass of the block
+      const int chunk = threadIdx.x % kChunksPerRow;
+      int r = threadIdx.x / kChunksPerRow;
+      uint32_t d = dst + (r * kRow + chunk * 8) * 2;
+      if (!gslots && !sslots) {
+        // Natural order: walk one pointer down the rows.
+        const elem* src = base + (int64_t)(slot0 + r) * stride + chunk * 8;
+        const int64_t step = kStep * stride;
 #pragma unroll 1
-    for (int c = tid; c < BN * kChunksPerRow; c += kThreads) {
-      const int row = c / kChunksPerRow;
-      const int chunk = c % kChunksPerRow;
-      int token = slots ? __ldg(slots + slot0 + row) : slot0 + row;
-      const bool valid = token >= 0 && token < p.nk;
-      if (!valid) token = 0;
-      const uint32_t offset = (row * kRow + chunk * 8) * 2;
-      if (load_k) cp_async_16(ks + offset, kbase + token * p.k_stride_n + chunk * 8, valid);
-      if (load_v) cp_async_16(vs + offset, vbase + token * p.v_stride_n + chunk * 8, valid);
-    }
-    if (load_k) {
-      for (int r = tid; r < BN; r += kThreads) {
-        int token = slots ? __ldg(slots + slot0 + r) : slot0 + r;
-        kslot[r] = (token >= 0 && token < p.nk) ? token : -1;
+        for (; r < rows; r += kStep, src += step, d += kStep * kRow * 2) {
+          const bool valid = slot0 + r < limit;
+          cp_async_16(d, valid ? src : base, valid);
+          if (kslot && chunk == 0) kslot[r] = valid ? slot0 + r : -1;
+        }
+      } else {
+#pragma unroll 1
+        for (; r < rows; r += kStep, d += kStep * kRow * 2) {
+          const int token = sslots ? sslots[r] : __ldg(gslots + slot0 + r);
+          const bool valid = token >= 0 && token < limit;
+          cp_async_16(d, base + (int64_t)(valid ? token : 0) * stride + chunk * 8, valid);
+          if (kslot && chunk == 0) kslot[r] = valid ? token : -1;
+        }
+      }
+    } else {
+      // Head dims whose rows do not divide the block evenly (96): one chunk at a time.
+#pragma unroll 1
+      for (int c = threadIdx.x; c < rows * kChunksPerRow; c += kThreads) {
+        const int r = c / kChunksPerRow;
+        const int chunk = c % kChunksPerRow;
+        const int token = sslots ? sslots[r] : gslots ? __ldg(gslots + slot0 + r) : slot0 + r;
+        const bool valid = token >= 0 && token < limit;
+        cp_async_16(dst + (r * kRow + chunk * 8) * 2, base + (int64_t)(valid ? token : 0) * stride + chunk * 8,
+                    valid);
+        if (kslot && chunk == 0) kslot[r] = valid ? token : -1;
       }
     }
   }
@@ -181,37 +200,24 @@ struct Forward {
     const elem* kbase = static_cast<const elem*>(p.k) + b * p.k_stride_b + kvh * p.k_stride_h;
     const elem* vbase = static_cast<const elem*>(p.v) + b * p.v_stride_b + kvh * p.v_stride_h;
     const int32_t* qslots = t.q_slots >= 0 ? p.arena + t.q_slots : nullptr;
+    const int32_t* kslots = t.k_slots >= 0 ? p.arena + t.k_slots : nullptr;
     const int qslot0 = q_tile * BM;
 
-    // ---- Q tile -> shared memory (zeros for padding rows)
-#pragma unroll 1
-    for (int c = tid; c < BM * kChunksPerRow; c += kThreads) {
-      const int row = c / kChunksPerRow;
-      const int chunk = c % kChunksPerRow;
-      int token = qslots ? __ldg(qslots + qslot0 + row) : qslot0 + row;
-      const bool valid = token >= 0 && token < p.nq;
-      if (!valid) token = 0;
-      cp_async_16(qs + (row * kRow + chunk * 8) * 2, qbase + token * p.q_stride_n + chunk * 8, valid);
-    }
-
     const int row_begin = __ldg(p.arena + t.row_ptr + q_tile);
-    const int row_end = __ldg(p.arena + t.row_ptr + q_tile + 1);
+    const int n_tiles = __ldg(p.arena + t.row_ptr + q_tile + 1) - row_begin;
     const int n_full = __ldg(p.arena + t.full_count + q_tile);
-    const int n_tiles = row_end - row_begin;
     const int32_t* cols = p.arena + t.cols + row_begin;
 
-    // Original token index of every query row (-1 for padding), for masks and the epilogue.
-    for (int r = tid; r < BM; r += kThreads) {
-      const int token = qslots ? __ldg(qslots + qslot0 + r) : qslot0 + r;
-      qtok[r] = (token >= 0 && token < p.nq) ? token : -1;
-    }
-    __syncthreads();  // qtok is read by other threads, also when the tile has no key tiles
-
+    // ---- Q tile and the first key tile
+    load_tile(qbase, p.q_stride_n, qs, BM, qslot0, p.nq, qslots, nullptr, qtok);
+    int col = n_tiles > 0 ? __ldg(cols) : 0;
+    int col_next = n_tiles > 1 ? __ldg(cols + 1) : 0;
     if (n_tiles > 0) {
-      const int first = __ldg(cols);
-      load_kv(p, t, first, kbase, vbase, ks0, vs0, kslot0, true, kStages == 2);
+      load_tile(kbase, p.k_stride_n, ks0, BN, col * BN, p.nk, kslots, nullptr, kslot0);
+      if constexpr (kStages == 2) load_tile(vbase, p.v_stride_n, vs0, BN, col * BN, p.nk, kslots, nullptr, nullptr);
     }
     cp_async_commit();
+    __syncthreads();  // qtok is read by other threads, also when the tile has no key tiles
 
     float acc_o[kMTiles][kNTilesO][4];
     float row_max[kMTiles][2];
@@ -231,40 +237,46 @@ struct Forward {
       const uint32_t ks = ks0 + stage * kKVElems * 2;
       const uint32_t vs = vs0 + stage * kKVElems * 2;
       const int* kslot = kslot0 + stage * BN;
+      // The column two tiles ahead: its load latency hides behind this tile's work.
+      const int col_after = n + 2 < n_tiles ? __ldg(cols + n + 2) : 0;
 
       cp_async_wait_all();
       __syncthreads();
       if constexpr (kStages == 2) {
         if (n + 1 < n_tiles) {
           const int nxt = (n + 1) & 1;
-          load_kv(p, t, __ldg(cols + n + 1), kbase, vbase, ks0 + nxt * kKVElems * 2, vs0 + nxt * kKVElems * 2,
-                  kslot0 + nxt * BN, true, true);
+          load_tile(kbase, p.k_stride_n, ks0 + nxt * kKVElems * 2, BN, col_next * BN, p.nk, kslots, nullptr,
+                    kslot0 + nxt * BN);
+          load_tile(vbase, p.v_stride_n, vs0 + nxt * kKVElems * 2, BN, col_next * BN, p.nk, kslots, nullptr, nullptr);
         }
       } else {
-        load_kv(p, t, __ldg(cols + n), kbase, vbase, ks, vs, nullptr, false, true);
+        // V rows of this tile: their tokens are already in shared memory (from K's load).
+        load_tile(vbase, p.v_stride_n, vs, BN, col * BN, p.nk, nullptr, kslots ? kslot : nullptr, nullptr);
       }
       cp_async_commit();
 
-      // ---- partial tile: evaluate the predicate into mask bits (before the score
-      // accumulators exist, so its registers do not compete with them)
+      // ---- partial tile with a general predicate: evaluate it into mask bits before
+      // the score accumulators exist, so its registers do not compete with them
       const bool partial = n >= n_full;
-      if (partial) {
+      if constexpr (!Cfg::kIntervalMask) {
+        if (partial) {
 #pragma unroll 1
-        for (int w = tid; w < BM * kMaskWords; w += kThreads) {
-          const int r = w / kMaskWords;
-          const int c0 = (w % kMaskWords) * 32;
-          const int i = qtok[r];
-          uint32_t bits = 0;
-          if (i >= 0) {
+          for (int w = tid; w < BM * kMaskWords; w += kThreads) {
+            const int r = w / kMaskWords;
+            const int c0 = (w % kMaskWords) * 32;
+            const int i = qtok[r];
+            uint32_t bits = 0;
+            if (i >= 0) {
 #pragma unroll 1
-            for (int bit = 0; bit < 32; ++bit) {
-              const int j = kslot[c0 + bit];
-              if (j >= 0 && Cfg::allowed(t.part, h, i, j, mask_ctx)) bits |= 1u << bit;
+              for (int bit = 0; bit < 32; ++bit) {
+                const int j = kslot[c0 + bit];
+                if (j >= 0 && Cfg::allowed(t.part, h, i, j, mask_ctx)) bits |= 1u << bit;
+              }
             }
+            mask_bits[w] = bits;
           }
-          mask_bits[w] = bits;
+          __syncthreads();
         }
-        __syncthreads();
       }
 
       // ---- S = Q K^T
@@ -291,18 +303,35 @@ struct Forward {
         }
       }
 
-      // ---- apply the mask bits (partial tiles only)
+      // ---- mask (partial tiles only)
       if (partial) {
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
           for (int hr = 0; hr < 2; ++hr) {
-            const uint32_t* row_bits = mask_bits + (warp * kWarpM + mt * 16 + lane / 4 + hr * 8) * kMaskWords;
+            const int r = warp * kWarpM + mt * 16 + lane / 4 + hr * 8;
+            if constexpr (Cfg::kIntervalMask) {
+              // Per-row key ranges compared in registers.
+              const int i = qtok[r];
+              int lo0 = 1, hi0 = 0, lo1 = 1, hi1 = 0;
+              if (i >= 0) Cfg::row_bounds(t.part, h, i, mask_ctx, lo0, hi0, lo1, hi1);
 #pragma unroll
-            for (int nt = 0; nt < kNTilesS; ++nt) {
-              const uint32_t word = row_bits[nt / 4] >> ((nt % 4) * 8 + (lane % 4) * 2);
-              if (!(word & 1u)) acc_s[mt][nt][hr * 2] = neg_inf();
-              if (!(word & 2u)) acc_s[mt][nt][hr * 2 + 1] = neg_inf();
+              for (int nt = 0; nt < kNTilesS; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                  const int j = kslot[nt * 8 + (lane % 4) * 2 + e];
+                  const bool ok = j >= 0 && ((lo0 <= j && j <= hi0) || (lo1 <= j && j <= hi1));
+                  if (!ok) acc_s[mt][nt][hr * 2 + e] = neg_inf();
+                }
+              }
+            } else {
+              const uint32_t* row_bits = mask_bits + r * kMaskWords;
+#pragma unroll
+              for (int nt = 0; nt < kNTilesS; ++nt) {
+                const uint32_t word = row_bits[nt / 4] >> ((nt % 4) * 8 + (lane % 4) * 2);
+                if (!(word & 1u)) acc_s[mt][nt][hr * 2] = neg_inf();
+                if (!(word & 2u)) acc_s[mt][nt][hr * 2 + 1] = neg_inf();
+              }
             }
           }
         }
@@ -349,7 +378,7 @@ struct Forward {
       cp_async_wait_all();
       __syncthreads();
       if constexpr (kStages == 1) {
-        if (n + 1 < n_tiles) load_kv(p, t, __ldg(cols + n + 1), kbase, vbase, ks0, vs0, kslot0, true, false);
+        if (n + 1 < n_tiles) load_tile(kbase, p.k_stride_n, ks0, BN, col_next * BN, p.nk, kslots, nullptr, kslot0);
         cp_async_commit();
       }
 
@@ -375,6 +404,8 @@ struct Forward {
           }
         }
       }
+      col = col_next;
+      col_next = col_after;
     }
 
     // ---- epilogue: normalise, write O and LSE (or this part's fp32 output)
