@@ -77,6 +77,33 @@ void BM_Forward(benchmark::State& state, const NamedPattern& c) {
   state.SetLabel(attn.explanation().config.to_string());
 }
 
+// Host time of one forward() call (no synchronisation): the launch overhead a caller
+// pays per call once the plan exists.
+void BM_ForwardHostOverhead(benchmark::State& state) {
+  if (!spattn::runtime::has_gpu()) {
+    state.SkipWithError(("no GPU: " + spattn::runtime::no_gpu_reason()).c_str());
+    return;
+  }
+  const int64_t n = 4096, H = 16, D = 128, elems = n * H * D;
+  spattn::runtime::DeviceBuffer q(elems * 2), o(elems * 2);
+  spattn::engine::fill_random(q.data(), elems, spattn::DType::kBFloat16, 1);
+  const auto t = spattn::TensorView::contiguous(q.data(), spattn::DType::kBFloat16, {1, n, H, D});
+  const auto to = spattn::TensorView::contiguous(o.data(), spattn::DType::kBFloat16, {1, n, H, D});
+  spattn::Attention attn(spattn::Pattern::parse(R"({"type":"local_window","window":256})"));
+  attn.forward(t, t, t, to);
+  spattn::runtime::synchronize();
+  int calls = 0;
+  for (auto _ : state) {
+    attn.forward(t, t, t, to);
+    if (++calls % 64 == 0) {
+      state.PauseTiming();
+      spattn::runtime::synchronize();
+      state.ResumeTiming();
+    }
+  }
+  spattn::runtime::synchronize();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -92,6 +119,7 @@ int main(int argc, char** argv) {
         ->UseManualTime()
         ->MinTime(0.3)
         ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("forward_host_overhead", BM_ForwardHostOverhead)->Unit(benchmark::kMicrosecond);
   int rc = static_cast<int>(rest.size());
   benchmark::Initialize(&rc, rest.data());
   benchmark::RunSpecifiedBenchmarks();
