@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+// Internal to libspattn: hidden, so that the per-row calls bind directly.
+#pragma GCC visibility push(hidden)
 namespace spattn::detail {
 
 // Position of the cell `coords` (each < 2^bits) along the Hilbert curve that fills the
@@ -15,3 +17,4 @@ uint64_t hilbert_index(const uint64_t* coords, int dims, int bits);
 int bits_for(uint64_t n);
 
 }  // namespace spattn::detail
+#pragma GCC visibility pop

@@ -542,7 +542,9 @@ bool TableBuilder::slot_row(int64_t i, const Region& rg, int64_t base, Ivs& out)
 // rf_ are then left alone).
 bool TableBuilder::row_tiles(int64_t i, const Region& rg, int64_t base) {
   bool unsorted = false;
-  if (gen_.progression_rows() && order_.spec().kind != OrderSpec::kGrid) {
+  // Periodic rows in natural order would list every key; in their own order they are
+  // single intervals, which the row memo serves faster.
+  if (gen_.progression_rows() && order_.spec().kind == OrderSpec::kIdentity) {
     const Progression p = gen_.row_progression(i, rg);
     pairs_ = p.count;
     rt_.clear();

@@ -9,6 +9,8 @@
 
 #include "patterns/rows.hpp"
 
+// Internal to libspattn: hidden, so that the per-row calls bind directly.
+#pragma GCC visibility push(hidden)
 namespace spattn::detail {
 
 // The token order of one table.
@@ -106,3 +108,4 @@ std::vector<PartTable> plan_tables(const std::vector<LayoutPart>& parts, const S
                                    const LayoutOptions& options);
 
 }  // namespace spattn::detail
+#pragma GCC visibility pop

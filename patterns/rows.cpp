@@ -347,6 +347,7 @@ RowGen::RowGen(Node positive, std::vector<Node> excludes, const Shape& shape)
     for (Node& e : excludes_) strip_causal(e);
   }
   progression_rows_ = excludes_.empty() && (positive_.kind == NodeKind::kStrided || positive_.kind == NodeKind::kLongNet);
+  single_leaf_ = excludes_.empty() && is_leaf(positive_.kind);
 }
 
 int64_t RowGen::causal_bound(int64_t i, const Region& rg) const {
@@ -373,52 +374,71 @@ Progression RowGen::row_progression(int64_t i, const Region& rg) const {
   return p;
 }
 
-bool RowGen::row_key(const Node& n, int64_t i) {
+namespace {
+
+// The row key of a leaf: rows with equal keys have equal key sets. False when the leaf
+// has no such key (every row differs).
+inline bool leaf_key(const Node& n, int64_t i, int64_t& key) {
   if (n.causal) return false;
   switch (n.kind) {
     case NodeKind::kDense:
-      key_.push_back(0);
+      key = 0;
       return true;
-    case NodeKind::kWindow:
-    case NodeKind::kNeighborhood:
-      return false;
     case NodeKind::kGlobalLocal:
-      if (i >= std::get<GlobalLocal>(*n.leaf).global) return false;
-      key_.push_back(-1);
-      return true;
+      key = -1;
+      return i < std::get<GlobalLocal>(*n.leaf).global;
     case NodeKind::kStrided: {
       const auto& p = std::get<Strided>(*n.leaf);
-      key_.push_back(p.mode == StrideMode::kRelative ? i % p.stride : 0);
+      key = p.mode == StrideMode::kRelative ? i % p.stride : 0;
       return true;
     }
     case NodeKind::kDilated:
     case NodeKind::kCustom:
     case NodeKind::kButterfly:
     case NodeKind::kHierarchical:
-      key_.push_back(n.key_div.div(i));
+      key = n.key_div.div(i);
       return true;
     case NodeKind::kLongNet: {
       const int64_t seg = n.key_div.div(i);
-      key_.push_back(n.rate_div.mod(i - seg * n.w) == n.o ? seg : -1);
+      key = n.rate_div.mod(i - seg * n.w) == n.o ? seg : -1;
       return true;
     }
-    case NodeKind::kUnion:
-    case NodeKind::kIntersect:
-      for (const Node& c : n.children) {
-        if (!row_key(c, i)) return false;
-      }
-      return true;
+    default:
+      return false;  // windows and neighborhoods move with every row
   }
-  return false;
+}
+
+}  // namespace
+
+bool RowGen::row_key(const Node& n, int64_t i) {
+  if (is_leaf(n.kind)) {
+    int64_t k = 0;
+    if (!leaf_key(n, i, k)) return false;
+    key_.push_back(k);
+    return true;
+  }
+  for (const Node& c : n.children) {
+    if (!row_key(c, i)) return false;
+  }
+  return true;
 }
 
 const Ivs& RowGen::row(int64_t i, const Region& region) {
-  key_.clear();
-  bool keyed = row_key(positive_, i);
-  for (size_t e = 0; keyed && e < excludes_.size(); ++e) keyed = row_key(excludes_[e], i);
-  bool hit = keyed && have_last_ && region.start == last_region_.start && region.step == last_region_.step &&
-             region.count == last_region_.count && key_.size() == last_key_.size();
-  for (size_t k = 0; hit && k < key_.size(); ++k) hit = key_[k] == last_key_[k];
+  const bool same_region =
+      region.start == last_region_.start && region.step == last_region_.step && region.count == last_region_.count;
+  bool keyed, hit;
+  int64_t scalar = 0;
+  if (single_leaf_) {
+    // The common case, kept free of the key vector.
+    keyed = leaf_key(positive_, i, scalar);
+    hit = keyed && have_last_ && same_region && scalar == last_scalar_;
+  } else {
+    key_.clear();
+    keyed = row_key(positive_, i);
+    for (size_t e = 0; keyed && e < excludes_.size(); ++e) keyed = row_key(excludes_[e], i);
+    hit = keyed && have_last_ && same_region && key_.size() == last_key_.size();
+    for (size_t k = 0; hit && k < key_.size(); ++k) hit = key_[k] == last_key_[k];
+  }
   if (!hit) {
     // Keyed rows are computed into the memo itself.
     Ivs& out = keyed ? last_ : out_;
@@ -436,6 +456,7 @@ const Ivs& RowGen::row(int64_t i, const Region& region) {
     have_last_ = keyed;
     if (keyed) {
       last_key_.swap(key_);
+      last_scalar_ = scalar;
       if (region.step != last_region_.step) step_div_ = FastDiv(region.step);
       last_region_ = region;
     }

@@ -21,6 +21,8 @@
 
 #include "patterns/arith.hpp"
 
+// Internal to libspattn: hidden, so that the per-row calls bind directly.
+#pragma GCC visibility push(hidden)
 namespace spattn::detail {
 
 struct Iv {
@@ -137,11 +139,13 @@ class RowGen {
   Shape shape_;
   bool hoisted_causal_ = false;
   bool progression_rows_ = false;
+  bool single_leaf_ = false;  // no excludes and a leaf: scalar row keys
   std::vector<Ivs> scratch_;  // two buffers per tree depth
   Ivs tmp_, tmp2_;
   std::vector<Iv> small_;
   // Memo of the last keyed row (before the causal clip).
   std::vector<int64_t> key_, last_key_;
+  int64_t last_scalar_ = 0;
   Region last_region_;
   FastDiv step_div_;  // divides by last_region_.step
   bool have_last_ = false;
@@ -150,3 +154,4 @@ class RowGen {
 };
 
 }  // namespace spattn::detail
+#pragma GCC visibility pop
