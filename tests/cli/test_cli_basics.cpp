@@ -1,0 +1,188 @@
+// The spattn command as scripts see it: help, exit codes (DESIGN.md §8: 0 success,
+// 1 runtime failure, 2 bad usage or input with a one-line reason, 3 needs a GPU),
+// `info` and its JSON, `compile` into a fresh cache and the cache hit after it, and
+// `demo` on a host without a GPU.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "runtime/driver.hpp"
+#include "tests/support/test_support.hpp"
+
+namespace spattn {
+namespace {
+
+using test::CommandResult;
+
+class CliBasics : public ::testing::Test {
+ protected:
+  // Runs `spattn <args>` with this test's own (initially empty) kernel cache.
+  CommandResult spattn(const std::string& args) const {
+    return test::run_command("env SPATTN_CACHE_DIR='" + (dir_.path() / "cache").string() + "' '" + test::cli_path() +
+                             "' " + args);
+  }
+
+  static nlohmann::json json_of(const CommandResult& r) {
+    try {
+      return nlohmann::json::parse(r.out);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "stdout is not JSON (" << e.what() << "):\n" << r.out << "\nstderr:\n" << r.err;
+      return nlohmann::json::object();
+    }
+  }
+
+  test::TempDir dir_{"cli-basics"};
+};
+
+std::string describe(const CommandResult& r) {
+  return "exit " + std::to_string(r.status) + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
+}
+
+// The reason for a failure is one line of stderr that carries every one of `words`.
+void expect_one_line_reason(const CommandResult& r, const std::vector<std::string>& words) {
+  std::istringstream lines(r.err);
+  std::string line;
+  while (std::getline(lines, line)) {
+    bool all = true;
+    for (const auto& w : words) all = all && line.find(w) != std::string::npos;
+    if (all) return;
+  }
+  std::string wanted;
+  for (const auto& w : words) wanted += " '" + w + "'";
+  ADD_FAILURE() << "no line of stderr names" << wanted << "\n" << describe(r);
+}
+
+constexpr const char* kWindow = R"('{"type":"local_window","window":256}')";
+
+TEST_F(CliBasics, HelpExitsZeroAndListsTheSubcommands) {
+  const CommandResult r = spattn("--help");
+  ASSERT_EQ(r.status, 0) << describe(r);
+  for (const char* sub : {"info", "pattern", "compile", "demo", "cache"})
+    EXPECT_NE(r.out.find(sub), std::string::npos) << "--help does not list '" << sub << "':\n" << r.out;
+}
+
+TEST_F(CliBasics, EverySubcommandHasHelp) {
+  std::vector<std::string> commands = {"info",  "pattern", "pattern show", "pattern stats", "pattern presets",
+                                       "compile", "demo",  "cache",        "cache ls",      "cache stat",
+                                       "cache verify", "cache prune", "cache clear", "cache export", "cache import"};
+  // Commands that are listed by this build's --help (added as they land).
+  const std::string top = spattn("--help").out;
+  for (const char* later : {"prewarm", "autotune", "bench"})
+    if (top.find(std::string("  ") + later + " ") != std::string::npos) commands.push_back(later);
+  for (const auto& c : commands) {
+    const CommandResult r = spattn(c + " --help");
+    EXPECT_EQ(r.status, 0) << "spattn " << c << " --help\n" << describe(r);
+    EXPECT_NE(r.out.find("Usage:"), std::string::npos) << "spattn " << c << " --help\n" << describe(r);
+  }
+}
+
+TEST_F(CliBasics, VersionPrintsTheLibraryVersion) {
+  const CommandResult r = spattn("--version");
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_NE(r.out.find(SPATTN_VERSION_STRING), std::string::npos) << describe(r);
+}
+
+TEST_F(CliBasics, UnknownSubcommandIsBadUsage) {
+  const CommandResult r = spattn("frobnicate");
+  EXPECT_EQ(r.status, 2) << describe(r);
+  EXPECT_NE(r.err.find("error"), std::string::npos) << describe(r);
+  EXPECT_TRUE(r.out.empty()) << "nothing belongs on stdout\n" << describe(r);
+}
+
+TEST_F(CliBasics, NoSubcommandIsBadUsage) {
+  const CommandResult r = spattn("");
+  EXPECT_EQ(r.status, 2) << describe(r);
+  EXPECT_FALSE(r.err.empty()) << describe(r);
+}
+
+TEST_F(CliBasics, InfoReportsTheGpuOrItsAbsence) {
+  const CommandResult r = spattn("info");
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_NE(r.out.find("NVRTC"), std::string::npos) << describe(r);
+  if (runtime::has_gpu()) {
+    EXPECT_EQ(r.out.find("no GPU"), std::string::npos) << "a GPU is present\n" << describe(r);
+  } else {
+    EXPECT_NE(r.out.find("no GPU"), std::string::npos) << describe(r);
+  }
+}
+
+TEST_F(CliBasics, InfoJsonHasVersionsGpusAndCache) {
+  const CommandResult r = spattn("--json info");
+  ASSERT_EQ(r.status, 0) << describe(r);
+  const nlohmann::json j = json_of(r);
+  ASSERT_TRUE(j.is_object()) << describe(r);
+  ASSERT_TRUE(j.contains("nvrtc_version") && j["nvrtc_version"].is_string()) << j.dump(2);
+  EXPECT_FALSE(j["nvrtc_version"].get<std::string>().empty());
+  ASSERT_TRUE(j.contains("gpus") && j["gpus"].is_array()) << j.dump(2);
+  EXPECT_EQ(j["gpus"].empty(), !runtime::has_gpu()) << j.dump(2);
+  ASSERT_TRUE(j.contains("cache") && j["cache"].is_object()) << j.dump(2);
+  EXPECT_EQ(j["cache"].value("dir", ""), (dir_.path() / "cache").string()) << "SPATTN_CACHE_DIR not honoured\n"
+                                                                              << j.dump(2);
+}
+
+// Two NVRTC compiles (the forward kernel and its support kernel), then none.
+TEST_F(CliBasics, CompileFillsTheCacheThenHits) {
+  const std::string args = std::string("--json compile --pattern ") + kWindow + " --arch sm_80";
+  const CommandResult cold = spattn(args);
+  ASSERT_EQ(cold.status, 0) << describe(cold);
+  const nlohmann::json first = json_of(cold);
+  EXPECT_EQ(first.value("arch", ""), "sm_80") << first.dump(2);
+  ASSERT_TRUE(first.contains("kernels") && first["kernels"].is_array() && !first["kernels"].empty()) << first.dump(2);
+  for (const auto& k : first["kernels"]) {
+    EXPECT_FALSE(k.value("cache_hit", true)) << "a fresh cache cannot hit\n" << first.dump(2);
+    EXPECT_GT(k.value("cubin_bytes", 0), 0) << first.dump(2);
+  }
+
+  const CommandResult warm = spattn(args);
+  ASSERT_EQ(warm.status, 0) << describe(warm);
+  const nlohmann::json second = json_of(warm);
+  ASSERT_TRUE(second.contains("kernels") && second["kernels"].size() == first["kernels"].size()) << second.dump(2);
+  for (size_t i = 0; i < second["kernels"].size(); ++i) {
+    EXPECT_TRUE(second["kernels"][i].value("cache_hit", false)) << second.dump(2);
+    EXPECT_EQ(second["kernels"][i].value("key", "a"), first["kernels"][i].value("key", "b")) << second.dump(2);
+  }
+
+  // And the entries are there for `cache ls`.
+  const CommandResult ls = spattn("--json cache ls");
+  ASSERT_EQ(ls.status, 0) << describe(ls);
+  EXPECT_NE(ls.out.find(first["kernels"][0].value("key", "?")), std::string::npos) << describe(ls);
+}
+
+TEST_F(CliBasics, CompileForAnUnsupportedArchNamesTheSupportedOnes) {
+  const CommandResult r = spattn(std::string("compile --pattern ") + kWindow + " --arch sm_12");
+  EXPECT_EQ(r.status, 2) << describe(r);
+  expect_one_line_reason(r, {"sm_12", "sm_80", "sm_90a"});
+}
+
+TEST_F(CliBasics, CompileAnUnknownPatternTypeNamesTheKnownOnes) {
+  const CommandResult r = spattn(R"(compile --pattern '{"type":"nope"}' --arch sm_80)");
+  EXPECT_EQ(r.status, 2) << describe(r);
+  expect_one_line_reason(r, {"nope", "local_window", "longnet", "dilated_sparse"});
+}
+
+TEST_F(CliBasics, CompileAnUnsupportedHeadDimNamesTheSupportedOnes) {
+  const CommandResult r = spattn(std::string("compile --pattern ") + kWindow + " --arch sm_80 --head-dim 80");
+  EXPECT_EQ(r.status, 2) << describe(r);
+  expect_one_line_reason(r, {"80", "64", "128"});
+}
+
+TEST_F(CliBasics, CompileWithoutAPatternIsBadUsage) {
+  const CommandResult r = spattn("compile --arch sm_80");
+  EXPECT_EQ(r.status, 2) << describe(r);
+  expect_one_line_reason(r, {"pattern"});
+}
+
+TEST_F(CliBasics, DemoWithoutAGpuSaysItCouldNotRun) {
+  if (runtime::has_gpu()) GTEST_SKIP() << "a GPU is present: the demo runs for real (scripts/gpu-check.sh covers it)";
+  const CommandResult r = spattn("demo");
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_NE(r.out.find("no GPU"), std::string::npos) << describe(r);
+  EXPECT_NE(r.out.find("skipped"), std::string::npos) << describe(r);
+}
+
+}  // namespace
+}  // namespace spattn
