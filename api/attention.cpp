@@ -39,10 +39,20 @@ struct Attention::Impl {
   std::map<PlanKey, std::unique_ptr<engine::ForwardPlan>> plans;
   Explanation last;
   bool has_last = false;
+  engine::ForwardPlan* last_plan = nullptr;  // fast path for repeated calls on one problem
+  int last_device = -1;
+  int64_t last_batch = 0;
   std::mutex mu;
 
+  // The plan for a problem: looked up without any other work once it exists (forward()
+  // is called per layer and step, so its host cost matters), built on first use.
   engine::ForwardPlan& plan_for(const engine::Problem& p) {
     const int device = options.device >= 0 ? options.device : runtime::current_device();
+    if (last_plan && last_device == device && last_batch == p.batch && last_plan->problem().nq == p.nq && last_plan->problem().nk == p.nk &&
+        last_plan->problem().heads == p.heads && last_plan->problem().kv_heads == p.kv_heads &&
+        last_plan->problem().head_dim == p.head_dim && last_plan->problem().dtype == p.dtype)
+      return *last_plan;
+    pattern.validate(p.shape());
     runtime::make_current(device);
     const runtime::DeviceInfo info = runtime::device_info(device);
     const api::Choice choice = options.config
@@ -74,6 +84,9 @@ struct Attention::Impl {
     last.tables = plan.layout().tables.size();
     last.work_items = plan.layout().schedule.size();
     has_last = true;
+    last_plan = &plan;
+    last_device = device;
+    last_batch = p.batch;
     log::debug("attention: {} | {} | {}", last.problem, choice.config.to_string(), choice.source);
     return plan;
   }
@@ -92,7 +105,6 @@ void Attention::forward(const TensorView& q, const TensorView& k, const TensorVi
                         const TensorView* lse, CUstream stream) {
   const engine::Problem p = engine::problem_from_tensors(q, k, v, o, lse);
   std::lock_guard<std::mutex> lock(impl_->mu);
-  impl_->pattern.validate(p.shape());
   engine::ForwardPlan& plan = impl_->plan_for(p);
   plan.run(q, k, v, o, lse, impl_->options.scale, stream);
 }
@@ -113,7 +125,6 @@ Explanation Attention::prepare(int64_t batch, int64_t nq, int64_t nk, int64_t he
     SPATTN_FAIL(ErrorCode::kUnsupported, "head dim {} is not supported; supported head dims: {}", head_dim,
                 supported_head_dims());
   std::lock_guard<std::mutex> lock(impl_->mu);
-  impl_->pattern.validate(p.shape());
   impl_->plan_for(p);
   return impl_->last;
 }

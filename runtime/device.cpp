@@ -1,6 +1,7 @@
 #include "runtime/device.hpp"
 
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "runtime/driver.hpp"
@@ -43,7 +44,28 @@ int attribute(CUdevice dev, CUdevice_attribute attr) {
 
 }  // namespace
 
+namespace {
+
+DeviceInfo query_device_info(int ordinal);
+
+}  // namespace
+
 DeviceInfo device_info(int ordinal) {
+  // Some attribute queries take hundreds of microseconds; device properties do not
+  // change while the process runs, so they are read once per device.
+  static std::mutex mu;
+  static std::vector<std::optional<DeviceInfo>> cached;
+  std::lock_guard<std::mutex> lock(mu);
+  if (ordinal >= 0 && static_cast<size_t>(ordinal) < cached.size() && cached[ordinal]) return *cached[ordinal];
+  DeviceInfo info = query_device_info(ordinal);
+  if (cached.size() <= static_cast<size_t>(ordinal)) cached.resize(ordinal + 1);
+  cached[ordinal] = info;
+  return info;
+}
+
+namespace {
+
+DeviceInfo query_device_info(int ordinal) {
   const CUdevice dev = device_handle(ordinal);
   DeviceInfo info;
   info.ordinal = ordinal;
@@ -63,10 +85,14 @@ DeviceInfo device_info(int ordinal) {
   return info;
 }
 
+}  // namespace
+
 void make_current(int ordinal) {
   static std::mutex mu;
   static std::vector<CUcontext> contexts;
   CUcontext ctx = nullptr;
+  CUcontext current = nullptr;
+  SPATTN_CU_CHECK(cuCtxGetCurrent(&current));
   {
     std::lock_guard<std::mutex> lock(mu);
     const CUdevice dev = device_handle(ordinal);
@@ -74,8 +100,6 @@ void make_current(int ordinal) {
     if (!contexts[ordinal]) SPATTN_CU_CHECK(cuDevicePrimaryCtxRetain(&contexts[ordinal], dev));
     ctx = contexts[ordinal];
   }
-  CUcontext current = nullptr;
-  SPATTN_CU_CHECK(cuCtxGetCurrent(&current));
   if (current != ctx) SPATTN_CU_CHECK(cuCtxSetCurrent(ctx));
 }
 
