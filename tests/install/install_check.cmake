@@ -1,8 +1,9 @@
 # cmake -DBUILD_DIR=... -DWORK_DIR=... -DCONSUMER_SOURCE=... -DGENERATOR=... -DCXX=...
-#       [-DMAKE_PROGRAM=...] [-DCUDA_ROOT=...] -DLIBDIR=lib -DBINDIR=bin -DINCLUDEDIR=include
-#       -P install_check.cmake
-# Installs BUILD_DIR into WORK_DIR/prefix, builds the consumer project against that
-# prefix alone and runs it. Fails (non-zero exit) with the failing step's output.
+#       [-DMAKE_PROGRAM=...] [-DCUDA_ROOT=...] [-DREADME=README.md]
+#       -DLIBDIR=lib -DBINDIR=bin -DINCLUDEDIR=include -P install_check.cmake
+# Installs BUILD_DIR into WORK_DIR/prefix, builds the consumer project (and the C++ quick
+# start of README, if given) against that prefix alone and runs the consumer. Fails
+# (non-zero exit) with the failing step's output.
 cmake_minimum_required(VERSION 3.25)
 
 function(step what)
@@ -36,6 +37,25 @@ if(MAKE_PROGRAM)
 endif()
 if(CUDA_ROOT)
   list(APPEND configure_args -DCUDAToolkit_ROOT=${CUDA_ROOT})
+endif()
+# README's quick start: the ```cpp block after the "<!-- quickstart.cpp" marker.
+if(README)
+  file(READ ${README} readme)
+  string(FIND "${readme}" "<!-- quickstart.cpp" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "install check: no '<!-- quickstart.cpp' marker in ${README}")
+  endif()
+  string(SUBSTRING "${readme}" ${at} -1 rest)
+  string(FIND "${rest}" "```cpp\n" begin)
+  if(begin EQUAL -1)
+    message(FATAL_ERROR "install check: no ```cpp block after the quick start marker in ${README}")
+  endif()
+  math(EXPR begin "${begin} + 7")
+  string(SUBSTRING "${rest}" ${begin} -1 rest)
+  string(FIND "${rest}" "\n```" end)
+  string(SUBSTRING "${rest}" 0 ${end} quickstart)
+  file(WRITE ${WORK_DIR}/quickstart.cpp "${quickstart}\n")
+  list(APPEND configure_args -DSPATTN_QUICKSTART_SOURCE=${WORK_DIR}/quickstart.cpp)
 endif()
 step("configure the consumer" ${CMAKE_COMMAND} ${configure_args})
 # The package must come from the temporary prefix, not from some other installation.
