@@ -70,22 +70,20 @@ void run_show(const ProblemArgs& a, int64_t head, int cells) {
   const std::string picture = render_pattern(pattern, shape, a.tile, head, cells);
   LayoutOptions o;
   o.tile_m = o.tile_n = std::min<int64_t>(a.tile, 4096);
-  o.permute = false;
-  const Layout layout = compile_layout(pattern, shape, o);
-  const LayoutStats s = layout_stats(pattern, layout);
+  const LayoutStats s = layout_stats(pattern, compile_layout(pattern, shape, o));
   if (globals().json) {
     print_json({{"pattern", nlohmann::json::parse(pattern.to_json())},
                 {"picture", picture},
                 {"density", s.density},
                 {"sparsity", 1.0 - s.density},
-                {"active_blocks", s.active_tiles},
-                {"total_blocks", s.total_tiles}});
+                {"natural_block_density", s.natural_block_density},
+                {"block", o.tile_m}});
     return;
   }
   std::cout << pattern.to_json() << "\n" << picture;
-  std::cout << fmt::format("density {} of pairs (sparsity {}); active {}x{} blocks: {}/{} over {} head(s)\n",
-                           percent(s.density), percent(1.0 - s.density), o.tile_m, o.tile_n, s.active_tiles,
-                           s.total_tiles, shape.heads);
+  std::cout << fmt::format("density {} of pairs (sparsity {}); {} of the {}x{} blocks active in natural order\n",
+                           percent(s.density), percent(1.0 - s.density), percent(s.natural_block_density), o.tile_m,
+                           o.tile_n);
 }
 
 struct StatsArgs {

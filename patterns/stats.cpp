@@ -1,5 +1,6 @@
 // Statistics of compiled layouts and the ASCII block picture.
 #include <algorithm>
+#include <deque>
 #include <map>
 
 #include <spattn/layout.hpp>
@@ -12,33 +13,90 @@ namespace spattn {
 
 namespace {
 
-// Tables of each head.
-std::vector<std::vector<size_t>> tables_by_head(const Layout& layout) {
-  std::vector<std::vector<size_t>> by_head(static_cast<size_t>(layout.shape.heads));
-  for (size_t t = 0; t < layout.tables.size(); ++t) {
-    for (int32_t h : layout.tables[t].heads) by_head[h].push_back(t);
+// Natural-order tables of a pattern, possibly compiled member by member.
+struct NaturalTables {
+  std::deque<Layout> owned;
+  std::vector<const Layout*> layouts;
+  // Per head: (layout, table) pairs.
+  std::vector<std::vector<std::pair<size_t, size_t>>> of_head;
+
+  void add(const Layout& l) {  // l must outlive this object
+    const size_t k = layouts.size();
+    if (of_head.empty()) of_head.resize(static_cast<size_t>(l.shape.heads));
+    for (size_t t = 0; t < l.tables.size(); ++t) {
+      for (int32_t h : l.tables[t].heads) of_head[h].emplace_back(k, t);
+    }
+    layouts.push_back(&l);
   }
-  return by_head;
-}
+  void add(Layout&& l) {
+    owned.push_back(std::move(l));
+    add(static_cast<const Layout&>(owned.back()));
+  }
+};
 
 bool natural_order(const Layout& layout) {
   return std::all_of(layout.tables.begin(), layout.tables.end(),
                      [](const BlockTable& t) { return t.q_slots.empty() && t.k_slots.empty(); });
 }
 
-// Per query tile of a natural-order layout: the key tiles any table of the given set
-// touches (first) and lists as full (second), merged over the tables.
+// Keys a natural-order compile would enumerate one by one: periodic leaves inside a
+// union or intersection (alone they are progressions, O(1) per row).
+double periodic_work(const Pattern& p, const Shape& shape, bool in_composition) {
+  const PatternNode& n = p.node();
+  if (const auto* s = std::get_if<Strided>(&n)) {
+    return in_composition && s->stride > 1 ? double(shape.nq) * double(shape.nk) / double(s->stride) : 0.0;
+  }
+  if (const auto* l = std::get_if<LongNet>(&n)) {
+    double w = 0;
+    for (size_t b = 0; b < l->segments.size(); ++b) {
+      if (in_composition) w += double(shape.nq) * double(std::min(l->segments[b], shape.nk)) / double(l->rates[b]);
+    }
+    return w;
+  }
+  double w = 0;
+  auto items = [&](const std::vector<Pattern>& v, bool comp) {
+    for (const Pattern& q : v) w += periodic_work(q, shape, comp);
+  };
+  if (const auto* u = std::get_if<Union>(&n)) items(u->items, true);
+  if (const auto* x = std::get_if<Intersect>(&n)) items(x->items, true);
+  if (const auto* b = std::get_if<Branches>(&n)) items(b->items, in_composition);
+  if (const auto* h = std::get_if<HeadGroups>(&n)) {
+    for (const HeadGroup& g : h->groups) w += periodic_work(*g.pattern, shape, in_composition);
+  }
+  return w;
+}
+
+// The natural-order tables of `pattern` at the given tiles. With `split`, a top-level
+// union is compiled member by member: touched tiles are the same, and a member's row
+// sets stay single progressions; full tiles are then those one member fills alone.
+void add_natural(const Pattern& pattern, bool causal, const Shape& shape, int64_t tm, int64_t tn, bool split,
+                 NaturalTables& out) {
+  causal = causal || pattern.causal();
+  if (const auto* u = std::get_if<Union>(&pattern.node()); u != nullptr && split) {
+    for (const Pattern& m : u->items) add_natural(m, causal, shape, tm, tn, split, out);
+    return;
+  }
+  LayoutOptions o;
+  o.tile_m = tm;
+  o.tile_n = tn;
+  o.permute = false;
+  out.add(detail::compile_unchecked(pattern.with_causal(causal), shape, o));
+}
+
+// Per query tile: the key tiles any of the tables touches and those one of them lists
+// as full.
 struct TileUnion {
   std::vector<int32_t> touched, full;
 };
 template <class Fn>
-void for_each_tile_union(const Layout& layout, const std::vector<size_t>& tables, int64_t nqt, Fn&& fn) {
+void for_each_tile_union(const NaturalTables& nt, const std::vector<std::pair<size_t, size_t>>& tables, int64_t nqt,
+                         Fn&& fn) {
   TileUnion u;
   for (int64_t q = 0; q < nqt; ++q) {
     u.touched.clear();
     u.full.clear();
-    for (size_t t : tables) {
-      const BlockTable& bt = layout.tables[t];
+    for (const auto& [l, t] : tables) {
+      const BlockTable& bt = nt.layouts[l]->tables[t];
       const int64_t lo = bt.row_ptr[q], hi = bt.row_ptr[q + 1];
       u.touched.insert(u.touched.end(), bt.cols.begin() + lo, bt.cols.begin() + hi);
       u.full.insert(u.full.end(), bt.cols.begin() + lo, bt.cols.begin() + lo + bt.full_count[q]);
@@ -80,25 +138,21 @@ LayoutStats layout_stats(const Pattern& pattern, const Layout& layout, int64_t h
   s.parts = static_cast<int>(layout.parts.size());
 
   // Block density in natural order: the tiles a FlexAttention-style block mask of the
-  // same tile size would visit.
-  Layout natural_copy;
-  const Layout* natural = &layout;
-  if (!natural_order(layout)) {
-    LayoutOptions o;
-    o.tile_m = layout.tile_m;
-    o.tile_n = layout.tile_n;
-    o.permute = false;
-    natural_copy = detail::compile_unchecked(pattern, shape, o);
-    natural = &natural_copy;
+  // same tile size would visit (touched tiles are exact also member by member).
+  NaturalTables natural;
+  if (natural_order(layout)) {
+    natural.add(layout);
+  } else {
+    add_natural(pattern, false, shape, layout.tile_m, layout.tile_n, true, natural);
   }
   const int64_t nqt = detail::ceil_div(shape.nq, layout.tile_m), nkt = detail::ceil_div(shape.nk, layout.tile_n);
-  std::map<std::vector<size_t>, int64_t> memo;
+  std::map<std::vector<std::pair<size_t, size_t>>, int64_t> memo;
   int64_t touched = 0;
-  for (const auto& tables : tables_by_head(*natural)) {
+  for (const auto& tables : natural.of_head) {
     auto it = memo.find(tables);
     if (it == memo.end()) {
       int64_t n = 0;
-      for_each_tile_union(*natural, tables, nqt, [&](int64_t, const TileUnion& u) { n += static_cast<int64_t>(u.touched.size()); });
+      for_each_tile_union(natural, tables, nqt, [&](int64_t, const TileUnion& u) { n += static_cast<int64_t>(u.touched.size()); });
       it = memo.emplace(tables, n).first;
     }
     touched += it->second;
@@ -140,21 +194,22 @@ std::string render_pattern(const Pattern& pattern, const Shape& shape, int64_t b
   // One cell per group x group blocks, the same group on both axes so that the
   // picture keeps the aspect of the attention matrix.
   const int64_t group = std::max(detail::ceil_div(qblocks, max_cells), detail::ceil_div(kblocks, max_cells));
-  // A cell is exactly a tile of group * block tokens: compile at that tile size.
-  LayoutOptions o;
-  o.tile_m = o.tile_n = group * block;
-  o.permute = false;
-  const Layout layout = detail::compile_unchecked(pattern, shape, o);
-  const int64_t rows = detail::ceil_div(shape.nq, o.tile_m), cols = detail::ceil_div(shape.nk, o.tile_n);
+  // A cell is exactly a tile of group * block tokens: compile at that tile size. Unions
+  // with periodic members that natural order would enumerate key by key (beyond ~10^8
+  // keys) are drawn member by member; a cell that only the union fills then shows '+'.
+  const int64_t cell = group * block;
+  NaturalTables natural;
+  add_natural(pattern, false, shape, cell, cell, periodic_work(pattern, shape, false) > 1e8, natural);
+  const int64_t rows = detail::ceil_div(shape.nq, cell), cols = detail::ceil_div(shape.nk, cell);
   std::vector<std::string> grid(static_cast<size_t>(rows), std::string(static_cast<size_t>(cols), '.'));
   int64_t active = 0;
-  for_each_tile_union(layout, tables_by_head(layout)[head], rows, [&](int64_t q, const TileUnion& u) {
+  for_each_tile_union(natural, natural.of_head[head], rows, [&](int64_t q, const TileUnion& u) {
     for (int32_t k : u.touched) grid[q][k] = '+';
     for (int32_t k : u.full) grid[q][k] = '#';
     active += static_cast<int64_t>(u.touched.size());
   });
   std::string out = fmt::format("{} x {} tokens, head {}: {} x {} cells of {} x {} tokens ({} x {} blocks of {})\n",
-                                shape.nq, shape.nk, head, rows, cols, o.tile_m, o.tile_n, group, group, block);
+                                shape.nq, shape.nk, head, rows, cols, cell, cell, group, group, block);
   const std::string border = "+" + std::string(static_cast<size_t>(cols), '-') + "+\n";
   out += border;
   for (const std::string& line : grid) out += "|" + line + "|\n";
