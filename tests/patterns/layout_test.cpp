@@ -172,6 +172,26 @@ TEST(Layout, PermutationsMakeTokenPatternsBlockSparse) {
   }
 }
 
+// Grids in residue-class + Hilbert order, checked exhaustively where they are chosen.
+TEST(Layout, GridOrdersAreExact) {
+  for (const char* spec : {R"({"type":"neighborhood","grid":[6,10,12],"window":[3,3,3],"dilation":[1,2,2]})",
+                           R"({"type":"neighborhood","grid":[24,40],"window":[5,5],"dilation":[2,1],"causal":true})",
+                           R"({"type":"neighborhood","grid":[200],"window":[9],"dilation":[4]})"}) {
+    const Pattern p = Pattern::parse(spec);
+    int64_t n = 1;
+    for (int64_t g : std::get<Neighborhood>(p.node()).grid) n *= g;
+    const Shape s{n, n, 1};
+    for (int64_t t : {16, 32}) {
+      const LayoutOptions o = tiles(t, t);
+      const Layout l = compile_layout(p, s, o);
+      if (std::get<Neighborhood>(p.node()).grid.size() > 1) {
+        EXPECT_FALSE(l.tables[0].q_slots.empty()) << spec << " tile " << t;
+      }
+      check_layout(p, s, o, l, describe(p, s, o));
+    }
+  }
+}
+
 // Permutations never more than double the slots: tiny segments, strides past the
 // sequence or one-cell residue classes keep natural order.
 TEST(Layout, PaddingBoundsPermutations) {
