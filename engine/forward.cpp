@@ -1,5 +1,6 @@
 #include "engine/forward.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -100,6 +101,47 @@ int32_t checked_i32(int64_t v, const char* what) {
 
 }  // namespace
 
+WorkList build_work_list(const Layout& layout, int64_t concurrent, bool longest_first) {
+  struct Piece {
+    int32_t table, q_tile, head, begin, end, slot;
+  };
+  std::vector<Piece> pieces;
+  int64_t total = 0;
+  auto row_length = [&](const WorkItem& w) {
+    const BlockTable& t = layout.tables[w.table];
+    return t.row_ptr[w.q_tile + 1] - t.row_ptr[w.q_tile];
+  };
+  for (const WorkItem& w : layout.schedule) total += row_length(w);
+  // A row longer than a fair share of the work (total / concurrent) would still be
+  // running when everything else is done: cut it into pieces of half a fair share.
+  const int64_t fair = std::max<int64_t>(1, total / std::max<int64_t>(1, concurrent));
+  const int64_t piece = std::max<int64_t>(8, fair / 2);
+  WorkList out;
+  for (const WorkItem& w : layout.schedule) {
+    const int64_t len = row_length(w);
+    if (len <= fair || len <= 2 * piece) {
+      pieces.push_back({w.table, w.q_tile, w.head, 0, static_cast<int32_t>(len), -1});
+      continue;
+    }
+    const int64_t n = (len + piece - 1) / piece;
+    out.groups.insert(out.groups.end(), {out.split_slots, static_cast<int32_t>(n), w.table, w.q_tile, w.head});
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t b = len * k / n, e = len * (k + 1) / n;
+      pieces.push_back({w.table, w.q_tile, w.head, static_cast<int32_t>(b), static_cast<int32_t>(e),
+                        out.split_slots++});
+    }
+  }
+  if (longest_first)
+    std::stable_sort(pieces.begin(), pieces.end(),
+                     [](const Piece& a, const Piece& b) { return a.end - a.begin > b.end - b.begin; });
+  out.items.reserve(pieces.size() * 6);
+  for (const Piece& p : pieces) {
+    out.items.insert(out.items.end(), {p.table, p.q_tile, p.head, p.begin, p.end, p.slot});
+    out.max_piece = std::max<int64_t>(out.max_piece, p.end - p.begin);
+  }
+  return out;
+}
+
 ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config,
                          int device)
     : pattern_(pattern), problem_(problem), config_(config), device_(device) {
@@ -151,12 +193,15 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
     d.cols = append(t.cols);
     descs.push_back(d);
   }
-  std::vector<int32_t> work;
-  work.reserve(layout_.schedule.size() * 3);
-  for (const WorkItem& w : layout_.schedule) {
-    work.push_back(w.table);
-    work.push_back(w.q_tile);
-    work.push_back(w.head);
+  // Two CTAs per SM is what the heuristic configs reach (registers); an estimate is enough.
+  work_list_ = build_work_list(layout_, 2 * static_cast<int64_t>(info.sm_count),
+                               config.schedule == ScheduleOrder::kLongestFirst);
+  const std::vector<int32_t>& work = work_list_.items;
+  if (work_list_.split_slots > 0) {
+    split_merge_ = &load_kernel(support, device,
+                                problem.dtype == DType::kBFloat16 ? "spattn_merge_splits_bf16" : "spattn_merge_splits_fp16");
+    groups_ = runtime::DeviceBuffer(work_list_.groups.size() * sizeof(int32_t));
+    groups_.upload(work_list_.groups.data(), work_list_.groups.size() * sizeof(int32_t));
   }
   if (arena.empty()) arena.push_back(0);
   arena_ = runtime::DeviceBuffer(arena.size() * sizeof(int32_t));
@@ -169,9 +214,10 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
     work_ = runtime::DeviceBuffer(work.size() * sizeof(int32_t));
     work_.upload(work.data(), work.size() * sizeof(int32_t));
   }
-  log::debug("plan {} | {} | {} parts, {} tables, {} work items, layout {:.1f} ms | kernel {} ({})",
+  log::debug("plan {} | {} | {} parts, {} tables, {} work items ({} split rows), layout {:.1f} ms | kernel {} ({})",
              problem.to_string(), config.to_string(), layout_.parts.size(), layout_.tables.size(),
-             layout_.schedule.size(), layout_ms_, rendered_.program_name, fwd_->cache_hit ? "cache hit" : "compiled");
+             work.size() / 6, work_list_.groups.size() / 5, layout_ms_, rendered_.program_name,
+             fwd_->cache_hit ? "cache hit" : "compiled");
 }
 
 ForwardPlan::~ForwardPlan() = default;
@@ -217,7 +263,13 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
     fill_->kernel.launch({static_cast<unsigned>((rows + 7) / 8)}, {256}, 0, stream, args);
   }
 
-  if (!layout_.schedule.empty()) {
+  const int64_t num_work = static_cast<int64_t>(work_list_.items.size() / 6);
+  if (work_list_.split_slots > 0) {
+    const size_t rows = static_cast<size_t>(p.batch) * work_list_.split_slots * config_.tile_m;
+    if (split_o_.size() < rows * p.head_dim * 4) split_o_ = runtime::DeviceBuffer(rows * p.head_dim * 4);
+    if (split_lse_.size() < rows * 4) split_lse_ = runtime::DeviceBuffer(rows * 4);
+  }
+  if (num_work > 0) {
     SpattnFwdParams fp{};
     fp.q = q.data;
     fp.k = k.data;
@@ -246,15 +298,47 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
     fp.arena = reinterpret_cast<const int32_t*>(arena_.get());
     fp.tables = reinterpret_cast<const SpattnTable*>(tables_.get());
     fp.work = reinterpret_cast<const int32_t*>(work_.get());
-    fp.num_work = static_cast<int32_t>(layout_.schedule.size());
+    fp.num_work = static_cast<int32_t>(num_work);
+    fp.split_o = reinterpret_cast<float*>(split_o_.get());
+    fp.split_lse = reinterpret_cast<float*>(split_lse_.get());
+    fp.num_split_slots = work_list_.split_slots;
     fp.part_o = merge ? reinterpret_cast<float*>(part_o_.get()) : nullptr;
     fp.part_lse = merge ? reinterpret_cast<float*>(part_lse_.get()) : nullptr;
     fp.write_parts = merge ? 1 : 0;
     fp.batch = static_cast<int32_t>(p.batch);
     SPATTN_REQUIRE(p.batch <= 65535, "batch {} exceeds the launch grid limit 65535", p.batch);
     void* args[] = {&fp};
-    fwd_->kernel.launch({static_cast<unsigned>(layout_.schedule.size()), static_cast<unsigned>(p.batch)},
+    fwd_->kernel.launch({static_cast<unsigned>(num_work), static_cast<unsigned>(p.batch)},
                         {static_cast<unsigned>(rendered_.threads)}, rendered_.smem_bytes, stream, args);
+  }
+
+  if (work_list_.split_slots > 0) {
+    SpattnSplitMergeParams sm{};
+    sm.split_o = reinterpret_cast<const float*>(split_o_.get());
+    sm.split_lse = reinterpret_cast<const float*>(split_lse_.get());
+    sm.groups = reinterpret_cast<const int32_t*>(groups_.get());
+    sm.arena = reinterpret_cast<const int32_t*>(arena_.get());
+    sm.tables = reinterpret_cast<const SpattnTable*>(tables_.get());
+    sm.o = o.data;
+    sm.lse = lse_ptr;
+    sm.o_stride_b = o.strides[0];
+    sm.o_stride_n = o.strides[1];
+    sm.o_stride_h = o.strides[2];
+    sm.lse_stride_b = lse_sb;
+    sm.lse_stride_h = lse_sh;
+    sm.part_o = merge ? reinterpret_cast<float*>(part_o_.get()) : nullptr;
+    sm.part_lse = merge ? reinterpret_cast<float*>(part_lse_.get()) : nullptr;
+    sm.write_parts = merge ? 1 : 0;
+    sm.num_groups = static_cast<int32_t>(work_list_.groups.size() / 5);
+    sm.num_split_slots = work_list_.split_slots;
+    sm.batch = static_cast<int32_t>(p.batch);
+    sm.tile_m = config_.tile_m;
+    sm.head_dim = static_cast<int32_t>(p.head_dim);
+    sm.nq = static_cast<int32_t>(p.nq);
+    sm.heads = static_cast<int32_t>(p.heads);
+    void* args[] = {&sm};
+    split_merge_->kernel.launch({static_cast<unsigned>(sm.num_groups), static_cast<unsigned>(p.batch)}, {256}, 0,
+                                stream, args);
   }
 
   if (merge) {

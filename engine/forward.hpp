@@ -13,6 +13,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "codegen/kernel_spec.hpp"
 #include "engine/jit.hpp"
@@ -45,6 +46,19 @@ Problem problem_from_tensors(const TensorView& q, const TensorView& k, const Ten
 codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& config, const Problem& problem,
                                     const std::string& arch);
 
+// The launch list of a layout: its schedule, with rows much longer than a fair share of
+// the work split into pieces over several work items (merged afterwards by LSE), so a
+// few long rows (global tokens, causal diagonals) do not leave the GPU idle at the end.
+struct WorkList {
+  std::vector<int32_t> items;   // 6 ints per item, see SpattnFwdParams::work
+  std::vector<int32_t> groups;  // 5 ints per split row: first slot, pieces, table, q_tile, head
+  int32_t split_slots = 0;
+  int64_t max_piece = 0;        // key tiles of the longest work item
+};
+// `concurrent` is how many work items the GPU runs at once (SMs x CTAs per SM).
+// Splitting never happens for rows shorter than a fair share of the total work.
+WorkList build_work_list(const Layout& layout, int64_t concurrent, bool longest_first);
+
 class ForwardPlan {
  public:
   // Compiles the layout and the kernels (through the cache) and uploads the tables.
@@ -62,6 +76,7 @@ class ForwardPlan {
   const codegen::RenderedKernel& rendered() const { return rendered_; }
   const JitKernel& kernel() const { return *fwd_; }
   double layout_ms() const { return layout_ms_; }
+  const WorkList& work_list() const { return work_list_; }
   int device() const { return device_; }
 
  private:
@@ -76,8 +91,10 @@ class ForwardPlan {
   const JitKernel* fwd_ = nullptr;
   const JitKernel* merge_ = nullptr;
   const JitKernel* fill_ = nullptr;
-  runtime::DeviceBuffer arena_, tables_, work_;
-  runtime::DeviceBuffer part_o_, part_lse_;
+  const JitKernel* split_merge_ = nullptr;
+  WorkList work_list_;
+  runtime::DeviceBuffer arena_, tables_, work_, groups_;
+  runtime::DeviceBuffer part_o_, part_lse_, split_o_, split_lse_;
 };
 
 }  // namespace spattn::engine

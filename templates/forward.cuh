@@ -108,6 +108,7 @@ struct Forward {
   static_assert(D % 16 == 0, "head dim must be a multiple of 16");
   static_assert(kStages == 1 || kStages == 2, "stages must be 1 or 2");
 
+  static constexpr int kWorkInts = 6;             // table, q_tile, head, first/end key tile, split slot
   static constexpr int kMaskWords = BN / 32;      // mask bits per query row of a partial tile
   // Shared memory: Q, the K and V stages, the key token index of every column (per
   // stage), the query token index of every row, and the partial-tile mask bits.
@@ -180,9 +181,11 @@ struct Forward {
 
     const int item = blockIdx.x;
     const int b = blockIdx.y;
-    const int table_id = p.work[3 * item + 0];
-    const int q_tile = p.work[3 * item + 1];
-    const int h = p.work[3 * item + 2];
+    const int32_t* work = p.work + kWorkInts * item;
+    const int table_id = work[0];
+    const int q_tile = work[1];
+    const int h = work[2];
+    const int split_slot = work[5];
     const SpattnTable t = p.tables[table_id];
     const int kvh = h / p.kv_group;
 
@@ -203,9 +206,11 @@ struct Forward {
     const int32_t* kslots = t.k_slots >= 0 ? p.arena + t.k_slots : nullptr;
     const int qslot0 = q_tile * BM;
 
-    const int row_begin = __ldg(p.arena + t.row_ptr + q_tile);
-    const int n_tiles = __ldg(p.arena + t.row_ptr + q_tile + 1) - row_begin;
-    const int n_full = __ldg(p.arena + t.full_count + q_tile);
+    // This work item covers key tiles [work[3], work[4]) of the query tile's CSR row (a
+    // long row may be split over several work items, merged afterwards by LSE).
+    const int row_begin = __ldg(p.arena + t.row_ptr + q_tile) + work[3];
+    const int n_tiles = work[4] - work[3];
+    const int n_full = __ldg(p.arena + t.full_count + q_tile) - work[3];
     const int32_t* cols = p.arena + t.cols + row_begin;
 
     // ---- Q tile and the first key tile
@@ -422,7 +427,19 @@ struct Forward {
         const bool empty = !(sum > 0.f);
         const float inv = empty ? 0.f : 1.f / sum;
         const float lse = empty ? neg_inf() : (row_max[mt][hr] * p.scale_log2 + __log2f(sum)) * ln2;
-        if (p.write_parts) {
+        if (split_slot >= 0) {
+          // One piece of a split row: normalised fp32 output and LSE of this piece.
+          const int r = warp * kWarpM + mt * 16 + lane / 4 + hr * 8;
+          const int64_t row = ((int64_t)b * p.num_split_slots + split_slot) * BM + r;
+          float* out = p.split_o + row * D;
+#pragma unroll
+          for (int nt = 0; nt < kNTilesO; ++nt) {
+            const int col = nt * 8 + (lane % 4) * 2;
+            *reinterpret_cast<float2*>(out + col) =
+                make_float2(acc_o[mt][nt][hr * 2] * inv, acc_o[mt][nt][hr * 2 + 1] * inv);
+          }
+          if (lane % 4 == 0) p.split_lse[row] = lse;
+        } else if (p.write_parts) {
           float* out = p.part_o + ((((int64_t)t.part * p.batch + b) * p.nq + i) * p.heads + h) * D;
 #pragma unroll
           for (int nt = 0; nt < kNTilesO; ++nt) {

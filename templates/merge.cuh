@@ -5,6 +5,7 @@
 //    part in have lse_p = -inf and weight 0; a row with no part gets O = 0, LSE = -inf.
 //  - fill: O = 0 and LSE = -inf for every row, before a single-part layout that leaves
 //    some rows without any table.
+//  - merge_splits: combines the pieces of long rows split over several work items.
 //  - fill_random: uniform random fp16/bf16 values (tests, benchmarks, the demo).
 #pragma once
 
@@ -62,6 +63,53 @@ __device__ void merge_parts(const SpattnMergeParams& p) {
   if (p.lse && lane == 0) p.lse[b * p.lse_stride_b + h * p.lse_stride_h + i] = lse;
 }
 
+// One CTA per (split group, batch); warps over the tile's rows, lanes over the head dim.
+template <bool kBf16>
+__device__ void merge_splits(const SpattnSplitMergeParams& p) {
+  const int g = blockIdx.x;
+  const int b = blockIdx.y;
+  const int32_t* grp = p.groups + 5 * g;
+  const int first = grp[0], pieces = grp[1], q_tile = grp[3], h = grp[4];
+  const SpattnTable t = p.tables[grp[2]];
+  const int32_t* qslots = t.q_slots >= 0 ? p.arena + t.q_slots : nullptr;
+  const float neg_inf = __int_as_float(0xff800000);
+  const int warps = blockDim.x / 32, lane = threadIdx.x % 32;
+  for (int r = threadIdx.x / 32; r < p.tile_m; r += warps) {
+    const int slot = q_tile * p.tile_m + r;
+    const int i = qslots ? qslots[slot] : (slot < p.nq ? slot : -1);
+    if (i < 0 || i >= p.nq) continue;
+    const int64_t base = ((int64_t)b * p.num_split_slots + first) * p.tile_m + r;
+    float mx = neg_inf;
+    for (int k = 0; k < pieces; ++k) mx = fmaxf(mx, p.split_lse[base + (int64_t)k * p.tile_m]);
+    float total = 0.f;
+    if (mx != neg_inf)
+      for (int k = 0; k < pieces; ++k) {
+        const float l = p.split_lse[base + (int64_t)k * p.tile_m];
+        if (l != neg_inf) total += __expf(l - mx);
+      }
+    const float lse = mx == neg_inf ? neg_inf : mx + __logf(total);
+    for (int d = lane; d < p.head_dim; d += 32) {
+      float acc = 0.f;
+      if (mx != neg_inf)
+        for (int k = 0; k < pieces; ++k) {
+          const float l = p.split_lse[base + (int64_t)k * p.tile_m];
+          if (l != neg_inf) acc += __expf(l - lse) * p.split_o[(base + (int64_t)k * p.tile_m) * p.head_dim + d];
+        }
+      if (p.write_parts) {
+        p.part_o[((((int64_t)t.part * p.batch + b) * p.nq + i) * p.heads + h) * p.head_dim + d] = acc;
+      } else {
+        unsigned short* out =
+            static_cast<unsigned short*>(p.o) + b * p.o_stride_b + i * p.o_stride_n + h * p.o_stride_h;
+        out[d] = to_half_bits<kBf16>(acc);
+      }
+    }
+    if (lane == 0) {
+      if (p.write_parts) p.part_lse[(((int64_t)t.part * p.batch + b) * p.heads + h) * p.nq + i] = lse;
+      else if (p.lse) p.lse[b * p.lse_stride_b + h * p.lse_stride_h + i] = lse;
+    }
+  }
+}
+
 __device__ void fill_empty(const SpattnFillParams& p) {
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -93,4 +141,6 @@ __device__ void fill_random(const SpattnRandomParams& p) {
 extern "C" __global__ void spattn_fill_random(const SpattnRandomParams p) { spattn::fill_random(p); }
 extern "C" __global__ void spattn_merge_bf16(const SpattnMergeParams p) { spattn::merge_parts<true>(p); }
 extern "C" __global__ void spattn_merge_fp16(const SpattnMergeParams p) { spattn::merge_parts<false>(p); }
+extern "C" __global__ void spattn_merge_splits_bf16(const SpattnSplitMergeParams p) { spattn::merge_splits<true>(p); }
+extern "C" __global__ void spattn_merge_splits_fp16(const SpattnSplitMergeParams p) { spattn::merge_splits<false>(p); }
 extern "C" __global__ void spattn_fill_empty(const SpattnFillParams p) { spattn::fill_empty(p); }

@@ -41,14 +41,39 @@ struct SpattnFwdParams {
   float scale_log2;                   // softmax scale * log2(e)
   const int32_t* arena;
   const SpattnTable* tables;
-  const int32_t* work;                // 3 ints per item: table, q_tile, head
+  // 6 ints per work item: table, q_tile, head, first key tile, end key tile (positions
+  // in the query tile's CSR row), split slot (-1: the whole row, write the output;
+  // >= 0: one piece of a split row, write split_o/split_lse at that slot).
+  const int32_t* work;
   int32_t num_work;
+  float* split_o;                     // [B][num_split_slots][tile_m][D] fp32
+  float* split_lse;                   // [B][num_split_slots][tile_m]
+  int32_t num_split_slots;
   // Multi-part layouts write each part's normalised output and LSE here (fp32,
   // [parts][B][Nq][Hq][D] and [parts][B][Hq][Nq]); a merge kernel combines them.
   float* part_o;
   float* part_lse;
   int32_t write_parts;                // 0: write o/lse directly; 1: write part_o/part_lse
   int32_t batch;
+};
+
+// LSE-weighted merge of the pieces of split rows. groups: 5 ints per split query tile
+// (first slot, pieces, table, q_tile, head); the result goes where the unsplit work item
+// would have written it (O/LSE, or the part buffers).
+struct SpattnSplitMergeParams {
+  const float* split_o;
+  const float* split_lse;
+  const int32_t* groups;
+  const int32_t* arena;
+  const SpattnTable* tables;
+  void* o;
+  float* lse;
+  int64_t o_stride_b, o_stride_n, o_stride_h;
+  int64_t lse_stride_b, lse_stride_h;
+  float* part_o;
+  float* part_lse;
+  int32_t write_parts;
+  int32_t num_groups, num_split_slots, batch, tile_m, head_dim, nq, heads;
 };
 
 // LSE-weighted merge of part outputs into O and LSE.

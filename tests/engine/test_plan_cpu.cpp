@@ -3,6 +3,11 @@
 
 #include <spattn/attention.hpp>
 
+#include <limits>
+#include <map>
+#include <set>
+#include <tuple>
+
 #include "engine/forward.hpp"
 #include "runtime/driver.hpp"
 
@@ -72,6 +77,71 @@ TEST(Attention, WithoutAGpuForwardSaysSoClearly) {
   const auto q = TensorView::contiguous(fake_ptr(), DType::kBFloat16, {1, 64, 4, 128});
   const std::string msg = error_of([&] { attn.forward(q, q, q, q); }, ErrorCode::kNoGpu);
   EXPECT_NE(msg.find("no NVIDIA driver found"), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace spattn
+
+namespace spattn {
+namespace {
+
+// Every key tile of every (table, query tile, head) row is in exactly one work item;
+// only rows longer than a fair share are split; pieces are listed longest first.
+void check_work_list(const Layout& layout, const engine::WorkList& wl, int64_t concurrent, bool longest_first) {
+  std::map<std::tuple<int, int, int>, std::vector<std::pair<int, int>>> pieces;
+  int64_t total = 0;
+  for (const WorkItem& w : layout.schedule) {
+    const auto& t = layout.tables[w.table];
+    total += t.row_ptr[w.q_tile + 1] - t.row_ptr[w.q_tile];
+  }
+  int prev_len = std::numeric_limits<int>::max();
+  std::set<int> slots;
+  for (size_t k = 0; k + 6 <= wl.items.size(); k += 6) {
+    const int* it = wl.items.data() + k;
+    pieces[{it[0], it[1], it[2]}].push_back({it[3], it[4]});
+    if (longest_first) EXPECT_LE(it[4] - it[3], prev_len) << "not longest first";
+    prev_len = it[4] - it[3];
+    if (it[5] >= 0) EXPECT_TRUE(slots.insert(it[5]).second) << "split slot used twice";
+  }
+  EXPECT_EQ(static_cast<int>(slots.size()), wl.split_slots);
+  ASSERT_EQ(pieces.size(), layout.schedule.size());
+  for (const WorkItem& w : layout.schedule) {
+    const auto& t = layout.tables[w.table];
+    const int len = static_cast<int>(t.row_ptr[w.q_tile + 1] - t.row_ptr[w.q_tile]);
+    auto ranges = pieces[{w.table, w.q_tile, w.head}];
+    std::sort(ranges.begin(), ranges.end());
+    int covered = 0;
+    for (auto [b, e] : ranges) {
+      EXPECT_EQ(b, covered);
+      covered = e;
+    }
+    EXPECT_EQ(covered, len);
+    if (ranges.size() > 1) EXPECT_GT(len, total / concurrent);
+  }
+}
+
+TEST(WorkList, SplitsOnlyRowsLongerThanAFairShare) {
+  LayoutOptions lo;
+  lo.tile_m = 128;
+  lo.tile_n = 64;
+  const Shape shape{16384, 16384, 16};
+  // Global rows attend every key: 16 rows of 256 tiles among ~2000 rows of ~12.
+  const Pattern gl = Pattern::parse(R"({"type":"global_local","global":128,"window":512})");
+  const Layout a = compile_layout(gl, shape, lo);
+  const auto wa = engine::build_work_list(a, 264, true);
+  EXPECT_GT(wa.split_slots, 0);
+  EXPECT_LT(wa.max_piece, 256);
+  check_work_list(a, wa, 264, true);
+  // A window is uniform: nothing to split.
+  const Layout b = compile_layout(Pattern::parse(R"({"type":"local_window","window":1024})"), shape, lo);
+  const auto wb = engine::build_work_list(b, 264, true);
+  EXPECT_EQ(wb.split_slots, 0);
+  check_work_list(b, wb, 264, true);
+  // Causal at a small size on a big GPU: the long rows get split.
+  const Layout c = compile_layout(Pattern::parse(R"({"type":"dense","causal":true})"), Shape{4096, 4096, 2}, lo);
+  const auto wc = engine::build_work_list(c, 264, false);
+  EXPECT_GT(wc.split_slots, 0);
+  check_work_list(c, wc, 264, false);
 }
 
 }  // namespace
