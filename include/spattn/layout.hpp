@@ -37,7 +37,14 @@ struct LayoutOptions {
 
 // One softmax domain: key j is allowed for query i of head h iff pattern.allowed_in_branch
 // (branch, h, i, j) holds and no pattern of `exclude` allows it. The kernel evaluates
-// exactly this predicate in partial tiles, on original token indices.
+// exactly this predicate in partial tiles, on original token indices and the original
+// (global) head index, with the layout's shape. A part taken from inside a head group
+// carries that group as a one-group HeadGroups wrapper (false for every other head; the
+// group's pattern sees head h - first of `count` heads), so the predicate needs no other
+// context.
+//
+// Counting every part that allows (h, i, j) gives the number of branches of the whole
+// pattern that allow it: LSE-merging the parts is exactly the pattern's attention.
 struct LayoutPart {
   Pattern pattern;               // the part's own predicate (a branch item, or a union member)
   int branch = 0;                // the branch of `pattern` this part runs (see Pattern::branch_count)
@@ -99,24 +106,37 @@ struct Layout {
   int64_t tile_n = 0;
   std::vector<LayoutPart> parts;
   std::vector<BlockTable> tables;
-  // True when every (head, query) is a row of some table of every part that can reach
-  // it; false means some rows have no table and the kernel must write O = 0, LSE = -inf
-  // for them before (or instead of) running.
+  // True when every (head, query) is a row of at least one table; false means some rows
+  // have no table (e.g. LongNet rows in no branch of their head) and the kernel must
+  // write O = 0, LSE = -inf for them before (or instead of) running.
   bool covers_all_rows = true;
   std::vector<WorkItem> schedule;  // every (table, q_tile, head) once, in launch order
 
   bool needs_merge() const { return parts.size() > 1; }
 };
 
-// Compiles the layout. Throws kInvalidArgument for an invalid pattern/shape/tile and
-// kUnsupported for adaptive patterns (their tables are built on the GPU).
+// Compiles the layout. Throws kInvalidArgument for an invalid pattern/shape/tile (tiles
+// in [1, 4096]) and kUnsupported for adaptive patterns (their tables are built on the
+// GPU) or sequences over 2^30 tokens. Cost O(rows x row intervals + listed tiles) on one
+// thread; table memory O(listed tiles + permuted tokens).
+//
+// Token orders (with permute): LongNet branches group each segment's residue-o tokens
+// per head group; relative strides group classes token % stride; column strides compact
+// the keys to the multiples of the stride; 2-D/3-D (or dilated) neighborhoods group the
+// dilation residues and follow a Hilbert curve inside each. A group is padded to whole
+// tiles, so tiles never straddle segments or classes. An order is only used where it
+// lists fewer tiles than natural order (estimated on a sample) and at most doubles the
+// slots; unions whose members want different orders become several parts.
 Layout compile_layout(const Pattern& pattern, const Shape& shape, const LayoutOptions& options = {});
 
 // Exact statistics (pair counts from the layout's row ranges, not O(N^2) enumeration).
+// natural_block_density compiles the natural-order tables unless the layout is already
+// in natural order.
 LayoutStats layout_stats(const Pattern& pattern, const Layout& layout, int64_t head_dim = 128);
 
 // ASCII block picture in natural token order (like the seeds' visualize_pattern):
-// at most max_cells x max_cells characters, one cell per group of blocks.
+// at most max_cells x max_cells characters, one cell per group of blocks: '#' every
+// pair of the cell allowed, '+' some, '.' none; a header line and a legend line.
 std::string render_pattern(const Pattern& pattern, const Shape& shape, int64_t block = 128,
                            int64_t head = 0, int max_cells = 64);
 
