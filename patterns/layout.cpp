@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstring>
 #include <iterator>
+#include <limits>
 #include <map>
 #include <numeric>
 
@@ -583,11 +584,68 @@ bool TableBuilder::row_tiles(int64_t i, const Region& rg, int64_t base) {
 
 // Reduces the rows of query tile qt: `touched` gets the key tiles some real row allows
 // a key of, `full` those that every real row allows completely.
+// A query tile whose rows all have one key set (a LongNet run, a block of a block
+// pattern, a stride class) is reduced at once: every row allows the set, or with causal
+// the set's slots below a bound that grows with the row, so that the tile's touched
+// tiles are those of its last row and its full tiles those of its first. False when the
+// tile does not qualify (rows not ascending, or keys that differ).
+bool TableBuilder::reduce_uniform(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs) {
+  const OrderSpec::Kind kind = order_.spec().kind;
+  if (!gen_.single_leaf() || kind == OrderSpec::kGrid) return false;
+  const int64_t tm = order_.tile_m();
+  int64_t i0 = -1, i1 = -1;
+  for (int64_t s = qt * tm; s < (qt + 1) * tm; ++s) {
+    const int64_t i = order_.q_token(s);
+    if (i < 0) continue;
+    if (i <= i1) return false;
+    if (i0 < 0) i0 = i;
+    i1 = i;
+  }
+  if (i0 < 0 || !gen_.uniform_keys(i0, i1, kind == OrderSpec::kRun || kind == OrderSpec::kClass)) return false;
+  int64_t base = 0;
+  const Region rg = order_.region(i0, base);
+  const Ivs& set = gen_.unclipped_row(i0, rg);
+  pairs = 0;
+  size_t k = 0;
+  int64_t before = 0;  // ranks in set[0, k), all below the bound
+  const int64_t all = iv_size(set), none = std::numeric_limits<int64_t>::max();
+  for (int64_t s = qt * tm; s < (qt + 1) * tm; ++s) {
+    const int64_t i = order_.q_token(s);
+    if (i < 0) continue;
+    if (!gen_.causal()) {
+      pairs += all;
+      continue;
+    }
+    const int64_t kb = gen_.causal_rank(i, rg);
+    while (k < set.size() && set[k].hi <= kb) before += set[k].hi - set[k].lo, ++k;
+    pairs += before + (k < set.size() && set[k].lo < kb ? kb - set[k].lo : 0);
+  }
+  auto bound = [&](int64_t i) { return gen_.causal() ? gen_.causal_rank(i, rg) : none; };
+  auto tiles_below = [&](int64_t kb, bool want_full, Ivs& out) {
+    bool unsorted = false;
+    out.clear();
+    for (const Iv& iv : set) {
+      if (iv.lo >= kb) break;
+      const int64_t lo = iv.lo + base, hi = std::min(iv.hi, kb) + base;
+      if (!want_full) {
+        append_range(out, tile_of(lo), tile_of(hi - 1) + 1, unsorted);
+      } else if (tile_of(lo + tn_ - 1) < tile_of(hi)) {
+        append_range(out, tile_of(lo + tn_ - 1), tile_of(hi), unsorted);
+      }
+    }
+  };
+  tiles_below(bound(i1), false, touched);
+  tiles_below(bound(i0), true, full);
+  have_row_ = false;
+  return true;
+}
+
 int64_t TableBuilder::reduce(int64_t qt, Ivs& touched, Ivs& full) {
+  int64_t pairs = 0;
+  if (reduce_uniform(qt, touched, full, pairs)) return pairs;
   const int64_t tm = order_.tile_m();
   touched.clear();
   full.clear();
-  int64_t pairs = 0;
   bool any_row = false, full_dead = false, have_prev = false, unsorted = false;
   // Every row of a query tile has the same key region: token orders pad each segment
   // or class to whole tiles.

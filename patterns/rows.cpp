@@ -410,6 +410,25 @@ inline bool leaf_key(const Node& n, int64_t i, int64_t& key) {
 
 }  // namespace
 
+bool RowGen::uniform_keys(int64_t i0, int64_t i1, bool grouped) const {
+  int64_t k0 = 0, k1 = 0;
+  if (!single_leaf_ || !leaf_key(positive_, i0, k0) || !leaf_key(positive_, i1, k1) || k0 != k1) return false;
+  switch (positive_.kind) {
+    case NodeKind::kStrided:
+      return std::get<Strided>(*positive_.leaf).mode == StrideMode::kColumns || grouped;
+    case NodeKind::kLongNet:
+      return grouped || positive_.r == 1;
+    default:
+      return true;  // constant, or the block / global region of the token: monotone
+  }
+}
+
+const Ivs& RowGen::unclipped_row(int64_t i, const Region& region) {
+  row(i, region);
+  SPATTN_ASSERT(have_last_);
+  return last_;
+}
+
 bool RowGen::row_key(const Node& n, int64_t i) {
   if (is_leaf(n.kind)) {
     int64_t k = 0;

@@ -128,6 +128,18 @@ class RowGen {
   bool progression_rows() const { return progression_rows_; }
   Progression row_progression(int64_t i, const Region& region) const;
 
+  // True when rows are one leaf (no excludes): a row allows its key's set, below
+  // causal_rank(i) when causal() holds.
+  bool single_leaf() const { return single_leaf_; }
+  bool causal() const { return hoisted_causal_; }
+  // Whether every row between tokens i0 < i1 that a tile holds has the key of i0 (keys
+  // that are monotone in the token; `grouped`: the tile's rows are one stride class or
+  // one LongNet run).
+  bool uniform_keys(int64_t i0, int64_t i1, bool grouped) const;
+  // The key set of row i before the causal clip.
+  const Ivs& unclipped_row(int64_t i, const Region& region);
+  int64_t causal_rank(int64_t i, const Region& region) const { return causal_bound(i, region); }
+
  private:
   void gen(const Node& n, int64_t i, const Region& rg, int64_t clo, int64_t chi, Ivs& out, int depth);
   void leaf(const Node& n, int64_t i, const Region& rg, int64_t clo, int64_t chi, Ivs& out);
