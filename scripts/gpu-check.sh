@@ -27,10 +27,21 @@ if [ "$MODE" != "--bench-only" ]; then
   step "GPU tests"
   ctest --test-dir $BUILD -L gpu --output-on-failure -j2 --timeout 900 >"$LOGS/ctest-gpu.log" 2>&1 || status=1
   grep -E "tests passed|tests failed|Failed|\*\*\*" "$LOGS/ctest-gpu.log" | tail -25
+  step "compute-sanitizer (memcheck, racecheck) on a representative subset"
+  SUBSET='ForwardGpu.CrossAttentionGqaBatchAndTinyLengths:ForwardGpu.NeighborhoodGridsWithDilation'
+  for tool in memcheck racecheck; do
+    timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 \
+      $BUILD/tests/engine/spattn_tests_engine_gpu --gtest_filter="$SUBSET" >"$LOGS/sanitizer-$tool.log" 2>&1
+    rc=$?; echo "$tool: exit $rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOGS/sanitizer-$tool.log" | tail -1)"
+    [ $rc -eq 0 ] || status=1
+  done
 fi
 if [ "$MODE" != "--tests-only" ]; then
   step demo
   $BUILD/cli/spattn demo 2>&1 | tee "$LOGS/demo.txt" | grep -E "==|check|run:|compile:"
+  step "first output (fresh processes)"
+  $BUILD/bench/first_output_bench | tee "$LOGS/first_output.txt"
+  $BUILD/bench/first_output_bench | tee -a "$LOGS/first_output.txt"
   step "forward benchmark (16k)"
   $BUILD/bench/forward_bench --benchmark_filter='/16384' 2>&1 | tee "$LOGS/forward_bench.txt" | grep -E "forward/"
   step "peer benchmark"
