@@ -55,11 +55,11 @@ constexpr int64_t kMaxTokens = int64_t{1} << 30;  // slots are int32, with room 
 // Whether a token order lists fewer tiles than natural order for this predicate,
 // estimated on a sample of query tiles of each. A permutation costs gathers and
 // padding, so it has to save at least 10%.
-bool permutation_pays(const Node& n, const OrderSpec& spec, const Shape& shape, const LayoutOptions& o) {
+bool permutation_pays(const Node& n, const OrderSpec& spec, const Shape& shape, OrderCache& cache) {
   constexpr int kSamples = 48;
   RowGen gen(n, {}, shape);
-  const TokenOrder permuted(spec, shape, o.tile_m, o.tile_n);
-  const TokenOrder natural(OrderSpec{}, shape, o.tile_m, o.tile_n);
+  const TokenOrder& permuted = cache.get(spec);
+  const TokenOrder& natural = cache.get(OrderSpec{});
   const double p = TableBuilder(gen, permuted).estimate_listed_tiles(kSamples);
   const double q = TableBuilder(gen, natural).estimate_listed_tiles(kSamples);
   return p < 0.9 * q;
@@ -115,7 +115,7 @@ bool padding_acceptable(const OrderSpec& spec, const Shape& shape, const LayoutO
 }
 
 // The order a leaf wants, or natural order.
-OrderSpec leaf_order(const Node& n, const Shape& shape, const LayoutOptions& o) {
+OrderSpec leaf_order(const Node& n, const Shape& shape, const LayoutOptions& o, OrderCache& cache) {
   OrderSpec spec;
   if (n.kind == NodeKind::kStrided) {
     const auto& s = std::get<Strided>(*n.leaf);
@@ -140,18 +140,18 @@ OrderSpec leaf_order(const Node& n, const Shape& shape, const LayoutOptions& o) 
     spec.grid = &g;
   }
   if (spec.kind != OrderSpec::kIdentity && !padding_acceptable(spec, shape, o)) return OrderSpec{};
-  if ((spec.kind == OrderSpec::kClass || spec.kind == OrderSpec::kGrid) && !permutation_pays(n, spec, shape, o)) {
+  if ((spec.kind == OrderSpec::kClass || spec.kind == OrderSpec::kGrid) && !permutation_pays(n, spec, shape, cache)) {
     return OrderSpec{};
   }
   return spec;
 }
 
 // Head-independent order key of a union member, used to split unions into parts.
-std::string static_order_key(const Pattern& p, const Shape& shape, const LayoutOptions& o) {
+std::string static_order_key(const Pattern& p, const Shape& shape, const LayoutOptions& o, OrderCache& cache) {
   const PatternNode& n = p.node();
   if (std::holds_alternative<Strided>(n) || std::holds_alternative<Neighborhood>(n)) {
     const std::optional<Node> leaf = resolve(p, shape, 0, 0);
-    const OrderSpec spec = leaf_order(*leaf, shape, o);
+    const OrderSpec spec = leaf_order(*leaf, shape, o, cache);
     switch (spec.kind) {
       case OrderSpec::kClass: return fmt::format("class:{}", spec.s);
       case OrderSpec::kColumns: return fmt::format("columns:{}", spec.s);
@@ -161,9 +161,9 @@ std::string static_order_key(const Pattern& p, const Shape& shape, const LayoutO
   }
   if (const auto* l = std::get_if<LongNet>(&n)) return fmt::format("run:{}:{}", l->segments[0], l->rates[0]);
   auto common = [&](const std::vector<Pattern>& items) {
-    std::string k = static_order_key(items[0], shape, o);
+    std::string k = static_order_key(items[0], shape, o, cache);
     for (const Pattern& q : items) {
-      if (static_order_key(q, shape, o) != k) return std::string();
+      if (static_order_key(q, shape, o, cache) != k) return std::string();
     }
     return k;
   };
@@ -171,7 +171,7 @@ std::string static_order_key(const Pattern& p, const Shape& shape, const LayoutO
   if (const auto* b = std::get_if<Branches>(&n)) return common(b->items);
   if (const auto* x = std::get_if<Intersect>(&n)) {
     for (const Pattern& q : x->items) {
-      std::string k = static_order_key(q, shape, o);
+      std::string k = static_order_key(q, shape, o, cache);
       if (!k.empty()) return k;
     }
     return "";
@@ -184,23 +184,23 @@ std::string static_order_key(const Pattern& p, const Shape& shape, const LayoutO
   return "";
 }
 
-OrderSpec node_order(const Node& n, const Shape& shape, const LayoutOptions& o) {
+OrderSpec node_order(const Node& n, const Shape& shape, const LayoutOptions& o, OrderCache& cache) {
   if (n.kind == NodeKind::kUnion) {
-    const OrderSpec spec = node_order(n.children[0], shape, o);
+    const OrderSpec spec = node_order(n.children[0], shape, o, cache);
     for (size_t c = 1; c < n.children.size(); ++c) {
-      if (!(node_order(n.children[c], shape, o) == spec)) return OrderSpec{};
+      if (!(node_order(n.children[c], shape, o, cache) == spec)) return OrderSpec{};
     }
     return spec;
   }
   if (n.kind == NodeKind::kIntersect) {
     // Any operand's order keeps the intersection compact: take the first that has one.
     for (const Node& c : n.children) {
-      const OrderSpec cs = node_order(c, shape, o);
+      const OrderSpec cs = node_order(c, shape, o, cache);
       if (cs.kind != OrderSpec::kIdentity) return cs;
     }
     return OrderSpec{};
   }
-  return leaf_order(n, shape, o);
+  return leaf_order(n, shape, o, cache);
 }
 
 // --- parts -----------------------------------------------------------------------------
@@ -219,18 +219,18 @@ Pattern wrap_pattern(Pattern p, const Wrap& wrap) {
 }
 
 void decompose(const Pattern& p, bool causal, const Wrap& wrap, const Shape& shape, const LayoutOptions& o,
-               std::vector<LayoutPart>& parts) {
+               OrderCache& cache, std::vector<LayoutPart>& parts) {
   causal = causal || p.causal();
   const PatternNode& n = p.node();
   if (const auto* b = std::get_if<Branches>(&n)) {
-    for (const Pattern& item : b->items) decompose(item, causal, wrap, shape, o, parts);
+    for (const Pattern& item : b->items) decompose(item, causal, wrap, shape, o, cache, parts);
     return;
   }
   if (const auto* h = std::get_if<HeadGroups>(&n)) {
     for (const HeadGroup& g : h->groups) {
       Wrap inner = wrap;
       inner.emplace_back(g.first, g.count);
-      decompose(*g.pattern, causal, inner, Shape{shape.nq, shape.nk, g.count}, o, parts);
+      decompose(*g.pattern, causal, inner, Shape{shape.nq, shape.nk, g.count}, o, cache, parts);
     }
     return;
   }
@@ -247,7 +247,7 @@ void decompose(const Pattern& p, bool causal, const Wrap& wrap, const Shape& sha
     std::vector<std::string> keys;
     std::vector<std::vector<Pattern>> groups;
     for (const Pattern& m : u->items) {
-      const std::string k = static_order_key(m, shape, o);
+      const std::string k = static_order_key(m, shape, o, cache);
       auto it = std::find(keys.begin(), keys.end(), k);
       if (it == keys.end()) {
         keys.push_back(k);
@@ -468,6 +468,14 @@ void TokenOrder::build_grid() {
   }
 }
 
+const TokenOrder& OrderCache::get(const OrderSpec& spec) {
+  for (const auto& [k, order] : orders_) {
+    if (k == spec) return *order;
+  }
+  orders_.emplace_back(spec, std::make_unique<TokenOrder>(spec, shape_, tm_, tn_));
+  return *orders_.back().second;
+}
+
 Region TokenOrder::region(int64_t i, int64_t& base) const {
   base = 0;
   switch (spec_.kind) {
@@ -640,7 +648,44 @@ bool TableBuilder::reduce_uniform(int64_t qt, Ivs& touched, Ivs& full, int64_t& 
   return true;
 }
 
+// Grid orders scatter a row's keys over many slots: instead of sorting them per row, the
+// allowed keys of each key tile are counted over the query tile's rows. A tile is full
+// iff every real row allows all its slots (padding slots are never allowed).
+int64_t TableBuilder::reduce_grid(int64_t qt, Ivs& touched, Ivs& full) {
+  const int64_t tm = order_.tile_m();
+  if (tile_count_.size() != static_cast<size_t>(order_.num_k_tiles())) {
+    tile_count_.assign(static_cast<size_t>(order_.num_k_tiles()), 0);
+  }
+  tiles_.clear();
+  int64_t rows = 0, pairs = 0, base = 0;
+  for (int64_t s = qt * tm; s < (qt + 1) * tm; ++s) {
+    const int64_t i = order_.q_token(s);
+    if (i < 0) continue;
+    ++rows;
+    const Ivs& keys = gen_.row(i, order_.region(i, base));  // key tokens
+    pairs += iv_size(keys);
+    for (const Iv& iv : keys) {
+      for (int64_t t = iv.lo; t < iv.hi; ++t) {
+        const int64_t tile = tile_of(order_.k_slot_of(t));
+        if (tile_count_[tile]++ == 0) tiles_.push_back(tile);
+      }
+    }
+  }
+  std::sort(tiles_.begin(), tiles_.end());
+  touched.clear();
+  full.clear();
+  bool unsorted = false;
+  for (int64_t tile : tiles_) {
+    append_range(touched, tile, tile + 1, unsorted);
+    if (tile_count_[tile] == rows * tn_) append_range(full, tile, tile + 1, unsorted);
+    tile_count_[tile] = 0;
+  }
+  have_row_ = false;
+  return pairs;
+}
+
 int64_t TableBuilder::reduce(int64_t qt, Ivs& touched, Ivs& full) {
+  if (order_.spec().kind == OrderSpec::kGrid) return reduce_grid(qt, touched, full);
   int64_t pairs = 0;
   if (reduce_uniform(qt, touched, full, pairs)) return pairs;
   const int64_t tm = order_.tile_m();
@@ -734,14 +779,15 @@ double TableBuilder::estimate_listed_tiles(int samples) {
   return listed * double(nqt) / double(n);
 }
 
-std::vector<LayoutPart> decompose_parts(const Pattern& pattern, const Shape& shape, const LayoutOptions& options) {
+std::vector<LayoutPart> decompose_parts(const Pattern& pattern, const Shape& shape, const LayoutOptions& options,
+                                        OrderCache& cache) {
   std::vector<LayoutPart> parts;
-  decompose(pattern, false, {}, shape, options, parts);
+  decompose(pattern, false, {}, shape, options, cache, parts);
   return parts;
 }
 
 std::vector<PartTable> plan_tables(const std::vector<LayoutPart>& parts, const Shape& shape,
-                                   const LayoutOptions& options) {
+                                   const LayoutOptions& options, OrderCache& cache) {
   std::vector<PartTable> plans;
   for (size_t p = 0; p < parts.size(); ++p) {
     std::map<std::string, size_t> by_key;
@@ -766,7 +812,7 @@ std::vector<PartTable> plan_tables(const std::vector<LayoutPart>& parts, const S
       PartTable plan;
       plan.part = static_cast<int>(p);
       plan.heads.push_back(static_cast<int32_t>(h));
-      plan.order = options.permute ? node_order(*pos, shape, options) : OrderSpec{};
+      plan.order = options.permute ? node_order(*pos, shape, options, cache) : OrderSpec{};
       plan.positive = std::move(*pos);
       plan.excludes = std::move(ex);
       plans.push_back(std::move(plan));
@@ -888,10 +934,11 @@ Layout detail::compile_unchecked(const Pattern& pattern, const Shape& shape, con
   layout.shape = shape;
   layout.tile_m = options.tile_m;
   layout.tile_n = options.tile_n;
-  layout.parts = detail::decompose_parts(pattern, shape, options);
-  std::vector<detail::PartTable> plans = detail::plan_tables(layout.parts, shape, options);
+  detail::OrderCache orders(shape, options.tile_m, options.tile_n);
+  layout.parts = detail::decompose_parts(pattern, shape, options, orders);
+  std::vector<detail::PartTable> plans = detail::plan_tables(layout.parts, shape, options, orders);
   for (detail::PartTable& plan : plans) {
-    detail::TokenOrder order(plan.order, shape, options.tile_m, options.tile_n);
+    const detail::TokenOrder& order = orders.get(plan.order);
     if (order.num_q_tiles() == 0) continue;  // no query of these heads takes part
     detail::RowGen gen(std::move(plan.positive), std::move(plan.excludes), shape);
     detail::TableBuilder builder(gen, order);

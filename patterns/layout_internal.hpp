@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include <spattn/layout.hpp>
@@ -62,6 +63,19 @@ class TokenOrder {
   std::vector<int32_t> k_inverse_;  // kGrid: key token -> slot
 };
 
+// Token orders built during one compile, shared by the order choice (which samples
+// them) and the tables (a Hilbert order of a large grid is worth building once).
+class OrderCache {
+ public:
+  OrderCache(const Shape& shape, int64_t tile_m, int64_t tile_n) : shape_(shape), tm_(tile_m), tn_(tile_n) {}
+  const TokenOrder& get(const OrderSpec& spec);
+
+ private:
+  Shape shape_;
+  int64_t tm_, tn_;
+  std::vector<std::pair<OrderSpec, std::unique_ptr<TokenOrder>>> orders_;
+};
+
 // Reduces the rows of one (part, head group) to its CSR table.
 class TableBuilder {
  public:
@@ -78,6 +92,7 @@ class TableBuilder {
   int64_t reduce(int64_t qt, Ivs& touched, Ivs& full);
   bool row_tiles(int64_t i, const Region& region, int64_t base);
   bool reduce_uniform(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs);
+  int64_t reduce_grid(int64_t qt, Ivs& touched, Ivs& full);
   int64_t tile_of(int64_t slot) const { return shift_ >= 0 ? slot >> shift_ : slot / tn_; }
 
   RowGen& gen_;
@@ -86,6 +101,7 @@ class TableBuilder {
   int shift_ = -1;  // log2(tile_n) when it is a power of two
   Ivs row_, rt_, rf_, prev_t_, prev_f_, tmp_;
   std::vector<int64_t> slots_;
+  std::vector<int64_t> tile_count_, tiles_;  // reduce_grid: allowed keys per key tile
   int64_t pairs_ = 0;
   int64_t last_base_ = 0;
   bool have_row_ = false;
@@ -104,9 +120,10 @@ struct PartTable {
 // the sequence).
 Layout compile_unchecked(const Pattern& pattern, const Shape& shape, const LayoutOptions& options);
 
-std::vector<LayoutPart> decompose_parts(const Pattern& pattern, const Shape& shape, const LayoutOptions& options);
+std::vector<LayoutPart> decompose_parts(const Pattern& pattern, const Shape& shape, const LayoutOptions& options,
+                                        OrderCache& cache);
 std::vector<PartTable> plan_tables(const std::vector<LayoutPart>& parts, const Shape& shape,
-                                   const LayoutOptions& options);
+                                   const LayoutOptions& options, OrderCache& cache);
 
 }  // namespace spattn::detail
 #pragma GCC visibility pop
