@@ -70,7 +70,9 @@ else
   for p in $OPTIONAL; do probe "$p" || want+=("$p"); done
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=$(command -v sudo || true)
-  if [ "${SPATTN_NO_APT:-0}" = 1 ] || ! command -v apt-get >/dev/null; then
+  if [ "${SPATTN_NO_APT:-0}" = 1 ]; then
+    echo "setup: missing packages: ${missing[*]} (SPATTN_NO_APT=1: not installing them)" >&2
+  elif ! command -v apt-get >/dev/null; then
     echo "setup: missing packages: ${missing[*]} (no apt-get here; install them another way)" >&2
   elif [ "$(id -u)" -ne 0 ] && [ -z "$sudo" ]; then
     echo "setup: missing packages: ${missing[*]} (not root and no sudo: ask an administrator" \
