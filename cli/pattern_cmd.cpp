@@ -117,7 +117,7 @@ void run_stats(const ProblemArgs& a, const StatsArgs& sa) {
                         {"window", h->levels[l].window},
                         {"block", h->levels[l].block},
                         {"coverage", s.level_coverage[l]},
-                        {"active_queries", s.level_queries[l]}});
+                        {"active_positions", s.level_queries[l]}});
     }
   }
   if (globals().json) {
@@ -166,7 +166,7 @@ void run_stats(const ProblemArgs& a, const StatsArgs& sa) {
     std::cout << fmt::format("level {}   stride {}, window {}, block {}: {} of pairs, {} queries\n",
                              l["level"].get<int>(), l["stride"].get<int64_t>(), l["window"].get<int64_t>(),
                              l["block"].get<int64_t>(), percent(l["coverage"].get<double>()),
-                             l["active_queries"].get<int64_t>());
+                             l["active_positions"].get<int64_t>());
   }
 }
 
