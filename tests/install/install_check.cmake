@@ -70,6 +70,8 @@ step("run the consumer" ${CMAKE_COMMAND} -E env SPATTN_CACHE_DIR=${WORK_DIR}/ker
   ${consumer_build}/spattn_consumer)
 message("${step_output}")
 
-# The installed CLI runs against the installed library.
-step("installed spattn --version" ${CMAKE_COMMAND} -E env LD_LIBRARY_PATH=${prefix}/${LIBDIR}
-  ${prefix}/${BINDIR}/spattn --version)
+# The installed CLI runs against the installed library, with no help from the environment.
+step("installed spattn --version" ${CMAKE_COMMAND} -E env --unset=LD_LIBRARY_PATH ${prefix}/${BINDIR}/spattn --version)
+if(NOT step_output MATCHES "[0-9]+\\.[0-9]+\\.[0-9]+")
+  message(FATAL_ERROR "install check: the installed spattn --version printed no version:\n${step_output}")
+endif()
