@@ -138,6 +138,7 @@ void run_stats(const ProblemArgs& a, const StatsArgs& sa) {
                 {"full_tiles", s.full_tiles},
                 {"partial_tiles", s.partial_tiles},
                 {"block_density", block_density},
+                {"tile_density", s.tile_density},
                 {"natural_block_density", s.natural_block_density},
                 {"useful_flops", s.useful_flops},
                 {"parts", s.parts},
@@ -156,8 +157,9 @@ void run_stats(const ProblemArgs& a, const StatsArgs& sa) {
                            percent(1.0 - s.density), s.allowed_pairs);
   std::cout << fmt::format("tiles     {} active of {} ({}): {} full, {} partial\n", s.active_tiles, s.total_tiles,
                            percent(block_density), s.full_tiles, s.partial_tiles);
-  std::cout << fmt::format("natural   {} of tiles in natural order (what a block mask visits)\n",
-                           percent(s.natural_block_density));
+  std::cout << fmt::format("work      listed tiles cover {} of the dense work; {} of tiles in natural order "
+                           "(what a block mask visits)\n",
+                           percent(s.tile_density), percent(s.natural_block_density));
   std::cout << fmt::format("flops     {:.4g} useful (4 x {} x pairs x heads)\n", s.useful_flops, sa.head_dim);
   std::cout << fmt::format("layout    {} part(s), {} table(s), {} work items, {:.2f} MiB, compiled in {:.1f} ms{}\n",
                            s.parts, layout.tables.size(), layout.schedule.size(), double(s.table_bytes) / 1048576.0,

@@ -133,6 +133,7 @@ LayoutStats layout_stats(const Pattern& pattern, const Layout& layout, int64_t h
   }
   const double cells = double(shape.nq) * double(shape.nk);
   s.allowed_pairs = double(s.allowed_pairs_total) / double(shape.heads);
+  s.tile_density = double(s.active_tiles) * double(layout.tile_m) * double(layout.tile_n) / (cells * double(shape.heads));
   s.density = s.allowed_pairs / cells;
   s.useful_flops = 4.0 * double(head_dim) * double(s.allowed_pairs_total);
   s.parts = static_cast<int>(layout.parts.size());

@@ -93,6 +93,7 @@ struct LayoutStats {
   int64_t full_tiles = 0;
   int64_t partial_tiles = 0;
   double natural_block_density = 0;  // touched tiles / all tiles without any permutation
+  double tile_density = 0;  // listed tiles x tile_m x tile_n / (Nq x Nk x heads): the kernel's work vs dense
   double useful_flops = 0;        // 4 * head_dim * allowed_pairs_total
   std::vector<double> level_coverage;  // hierarchical: fraction of pairs each level allows; else empty
   std::vector<int64_t> level_queries;  // hierarchical: queries that take part in each level

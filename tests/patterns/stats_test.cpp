@@ -62,6 +62,8 @@ TEST(Stats, MatchBruteForce) {
     EXPECT_EQ(st.full_tiles, full);
     EXPECT_EQ(st.partial_tiles, listed - full);
     EXPECT_EQ(st.total_tiles, total);
+    EXPECT_NEAR(st.tile_density,
+                double(listed) * double(o.tile_m * o.tile_n) / (double(s.nq) * double(s.nk) * double(s.heads)), 1e-9);
     EXPECT_EQ(st.parts, static_cast<int>(layout.parts.size()));
     EXPECT_GT(st.table_bytes, 0);
   }
