@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Kernel configuration sweep on the GPU machine: builds (reusing build-gpu), then runs
+# Kernel configuration sweep on the GPU machine: builds (its own build-sweep tree, no tests), then runs
 # bench/forward_bench for every config given, at the sequence lengths given.
 #   scripts/gpu-sweep.sh "128x64w4s1 128x64w8s2" "16384" [filter-regex]
 set -uo pipefail
@@ -8,11 +8,11 @@ CONFIGS=${1:-"128x64w4s1 128x64w4s2 128x64w8s2 64x64w4s2 128x128w8s2"}
 SEQS=${2:-16384}
 FILTER=${3:-.}
 export SPATTN_CACHE_DIR=${SPATTN_CACHE_DIR:-$PWD/build-gpu/kernel-cache}
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null 2>&1 || exit 1
-cmake --build build-gpu -j"$(nproc)" --target forward_bench >/dev/null 2>&1 || { echo "build failed"; exit 1; }
+cmake -S . -B build-sweep -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPATTN_BUILD_TESTS=OFF >/dev/null 2>&1 || { echo "configure failed"; exit 1; }
+cmake --build build-sweep -j"$(nproc)" --target forward_bench >/dev/null 2>&1 || { echo "build failed"; exit 1; }
 for seq in $SEQS; do
   for c in $CONFIGS; do
-    build-gpu/bench/forward_bench --config="$c" --benchmark_filter="$FILTER.*/$seq/" 2>/dev/null \
+    build-sweep/bench/forward_bench --config="$c" --benchmark_filter="$FILTER.*/$seq/" 2>/dev/null \
       | awk -v c="$c" '/^forward\// { for (i = 1; i <= NF; ++i) if ($i ~ /^TFLOPs=/) t = $i; printf "%-12s %-55s %8s ms %s\n", c, $1, $2, t }'
   done
 done

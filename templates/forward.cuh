@@ -291,19 +291,33 @@ struct Forward {
 #pragma unroll
         for (int nt = 0; nt < kNTilesS; ++nt) acc_s[mt][nt][0] = acc_s[mt][nt][1] = acc_s[mt][nt][2] = acc_s[mt][nt][3] = 0.f;
 
+      // Fragments are loaded one step ahead of the MMAs that use them (two register
+      // buffers), so ldmatrix latency overlaps tensor-core work.
+      {
+        uint32_t a[2][kMTiles][4];
+        uint32_t bfrag[2][4];
 #pragma unroll
-      for (int kk = 0; kk < kKStepsQK; ++kk) {
-        uint32_t a[kMTiles][4];
+        for (int mt = 0; mt < kMTiles; ++mt) ldmatrix_x4(a[0][mt], q_frag + (mt * 16 * kRow) * 2);
+        ldmatrix_x4(bfrag[0], ks + k_frag);
 #pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) ldmatrix_x4(a[mt], q_frag + (mt * 16 * kRow + kk * 16) * 2);
+        for (int kk = 0; kk < kKStepsQK; ++kk) {
 #pragma unroll
-        for (int np = 0; np < kNTilesS / 2; ++np) {
-          uint32_t bfrag[4];
-          ldmatrix_x4(bfrag, ks + k_frag + (np * 16 * kRow + kk * 16) * 2);
+          for (int np = 0; np < kNTilesS / 2; ++np) {
+            const int step = kk * (kNTilesS / 2) + np;
+            // prefetch the next (kk, np) B fragment, and the next kk's A fragments
+            if (np + 1 < kNTilesS / 2) {
+              ldmatrix_x4(bfrag[(step + 1) % 2], ks + k_frag + ((np + 1) * 16 * kRow + kk * 16) * 2);
+            } else if (kk + 1 < kKStepsQK) {
+              ldmatrix_x4(bfrag[(step + 1) % 2], ks + k_frag + ((kk + 1) * 16) * 2);
 #pragma unroll
-          for (int mt = 0; mt < kMTiles; ++mt) {
-            mma_16816<kBf16>(acc_s[mt][2 * np], a[mt], bfrag[0], bfrag[1]);
-            mma_16816<kBf16>(acc_s[mt][2 * np + 1], a[mt], bfrag[2], bfrag[3]);
+              for (int mt = 0; mt < kMTiles; ++mt)
+                ldmatrix_x4(a[(kk + 1) % 2][mt], q_frag + (mt * 16 * kRow + (kk + 1) * 16) * 2);
+            }
+#pragma unroll
+            for (int mt = 0; mt < kMTiles; ++mt) {
+              mma_16816<kBf16>(acc_s[mt][2 * np], a[kk % 2][mt], bfrag[step % 2][0], bfrag[step % 2][1]);
+              mma_16816<kBf16>(acc_s[mt][2 * np + 1], a[kk % 2][mt], bfrag[step % 2][2], bfrag[step % 2][3]);
+            }
           }
         }
       }
@@ -370,12 +384,16 @@ struct Forward {
           }
           row_sum[mt][hr] = row_sum[mt][hr] * scale_o[mt][hr] + sum;
         }
+        // Once the running maxima settle, most tiles leave them unchanged: skip the
+        // rescale when no row of the warp moved (a warp-uniform branch).
+        if (__any_sync(0xffffffffu, scale_o[mt][0] != 1.f || scale_o[mt][1] != 1.f)) {
 #pragma unroll
-        for (int nt = 0; nt < kNTilesO; ++nt) {
-          acc_o[mt][nt][0] *= scale_o[mt][0];
-          acc_o[mt][nt][1] *= scale_o[mt][0];
-          acc_o[mt][nt][2] *= scale_o[mt][1];
-          acc_o[mt][nt][3] *= scale_o[mt][1];
+          for (int nt = 0; nt < kNTilesO; ++nt) {
+            acc_o[mt][nt][0] *= scale_o[mt][0];
+            acc_o[mt][nt][1] *= scale_o[mt][0];
+            acc_o[mt][nt][2] *= scale_o[mt][1];
+            acc_o[mt][nt][3] *= scale_o[mt][1];
+          }
         }
       }
 
@@ -398,14 +416,16 @@ struct Forward {
           a[mt][2] = pack2<kBf16>(acc_s[mt][2 * kk + 1][0], acc_s[mt][2 * kk + 1][1]);
           a[mt][3] = pack2<kBf16>(acc_s[mt][2 * kk + 1][2], acc_s[mt][2 * kk + 1][3]);
         }
+        uint32_t bfrag[2][4];
+        ldmatrix_x4_trans(bfrag[0], vs + v_frag + (kk * 16 * kRow) * 2);
 #pragma unroll
         for (int dp = 0; dp < kNTilesO / 2; ++dp) {
-          uint32_t bfrag[4];
-          ldmatrix_x4_trans(bfrag, vs + v_frag + (kk * 16 * kRow + dp * 16) * 2);
+          if (dp + 1 < kNTilesO / 2)
+            ldmatrix_x4_trans(bfrag[(dp + 1) % 2], vs + v_frag + (kk * 16 * kRow + (dp + 1) * 16) * 2);
 #pragma unroll
           for (int mt = 0; mt < kMTiles; ++mt) {
-            mma_16816<kBf16>(acc_o[mt][2 * dp], a[mt], bfrag[0], bfrag[1]);
-            mma_16816<kBf16>(acc_o[mt][2 * dp + 1], a[mt], bfrag[2], bfrag[3]);
+            mma_16816<kBf16>(acc_o[mt][2 * dp], a[mt], bfrag[dp % 2][0], bfrag[dp % 2][1]);
+            mma_16816<kBf16>(acc_o[mt][2 * dp + 1], a[mt], bfrag[dp % 2][2], bfrag[dp % 2][3]);
           }
         }
       }
