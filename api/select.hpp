@@ -21,7 +21,8 @@ struct Choice {
 Choice heuristic(const Pattern& pattern, const engine::Problem& problem, const runtime::DeviceInfo& device);
 
 // The tuning database entry for this GPU and problem bucket if there is one (and
-// use_db), else the heuristic.
+// use_db), else the heuristic. Cheap after the first call for a problem (the database
+// and the problem's density are memoised; a database file changed on disk is re-read).
 Choice choose(const Pattern& pattern, const engine::Problem& problem, const runtime::DeviceInfo& device, bool use_db);
 
 }  // namespace spattn::api

@@ -59,5 +59,7 @@ void register_pattern(CLI::App& app);
 void register_cache(CLI::App& app);
 void register_compile(CLI::App& app);
 void register_demo(CLI::App& app);
+void register_autotune(CLI::App& app);
+void register_prewarm(CLI::App& app);
 
 }  // namespace spattn::cli

@@ -92,6 +92,8 @@ int main(int argc, char** argv) {
   register_cache(app);
   register_compile(app);
   register_demo(app);
+  register_autotune(app);
+  register_prewarm(app);
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,74 @@
+// The measuring side of the autotuner: runs inside the worker process, on the GPU.
+//
+// Correctness gate: each candidate runs the check problem (a smaller shape, the same
+// pattern) on fresh random inputs with O and LSE poisoned (NaN), and is compared with the
+// fp32 reference (engine/reference.hpp) at the engine tests' tolerances:
+//   bf16: relative L2 <= 1e-2, max |err| <= 3e-2;  fp16: relative L2 <= 2e-3, max |err| <= 5e-3;
+//   LSE within 2e-3 where finite, -inf exactly where the reference has no key, no NaN/Inf.
+// Timing: the real problem over several rotating input sets (Q, K, V, O each) covering at
+// least twice the L2 cache, so no run finds its inputs in L2; when that much memory is
+// not available, fewer sets and a 2 x L2 memset between runs instead. Warm-up runs, then
+// `reps` runs each between two device events on the stream; median, p20, p80.
+#pragma once
+
+#include <spattn/config.hpp>
+#include <spattn/pattern.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/forward.hpp"
+#include "runtime/device.hpp"
+
+namespace spattn::autotune {
+
+struct BenchSetup {
+  Pattern pattern;
+  engine::Problem problem;  // timed
+  engine::Problem check;    // correctness check
+  int device = 0;
+  int warmup = 5;
+  int reps = 20;
+  uint64_t seed = 1;
+};
+
+// Tolerances of the correctness gate, per dtype.
+struct Tolerance {
+  double rel_l2;
+  double max_abs;
+  double lse;
+};
+Tolerance tolerance_for(DType dtype);
+
+// The check problem for a problem: at most `tokens` query tokens (Nk scaled alike) and
+// about `heads` heads with the GQA ratio kept, batch 1 — falling back to the full length
+// or all heads when the pattern needs them (grids, head groups).
+engine::Problem check_problem_for(const Pattern& pattern, const engine::Problem& problem, int64_t tokens,
+                                  int64_t heads);
+
+class Bench {
+ public:
+  // Allocates inputs, computes the reference for the check problem, allocates the
+  // rotating timing sets.
+  explicit Bench(BenchSetup setup);
+  ~Bench();
+  Bench(const Bench&) = delete;
+  Bench& operator=(const Bench&) = delete;
+
+  // Checks then times `config`. Returns {"status": "ok", "median_ms", "p20_ms", "p80_ms",
+  // "runs", "rel_l2_err", "max_abs_err"} or {"status": "wrong"|"resources", "detail"}.
+  // CUDA errors propagate (the caller turns them into "fault" and a fresh process).
+  nlohmann::json measure(const KernelConfig& config);
+
+  // How timing is done, for the report.
+  std::string timing_method() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace spattn::autotune

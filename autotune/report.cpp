@@ -1,0 +1,140 @@
+// Text and JSON forms of the autotuner's and prewarm's reports (spattn/autotune.hpp).
+#include <spattn/autotune.hpp>
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <numeric>
+
+namespace spattn {
+
+using nlohmann::json;
+
+namespace {
+
+json candidate_json(const CandidateReport& c) {
+  json j = {{"config", c.config.to_string()},
+            {"heuristic", c.heuristic},
+            {"best", c.best},
+            {"status", c.status},
+            {"smem_bytes", c.smem_bytes}};
+  if (!c.detail.empty()) j["detail"] = c.detail;
+  if (c.registers >= 0) j["registers"] = c.registers;
+  if (c.local_bytes >= 0) j["local_bytes"] = c.local_bytes;
+  if (c.registers >= 0) {
+    j["cache_hit"] = c.cache_hit;
+    j["compile_ms"] = c.compile_ms;
+  }
+  if (c.rel_l2_err >= 0) {
+    j["rel_l2_err"] = c.rel_l2_err;
+    j["max_abs_err"] = c.max_abs_err;
+  }
+  if (c.status == "ok") {
+    j["median_ms"] = c.median_ms;
+    j["p20_ms"] = c.p20_ms;
+    j["p80_ms"] = c.p80_ms;
+    j["runs"] = c.runs;
+    j["tflops"] = c.tflops;
+    if (c.speedup > 0) j["speedup"] = c.speedup;
+  }
+  return j;
+}
+
+std::string clip(const std::string& s, size_t n) {
+  std::string one = s.substr(0, s.find('\n'));
+  return one.size() <= n ? one : one.substr(0, n - 3) + "...";
+}
+
+}  // namespace
+
+std::string AutotuneReport::to_json() const {
+  json cands = json::array();
+  for (const CandidateReport& c : candidates) cands.push_back(candidate_json(c));
+  json j = {{"device", device},
+            {"arch", arch},
+            {"pattern", json::parse(pattern, nullptr, false)},
+            {"problem", problem},
+            {"check_problem", check_problem},
+            {"bucket", bucket},
+            {"density", density},
+            {"useful_flops", useful_flops},
+            {"timing", timing},
+            {"isolated", isolated},
+            {"candidates", cands},
+            {"saved", saved},
+            {"seconds", seconds}};
+  if (saved) j["db_file"] = db_file;
+  if (best >= 0) j["best"] = candidates[best].config.to_string();
+  if (heuristic >= 0) j["heuristic"] = candidates[heuristic].config.to_string();
+  if (speedup > 0) j["speedup"] = speedup;
+  return j.dump(2);
+}
+
+std::string AutotuneReport::to_table() const {
+  std::string s;
+  s += fmt::format("GPU      {}\n", device);
+  s += fmt::format("problem  {}, density {:.4f}, {:.3g} useful FLOP\n", problem, density, useful_flops);
+  s += fmt::format("pattern  {}\n", pattern);
+  s += fmt::format("check    {} against the fp32 reference, fresh random inputs\n", check_problem);
+  if (!timing.empty()) s += fmt::format("timing   {}\n", timing);
+  s += fmt::format("bucket   {}\n\n", bucket);
+
+  // Timed candidates fastest first, then the rest in search-space order.
+  std::vector<size_t> order(candidates.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    const bool oa = candidates[a].status == "ok", ob = candidates[b].status == "ok";
+    if (oa != ob) return oa;
+    return oa && candidates[a].median_ms < candidates[b].median_ms;
+  });
+  s += fmt::format("  {:<24} {:<13} {:>10} {:>17} {:>8} {:>9} {:>5} {:>6}  {}\n", "candidate", "status", "median ms",
+                   "p20..p80 ms", "TFLOP/s", "vs heur.", "regs", "local", "notes");
+  for (size_t k : order) {
+    const CandidateReport& c = candidates[k];
+    const std::string name = c.config.to_string() + (c.heuristic ? " (h)" : "");
+    const std::string regs = c.registers >= 0 ? std::to_string(c.registers) : "-";
+    const std::string local = c.local_bytes >= 0 ? std::to_string(c.local_bytes) : "-";
+    if (c.status == "ok") {
+      s += fmt::format("{} {:<24} {:<13} {:>10.4f} {:>8.4f}..{:<8.4f} {:>8.1f} {:>9} {:>5} {:>6}\n", c.best ? "*" : " ",
+                       name, c.status, c.median_ms, c.p20_ms, c.p80_ms, c.tflops,
+                       c.speedup > 0 ? fmt::format("{:.3f}x", c.speedup) : "-", regs, local);
+    } else {
+      s += fmt::format("  {:<24} {:<13} {:>10} {:>17} {:>8} {:>9} {:>5} {:>6}  {}\n", name, c.status, "-", "-", "-", "-",
+                       regs, local, clip(c.detail, 100));
+    }
+  }
+  s += "\n";
+  const size_t ok = static_cast<size_t>(
+      std::count_if(candidates.begin(), candidates.end(), [](const CandidateReport& c) { return c.status == "ok"; }));
+  s += fmt::format("{} candidates, {} timed, in {:.1f} s{}\n", candidates.size(), ok, seconds,
+                   isolated ? "" : " (in-process: CUDA was already loaded)");
+  if (best < 0) {
+    s += "no candidate passed the correctness check; nothing was saved\n";
+    return s;
+  }
+  const CandidateReport& b = candidates[best];
+  s += fmt::format("winner   {}: {:.4f} ms, {:.1f} useful TFLOP/s", b.config.to_string(), b.median_ms, b.tflops);
+  if (heuristic >= 0 && b.speedup > 0)
+    s += fmt::format(", {:.3f}x the heuristic's {}", b.speedup, candidates[heuristic].config.to_string());
+  s += "\n";
+  s += saved ? fmt::format("saved    {}\n", db_file) : "not saved (--no-save)\n";
+  return s;
+}
+
+std::string PrewarmReport::to_json() const {
+  json ks = json::array();
+  for (const PrewarmKernel& k : kernels) {
+    json j = {{"arch", k.arch},     {"program", k.program}, {"config", k.config}, {"source", k.source},
+              {"key", k.key},       {"status", k.status},   {"ms", k.ms},         {"uses", k.uses},
+              {"loaded", k.loaded}};
+    if (!k.error.empty()) j["error"] = k.error;
+    ks.push_back(j);
+  }
+  return json{{"kernels", ks},      {"compiled", compiled}, {"cached", cached}, {"failed", failed},
+              {"loaded", loaded},   {"threads", threads},   {"seconds", seconds}}
+      .dump(2);
+}
+
+}  // namespace spattn

@@ -1,0 +1,417 @@
+#include "autotune/tuner.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <random>
+
+#include "autotune/harness.hpp"
+#include "autotune/isolate.hpp"
+#include "autotune/pool.hpp"
+#include "autotune/search_space.hpp"
+#include "autotune/tuning_db.hpp"
+#include "common/check.hpp"
+#include "common/log.hpp"
+#include "engine/jit.hpp"
+#include "runtime/driver.hpp"
+
+namespace spattn::autotune {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+engine::Problem to_problem(const TuneProblem& t) {
+  engine::Problem p;
+  p.batch = t.batch;
+  p.nq = t.nq;
+  p.nk = t.nk > 0 ? t.nk : t.nq;
+  p.heads = t.heads;
+  p.kv_heads = t.kv_heads > 0 ? t.kv_heads : t.heads;
+  p.head_dim = t.head_dim;
+  p.dtype = t.dtype;
+  SPATTN_REQUIRE(p.batch >= 1, "batch must be >= 1 (got {})", p.batch);
+  SPATTN_REQUIRE(p.nq >= 1, "the sequence length must be >= 1 (got {})", p.nq);
+  SPATTN_REQUIRE(p.heads >= 1 && p.kv_heads >= 1 && p.heads % p.kv_heads == 0,
+                 "query heads ({}) must be a positive multiple of key/value heads ({})", p.heads, p.kv_heads);
+  SPATTN_REQUIRE(p.dtype == DType::kBFloat16 || p.dtype == DType::kFloat16, "dtype {} is not supported; use bf16 or fp16",
+                 to_string(p.dtype));
+  if (!head_dim_supported(static_cast<int>(p.head_dim)))
+    SPATTN_FAIL(ErrorCode::kUnsupported, "head dim {} is not supported; supported head dims: {}", p.head_dim,
+                supported_head_dims());
+  return p;
+}
+
+namespace {
+
+json device_to_json(const runtime::DeviceInfo& d) {
+  return json{{"ordinal", d.ordinal},         {"name", d.name},
+              {"cc_major", d.cc_major},       {"cc_minor", d.cc_minor},
+              {"sm_count", d.sm_count},       {"smem_per_block_optin", d.smem_per_block_optin},
+              {"smem_per_sm", d.smem_per_sm}, {"regs_per_sm", d.regs_per_sm},
+              {"l2_bytes", d.l2_bytes},       {"clock_khz", d.clock_khz},
+              {"total_memory", d.total_memory}, {"driver_version", d.driver_version}};
+}
+
+runtime::DeviceInfo device_from_json(const json& j) {
+  runtime::DeviceInfo d;
+  d.ordinal = j.at("ordinal").get<int>();
+  d.name = j.at("name").get<std::string>();
+  d.cc_major = j.at("cc_major").get<int>();
+  d.cc_minor = j.at("cc_minor").get<int>();
+  d.sm_count = j.at("sm_count").get<int>();
+  d.smem_per_block_optin = j.at("smem_per_block_optin").get<int>();
+  d.smem_per_sm = j.at("smem_per_sm").get<int>();
+  d.regs_per_sm = j.at("regs_per_sm").get<int>();
+  d.l2_bytes = j.at("l2_bytes").get<int>();
+  d.clock_khz = j.at("clock_khz").get<int>();
+  d.total_memory = j.at("total_memory").get<size_t>();
+  d.driver_version = j.at("driver_version").get<int>();
+  return d;
+}
+
+CandidateReport report_of(const Candidate& c, int head_dim) {
+  CandidateReport r;
+  r.config = c.config;
+  r.heuristic = c.heuristic;
+  r.status = c.pruned.empty() ? "candidate" : "pruned";
+  r.detail = c.pruned;
+  r.smem_bytes = c.config.smem_bytes(head_dim);
+  return r;
+}
+
+// First line of an error message (NVRTC errors carry the whole log below it).
+std::string first_line(const std::string& s) {
+  const size_t nl = s.find('\n');
+  return nl == std::string::npos ? s : s.substr(0, nl) + " (...)";
+}
+
+}  // namespace
+
+runtime::DeviceInfo probe_device(int ordinal, bool isolate) {
+  const auto probe = [ordinal](size_t) -> json {
+    if (!runtime::has_gpu()) return json{{"gpu", false}, {"reason", runtime::no_gpu_reason()}};
+    return json{{"gpu", true}, {"device", device_to_json(runtime::device_info(ordinal))}};
+  };
+  IsolateOptions io;
+  io.isolate = isolate;
+  io.item_timeout_s = 60;
+  const ItemOutcome o = run_items(1, probe, io)[0];
+  if (o.status != ItemStatus::kDone)
+    SPATTN_FAIL(ErrorCode::kCuda, "querying GPU {} failed: {}", ordinal, o.detail);
+  if (o.value.contains("error")) {
+    const std::string what = o.value["error"].get<std::string>();
+    SPATTN_FAIL(ErrorCode::kInvalidArgument, "GPU {}: {}", ordinal, what);
+  }
+  if (!o.value.value("gpu", false))
+    SPATTN_FAIL(ErrorCode::kNoGpu, "autotuning needs a GPU: {}", o.value.value("reason", std::string("none found")));
+  return device_from_json(o.value["device"]);
+}
+
+std::vector<CandidateReport> list_candidates(const Pattern& pattern, const engine::Problem& problem,
+                                             const AutotuneOptions& options, const HeuristicFn& heuristic,
+                                             const runtime::DeviceInfo* gpu) {
+  pattern.validate(problem.shape());
+  const std::string arch = gpu ? gpu->arch() : options.arch.empty() ? "sm_90a" : options.arch;
+  const runtime::DeviceInfo device = gpu ? *gpu : typical_device(arch);
+  const TargetLimits limits = gpu ? device_limits(*gpu) : arch_limits(arch);
+  const Selection base = heuristic(pattern, problem, device);
+  std::vector<CandidateReport> out;
+  for (const Candidate& c : enumerate_candidates(pattern, problem, limits, base.config))
+    out.push_back(report_of(c, static_cast<int>(problem.head_dim)));
+  return out;
+}
+
+AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, const AutotuneOptions& options,
+                    const HeuristicFn& heuristic) {
+  const auto t0 = Clock::now();
+  SPATTN_REQUIRE(options.reps >= 20, "reps must be at least 20 (got {}): timings are medians of >= 20 runs",
+                 options.reps);
+  SPATTN_REQUIRE(options.warmup >= 0, "warmup must be >= 0 (got {})", options.warmup);
+  SPATTN_REQUIRE(options.budget_seconds >= 0, "budget_seconds must be >= 0 (got {})", options.budget_seconds);
+  SPATTN_REQUIRE(options.check_tokens >= 1 && options.check_heads >= 1, "check_tokens and check_heads must be >= 1");
+  pattern.validate(problem.shape());
+
+  AutotuneReport report;
+  report.isolated = options.isolate && children_can_use_cuda();
+  if (options.isolate && !report.isolated)
+    log::warn("autotune: CUDA is already loaded in this process, so candidates run in-process (a kernel fault ends "
+              "the run); run the autotuner in a process that has not used CUDA to isolate them");
+
+  const runtime::DeviceInfo device = probe_device(options.device, report.isolated);
+  const std::string arch = device.arch();
+  const Fingerprint fingerprint = Fingerprint::of(device);
+  report.device = fingerprint.describe();
+  report.arch = arch;
+  report.pattern = pattern.to_json();
+  report.problem = problem.to_string();
+
+  // What the work is worth, and which database bucket it fills.
+  {
+    const Layout layout = compile_layout(pattern, problem.shape(), LayoutOptions{});
+    const LayoutStats stats = layout_stats(pattern, layout, problem.head_dim);
+    report.density = stats.density;
+    report.useful_flops = problem.useful_flops(stats);
+  }
+  const ProblemBucket bucket = bucket_of(pattern, problem, report.density);
+  report.bucket = bucket.key();
+  const engine::Problem check = check_problem_for(pattern, problem, options.check_tokens, options.check_heads);
+  report.check_problem = check.to_string();
+
+  const Selection base = heuristic(pattern, problem, device);
+  const std::vector<Candidate> cands = enumerate_candidates(pattern, problem, device_limits(device), base.config);
+  const int head_dim = static_cast<int>(problem.head_dim);
+  for (const Candidate& c : cands) report.candidates.push_back(report_of(c, head_dim));
+  for (size_t k = 0; k < cands.size(); ++k)
+    if (cands[k].heuristic) report.heuristic = static_cast<int>(k);
+
+  const bool budgeted = options.budget_seconds > 0;
+  const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.budget_seconds));
+  const auto compile_cutoff =
+      t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.budget_seconds * 2 / 3));
+  std::mutex progress_mu;
+  auto progress = [&](const char* phase, size_t done, size_t total) {
+    if (!options.progress) return;
+    std::lock_guard<std::mutex> lock(progress_mu);
+    options.progress(phase, done, total);
+  };
+
+  // --- render: the timed and the check kernels of every viable candidate -----------------
+  struct Job {
+    codegen::RenderedKernel rendered;
+    std::vector<size_t> users;  // candidate indices
+    bool baseline = false;
+    std::string error;
+    CacheLookup found;
+    bool done = false;
+    bool skipped = false;
+  };
+  std::vector<Job> jobs;
+  std::map<std::string, size_t> job_of_key;
+  std::vector<std::vector<size_t>> jobs_of(cands.size());
+  auto add_job = [&](codegen::RenderedKernel r, size_t user, bool baseline) {
+    const std::string key = engine::manifest_for(r, arch).key();
+    auto [it, fresh] = job_of_key.emplace(key, jobs.size());
+    if (fresh) jobs.push_back(Job{std::move(r), {}, false, "", {}, false, false});
+    Job& j = jobs[it->second];
+    j.users.push_back(user);
+    j.baseline = j.baseline || baseline;
+    jobs_of[user].push_back(it->second);
+  };
+  {
+    std::vector<std::vector<codegen::RenderedKernel>> rendered(cands.size());
+    std::vector<std::string> errors(cands.size());
+    const int threads = options.threads > 0 ? options.threads : nvrtc_threads();
+    parallel_for(cands.size(), threads, [&](size_t k) {
+      if (!cands[k].pruned.empty()) return;
+      try {
+        const KernelConfig& c = cands[k].config;
+        LayoutOptions lo;
+        lo.tile_m = c.tile_m;
+        lo.tile_n = c.tile_n;
+        lo.permute = c.permute;
+        lo.schedule = c.schedule;
+        for (const engine::Problem* p : {&problem, &check}) {
+          const Layout layout = compile_layout(pattern, p->shape(), lo);
+          rendered[k].push_back(codegen::render_forward(engine::kernel_spec_for(layout, c, *p, arch)));
+        }
+      } catch (const Error& e) {
+        errors[k] = e.what();
+      }
+    });
+    for (size_t k = 0; k < cands.size(); ++k) {
+      if (!errors[k].empty()) {
+        report.candidates[k].status = "error";
+        report.candidates[k].detail = errors[k];
+        continue;
+      }
+      for (auto& r : rendered[k]) add_job(std::move(r), k, cands[k].heuristic);
+    }
+  }
+  // The support kernels (merge, fill, reference) serve everyone.
+  const codegen::RenderedKernel support = codegen::render_support_kernels();
+  jobs.push_back(Job{support, {}, true, "", {}, false, false});
+
+  // --- compile in parallel, baseline first ---------------------------------------------
+  std::vector<size_t> order(jobs.size());
+  for (size_t j = 0; j < jobs.size(); ++j) order[j] = j;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return jobs[a].baseline > jobs[b].baseline; });
+  {
+    std::mutex mu;
+    size_t finished = 0;
+    progress("compiling", 0, jobs.size());
+    const int threads = options.threads > 0 ? options.threads : nvrtc_threads();
+    parallel_for(order.size(), threads, [&](size_t n) {
+      Job& job = jobs[order[n]];
+      if (budgeted && !job.baseline && Clock::now() > compile_cutoff) {
+        job.skipped = true;
+      } else {
+        try {
+          job.found = engine::compile_cached(job.rendered, arch);
+          job.done = true;
+        } catch (const Error& e) {
+          job.error = e.what();
+        }
+      }
+      size_t f;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        f = ++finished;
+      }
+      progress("compiling", f, jobs.size());
+    });
+  }
+  if (!jobs.back().done)
+    SPATTN_FAIL(ErrorCode::kCompile, "the support kernels did not compile for {}: {}", arch, jobs.back().error);
+
+  // --- post-compile pruning ---------------------------------------------------------------
+  std::vector<size_t> runnable;
+  for (size_t k = 0; k < cands.size(); ++k) {
+    CandidateReport& r = report.candidates[k];
+    if (r.status != "candidate") continue;
+    bool skipped = false;
+    std::string error;
+    for (size_t j : jobs_of[k]) {
+      skipped = skipped || jobs[j].skipped;
+      if (!jobs[j].error.empty() && error.empty()) error = jobs[j].error;
+    }
+    if (!error.empty()) {
+      r.status = "compile error";
+      r.detail = first_line(error);
+      continue;
+    }
+    if (skipped) {
+      r.status = "skipped";
+      r.detail = "the budget ran out before it was compiled";
+      continue;
+    }
+    const CacheLookup& timed = jobs[jobs_of[k].front()].found;  // the timed problem's kernel
+    r.registers = timed.kernel.registers;
+    r.local_bytes = timed.kernel.local_bytes;
+    r.cache_hit = timed.hit;
+    r.compile_ms = timed.kernel.compile_ms;
+    if (!r.heuristic && r.local_bytes > options.max_local_bytes) {
+      r.status = "pruned";
+      r.detail = fmt::format("{} B of local memory per thread (register spills; the limit is {} B)", r.local_bytes,
+                             options.max_local_bytes);
+      continue;
+    }
+    runnable.push_back(k);
+  }
+  // The baseline first: it is timed whatever the budget says.
+  std::stable_sort(runnable.begin(), runnable.end(),
+                   [&](size_t a, size_t b) { return cands[a].heuristic > cands[b].heuristic; });
+
+  // --- check and time, in worker processes -------------------------------------------------
+  BenchSetup setup;
+  setup.pattern = pattern;
+  setup.problem = problem;
+  setup.check = check;
+  setup.device = options.device;
+  setup.warmup = options.warmup;
+  setup.reps = options.reps;
+  setup.seed = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);  // fresh inputs every run
+  auto bench = std::make_shared<std::unique_ptr<Bench>>();  // created lazily in each worker
+  const ItemFn item = [&, bench](size_t n) -> json {
+    const Candidate& c = cands[runnable[n]];
+    if (budgeted && !c.heuristic && Clock::now() > deadline)
+      return json{{"status", "skipped"}, {"detail", "the budget ran out before it was timed"}};
+    try {
+      if (!*bench) *bench = std::make_unique<Bench>(setup);
+      json r = (*bench)->measure(c.config);
+      r["timing"] = (*bench)->timing_method();
+      return r;
+    } catch (const Error& e) {
+      switch (e.code()) {
+        case ErrorCode::kCuda: return json{{"status", "fault"}, {"detail", e.what()}, {"restart", true}};
+        case ErrorCode::kNoGpu: return json{{"status", "error"}, {"detail", e.what()}, {"restart", true}};
+        case ErrorCode::kUnsupported: return json{{"status", "resources"}, {"detail", e.what()}};
+        default: return json{{"status", "error"}, {"detail", e.what()}};
+      }
+    }
+  };
+  IsolateOptions io;
+  io.isolate = report.isolated;
+  io.item_timeout_s = options.candidate_timeout_s;
+  size_t timed = 0;
+  progress("timing", 0, runnable.size());
+  const std::vector<ItemOutcome> outcomes = run_items(runnable.size(), item, io, [&](size_t, const ItemOutcome&) {
+    progress("timing", ++timed, runnable.size());
+  });
+
+  for (size_t n = 0; n < runnable.size(); ++n) {
+    CandidateReport& r = report.candidates[runnable[n]];
+    const ItemOutcome& o = outcomes[n];
+    if (o.status == ItemStatus::kCrashed) {
+      r.status = "fault";
+      r.detail = o.detail;
+      continue;
+    }
+    if (o.status == ItemStatus::kTimedOut) {
+      r.status = "timeout";
+      r.detail = o.detail;
+      continue;
+    }
+    if (o.status == ItemStatus::kNotRun) {
+      r.status = "skipped";
+      r.detail = o.detail;
+      continue;
+    }
+    const json& v = o.value;
+    r.status = v.value("status", std::string("error"));
+    r.detail = v.value("detail", v.value("error", std::string()));
+    if (v.contains("error") && !v.contains("status")) r.status = "error";
+    r.rel_l2_err = v.value("rel_l2_err", -1.0);
+    r.max_abs_err = v.value("max_abs_err", -1.0);
+    if (r.status != "ok") continue;
+    r.median_ms = v.value("median_ms", 0.0);
+    r.p20_ms = v.value("p20_ms", 0.0);
+    r.p80_ms = v.value("p80_ms", 0.0);
+    r.runs = v.value("runs", 0);
+    r.tflops = r.median_ms > 0 ? report.useful_flops / (r.median_ms * 1e9) : 0;
+    if (report.timing.empty()) report.timing = v.value("timing", std::string());
+  }
+
+  // --- the winner ----------------------------------------------------------------------
+  for (size_t k = 0; k < report.candidates.size(); ++k) {
+    const CandidateReport& r = report.candidates[k];
+    if (r.status != "ok" || r.median_ms <= 0) continue;
+    if (report.best < 0 || r.median_ms < report.candidates[report.best].median_ms) report.best = static_cast<int>(k);
+  }
+  const CandidateReport* h = report.heuristic >= 0 ? &report.candidates[report.heuristic] : nullptr;
+  const double h_ms = h && h->status == "ok" ? h->median_ms : 0;
+  for (CandidateReport& r : report.candidates)
+    if (r.status == "ok" && h_ms > 0) r.speedup = h_ms / r.median_ms;
+  if (report.best >= 0) {
+    CandidateReport& best = report.candidates[report.best];
+    best.best = true;
+    report.speedup = best.speedup;
+    if (options.save) {
+      TunedEntry e;
+      e.config = best.config;
+      e.median_ms = best.median_ms;
+      e.p20_ms = best.p20_ms;
+      e.p80_ms = best.p80_ms;
+      e.tflops = best.tflops;
+      e.heuristic_config = base.config.to_string();
+      e.heuristic_ms = h_ms;
+      e.candidates = static_cast<int>(
+          std::count_if(report.candidates.begin(), report.candidates.end(), [](const auto& r) { return r.status == "ok"; }));
+      e.problem = report.problem;
+      e.pattern = report.pattern;
+      e.tuned_at = utc_now();
+      e.bucket = bucket.to_json();
+      report.db_file = TuningDb::store(TuningDb::default_dir(), fingerprint, report.bucket, e).string();
+      report.saved = true;
+    }
+  }
+  report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  log::debug("autotune {} | {} | best {} ({:.3f} ms, {:.2f}x the heuristic) in {:.1f} s", report.pattern,
+             report.problem, report.best >= 0 ? report.candidates[report.best].config.to_string() : "none",
+             report.best >= 0 ? report.candidates[report.best].median_ms : 0.0, report.speedup, report.seconds);
+  return report;
+}
+
+}  // namespace spattn::autotune

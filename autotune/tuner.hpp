@@ -1,0 +1,49 @@
+// The autotuner's driver: search space -> parallel compiles through the kernel cache ->
+// post-compile pruning -> correctness gate and timing in worker processes -> the winner
+// into the tuning database. The public face is spattn::Autotuner (spattn/autotune.hpp).
+//
+// Process structure: this process only renders and compiles (NVRTC needs no GPU); every
+// CUDA call — the device query included — happens in forked worker processes
+// (isolate.hpp), because a process forked after CUDA initialisation cannot use CUDA.
+// When the calling process has already loaded the driver, everything runs in-process
+// instead (logged; a kernel fault then ends the run, reported as such).
+#pragma once
+
+#include <spattn/autotune.hpp>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/forward.hpp"
+#include "runtime/device.hpp"
+
+namespace spattn::autotune {
+
+// A configuration and why it was chosen (api::heuristic() supplies the baseline: the
+// autotuner sits below the API and gets the heuristic passed in).
+struct Selection {
+  KernelConfig config;
+  std::string source;
+};
+using HeuristicFn =
+    std::function<Selection(const Pattern& pattern, const engine::Problem& problem, const runtime::DeviceInfo& device)>;
+
+// TuneProblem with its defaults filled in, checked (dimensions >= 1, GQA, head dim, dtype).
+engine::Problem to_problem(const TuneProblem& problem);
+
+// The candidates with static pruning, for `device` if given, else for a typical GPU of
+// options.arch (default sm_90a). Compiles and runs nothing.
+std::vector<CandidateReport> list_candidates(const Pattern& pattern, const engine::Problem& problem,
+                                             const AutotuneOptions& options, const HeuristicFn& heuristic,
+                                             const runtime::DeviceInfo* device = nullptr);
+
+// The whole tuning run (see the file comment and spattn/autotune.hpp).
+AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, const AutotuneOptions& options,
+                    const HeuristicFn& heuristic);
+
+// The GPU `ordinal`, queried in a worker process so that this process stays free of CUDA.
+// Throws kNoGpu with the reason when there is none.
+runtime::DeviceInfo probe_device(int ordinal, bool isolate = true);
+
+}  // namespace spattn::autotune

@@ -1,0 +1,177 @@
+// spattn autotune: tune the kernel configuration of a pattern at a problem shape on this
+// GPU and save the winner to its tuning database. --dry-run lists the candidates (no GPU
+// needed).
+#include <spattn/autotune.hpp>
+
+#include <fmt/format.h>
+
+#include <iostream>
+#include <memory>
+#include <optional>
+
+#include "api/select.hpp"
+#include "autotune/tuner.hpp"
+#include "cli/cli.hpp"
+#include "runtime/nvrtc.hpp"
+
+namespace spattn::cli {
+
+namespace {
+
+autotune::Selection heuristic_selection(const Pattern& pattern, const engine::Problem& problem,
+                                        const runtime::DeviceInfo& device) {
+  const api::Choice c = api::heuristic(pattern, problem, device);
+  return {c.config, c.source};
+}
+
+// Progress bars for the phases the tuner reports ("compiling", "timing").
+class PhaseProgress {
+ public:
+  void operator()(const std::string& phase, size_t done, size_t total) {
+    if (phase != phase_ || !bar_) {
+      if (bar_) bar_->finish();
+      bar_ = std::make_unique<Progress>(phase, total);
+      phase_ = phase;
+      shown_ = 0;
+    }
+    if (done > shown_) {
+      bar_->advance(done - shown_);
+      shown_ = done;
+    }
+  }
+  void finish() {
+    if (bar_) bar_->finish();
+  }
+
+ private:
+  std::string phase_;
+  std::unique_ptr<Progress> bar_;
+  size_t shown_ = 0;
+};
+
+}  // namespace
+
+void register_autotune(CLI::App& app) {
+  struct Args {
+    std::string pattern;
+    int64_t seq = 0;
+    int64_t kv_seq = 0;
+    int64_t heads = 16;
+    int64_t kv_heads = 0;
+    int64_t batch = 1;
+    int head_dim = 128;
+    std::string dtype = "bf16";
+    bool dry_run = false;
+    std::string arch;
+    double budget = 0;
+    int reps = 20;
+    int warmup = 5;
+    int device = 0;
+    bool no_save = false;
+    bool in_process = false;
+    double timeout = 120;
+    int64_t check_tokens = 4096;
+  };
+  auto args = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("autotune",
+                                 "tune a pattern's kernel configuration on this GPU and save the winner to its tuning "
+                                 "database (--dry-run: list the candidates, no GPU needed)");
+  cmd->add_option("-p,--pattern", args->pattern, "pattern: inline JSON, @file.json or a preset name")->required();
+  cmd->add_option("--seq", args->seq, "query tokens (and key tokens unless --kv-seq)")->required();
+  cmd->add_option("--kv-seq", args->kv_seq, "key tokens (default: --seq)");
+  cmd->add_option("--heads", args->heads, "query heads")->capture_default_str();
+  cmd->add_option("--kv-heads", args->kv_heads, "key/value heads (default: --heads)");
+  cmd->add_option("--batch", args->batch, "batch size")->capture_default_str();
+  cmd->add_option("--head-dim", args->head_dim, "head dimension")->capture_default_str();
+  cmd->add_option("--dtype", args->dtype, "bf16 or fp16")->capture_default_str();
+  cmd->add_flag("--dry-run", args->dry_run, "list the candidates and what static pruning removes; compile and run nothing");
+  cmd->add_option("--arch", args->arch, "with --dry-run: the target (default: this GPU's, else sm_90a)");
+  cmd->add_option("--budget-seconds", args->budget, "wall-clock budget; 0 = none (the heuristic's config is always timed)")
+      ->capture_default_str();
+  cmd->add_option("--reps", args->reps, "timed runs per candidate (at least 20)")->capture_default_str();
+  cmd->add_option("--warmup", args->warmup, "untimed runs per candidate")->capture_default_str();
+  cmd->add_option("--device", args->device, "CUDA device")->capture_default_str();
+  cmd->add_option("--timeout", args->timeout, "seconds per candidate before its worker is killed")->capture_default_str();
+  cmd->add_option("--check-tokens", args->check_tokens, "query tokens of the correctness check")->capture_default_str();
+  cmd->add_flag("--no-save", args->no_save, "do not write the tuning database");
+  cmd->add_flag("--in-process", args->in_process, "time candidates in this process (no fault isolation)");
+
+  cmd->callback([args] {
+    const Pattern pattern = load_pattern_arg(args->pattern);
+    TuneProblem tp;
+    tp.batch = args->batch;
+    tp.nq = args->seq;
+    tp.nk = args->kv_seq;
+    tp.heads = args->heads;
+    tp.kv_heads = args->kv_heads;
+    tp.head_dim = args->head_dim;
+    tp.dtype = dtype_from_string(args->dtype);
+    const engine::Problem problem = autotune::to_problem(tp);
+
+    AutotuneOptions options;
+    options.device = args->device;
+    options.arch = args->arch;
+    options.budget_seconds = args->budget;
+    options.reps = args->reps;
+    options.warmup = args->warmup;
+    options.save = !args->no_save;
+    options.isolate = !args->in_process;
+    options.candidate_timeout_s = args->timeout;
+    options.check_tokens = args->check_tokens;
+    if (args->budget < 0) throw UsageError("--budget-seconds must be >= 0");
+    if (args->reps < 20) throw UsageError(fmt::format("--reps must be at least 20 (got {})", args->reps));
+
+    if (args->dry_run) {
+      // The GPU's own limits when there is one (asked in a worker process) and no --arch.
+      std::optional<runtime::DeviceInfo> gpu;
+      if (args->arch.empty()) {
+        try {
+          gpu = autotune::probe_device(args->device);
+        } catch (const Error&) {
+        }
+      } else {
+        runtime::check_arch(args->arch);
+      }
+      const auto cands =
+          autotune::list_candidates(pattern, problem, options, heuristic_selection, gpu ? &*gpu : nullptr);
+      const std::string arch = gpu ? gpu->arch() : args->arch.empty() ? "sm_90a" : args->arch;
+      const std::string target = gpu ? fmt::format("{} ({})", gpu->name, arch)
+                                     : fmt::format("{} (no GPU asked: limits assumed for the arch)", arch);
+      if (globals().json) {
+        nlohmann::json list = nlohmann::json::array();
+        for (const CandidateReport& c : cands) {
+          nlohmann::json j = {{"config", c.config.to_string()}, {"heuristic", c.heuristic}, {"status", c.status},
+                              {"smem_bytes", c.smem_bytes}};
+          if (!c.detail.empty()) j["detail"] = c.detail;
+          list.push_back(j);
+        }
+        print_json({{"target", target}, {"arch", arch}, {"problem", problem.to_string()}, {"candidates", list}});
+        return;
+      }
+      size_t viable = 0;
+      std::cout << fmt::format("target   {}\nproblem  {}\npattern  {}\n\n", target, problem.to_string(), pattern.to_json());
+      std::cout << fmt::format("  {:<28} {:<10} {:>9}  {}\n", "candidate", "status", "smem B", "notes");
+      for (const CandidateReport& c : cands) {
+        viable += c.status == "candidate";
+        std::cout << fmt::format("  {:<28} {:<10} {:>9}  {}\n", c.config.to_string() + (c.heuristic ? " (h)" : ""),
+                                 c.status, c.smem_bytes, c.detail.substr(0, c.detail.find('\n')));
+      }
+      std::cout << fmt::format("\n{} candidates, {} to compile and time, {} pruned; (h) = the heuristic's choice\n",
+                               cands.size(), viable, cands.size() - viable);
+      return;
+    }
+
+    PhaseProgress progress;
+    options.progress = [&progress](const std::string& phase, size_t done, size_t total) {
+      progress(phase, done, total);
+    };
+    const AutotuneReport report = Autotuner(options).tune(pattern, tp);
+    progress.finish();
+    if (globals().json) print_json(nlohmann::json::parse(report.to_json()));
+    else std::cout << report.to_table();
+    if (report.best < 0)
+      throw Error(ErrorCode::kInternal, "no candidate passed the correctness check (see the table); nothing was saved");
+  });
+}
+
+}  // namespace spattn::cli

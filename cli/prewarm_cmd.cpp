@@ -1,0 +1,89 @@
+// spattn prewarm MANIFEST.json: compile every kernel a manifest of patterns x shapes x
+// dtypes x archs needs into the kernel cache, in parallel (no GPU needed), then
+// optionally load them all on this GPU (--load-all).
+#include <spattn/autotune.hpp>
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "cli/cli.hpp"
+
+namespace spattn::cli {
+
+void register_prewarm(CLI::App& app) {
+  struct Args {
+    std::string manifest;
+    std::vector<std::string> archs;
+    bool load_all = false;
+    bool list = false;
+    int device = 0;
+    int threads = 0;
+  };
+  auto args = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand("prewarm",
+                                 "compile every kernel a manifest needs into the cache (no GPU needed); ship it with "
+                                 "'spattn cache export'");
+  cmd->add_option("MANIFEST", args->manifest, "manifest JSON file (DESIGN.md §8), or - for stdin")->required();
+  cmd->add_option("--arch", args->archs, "only this arch of the manifest (repeatable)");
+  cmd->add_flag("--load-all", args->load_all,
+                "also load every module for this GPU's arch now (no lazy module loads later, e.g. under NCCL)");
+  cmd->add_flag("--list", args->list, "list every kernel with its configuration and status");
+  cmd->add_option("--device", args->device, "CUDA device for --load-all and this host's selection")->capture_default_str();
+  cmd->add_option("--threads", args->threads, "compile threads (default: $SPATTN_NVRTC_THREADS or the core count)");
+
+  cmd->callback([args] {
+    std::string text;
+    if (args->manifest == "-") {
+      std::stringstream s;
+      s << std::cin.rdbuf();
+      text = s.str();
+    } else {
+      std::ifstream in(args->manifest);
+      if (!in) throw UsageError("MANIFEST: cannot read file '" + args->manifest + "'");
+      std::stringstream s;
+      s << in.rdbuf();
+      text = s.str();
+    }
+    if (args->threads < 0) throw UsageError("--threads must be >= 1");
+
+    PrewarmOptions options;
+    options.archs = args->archs;
+    options.load_all = args->load_all;
+    options.device = args->device;
+    options.threads = args->threads;
+    std::unique_ptr<Progress> bar;
+    size_t shown = 0;
+    options.progress = [&](size_t done, size_t total) {
+      if (!bar) bar = std::make_unique<Progress>("prewarm", total);
+      if (done > shown) bar->advance(done - shown);
+      shown = done;
+    };
+    const PrewarmReport report = prewarm(text, options);
+    if (bar) bar->finish();
+
+    if (globals().json) {
+      print_json(nlohmann::json::parse(report.to_json()));
+    } else {
+      if (args->list) {
+        for (const PrewarmKernel& k : report.kernels)
+          std::cout << fmt::format("{:<8} {:<10} {:<32} {:<22} {:>8.0f} ms  {}\n", k.arch, k.status, k.program,
+                                   k.config.empty() ? "(support)" : k.config, k.ms,
+                                   k.uses.empty() ? k.source : fmt::format("{} use(s), {}", k.uses.size(), k.source));
+      }
+      std::cout << fmt::format("prewarm: {} kernels: {} compiled, {} already cached, {} failed{} in {:.1f} s on {} "
+                               "thread(s)\n",
+                               report.kernels.size(), report.compiled, report.cached, report.failed,
+                               args->load_all ? fmt::format(", {} loaded on the GPU", report.loaded) : "",
+                               report.seconds, report.threads);
+    }
+    for (const PrewarmKernel& k : report.kernels)
+      if (k.status == "failed") std::cerr << fmt::format("spattn: {} {} ({}): {}\n", k.arch, k.program, k.config, k.error);
+    if (report.failed > 0)
+      throw Error(ErrorCode::kCompile, fmt::format("{} of {} kernels failed to compile", report.failed, report.kernels.size()));
+  });
+}
+
+}  // namespace spattn::cli

@@ -1,0 +1,161 @@
+// The search-space tables and static pruning (no GPU, no compiles).
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+
+#include <spattn/autotune.hpp>
+
+#include <algorithm>
+#include <set>
+
+#include "autotune/search_space.hpp"
+#include "autotune/tuner.hpp"
+
+namespace spattn::autotune {
+namespace {
+
+engine::Problem problem_of(int64_t seq, int64_t heads = 16, int64_t head_dim = 128, DType dtype = DType::kBFloat16) {
+  engine::Problem p;
+  p.nq = p.nk = seq;
+  p.heads = p.kv_heads = heads;
+  p.head_dim = head_dim;
+  p.dtype = dtype;
+  return p;
+}
+
+TEST(SearchSpace, EveryTableConfigIsValidAndFitsItsFamily) {
+  std::set<std::string> seen_rows;
+  for (const TableRow& row : search_table()) {
+    SCOPED_TRACE(fmt::format("{} hd{}", row.family, row.head_dim));
+    const int limit = std::string(row.family) == "sm_90a" ? 227 * 1024 : 163 * 1024;
+    EXPECT_FALSE(row.configs.empty());
+    std::set<std::string> unique;
+    for (const char* text : row.configs) {
+      const KernelConfig c = KernelConfig::parse(text);
+      EXPECT_NO_THROW(c.validate(row.head_dim)) << text;
+      EXPECT_LE(c.smem_bytes(row.head_dim), limit) << text;
+      EXPECT_TRUE(unique.insert(text).second) << "duplicate " << text;
+    }
+    for (DType d : row.dtypes)
+      EXPECT_TRUE(seen_rows.insert(fmt::format("{}/{}/{}", row.family, to_string(d), row.head_dim)).second)
+          << "two rows for the same (arch, dtype, head dim)";
+  }
+  // Every supported head dim has a row for both families and both dtypes.
+  for (const char* family : {"sm_90a", "sm_80"})
+    for (DType d : {DType::kBFloat16, DType::kFloat16})
+      for (int hd : {32, 64, 96, 128, 256})
+        EXPECT_TRUE(seen_rows.count(fmt::format("{}/{}/{}", family, to_string(d), hd))) << family << " " << hd;
+}
+
+TEST(SearchSpace, ArchFamiliesAndLimits) {
+  EXPECT_EQ(arch_family("sm_90a"), "sm_90a");
+  EXPECT_EQ(arch_family("sm_90"), "sm_90a");
+  EXPECT_EQ(arch_family("sm_80"), "sm_80");
+  EXPECT_EQ(arch_family("sm_89"), "sm_80");
+  EXPECT_EQ(arch_limits("sm_90a").smem_per_block, 227 * 1024);
+  EXPECT_EQ(arch_limits("sm_80").smem_per_block, 163 * 1024);
+  EXPECT_EQ(arch_limits("sm_86").smem_per_block, 99 * 1024);
+  EXPECT_FALSE(arch_limits("sm_80").from_device);
+  try {
+    arch_family("sm_75");
+    FAIL() << "sm_75 accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("sm_90a"), std::string::npos) << e.what();
+  }
+  try {
+    table_configs("sm_90a", DType::kBFloat16, 80);
+    FAIL() << "head dim 80 accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("32, 64, 96, 128, 256"), std::string::npos) << e.what();
+  }
+  const runtime::DeviceInfo a100 = typical_device("sm_80");
+  EXPECT_EQ(a100.sm_count, 108);
+  EXPECT_EQ(a100.arch(), "sm_80");
+  EXPECT_EQ(typical_device("sm_90a").arch(), "sm_90a");
+  EXPECT_EQ(typical_device("sm_90a").sm_count, 132);
+}
+
+TEST(SearchSpace, HeuristicFirstDeduplicatedAndExpandedOverSchedules) {
+  const Pattern window = Pattern::parse(R"({"type":"local_window","window":1024})");
+  KernelConfig h;  // 128x64w4s1, row-major: also a table entry
+  const auto cands = enumerate_candidates(window, problem_of(16384), arch_limits("sm_90a"), h);
+  ASSERT_FALSE(cands.empty());
+  EXPECT_TRUE(cands[0].heuristic);
+  EXPECT_EQ(cands[0].config, h);
+  std::set<std::string> names;
+  for (size_t k = 0; k < cands.size(); ++k) {
+    EXPECT_TRUE(names.insert(cands[k].config.to_string()).second) << "duplicate " << cands[k].config.to_string();
+    EXPECT_EQ(cands[k].heuristic, k == 0);
+    EXPECT_TRUE(cands[k].config.permute) << "a window layout has no permutation to switch off";
+    EXPECT_TRUE(cands[k].pruned.empty()) << cands[k].config.to_string() << ": " << cands[k].pruned;
+  }
+  const size_t tiles = table_configs("sm_90a", DType::kBFloat16, 128).size();
+  EXPECT_EQ(cands.size(), tiles * schedule_orders().size());  // the heuristic is one of them
+  for (ScheduleOrder o : schedule_orders())
+    EXPECT_TRUE(std::any_of(cands.begin(), cands.end(), [&](const Candidate& c) { return c.config.schedule == o; }));
+}
+
+TEST(SearchSpace, PermutationVariantsOnlyWhereTheLayoutPermutes) {
+  const Pattern longnet = Pattern::parse(R"({"type":"longnet","segments":[2048,4096],"rates":[1,2]})");
+  EXPECT_TRUE(layout_permutes(longnet, problem_of(8192, 4)));
+  EXPECT_FALSE(layout_permutes(Pattern::parse("dense"), problem_of(8192, 4)));
+  const auto cands = enumerate_candidates(longnet, problem_of(8192, 4), arch_limits("sm_90a"), KernelConfig{});
+  const auto off = std::count_if(cands.begin(), cands.end(), [](const Candidate& c) { return !c.config.permute; });
+  const auto on = std::count_if(cands.begin(), cands.end(), [](const Candidate& c) { return c.config.permute; });
+  EXPECT_GT(off, 0);
+  EXPECT_EQ(off, on) << "every tile x schedule with and without (the heuristic is one of them)";
+}
+
+TEST(SearchSpace, StaticPruningSaysWhy) {
+  const Pattern dense = Pattern::parse("dense");
+  // A small shared-memory limit prunes the big tiles and says by how much.
+  TargetLimits small = arch_limits("sm_90a");
+  small.smem_per_block = 60 * 1024;
+  const auto cands = enumerate_candidates(dense, problem_of(4096), small, KernelConfig{});
+  size_t pruned = 0;
+  for (const Candidate& c : cands) {
+    const int smem = c.config.smem_bytes(128);
+    if (smem > small.smem_per_block) {
+      ++pruned;
+      EXPECT_NE(c.pruned.find("shared memory"), std::string::npos) << c.pruned;
+      EXPECT_NE(c.pruned.find(std::to_string(smem)), std::string::npos) << c.pruned;
+    } else {
+      EXPECT_TRUE(c.pruned.empty()) << c.pruned;
+    }
+  }
+  EXPECT_GT(pruned, 0u);
+  EXPECT_LT(pruned, cands.size());
+
+  // A heuristic config the kernel cannot hold is listed, pruned with validate()'s reason.
+  const KernelConfig too_big = KernelConfig::parse("128x128w4s1");  // 32 rows per warp x 128 keys
+  const auto c2 = enumerate_candidates(dense, problem_of(4096), arch_limits("sm_90a"), too_big);
+  ASSERT_TRUE(c2[0].heuristic);
+  EXPECT_NE(c2[0].pruned.find("score accumulators"), std::string::npos) << c2[0].pruned;
+
+  // sm_86 (99 KiB): head dim 256 with two stages does not fit.
+  const auto c3 = enumerate_candidates(dense, problem_of(4096, 16, 256), arch_limits("sm_86"),
+                                       KernelConfig::parse("64x64w4s2"));
+  EXPECT_FALSE(c3[0].pruned.empty());
+}
+
+TEST(SearchSpace, DryRunListsCandidatesWithoutAGpu) {
+  AutotuneOptions o;
+  o.arch = "sm_80";
+  Autotuner tuner(o);
+  TuneProblem p;
+  p.nq = 16384;
+  p.head_dim = 64;
+  const auto cands = tuner.candidates(Pattern::parse(R"({"type":"local_window","window":1024})"), p);
+  ASSERT_FALSE(cands.empty());
+  EXPECT_TRUE(cands[0].heuristic);
+  EXPECT_EQ(cands[0].config.to_string().substr(0, 10), "128x64w4s2") << "the heuristic for D=64";
+  for (const CandidateReport& c : cands) EXPECT_TRUE(c.status == "candidate" || c.status == "pruned") << c.status;
+  // The problem is checked like any other.
+  p.kv_heads = 3;
+  EXPECT_THROW(tuner.candidates(Pattern::parse("dense"), p), Error);
+}
+
+}  // namespace
+}  // namespace spattn::autotune
