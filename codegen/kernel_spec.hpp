@@ -19,6 +19,9 @@ struct KernelSpec {
   int head_dim = 128;
   DType dtype = DType::kBFloat16;
   std::string arch = "sm_90a";
+  // Whether some table gathers keys through a permutation (LongNet, strides, grids);
+  // kernels without one compile the gather paths out.
+  bool permuted_keys = true;
 };
 
 // A rendered, ready-to-compile program.

@@ -73,9 +73,10 @@ void KernelConfig::validate(int head_dim) const {
 int KernelConfig::smem_bytes(int head_dim) const {
   // Mirrors Forward<Cfg>::kSmemBytes in templates/forward.cuh (a static_assert there
   // compares the two): Q, K/V stages of (head_dim + 8)-element rows, key and query
-  // token indices, partial-tile mask bits.
+  // token indices, partial-tile mask bits, prefetched key slots.
   const int row = head_dim + 8;
-  return (tile_m * row + 2 * stages * tile_n * row) * 2 + stages * tile_n * 4 + tile_m * 4 + tile_m * (tile_n / 32) * 4;
+  return (tile_m * row + 2 * stages * tile_n * row) * 2 + stages * tile_n * 4 + tile_m * 4 + tile_m * (tile_n / 32) * 4 +
+         tile_n * 4;
 }
 
 std::string KernelConfig::to_string() const {
@@ -134,8 +135,9 @@ RenderedKernel render_forward(const KernelSpec& spec) {
     src << fmt::format("//   part {}: branch {} of {}\n", k, part.branch, part.pattern.to_json());
     for (const auto& ex : part.exclude) src << fmt::format("//           minus {}\n", ex.to_json());
   }
-  src << fmt::format("//   tile {}x{}, {} warps, {} stage(s), head dim {}, {}, {}\n", c.tile_m, c.tile_n, c.warps,
-                     c.stages, spec.head_dim, to_string(spec.dtype), spec.arch);
+  src << fmt::format("//   tile {}x{}, {} warps, {} stage(s), head dim {}, {}, {}{}\n", c.tile_m, c.tile_n, c.warps,
+                     c.stages, spec.head_dim, to_string(spec.dtype), spec.arch,
+                     spec.permuted_keys ? ", permuted keys" : "");
   src << "#include \"spattn/params.cuh\"\n\n";
   const std::optional<std::string> bounds =
       render_row_bounds(spec.parts, "row_bounds", "__device__ __forceinline__");
@@ -151,6 +153,7 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   src << fmt::format("  static constexpr int kStages = {};\n", c.stages);
   src << fmt::format("  static constexpr bool kBf16 = {};\n", spec.dtype == DType::kBFloat16 ? "true" : "false");
   src << fmt::format("  static constexpr int kSmemBytes = {};\n", c.smem_bytes(spec.head_dim));
+  src << fmt::format("  static constexpr bool kPermutedKeys = {};\n", spec.permuted_keys ? "true" : "false");
   src << "  struct MaskCtx {\n    int nq, nk, heads;\n  };\n";
   src << "  static __device__ __forceinline__ bool allowed(int part, int h, int i, int j, const MaskCtx& c) {\n";
   src << "    return spattn_generated::allowed(part, h, i, j, c.nq, c.nk, c.heads);\n  }\n";

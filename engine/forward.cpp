@@ -87,6 +87,8 @@ codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& co
   spec.head_dim = static_cast<int>(problem.head_dim);
   spec.dtype = problem.dtype;
   spec.arch = arch;
+  spec.permuted_keys = false;
+  for (const BlockTable& t : layout.tables) spec.permuted_keys |= !t.k_slots.empty();
   return spec;
 }
 

@@ -110,10 +110,12 @@ struct Forward {
 
   static constexpr int kWorkInts = 6;             // table, q_tile, head, first/end key tile, split slot
   static constexpr int kMaskWords = BN / 32;      // mask bits per query row of a partial tile
+  static constexpr int kPreRows = (BN + kThreads - 1) / kThreads;  // next tile's slots per thread
   // Shared memory: Q, the K and V stages, the key token index of every column (per
-  // stage), the query token index of every row, and the partial-tile mask bits.
+  // stage), the query token index of every row, the partial-tile mask bits, and the
+  // next key tile's slots (prefetched for permuted layouts).
   static constexpr int kSmemBytes =
-      (kQElems + 2 * kStages * kKVElems) * 2 + kStages * BN * 4 + BM * 4 + BM * kMaskWords * 4;
+      (kQElems + 2 * kStages * kKVElems) * 2 + kStages * BN * 4 + BM * 4 + BM * kMaskWords * 4 + BN * 4;
   static_assert(kSmemBytes == Cfg::kSmemBytes, "host and template disagree on the shared memory size");
 
   using elem = unsigned short;
@@ -178,6 +180,7 @@ struct Forward {
     int* kslot0 = reinterpret_cast<int*>(smem_raw + (kQElems + 2 * kStages * kKVElems) * 2);
     int* qtok = kslot0 + kStages * BN;
     uint32_t* mask_bits = reinterpret_cast<uint32_t*>(qtok + BM);
+    int* kslot_pre = reinterpret_cast<int*>(mask_bits + BM * kMaskWords);
 
     const int item = blockIdx.x;
     const int b = blockIdx.y;
@@ -203,7 +206,8 @@ struct Forward {
     const elem* kbase = static_cast<const elem*>(p.k) + b * p.k_stride_b + kvh * p.k_stride_h;
     const elem* vbase = static_cast<const elem*>(p.v) + b * p.v_stride_b + kvh * p.v_stride_h;
     const int32_t* qslots = t.q_slots >= 0 ? p.arena + t.q_slots : nullptr;
-    const int32_t* kslots = t.k_slots >= 0 ? p.arena + t.k_slots : nullptr;
+    // Kernels for layouts without key permutations compile the gather paths out.
+    const int32_t* kslots = Cfg::kPermutedKeys && t.k_slots >= 0 ? p.arena + t.k_slots : nullptr;
     const int qslot0 = q_tile * BM;
 
     // This work item covers key tiles [work[3], work[4]) of the query tile's CSR row (a
@@ -259,6 +263,18 @@ struct Forward {
         load_tile(vbase, p.v_stride_n, vs, BN, col * BN, p.nk, nullptr, kslots ? kslot : nullptr, nullptr);
       }
       cp_async_commit();
+      // Permuted layouts, one stage: read the next K tile's slots now, so the gathered
+      // K load in the middle of this iteration does not wait on them.
+      int pre[kPreRows];
+      if constexpr (kStages == 1 && Cfg::kPermutedKeys) {
+        if (kslots && n + 1 < n_tiles) {
+#pragma unroll
+          for (int k = 0; k < kPreRows; ++k) {
+            const int r = tid + k * kThreads;
+            pre[k] = r < BN ? __ldg(kslots + col_next * BN + r) : -1;
+          }
+        }
+      }
 
       // ---- partial tile with a general predicate: evaluate it into mask bits before
       // the score accumulators exist, so its registers do not compete with them
@@ -397,11 +413,20 @@ struct Forward {
         }
       }
 
+      if constexpr (kStages == 1 && Cfg::kPermutedKeys) {
+        if (kslots && n + 1 < n_tiles) {
+#pragma unroll
+          for (int k = 0; k < kPreRows; ++k)
+            if (tid + k * kThreads < BN) kslot_pre[tid + k * kThreads] = pre[k];
+        }
+      }
+
       // ---- wait for V; with one stage, start the next K as soon as every warp is done with this one
       cp_async_wait_all();
       __syncthreads();
       if constexpr (kStages == 1) {
-        if (n + 1 < n_tiles) load_tile(kbase, p.k_stride_n, ks0, BN, col_next * BN, p.nk, kslots, nullptr, kslot0);
+        if (n + 1 < n_tiles)
+          load_tile(kbase, p.k_stride_n, ks0, BN, col_next * BN, p.nk, nullptr, kslots ? kslot_pre : nullptr, kslot0);
         cp_async_commit();
       }
 
