@@ -684,10 +684,49 @@ int64_t TableBuilder::reduce_grid(int64_t qt, Ivs& touched, Ivs& full) {
   return pairs;
 }
 
+// A local window in natural order is a band: both ends of row i's interval grow with i
+// (also under causal), and consecutive rows overlap, so the tile's keys are one range
+// from its first row's start to its last row's end, and its fully allowed keys run
+// from the last row's start to the first row's end.
+bool TableBuilder::reduce_band(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs) {
+  if (!gen_.single_leaf() || gen_.positive().kind != NodeKind::kWindow ||
+      order_.spec().kind != OrderSpec::kIdentity) {
+    return false;
+  }
+  const auto& w = std::get<LocalWindow>(*gen_.positive().leaf);
+  const int64_t nk = gen_.nk(), shift = gen_.nk() - gen_.nq();
+  const int64_t tm = order_.tile_m();
+  int64_t first_lo = -1, last_hi = -1, max_lo = 0, min_hi = nk;
+  bool empty_row = false;
+  pairs = 0;
+  for (int64_t i = qt * tm; i < std::min(gen_.nq(), (qt + 1) * tm); ++i) {
+    const int64_t lo = std::max<int64_t>(0, i - w.left);
+    int64_t hi = std::min(nk, i + w.right + 1);
+    if (gen_.causal()) hi = std::min(hi, i + shift + 1);
+    if (lo >= hi) {
+      empty_row = true;
+      continue;
+    }
+    pairs += hi - lo;
+    if (first_lo < 0) first_lo = lo;
+    last_hi = hi;
+    max_lo = std::max(max_lo, lo);
+    min_hi = std::min(min_hi, hi);
+  }
+  touched.clear();
+  full.clear();
+  if (first_lo < 0) return true;
+  touched.push_back({tile_of(first_lo), tile_of(last_hi - 1) + 1});
+  const int64_t f0 = tile_of(max_lo + tn_ - 1), f1 = tile_of(min_hi);
+  if (!empty_row && max_lo < min_hi && f0 < f1) full.push_back({f0, f1});
+  have_row_ = false;
+  return true;
+}
+
 int64_t TableBuilder::reduce(int64_t qt, Ivs& touched, Ivs& full) {
   if (order_.spec().kind == OrderSpec::kGrid) return reduce_grid(qt, touched, full);
   int64_t pairs = 0;
-  if (reduce_uniform(qt, touched, full, pairs)) return pairs;
+  if (reduce_uniform(qt, touched, full, pairs) || reduce_band(qt, touched, full, pairs)) return pairs;
   const int64_t tm = order_.tile_m();
   touched.clear();
   full.clear();

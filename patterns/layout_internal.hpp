@@ -93,6 +93,7 @@ class TableBuilder {
   bool row_tiles(int64_t i, const Region& region, int64_t base);
   bool reduce_uniform(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs);
   int64_t reduce_grid(int64_t qt, Ivs& touched, Ivs& full);
+  bool reduce_band(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs);
   int64_t tile_of(int64_t slot) const { return shift_ >= 0 ? slot >> shift_ : slot / tn_; }
 
   RowGen& gen_;

@@ -131,6 +131,9 @@ class RowGen {
   // True when rows are one leaf (no excludes): a row allows its key's set, below
   // causal_rank(i) when causal() holds.
   bool single_leaf() const { return single_leaf_; }
+  const Node& positive() const { return positive_; }
+  int64_t nq() const { return shape_.nq; }
+  int64_t nk() const { return shape_.nk; }
   bool causal() const { return hoisted_causal_; }
   // Whether every row between tokens i0 < i1 that a tile holds has the key of i0 (keys
   // that are monotone in the token; `grouped`: the tile's rows are one stride class or
