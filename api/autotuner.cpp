@@ -28,6 +28,10 @@ AutotuneReport Autotuner::tune(const Pattern& pattern, const TuneProblem& proble
   return autotune::tune(pattern, autotune::to_problem(problem), options_, heuristic_selection);
 }
 
+AutotuneReport Autotuner::compile(const Pattern& pattern, const TuneProblem& problem) const {
+  return autotune::compile_candidates(pattern, autotune::to_problem(problem), options_, heuristic_selection);
+}
+
 PrewarmReport prewarm(const std::string& manifest_json, const PrewarmOptions& options) {
   return autotune::prewarm(autotune::Manifest::parse(manifest_json), options, heuristic_selection);
 }

@@ -109,7 +109,13 @@ std::string AutotuneReport::to_table() const {
   const size_t ok = static_cast<size_t>(
       std::count_if(candidates.begin(), candidates.end(), [](const CandidateReport& c) { return c.status == "ok"; }));
   s += fmt::format("{} candidates, {} timed, in {:.1f} s{}\n", candidates.size(), ok, seconds,
-                   isolated ? "" : " (in-process: CUDA was already loaded)");
+                   isolated || ok == 0 ? "" : " (in-process: CUDA was already loaded)");
+  const size_t compiled = static_cast<size_t>(std::count_if(
+      candidates.begin(), candidates.end(), [](const CandidateReport& c) { return c.status == "compiled"; }));
+  if (ok == 0 && compiled > 0) {
+    s += fmt::format("compile only: {} candidates are in the kernel cache for {}\n", compiled, arch);
+    return s;
+  }
   if (best < 0) {
     s += "no candidate passed the correctness check; nothing was saved\n";
     return s;

@@ -17,6 +17,7 @@
 #include "common/log.hpp"
 #include "engine/jit.hpp"
 #include "runtime/driver.hpp"
+#include "runtime/nvrtc.hpp"
 
 namespace spattn::autotune {
 
@@ -72,6 +73,23 @@ runtime::DeviceInfo device_from_json(const json& j) {
   return d;
 }
 
+// The search space, or only `only` (plus the baseline) when it is not empty.
+std::vector<Candidate> select_candidates(const Pattern& pattern, const engine::Problem& problem,
+                                         const TargetLimits& limits, const KernelConfig& baseline,
+                                         const std::vector<KernelConfig>& only) {
+  std::vector<Candidate> all = enumerate_candidates(pattern, problem, limits, baseline);
+  if (only.empty()) return all;
+  std::vector<Candidate> kept;
+  for (const Candidate& c : all)
+    if (c.heuristic || std::find(only.begin(), only.end(), c.config) != only.end()) kept.push_back(c);
+  for (const KernelConfig& c : only) {
+    if (std::any_of(kept.begin(), kept.end(), [&](const Candidate& k) { return k.config == c; })) continue;
+    kept.push_back(enumerate_candidates(pattern, problem, limits, c).front());  // outside the table: still pruned
+    kept.back().heuristic = false;
+  }
+  return kept;
+}
+
 CandidateReport report_of(const Candidate& c, int head_dim) {
   CandidateReport r;
   r.config = c.config;
@@ -119,31 +137,39 @@ std::vector<CandidateReport> list_candidates(const Pattern& pattern, const engin
   const TargetLimits limits = gpu ? device_limits(*gpu) : arch_limits(arch);
   const Selection base = heuristic(pattern, problem, device);
   std::vector<CandidateReport> out;
-  for (const Candidate& c : enumerate_candidates(pattern, problem, limits, base.config))
+  for (const Candidate& c : select_candidates(pattern, problem, limits, base.config, options.configs))
     out.push_back(report_of(c, static_cast<int>(problem.head_dim)));
   return out;
 }
 
-AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, const AutotuneOptions& options,
-                    const HeuristicFn& heuristic) {
-  const auto t0 = Clock::now();
+namespace {
+
+// Everything up to the timing: candidates, compiles, post-compile pruning.
+struct Prepared {
+  AutotuneReport report;
+  std::vector<Candidate> cands;
+  std::vector<size_t> runnable;  // candidate indices to check and time, the baseline first
+  engine::Problem check;
+  ProblemBucket bucket;
+  Selection base;
+};
+
+void check_options(const AutotuneOptions& options) {
   SPATTN_REQUIRE(options.reps >= 20, "reps must be at least 20 (got {}): timings are medians of >= 20 runs",
                  options.reps);
   SPATTN_REQUIRE(options.warmup >= 0, "warmup must be >= 0 (got {})", options.warmup);
   SPATTN_REQUIRE(options.budget_seconds >= 0, "budget_seconds must be >= 0 (got {})", options.budget_seconds);
   SPATTN_REQUIRE(options.check_tokens >= 1 && options.check_heads >= 1, "check_tokens and check_heads must be >= 1");
+}
+
+Prepared prepare(const Pattern& pattern, const engine::Problem& problem, const AutotuneOptions& options,
+                 const HeuristicFn& heuristic, const runtime::DeviceInfo& device, bool from_device,
+                 Clock::time_point t0) {
   pattern.validate(problem.shape());
-
-  AutotuneReport report;
-  report.isolated = options.isolate && children_can_use_cuda();
-  if (options.isolate && !report.isolated)
-    log::warn("autotune: CUDA is already loaded in this process, so candidates run in-process (a kernel fault ends "
-              "the run); run the autotuner in a process that has not used CUDA to isolate them");
-
-  const runtime::DeviceInfo device = probe_device(options.device, report.isolated);
+  Prepared prep;
+  AutotuneReport& report = prep.report;
   const std::string arch = device.arch();
-  const Fingerprint fingerprint = Fingerprint::of(device);
-  report.device = fingerprint.describe();
+  report.device = from_device ? Fingerprint::of(device).describe() : device.name;
   report.arch = arch;
   report.pattern = pattern.to_json();
   report.problem = problem.to_string();
@@ -155,20 +181,22 @@ AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, cons
     report.density = stats.density;
     report.useful_flops = problem.useful_flops(stats);
   }
-  const ProblemBucket bucket = bucket_of(pattern, problem, report.density);
-  report.bucket = bucket.key();
-  const engine::Problem check = check_problem_for(pattern, problem, options.check_tokens, options.check_heads);
+  prep.bucket = bucket_of(pattern, problem, report.density);
+  report.bucket = prep.bucket.key();
+  prep.check = check_problem_for(pattern, problem, options.check_tokens, options.check_heads);
+  const engine::Problem& check = prep.check;
   report.check_problem = check.to_string();
 
-  const Selection base = heuristic(pattern, problem, device);
-  const std::vector<Candidate> cands = enumerate_candidates(pattern, problem, device_limits(device), base.config);
+  prep.base = heuristic(pattern, problem, device);
+  const TargetLimits limits = from_device ? device_limits(device) : arch_limits(arch);
+  prep.cands = select_candidates(pattern, problem, limits, prep.base.config, options.configs);
+  const std::vector<Candidate>& cands = prep.cands;
   const int head_dim = static_cast<int>(problem.head_dim);
   for (const Candidate& c : cands) report.candidates.push_back(report_of(c, head_dim));
   for (size_t k = 0; k < cands.size(); ++k)
     if (cands[k].heuristic) report.heuristic = static_cast<int>(k);
 
   const bool budgeted = options.budget_seconds > 0;
-  const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.budget_seconds));
   const auto compile_cutoff =
       t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.budget_seconds * 2 / 3));
   std::mutex progress_mu;
@@ -267,7 +295,7 @@ AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, cons
     SPATTN_FAIL(ErrorCode::kCompile, "the support kernels did not compile for {}: {}", arch, jobs.back().error);
 
   // --- post-compile pruning ---------------------------------------------------------------
-  std::vector<size_t> runnable;
+  std::vector<size_t>& runnable = prep.runnable;
   for (size_t k = 0; k < cands.size(); ++k) {
     CandidateReport& r = report.candidates[k];
     if (r.status != "candidate") continue;
@@ -292,6 +320,13 @@ AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, cons
     r.local_bytes = timed.kernel.local_bytes;
     r.cache_hit = timed.hit;
     r.compile_ms = timed.kernel.compile_ms;
+    const int threads = r.config.warps * 32;
+    if (device.regs_per_sm > 0 && r.registers > 0 && r.registers * threads > device.regs_per_sm) {
+      r.status = "pruned";
+      r.detail = fmt::format("needs {} registers per block ({} per thread x {} threads); an SM has {}",
+                             r.registers * threads, r.registers, threads, device.regs_per_sm);
+      continue;
+    }
     if (!r.heuristic && r.local_bytes > options.max_local_bytes) {
       r.status = "pruned";
       r.detail = fmt::format("{} B of local memory per thread (register spills; the limit is {} B)", r.local_bytes,
@@ -303,6 +338,51 @@ AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, cons
   // The baseline first: it is timed whatever the budget says.
   std::stable_sort(runnable.begin(), runnable.end(),
                    [&](size_t a, size_t b) { return cands[a].heuristic > cands[b].heuristic; });
+  return prep;
+}
+
+}  // namespace
+
+AutotuneReport compile_candidates(const Pattern& pattern, const engine::Problem& problem,
+                                  const AutotuneOptions& options, const HeuristicFn& heuristic,
+                                  const runtime::DeviceInfo* gpu) {
+  const auto t0 = Clock::now();
+  const std::string arch = gpu ? gpu->arch() : options.arch.empty() ? "sm_90a" : options.arch;
+  runtime::check_arch(arch);
+  Prepared prep = prepare(pattern, problem, options, heuristic, gpu ? *gpu : typical_device(arch), gpu != nullptr, t0);
+  for (size_t k : prep.runnable) prep.report.candidates[k].status = "compiled";
+  prep.report.isolated = false;
+  prep.report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return std::move(prep.report);
+}
+
+AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, const AutotuneOptions& options,
+                    const HeuristicFn& heuristic) {
+  const auto t0 = Clock::now();
+  check_options(options);
+  pattern.validate(problem.shape());
+  const bool isolated = options.isolate && children_can_use_cuda();
+  if (options.isolate && !isolated)
+    log::warn("autotune: CUDA is already loaded in this process, so candidates run in-process (a kernel fault ends "
+              "the run); run the autotuner in a process that has not used CUDA to isolate them");
+  const runtime::DeviceInfo device = probe_device(options.device, isolated);
+  const Fingerprint fingerprint = Fingerprint::of(device);
+  Prepared prep = prepare(pattern, problem, options, heuristic, device, true, t0);
+  AutotuneReport& report = prep.report;
+  report.isolated = isolated;
+  const std::vector<Candidate>& cands = prep.cands;
+  const std::vector<size_t>& runnable = prep.runnable;
+  const engine::Problem& check = prep.check;
+  const Selection& base = prep.base;
+  const ProblemBucket& bucket = prep.bucket;
+  const bool budgeted = options.budget_seconds > 0;
+  const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.budget_seconds));
+  std::mutex progress_mu;
+  auto progress = [&](const char* phase, size_t done, size_t total) {
+    if (!options.progress) return;
+    std::lock_guard<std::mutex> lock(progress_mu);
+    options.progress(phase, done, total);
+  };
 
   // --- check and time, in worker processes -------------------------------------------------
   BenchSetup setup;

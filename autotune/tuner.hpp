@@ -38,6 +38,14 @@ std::vector<CandidateReport> list_candidates(const Pattern& pattern, const engin
                                              const AutotuneOptions& options, const HeuristicFn& heuristic,
                                              const runtime::DeviceInfo* device = nullptr);
 
+// Everything before the timing, without a GPU: candidates for `gpu` (or a typical GPU of
+// options.arch, default sm_90a) compiled into the kernel cache and pruned after
+// compiling. Candidates that would be timed come back as "compiled". Useful to fill a
+// build host's cache with every candidate, so that tuning on the GPU host compiles nothing.
+AutotuneReport compile_candidates(const Pattern& pattern, const engine::Problem& problem,
+                                  const AutotuneOptions& options, const HeuristicFn& heuristic,
+                                  const runtime::DeviceInfo* gpu = nullptr);
+
 // The whole tuning run (see the file comment and spattn/autotune.hpp).
 AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, const AutotuneOptions& options,
                     const HeuristicFn& heuristic);

@@ -62,6 +62,8 @@ void register_autotune(CLI::App& app) {
     int head_dim = 128;
     std::string dtype = "bf16";
     bool dry_run = false;
+    bool compile_only = false;
+    std::string configs;
     std::string arch;
     double budget = 0;
     int reps = 20;
@@ -85,7 +87,12 @@ void register_autotune(CLI::App& app) {
   cmd->add_option("--head-dim", args->head_dim, "head dimension")->capture_default_str();
   cmd->add_option("--dtype", args->dtype, "bf16 or fp16")->capture_default_str();
   cmd->add_flag("--dry-run", args->dry_run, "list the candidates and what static pruning removes; compile and run nothing");
-  cmd->add_option("--arch", args->arch, "with --dry-run: the target (default: this GPU's, else sm_90a)");
+  cmd->add_flag("--compile-only", args->compile_only,
+                "compile every candidate into the kernel cache and stop (no GPU needed; tuning later compiles nothing)");
+  cmd->add_option("--configs", args->configs,
+                  "only these candidates (comma-separated, e.g. 128x64w4s1,64x64w4s2:hilbert), plus the heuristic's");
+  cmd->add_option("--arch", args->arch,
+                  "with --dry-run or --compile-only: the target (default: this GPU's, else sm_90a)");
   cmd->add_option("--budget-seconds", args->budget, "wall-clock budget; 0 = none (the heuristic's config is always timed)")
       ->capture_default_str();
   cmd->add_option("--reps", args->reps, "timed runs per candidate (at least 20)")->capture_default_str();
@@ -120,8 +127,20 @@ void register_autotune(CLI::App& app) {
     options.check_tokens = args->check_tokens;
     if (args->budget < 0) throw UsageError("--budget-seconds must be >= 0");
     if (args->reps < 20) throw UsageError(fmt::format("--reps must be at least 20 (got {})", args->reps));
+    for (size_t pos = 0; pos < args->configs.size();) {
+      const size_t comma = std::min(args->configs.find(',', pos), args->configs.size());
+      const std::string one = args->configs.substr(pos, comma - pos);
+      try {
+        options.configs.push_back(KernelConfig::parse(one));
+        options.configs.back().validate(args->head_dim);
+      } catch (const Error& e) {
+        throw UsageError(std::string("--configs: ") + e.what());
+      }
+      pos = comma + 1;
+    }
+    if (args->dry_run && args->compile_only) throw UsageError("--dry-run and --compile-only exclude each other");
 
-    if (args->dry_run) {
+    if (args->dry_run || args->compile_only) {
       // The GPU's own limits when there is one (asked in a worker process) and no --arch.
       std::optional<runtime::DeviceInfo> gpu;
       if (args->arch.empty()) {
@@ -131,6 +150,18 @@ void register_autotune(CLI::App& app) {
         }
       } else {
         runtime::check_arch(args->arch);
+      }
+      if (args->compile_only) {
+        PhaseProgress progress;
+        options.progress = [&progress](const std::string& phase, size_t done, size_t total) {
+          progress(phase, done, total);
+        };
+        const AutotuneReport report =
+            autotune::compile_candidates(pattern, problem, options, heuristic_selection, gpu ? &*gpu : nullptr);
+        progress.finish();
+        if (globals().json) print_json(nlohmann::json::parse(report.to_json()));
+        else std::cout << report.to_table();
+        return;
       }
       const auto cands =
           autotune::list_candidates(pattern, problem, options, heuristic_selection, gpu ? &*gpu : nullptr);

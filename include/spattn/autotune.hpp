@@ -62,6 +62,7 @@ struct AutotuneOptions {
   bool save = true;                  // write the winner to the tuning database
   bool isolate = true;               // time in child processes (needs CUDA untouched in this process)
   int threads = 0;                   // compile threads; 0: $SPATTN_NVRTC_THREADS or the core count
+  std::vector<KernelConfig> configs;  // non-empty: only these candidates (plus the heuristic's)
   // Progress: phase ("compiling", "timing"), done, total.
   std::function<void(const std::string& phase, size_t done, size_t total)> progress;
 };
@@ -71,7 +72,7 @@ struct CandidateReport {
   KernelConfig config;
   bool heuristic = false;  // the heuristic's choice (the baseline)
   bool best = false;       // the winner
-  // "candidate" (dry run), "ok", "pruned", "compile error", "resources", "wrong",
+  // "candidate" (dry run), "compiled" (compile only), "ok", "pruned", "compile error", "resources", "wrong",
   // "fault", "timeout", "error", "skipped"
   std::string status;
   std::string detail;      // why, for anything but ok
@@ -124,6 +125,11 @@ class Autotuner {
   // stores the winner in the tuning database. Throws spattn::Error: kNoGpu without a GPU,
   // kInvalidArgument/kUnsupported for a problem the pattern or the kernels cannot take.
   AutotuneReport tune(const Pattern& pattern, const TuneProblem& problem) const;
+
+  // Everything tune() does before timing, for options.arch, with no GPU: every candidate
+  // compiled into the kernel cache (then tuning on the GPU host compiles nothing) and
+  // pruned after compiling; the candidates tune() would time come back "compiled".
+  AutotuneReport compile(const Pattern& pattern, const TuneProblem& problem) const;
 
  private:
   AutotuneOptions options_;
