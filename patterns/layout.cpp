@@ -520,8 +520,9 @@ TableBuilder::TableBuilder(RowGen& gen, const TokenOrder& order)
   if ((tn_ & (tn_ - 1)) == 0) shift_ = bits_for(static_cast<uint64_t>(tn_));
 }
 
-// Allowed keys of query token i as sorted slot intervals. Returns false when they are
-// those of the previous row (out is then left as it was).
+// Allowed keys of query token i as sorted slot intervals (orders other than kGrid,
+// whose rows reduce_grid() handles). Returns false when they are those of the previous
+// row (out is then left as it was).
 bool TableBuilder::slot_row(int64_t i, const Region& rg, int64_t base, Ivs& out) {
   const Ivs& ranks = gen_.row(i, rg);
   if (gen_.repeated() && base == last_base_ && have_row_) return false;
@@ -529,19 +530,6 @@ bool TableBuilder::slot_row(int64_t i, const Region& rg, int64_t base, Ivs& out)
   have_row_ = true;
   pairs_ = iv_size(ranks);
   out.clear();
-  if (order_.spec().kind == OrderSpec::kGrid) {
-    // Ranks are key tokens here; map them through the grid order and re-merge.
-    slots_.clear();
-    for (const Iv& iv : ranks) {
-      for (int64_t t = iv.lo; t < iv.hi; ++t) slots_.push_back(order_.k_slot_of(t));
-    }
-    std::sort(slots_.begin(), slots_.end());
-    for (int64_t s : slots_) {
-      if (!out.empty() && out.back().hi == s) ++out.back().hi;
-      else out.push_back({s, s + 1});
-    }
-    return true;
-  }
   for (const Iv& iv : ranks) out.push_back({iv.lo + base, iv.hi + base});
   return true;
 }
@@ -830,7 +818,6 @@ std::vector<PartTable> plan_tables(const std::vector<LayoutPart>& parts, const S
   std::vector<PartTable> plans;
   for (size_t p = 0; p < parts.size(); ++p) {
     std::map<std::string, size_t> by_key;
-    const size_t first_plan = plans.size();
     for (int64_t h = 0; h < shape.heads; ++h) {
       std::optional<Node> pos = resolve(parts[p].pattern, shape, h, parts[p].branch);
       if (!pos) continue;
@@ -856,7 +843,6 @@ std::vector<PartTable> plan_tables(const std::vector<LayoutPart>& parts, const S
       plan.excludes = std::move(ex);
       plans.push_back(std::move(plan));
     }
-    (void)first_plan;
   }
   return plans;
 }

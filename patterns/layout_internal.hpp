@@ -101,7 +101,6 @@ class TableBuilder {
   int64_t tn_;
   int shift_ = -1;  // log2(tile_n) when it is a power of two
   Ivs row_, rt_, rf_, prev_t_, prev_f_, tmp_;
-  std::vector<int64_t> slots_;
   std::vector<int64_t> tile_count_, tiles_;  // reduce_grid: allowed keys per key tile
   int64_t pairs_ = 0;
   int64_t last_base_ = 0;
