@@ -69,6 +69,7 @@ std::string AutotuneReport::to_json() const {
   if (best >= 0) j["best"] = candidates[best].config.to_string();
   if (heuristic >= 0) j["heuristic"] = candidates[heuristic].config.to_string();
   if (speedup > 0) j["speedup"] = speedup;
+  if (!note.empty()) j["note"] = note;
   return j.dump(2);
 }
 
@@ -125,6 +126,7 @@ std::string AutotuneReport::to_table() const {
   if (heuristic >= 0 && b.speedup > 0)
     s += fmt::format(", {:.3f}x the heuristic's {}", b.speedup, candidates[heuristic].config.to_string());
   s += "\n";
+  if (!note.empty()) s += fmt::format("note     {}\n", note);
   s += saved ? fmt::format("saved    {}\n", db_file) : "not saved (--no-save)\n";
   return s;
 }

@@ -160,6 +160,7 @@ void check_options(const AutotuneOptions& options) {
   SPATTN_REQUIRE(options.warmup >= 0, "warmup must be >= 0 (got {})", options.warmup);
   SPATTN_REQUIRE(options.budget_seconds >= 0, "budget_seconds must be >= 0 (got {})", options.budget_seconds);
   SPATTN_REQUIRE(options.check_tokens >= 1 && options.check_heads >= 1, "check_tokens and check_heads must be >= 1");
+  SPATTN_REQUIRE(options.min_gain >= 0 && options.min_gain < 1, "min_gain must be in [0, 1) (got {})", options.min_gain);
 }
 
 Prepared prepare(const Pattern& pattern, const engine::Problem& problem, const AutotuneOptions& options,
@@ -357,7 +358,7 @@ AutotuneReport compile_candidates(const Pattern& pattern, const engine::Problem&
 }
 
 AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, const AutotuneOptions& options,
-                    const HeuristicFn& heuristic) {
+                    const HeuristicFn& heuristic, const TuneHooks& hooks) {
   const auto t0 = Clock::now();
   check_options(options);
   pattern.validate(problem.shape());
@@ -365,7 +366,7 @@ AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, cons
   if (options.isolate && !isolated)
     log::warn("autotune: CUDA is already loaded in this process, so candidates run in-process (a kernel fault ends "
               "the run); run the autotuner in a process that has not used CUDA to isolate them");
-  const runtime::DeviceInfo device = probe_device(options.device, isolated);
+  const runtime::DeviceInfo device = hooks.probe ? hooks.probe() : probe_device(options.device, isolated);
   const Fingerprint fingerprint = Fingerprint::of(device);
   Prepared prep = prepare(pattern, problem, options, heuristic, device, true, t0);
   AutotuneReport& report = prep.report;
@@ -399,6 +400,7 @@ AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, cons
     if (budgeted && !c.heuristic && Clock::now() > deadline)
       return json{{"status", "skipped"}, {"detail", "the budget ran out before it was timed"}};
     try {
+      if (hooks.measure) return hooks.measure(c.config);
       if (!*bench) *bench = std::make_unique<Bench>(setup);
       json r = (*bench)->measure(c.config);
       r["timing"] = (*bench)->timing_method();
@@ -462,6 +464,12 @@ AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, cons
   }
   const CandidateReport* h = report.heuristic >= 0 ? &report.candidates[report.heuristic] : nullptr;
   const double h_ms = h && h->status == "ok" ? h->median_ms : 0;
+  if (report.best >= 0 && h_ms > 0 && report.best != report.heuristic &&
+      report.candidates[report.best].median_ms > (1 - options.min_gain) * h_ms) {
+    report.note = fmt::format("the fastest, {}, is within {:.0f}% of the heuristic's choice: keeping the heuristic's",
+                              report.candidates[report.best].config.to_string(), options.min_gain * 100);
+    report.best = report.heuristic;
+  }
   for (CandidateReport& r : report.candidates)
     if (r.status == "ok" && h_ms > 0) r.speedup = h_ms / r.median_ms;
   if (report.best >= 0) {

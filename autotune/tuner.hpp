@@ -11,6 +11,8 @@
 
 #include <spattn/autotune.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include <functional>
 #include <string>
 #include <vector>
@@ -46,9 +48,16 @@ AutotuneReport compile_candidates(const Pattern& pattern, const engine::Problem&
                                   const AutotuneOptions& options, const HeuristicFn& heuristic,
                                   const runtime::DeviceInfo* gpu = nullptr);
 
+// Seams for tests: where the device description comes from and how one candidate is
+// checked and timed (in the worker process). Empty: probe_device() and Bench::measure().
+struct TuneHooks {
+  std::function<runtime::DeviceInfo()> probe;
+  std::function<nlohmann::json(const KernelConfig& config)> measure;
+};
+
 // The whole tuning run (see the file comment and spattn/autotune.hpp).
 AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, const AutotuneOptions& options,
-                    const HeuristicFn& heuristic);
+                    const HeuristicFn& heuristic, const TuneHooks& hooks = {});
 
 // The GPU `ordinal`, queried in a worker process so that this process stays free of CUDA.
 // Throws kNoGpu with the reason when there is none.

@@ -72,6 +72,7 @@ void register_autotune(CLI::App& app) {
     bool no_save = false;
     bool in_process = false;
     double timeout = 120;
+    double min_gain = 0.01;
     int64_t check_tokens = 4096;
   };
   auto args = std::make_shared<Args>();
@@ -100,6 +101,9 @@ void register_autotune(CLI::App& app) {
   cmd->add_option("--device", args->device, "CUDA device")->capture_default_str();
   cmd->add_option("--timeout", args->timeout, "seconds per candidate before its worker is killed")->capture_default_str();
   cmd->add_option("--check-tokens", args->check_tokens, "query tokens of the correctness check")->capture_default_str();
+  cmd->add_option("--min-gain", args->min_gain,
+                  "a candidate must be this fraction faster than the heuristic's choice to replace it")
+      ->capture_default_str();
   cmd->add_flag("--no-save", args->no_save, "do not write the tuning database");
   cmd->add_flag("--in-process", args->in_process, "time candidates in this process (no fault isolation)");
 
@@ -125,6 +129,8 @@ void register_autotune(CLI::App& app) {
     options.isolate = !args->in_process;
     options.candidate_timeout_s = args->timeout;
     options.check_tokens = args->check_tokens;
+    options.min_gain = args->min_gain;
+    if (args->min_gain < 0 || args->min_gain >= 1) throw UsageError("--min-gain must be in [0, 1)");
     if (args->budget < 0) throw UsageError("--budget-seconds must be >= 0");
     if (args->reps < 20) throw UsageError(fmt::format("--reps must be at least 20 (got {})", args->reps));
     for (size_t pos = 0; pos < args->configs.size();) {

@@ -59,6 +59,9 @@ struct AutotuneOptions {
   int64_t check_heads = 2;           // ...and about this many heads (GQA ratio kept)
   double candidate_timeout_s = 120;  // per candidate (check + timing) in its child process
   int max_local_bytes = 128;         // more local memory per thread (spills) prunes a candidate
+  // A candidate replaces the heuristic's choice only when its median is at least this
+  // fraction faster (gains below it are timing noise, not worth a different kernel).
+  double min_gain = 0.01;
   bool save = true;                  // write the winner to the tuning database
   bool isolate = true;               // time in child processes (needs CUDA untouched in this process)
   int threads = 0;                   // compile threads; 0: $SPATTN_NVRTC_THREADS or the core count
@@ -106,6 +109,7 @@ struct AutotuneReport {
   int best = -1;           // index into candidates, -1 if none passed
   int heuristic = -1;      // index of the heuristic's candidate
   double speedup = 0;      // heuristic median / best median
+  std::string note;        // how the winner was decided, when not simply the fastest
   double seconds = 0;      // wall time of the whole run
 
   std::string to_json() const;   // one JSON object (pretty-printed)

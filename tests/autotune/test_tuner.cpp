@@ -7,6 +7,7 @@
 
 #include "api/select.hpp"
 #include "autotune/harness.hpp"
+#include "autotune/search_space.hpp"
 #include "autotune/tuner.hpp"
 #include "tests/support/test_support.hpp"
 
@@ -103,6 +104,108 @@ TEST(CompileCandidates, CompilesThroughTheCacheAndPrunesSpills) {
   EXPECT_NE(again.candidates[1].detail.find("local memory"), std::string::npos) << again.candidates[1].detail;
   const nlohmann::json j = nlohmann::json::parse(again.to_json());
   EXPECT_EQ(j["candidates"][1]["status"], "pruned");
+}
+
+// The whole run with a stand-in GPU: the device description and each candidate's check
+// and timing are faked (in the worker processes), everything else is real — candidates,
+// compiles, worker processes, the winner, the database, and selection reading it.
+class FakeGpuTune : public ::testing::Test {
+ protected:
+  static runtime::DeviceInfo fake_gpu() {
+    runtime::DeviceInfo d = typical_device("sm_90a");
+    d.name = "Fake H100";
+    d.regs_per_sm = 65536;
+    d.driver_version = 13000;
+    return d;
+  }
+  AutotuneReport run(const std::function<nlohmann::json(const KernelConfig&)>& measure, double budget = 0) {
+    AutotuneOptions o;
+    o.configs = {KernelConfig::parse("64x64w4s2:hilbert"), KernelConfig::parse("64x64w4s2")};
+    o.budget_seconds = budget;
+    o.candidate_timeout_s = 30;
+    TuneHooks hooks;
+    hooks.probe = fake_gpu;
+    hooks.measure = measure;
+    return tune(pattern_, problem_, o, heuristic, hooks);
+  }
+  static const CandidateReport& find(const AutotuneReport& r, const std::string& config) {
+    for (const CandidateReport& c : r.candidates)
+      if (c.config.to_string() == config) return c;
+    ADD_FAILURE() << "no candidate " << config << "\n" << r.to_table();
+    return r.candidates.front();
+  }
+  static nlohmann::json ok(double ms) {
+    return {{"status", "ok"}, {"median_ms", ms}, {"p20_ms", ms * 0.99}, {"p80_ms", ms * 1.01}, {"runs", 20},
+            {"rel_l2_err", 1e-3}, {"max_abs_err", 1e-3}};
+  }
+  test::TempDir dir_{"tune-fake"};
+  test::ScopedEnv env_{"SPATTN_CACHE_DIR", dir_.path().string()};
+  Pattern pattern_ = Pattern::parse(R"({"type":"local_window","window":256})");
+  engine::Problem problem_ = [] {
+    engine::Problem p;
+    p.nq = p.nk = 2048;
+    p.heads = p.kv_heads = 2;
+    p.head_dim = 64;
+    return p;
+  }();
+};
+
+TEST_F(FakeGpuTune, FastestCorrectWinsFaultsAreContainedAndTheDatabaseServesIt) {
+  const AutotuneReport r = run([](const KernelConfig& c) -> nlohmann::json {
+    if (c.schedule == ScheduleOrder::kRowMajor) std::abort();  // a kernel that takes its process down
+    return ok(c.schedule == ScheduleOrder::kHilbert ? 0.8 : 1.0);
+  });
+  ASSERT_EQ(r.candidates.size(), 3u) << r.to_table();
+  EXPECT_TRUE(r.isolated);
+  EXPECT_EQ(r.candidates[0].config.to_string(), "64x64w4s2:longest");
+  EXPECT_EQ(r.candidates[0].status, "ok");
+  EXPECT_EQ(find(r, "64x64w4s2:hilbert").status, "ok");
+  EXPECT_EQ(find(r, "64x64w4s2").status, "fault");
+  EXPECT_NE(find(r, "64x64w4s2").detail.find("signal 6"), std::string::npos) << find(r, "64x64w4s2").detail;
+  ASSERT_GE(r.best, 0);
+  EXPECT_EQ(r.candidates[r.best].config.to_string(), "64x64w4s2:hilbert");
+  EXPECT_NEAR(r.speedup, 1.25, 1e-9);
+  EXPECT_NEAR(find(r, "64x64w4s2:hilbert").tflops, r.useful_flops / 0.8e9, 1e-6);
+  ASSERT_TRUE(r.saved);
+  EXPECT_EQ(std::filesystem::path(r.db_file).parent_path(), dir_.path() / "tuning");
+  const std::string table = r.to_table();
+  EXPECT_NE(table.find("1.250x"), std::string::npos) << table;
+  EXPECT_NE(table.find("winner   64x64w4s2:hilbert"), std::string::npos) << table;
+
+  // Selection reads it (what Attention::explain() shows).
+  const api::Choice choice = api::choose(pattern_, problem_, fake_gpu(), true);
+  EXPECT_EQ(choice.config.to_string(), "64x64w4s2:hilbert");
+  EXPECT_EQ(choice.source.rfind("tuning database (", 0), 0u) << choice.source;
+  EXPECT_NE(choice.source.find("1.25x"), std::string::npos) << choice.source;
+}
+
+TEST_F(FakeGpuTune, WrongAnswersAreNeverChosenAndNoiseKeepsTheHeuristic) {
+  const AutotuneReport r = run([](const KernelConfig& c) -> nlohmann::json {
+    if (c.schedule == ScheduleOrder::kHilbert) return {{"status", "wrong"}, {"detail", "rel L2 0.5"}};
+    return ok(c.schedule == ScheduleOrder::kRowMajor ? 0.995 : 1.0);  // 0.5% faster: noise
+  });
+  EXPECT_EQ(find(r, "64x64w4s2:hilbert").status, "wrong");
+  EXPECT_EQ(find(r, "64x64w4s2").status, "ok");
+  ASSERT_EQ(r.best, r.heuristic) << r.to_table();
+  EXPECT_FALSE(r.note.empty());
+  EXPECT_TRUE(r.saved);
+  EXPECT_EQ(api::choose(pattern_, problem_, fake_gpu(), true).config.to_string(), "64x64w4s2:longest");
+}
+
+TEST_F(FakeGpuTune, TheBudgetAlwaysLeavesTheBaseline) {
+  const AutotuneReport r = run([](const KernelConfig&) { return ok(1.0); }, 1e-6);
+  EXPECT_EQ(r.candidates[0].status, "ok") << r.to_table();
+  EXPECT_EQ(r.candidates[1].status, "skipped");
+  EXPECT_EQ(r.candidates[2].status, "skipped");
+  EXPECT_EQ(r.best, r.heuristic);
+}
+
+TEST_F(FakeGpuTune, NothingCorrectSavesNothing) {
+  const AutotuneReport r = run([](const KernelConfig&) -> nlohmann::json { return {{"status", "wrong"}}; });
+  EXPECT_EQ(r.best, -1);
+  EXPECT_FALSE(r.saved);
+  EXPECT_FALSE(std::filesystem::exists(dir_.path() / "tuning"));
+  EXPECT_NE(r.to_table().find("nothing was saved"), std::string::npos);
 }
 
 }  // namespace
