@@ -28,6 +28,14 @@ Overload(F...) -> Overload<F...>;
 constexpr int64_t kIndexLimit = int64_t{1} << 30;
 std::string ll(int64_t v) { return fmt::format("{}", std::clamp<int64_t>(v, -kIndexLimit, kIndexLimit)); }
 
+// Evaluates `expr` (which may use h and heads) for the heads of one head group: with h
+// replaced by h - first and heads by the group's count.
+std::string in_group(const std::string& expr, int64_t first, int64_t count) {
+  if (expr.find('h') == std::string::npos) return expr;
+  return fmt::format("([&](int h, int heads) {{ (void)h; (void)heads; return {}; }}(h - {}, {}))", expr, ll(first),
+                     ll(count));
+}
+
 class Emitter {
  public:
   explicit Emitter(std::string qualifiers) : qualifiers_(std::move(qualifiers)) {}
@@ -135,7 +143,9 @@ class Emitter {
               // Nested conditionals: the group that contains h decides.
               for (auto it = hg.groups.rbegin(); it != hg.groups.rend(); ++it) {
                 const Pattern& gp = *it->pattern;
-                const std::string term = b < gp.branch_count() ? in_branch(gp, b) : std::string("false");
+                // Inside a group its pattern sees the group's own heads: h - first of count.
+                const std::string term =
+                    b < gp.branch_count() ? in_group(in_branch(gp, b), it->first, it->count) : std::string("false");
                 e = fmt::format("((h >= {} && h < {}) ? {} : {})", ll(it->first), ll(it->first + it->count), term, e);
               }
               return e;
@@ -323,7 +333,8 @@ class IntervalEmitter {
                 }
                 const std::string cond = fmt::format("(h >= {} && h < {})", ll(it->first), ll(it->first + it->count));
                 for (size_t k = 0; k < kMaxIntervals; ++k) {
-                  const Interval v = k < set.size() ? set[k] : Interval{"1", "0"};
+                  Interval v = k < set.size() ? set[k] : Interval{"1", "0"};
+                v = {in_group(v.lo, it->first, it->count), in_group(v.hi, it->first, it->count)};
                   out[k] = {fmt::format("({} ? {} : {})", cond, v.lo, out[k].lo),
                             fmt::format("({} ? {} : {})", cond, v.hi, out[k].hi)};
                 }

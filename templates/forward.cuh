@@ -169,6 +169,29 @@ struct Forward {
     }
   }
 
+  // Evaluates the general predicate of a partial tile into mask bits (one bit per
+  // query row and key column). Kept out of line: its registers then do not add to the
+  // main loop's, which holds the output accumulators; partial tiles of patterns that
+  // need it (no per-row range form) are rare in their permuted layouts.
+  static __device__ __noinline__ void mask_tile(int part, int h, const int* qtok, const int* kslot,
+                                                uint32_t* mask_bits, typename Cfg::MaskCtx mask_ctx) {
+#pragma unroll 1
+    for (int w = threadIdx.x; w < BM * kMaskWords; w += kThreads) {
+      const int r = w / kMaskWords;
+      const int c0 = (w % kMaskWords) * 32;
+      const int i = qtok[r];
+      uint32_t bits = 0;
+      if (i >= 0) {
+#pragma unroll 1
+        for (int bit = 0; bit < 32; ++bit) {
+          const int j = kslot[c0 + bit];
+          if (j >= 0 && Cfg::allowed(part, h, i, j, mask_ctx)) bits |= 1u << bit;
+        }
+      }
+      mask_bits[w] = bits;
+    }
+  }
+
   static __device__ void run(const SpattnFwdParams& p) {
     extern __shared__ __align__(128) unsigned char smem_raw[];
     // Shared addresses as 32-bit integers computed from one base: ptxas then folds the
@@ -281,21 +304,7 @@ struct Forward {
       const bool partial = n >= n_full;
       if constexpr (!Cfg::kIntervalMask) {
         if (partial) {
-#pragma unroll 1
-          for (int w = tid; w < BM * kMaskWords; w += kThreads) {
-            const int r = w / kMaskWords;
-            const int c0 = (w % kMaskWords) * 32;
-            const int i = qtok[r];
-            uint32_t bits = 0;
-            if (i >= 0) {
-#pragma unroll 1
-              for (int bit = 0; bit < 32; ++bit) {
-                const int j = kslot[c0 + bit];
-                if (j >= 0 && Cfg::allowed(t.part, h, i, j, mask_ctx)) bits |= 1u << bit;
-              }
-            }
-            mask_bits[w] = bits;
-          }
+          mask_tile(t.part, h, qtok, kslot, mask_bits, mask_ctx);
           __syncthreads();
         }
       }

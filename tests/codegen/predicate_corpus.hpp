@@ -32,6 +32,9 @@ inline constexpr CorpusEntry kPredicateCorpus[] = {
     {R"({"intersect":[{"type":"local_window","window":64},{"type":"dense","causal":true}]})", 300, 300, 1},
     {R"({"branches":[{"type":"local_window","window":32},{"type":"longnet","segments":[64],"rates":[2]}]})", 300, 300, 4},
     {R"({"heads":[{"first":0,"count":2,"pattern":{"type":"local_window","window":20}},{"first":2,"count":2,"pattern":{"type":"dense","causal":true}}]})", 200, 200, 4},
+    // Head-dependent patterns inside head groups see the group's own head numbering.
+    {R"({"heads":[{"first":0,"count":3,"pattern":{"type":"local_window","window":16}},{"first":3,"count":4,"pattern":{"type":"longnet","segments":[64,128],"rates":[2,4]}}]})", 300, 300, 7},
+    {R"({"heads":[{"first":0,"count":2,"pattern":{"type":"dense","causal":true}},{"first":2,"count":4,"pattern":{"heads":[{"first":0,"count":1,"pattern":{"type":"local_window","window":8}},{"first":1,"count":3,"pattern":{"type":"global_local","global":8,"window":16}}]}}]})", 200, 200, 6},
 };
 
 }  // namespace spattn::test

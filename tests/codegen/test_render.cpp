@@ -55,8 +55,9 @@ TEST(Render, SourceNamesItsSpecAndIsDeterministic) {
 
 // The two targets CI must prove: the portable sm_80 family and Hopper's sm_90a, for both
 // dtypes and the head dims of the heuristic. The heuristic's configs sit at the 255-
-// register budget; a few words of spill (the predicate's temporaries) are tolerated,
-// the hundreds of bytes of a config that does not fit are not.
+// register budget: a few words of spill and the frame of the out-of-line general mask
+// (up to ~110 bytes of local memory, measured) are tolerated; the hundreds of bytes of a
+// config that does not fit are not.
 TEST(Render, ForwardCompilesWithinRegisterBudgetForSm80AndSm90a) {
   struct Case {
     const char* json;
@@ -82,7 +83,7 @@ TEST(Render, ForwardCompilesWithinRegisterBudgetForSm80AndSm90a) {
     EXPECT_GT(out.cubin.size(), 1000u);
     EXPECT_GT(out.registers, 0);
     EXPECT_LE(out.registers, 255);
-    EXPECT_LE(out.local_bytes, 64) << "register spills:\n" << out.log;
+    EXPECT_LE(out.local_bytes, 160) << "register spills:\n" << out.log;
   }
 }
 
