@@ -94,6 +94,18 @@ codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& co
 
 namespace {
 
+// Every kernel of the forward pass that writes the final output takes it the same way.
+template <class Params>
+void set_output(Params& params, const TensorView& o, const TensorView* lse) {
+  params.o = o.data;
+  params.o_stride_b = o.strides[0];
+  params.o_stride_n = o.strides[1];
+  params.o_stride_h = o.strides[2];
+  params.lse = lse ? static_cast<float*>(lse->data) : nullptr;
+  params.lse_stride_b = lse ? lse->strides[0] : 0;
+  params.lse_stride_h = lse ? lse->strides[1] : 0;
+}
+
 int32_t checked_i32(int64_t v, const char* what) {
   if (v > std::numeric_limits<int32_t>::max())
     SPATTN_FAIL(ErrorCode::kUnsupported, "{} ({}) exceeds the 32-bit range of the device tables; use larger tiles",
@@ -244,18 +256,10 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
     SPATTN_CU_CHECK(cuMemsetD32Async(part_lse_.get(), 0xff800000u, l_elems, stream));
   }
 
-  const int64_t lse_sb = lse ? lse->strides[0] : 0, lse_sh = lse ? lse->strides[1] : 0;
-  float* lse_ptr = lse ? static_cast<float*>(lse->data) : nullptr;
 
   if (fill_) {
     SpattnFillParams f{};
-    f.o = o.data;
-    f.lse = lse_ptr;
-    f.o_stride_b = o.strides[0];
-    f.o_stride_n = o.strides[1];
-    f.o_stride_h = o.strides[2];
-    f.lse_stride_b = lse_sb;
-    f.lse_stride_h = lse_sh;
+    set_output(f, o, lse);
     f.batch = static_cast<int32_t>(p.batch);
     f.nq = static_cast<int32_t>(p.nq);
     f.heads = static_cast<int32_t>(p.heads);
@@ -276,8 +280,7 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
     fp.q = q.data;
     fp.k = k.data;
     fp.v = v.data;
-    fp.o = o.data;
-    fp.lse = lse_ptr;
+    set_output(fp, o, lse);
     fp.q_stride_b = q.strides[0];
     fp.q_stride_n = q.strides[1];
     fp.q_stride_h = q.strides[2];
@@ -287,11 +290,6 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
     fp.v_stride_b = v.strides[0];
     fp.v_stride_n = v.strides[1];
     fp.v_stride_h = v.strides[2];
-    fp.o_stride_b = o.strides[0];
-    fp.o_stride_n = o.strides[1];
-    fp.o_stride_h = o.strides[2];
-    fp.lse_stride_b = lse_sb;
-    fp.lse_stride_h = lse_sh;
     fp.nq = static_cast<int32_t>(p.nq);
     fp.nk = static_cast<int32_t>(p.nk);
     fp.heads = static_cast<int32_t>(p.heads);
@@ -321,13 +319,7 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
     sm.groups = reinterpret_cast<const int32_t*>(groups_.get());
     sm.arena = reinterpret_cast<const int32_t*>(arena_.get());
     sm.tables = reinterpret_cast<const SpattnTable*>(tables_.get());
-    sm.o = o.data;
-    sm.lse = lse_ptr;
-    sm.o_stride_b = o.strides[0];
-    sm.o_stride_n = o.strides[1];
-    sm.o_stride_h = o.strides[2];
-    sm.lse_stride_b = lse_sb;
-    sm.lse_stride_h = lse_sh;
+    set_output(sm, o, lse);
     sm.part_o = merge ? reinterpret_cast<float*>(part_o_.get()) : nullptr;
     sm.part_lse = merge ? reinterpret_cast<float*>(part_lse_.get()) : nullptr;
     sm.write_parts = merge ? 1 : 0;
@@ -347,13 +339,7 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
     SpattnMergeParams m{};
     m.part_o = reinterpret_cast<const float*>(part_o_.get());
     m.part_lse = reinterpret_cast<const float*>(part_lse_.get());
-    m.o = o.data;
-    m.lse = lse_ptr;
-    m.o_stride_b = o.strides[0];
-    m.o_stride_n = o.strides[1];
-    m.o_stride_h = o.strides[2];
-    m.lse_stride_b = lse_sb;
-    m.lse_stride_h = lse_sh;
+    set_output(m, o, lse);
     m.parts = parts;
     m.batch = static_cast<int32_t>(p.batch);
     m.nq = static_cast<int32_t>(p.nq);
