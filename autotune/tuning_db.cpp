@@ -395,6 +395,7 @@ struct LookupMemo {
   std::mutex mu;
   std::map<std::string, CachedDb> dbs;
   std::map<std::string, double> densities;  // pattern JSON + shape -> density
+  std::map<std::string, std::pair<Fingerprint, fs::path>> files;  // dir + device -> fingerprint, file
 };
 
 LookupMemo& memo() {
@@ -437,13 +438,28 @@ double cached_density(const Pattern& pattern, const engine::Problem& problem) {
   return d;
 }
 
+// The fingerprint and database file of a device (hashing is the costly part of a lookup).
+std::pair<Fingerprint, fs::path> database_of(const fs::path& dir, const runtime::DeviceInfo& device) {
+  const std::string key = fmt::format("{}|{}|{}.{}|{}|{}|{}", dir.string(), device.name, device.cc_major,
+                                      device.cc_minor, device.sm_count, device.l2_bytes, device.driver_version);
+  LookupMemo& m = memo();
+  {
+    std::lock_guard<std::mutex> lock(m.mu);
+    if (auto it = m.files.find(key); it != m.files.end()) return it->second;
+  }
+  const Fingerprint fp = Fingerprint::of(device);
+  std::pair<Fingerprint, fs::path> value{fp, TuningDb::file_for(dir, fp)};
+  std::lock_guard<std::mutex> lock(m.mu);
+  m.files.emplace(key, value);
+  return value;
+}
+
 }  // namespace
 
 DbLookup lookup_in(const fs::path& dir, const Pattern& pattern, const engine::Problem& problem,
                    const runtime::DeviceInfo& device) {
   DbLookup out;
-  const Fingerprint fp = Fingerprint::of(device);
-  const fs::path file = TuningDb::file_for(dir, fp);
+  const auto [fp, file] = database_of(dir, device);
   const std::shared_ptr<const TuningDb> db = cached_db(file, fp);
   switch (db->state) {
     case DbState::kMissing:

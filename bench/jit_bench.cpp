@@ -18,6 +18,7 @@
 #include <string>
 
 #include "api/select.hpp"
+#include "autotune/tuning_db.hpp"
 #include "engine/forward.hpp"
 #include "engine/jit.hpp"
 #include "runtime/device.hpp"
@@ -123,6 +124,37 @@ void BM_CacheHitLaunchable(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_CacheHitLaunchable)->Unit(benchmark::kMillisecond);
+
+// Runtime selection as Attention::forward() does it on every call: with a tuning
+// database that has an entry for the problem, and with none.
+void BM_SelectWithDatabase(benchmark::State& state) {
+  const bool with_entry = state.range(0) != 0;
+  ScratchDir dir;
+  const std::string saved = std::getenv("SPATTN_CACHE_DIR");  // set by main()
+  setenv("SPATTN_CACHE_DIR", dir.path().c_str(), 1);
+  const Pattern pattern = Pattern::parse(kWindow);
+  engine::Problem p;
+  p.nq = p.nk = 16384;
+  p.heads = p.kv_heads = 16;
+  runtime::DeviceInfo h100;
+  h100.name = "NVIDIA H100 80GB HBM3";
+  h100.cc_major = 9;
+  h100.sm_count = 132;
+  h100.l2_bytes = 50 << 20;
+  h100.driver_version = 13000;
+  h100.smem_per_block_optin = 227 * 1024;
+  if (with_entry) {
+    autotune::TunedEntry e;
+    e.config = KernelConfig::parse("64x128w4s1:hilbert");
+    e.median_ms = 1;
+    autotune::TuningDb::store(autotune::TuningDb::default_dir(), autotune::Fingerprint::of(h100),
+                              autotune::bucket_of(pattern, p, autotune::pattern_density(pattern, p)).key(), e);
+  }
+  for (auto _ : state) benchmark::DoNotOptimize(api::choose(pattern, p, h100, true));
+  state.SetLabel(api::choose(pattern, p, h100, true).source.substr(0, 40));
+  setenv("SPATTN_CACHE_DIR", saved.c_str(), 1);
+}
+BENCHMARK(BM_SelectWithDatabase)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 
 // 50 distinct forward kernels (5 patterns x 5 head dims x 2 dtypes, sm_90a) plus the
 // support kernels, into an empty cache, with the bounded NVRTC pool.
