@@ -128,6 +128,9 @@ class Autotuner {
   // Compiles, checks and times every candidate on options.device and (if options.save)
   // stores the winner in the tuning database. Throws spattn::Error: kNoGpu without a GPU,
   // kInvalidArgument/kUnsupported for a problem the pattern or the kernels cannot take.
+  // Candidates run in forked worker processes; that needs a calling process that has not
+  // used CUDA yet (a process forked after CUDA initialisation cannot use CUDA). Otherwise
+  // they run in this process, unisolated (report.isolated says which).
   AutotuneReport tune(const Pattern& pattern, const TuneProblem& problem) const;
 
   // Everything tune() does before timing, for options.arch, with no GPU: every candidate

@@ -71,7 +71,7 @@ void tuned_pick_is_at_least_as_fast(const std::string& pattern_json) {
   test::ScopedEnv env("SPATTN_CACHE_DIR", dir.path().string());
   constexpr int64_t kSeq = 16384, kHeads = 16, kDim = 128;
 
-  const auto r = spattn(dir.path(), "--json autotune --pattern '" + pattern_json + "' --seq 16384 --heads 16");
+  const auto r = spattn(dir.path(), "--json autotune --budget-seconds 400 --pattern '" + pattern_json + "' --seq 16384 --heads 16");
   ASSERT_EQ(r.status, 0) << r.err << r.out;
   const json report = json::parse(r.out);
   ASSERT_TRUE(report.contains("best")) << r.out;
