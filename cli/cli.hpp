@@ -61,5 +61,6 @@ void register_compile(CLI::App& app);
 void register_demo(CLI::App& app);
 void register_autotune(CLI::App& app);
 void register_prewarm(CLI::App& app);
+void register_bench(CLI::App& app);
 
 }  // namespace spattn::cli

@@ -94,6 +94,7 @@ int main(int argc, char** argv) {
   register_demo(app);
   register_autotune(app);
   register_prewarm(app);
+  register_bench(app);
 
   try {
     app.parse(argc, argv);
