@@ -1,15 +1,19 @@
-// spattn autotune: tune the kernel configuration of a pattern at a problem shape on this
-// GPU and save the winner to its tuning database. --dry-run lists the candidates (no GPU
-// needed).
+// spattn autotune: tune the kernel configuration of a pattern at a problem shape (or of
+// every problem of a manifest) on this GPU and save the winners to its tuning database.
+// --dry-run lists the candidates and --compile-only fills the kernel cache with them (no
+// GPU needed for either).
 #include <spattn/autotune.hpp>
 
 #include <fmt/format.h>
 
+#include <fstream>
 #include <iostream>
+#include <sstream>
 #include <memory>
 #include <optional>
 
 #include "api/select.hpp"
+#include "autotune/prewarm.hpp"
 #include "autotune/tuner.hpp"
 #include "cli/cli.hpp"
 #include "runtime/nvrtc.hpp"
@@ -53,6 +57,7 @@ class PhaseProgress {
 
 void register_autotune(CLI::App& app) {
   struct Args {
+    std::string manifest;
     std::string pattern;
     int64_t seq = 0;
     int64_t kv_seq = 0;
@@ -79,8 +84,10 @@ void register_autotune(CLI::App& app) {
   auto* cmd = app.add_subcommand("autotune",
                                  "tune a pattern's kernel configuration on this GPU and save the winner to its tuning "
                                  "database (--dry-run: list the candidates, no GPU needed)");
-  cmd->add_option("-p,--pattern", args->pattern, "pattern: inline JSON, @file.json or a preset name")->required();
-  cmd->add_option("--seq", args->seq, "query tokens (and key tokens unless --kv-seq)")->required();
+  cmd->add_option("-p,--pattern", args->pattern, "pattern: inline JSON, @file.json or a preset name");
+  cmd->add_option("--seq", args->seq, "query tokens (and key tokens unless --kv-seq)");
+  cmd->add_option("--manifest", args->manifest,
+                  "tune every problem of a prewarm manifest (entries x seq x dtypes x head_dims) instead");
   cmd->add_option("--kv-seq", args->kv_seq, "key tokens (default: --seq)");
   cmd->add_option("--heads", args->heads, "query heads")->capture_default_str();
   cmd->add_option("--kv-heads", args->kv_heads, "key/value heads (default: --heads)");
@@ -108,17 +115,6 @@ void register_autotune(CLI::App& app) {
   cmd->add_flag("--in-process", args->in_process, "time candidates in this process (no fault isolation)");
 
   cmd->callback([args] {
-    const Pattern pattern = load_pattern_arg(args->pattern);
-    TuneProblem tp;
-    tp.batch = args->batch;
-    tp.nq = args->seq;
-    tp.nk = args->kv_seq;
-    tp.heads = args->heads;
-    tp.kv_heads = args->kv_heads;
-    tp.head_dim = args->head_dim;
-    tp.dtype = dtype_from_string(args->dtype);
-    const engine::Problem problem = autotune::to_problem(tp);
-
     AutotuneOptions options;
     options.device = args->device;
     options.arch = args->arch;
@@ -133,80 +129,129 @@ void register_autotune(CLI::App& app) {
     if (args->min_gain < 0 || args->min_gain >= 1) throw UsageError("--min-gain must be in [0, 1)");
     if (args->budget < 0) throw UsageError("--budget-seconds must be >= 0");
     if (args->reps < 20) throw UsageError(fmt::format("--reps must be at least 20 (got {})", args->reps));
+    if (args->dry_run && args->compile_only) throw UsageError("--dry-run and --compile-only exclude each other");
+    if (!args->arch.empty()) runtime::check_arch(args->arch);
+
+    // The problems: one from the flags, or every entry x seq x dtype x head dim of a manifest.
+    struct Job {
+      Pattern pattern;
+      TuneProblem problem;
+    };
+    std::vector<Job> jobs;
+    if (!args->manifest.empty()) {
+      if (!args->pattern.empty() || args->seq != 0)
+        throw UsageError("--manifest gives the problems; leave out --pattern and --seq");
+      std::ifstream in(args->manifest);
+      if (!in) throw UsageError("--manifest: cannot read file '" + args->manifest + "'");
+      std::stringstream text;
+      text << in.rdbuf();
+      const autotune::Manifest m = autotune::Manifest::parse(text.str());
+      if (args->arch.empty()) options.arch = m.archs.front();  // dry runs and compiles without a GPU
+      for (const autotune::ManifestEntry& e : m.entries)
+        for (size_t s = 0; s < e.seq.size(); ++s)
+          for (DType dtype : m.dtypes)
+            for (int head_dim : m.head_dims) {
+              TuneProblem tp;
+              tp.batch = e.batch;
+              tp.nq = e.seq[s];
+              tp.nk = e.kv_seq[s];
+              tp.heads = e.heads;
+              tp.kv_heads = e.kv_heads;
+              tp.head_dim = head_dim;
+              tp.dtype = dtype;
+              jobs.push_back({e.pattern, tp});
+            }
+    } else {
+      if (args->pattern.empty()) throw UsageError("--pattern is required (or --manifest)");
+      if (args->seq <= 0) throw UsageError("--seq is required and must be >= 1 (or --manifest)");
+      TuneProblem tp;
+      tp.batch = args->batch;
+      tp.nq = args->seq;
+      tp.nk = args->kv_seq;
+      tp.heads = args->heads;
+      tp.kv_heads = args->kv_heads;
+      tp.head_dim = args->head_dim;
+      tp.dtype = dtype_from_string(args->dtype);
+      jobs.push_back({load_pattern_arg(args->pattern), tp});
+    }
     for (size_t pos = 0; pos < args->configs.size();) {
       const size_t comma = std::min(args->configs.find(',', pos), args->configs.size());
-      const std::string one = args->configs.substr(pos, comma - pos);
       try {
-        options.configs.push_back(KernelConfig::parse(one));
-        options.configs.back().validate(args->head_dim);
+        options.configs.push_back(KernelConfig::parse(args->configs.substr(pos, comma - pos)));
+        for (const Job& j : jobs) options.configs.back().validate(static_cast<int>(j.problem.head_dim));
       } catch (const Error& e) {
         throw UsageError(std::string("--configs: ") + e.what());
       }
       pos = comma + 1;
     }
-    if (args->dry_run && args->compile_only) throw UsageError("--dry-run and --compile-only exclude each other");
+    for (const Job& j : jobs) autotune::to_problem(j.problem);  // every problem checked before any work
 
-    if (args->dry_run || args->compile_only) {
-      // The GPU's own limits when there is one (asked in a worker process) and no --arch.
-      std::optional<runtime::DeviceInfo> gpu;
-      if (args->arch.empty()) {
-        try {
-          gpu = autotune::probe_device(args->device);
-        } catch (const Error&) {
-        }
-      } else {
-        runtime::check_arch(args->arch);
+    // Dry runs and compiles use this GPU's limits when there is one (asked in a worker
+    // process, so that this process stays free of CUDA) and no --arch.
+    std::optional<runtime::DeviceInfo> gpu;
+    if ((args->dry_run || args->compile_only) && args->arch.empty()) {
+      try {
+        gpu = autotune::probe_device(args->device);
+      } catch (const Error&) {
       }
-      if (args->compile_only) {
-        PhaseProgress progress;
-        options.progress = [&progress](const std::string& phase, size_t done, size_t total) {
-          progress(phase, done, total);
-        };
-        const AutotuneReport report =
-            autotune::compile_candidates(pattern, problem, options, heuristic_selection, gpu ? &*gpu : nullptr);
-        progress.finish();
-        if (globals().json) print_json(nlohmann::json::parse(report.to_json()));
-        else std::cout << report.to_table();
-        return;
-      }
-      const auto cands =
-          autotune::list_candidates(pattern, problem, options, heuristic_selection, gpu ? &*gpu : nullptr);
-      const std::string arch = gpu ? gpu->arch() : args->arch.empty() ? "sm_90a" : args->arch;
-      const std::string target = gpu ? fmt::format("{} ({})", gpu->name, arch)
-                                     : fmt::format("{} (no GPU asked: limits assumed for the arch)", arch);
-      if (globals().json) {
-        nlohmann::json list = nlohmann::json::array();
-        for (const CandidateReport& c : cands) {
-          nlohmann::json j = {{"config", c.config.to_string()}, {"heuristic", c.heuristic}, {"status", c.status},
-                              {"smem_bytes", c.smem_bytes}};
-          if (!c.detail.empty()) j["detail"] = c.detail;
-          list.push_back(j);
-        }
-        print_json({{"target", target}, {"arch", arch}, {"problem", problem.to_string()}, {"candidates", list}});
-        return;
-      }
-      size_t viable = 0;
-      std::cout << fmt::format("target   {}\nproblem  {}\npattern  {}\n\n", target, problem.to_string(), pattern.to_json());
-      std::cout << fmt::format("  {:<28} {:<10} {:>9}  {}\n", "candidate", "status", "smem B", "notes");
-      for (const CandidateReport& c : cands) {
-        viable += c.status == "candidate";
-        std::cout << fmt::format("  {:<28} {:<10} {:>9}  {}\n", c.config.to_string() + (c.heuristic ? " (h)" : ""),
-                                 c.status, c.smem_bytes, c.detail.substr(0, c.detail.find('\n')));
-      }
-      std::cout << fmt::format("\n{} candidates, {} to compile and time, {} pruned; (h) = the heuristic's choice\n",
-                               cands.size(), viable, cands.size() - viable);
-      return;
     }
 
-    PhaseProgress progress;
-    options.progress = [&progress](const std::string& phase, size_t done, size_t total) {
-      progress(phase, done, total);
-    };
-    const AutotuneReport report = Autotuner(options).tune(pattern, tp);
-    progress.finish();
-    if (globals().json) print_json(nlohmann::json::parse(report.to_json()));
-    else std::cout << report.to_table();
-    if (report.best < 0)
+    nlohmann::json all = nlohmann::json::array();
+    bool failed = false;
+    for (size_t k = 0; k < jobs.size(); ++k) {
+      const Pattern& pattern = jobs[k].pattern;
+      const TuneProblem& tp = jobs[k].problem;
+      const engine::Problem problem = autotune::to_problem(tp);
+      if (jobs.size() > 1 && !globals().json)
+        std::cout << fmt::format("{}== [{}/{}] {} | {}\n", k ? "\n" : "", k + 1, jobs.size(), pattern.to_json(),
+                                 problem.to_string());
+
+      if (args->dry_run) {
+        const auto cands =
+            autotune::list_candidates(pattern, problem, options, heuristic_selection, gpu ? &*gpu : nullptr);
+        const std::string arch = gpu ? gpu->arch() : options.arch.empty() ? "sm_90a" : options.arch;
+        const std::string target = gpu ? fmt::format("{} ({})", gpu->name, arch)
+                                       : fmt::format("{} (no GPU asked: limits assumed for the arch)", arch);
+        if (globals().json) {
+          nlohmann::json list = nlohmann::json::array();
+          for (const CandidateReport& c : cands) {
+            nlohmann::json j = {{"config", c.config.to_string()}, {"heuristic", c.heuristic}, {"status", c.status},
+                                {"smem_bytes", c.smem_bytes}};
+            if (!c.detail.empty()) j["detail"] = c.detail;
+            list.push_back(j);
+          }
+          all.push_back({{"target", target}, {"arch", arch}, {"pattern", nlohmann::json::parse(pattern.to_json())},
+                         {"problem", problem.to_string()}, {"candidates", list}});
+          continue;
+        }
+        size_t viable = 0;
+        std::cout << fmt::format("target   {}\nproblem  {}\npattern  {}\n\n", target, problem.to_string(),
+                                 pattern.to_json());
+        std::cout << fmt::format("  {:<28} {:<10} {:>9}  {}\n", "candidate", "status", "smem B", "notes");
+        for (const CandidateReport& c : cands) {
+          viable += c.status == "candidate";
+          std::cout << fmt::format("  {:<28} {:<10} {:>9}  {}\n", c.config.to_string() + (c.heuristic ? " (h)" : ""),
+                                   c.status, c.smem_bytes, c.detail.substr(0, c.detail.find('\n')));
+        }
+        std::cout << fmt::format("\n{} candidates, {} to compile and time, {} pruned; (h) = the heuristic's choice\n",
+                                 cands.size(), viable, cands.size() - viable);
+        continue;
+      }
+
+      PhaseProgress progress;
+      AutotuneOptions o = options;
+      o.progress = [&progress](const std::string& phase, size_t done, size_t total) { progress(phase, done, total); };
+      const AutotuneReport report =
+          args->compile_only
+              ? autotune::compile_candidates(pattern, problem, o, heuristic_selection, gpu ? &*gpu : nullptr)
+              : Autotuner(o).tune(pattern, tp);
+      progress.finish();
+      if (globals().json) all.push_back(nlohmann::json::parse(report.to_json()));
+      else std::cout << report.to_table();
+      failed = failed || (!args->compile_only && report.best < 0);
+    }
+    if (globals().json) print_json(jobs.size() == 1 ? all[0] : nlohmann::json{{"runs", all}});
+    if (failed)
       throw Error(ErrorCode::kInternal, "no candidate passed the correctness check (see the table); nothing was saved");
   });
 }

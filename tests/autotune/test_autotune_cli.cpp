@@ -44,6 +44,23 @@ TEST_F(AutotuneCli, DryRunListsCandidatesAnywhere) {
   EXPECT_TRUE(fs::is_empty(dir_.path()) || !fs::exists(dir_.path() / "tuning")) << "a dry run writes nothing";
 }
 
+TEST_F(AutotuneCli, DryRunOverAManifest) {
+  const fs::path m = dir_.path() / "m.json";
+  std::ofstream(m) << R"({"archs":["sm_80"],"dtypes":["bf16","fp16"],"head_dims":[64],
+                          "entries":[{"pattern":"local_window","seq":[4096,8192],"heads":8}]})";
+  auto r = spattn("--json autotune --dry-run --manifest " + m.string());
+  ASSERT_EQ(r.status, 0) << r.err;
+  const json j = json::parse(r.out);
+  ASSERT_EQ(j["runs"].size(), 4u) << "seq x dtypes x head dims";
+  for (const json& run : j["runs"]) EXPECT_EQ(run["arch"], "sm_80") << "the manifest's first arch without a GPU";
+  r = spattn("autotune --dry-run --manifest " + m.string() + " --seq 4096");
+  EXPECT_EQ(r.status, 2) << r.err;
+  std::ofstream(m) << R"({"archs":["sm_80"],"dtypes":["bf16"],"head_dims":[64],"entries":[{"pattern":"local_window"}]})";
+  r = spattn("autotune --dry-run --manifest " + m.string());
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("manifest.entries[0].seq"), std::string::npos) << r.err;
+}
+
 TEST_F(AutotuneCli, NeedsAGpuExceptForDryRuns) {
   if (runtime::has_gpu()) GTEST_SKIP() << "this host has a GPU";
   const auto r = spattn("autotune --pattern local_window --seq 4096");
