@@ -90,7 +90,7 @@ std::string AutotuneReport::to_table() const {
     if (oa != ob) return oa;
     return oa && candidates[a].median_ms < candidates[b].median_ms;
   });
-  s += fmt::format("  {:<24} {:<13} {:>10} {:>17} {:>8} {:>9} {:>5} {:>6}  {}\n", "candidate", "status", "median ms",
+  s += fmt::format("  {:<30} {:<13} {:>10} {:>17} {:>8} {:>9} {:>5} {:>6}  {}\n", "candidate", "status", "median ms",
                    "p20..p80 ms", "TFLOP/s", "vs heur.", "regs", "local", "notes");
   for (size_t k : order) {
     const CandidateReport& c = candidates[k];
@@ -98,11 +98,11 @@ std::string AutotuneReport::to_table() const {
     const std::string regs = c.registers >= 0 ? std::to_string(c.registers) : "-";
     const std::string local = c.local_bytes >= 0 ? std::to_string(c.local_bytes) : "-";
     if (c.status == "ok") {
-      s += fmt::format("{} {:<24} {:<13} {:>10.4f} {:>8.4f}..{:<8.4f} {:>8.1f} {:>9} {:>5} {:>6}\n", c.best ? "*" : " ",
+      s += fmt::format("{} {:<30} {:<13} {:>10.4f} {:>8.4f}..{:<8.4f} {:>8.1f} {:>9} {:>5} {:>6}\n", c.best ? "*" : " ",
                        name, c.status, c.median_ms, c.p20_ms, c.p80_ms, c.tflops,
                        c.speedup > 0 ? fmt::format("{:.3f}x", c.speedup) : "-", regs, local);
     } else {
-      s += fmt::format("  {:<24} {:<13} {:>10} {:>17} {:>8} {:>9} {:>5} {:>6}  {}\n", name, c.status, "-", "-", "-", "-",
+      s += fmt::format("  {:<30} {:<13} {:>10} {:>17} {:>8} {:>9} {:>5} {:>6}  {}\n", name, c.status, "-", "-", "-", "-",
                        regs, local, clip(c.detail, 100));
     }
   }
