@@ -39,6 +39,8 @@ fi
 if [ "$MODE" != "--tests-only" ]; then
   step demo
   $BUILD/cli/spattn demo 2>&1 | tee "$LOGS/demo.txt" | grep -E "==|check|run:|compile:"
+  step "JIT: cache hit to a launchable kernel"
+  $BUILD/bench/jit_bench --benchmark_filter='CacheHitLaunchable' 2>&1 | tee "$LOGS/jit_bench.txt" | grep -E "CacheHit"
   step "first output (fresh processes)"
   $BUILD/bench/first_output_bench | tee "$LOGS/first_output.txt"
   $BUILD/bench/first_output_bench | tee -a "$LOGS/first_output.txt"

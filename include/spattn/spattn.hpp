@@ -2,6 +2,7 @@
 #pragma once
 
 #include <spattn/attention.hpp>
+#include <spattn/autotune.hpp>
 #include <spattn/cache.hpp>
 #include <spattn/config.hpp>
 #include <spattn/error.hpp>
