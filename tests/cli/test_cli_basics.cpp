@@ -1,7 +1,7 @@
 // The spattn command as scripts see it: help, exit codes (DESIGN.md §8: 0 success,
 // 1 runtime failure, 2 bad usage or input with a one-line reason, 3 needs a GPU),
 // `info` and its JSON, `compile` into a fresh cache and the cache hit after it, and
-// `demo` on a host without a GPU.
+// `bench` and `demo` on a host without a GPU.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -174,6 +174,14 @@ TEST_F(CliBasics, CompileWithoutAPatternIsBadUsage) {
   const CommandResult r = spattn("compile --arch sm_80");
   EXPECT_EQ(r.status, 2) << describe(r);
   expect_one_line_reason(r, {"pattern"});
+}
+
+TEST_F(CliBasics, GpuOnlyCommandWithoutAGpuExitsThree) {
+  if (runtime::has_gpu()) GTEST_SKIP() << "a GPU is present";
+  if (spattn("--help").out.find("  bench ") == std::string::npos) GTEST_SKIP() << "this build has no 'spattn bench'";
+  const CommandResult r = spattn(std::string("bench --pattern ") + kWindow + " --seq 1024");
+  EXPECT_EQ(r.status, 3) << describe(r);
+  expect_one_line_reason(r, {"GPU"});
 }
 
 TEST_F(CliBasics, DemoWithoutAGpuSaysItCouldNotRun) {
