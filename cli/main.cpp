@@ -96,6 +96,21 @@ int main(int argc, char** argv) {
   register_prewarm(app);
   register_bench(app);
 
+  // Name an unknown command instead of CLI11's "A subcommand is required".
+  if (argc > 1 && argv[1][0] != '-') {
+    bool known = false;
+    std::string names;
+    for (const auto* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+      known |= sub->check_name(argv[1]);
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!known) {
+      report(std::string("unknown command '") + argv[1] + "'; commands: " + names);
+      std::cerr << "run 'spattn --help' for usage" << std::endl;
+      return 2;
+    }
+  }
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

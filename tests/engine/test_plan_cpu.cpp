@@ -99,9 +99,13 @@ void check_work_list(const Layout& layout, const engine::WorkList& wl, int64_t c
   for (size_t k = 0; k + 6 <= wl.items.size(); k += 6) {
     const int* it = wl.items.data() + k;
     pieces[{it[0], it[1], it[2]}].push_back({it[3], it[4]});
-    if (longest_first) EXPECT_LE(it[4] - it[3], prev_len) << "not longest first";
+    if (longest_first) {
+      EXPECT_LE(it[4] - it[3], prev_len) << "not longest first";
+    }
     prev_len = it[4] - it[3];
-    if (it[5] >= 0) EXPECT_TRUE(slots.insert(it[5]).second) << "split slot used twice";
+    if (it[5] >= 0) {
+      EXPECT_TRUE(slots.insert(it[5]).second) << "split slot used twice";
+    }
   }
   EXPECT_EQ(static_cast<int>(slots.size()), wl.split_slots);
   ASSERT_EQ(pieces.size(), layout.schedule.size());
@@ -116,7 +120,9 @@ void check_work_list(const Layout& layout, const engine::WorkList& wl, int64_t c
       covered = e;
     }
     EXPECT_EQ(covered, len);
-    if (ranges.size() > 1) EXPECT_GT(len, total / concurrent);
+    if (ranges.size() > 1) {
+      EXPECT_GT(len, total / concurrent);
+    }
   }
 }
 
