@@ -1,5 +1,7 @@
 #include "autotune/isolate.hpp"
 
+#include "runtime/nvrtc.hpp"
+
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -34,6 +36,9 @@ const char* item_status_name(ItemStatus status) {
 }
 
 bool children_can_use_cuda() {
+  // NVRTC initialises the driver too (seen with NVRTC 13: a child forked after one
+  // compile gets CUDA_ERROR_NOT_INITIALIZED from cuInit).
+  if (runtime::nvrtc_has_run()) return false;
   void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
   if (!lib) return true;
   dlclose(lib);

@@ -165,7 +165,7 @@ void check_options(const AutotuneOptions& options) {
 
 Prepared prepare(const Pattern& pattern, const engine::Problem& problem, const AutotuneOptions& options,
                  const HeuristicFn& heuristic, const runtime::DeviceInfo& device, bool from_device,
-                 Clock::time_point t0) {
+                 Clock::time_point t0, bool compile_in_child) {
   pattern.validate(problem.shape());
   Prepared prep;
   AutotuneReport& report = prep.report;
@@ -267,7 +267,7 @@ Prepared prepare(const Pattern& pattern, const engine::Problem& problem, const A
   std::vector<size_t> order(jobs.size());
   for (size_t j = 0; j < jobs.size(); ++j) order[j] = j;
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return jobs[a].baseline > jobs[b].baseline; });
-  {
+  auto compile_all = [&] {
     std::mutex mu;
     size_t finished = 0;
     progress("compiling", 0, jobs.size());
@@ -291,6 +291,42 @@ Prepared prepare(const Pattern& pattern, const engine::Problem& problem, const A
       }
       progress("compiling", f, jobs.size());
     });
+  };
+  if (!compile_in_child) {
+    compile_all();
+  } else {
+    // NVRTC initialises the CUDA driver in the process that calls it, and a process
+    // forked after that cannot use CUDA. The worker processes that time candidates are
+    // forked from this one, so the compiles run in a child of their own and hand back
+    // what the pruning needs (the CUBINs stay in the kernel cache).
+    IsolateOptions io;
+    io.isolate = true;
+    io.item_timeout_s = std::max(600.0, options.budget_seconds);
+    const ItemOutcome o = run_items(1, [&](size_t) -> json {
+      compile_all();
+      json out = json::array();
+      for (const Job& j : jobs)
+        out.push_back({{"done", j.done}, {"skipped", j.skipped}, {"error", j.error}, {"key", j.found.key},
+                       {"hit", j.found.hit}, {"registers", j.found.kernel.registers},
+                       {"local_bytes", j.found.kernel.local_bytes}, {"compile_ms", j.found.kernel.compile_ms}});
+      return json{{"jobs", out}};
+    }, io)[0];
+    if (o.status != ItemStatus::kDone || !o.value.contains("jobs"))
+      SPATTN_FAIL(ErrorCode::kCompile, "the compile worker failed: {}",
+                  o.detail.empty() ? o.value.dump() : o.detail);
+    const json& results = o.value["jobs"];
+    SPATTN_ASSERT(results.size() == jobs.size());
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      const json& r = results[j];
+      jobs[j].done = r["done"].get<bool>();
+      jobs[j].skipped = r["skipped"].get<bool>();
+      jobs[j].error = r["error"].get<std::string>();
+      jobs[j].found.key = r["key"].get<std::string>();
+      jobs[j].found.hit = r["hit"].get<bool>();
+      jobs[j].found.kernel.registers = r["registers"].get<int>();
+      jobs[j].found.kernel.local_bytes = r["local_bytes"].get<int>();
+      jobs[j].found.kernel.compile_ms = r["compile_ms"].get<double>();
+    }
   }
   if (!jobs.back().done)
     SPATTN_FAIL(ErrorCode::kCompile, "the support kernels did not compile for {}: {}", arch, jobs.back().error);
@@ -350,7 +386,8 @@ AutotuneReport compile_candidates(const Pattern& pattern, const engine::Problem&
   const auto t0 = Clock::now();
   const std::string arch = gpu ? gpu->arch() : options.arch.empty() ? "sm_90a" : options.arch;
   runtime::check_arch(arch);
-  Prepared prep = prepare(pattern, problem, options, heuristic, gpu ? *gpu : typical_device(arch), gpu != nullptr, t0);
+  Prepared prep =
+      prepare(pattern, problem, options, heuristic, gpu ? *gpu : typical_device(arch), gpu != nullptr, t0, false);
   for (size_t k : prep.runnable) prep.report.candidates[k].status = "compiled";
   prep.report.isolated = false;
   prep.report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -368,7 +405,7 @@ AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, cons
               "the run); run the autotuner in a process that has not used CUDA to isolate them");
   const runtime::DeviceInfo device = hooks.probe ? hooks.probe() : probe_device(options.device, isolated);
   const Fingerprint fingerprint = Fingerprint::of(device);
-  Prepared prep = prepare(pattern, problem, options, heuristic, device, true, t0);
+  Prepared prep = prepare(pattern, problem, options, heuristic, device, true, t0, isolated);
   AutotuneReport& report = prep.report;
   report.isolated = isolated;
   const std::vector<Candidate>& cands = prep.cands;

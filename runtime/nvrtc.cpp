@@ -5,6 +5,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <regex>
@@ -106,8 +107,15 @@ int parse_first_int(const std::string& log, const char* pattern) {
 
 }  // namespace
 
+namespace {
+std::atomic<bool> g_nvrtc_has_run{false};
+}  // namespace
+
+bool nvrtc_has_run() { return g_nvrtc_has_run.load(); }
+
 CompiledProgram compile(const Program& program) {
   const auto t0 = std::chrono::steady_clock::now();
+  g_nvrtc_has_run = true;
   const std::vector<std::string> opts = effective_options(program);
 
   std::vector<const char*> header_names, header_texts;

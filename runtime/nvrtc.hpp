@@ -46,6 +46,10 @@ struct CompiledProgram {
 // plus program.options): part of every cache key.
 std::vector<std::string> effective_options(const Program& program);
 
+// Whether this process has run an NVRTC compilation. NVRTC initialises the CUDA
+// driver, and a process forked after that cannot use CUDA (the autotuner's workers).
+bool nvrtc_has_run();
+
 // Compiles to CUBIN for program.arch. Throws kCompile with the NVRTC log and, for each
 // error, the generated source lines around it (with line numbers).
 CompiledProgram compile(const Program& program);
