@@ -95,7 +95,9 @@ def run_flex(name, q, k, v, n):
     flex = torch.compile(flex_attention, dynamic=False)
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # flex wants [B, H, N, D]
     if name == "longnet":
-        masks = [create_block_mask(longnet_branch_mod(w, r), 1, H, n, n, device="cuda")
+        # Per-head masks: without the compiled path create_block_mask materialises
+        # H x N x N booleans (512 GiB at 64k).
+        masks = [create_block_mask(longnet_branch_mod(w, r), 1, H, n, n, device="cuda", _compile=True)
                  for w, r in ((2048, 1), (4096, 2), (8192, 4))]
 
         def fn():
@@ -107,7 +109,7 @@ def run_flex(name, q, k, v, n):
     mm = flex_mask_mod(name, n)
     if mm is None:
         return lambda: flex(qt, kt, vt)
-    bm = create_block_mask(mm, None, None, n, n, device="cuda")
+    bm = create_block_mask(mm, None, None, n, n, device="cuda", _compile=True)
     return lambda: flex(qt, kt, vt, block_mask=bm)
 
 
