@@ -277,19 +277,8 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
   }
   if (num_work > 0) {
     SpattnFwdParams fp{};
-    fp.q = q.data;
-    fp.k = k.data;
-    fp.v = v.data;
+    set_inputs(fp, q, k, v);
     set_output(fp, o, lse);
-    fp.q_stride_b = q.strides[0];
-    fp.q_stride_n = q.strides[1];
-    fp.q_stride_h = q.strides[2];
-    fp.k_stride_b = k.strides[0];
-    fp.k_stride_n = k.strides[1];
-    fp.k_stride_h = k.strides[2];
-    fp.v_stride_b = v.strides[0];
-    fp.v_stride_n = v.strides[1];
-    fp.v_stride_h = v.strides[2];
     fp.nq = static_cast<int32_t>(p.nq);
     fp.nk = static_cast<int32_t>(p.nk);
     fp.heads = static_cast<int32_t>(p.heads);

@@ -59,6 +59,24 @@ struct WorkList {
 // Splitting never happens for rows shorter than a fair share of the total work.
 WorkList build_work_list(const Layout& layout, int64_t concurrent, bool longest_first);
 
+// Fills the q/k/v pointers and strides of a kernel parameter struct (the forward and
+// the reference kernel take their inputs the same way).
+template <class Params>
+void set_inputs(Params& params, const TensorView& q, const TensorView& k, const TensorView& v) {
+  params.q = q.data;
+  params.k = k.data;
+  params.v = v.data;
+  params.q_stride_b = q.strides[0];
+  params.q_stride_n = q.strides[1];
+  params.q_stride_h = q.strides[2];
+  params.k_stride_b = k.strides[0];
+  params.k_stride_n = k.strides[1];
+  params.k_stride_h = k.strides[2];
+  params.v_stride_b = v.strides[0];
+  params.v_stride_n = v.strides[1];
+  params.v_stride_h = v.strides[2];
+}
+
 class ForwardPlan {
  public:
   // Compiles the layout and the kernels (through the cache) and uploads the tables.

@@ -46,21 +46,10 @@ ReferenceResult reference_forward(const Pattern& pattern, const Problem& problem
   runtime::DeviceBuffer dout(o_elems * 4), dlse(l_elems * 4);
 
   SpattnReferenceParams p{};
-  p.q = q.data;
-  p.k = k.data;
-  p.v = v.data;
+  set_inputs(p, q, k, v);
   p.o = reinterpret_cast<float*>(dout.get());
   p.lse = reinterpret_cast<float*>(dlse.get());
   p.masks = reinterpret_cast<const uint32_t*>(dmask.get());
-  p.q_stride_b = q.strides[0];
-  p.q_stride_n = q.strides[1];
-  p.q_stride_h = q.strides[2];
-  p.k_stride_b = k.strides[0];
-  p.k_stride_n = k.strides[1];
-  p.k_stride_h = k.strides[2];
-  p.v_stride_b = v.strides[0];
-  p.v_stride_n = v.strides[1];
-  p.v_stride_h = v.strides[2];
   p.batch = static_cast<int32_t>(problem.batch);
   p.nq = static_cast<int32_t>(problem.nq);
   p.nk = static_cast<int32_t>(problem.nk);

@@ -24,16 +24,28 @@ __device__ __forceinline__ unsigned short to_half_bits(float x) {
   return r;
 }
 
+// The (batch, head, query row) of this warp when one warp handles one row.
+struct WarpRow {
+  bool valid;
+  int lane, b, h, i;
+};
+__device__ __forceinline__ WarpRow warp_row(int batch, int heads, int nq) {
+  const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  WarpRow w;
+  w.valid = row < (int64_t)batch * heads * nq;
+  w.lane = threadIdx.x % 32;
+  w.i = row % nq;
+  w.h = (row / nq) % heads;
+  w.b = row / ((int64_t)nq * heads);
+  return w;
+}
+
 // One warp per (batch, head, query row); lanes stride over the head dimension.
 template <bool kBf16>
 __device__ void merge_parts(const SpattnMergeParams& p) {
-  const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  const int64_t rows = (int64_t)p.batch * p.heads * p.nq;
-  if (row >= rows) return;
-  const int i = row % p.nq;
-  const int h = (row / p.nq) % p.heads;
-  const int b = row / ((int64_t)p.nq * p.heads);
+  const WarpRow w = warp_row(p.batch, p.heads, p.nq);
+  if (!w.valid) return;
+  const int lane = w.lane, i = w.i, h = w.h, b = w.b;
   const float neg_inf = __int_as_float(0xff800000);
 
   float mx = neg_inf;
@@ -111,13 +123,9 @@ __device__ void merge_splits(const SpattnSplitMergeParams& p) {
 }
 
 __device__ void fill_empty(const SpattnFillParams& p) {
-  const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  const int64_t rows = (int64_t)p.batch * p.heads * p.nq;
-  if (row >= rows) return;
-  const int i = row % p.nq;
-  const int h = (row / p.nq) % p.heads;
-  const int b = row / ((int64_t)p.nq * p.heads);
+  const WarpRow w = warp_row(p.batch, p.heads, p.nq);
+  if (!w.valid) return;
+  const int lane = w.lane, i = w.i, h = w.h, b = w.b;
   unsigned short* out = static_cast<unsigned short*>(p.o) + b * p.o_stride_b + i * p.o_stride_n + h * p.o_stride_h;
   for (int d = lane; d < p.head_dim; d += 32) out[d] = 0;  // +0.0 in fp16 and bf16
   if (p.lse && lane == 0) p.lse[b * p.lse_stride_b + h * p.lse_stride_h + i] = __int_as_float(0xff800000);
