@@ -275,13 +275,8 @@ std::vector<PlannedKernel> plan_prewarm(const Manifest& manifest, const PrewarmO
             n.selections.push_back(std::move(sel));
       }
       for (const Selection& sel : n.selections) {
-        LayoutOptions lo;
-        lo.tile_m = sel.config.tile_m;
-        lo.tile_n = sel.config.tile_n;
-        lo.permute = sel.config.permute;
-        lo.schedule = sel.config.schedule;
-        const Layout layout = compile_layout(n.entry->pattern, n.problem.shape(), lo);
-        n.rendered.push_back(codegen::render_forward(engine::kernel_spec_for(layout, sel.config, n.problem, n.arch)));
+        const Layout layout = compile_layout(n.entry->pattern, n.problem.shape(), sel.config.layout_options());
+        n.rendered.push_back(engine::render_kernel(layout, sel.config, n.problem, n.arch));
       }
     } catch (const Error& e) {
       n.error = e.what();

@@ -237,14 +237,9 @@ Prepared prepare(const Pattern& pattern, const engine::Problem& problem, const A
       if (!cands[k].pruned.empty()) return;
       try {
         const KernelConfig& c = cands[k].config;
-        LayoutOptions lo;
-        lo.tile_m = c.tile_m;
-        lo.tile_n = c.tile_n;
-        lo.permute = c.permute;
-        lo.schedule = c.schedule;
         for (const engine::Problem* p : {&problem, &check}) {
-          const Layout layout = compile_layout(pattern, p->shape(), lo);
-          rendered[k].push_back(codegen::render_forward(engine::kernel_spec_for(layout, c, *p, arch)));
+          const Layout layout = compile_layout(pattern, p->shape(), c.layout_options());
+          rendered[k].push_back(engine::render_kernel(layout, c, *p, arch));
         }
       } catch (const Error& e) {
         errors[k] = e.what();

@@ -59,13 +59,8 @@ codegen::RenderedKernel forward_kernel(const char* pattern_json, int head_dim = 
   h100.cc_major = 9;
   h100.sm_count = 132;
   const KernelConfig config = api::heuristic(pattern, p, h100).config;
-  LayoutOptions lo;
-  lo.tile_m = config.tile_m;
-  lo.tile_n = config.tile_n;
-  lo.permute = config.permute;
-  lo.schedule = config.schedule;
-  const Layout layout = compile_layout(pattern, p.shape(), lo);
-  return codegen::render_forward(engine::kernel_spec_for(layout, config, p, kArch));
+  const Layout layout = compile_layout(pattern, p.shape(), config.layout_options());
+  return engine::render_kernel(layout, config, p, kArch);
 }
 
 const char* kWindow = R"({"type":"local_window","window":1024})";

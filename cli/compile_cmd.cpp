@@ -52,13 +52,8 @@ void register_compile(CLI::App& app) {
     if (!args->config.empty()) config = KernelConfig::parse(args->config);
     config.validate(args->head_dim);
 
-    LayoutOptions lo;
-    lo.tile_m = config.tile_m;
-    lo.tile_n = config.tile_n;
-    lo.permute = config.permute;
-    const Layout layout = compile_layout(pattern, problem.shape(), lo);
-    const auto spec = engine::kernel_spec_for(layout, config, problem, args->arch);
-    const codegen::RenderedKernel rendered = codegen::render_forward(spec);
+    const Layout layout = compile_layout(pattern, problem.shape(), config.layout_options());
+    const codegen::RenderedKernel rendered = engine::render_kernel(layout, config, problem, args->arch);
     const codegen::RenderedKernel support = codegen::render_support_kernels();
 
     nlohmann::json results = nlohmann::json::array();

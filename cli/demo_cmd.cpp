@@ -75,20 +75,17 @@ void register_demo(CLI::App& app) {
       // Layout and kernel source for the configuration the library would choose.
       KernelConfig config;
       const auto t_layout = std::chrono::steady_clock::now();
-      LayoutOptions lo;
-      lo.tile_m = config.tile_m;
-      lo.tile_n = config.tile_n;
-      const Layout layout = compile_layout(pattern, problem.shape(), lo);
+      const Layout layout = compile_layout(pattern, problem.shape(), config.layout_options());
       const LayoutStats stats = layout_stats(pattern, layout, D);
       std::cout << fmt::format("layout:  {:.1f} ms; density {:.4f} ({} active tiles of {}, {} full)\n",
                                ms_since(t_layout), stats.density, stats.active_tiles, stats.total_tiles,
                                stats.full_tiles);
-      const auto rendered = codegen::render_forward(engine::kernel_spec_for(layout, config, problem, arch));
+      const auto rendered = engine::render_kernel(layout, config, problem, arch);
       const auto t_first = std::chrono::steady_clock::now();
       const CacheLookup first = engine::compile_cached(rendered, arch);
       const double first_ms = ms_since(t_first);
       const auto t_second = std::chrono::steady_clock::now();
-      const CacheLookup second = engine::compile_cached(rendered, arch);
+      engine::compile_cached(rendered, arch);  // now a hit: timed
       const double second_ms = ms_since(t_second);
       if (first.hit)
         std::cout << fmt::format("compile: cache hit in {:.2f} ms (NVRTC took {:.0f} ms when it was compiled)\n",
@@ -100,7 +97,6 @@ void register_demo(CLI::App& app) {
                                first.kernel.registers, first.kernel.local_bytes);
       nlohmann::json entry = {{"case", c.name}, {"cold_compile", !first.hit}, {"first_ms", first_ms},
                               {"hit_ms", second_ms}, {"density", stats.density}};
-      (void)second;
       if (!gpu) {
         std::cout << "run:     skipped: no GPU on this machine\n";
         report.push_back(entry);

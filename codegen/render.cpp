@@ -79,6 +79,15 @@ int KernelConfig::smem_bytes(int head_dim) const {
          tile_n * 4;
 }
 
+LayoutOptions KernelConfig::layout_options() const {
+  LayoutOptions lo;
+  lo.tile_m = tile_m;
+  lo.tile_n = tile_n;
+  lo.permute = permute;
+  lo.schedule = schedule;
+  return lo;
+}
+
 std::string KernelConfig::to_string() const {
   std::string s = fmt::format("{}x{}w{}s{}", tile_m, tile_n, warps, stages);
   if (!permute) s += ":noperm";

@@ -92,6 +92,11 @@ codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& co
   return spec;
 }
 
+codegen::RenderedKernel render_kernel(const Layout& layout, const KernelConfig& config, const Problem& problem,
+                                      const std::string& arch) {
+  return codegen::render_forward(kernel_spec_for(layout, config, problem, arch));
+}
+
 namespace {
 
 // Every kernel of the forward pass that writes the final output takes it the same way.
@@ -170,16 +175,11 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
                 config.to_string(), problem.head_dim, smem, info.name, info.smem_per_block_optin);
 
   const auto t0 = std::chrono::steady_clock::now();
-  LayoutOptions lo;
-  lo.tile_m = config.tile_m;
-  lo.tile_n = config.tile_n;
-  lo.permute = config.permute;
-  lo.schedule = config.schedule;
-  layout_ = compile_layout(pattern, problem.shape(), lo);
+  layout_ = compile_layout(pattern, problem.shape(), config.layout_options());
   stats_ = layout_stats(pattern, layout_, problem.head_dim);
   layout_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 
-  rendered_ = codegen::render_forward(kernel_spec_for(layout_, config, problem, info.arch()));
+  rendered_ = render_kernel(layout_, config, problem, info.arch());
   fwd_ = &load_kernel(rendered_, device);
   if (rendered_.smem_bytes > 48 * 1024) fwd_->kernel.set_max_dynamic_shared(rendered_.smem_bytes);
   const codegen::RenderedKernel support = codegen::render_support_kernels();

@@ -42,9 +42,12 @@ struct Problem {
 Problem problem_from_tensors(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                              const TensorView* lse);
 
-// The spec the plan's kernel is generated from.
+// The spec the plan's kernel is generated from, and its rendered source. The layout
+// is compile_layout(pattern, problem.shape(), config.layout_options()).
 codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& config, const Problem& problem,
                                     const std::string& arch);
+codegen::RenderedKernel render_kernel(const Layout& layout, const KernelConfig& config, const Problem& problem,
+                                      const std::string& arch);
 
 // The launch list of a layout: its schedule, with rows much longer than a fair share of
 // the work split into pieces over several work items (merged afterwards by LSE), so a

@@ -26,6 +26,8 @@ struct KernelConfig {
   void validate(int head_dim) const;
   // Dynamic shared memory per CTA of the forward kernel.
   int smem_bytes(int head_dim) const;
+  // The layout this config runs on: its tile shape, permutation and launch order.
+  LayoutOptions layout_options() const;
   // "128x64w4s2" plus ":noperm" and ":hilbert"/":longest" when not the default.
   std::string to_string() const;
   // Inverse of to_string(); throws kInvalidArgument.
