@@ -121,9 +121,7 @@ Explanation Attention::prepare(int64_t batch, int64_t nq, int64_t nk, int64_t he
   p.dtype = dtype;
   SPATTN_REQUIRE(batch >= 1 && nq >= 1 && nk >= 1 && heads >= 1 && kv_heads >= 1 && heads % kv_heads == 0,
                  "invalid problem {}", p.to_string());
-  if (!head_dim_supported(static_cast<int>(head_dim)))
-    SPATTN_FAIL(ErrorCode::kUnsupported, "head dim {} is not supported; supported head dims: {}", head_dim,
-                supported_head_dims());
+  check_problem_supported(head_dim, dtype);
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->plan_for(p);
   return impl_->last;

@@ -1,5 +1,5 @@
-// Kernel selection: a pure function from the problem (and the GPU) to a configuration,
-// with the reason. Separate from launching; logged at debug level.
+// Kernel selection at run time: the tuning database of this GPU, else the heuristic
+// (engine/select.hpp). Separate from launching; logged at debug level.
 #pragma once
 
 #include <spattn/config.hpp>
@@ -7,18 +7,13 @@
 
 #include <string>
 
-#include "engine/forward.hpp"
+#include "engine/select.hpp"
 #include "runtime/device.hpp"
 
 namespace spattn::api {
 
-struct Choice {
-  KernelConfig config;
-  std::string source;  // "tuning database (...)" or "heuristic (...)"
-};
-
-// The documented heuristic (see select.cpp), no database.
-Choice heuristic(const Pattern& pattern, const engine::Problem& problem, const runtime::DeviceInfo& device);
+using Choice = engine::KernelChoice;
+using engine::heuristic;  // the documented heuristic (engine/select.hpp), no database
 
 // The tuning database entry for this GPU and problem bucket if there is one (and
 // use_db), else the heuristic. Cheap after the first call for a problem (the database

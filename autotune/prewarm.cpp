@@ -114,7 +114,8 @@ Manifest Manifest::parse(std::string_view text) {
     const std::string path = fmt::format("{}.head_dims[{}]", root, i);
     const int64_t d = positive_int(dims[i], path, 1 << 16);
     if (!head_dim_supported(static_cast<int>(d)))
-      bad(path, fmt::format("head dim {} is not supported; supported head dims: {}", d, supported_head_dims()));
+      bad(path, fmt::format("head dim {} is not supported by any kernel family; supported head dims: {}", d,
+                            supported_head_dims()));
     if (std::find(m.head_dims.begin(), m.head_dims.end(), d) == m.head_dims.end()) m.head_dims.push_back(static_cast<int>(d));
   }
 
@@ -190,8 +191,7 @@ std::vector<Selection> database_selections(const std::vector<TuningDb>& dbs, con
     const TunedEntry* e = db.find_nearest(bucket_of(pattern, problem, *density), &key);
     if (!e) continue;
     try {
-      e->config.validate(static_cast<int>(problem.head_dim));
-      if (e->config.smem_bytes(static_cast<int>(problem.head_dim)) > limits.smem_per_block) continue;
+      e->config.check(static_cast<int>(problem.head_dim), problem.dtype, arch, limits.smem_per_block);
     } catch (const Error&) {
       continue;
     }

@@ -95,6 +95,18 @@ const std::vector<TableRow>& search_table() {
       {"sm_90a", {DType::kBFloat16, DType::kFloat16}, 256,
        {"64x64w4s1", "64x64w4s2", "64x32w4s2", "64x128w4s1", "128x64w8s1", "128x32w8s2", "32x64w2s1"},
        "D=256: at most 16 rows per warp (128 output accumulators per thread)"},
+      // --- Hopper, the sm90 family (wgmma, TMA, warpgroups) ----------------------------
+      {"sm_90a", {DType::kBFloat16, DType::kFloat16}, 128,
+       {"sm90:128x128s2", "sm90:128x64s2", "sm90:128x96s2", "sm90:128x80s2", "sm90:128x128s1", "sm90:64x128s2",
+        "sm90:128x64s3"},
+       "sm90, D=128: two consumer warpgroups (S + P + O = 160 registers at 128 keys); narrower key tiles for "
+       "sparse rows, 64-row tiles for few work items"},
+      {"sm_90a", {DType::kBFloat16, DType::kFloat16}, 64,
+       {"sm90:128x128s2", "sm90:128x160s2", "sm90:128x64s3", "sm90:192x64s3", "sm90:64x128s2", "sm90:128x96s2"},
+       "sm90, D=64: up to three consumer warpgroups; wider key tiles amortise the softmax"},
+      {"sm_90a", {DType::kBFloat16, DType::kFloat16}, 256,
+       {"sm90:128x64s2", "sm90:128x32s2", "sm90:64x64s2", "sm90:128x48s2"},
+       "sm90, D=256: O alone is 128 registers per consumer thread; outputs staged only where shared memory allows"},
       // --- Ampere and the portable family (sm_80): 163 KiB (sm_80) or 99 KiB -----------
       {"sm_80", {DType::kBFloat16, DType::kFloat16}, 128,
        {"128x64w4s1", "128x64w4s2", "64x64w4s1", "64x64w4s2", "64x64w2s1", "64x128w4s1", "128x32w4s1",
@@ -119,15 +131,15 @@ const std::vector<TableRow>& search_table() {
 std::vector<KernelConfig> table_configs(const std::string& arch, DType dtype, int head_dim) {
   const std::string family = arch_family(arch);
   std::vector<int> dims;
+  std::vector<KernelConfig> out;  // every row of the arch (one per kernel family) for this head dim
   for (const TableRow& row : search_table()) {
     if (row.family != family) continue;
     if (std::find(row.dtypes.begin(), row.dtypes.end(), dtype) == row.dtypes.end()) continue;
-    dims.push_back(row.head_dim);
+    if (std::find(dims.begin(), dims.end(), row.head_dim) == dims.end()) dims.push_back(row.head_dim);
     if (row.head_dim != head_dim) continue;
-    std::vector<KernelConfig> out;
     for (const char* text : row.configs) out.push_back(KernelConfig::parse(text));
-    return out;
   }
+  if (!out.empty()) return out;
   std::sort(dims.begin(), dims.end());
   SPATTN_FAIL(ErrorCode::kUnsupported, "no autotuning table for {} {} head dim {}; tables exist for head dims {}",
               arch, to_string(dtype), head_dim, fmt::join(dims, ", "));
@@ -181,11 +193,7 @@ std::vector<Candidate> enumerate_candidates(const Pattern& pattern, const engine
     cand.config = c;
     cand.heuristic = k == 0;
     try {
-      c.validate(d);
-      const int smem = c.smem_bytes(d);
-      if (smem > limits.smem_per_block)
-        cand.pruned = fmt::format("needs {} B of shared memory per block; {} allows {} B{}", smem, limits.arch,
-                                  limits.smem_per_block, limits.from_device ? "" : " (assumed for the arch)");
+      c.check(d, problem.dtype, limits.arch, limits.smem_per_block);
     } catch (const Error& e) {
       cand.pruned = e.what();
     }

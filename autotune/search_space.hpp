@@ -42,9 +42,9 @@ TargetLimits device_limits(const runtime::DeviceInfo& device);
 // sm_90/sm_90a: H100/H200, 132; sm_100: 148; sm_120: 170), shared memory as arch_limits().
 runtime::DeviceInfo typical_device(const std::string& arch);
 
-// One row of the search-space table.
+// One row of the search-space table (one per arch, kernel family, head dim).
 struct TableRow {
-  const char* family;                 // "sm_90a", "sm_80"
+  const char* family;                 // the arch table: "sm_90a", "sm_80"
   std::vector<DType> dtypes;
   int head_dim;
   std::vector<const char*> configs;   // KernelConfig::to_string() forms, tile shape only
@@ -52,7 +52,8 @@ struct TableRow {
 };
 // The whole table (for listings and tests).
 const std::vector<TableRow>& search_table();
-// The tile configurations of one (arch, dtype, head dim), in table order. Throws
+// The tile configurations of one (arch, dtype, head dim), in table order (on sm_90a
+// both kernel families' rows, so the tuner measures one family against the other). Throws
 // kUnsupported when there is no row (naming the head dims that have one).
 std::vector<KernelConfig> table_configs(const std::string& arch, DType dtype, int head_dim);
 

@@ -37,11 +37,7 @@ engine::Problem to_problem(const TuneProblem& t) {
   SPATTN_REQUIRE(p.nq >= 1, "the sequence length must be >= 1 (got {})", p.nq);
   SPATTN_REQUIRE(p.heads >= 1 && p.kv_heads >= 1 && p.heads % p.kv_heads == 0,
                  "query heads ({}) must be a positive multiple of key/value heads ({})", p.heads, p.kv_heads);
-  SPATTN_REQUIRE(p.dtype == DType::kBFloat16 || p.dtype == DType::kFloat16, "dtype {} is not supported; use bf16 or fp16",
-                 to_string(p.dtype));
-  if (!head_dim_supported(static_cast<int>(p.head_dim)))
-    SPATTN_FAIL(ErrorCode::kUnsupported, "head dim {} is not supported; supported head dims: {}", p.head_dim,
-                supported_head_dims());
+  check_problem_supported(p.head_dim, p.dtype);
   return p;
 }
 

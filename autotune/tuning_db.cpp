@@ -496,11 +496,7 @@ DbLookup lookup_in(const fs::path& dir, const Pattern& pattern, const engine::Pr
   }
   const std::string used = key == out.bucket ? key : key + " (nearest to " + out.bucket + ")";
   try {
-    entry->config.validate(static_cast<int>(problem.head_dim));
-    const int smem = entry->config.smem_bytes(static_cast<int>(problem.head_dim));
-    if (device.smem_per_block_optin > 0 && smem > device.smem_per_block_optin)
-      SPATTN_FAIL(ErrorCode::kUnsupported, "needs {} B of shared memory, the device allows {} B", smem,
-                  device.smem_per_block_optin);
+    entry->config.check(static_cast<int>(problem.head_dim), problem.dtype, device.arch(), device.smem_per_block_optin);
   } catch (const Error& e) {
     out.source = fmt::format("tuning database entry {} ({}) not usable here: {}", used, entry->config.to_string(),
                              e.what());

@@ -3,11 +3,15 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 
 #include "cli/cli.hpp"
+#include "autotune/search_space.hpp"
 #include "engine/forward.hpp"
 #include "engine/jit.hpp"
+#include "engine/select.hpp"
 #include "runtime/nvrtc.hpp"
 
 namespace spattn::cli {
@@ -21,6 +25,7 @@ void register_compile(CLI::App& app) {
     int head_dim = 128;
     int64_t seq = 0;
     int64_t heads = 16;
+    std::string out;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("compile", "compile a pattern's kernels into the cache for an arch (no GPU needed)");
@@ -28,8 +33,13 @@ void register_compile(CLI::App& app) {
   cmd->add_option("--arch", args->arch, "NVRTC target, e.g. sm_90a, sm_80")->capture_default_str();
   cmd->add_option("--dtype", args->dtype, "fp16 or bf16")->capture_default_str();
   cmd->add_option("--head-dim", args->head_dim, "head dimension")->capture_default_str();
-  cmd->add_option("--config", args->config, "kernel config, e.g. 128x64w4s2 (default: the heuristic's)");
-  cmd->add_option("--seq", args->seq, "sequence length used to derive the layout parts (default: 16384 or the grid size)");
+  cmd->add_option("--config", args->config,
+                  "kernel config, e.g. 128x64w4s2 or sm90:128x128s2 (default: the heuristic's for a typical GPU of the arch)");
+  cmd->add_option("--seq", args->seq, "sequence length used to derive the layout parts (default: 16384 or the grid size)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--out", args->out,
+                  "also write each program's generated source (.cu), CUBIN (.cubin, for cuobjdump -sass) and NVRTC log "
+                  "(.log) into this directory");
   cmd->add_option("--heads", args->heads, "query heads")->capture_default_str();
   cmd->callback([args] {
     const Pattern pattern = load_pattern_arg(args->pattern);
@@ -44,13 +54,13 @@ void register_compile(CLI::App& app) {
     problem.heads = problem.kv_heads = args->heads;
     problem.head_dim = args->head_dim;
     problem.dtype = dtype_from_string(args->dtype);
-    if (!head_dim_supported(args->head_dim))
-      throw Error(ErrorCode::kUnsupported, fmt::format("head dim {} is not supported; supported head dims: {}",
-                                                       args->head_dim, supported_head_dims()));
+    check_problem_supported(args->head_dim, problem.dtype);
     pattern.validate(problem.shape());
-    KernelConfig config;
-    if (!args->config.empty()) config = KernelConfig::parse(args->config);
-    config.validate(args->head_dim);
+    const KernelConfig config =
+        args->config.empty()
+            ? engine::heuristic(pattern, problem, autotune::typical_device(args->arch)).config
+            : KernelConfig::parse(args->config);
+    config.check(args->head_dim, problem.dtype, args->arch, autotune::arch_limits(args->arch).smem_per_block);
 
     const Layout layout = compile_layout(pattern, problem.shape(), config.layout_options());
     const codegen::RenderedKernel rendered = engine::render_kernel(layout, config, problem, args->arch);
@@ -63,6 +73,19 @@ void register_compile(CLI::App& app) {
       const CacheLookup found = engine::compile_cached(*r, args->arch);
       const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       progress.advance();
+      if (!args->out.empty()) {
+        namespace fs = std::filesystem;
+        fs::create_directories(args->out);
+        const fs::path stem = fs::path(args->out) / fs::path(r->program_name).stem();
+        auto write = [](const fs::path& path, const char* data, size_t size) {
+          std::ofstream f(path, std::ios::binary | std::ios::trunc);
+          f.write(data, static_cast<std::streamsize>(size));
+          if (!f) throw Error(ErrorCode::kIo, fmt::format("cannot write {}", path.string()));
+        };
+        write(stem.string() + ".cu", r->source.data(), r->source.size());
+        write(stem.string() + ".cubin", found.kernel.cubin.data(), found.kernel.cubin.size());
+        write(stem.string() + ".log", found.kernel.log.data(), found.kernel.log.size());
+      }
       results.push_back({{"program", r->program_name},
                          {"key", found.key},
                          {"cache_hit", found.hit},

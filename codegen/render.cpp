@@ -2,9 +2,9 @@
 // predicate, the Cfg struct of template constants, the template include and the entry.
 #include <fmt/format.h>
 
-#include <cstdio>
 #include <sstream>
 
+#include "codegen/family.hpp"
 #include "codegen/kernel_spec.hpp"
 #include "common/check.hpp"
 #include "templates/embedded.hpp"
@@ -12,8 +12,6 @@
 namespace spattn::codegen {
 
 namespace {
-
-constexpr int kHeadDims[] = {32, 64, 96, 128, 256};
 
 uint64_t fnv1a(std::string_view s) {
   uint64_t h = 1469598103934665603ull;
@@ -30,112 +28,51 @@ void add_template(RenderedKernel& out, std::string_view name) {
   out.template_hashes.emplace_back(std::string(t.name), std::string(t.sha256));
 }
 
-}  // namespace
-
-}  // namespace spattn::codegen
-
-namespace spattn {
-
-bool head_dim_supported(int head_dim) {
-  for (int d : codegen::kHeadDims)
-    if (d == head_dim) return true;
-  return false;
-}
-
-std::string supported_head_dims() { return "32, 64, 96, 128, 256"; }
-
-void KernelConfig::validate(int head_dim) const {
-  if (!head_dim_supported(head_dim))
-    SPATTN_FAIL(ErrorCode::kUnsupported, "head dim {} is not supported; supported head dims: {}", head_dim,
-                supported_head_dims());
-  SPATTN_REQUIRE(warps == 2 || warps == 4 || warps == 8, "config.warps must be 2, 4 or 8 (got {})", warps);
-  SPATTN_REQUIRE(stages == 1 || stages == 2, "config.stages must be 1 or 2 (got {})", stages);
-  SPATTN_REQUIRE(tile_n == 32 || tile_n == 64 || tile_n == 128, "config.tile_n must be 32, 64 or 128 (got {})",
-                 tile_n);
-  SPATTN_REQUIRE(tile_m >= 16 * warps && tile_m <= 256 && tile_m % (16 * warps) == 0,
-                 "config.tile_m must be a multiple of 16 * warps = {} and at most 256 (got {})", 16 * warps, tile_m);
-  // Accumulators live in registers: O is (tile_m / warps) x head_dim and S is
-  // (tile_m / warps) x tile_n fp32 values per warp. Beyond these budgets the kernel
-  // spills to local memory and is slower than a smaller tile, so such configs are refused.
-  const int warp_m = tile_m / warps;
-  if (warp_m * head_dim / 32 > 128)
-    SPATTN_FAIL(ErrorCode::kUnsupported,
-                "config {} with head dim {}: each warp would hold {} output accumulators per thread (max 128); "
-                "use fewer rows per warp (tile_m / warps)",
-                to_string(), head_dim, warp_m * head_dim / 32);
-  if (warp_m * tile_n / 32 > 64)
-    SPATTN_FAIL(ErrorCode::kUnsupported,
-                "config {}: each warp would hold {} score accumulators per thread (max 64); use a smaller tile_n "
-                "or fewer rows per warp",
-                to_string(), warp_m * tile_n / 32);
-}
-
-int KernelConfig::smem_bytes(int head_dim) const {
-  // Mirrors Forward<Cfg>::kSmemBytes in templates/forward.cuh (a static_assert there
-  // compares the two): Q, K/V stages of (head_dim + 8)-element rows, key and query
-  // token indices, partial-tile mask bits, prefetched key slots.
-  const int row = head_dim + 8;
-  return (tile_m * row + 2 * stages * tile_n * row) * 2 + stages * tile_n * 4 + tile_m * 4 + tile_m * (tile_n / 32) * 4 +
-         tile_n * 4;
-}
-
-LayoutOptions KernelConfig::layout_options() const {
-  LayoutOptions lo;
-  lo.tile_m = tile_m;
-  lo.tile_n = tile_n;
-  lo.permute = permute;
-  lo.schedule = schedule;
-  return lo;
-}
-
-std::string KernelConfig::to_string() const {
-  std::string s = fmt::format("{}x{}w{}s{}", tile_m, tile_n, warps, stages);
-  if (!permute) s += ":noperm";
-  if (schedule == ScheduleOrder::kHilbert) s += ":hilbert";
-  if (schedule == ScheduleOrder::kLongestFirst) s += ":longest";
+// wgmma wrappers for the widths a spec needs: D(64 x N, fp32) = A(64 x 16) * B(16 x N)
+// (+ D). `ss` reads A and B from shared memory, both K-major (S = Q Kᵀ: Q rows and K
+// rows are contiguous along the head dim); `rs` takes A from registers and B N-major
+// (O += P V: V rows are contiguous along the head dim, which is N). One inline-PTX
+// statement per width; the accumulator list is N / 2 registers per thread.
+std::string render_wgmma(int n, DType dtype) {
+  const char* t = dtype == DType::kBFloat16 ? "bf16" : "f16";
+  const int regs = n / 2;
+  std::string list, outs;
+  for (int r = 0; r < regs; ++r) {
+    list += fmt::format("{}%{}", r ? ", " : "", r);
+    outs += fmt::format("{}\"+f\"(d[{}])", r ? ", " : "", r);
+  }
+  std::string s;
+  s += fmt::format("struct Wgmma{} {{\n  static constexpr int kN = {};\n", n, n);
+  s += fmt::format(
+      "  static __device__ __forceinline__ void ss(float (&d)[{}], uint64_t a, uint64_t b, int scale_d) {{\n"
+      "    asm volatile(\n"
+      "        \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{}, 0;\\n\"\n"
+      "        \"wgmma.mma_async.sync.aligned.m64n{}k16.f32.{}.{} {{{}}}, %{}, %{}, p, 1, 1, 0, 0;\\n}}\\n\"\n"
+      "        : {}\n"
+      "        : \"l\"(a), \"l\"(b), \"r\"(scale_d));\n  }}\n",
+      regs, regs + 2, n, t, t, list, regs, regs + 1, outs);
+  s += fmt::format(
+      "  static __device__ __forceinline__ void rs(float (&d)[{}], const uint32_t (&a)[4], uint64_t b) {{\n"
+      "    asm volatile(\n"
+      "        \"wgmma.mma_async.sync.aligned.m64n{}k16.f32.{}.{} {{{}}}, {{%{}, %{}, %{}, %{}}}, %{}, 1, 1, 1, 1;\\n\"\n"
+      "        : {}\n"
+      "        : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), \"l\"(b));\n  }}\n",
+      regs, n, t, t, list, regs, regs + 1, regs + 2, regs + 3, regs + 4, outs);
+  s += "};\n";
   return s;
 }
 
-KernelConfig KernelConfig::parse(std::string_view text) {
-  KernelConfig c;
-  const std::string t(text);
-  const size_t colon = t.find(':');
-  const std::string head = t.substr(0, colon);
-  char x = 0, w = 0, s = 0;
-  int consumed = 0;
-  if (std::sscanf(head.c_str(), "%dx%d%c%d%c%d%n", &c.tile_m, &c.tile_n, &w, &c.warps, &s, &c.stages, &consumed) != 6 ||
-      w != 'w' || s != 's' || consumed != static_cast<int>(head.size()))
-    SPATTN_FAIL(ErrorCode::kInvalidArgument,
-                "config '{}' is not of the form <tile_m>x<tile_n>w<warps>s<stages>[:noperm][:hilbert|:longest], "
-                "e.g. 128x64w4s2",
-                text);
-  (void)x;
-  for (size_t pos = colon; pos != std::string::npos;) {
-    const size_t next = t.find(':', pos + 1);
-    const std::string opt = t.substr(pos + 1, next == std::string::npos ? std::string::npos : next - pos - 1);
-    if (opt == "noperm") c.permute = false;
-    else if (opt == "perm") c.permute = true;
-    else if (opt == "hilbert") c.schedule = ScheduleOrder::kHilbert;
-    else if (opt == "longest") c.schedule = ScheduleOrder::kLongestFirst;
-    else if (opt == "rowmajor") c.schedule = ScheduleOrder::kRowMajor;
-    else
-      SPATTN_FAIL(ErrorCode::kInvalidArgument, "config '{}': unknown option '{}'; known: noperm, hilbert, longest",
-                  text, opt);
-    pos = next;
-  }
-  return c;
-}
-
-}  // namespace spattn
-
-namespace spattn::codegen {
+}  // namespace
 
 RenderedKernel render_forward(const KernelSpec& spec) {
-  spec.config.validate(spec.head_dim);
-  SPATTN_REQUIRE(!spec.parts.empty(), "a kernel needs at least one pattern part");
-  SPATTN_REQUIRE(spec.dtype == DType::kFloat16 || spec.dtype == DType::kBFloat16,
-                 "dtype {} is not supported by the forward kernel; supported: fp16, bf16", to_string(spec.dtype));
   const KernelConfig& c = spec.config;
+  c.validate(spec.head_dim);
+  SPATTN_REQUIRE(!spec.parts.empty(), "a kernel needs at least one pattern part");
+  std::string why;
+  if (!family_supports(c.family, spec.head_dim, spec.dtype, spec.arch, &why))
+    SPATTN_FAIL(ErrorCode::kUnsupported, "cannot render config {}: {}", c.to_string(), why);
+  const KernelFamilyInfo& family = kernel_family_info(c.family);
+  const bool sm90 = c.family == KernelFamily::kSm90;
 
   std::ostringstream src;
   src << "// spattn forward kernel, generated from this spec (do not edit):\n";
@@ -144,8 +81,11 @@ RenderedKernel render_forward(const KernelSpec& spec) {
     src << fmt::format("//   part {}: branch {} of {}\n", k, part.branch, part.pattern.to_json());
     for (const auto& ex : part.exclude) src << fmt::format("//           minus {}\n", ex.to_json());
   }
-  src << fmt::format("//   tile {}x{}, {} warps, {} stage(s), head dim {}, {}, {}{}\n", c.tile_m, c.tile_n, c.warps,
-                     c.stages, spec.head_dim, to_string(spec.dtype), spec.arch,
+  // Only what changes the source: the schedule order and the permutation switch act on
+  // the tables, so configs that differ in them share a kernel.
+  const std::string workers = sm90 ? fmt::format("{} consumer warpgroup(s)", c.tile_m / 64) : fmt::format("{} warps", c.warps);
+  src << fmt::format("//   family {}, tile {}x{}, {}, {} stage(s), head dim {}, {}, {}{}\n", family.name, c.tile_m,
+                     c.tile_n, workers, c.stages, spec.head_dim, to_string(spec.dtype), spec.arch,
                      spec.permuted_keys ? ", permuted keys" : "");
   src << "#include \"spattn/params.cuh\"\n\n";
   const std::optional<std::string> bounds =
@@ -153,16 +93,31 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   src << "namespace spattn_generated {\n";
   src << render_predicate(spec.parts, "allowed", "__device__ __forceinline__");
   if (bounds) src << *bounds;
+  if (sm90) {
+    src << render_wgmma(c.tile_n, spec.dtype);
+    if (spec.head_dim != c.tile_n) src << render_wgmma(spec.head_dim, spec.dtype);
+  }
   src << "}  // namespace spattn_generated\n\n";
+  const int smem = c.smem_bytes(spec.head_dim);
   src << "struct Cfg {\n";
   src << fmt::format("  static constexpr int kHeadDim = {};\n", spec.head_dim);
   src << fmt::format("  static constexpr int kBlockM = {};\n", c.tile_m);
   src << fmt::format("  static constexpr int kBlockN = {};\n", c.tile_n);
-  src << fmt::format("  static constexpr int kWarps = {};\n", c.warps);
+  if (!sm90) src << fmt::format("  static constexpr int kWarps = {};\n", c.warps);
   src << fmt::format("  static constexpr int kStages = {};\n", c.stages);
   src << fmt::format("  static constexpr bool kBf16 = {};\n", spec.dtype == DType::kBFloat16 ? "true" : "false");
-  src << fmt::format("  static constexpr int kSmemBytes = {};\n", c.smem_bytes(spec.head_dim));
+  src << fmt::format("  static constexpr int kSmemBytes = {};\n", smem);
   src << fmt::format("  static constexpr bool kPermutedKeys = {};\n", spec.permuted_keys ? "true" : "false");
+  if (sm90) {
+    const Sm90Shape shape = sm90_shape(c, spec.head_dim);
+    src << fmt::format("  static constexpr bool kStageO = {};  // outputs through shared memory\n",
+                       shape.stage_o ? "true" : "false");
+    src << fmt::format("  static constexpr int kProducerRegs = {};  // setmaxnreg (0: keep the launch's)\n",
+                       shape.producer_regs);
+    src << fmt::format("  static constexpr int kConsumerRegs = {};\n", shape.consumer_regs);
+    src << fmt::format("  using MmaS = spattn_generated::Wgmma{};  // S = Q K^T: N = tile_n\n", c.tile_n);
+    src << fmt::format("  using MmaO = spattn_generated::Wgmma{};  // O += P V: N = head dim\n", spec.head_dim);
+  }
   src << "  struct MaskCtx {\n    int nq, nk, heads;\n  };\n";
   src << "  static __device__ __forceinline__ bool allowed(int part, int h, int i, int j, const MaskCtx& c) {\n";
   src << "    return spattn_generated::allowed(part, h, i, j, c.nq, c.nk, c.heads);\n  }\n";
@@ -176,19 +131,27 @@ RenderedKernel render_forward(const KernelSpec& spec) {
     src << "    (void)part; (void)h; (void)i; (void)c; lo0 = lo1 = 1; hi0 = hi1 = 0;\n";
   src << "  }\n";
   src << "};\n\n";
-  src << "#include \"spattn/forward.cuh\"\n\n";
-  src << fmt::format("extern \"C\" __global__ void __launch_bounds__({}) spattn_fwd(const SpattnFwdParams p) {{\n",
-                     c.warps * 32);
-  src << "  spattn::Forward<Cfg>::run(p);\n}\n";
+  src << fmt::format("#include \"{}\"\n\n", family.template_name);
+  if (sm90) {
+    src << fmt::format(
+        "extern \"C\" __global__ void __launch_bounds__({}, 1) spattn_fwd(const __grid_constant__ SpattnFwd90Params p) {{\n",
+        c.threads());
+    src << "  spattn::sm90::Forward<Cfg>::run(p);\n}\n";
+  } else {
+    src << fmt::format("extern \"C\" __global__ void __launch_bounds__({}) spattn_fwd(const SpattnFwdParams p) {{\n",
+                       c.threads());
+    src << "  spattn::Forward<Cfg>::run(p);\n}\n";
+  }
 
   RenderedKernel out;
   out.source = src.str();
   out.kernel_name = "spattn_fwd";
   out.program_name = fmt::format("spattn_fwd_{:016x}.cu", fnv1a(out.source));
   add_template(out, "spattn/params.cuh");
-  add_template(out, "spattn/forward.cuh");
-  out.threads = c.warps * 32;
-  out.smem_bytes = c.smem_bytes(spec.head_dim);
+  add_template(out, "spattn/ptx.cuh");
+  add_template(out, family.template_name);
+  out.threads = c.threads();
+  out.smem_bytes = smem;
   return out;
 }
 

@@ -57,11 +57,7 @@ Problem problem_from_tensors(const TensorView& q, const TensorView& k, const Ten
   p.dtype = q.dtype;
   SPATTN_REQUIRE(p.batch >= 1 && p.nq >= 1 && p.nk >= 1 && p.heads >= 1 && p.kv_heads >= 1,
                  "every dimension must be >= 1 (got Q {}, K {})", q.describe(), k.describe());
-  SPATTN_REQUIRE(p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16,
-                 "Q has dtype {}; supported: fp16, bf16", to_string(p.dtype));
-  if (!head_dim_supported(static_cast<int>(p.head_dim)))
-    SPATTN_FAIL(ErrorCode::kUnsupported, "head dim {} is not supported; supported head dims: {}", p.head_dim,
-                supported_head_dims());
+  check_problem_supported(p.head_dim, p.dtype);
   SPATTN_REQUIRE(p.heads % p.kv_heads == 0,
                  "query heads ({}) must be a multiple of key/value heads ({}) for GQA/MQA", p.heads, p.kv_heads);
   SPATTN_REQUIRE(p.nq < (int64_t{1} << 30) && p.nk < (int64_t{1} << 30), "sequence lengths must be below 2^30 (got Nq={}, Nk={})", p.nq, p.nk);
@@ -111,68 +107,15 @@ void set_output(Params& params, const TensorView& o, const TensorView* lse) {
   params.lse_stride_h = lse ? lse->strides[1] : 0;
 }
 
-int32_t checked_i32(int64_t v, const char* what) {
-  if (v > std::numeric_limits<int32_t>::max())
-    SPATTN_FAIL(ErrorCode::kUnsupported, "{} ({}) exceeds the 32-bit range of the device tables; use larger tiles",
-                what, v);
-  return static_cast<int32_t>(v);
-}
-
 }  // namespace
-
-WorkList build_work_list(const Layout& layout, int64_t concurrent, bool longest_first) {
-  struct Piece {
-    int32_t table, q_tile, head, begin, end, slot;
-  };
-  std::vector<Piece> pieces;
-  int64_t total = 0;
-  auto row_length = [&](const WorkItem& w) {
-    const BlockTable& t = layout.tables[w.table];
-    return t.row_ptr[w.q_tile + 1] - t.row_ptr[w.q_tile];
-  };
-  for (const WorkItem& w : layout.schedule) total += row_length(w);
-  // A row longer than a fair share of the work (total / concurrent) would still be
-  // running when everything else is done: cut it into pieces of half a fair share.
-  const int64_t fair = std::max<int64_t>(1, total / std::max<int64_t>(1, concurrent));
-  const int64_t piece = std::max<int64_t>(8, fair / 2);
-  WorkList out;
-  for (const WorkItem& w : layout.schedule) {
-    const int64_t len = row_length(w);
-    if (len <= fair || len <= 2 * piece) {
-      pieces.push_back({w.table, w.q_tile, w.head, 0, static_cast<int32_t>(len), -1});
-      continue;
-    }
-    const int64_t n = (len + piece - 1) / piece;
-    out.groups.insert(out.groups.end(), {out.split_slots, static_cast<int32_t>(n), w.table, w.q_tile, w.head});
-    for (int64_t k = 0; k < n; ++k) {
-      const int64_t b = len * k / n, e = len * (k + 1) / n;
-      pieces.push_back({w.table, w.q_tile, w.head, static_cast<int32_t>(b), static_cast<int32_t>(e),
-                        out.split_slots++});
-    }
-  }
-  if (longest_first)
-    std::stable_sort(pieces.begin(), pieces.end(),
-                     [](const Piece& a, const Piece& b) { return a.end - a.begin > b.end - b.begin; });
-  out.items.reserve(pieces.size() * 6);
-  for (const Piece& p : pieces) {
-    out.items.insert(out.items.end(), {p.table, p.q_tile, p.head, p.begin, p.end, p.slot});
-    out.max_piece = std::max<int64_t>(out.max_piece, p.end - p.begin);
-  }
-  return out;
-}
 
 ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config,
                          int device)
     : pattern_(pattern), problem_(problem), config_(config), device_(device) {
   runtime::make_current(device);
   const runtime::DeviceInfo info = runtime::device_info(device);
-  config.validate(static_cast<int>(problem.head_dim));
-  const int smem = config.smem_bytes(static_cast<int>(problem.head_dim));
-  if (smem > info.smem_per_block_optin)
-    SPATTN_FAIL(ErrorCode::kUnsupported,
-                "config {} with head dim {} needs {} bytes of shared memory per block; {} allows {}; use a smaller "
-                "tile or one stage",
-                config.to_string(), problem.head_dim, smem, info.name, info.smem_per_block_optin);
+  config.check(static_cast<int>(problem.head_dim), problem.dtype, info.arch(), info.smem_per_block_optin);
+  sm_count_ = info.sm_count;
 
   const auto t0 = std::chrono::steady_clock::now();
   layout_ = compile_layout(pattern, problem.shape(), config.layout_options());
@@ -187,51 +130,59 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
     merge_ = &load_kernel(support, device, problem.dtype == DType::kBFloat16 ? "spattn_merge_bf16" : "spattn_merge_fp16");
   if (!layout_.covers_all_rows && !layout_.needs_merge()) fill_ = &load_kernel(support, device, "spattn_fill_empty");
 
-  // Tables -> one int32 arena + descriptors + the work list.
-  std::vector<int32_t> arena;
-  std::vector<SpattnTable> descs;
-  auto append = [&](const auto& values) {
-    const int32_t off = checked_i32(static_cast<int64_t>(arena.size()), "table arena size");
-    for (auto v : values) arena.push_back(checked_i32(v, "table entry"));
-    return off;
-  };
-  for (const BlockTable& t : layout_.tables) {
-    SpattnTable d{};
-    d.part = t.part;
-    d.num_q_tiles = checked_i32(t.num_q_tiles, "query tiles");
-    d.num_k_tiles = checked_i32(t.num_k_tiles, "key tiles");
-    d.q_slots = t.q_slots.empty() ? -1 : append(t.q_slots);
-    d.k_slots = t.k_slots.empty() ? -1 : append(t.k_slots);
-    d.row_ptr = append(t.row_ptr);
-    d.full_count = append(t.full_count);
-    d.cols = append(t.cols);
-    descs.push_back(d);
-  }
-  // Two CTAs per SM is what the heuristic configs reach (registers); an estimate is enough.
-  work_list_ = build_work_list(layout_, 2 * static_cast<int64_t>(info.sm_count),
-                               config.schedule == ScheduleOrder::kLongestFirst);
-  const std::vector<int32_t>& work = work_list_.items;
-  if (work_list_.split_slots > 0) {
+  // Rows are split against the number of work items the GPU runs at once.
+  const KernelFamilyInfo& family = kernel_family_info(config.family);
+  tables_ = DeviceLayout(layout_, build_work_list(layout_, int64_t{family.ctas_per_sm} * info.sm_count,
+                                                  config.schedule == ScheduleOrder::kLongestFirst));
+  if (work_list().split_slots > 0)
     split_merge_ = &load_kernel(support, device,
                                 problem.dtype == DType::kBFloat16 ? "spattn_merge_splits_bf16" : "spattn_merge_splits_fp16");
-    groups_ = runtime::DeviceBuffer(work_list_.groups.size() * sizeof(int32_t));
-    groups_.upload(work_list_.groups.data(), work_list_.groups.size() * sizeof(int32_t));
-  }
-  if (arena.empty()) arena.push_back(0);
-  arena_ = runtime::DeviceBuffer(arena.size() * sizeof(int32_t));
-  arena_.upload(arena.data(), arena.size() * sizeof(int32_t));
-  if (!descs.empty()) {
-    tables_ = runtime::DeviceBuffer(descs.size() * sizeof(SpattnTable));
-    tables_.upload(descs.data(), descs.size() * sizeof(SpattnTable));
-  }
-  if (!work.empty()) {
-    work_ = runtime::DeviceBuffer(work.size() * sizeof(int32_t));
-    work_.upload(work.data(), work.size() * sizeof(int32_t));
-  }
   log::debug("plan {} | {} | {} parts, {} tables, {} work items ({} split rows), layout {:.1f} ms | kernel {} ({})",
              problem.to_string(), config.to_string(), layout_.parts.size(), layout_.tables.size(),
-             work.size() / 6, work_list_.groups.size() / 5, layout_ms_, rendered_.program_name,
+             work_list().num_items(), work_list().num_groups(), layout_ms_, rendered_.program_name,
              fwd_->cache_hit ? "cache hit" : "compiled");
+}
+
+void ForwardPlan::launch_forward(SpattnFwdParams& fp, const TensorView& q, const TensorView& k, const TensorView& v,
+                                 CUstream stream) const {
+  const unsigned threads = static_cast<unsigned>(rendered_.threads);
+  const unsigned smem = static_cast<unsigned>(rendered_.smem_bytes);
+  switch (config_.family) {
+    case KernelFamily::kSm80: {
+      SPATTN_REQUIRE(fp.batch <= 65535, "batch {} exceeds the launch grid limit 65535", fp.batch);
+      void* args[] = {&fp};
+      fwd_->kernel.launch({static_cast<unsigned>(fp.num_work), static_cast<unsigned>(fp.batch)}, {threads}, smem,
+                          stream, args);
+      return;
+    }
+    case KernelFamily::kSm90: {
+      SpattnFwd90Params p{};
+      p.base = fp;
+      const int64_t total = int64_t{fp.num_work} * fp.batch;
+      SPATTN_REQUIRE(total <= std::numeric_limits<int32_t>::max(),
+                     "{} work items x batch {} exceed the 32-bit work index of the sm90 kernel", fp.num_work,
+                     fp.batch);
+      p.total_items = static_cast<int32_t>(total);
+      // Tensor maps over [B, N, H, D] (dims innermost first), boxes of 64 head-dim
+      // elements x one tile of rows. A view TMA cannot describe is gathered instead.
+      auto encode = [](SpattnTensorMap& map, const TensorView& t, int rows) {
+        const uint64_t dims[4] = {static_cast<uint64_t>(t.shape[3]), static_cast<uint64_t>(t.shape[1]),
+                                  static_cast<uint64_t>(t.shape[2]), static_cast<uint64_t>(t.shape[0])};
+        const uint64_t strides[3] = {static_cast<uint64_t>(t.strides[1]) * 2, static_cast<uint64_t>(t.strides[2]) * 2,
+                                     static_cast<uint64_t>(t.strides[0]) * 2};
+        const uint32_t box[4] = {64, static_cast<uint32_t>(rows), 1, 1};
+        return runtime::encode_tensor_map(&map, t.data, 4, dims, strides, box);
+      };
+      p.tma_q = encode(p.tm_q, q, config_.tile_m) ? 1 : 0;
+      p.tma_kv = encode(p.tm_k, k, config_.tile_n) && encode(p.tm_v, v, config_.tile_n) ? 1 : 0;
+      const int64_t ctas = int64_t{kernel_family_info(config_.family).ctas_per_sm} * sm_count_;
+      const unsigned grid = static_cast<unsigned>(std::min<int64_t>(total, ctas));
+      void* args[] = {&p};
+      fwd_->kernel.launch({grid}, {threads}, smem, stream, args);
+      return;
+    }
+  }
+  SPATTN_FAIL(ErrorCode::kInternal, "no launch for kernel family {}", static_cast<int>(config_.family));
 }
 
 ForwardPlan::~ForwardPlan() = default;
@@ -269,9 +220,10 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
     fill_->kernel.launch({static_cast<unsigned>((rows + 7) / 8)}, {256}, 0, stream, args);
   }
 
-  const int64_t num_work = static_cast<int64_t>(work_list_.items.size() / 6);
-  if (work_list_.split_slots > 0) {
-    const size_t rows = static_cast<size_t>(p.batch) * work_list_.split_slots * config_.tile_m;
+  const WorkList& wl = work_list();
+  const int64_t num_work = wl.num_items();
+  if (wl.split_slots > 0) {
+    const size_t rows = static_cast<size_t>(p.batch) * wl.split_slots * config_.tile_m;
     if (split_o_.size() < rows * p.head_dim * 4) split_o_ = runtime::DeviceBuffer(rows * p.head_dim * 4);
     if (split_lse_.size() < rows * 4) split_lse_ = runtime::DeviceBuffer(rows * 4);
   }
@@ -284,36 +236,33 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
     fp.heads = static_cast<int32_t>(p.heads);
     fp.kv_group = static_cast<int32_t>(p.heads / p.kv_heads);
     fp.scale_log2 = scale * 1.4426950408889634f;
-    fp.arena = reinterpret_cast<const int32_t*>(arena_.get());
-    fp.tables = reinterpret_cast<const SpattnTable*>(tables_.get());
-    fp.work = reinterpret_cast<const int32_t*>(work_.get());
+    fp.arena = tables_.arena();
+    fp.tables = tables_.tables();
+    fp.work = tables_.work();
     fp.num_work = static_cast<int32_t>(num_work);
     fp.split_o = reinterpret_cast<float*>(split_o_.get());
     fp.split_lse = reinterpret_cast<float*>(split_lse_.get());
-    fp.num_split_slots = work_list_.split_slots;
+    fp.num_split_slots = wl.split_slots;
     fp.part_o = merge ? reinterpret_cast<float*>(part_o_.get()) : nullptr;
     fp.part_lse = merge ? reinterpret_cast<float*>(part_lse_.get()) : nullptr;
     fp.write_parts = merge ? 1 : 0;
     fp.batch = static_cast<int32_t>(p.batch);
-    SPATTN_REQUIRE(p.batch <= 65535, "batch {} exceeds the launch grid limit 65535", p.batch);
-    void* args[] = {&fp};
-    fwd_->kernel.launch({static_cast<unsigned>(num_work), static_cast<unsigned>(p.batch)},
-                        {static_cast<unsigned>(rendered_.threads)}, rendered_.smem_bytes, stream, args);
+    launch_forward(fp, q, k, v, stream);
   }
 
-  if (work_list_.split_slots > 0) {
+  if (wl.split_slots > 0) {
     SpattnSplitMergeParams sm{};
     sm.split_o = reinterpret_cast<const float*>(split_o_.get());
     sm.split_lse = reinterpret_cast<const float*>(split_lse_.get());
-    sm.groups = reinterpret_cast<const int32_t*>(groups_.get());
-    sm.arena = reinterpret_cast<const int32_t*>(arena_.get());
-    sm.tables = reinterpret_cast<const SpattnTable*>(tables_.get());
+    sm.groups = tables_.groups();
+    sm.arena = tables_.arena();
+    sm.tables = tables_.tables();
     set_output(sm, o, lse);
     sm.part_o = merge ? reinterpret_cast<float*>(part_o_.get()) : nullptr;
     sm.part_lse = merge ? reinterpret_cast<float*>(part_lse_.get()) : nullptr;
     sm.write_parts = merge ? 1 : 0;
-    sm.num_groups = static_cast<int32_t>(work_list_.groups.size() / 5);
-    sm.num_split_slots = work_list_.split_slots;
+    sm.num_groups = static_cast<int32_t>(wl.num_groups());
+    sm.num_split_slots = wl.split_slots;
     sm.batch = static_cast<int32_t>(p.batch);
     sm.tile_m = config_.tile_m;
     sm.head_dim = static_cast<int32_t>(p.head_dim);

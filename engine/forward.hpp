@@ -2,7 +2,9 @@
 // problem shape with one kernel configuration on one device — the compiled layout, its
 // tables on the device, the loaded kernels — and launches them.
 //
-// Execution: a single-part layout runs the forward kernel writing O and LSE directly
+// Execution: a single-part layout runs the forward kernel of the config's family
+// (sm80: one CTA per work item; sm90: persistent CTAs walking the work list) writing O
+// and LSE directly
 // (after an O = 0 / LSE = -inf fill when some rows have no table). A multi-part layout
 // (LongNet branches, unions of differently ordered members) runs every part in one
 // launch into fp32 part buffers, then a merge kernel combines them with LSE weights.
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "codegen/kernel_spec.hpp"
+#include "engine/device_layout.hpp"
 #include "engine/jit.hpp"
 #include "runtime/device.hpp"
 
@@ -36,8 +39,9 @@ struct Problem {
   double useful_flops(const LayoutStats& stats) const;
 };
 
-// Checks that the tensors describe one problem (DESIGN.md §2 shapes, fp16/bf16, a
-// contiguous head dim, 16-byte aligned rows, LSE [B, Hq, Nq] fp32) and returns it.
+// Checks that the tensors describe one problem (DESIGN.md §2 shapes, a dtype and head
+// dim some kernel family supports, a contiguous head dim, 16-byte aligned rows, LSE
+// [B, Hq, Nq] fp32) and returns it.
 // Throws kInvalidArgument / kUnsupported naming the tensor and what is expected.
 Problem problem_from_tensors(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                              const TensorView* lse);
@@ -48,19 +52,6 @@ codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& co
                                     const std::string& arch);
 codegen::RenderedKernel render_kernel(const Layout& layout, const KernelConfig& config, const Problem& problem,
                                       const std::string& arch);
-
-// The launch list of a layout: its schedule, with rows much longer than a fair share of
-// the work split into pieces over several work items (merged afterwards by LSE), so a
-// few long rows (global tokens, causal diagonals) do not leave the GPU idle at the end.
-struct WorkList {
-  std::vector<int32_t> items;   // 6 ints per item, see SpattnFwdParams::work
-  std::vector<int32_t> groups;  // 5 ints per split row: first slot, pieces, table, q_tile, head
-  int32_t split_slots = 0;
-  int64_t max_piece = 0;        // key tiles of the longest work item
-};
-// `concurrent` is how many work items the GPU runs at once (SMs x CTAs per SM).
-// Splitting never happens for rows shorter than a fair share of the total work.
-WorkList build_work_list(const Layout& layout, int64_t concurrent, bool longest_first);
 
 // Fills the q/k/v pointers and strides of a kernel parameter struct (the forward and
 // the reference kernel take their inputs the same way).
@@ -97,10 +88,16 @@ class ForwardPlan {
   const codegen::RenderedKernel& rendered() const { return rendered_; }
   const JitKernel& kernel() const { return *fwd_; }
   double layout_ms() const { return layout_ms_; }
-  const WorkList& work_list() const { return work_list_; }
+  const WorkList& work_list() const { return tables_.work_list(); }
+  const DeviceLayout& device_layout() const { return tables_; }
   int device() const { return device_; }
 
  private:
+  // The forward kernel of the config's family over the tables (one switch; an unknown
+  // family is an internal error, never a silent default).
+  void launch_forward(SpattnFwdParams& params, const TensorView& q, const TensorView& k, const TensorView& v,
+                      CUstream stream) const;
+
   Pattern pattern_;
   Problem problem_;
   KernelConfig config_;
@@ -113,8 +110,8 @@ class ForwardPlan {
   const JitKernel* merge_ = nullptr;
   const JitKernel* fill_ = nullptr;
   const JitKernel* split_merge_ = nullptr;
-  WorkList work_list_;
-  runtime::DeviceBuffer arena_, tables_, work_, groups_;
+  int sm_count_ = 0;
+  DeviceLayout tables_;
   runtime::DeviceBuffer part_o_, part_lse_, split_o_, split_lse_;
 };
 

@@ -1,5 +1,6 @@
 #include "runtime/device.hpp"
 
+#include <algorithm>
 #include <mutex>
 #include <optional>
 #include <vector>
@@ -209,6 +210,30 @@ float Event::elapsed_ms_since(const Event& start) const {
 void synchronize(CUstream stream) {
   if (stream) SPATTN_CU_CHECK(cuStreamSynchronize(stream));
   else SPATTN_CU_CHECK(cuCtxSynchronize());
+}
+
+bool encode_tensor_map(void* map128, const void* base, int rank, const uint64_t* dims, const uint64_t* strides,
+                       const uint32_t* box) {
+  if (rank < 1 || rank > 5 || reinterpret_cast<uintptr_t>(base) % 16 != 0) return false;
+  cuuint64_t d[5], st[4];
+  cuuint32_t b[5], e[5];
+  for (int k = 0; k < rank; ++k) {
+    if (dims[k] < 1 || dims[k] > (uint64_t{1} << 32) || box[k] < 1 || box[k] > 256) return false;
+    d[k] = dims[k];
+    b[k] = box[k];
+    e[k] = 1;
+  }
+  for (int k = 0; k + 1 < rank; ++k) {
+    // A dimension of extent 1 is only ever read at coordinate 0: its stride is free.
+    const uint64_t s = dims[k + 1] == 1 ? std::max<uint64_t>(16, strides[k] / 16 * 16) : strides[k];
+    if (s == 0 || s % 16 != 0 || s >= (uint64_t{1} << 40)) return false;
+    st[k] = s;
+  }
+  const CUresult r = driver().cuTensorMapEncodeTiled(
+      static_cast<CUtensorMap*>(map128), CU_TENSOR_MAP_DATA_TYPE_UINT16, static_cast<cuuint32_t>(rank),
+      const_cast<void*>(base), d, st, b, e, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS;
 }
 
 }  // namespace spattn::runtime

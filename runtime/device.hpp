@@ -112,4 +112,12 @@ class Event {
 
 void synchronize(CUstream stream = nullptr);
 
+// A TMA tensor map of a 16-bit tensor of rank <= 5 (dims innermost first, strides in
+// bytes of dims 1..rank-1), read in boxes of `box` elements with 128-byte swizzle, out-
+// of-bounds elements read as zeros. Returns false (leaving `map` unspecified) when the
+// tensor cannot be described by one (strides not multiples of 16 bytes or beyond 2^40,
+// misaligned address) or the driver refuses it; callers then fall back to plain loads.
+bool encode_tensor_map(void* map128, const void* base, int rank, const uint64_t* dims, const uint64_t* strides,
+                       const uint32_t* box);
+
 }  // namespace spattn::runtime

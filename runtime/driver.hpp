@@ -59,7 +59,8 @@ namespace spattn::runtime {
   X(cuEventRecord)                  \
   X(cuEventSynchronize)             \
   X(cuEventElapsedTime)             \
-  X(cuPointerGetAttribute)
+  X(cuPointerGetAttribute)           \
+  X(cuTensorMapEncodeTiled)
 
 struct DriverApi {
 #define SPATTN_DRIVER_FIELD(fn) decltype(&::fn) fn = nullptr;

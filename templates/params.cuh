@@ -57,6 +57,26 @@ struct SpattnFwdParams {
   int32_t batch;
 };
 
+// A TMA tensor map (the driver's CUtensorMap: 128 opaque bytes, 64-byte aligned),
+// encoded on the host by cuTensorMapEncodeTiled and passed to the kernel by value.
+struct alignas(64) SpattnTensorMap {
+  uint64_t opaque[16];
+};
+
+// The Hopper family's parameters: the common forward parameters plus tensor maps of
+// Q, K and V over [B, N, H, D] (boxes of 64 head-dim elements x tile rows, 128-byte
+// swizzle). tma_q / tma_kv are 0 when a tensor cannot be described by a tensor map
+// (e.g. a zero stride); the producer then gathers its rows with cp.async instead.
+struct SpattnFwd90Params {
+  SpattnFwdParams base;
+  SpattnTensorMap tm_q;
+  SpattnTensorMap tm_k;
+  SpattnTensorMap tm_v;
+  int32_t tma_q;
+  int32_t tma_kv;
+  int32_t total_items;  // base.num_work * base.batch: what the persistent CTAs walk
+};
+
 // LSE-weighted merge of the pieces of split rows. groups: 5 ints per split query tile
 // (first slot, pieces, table, q_tile, head); the result goes where the unsplit work item
 // would have written it (O/LSE, or the part buffers).

@@ -2,41 +2,88 @@
 // constants the code generator writes into the kernel template, and part of the kernel
 // cache key. Every field changes speed, never results: block tables are rebuilt for the
 // tile shape and the partial-tile mask is exact at any tile.
+//
+// A configuration belongs to a kernel family (one template each). The family table
+// (kernel_families()) is the one place that says what a family supports — head dims,
+// dtypes, archs, tile shapes, shared memory — and KernelConfig::check() is the one place
+// a configuration is validated against it.
 #pragma once
 
 #include <spattn/layout.hpp>
+#include <spattn/tensor.hpp>
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace spattn {
 
+enum class KernelFamily {
+  kSm80,  // FlashAttention-2 style: mma.sync, ldmatrix, cp.async; every CTA one work item (sm_80 and newer)
+  kSm90,  // Hopper: wgmma, TMA, a producer and consumer warpgroups, persistent CTAs (sm_90a only)
+};
+const char* to_string(KernelFamily family);                   // "sm80", "sm90"
+KernelFamily kernel_family_from_string(std::string_view name);  // throws kInvalidArgument
+
 struct KernelConfig {
-  int tile_m = 128;  // query rows per CTA; a multiple of 16 * warps, at most 256
-  int tile_n = 64;   // keys per K/V tile: 32, 64 or 128
-  int warps = 4;     // 2, 4 or 8 warps; each warp owns tile_m / warps query rows
-  int stages = 1;    // 1: single K and V buffers — the V load overlaps QK^T and the next K
-                     //    load overlaps PV (less shared memory, more CTAs per SM);
-                     // 2: double-buffered K and V — the whole next tile loads during this one
+  KernelFamily family = KernelFamily::kSm80;
+  int tile_m = 128;  // query rows per work item. sm80: a multiple of 16 * warps, at most 256;
+                     // sm90: 64 per consumer warpgroup (64, 128 or 192)
+  int tile_n = 64;   // keys per K/V tile. sm80: 32, 64 or 128; sm90: a multiple of 16 up to 256
+  int warps = 4;     // sm80: 2, 4 or 8 warps, each owning tile_m / warps query rows;
+                     // sm90: derived, 4 per warpgroup (producer + tile_m / 64 consumers)
+  int stages = 1;    // sm80: 1 (single K and V buffers: the V load overlaps QK^T and the next
+                     //    K load overlaps PV) or 2 (double-buffered K/V);
+                     // sm90: depth of the K/V ring between producer and consumers (1 to 4)
   bool permute = true;  // token permutations for token-level patterns (LongNet, strides, grids)
   ScheduleOrder schedule = ScheduleOrder::kRowMajor;  // launch order of work items
 
-  // Throws kInvalidArgument/kUnsupported naming the bad field and what is allowed
-  // (including register budgets for this head dim).
+  // The family's own rules (tile shape, warps, stages, register budgets for this head
+  // dim, supported head dims). Throws kInvalidArgument / kUnsupported naming the field
+  // and what the family allows.
   void validate(int head_dim) const;
+  // validate() plus what a target must offer: the dtype, the arch (sm90 needs sm_90a)
+  // and, when smem_limit > 0, the dynamic shared memory a block may opt into.
+  void check(int head_dim, DType dtype, std::string_view arch, int smem_limit) const;
   // Dynamic shared memory per CTA of the forward kernel.
   int smem_bytes(int head_dim) const;
+  // Threads per CTA.
+  int threads() const;
   // The layout this config runs on: its tile shape, permutation and launch order.
   LayoutOptions layout_options() const;
-  // "128x64w4s2" plus ":noperm" and ":hilbert"/":longest" when not the default.
+  // sm80: "128x64w4s2"; sm90: "sm90:128x128s2"; plus ":noperm" and ":hilbert"/":longest"
+  // when not the default. (sm80 configs carry no prefix, so tuning databases and
+  // scripts written before the sm90 family keep their meaning; parse() accepts "sm80:".)
   std::string to_string() const;
   // Inverse of to_string(); throws kInvalidArgument.
   static KernelConfig parse(std::string_view text);
   bool operator==(const KernelConfig&) const = default;
 };
 
-// Head dims the forward kernel supports, and the list as text for error messages.
+// One row of the family table.
+struct KernelFamilyInfo {
+  KernelFamily family;
+  const char* name;           // "sm80"
+  const char* summary;        // what the kernel is, in a line
+  const char* template_name;  // the kernel template it renders, e.g. "spattn/forward.cuh"
+  std::vector<int> head_dims;
+  std::vector<DType> dtypes;
+  std::vector<std::string> archs;  // NVRTC targets it compiles for ("sm_80", "sm_90a", ...)
+  int ctas_per_sm;                 // CTAs one SM runs at once with the family's usual tiles
+  bool persistent;                 // CTAs walk the work list (grid of at most SMs x ctas_per_sm)
+};
+const std::vector<KernelFamilyInfo>& kernel_families();
+const KernelFamilyInfo& kernel_family_info(KernelFamily family);
+
+// Whether the family can run (head_dim, dtype) on `arch`; if not and `why` is given, why.
+bool family_supports(KernelFamily family, int head_dim, DType dtype, std::string_view arch,
+                     std::string* why = nullptr);
+
+// Head dims some family supports, and the list as text for error messages.
 bool head_dim_supported(int head_dim);
 std::string supported_head_dims();
+// Throws kUnsupported when no family runs this head dim / dtype, naming what each
+// family supports. The one check of a problem's head dim and dtype.
+void check_problem_supported(int64_t head_dim, DType dtype);
 
 }  // namespace spattn

@@ -30,21 +30,26 @@ TEST(SearchSpace, EveryTableConfigIsValidAndFitsItsFamily) {
     const int limit = std::string(row.family) == "sm_90a" ? 227 * 1024 : 163 * 1024;
     EXPECT_FALSE(row.configs.empty());
     std::set<std::string> unique;
+    const KernelFamily kernels = KernelConfig::parse(row.configs.front()).family;
     for (const char* text : row.configs) {
       const KernelConfig c = KernelConfig::parse(text);
-      EXPECT_NO_THROW(c.validate(row.head_dim)) << text;
-      EXPECT_LE(c.smem_bytes(row.head_dim), limit) << text;
+      EXPECT_EQ(c.family, kernels) << text << ": one kernel family per row";
+      for (DType d : row.dtypes) EXPECT_NO_THROW(c.check(row.head_dim, d, row.family, limit)) << text;
       EXPECT_TRUE(unique.insert(text).second) << "duplicate " << text;
     }
     for (DType d : row.dtypes)
-      EXPECT_TRUE(seen_rows.insert(fmt::format("{}/{}/{}", row.family, to_string(d), row.head_dim)).second)
-          << "two rows for the same (arch, dtype, head dim)";
+      EXPECT_TRUE(seen_rows.insert(fmt::format("{}/{}/{}/{}", row.family, to_string(kernels), to_string(d), row.head_dim))
+                      .second)
+          << "two rows for the same (arch, kernel family, dtype, head dim)";
   }
-  // Every supported head dim has a row for both families and both dtypes.
-  for (const char* family : {"sm_90a", "sm_80"})
-    for (DType d : {DType::kBFloat16, DType::kFloat16})
-      for (int hd : {32, 64, 96, 128, 256})
-        EXPECT_TRUE(seen_rows.count(fmt::format("{}/{}/{}", family, to_string(d), hd))) << family << " " << hd;
+  // Every head dim a kernel family supports has a row on each arch it runs on, for both dtypes.
+  for (const char* arch : {"sm_90a", "sm_80"})
+    for (const KernelFamilyInfo& f : kernel_families())
+      for (DType d : {DType::kBFloat16, DType::kFloat16})
+        for (int hd : f.head_dims)
+          if (family_supports(f.family, hd, d, arch))
+            EXPECT_TRUE(seen_rows.count(fmt::format("{}/{}/{}/{}", arch, f.name, to_string(d), hd)))
+                << arch << " " << f.name << " " << hd;
 }
 
 TEST(SearchSpace, ArchFamiliesAndLimits) {

@@ -40,10 +40,10 @@ TEST(Render, SourceNamesItsSpecAndIsDeterministic) {
   EXPECT_EQ(a.source, b.source);
   EXPECT_EQ(a.program_name, b.program_name);
   EXPECT_NE(a.source.find("local_window"), std::string::npos);
-  EXPECT_NE(a.source.find("tile 128x64, 4 warps, 1 stage(s), head dim 128, bf16, sm_90a"), std::string::npos);
+  EXPECT_NE(a.source.find("family sm80, tile 128x64, 4 warps, 1 stage(s), head dim 128, bf16, sm_90a"), std::string::npos);
   EXPECT_NE(a.source.find("kHeadDim = 128"), std::string::npos);
-  ASSERT_EQ(a.template_hashes.size(), 2u);
-  EXPECT_EQ(a.template_hashes[1].second, templates::get("spattn/forward.cuh").sha256);
+  ASSERT_EQ(a.template_hashes.size(), 3u);
+  EXPECT_EQ(a.template_hashes[2].second, templates::get("spattn/forward.cuh").sha256);
   // A different tile config is a different program.
   KernelConfig other;
   other.tile_n = 32;
@@ -144,7 +144,7 @@ TEST(KernelConfig, ValidationNamesTheFieldAndTheAllowedValues) {
   bad = c;
   bad.tile_m = 96;
   expect_error(bad, 128, "config.tile_m must be a multiple of 16 * warps = 64");
-  expect_error(c, 80, "head dim 80 is not supported; supported head dims: 32, 64, 96, 128, 256");
+  expect_error(c, 80, "head dim 80 is not supported by the sm80 family; it supports head dims 32, 64, 96, 128, 256");
   expect_error(c, 256, "output accumulators");
 }
 

@@ -1,5 +1,7 @@
 // Forward attention on the GPU against references, for every pattern of DESIGN.md §3
-// except adaptive, across dtypes, head dims, causal, GQA, odd lengths and Nq != Nk.
+// except adaptive, across dtypes, head dims, causal, GQA, odd lengths, Nq != Nk and
+// strided views — once per kernel family (sm80 everywhere, sm90 on Hopper): the same
+// cases run on each family's heuristic configuration, plus explicit configurations.
 //
 // Each case draws fresh random inputs, poisons O (NaN) and LSE before the run, and
 // compares with the fp32 GPU reference (masks from Pattern::allowed_in_branch). For
@@ -15,9 +17,12 @@
 #include <spattn/reference.hpp>
 
 #include <cmath>
+#include <algorithm>
 #include <random>
+#include <span>
 
 #include "engine/reference.hpp"
+#include "engine/select.hpp"
 #include "runtime/device.hpp"
 #include "tests/support/gpu.hpp"
 
@@ -30,7 +35,15 @@ struct Case {
   DType dtype = DType::kBFloat16;
   std::optional<KernelConfig> config;
   bool host_check = false;  // also check the GPU reference against the host fp64 one
+  // Q, K, V as views of one packed [B, N, 3, H, D] buffer (needs nq == nk, heads ==
+  // kv_heads), as a fused QKV projection leaves them; O strided likewise in [B, N, 2, H, D].
+  bool packed = false;
+  bool broadcast_kv = false;  // K and V with batch stride 0 (one K/V for every batch row)
 };
+
+// The family a test instance runs; cases without an explicit config use that family's
+// heuristic configuration (cases the family cannot run fall back to the heuristic).
+KernelFamily g_family = KernelFamily::kSm80;
 
 std::string describe(const Case& c) {
   return fmt::format("{} B={} Nq={} Nk={} H={}/{} D={} {}{}", c.json, c.batch, c.nq, c.nk, c.heads, c.kv_heads,
@@ -38,35 +51,69 @@ std::string describe(const Case& c) {
 }
 
 void run_case(const Case& c, uint64_t seed) {
-  SCOPED_TRACE(describe(c));
   const Pattern pattern = Pattern::parse(c.json);
+  engine::Problem problem{c.batch, c.nq, c.nk, c.heads, c.kv_heads, c.head_dim, c.dtype};
+  std::optional<KernelConfig> config = c.config;
+  if (!config) {
+    const runtime::DeviceInfo dev = runtime::device_info(runtime::current_device());
+    if (family_supports(g_family, static_cast<int>(c.head_dim), c.dtype, dev.arch()))
+      config = engine::heuristic_for(g_family, pattern, problem, dev).config;
+  }
+  SCOPED_TRACE(describe(c) + (config ? " -> " + config->to_string() : " -> heuristic"));
   const int64_t q_elems = c.batch * c.nq * c.heads * c.head_dim;
   const int64_t kv_elems = c.batch * c.nk * c.kv_heads * c.head_dim;
-  runtime::DeviceBuffer q(q_elems * 2), k(kv_elems * 2), v(kv_elems * 2), o(q_elems * 2),
-      lse(c.batch * c.heads * c.nq * 4);
-  engine::fill_random(q.data(), q_elems, c.dtype, seed * 3 + 1);
+  const int64_t hd = c.heads * c.head_dim;
+  if (c.packed) ASSERT_TRUE(c.nq == c.nk && c.heads == c.kv_heads);
+  // Packed: one buffer holds Q, K, V interleaved per token; O interleaved with padding.
+  runtime::DeviceBuffer q((c.packed ? 3 : 1) * q_elems * 2), k(kv_elems * 2), v(kv_elems * 2),
+      o((c.packed ? 2 : 1) * q_elems * 2), lse(c.batch * c.heads * c.nq * 4);
+  engine::fill_random(q.data(), (c.packed ? 3 : 1) * q_elems, c.dtype, seed * 3 + 1);
   engine::fill_random(k.data(), kv_elems, c.dtype, seed * 3 + 2);
   engine::fill_random(v.data(), kv_elems, c.dtype, seed * 3 + 3);
   o.fill_bytes(0xff);    // NaN in fp16 and bf16: every element must be written
   lse.fill_bytes(0xff);  // NaN
-  const auto tq = TensorView::contiguous(q.data(), c.dtype, {c.batch, c.nq, c.heads, c.head_dim});
-  const auto tk = TensorView::contiguous(k.data(), c.dtype, {c.batch, c.nk, c.kv_heads, c.head_dim});
-  const auto tv = TensorView::contiguous(v.data(), c.dtype, {c.batch, c.nk, c.kv_heads, c.head_dim});
-  const auto to = TensorView::contiguous(o.data(), c.dtype, {c.batch, c.nq, c.heads, c.head_dim});
+  auto tq = TensorView::contiguous(q.data(), c.dtype, {c.batch, c.nq, c.heads, c.head_dim});
+  auto tk = TensorView::contiguous(k.data(), c.dtype, {c.batch, c.nk, c.kv_heads, c.head_dim});
+  auto tv = TensorView::contiguous(v.data(), c.dtype, {c.batch, c.nk, c.kv_heads, c.head_dim});
+  auto to = TensorView::contiguous(o.data(), c.dtype, {c.batch, c.nq, c.heads, c.head_dim});
+  if (c.packed) {
+    char* base = static_cast<char*>(q.data());
+    tk.data = base + hd * 2;
+    tv.data = base + 2 * hd * 2;
+    for (TensorView* t : {&tq, &tk, &tv}) {
+      t->strides[0] = c.nq * 3 * hd;
+      t->strides[1] = 3 * hd;
+    }
+    to.strides[0] = c.nq * 2 * hd;
+    to.strides[1] = 2 * hd;
+  }
+  if (c.broadcast_kv) tk.strides[0] = tv.strides[0] = 0;
   const auto tl = TensorView::contiguous3(lse.data(), DType::kFloat32, {c.batch, c.heads, c.nq});
 
   AttentionOptions opts;
-  opts.config = c.config;
+  opts.config = config;
   opts.use_tuning_db = false;
   Attention attn(pattern, opts);
   attn.forward(tq, tk, tv, to, &tl);
   runtime::synchronize();
 
-  engine::Problem problem{c.batch, c.nq, c.nk, c.heads, c.kv_heads, c.head_dim, c.dtype};
   const auto ref = engine::reference_forward(pattern, problem, tq, tk, tv, 0);
   std::vector<uint16_t> out(q_elems);
   std::vector<float> lse_out(c.batch * c.heads * c.nq);
-  o.download(out.data(), out.size() * 2);
+  if (c.packed) {
+    // Gather O's rows out of the interleaved buffer; the padding between them must still be NaN.
+    std::vector<uint16_t> all(2 * q_elems);
+    o.download(all.data(), all.size() * 2);
+    int64_t touched = 0;
+    for (int64_t row = 0; row < c.batch * c.nq; ++row)
+      for (int64_t x = 0; x < hd; ++x) {
+        out[row * hd + x] = all[row * 2 * hd + x];
+        touched += all[row * 2 * hd + hd + x] != 0xffff;
+      }
+    EXPECT_EQ(touched, 0) << "the kernel wrote outside O's view";
+  } else {
+    o.download(out.data(), out.size() * 2);
+  }
   lse.download(lse_out.data(), lse_out.size() * 4);
   const auto cmp = engine::compare(out, c.dtype, lse_out, ref);
   const double tol_l2 = c.dtype == DType::kBFloat16 ? 1e-2 : 2e-3;
@@ -74,6 +121,7 @@ void run_case(const Case& c, uint64_t seed) {
   EXPECT_EQ(cmp.nonfinite, 0) << cmp.to_string();
   EXPECT_EQ(cmp.lse_mismatch, 0) << cmp.to_string();
   EXPECT_LE(cmp.rel_l2_err, tol_l2) << cmp.to_string() << "\n" << attn.explain();
+  if (config) EXPECT_EQ(attn.explanation().config, *config);
   EXPECT_LE(cmp.max_abs_err, tol_abs) << cmp.to_string();
   EXPECT_LE(cmp.max_lse_err, 2e-3) << cmp.to_string();
 
@@ -102,14 +150,22 @@ void run_case(const Case& c, uint64_t seed) {
   }
 }
 
-class ForwardGpu : public ::testing::Test {
+class ForwardGpu : public ::testing::TestWithParam<KernelFamily> {
  protected:
-  void SetUp() override { SPATTN_REQUIRE_GPU(); }
+  void SetUp() override {
+    SPATTN_REQUIRE_GPU();
+    g_family = GetParam();
+    const runtime::DeviceInfo dev = runtime::device_info(runtime::current_device());
+    const KernelFamilyInfo& f = kernel_family_info(g_family);
+    if (std::find(f.archs.begin(), f.archs.end(), dev.arch()) == f.archs.end())
+      GTEST_SKIP() << "the " << f.name << " family does not run on " << dev.name << " (" << dev.arch() << ")";
+  }
+  bool sm90() const { return GetParam() == KernelFamily::kSm90; }
 };
 
 // Every pattern kind at an odd length with GQA, bf16, head dim 128; small enough for
 // the host fp64 cross-check of the reference.
-TEST_F(ForwardGpu, EveryPatternKind) {
+TEST_P(ForwardGpu, EveryPatternKind) {
   const char* patterns[] = {
       R"({"type":"dense"})",
       R"({"type":"dense","causal":true})",
@@ -139,7 +195,7 @@ TEST_F(ForwardGpu, EveryPatternKind) {
   }
 }
 
-TEST_F(ForwardGpu, NeighborhoodGridsWithDilation) {
+TEST_P(ForwardGpu, NeighborhoodGridsWithDilation) {
   Case c1{R"({"type":"neighborhood","grid":[2000],"window":[65],"dilation":[3]})"};
   c1.nq = c1.nk = 2000;
   c1.host_check = true;
@@ -153,7 +209,7 @@ TEST_F(ForwardGpu, NeighborhoodGridsWithDilation) {
   run_case(c3, 3);
 }
 
-TEST_F(ForwardGpu, DtypesHeadDimsAndConfigs) {
+TEST_P(ForwardGpu, DtypesHeadDimsAndConfigs) {
   struct V {
     DType dtype;
     int64_t d;
@@ -165,8 +221,16 @@ TEST_F(ForwardGpu, DtypesHeadDimsAndConfigs) {
       {DType::kBFloat16, 128, "128x64w8s2"}, {DType::kBFloat16, 128, "128x64w4s1"},
       {DType::kFloat16, 128, "64x128w4s2"},  {DType::kBFloat16, 128, "128x32w4s2:noperm"},
   };
+  const V variants90[] = {
+      {DType::kFloat16, 128, nullptr},           {DType::kFloat16, 64, nullptr},
+      {DType::kBFloat16, 64, nullptr},           {DType::kBFloat16, 256, nullptr},
+      {DType::kBFloat16, 128, "sm90:128x64s1"},  {DType::kBFloat16, 128, "sm90:64x128s2"},
+      {DType::kFloat16, 64, "sm90:192x64s3"},    {DType::kBFloat16, 128, "sm90:128x64s3:noperm"},
+      {DType::kBFloat16, 64, "sm90:128x160s2"},  {DType::kFloat16, 256, "sm90:64x64s2"},
+      {DType::kBFloat16, 128, "sm90:128x80s2"},
+  };
   uint64_t seed = 500;
-  for (const auto& v : variants) {
+  for (const auto& v : sm90() ? std::span<const V>(variants90) : std::span<const V>(variants)) {
     Case c{R"({"type":"local_window","window":300,"causal":true})"};
     c.dtype = v.dtype;
     c.head_dim = v.d;
@@ -182,7 +246,7 @@ TEST_F(ForwardGpu, DtypesHeadDimsAndConfigs) {
   }
 }
 
-TEST_F(ForwardGpu, CrossAttentionGqaBatchAndTinyLengths) {
+TEST_P(ForwardGpu, CrossAttentionGqaBatchAndTinyLengths) {
   Case cross{R"({"type":"dense","causal":true})"};
   cross.nq = 700;
   cross.nk = 1300;  // bottom-right aligned causal
@@ -201,6 +265,22 @@ TEST_F(ForwardGpu, CrossAttentionGqaBatchAndTinyLengths) {
   tiny.nq = 1;
   tiny.nk = 1;
   run_case(tiny, 9);
+  Case packed{R"({"type":"local_window","window":200})"};
+  packed.nq = packed.nk = 777;
+  packed.heads = packed.kv_heads = 3;
+  packed.batch = 2;
+  packed.packed = true;
+  run_case(packed, 11);
+  Case packed_ln{R"({"type":"longnet","segments":[128,256],"rates":[1,2]})"};
+  packed_ln.nq = packed_ln.nk = 600;
+  packed_ln.heads = packed_ln.kv_heads = 4;
+  packed_ln.packed = true;
+  run_case(packed_ln, 12);
+  Case shared_kv{R"({"type":"dense","causal":true})"};
+  shared_kv.nq = shared_kv.nk = 500;
+  shared_kv.batch = 3;
+  shared_kv.broadcast_kv = true;
+  run_case(shared_kv, 13);
   Case causal_short_keys{R"({"type":"dense","causal":true})"};
   causal_short_keys.nq = 300;  // the first 200 queries see no key: O = 0, LSE = -inf
   causal_short_keys.nk = 100;
@@ -209,7 +289,7 @@ TEST_F(ForwardGpu, CrossAttentionGqaBatchAndTinyLengths) {
 }
 
 // 4k-16k tokens against the fp32 GPU reference.
-TEST_F(ForwardGpu, LongSequences) {
+TEST_P(ForwardGpu, LongSequences) {
   Case win{R"({"type":"local_window","window":1024})"};
   win.nq = win.nk = 16384;
   win.heads = win.kv_heads = 2;
@@ -228,7 +308,7 @@ TEST_F(ForwardGpu, LongSequences) {
   run_case(gl, 24);
 }
 
-TEST_F(ForwardGpu, BadInputsAreRefusedWithClearErrors) {
+TEST_P(ForwardGpu, BadInputsAreRefusedWithClearErrors) {
   runtime::DeviceBuffer buf(1 << 20);
   Attention attn(Pattern::parse(R"({"type":"dense"})"));
   const auto q = TensorView::contiguous(buf.data(), DType::kBFloat16, {1, 64, 4, 128});
@@ -251,6 +331,9 @@ TEST_F(ForwardGpu, BadInputsAreRefusedWithClearErrors) {
   const auto q32 = TensorView::contiguous(buf.data(), DType::kFloat32, {1, 64, 4, 128});
   EXPECT_THROW(attn.forward(q32, q32, q32, q32), Error);
 }
+
+INSTANTIATE_TEST_SUITE_P(Families, ForwardGpu, ::testing::Values(KernelFamily::kSm80, KernelFamily::kSm90),
+                         [](const ::testing::TestParamInfo<KernelFamily>& info) { return std::string(to_string(info.param)); });
 
 }  // namespace
 }  // namespace spattn

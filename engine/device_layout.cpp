@@ -1,0 +1,100 @@
+#include "engine/device_layout.hpp"
+
+#include <algorithm>
+#include <limits>
+
+#include "common/check.hpp"
+
+namespace spattn::engine {
+
+namespace {
+
+int32_t checked_i32(int64_t v, const char* what) {
+  if (v > std::numeric_limits<int32_t>::max())
+    SPATTN_FAIL(ErrorCode::kUnsupported, "{} ({}) exceeds the 32-bit range of the device tables; use larger tiles",
+                what, v);
+  return static_cast<int32_t>(v);
+}
+
+template <class T>
+void upload(runtime::DeviceBuffer& buf, const std::vector<T>& v) {
+  if (v.empty()) return;
+  buf = runtime::DeviceBuffer(v.size() * sizeof(T));
+  buf.upload(v.data(), v.size() * sizeof(T));
+}
+
+}  // namespace
+
+WorkList build_work_list(const Layout& layout, int64_t concurrent, bool longest_first) {
+  struct Piece {
+    int32_t table, q_tile, head, begin, end, slot;
+  };
+  std::vector<Piece> pieces;
+  int64_t total = 0;
+  auto row_length = [&](const WorkItem& w) {
+    const BlockTable& t = layout.tables[w.table];
+    return t.row_ptr[w.q_tile + 1] - t.row_ptr[w.q_tile];
+  };
+  for (const WorkItem& w : layout.schedule) total += row_length(w);
+  // A row longer than a fair share of the work (total / concurrent) would still be
+  // running when everything else is done: cut it into pieces of half a fair share.
+  const int64_t fair = std::max<int64_t>(1, total / std::max<int64_t>(1, concurrent));
+  const int64_t piece = std::max<int64_t>(8, fair / 2);
+  WorkList out;
+  for (const WorkItem& w : layout.schedule) {
+    const int64_t len = row_length(w);
+    if (len <= fair || len <= 2 * piece) {
+      pieces.push_back({w.table, w.q_tile, w.head, 0, static_cast<int32_t>(len), -1});
+      continue;
+    }
+    const int64_t n = (len + piece - 1) / piece;
+    out.groups.insert(out.groups.end(), {out.split_slots, static_cast<int32_t>(n), w.table, w.q_tile, w.head});
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t b = len * k / n, e = len * (k + 1) / n;
+      pieces.push_back({w.table, w.q_tile, w.head, static_cast<int32_t>(b), static_cast<int32_t>(e),
+                        out.split_slots++});
+    }
+  }
+  if (longest_first)
+    std::stable_sort(pieces.begin(), pieces.end(),
+                     [](const Piece& a, const Piece& b) { return a.end - a.begin > b.end - b.begin; });
+  out.items.reserve(pieces.size() * 6);
+  for (const Piece& p : pieces) {
+    out.items.insert(out.items.end(), {p.table, p.q_tile, p.head, p.begin, p.end, p.slot});
+    out.max_piece = std::max<int64_t>(out.max_piece, p.end - p.begin);
+  }
+  return out;
+}
+
+PackedTables pack_tables(const Layout& layout) {
+  PackedTables out;
+  auto append = [&](const auto& values) {
+    const int32_t off = checked_i32(static_cast<int64_t>(out.arena.size()), "table arena size");
+    for (auto v : values) out.arena.push_back(checked_i32(v, "table entry"));
+    return off;
+  };
+  for (const BlockTable& t : layout.tables) {
+    SpattnTable d{};
+    d.part = t.part;
+    d.num_q_tiles = checked_i32(t.num_q_tiles, "query tiles");
+    d.num_k_tiles = checked_i32(t.num_k_tiles, "key tiles");
+    d.q_slots = t.q_slots.empty() ? -1 : append(t.q_slots);
+    d.k_slots = t.k_slots.empty() ? -1 : append(t.k_slots);
+    d.row_ptr = append(t.row_ptr);
+    d.full_count = append(t.full_count);
+    d.cols = append(t.cols);
+    out.tables.push_back(d);
+  }
+  if (out.arena.empty()) out.arena.push_back(0);
+  return out;
+}
+
+DeviceLayout::DeviceLayout(const Layout& layout, WorkList work) : work_list_(std::move(work)) {
+  const PackedTables packed = pack_tables(layout);
+  upload(arena_, packed.arena);
+  upload(tables_, packed.tables);
+  upload(work_, work_list_.items);
+  upload(groups_, work_list_.groups);
+}
+
+}  // namespace spattn::engine

@@ -1,0 +1,60 @@
+// A layout on the device: its block tables packed into one int32 arena with a
+// descriptor per table, and its launch list. Built once per plan and read by every
+// kernel that walks the tables (both forward families, the split merge); the backward
+// pass and tables built at run time reuse the same packing.
+#pragma once
+
+#include <spattn/layout.hpp>
+
+#include <cstdint>
+#include <vector>
+
+#include "runtime/device.hpp"
+#include "templates/params.cuh"
+
+namespace spattn::engine {
+
+// The launch list of a layout: its schedule, with rows much longer than a fair share of
+// the work split into pieces over several work items (merged afterwards by LSE), so a
+// few long rows (global tokens, causal diagonals) do not leave the GPU idle at the end.
+struct WorkList {
+  std::vector<int32_t> items;   // 6 ints per item, see SpattnFwdParams::work
+  std::vector<int32_t> groups;  // 5 ints per split row: first slot, pieces, table, q_tile, head
+  int32_t split_slots = 0;
+  int64_t max_piece = 0;        // key tiles of the longest work item
+
+  int64_t num_items() const { return static_cast<int64_t>(items.size() / 6); }
+  int64_t num_groups() const { return static_cast<int64_t>(groups.size() / 5); }
+};
+// `concurrent` is how many work items the GPU runs at once (SMs x CTAs per SM).
+// Splitting never happens for rows shorter than a fair share of the total work.
+WorkList build_work_list(const Layout& layout, int64_t concurrent, bool longest_first);
+
+// Host form of the tables: the arena (slots, CSR offsets, full counts, columns) and one
+// SpattnTable per table with offsets into it. Throws kUnsupported when a table does not
+// fit the 32-bit offsets of the device format.
+struct PackedTables {
+  std::vector<int32_t> arena;
+  std::vector<SpattnTable> tables;
+};
+PackedTables pack_tables(const Layout& layout);
+
+class DeviceLayout {
+ public:
+  DeviceLayout() = default;
+  // Packs and uploads to the current device.
+  DeviceLayout(const Layout& layout, WorkList work);
+
+  const int32_t* arena() const { return reinterpret_cast<const int32_t*>(arena_.get()); }
+  const SpattnTable* tables() const { return reinterpret_cast<const SpattnTable*>(tables_.get()); }
+  const int32_t* work() const { return reinterpret_cast<const int32_t*>(work_.get()); }
+  const int32_t* groups() const { return reinterpret_cast<const int32_t*>(groups_.get()); }
+  const WorkList& work_list() const { return work_list_; }
+  size_t device_bytes() const { return arena_.size() + tables_.size() + work_.size() + groups_.size(); }
+
+ private:
+  WorkList work_list_;
+  runtime::DeviceBuffer arena_, tables_, work_, groups_;
+};
+
+}  // namespace spattn::engine

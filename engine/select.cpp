@@ -1,0 +1,98 @@
+#include "engine/select.hpp"
+
+#include <fmt/format.h>
+
+#include "common/check.hpp"
+
+namespace spattn::engine {
+
+namespace {
+
+// sm90 family (Hopper, sm_90a), FlashAttention-3's tile shapes:
+//  - D = 64 and 128: 128x128 tiles, two consumer warpgroups of 64 rows, a K/V ring of
+//    two stages (S, P and O of a consumer thread: 64 + 32 + 64 registers at D = 128);
+//  - D = 256: 128x64 tiles (O alone is 128 registers per consumer thread);
+//  - 64-row tiles (one consumer warpgroup) when 128-row tiles would give fewer work
+//    items than SMs.
+KernelChoice sm90(const Problem& problem, const runtime::DeviceInfo& device) {
+  KernelConfig c;
+  c.family = KernelFamily::kSm90;
+  c.tile_m = 128;
+  c.tile_n = problem.head_dim == 256 ? 64 : 128;
+  c.stages = 2;
+  c.schedule = ScheduleOrder::kLongestFirst;
+  std::string why = fmt::format("Hopper, head dim {}: wgmma/TMA family, {}x{} tiles, two consumer warpgroups, "
+                                "2-stage K/V ring",
+                                problem.head_dim, c.tile_m, c.tile_n);
+  const int64_t items = (problem.nq + 127) / 128 * problem.heads * problem.batch;
+  if (items < device.sm_count) {
+    c.tile_m = 64;
+    why += fmt::format("; 64-row tiles since {} work items of 128 rows would not fill {} SMs", items, device.sm_count);
+  }
+  c.warps = c.threads() / 32;
+  return {c, "heuristic (" + why + ")"};
+}
+
+// sm80 family (mma.sync, sm_80+), from the register and shared memory budgets ptxas
+// reports (`spattn compile` prints them):
+//  - D = 128: 128x64 tiles, 4 warps, 1 stage (FlashAttention-2's choice): 32 query
+//    rows per warp, so every K/V fragment read from shared memory feeds two m16 tiles;
+//    255 registers without spills, 71 KB of shared memory, two CTAs per SM. Two stages
+//    would spill a few registers at this tile.
+//  - D <= 96: the same tile with 2 stages (the accumulators leave room for the
+//    double-buffered K/V, so the whole next tile loads during this one).
+//  - D = 256: 64x64 tiles, 4 warps, 1 stage: 16 rows per warp keeps the 128 output
+//    accumulators per thread in registers; 104 KB of shared memory.
+//  - When 128-row query tiles would give fewer than two CTAs per SM, 64-row tiles.
+KernelChoice sm80(const Problem& problem, const runtime::DeviceInfo& device, const std::string& why_not_sm90) {
+  KernelConfig c;
+  std::string why;
+  c.tile_n = 64;
+  c.warps = 4;
+  c.schedule = ScheduleOrder::kLongestFirst;
+  if (problem.head_dim == 256) {
+    c.tile_m = 64;
+    c.stages = 1;
+    why = "head dim 256: 64x64, 16 rows per warp, single-buffered K/V";
+  } else {
+    c.tile_m = 128;
+    c.stages = problem.head_dim == 128 ? 1 : 2;
+    why = fmt::format("head dim {}: 128x64, 32 rows per warp, {}", problem.head_dim,
+                      c.stages == 1 ? "K/V loads overlapped with the two matrix products" : "double-buffered K/V");
+    const int64_t ctas = (problem.nq + 127) / 128 * problem.heads * problem.batch;
+    if (ctas < 2 * device.sm_count) {
+      c.tile_m = 64;
+      why += fmt::format("; 64-row query tiles since {} CTAs of 128 rows would not fill {} SMs twice", ctas,
+                         device.sm_count);
+    }
+  }
+  return {c, "heuristic (sm80 family: " + why + "; " + why_not_sm90 + ")"};
+}
+
+}  // namespace
+
+// Work items launch longest first (most key tiles first): for uniform patterns this is
+// the natural order, for imbalanced ones (causal, global rows) the long items no longer
+// start last and stretch the tail.
+KernelChoice heuristic_for(KernelFamily family, const Pattern& pattern, const Problem& problem,
+                           const runtime::DeviceInfo& device) {
+  (void)pattern;
+  std::string why;
+  if (!family_supports(family, static_cast<int>(problem.head_dim), problem.dtype, device.arch(), &why))
+    SPATTN_FAIL(ErrorCode::kUnsupported, "no {} kernel for {} on {}: {}", to_string(family), problem.to_string(),
+                device.name, why);
+  switch (family) {
+    case KernelFamily::kSm80: return sm80(problem, device, "family requested");
+    case KernelFamily::kSm90: return sm90(problem, device);
+  }
+  SPATTN_FAIL(ErrorCode::kInternal, "no heuristic for kernel family {}", static_cast<int>(family));
+}
+
+KernelChoice heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device) {
+  std::string why;
+  if (family_supports(KernelFamily::kSm90, static_cast<int>(problem.head_dim), problem.dtype, device.arch(), &why))
+    return sm90(problem, device);
+  return sm80(problem, device, "not sm90: " + why);
+}
+
+}  // namespace spattn::engine

@@ -1,0 +1,563 @@
+// spattn forward attention for Hopper (sm_90a): wgmma for Q·Kᵀ and P·V with fp32
+// accumulators in registers, Q/K/V tiles brought into 128-byte-swizzled shared memory
+// by TMA (natural token order) or by cp.async gathers (permuted layouts), mbarrier
+// pipelines between a producer warpgroup and one to three consumer warpgroups, and a
+// persistent grid that walks the work list.
+//
+// The generated translation unit defines `struct Cfg` (tile shape, stages, head dim,
+// dtype, the partial-tile predicate, and the wgmma wrappers MmaS / MmaO for the two
+// products' N) and then includes this file. Results are those of the sm80 family: the
+// same block tables (full tiles, then partial tiles with the generated mask), the same
+// slots, LSE, split rows and part outputs.
+//
+// Roles (warpgroups of 128 threads):
+//   0      producer: per work item loads the Q tile once, then for every listed key
+//          tile the K tile and the V tile into the next stage of a ring of kStages,
+//          each stage guarded by a "full" and an "empty" mbarrier.
+//   1..C   consumers: warpgroup c owns query rows [64(c-1), 64c) of the tile. For each
+//          key tile: S = Q Kᵀ (wgmma, both operands in shared memory), release K, mask
+//          (partial tiles), online softmax in registers, O += P V (wgmma, P from
+//          registers, V in shared memory), release V. Epilogue through shared memory.
+// Shared-memory tiles are stored as D/64 column chunks of [rows][128 bytes], with
+// 16-byte chunk c of row r at position c ^ (r % 8): the layout TMA's 128-byte swizzle
+// writes and the layout wgmma's descriptors describe (swizzle mode 1).
+#pragma once
+
+#include "spattn/params.cuh"
+#include "spattn/ptx.cuh"
+
+namespace spattn {
+namespace sm90 {
+
+// ---- mbarriers, TMA, wgmma, named barriers -------------------------------------------
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// Waits until the phase of parity `parity` has completed. A freshly initialised barrier
+// counts its (virtual) previous phase, of parity 1, as complete: producers wait on empty
+// barriers with parity 1 first and so pass at once.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred ready;\n"
+      "SPATTN_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 ready, [%0], %1;\n"
+      "@!ready bra SPATTN_WAIT;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+
+// One box of a 4-D tensor map ([B, N, H, D] as dims D, N, H, B) into shared memory,
+// completing on `bar` with the box's bytes.
+__device__ __forceinline__ void tma_load(uint32_t dst, const SpattnTensorMap& map, uint32_t bar, int c0, int c1,
+                                         int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], "
+      "[%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_but_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+
+// Keeps the compiler from moving accesses to wgmma accumulators across the asynchronous
+// matrix instructions that read and write them.
+template <int N>
+__device__ __forceinline__ void fence_operands(float (&r)[N]) {
+#pragma unroll
+  for (int k = 0; k < N; ++k) asm volatile("" : "+f"(r[k])::"memory");
+}
+
+// Shared-memory matrix descriptor (PTX ISA, "Matrix Descriptor Format"): start address,
+// leading and stride byte offsets (all >> 4), swizzle mode 1 = 128-byte swizzle. Adding
+// (bytes >> 4) to a descriptor moves its start address.
+__device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t leading, uint32_t stride) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>((leading & 0x3FFFF) >> 4) << 16) |
+         (static_cast<uint64_t>((stride & 0x3FFFF) >> 4) << 32) | (1ull << 62);
+}
+
+template <int kRegs>
+__device__ __forceinline__ void regs_dealloc() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs>
+__device__ __forceinline__ void regs_alloc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
+// Named barrier among `threads` threads (id 0 is __syncthreads()).
+__device__ __forceinline__ void bar_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// ---- the kernel body -------------------------------------------------------------------
+
+template <class Cfg>
+struct Forward {
+  static constexpr int D = Cfg::kHeadDim;
+  static constexpr int BM = Cfg::kBlockM;
+  static constexpr int BN = Cfg::kBlockN;
+  static constexpr int kStages = Cfg::kStages;
+  static constexpr bool kBf16 = Cfg::kBf16;
+  static constexpr int kConsumers = BM / 64;             // consumer warpgroups, 64 query rows each
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kProducerWarps = 4;
+  static constexpr int kConsumerWarps = 4 * kConsumers;
+  static constexpr int kChunks = D / 64;                 // 128-byte column chunks per row
+  static constexpr int kRowChunks = D / 8;               // 16-byte chunks per row
+  static constexpr int kNS = BN / 2;                     // S accumulators per thread (64 x BN per warpgroup)
+  static constexpr int kNO = D / 2;                      // O accumulators per thread (64 x D per warpgroup)
+  static constexpr int kSWords = (kNS + 31) / 32;        // mask words of a general-predicate partial tile
+  static constexpr int kORow = D + 8;                    // staged output row (elements), 16 bytes of padding
+
+  static_assert(BM % 64 == 0 && kConsumers >= 1 && kConsumers <= 3, "tile_m must be 64, 128 or 192");
+  static_assert(BN % 16 == 0 && BN >= 16 && BN <= 256, "tile_n must be a multiple of 16 up to 256");
+  static_assert(D % 64 == 0 && D <= 256, "head dim must be 64, 128 or 256");
+  static_assert(kStages >= 1 && kStages <= 4, "stages must be 1 to 4");
+  static_assert(Cfg::MmaS::kN == BN && Cfg::MmaO::kN == D, "wgmma wrappers of the wrong width");
+
+  // Shared memory, from a 1024-byte aligned base (the swizzle atom): Q, K stages, V
+  // stages, staged outputs, key tokens of gathered tiles (per stage), query tokens of
+  // the staged rows, mbarriers.
+  static constexpr int kQBytes = BM * D * 2;
+  static constexpr int kKVBytes = BN * D * 2;
+  static constexpr int kOffK = kQBytes;
+  static constexpr int kOffV = kOffK + kStages * kKVBytes;
+  static constexpr int kOffO = kOffV + kStages * kKVBytes;
+  static constexpr int kOBytes = Cfg::kStageO ? kConsumers * 64 * kORow * 2 : 0;
+  static constexpr int kOffKTok = kOffO + kOBytes;
+  static constexpr int kOffQTok = kOffKTok + kStages * BN * 4;
+  static constexpr int kOffBar = kOffQTok + kConsumers * 64 * 4;
+  static constexpr int kBarriers = 2 + 4 * kStages;      // q full/empty, then k full/empty, v full/empty per stage
+  static constexpr int kSmemBytes = 1024 + kOffBar + kBarriers * 8;  // + alignment slack
+  static_assert(kSmemBytes == Cfg::kSmemBytes, "host and template disagree on the shared memory size");
+
+  using elem = unsigned short;
+
+  struct Item {
+    int table, q_tile, head, first, n_tiles, n_full, split_slot, b;
+    SpattnTable t;
+    const int32_t* cols;
+  };
+
+  static __device__ __forceinline__ Item fetch(const SpattnFwdParams& p, int idx) {
+    Item it;
+    const int item = idx / p.batch;
+    it.b = idx % p.batch;
+    const int32_t* w = p.work + 6 * item;
+    it.table = __ldg(w);
+    it.q_tile = __ldg(w + 1);
+    it.head = __ldg(w + 2);
+    it.first = __ldg(w + 3);
+    it.n_tiles = __ldg(w + 4) - it.first;
+    it.split_slot = __ldg(w + 5);
+    it.t = p.tables[it.table];
+    const int row_begin = __ldg(p.arena + it.t.row_ptr + it.q_tile) + it.first;
+    it.n_full = __ldg(p.arena + it.t.full_count + it.q_tile) - it.first;
+    it.cols = p.arena + it.t.cols + row_begin;
+    return it;
+  }
+
+  // ---- producer ------------------------------------------------------------------------
+
+  // A tile of `rows` rows in natural token order by TMA (one box per 64-column chunk),
+  // or gathered through slots with cp.async into the same swizzled layout. Every
+  // producer warp arrives once on `bar` (count kProducerWarps); TMA adds the bytes.
+  // Gathered tiles arrive one group late (`pending`): a warp's cp.async group is
+  // complete, and fenced for the async proxy that wgmma reads through, only when the
+  // next group has been issued, so two tiles are in flight.
+  static __device__ __forceinline__ void load(uint32_t dst, uint32_t bar, bool tma, const SpattnTensorMap& map,
+                                              int head, int b, const elem* base, int64_t stride, int rows,
+                                              int slot0, int limit, const int32_t* slots, int* tok_out,
+                                              uint32_t& pending) {
+    const int tid = threadIdx.x;
+    const int lane = tid % 32;
+    if (tma) {
+      if (tid == 0) {
+        mbar_arrive_expect_tx(bar, rows * D * 2);
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c) tma_load(dst + c * rows * 128, map, bar, c * 64, slot0, head, b);
+      } else if (lane == 0) {
+        mbar_arrive(bar);
+      }
+      return;
+    }
+    const int chunk = tid % kRowChunks;
+    const int step = 128 / kRowChunks;
+    const uint32_t cdst = dst + (chunk / 8) * rows * 128;
+#pragma unroll 1
+    for (int r = tid / kRowChunks; r < rows; r += step) {
+      const int token = slots ? __ldg(slots + slot0 + r) : slot0 + r;
+      const bool valid = token >= 0 && token < limit;
+      cp_async_16(cdst + r * 128 + (((chunk % 8) ^ (r % 8)) * 16), base + (int64_t)(valid ? token : 0) * stride + chunk * 8,
+                  valid);
+      if (tok_out && chunk == 0) tok_out[r] = valid ? token : -1;
+    }
+    cp_async_commit();
+    if (pending) {
+      cp_async_wait_but_one();
+      fence_proxy_async();
+      __syncwarp();
+      if (lane == 0) mbar_arrive(pending);
+    }
+    pending = bar;
+  }
+
+  static __device__ void produce(const SpattnFwd90Params& P, uint32_t base, int* ktok) {
+    const SpattnFwdParams& p = P.base;
+    const uint32_t bars = base + kOffBar;
+    const uint32_t q_full = bars, q_empty = bars + 8;
+    auto k_full = [&](int s) { return bars + 16 + s * 32; };
+    auto k_empty = [&](int s) { return bars + 24 + s * 32; };
+    auto v_full = [&](int s) { return bars + 32 + s * 32; };
+    auto v_empty = [&](int s) { return bars + 40 + s * 32; };
+    int stage = 0;
+    uint32_t phase = 0, q_phase = 0, pending = 0;
+    for (int idx = blockIdx.x; idx < P.total_items; idx += gridDim.x) {
+      const Item it = fetch(p, idx);
+      if (it.n_tiles <= 0) continue;
+      const int kvh = it.head / p.kv_group;
+      const elem* qbase = static_cast<const elem*>(p.q) + it.b * p.q_stride_b + it.head * p.q_stride_h;
+      const elem* kbase = static_cast<const elem*>(p.k) + it.b * p.k_stride_b + kvh * p.k_stride_h;
+      const elem* vbase = static_cast<const elem*>(p.v) + it.b * p.v_stride_b + kvh * p.v_stride_h;
+      const int32_t* qslots = it.t.q_slots >= 0 ? p.arena + it.t.q_slots : nullptr;
+      const int32_t* kslots = it.t.k_slots >= 0 ? p.arena + it.t.k_slots : nullptr;
+
+      mbar_wait(q_empty, q_phase ^ 1);
+      load(base, q_full, P.tma_q && !qslots, P.tm_q, it.head, it.b, qbase, p.q_stride_n, BM, it.q_tile * BM, p.nq,
+           qslots, nullptr, pending);
+      q_phase ^= 1;
+      const bool tma_kv = P.tma_kv && !kslots;
+#pragma unroll 1
+      for (int n = 0; n < it.n_tiles; ++n) {
+        const int col = __ldg(it.cols + n);
+        mbar_wait(k_empty(stage), phase ^ 1);
+        load(base + kOffK + stage * kKVBytes, k_full(stage), tma_kv, P.tm_k, kvh, it.b, kbase, p.k_stride_n, BN,
+             col * BN, p.nk, kslots, nullptr, pending);
+        mbar_wait(v_empty(stage), phase ^ 1);
+        // Gathered tiles record their key tokens for the consumers' masks; they live with
+        // the V stage, which the consumers release last.
+        load(base + kOffV + stage * kKVBytes, v_full(stage), tma_kv, P.tm_v, kvh, it.b, vbase, p.v_stride_n, BN,
+             col * BN, p.nk, kslots, ktok + stage * BN, pending);
+        if (++stage == kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+    }
+    if (pending) {
+      cp_async_wait_all();
+      fence_proxy_async();
+      __syncwarp();
+      if (threadIdx.x % 32 == 0) mbar_arrive(pending);
+    }
+  }
+
+  // ---- consumers -----------------------------------------------------------------------
+
+  static __device__ void consume(const SpattnFwd90Params& P, uint32_t base, const int* ktok, int* qtok_s,
+                                 elem* stage_o, int cw) {
+    const SpattnFwdParams& p = P.base;
+    const int tid = threadIdx.x - 128 * (cw + 1);
+    const int warp = tid / 32;
+    const int lane = tid % 32;
+    const int row0 = warp * 16 + lane / 4;  // this thread's rows in the warpgroup: row0, row0 + 8
+    const uint32_t bars = base + kOffBar;
+    const uint32_t q_full = bars, q_empty = bars + 8;
+    auto k_full = [&](int s) { return bars + 16 + s * 32; };
+    auto k_empty = [&](int s) { return bars + 24 + s * 32; };
+    auto v_full = [&](int s) { return bars + 32 + s * 32; };
+    auto v_empty = [&](int s) { return bars + 40 + s * 32; };
+    // Q rows of this warpgroup, K and V of stage 0; later stages and k-steps add offsets.
+    const uint64_t q_desc = make_desc(base + cw * 64 * 128, 16, 1024);
+    const uint64_t k_desc = make_desc(base + kOffK, 16, 1024);
+    const uint64_t v_desc = make_desc(base + kOffV, BN * 128, 1024);
+    typename Cfg::MaskCtx mask_ctx{p.nq, p.nk, p.heads};
+    const float ln2 = 0.6931471805599453f;
+
+    int stage = 0;
+    uint32_t phase = 0, q_phase = 0;
+    float acc_s[kNS];
+#pragma unroll
+    for (int x = 0; x < kNS; ++x) acc_s[x] = 0.f;
+
+    for (int idx = blockIdx.x; idx < P.total_items; idx += gridDim.x) {
+      const Item it = fetch(p, idx);
+      const int h = it.head;
+      const int32_t* qslots = it.t.q_slots >= 0 ? p.arena + it.t.q_slots : nullptr;
+      const bool gathered_k = Cfg::kPermutedKeys && it.t.k_slots >= 0;
+      int qtok[2];
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const int slot = it.q_tile * BM + cw * 64 + row0 + 8 * hr;
+        const int token = qslots ? __ldg(qslots + slot) : slot;
+        qtok[hr] = token >= 0 && token < p.nq ? token : -1;
+      }
+
+      float acc_o[kNO];
+#pragma unroll
+      for (int x = 0; x < kNO; ++x) acc_o[x] = 0.f;
+      float row_max[2] = {neg_inf(), neg_inf()};
+      float row_sum[2] = {0.f, 0.f};
+
+      if (it.n_tiles > 0) {
+        mbar_wait(q_full, q_phase);
+        q_phase ^= 1;
+      }
+#pragma unroll 1
+      for (int n = 0; n < it.n_tiles; ++n) {
+        const uint32_t kv_off = stage * kKVBytes;
+        // ---- S = Q Kᵀ
+        mbar_wait(k_full(stage), phase);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          const uint32_t q_off = (kk / 4) * BM * 128 + (kk % 4) * 32;
+          const uint32_t k_off = kv_off + (kk / 4) * BN * 128 + (kk % 4) * 32;
+          Cfg::MmaS::ss(acc_s, q_desc + (q_off >> 4), k_desc + (k_off >> 4), kk > 0 ? 1 : 0);
+        }
+        wgmma_commit();
+        wgmma_wait_all();
+        fence_operands(acc_s);
+        if (lane == 0) {
+          mbar_arrive(k_empty(stage));
+          if (n == it.n_tiles - 1) mbar_arrive(q_empty);
+        }
+
+        // ---- mask (partial tiles): key tokens from the gather, or the natural order
+        if (n >= it.n_full) {
+          const int col = __ldg(it.cols + n);
+          const int* kt = ktok + stage * BN;
+          if (gathered_k) mbar_wait(v_full(stage), phase);
+          auto key = [&](int c) {
+            if (gathered_k) return kt[c];
+            const int j = col * BN + c;
+            return j < p.nk ? j : -1;
+          };
+          if constexpr (Cfg::kIntervalMask) {
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+              int lo0 = 1, hi0 = 0, lo1 = 1, hi1 = 0;
+              if (qtok[hr] >= 0) Cfg::row_bounds(it.t.part, h, qtok[hr], mask_ctx, lo0, hi0, lo1, hi1);
+#pragma unroll
+              for (int jn = 0; jn < BN / 8; ++jn) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                  const int j = key(jn * 8 + (lane % 4) * 2 + e);
+                  const bool ok = j >= 0 && ((lo0 <= j && j <= hi0) || (lo1 <= j && j <= hi1));
+                  if (!ok) acc_s[jn * 4 + hr * 2 + e] = neg_inf();
+                }
+              }
+            }
+          } else {
+            // General predicate: evaluated in a rolled loop into bits (its code is not
+            // repeated per accumulator), applied with constant register indices.
+            uint32_t bits[kSWords];
+#pragma unroll
+            for (int wd = 0; wd < kSWords; ++wd) {
+              uint32_t word = 0;
+#pragma unroll 1
+              for (int x = wd * 32; x < wd * 32 + 32 && x < kNS; ++x) {
+                const int i = qtok[(x >> 1) & 1];
+                const int j = key((x / 4) * 8 + (lane % 4) * 2 + (x & 1));
+                if (i >= 0 && j >= 0 && Cfg::allowed(it.t.part, h, i, j, mask_ctx)) word |= 1u << (x % 32);
+              }
+              bits[wd] = word;
+            }
+#pragma unroll
+            for (int x = 0; x < kNS; ++x)
+              if (!((bits[x / 32] >> (x % 32)) & 1u)) acc_s[x] = neg_inf();
+          }
+        }
+
+        // ---- online softmax
+        float scale_o[2];
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          float mx = row_max[hr];
+#pragma unroll
+          for (int jn = 0; jn < BN / 8; ++jn) mx = fmaxf(mx, fmaxf(acc_s[jn * 4 + hr * 2], acc_s[jn * 4 + hr * 2 + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          // A row that has seen only masked keys keeps max -inf; exponentiate against 0
+          // then so that exp2(-inf) = 0 instead of NaN.
+          const float m_scaled = mx == neg_inf() ? 0.f : mx * p.scale_log2;
+          scale_o[hr] = exp2_approx(row_max[hr] * p.scale_log2 - m_scaled);
+          row_max[hr] = mx;
+          float sum = 0.f;
+#pragma unroll
+          for (int jn = 0; jn < BN / 8; ++jn) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float pv = exp2_approx(acc_s[jn * 4 + hr * 2 + e] * p.scale_log2 - m_scaled);
+              acc_s[jn * 4 + hr * 2 + e] = pv;
+              sum += pv;
+            }
+          }
+          row_sum[hr] = row_sum[hr] * scale_o[hr] + sum;
+        }
+        // Once the running maxima settle most tiles leave them unchanged: skip the
+        // rescale when no row of the warp moved (a warp-uniform branch).
+        if (__any_sync(0xffffffffu, scale_o[0] != 1.f || scale_o[1] != 1.f)) {
+#pragma unroll
+          for (int jn = 0; jn < D / 8; ++jn) {
+            acc_o[jn * 4 + 0] *= scale_o[0];
+            acc_o[jn * 4 + 1] *= scale_o[0];
+            acc_o[jn * 4 + 2] *= scale_o[1];
+            acc_o[jn * 4 + 3] *= scale_o[1];
+          }
+        }
+        // P as the A operand of the second product: the accumulator layout of S is the
+        // register-fragment layout of A, k-step by k-step.
+        uint32_t pf[BN / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+          pf[kk][0] = pack2<kBf16>(acc_s[8 * kk + 0], acc_s[8 * kk + 1]);
+          pf[kk][1] = pack2<kBf16>(acc_s[8 * kk + 2], acc_s[8 * kk + 3]);
+          pf[kk][2] = pack2<kBf16>(acc_s[8 * kk + 4], acc_s[8 * kk + 5]);
+          pf[kk][3] = pack2<kBf16>(acc_s[8 * kk + 6], acc_s[8 * kk + 7]);
+        }
+
+        // ---- O += P V
+        mbar_wait(v_full(stage), phase);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)
+          Cfg::MmaO::rs(acc_o, pf[kk], v_desc + ((kv_off + kk * 16 * 128) >> 4));
+        wgmma_commit();
+        wgmma_wait_all();
+        fence_operands(acc_o);
+        if (lane == 0) mbar_arrive(v_empty(stage));
+        if (++stage == kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+
+      // ---- epilogue: normalise, write O and LSE (or this part's / piece's fp32 output)
+      float inv[2], lse[2];
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        float sum = row_sum[hr];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const bool empty = !(sum > 0.f);
+        inv[hr] = empty ? 0.f : 1.f / sum;
+        lse[hr] = empty ? neg_inf() : (row_max[hr] * p.scale_log2 + __log2f(sum)) * ln2;
+      }
+      if (it.split_slot >= 0 || p.write_parts) {
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          const int i = qtok[hr];
+          if (i < 0) continue;
+          float* out;
+          float* lse_out;
+          if (it.split_slot >= 0) {
+            const int64_t row = ((int64_t)it.b * p.num_split_slots + it.split_slot) * BM + cw * 64 + row0 + 8 * hr;
+            out = p.split_o + row * D;
+            lse_out = p.split_lse + row;
+          } else {
+            out = p.part_o + ((((int64_t)it.t.part * p.batch + it.b) * p.nq + i) * p.heads + h) * D;
+            lse_out = p.part_lse + (((int64_t)it.t.part * p.batch + it.b) * p.heads + h) * p.nq + i;
+          }
+#pragma unroll
+          for (int jn = 0; jn < D / 8; ++jn)
+            *reinterpret_cast<float2*>(out + jn * 8 + (lane % 4) * 2) =
+                make_float2(acc_o[jn * 4 + hr * 2] * inv[hr], acc_o[jn * 4 + hr * 2 + 1] * inv[hr]);
+          if (lane % 4 == 0) *lse_out = lse[hr];
+        }
+        continue;
+      }
+      if (p.lse && lane % 4 == 0) {
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr)
+          if (qtok[hr] >= 0) p.lse[it.b * p.lse_stride_b + h * p.lse_stride_h + qtok[hr]] = lse[hr];
+      }
+      elem* obase = static_cast<elem*>(p.o) + it.b * p.o_stride_b + h * p.o_stride_h;
+      if constexpr (Cfg::kStageO) {
+        // Rows through shared memory, then 16-byte stores along each output row.
+        elem* so = stage_o + cw * 64 * kORow;
+        int* qt = qtok_s + cw * 64;
+        bar_sync(1 + cw, 128);  // the previous item's stores have read the staging rows
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          const int r = row0 + 8 * hr;
+#pragma unroll
+          for (int jn = 0; jn < D / 8; ++jn)
+            *reinterpret_cast<uint32_t*>(so + r * kORow + jn * 8 + (lane % 4) * 2) =
+                pack2<kBf16>(acc_o[jn * 4 + hr * 2] * inv[hr], acc_o[jn * 4 + hr * 2 + 1] * inv[hr]);
+          if (lane % 4 == 0) qt[r] = qtok[hr];
+        }
+        bar_sync(1 + cw, 128);
+#pragma unroll 1
+        for (int x = tid; x < 64 * kRowChunks; x += 128) {
+          const int r = x / kRowChunks;
+          const int c = x % kRowChunks;
+          const int i = qt[r];
+          if (i >= 0)
+            *reinterpret_cast<uint4*>(obase + (int64_t)i * p.o_stride_n + c * 8) =
+                *reinterpret_cast<const uint4*>(so + r * kORow + c * 8);
+        }
+      } else {
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          if (qtok[hr] < 0) continue;
+          elem* out = obase + (int64_t)qtok[hr] * p.o_stride_n;
+#pragma unroll
+          for (int jn = 0; jn < D / 8; ++jn)
+            *reinterpret_cast<uint32_t*>(out + jn * 8 + (lane % 4) * 2) =
+                pack2<kBf16>(acc_o[jn * 4 + hr * 2] * inv[hr], acc_o[jn * 4 + hr * 2 + 1] * inv[hr]);
+        }
+      }
+    }
+  }
+
+  static __device__ void run(const SpattnFwd90Params& P) {
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const uint32_t raw = smem_addr(smem_raw);
+    const uint32_t base = (raw + 1023) & ~1023u;
+    unsigned char* gbase = smem_raw + (base - raw);
+    int* ktok = reinterpret_cast<int*>(gbase + kOffKTok);
+    int* qtok_s = reinterpret_cast<int*>(gbase + kOffQTok);
+    elem* stage_o = reinterpret_cast<elem*>(gbase + kOffO);
+
+    if (threadIdx.x == 0) {
+      const uint32_t bars = base + kOffBar;
+      mbar_init(bars, kProducerWarps);      // q full
+      mbar_init(bars + 8, kConsumerWarps);  // q empty
+      for (int s = 0; s < kStages; ++s) {
+        mbar_init(bars + 16 + s * 32, kProducerWarps);  // k full
+        mbar_init(bars + 24 + s * 32, kConsumerWarps);  // k empty
+        mbar_init(bars + 32 + s * 32, kProducerWarps);  // v full
+        mbar_init(bars + 40 + s * 32, kConsumerWarps);  // v empty
+      }
+      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    const int wg = threadIdx.x / 128;
+    if (wg == 0) {
+      if constexpr (Cfg::kProducerRegs > 0) regs_dealloc<Cfg::kProducerRegs>();
+      produce(P, base, ktok);
+    } else {
+      if constexpr (Cfg::kConsumerRegs > 0) regs_alloc<Cfg::kConsumerRegs>();
+      consume(P, base, ktok, qtok_s, stage_o, wg - 1);
+    }
+  }
+};
+
+}  // namespace sm90
+}  // namespace spattn
