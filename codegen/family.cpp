@@ -116,7 +116,7 @@ Sm90Shape sm90_shape(const KernelConfig& c, int head_dim) {
   // at launch and no reallocation is needed.
   switch (s.consumers) {
     case 2: s.producer_regs = 56, s.consumer_regs = 224; break;  // 128 x 56 + 256 x 224 = 64512
-    case 3: s.producer_regs = 40, s.consumer_regs = 152; break;  // 128 x 40 + 384 x 152 = 63488
+    case 3: s.producer_regs = 48, s.consumer_regs = 152; break;  // 128 x 48 + 384 x 152 = 64512
     default: s.producer_regs = 0, s.consumer_regs = 0; break;
   }
   // Mirrors sm90::Forward<Cfg>::kSmemBytes (a static_assert there compares the two):

@@ -109,6 +109,17 @@ cmake "${cmake_args[@]}"
 say "build (-j$JOBS)"
 cmake --build "$BUILD_DIR" -j "$JOBS"
 
+# SASS tools for the test that reads the Hopper kernel's instructions: the toolkit's
+# cuobjdump, else NVIDIA's cuobjdump/nvdisasm wheels from PyPI into the build tree.
+cuda_bin=$(dirname "$(command -v nvcc || echo "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc")")
+if [ ! -x "$cuda_bin/cuobjdump" ] && ! find "$BUILD_DIR/tools" -name cuobjdump 2>/dev/null | grep -q . \
+   && command -v python3 >/dev/null; then
+  say "fetching cuobjdump and nvdisasm into $BUILD_DIR/tools (the toolkit has none)"
+  python3 -m pip install -q --disable-pip-version-check --target "$BUILD_DIR/tools" \
+    nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm \
+    || echo "setup: could not fetch cuobjdump; the SASS test will skip" >&2
+fi
+
 # --- 3. the main job -------------------------------------------------------------------
 if [ "$demo" = 1 ]; then
   say "spattn demo"
