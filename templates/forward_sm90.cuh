@@ -40,19 +40,36 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
+__device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
+  uint32_t ready;
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n"
+      "}\n"
+      : "=r"(ready)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return ready != 0;
+}
+
+__device__ __forceinline__ uint64_t global_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %globaltimer;\n" : "=l"(t));
+  return t;
+}
+
 // Waits until the phase of parity `parity` has completed. A freshly initialised barrier
 // counts its (virtual) previous phase, of parity 1, as complete: producers wait on empty
 // barriers with parity 1 first and so pass at once.
+// A wait that lasts 10 s is a broken pipeline, not a slow one: it traps, so the launch
+// fails with an error instead of hanging the process.
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred ready;\n"
-      "SPATTN_WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 ready, [%0], %1;\n"
-      "@!ready bra SPATTN_WAIT;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
+  if (mbar_try_wait(bar, parity)) return;
+  const uint64_t start = global_ns();
+  for (uint32_t n = 1; !mbar_try_wait(bar, parity); ++n)
+    if (n % 1024 == 0 && global_ns() - start > 10000000000ull) __trap();
 }
 
 // One box of a 4-D tensor map ([B, N, H, D] as dims D, N, H, B) into shared memory,
@@ -173,12 +190,25 @@ struct Forward {
 
   // ---- producer ------------------------------------------------------------------------
 
+  // Completes the gathered tile whose arrival is pending: its cp.async group done and
+  // fenced for the async proxy that wgmma reads through, then one arrival per warp.
+  static __device__ __forceinline__ void flush(uint32_t& pending) {
+    if (!pending) return;
+    cp_async_wait_all();
+    fence_proxy_async();
+    __syncwarp();
+    if (threadIdx.x % 32 == 0) mbar_arrive(pending);
+    pending = 0;
+  }
+
   // A tile of `rows` rows in natural token order by TMA (one box per 64-column chunk),
   // or gathered through slots with cp.async into the same swizzled layout. Every
   // producer warp arrives once on `bar` (count kProducerWarps); TMA adds the bytes.
-  // Gathered tiles arrive one group late (`pending`): a warp's cp.async group is
-  // complete, and fenced for the async proxy that wgmma reads through, only when the
-  // next group has been issued, so two tiles are in flight.
+  // Gathered tiles arrive one load late (`pending`): a warp's cp.async group is
+  // complete only when the next gather has been issued, so two tiles are in flight.
+  // Every blocking wait of the producer is for a stage the consumers release after
+  // using an older load than the pending one, so the delay cannot deadlock — as long
+  // as the pending load is the most recent one: a TMA load completes it first.
   static __device__ __forceinline__ void load(uint32_t dst, uint32_t bar, bool tma, const SpattnTensorMap& map,
                                               int head, int b, const elem* base, int64_t stride, int rows,
                                               int slot0, int limit, const int32_t* slots, int* tok_out,
@@ -186,6 +216,7 @@ struct Forward {
     const int tid = threadIdx.x;
     const int lane = tid % 32;
     if (tma) {
+      flush(pending);
       if (tid == 0) {
         mbar_arrive_expect_tx(bar, rows * D * 2);
 #pragma unroll
@@ -258,12 +289,7 @@ struct Forward {
         }
       }
     }
-    if (pending) {
-      cp_async_wait_all();
-      fence_proxy_async();
-      __syncwarp();
-      if (threadIdx.x % 32 == 0) mbar_arrive(pending);
-    }
+    flush(pending);
   }
 
   // ---- consumers -----------------------------------------------------------------------
