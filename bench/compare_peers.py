@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Side-by-side forward timing: spattn (through python/spattn.py) against FlexAttention
-and SDPA (FlashAttention-2 and cuDNN backends), same process, same GPU, same inputs.
+"""Side-by-side forward timing: spattn (through python/spattn.py; its heuristic's kernel
+family, and the sm80 family forced, on Hopper) against FlashAttention-4 (flash_attn.cute,
+where installed: dense, causal, sliding windows), FlexAttention (Triton and, where the
+CUTLASS DSL is installed, its FLASH backend) and SDPA (FlashAttention-2 and cuDNN
+backends): same process, same GPU, same inputs.
 
 bf16, head dim 128, B=1, H=16. Times are CUDA-event medians over --reps runs after
 warm-up; useful TFLOP/s = 4 * D * allowed pairs * H / time (allowed pairs from spattn's
 exact layout statistics); ratios are peer time / spattn time (> 1: spattn is faster).
 
     python3 bench/compare_peers.py [--seqs 16384,65536] [--cases window,longnet] [--quick]
+    python3 bench/compare_peers.py --runs dense@16384,window@65536   # explicit (case, seq) list
 """
 import argparse
 import json
@@ -30,6 +34,7 @@ CASES = {
     "dense": {"type": "dense"},
     "causal": {"type": "dense", "causal": True},
     "window": {"type": "local_window", "window": 1024},
+    "causal_window": {"type": "local_window", "left": 1024, "right": 0},
     "global_local": {"type": "global_local", "global": 128, "window": 512},
     "longnet": {"type": "longnet", "segments": [2048, 4096, 8192], "rates": [1, 2, 4]},
     "strided": {"type": "strided", "stride": 64, "mode": "relative"},
@@ -90,9 +95,13 @@ def longnet_branch_mod(w, r):
     return mm
 
 
-def run_flex(name, q, k, v, n):
+def run_flex(name, q, k, v, n, backend=None):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    flex = torch.compile(flex_attention, dynamic=False)
+    compiled = torch.compile(flex_attention, dynamic=False)
+    opts = {"kernel_options": {"BACKEND": backend}} if backend else {}
+
+    def flex(*a, **kw):
+        return compiled(*a, **kw, **opts)
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # flex wants [B, H, N, D]
     if name == "longnet":
         # Per-head masks: create_block_mask materialises H x N x N booleans (512 GiB at
@@ -115,6 +124,22 @@ def run_flex(name, q, k, v, n):
     return lambda: flex(qt, kt, vt, block_mask=bm)
 
 
+# FlashAttention-4's own masks: (causal, window_size) per case; None where it has none.
+FA4_CASES = {"dense": (False, (None, None)), "causal": (True, (None, None)), "window": (False, (512, 512)),
+             "causal_window": (False, (1024, 0))}
+
+
+def run_fa4(name, q, k, v):
+    if name not in FA4_CASES:
+        return None
+    from flash_attn.cute.interface import flash_attn_func
+    causal, window = FA4_CASES[name]
+
+    def fn():
+        return flash_attn_func(q, k, v, causal=causal, window_size=window)
+    return fn
+
+
 def run_sdpa(backend, name, q, k, v):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     if name not in ("dense", "causal"):
@@ -135,65 +160,107 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="16k only, fewer repetitions")
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--runs", help="explicit case@seq list instead of --cases x --seqs")
+    ap.add_argument("--rows", help="append each row (a JSON line) to this file as it is measured")
+    ap.add_argument("--table", help="only print the table of the rows in this file (from --rows)")
     ap.add_argument("--json", help="write the rows to this file")
     args = ap.parse_args()
+    if args.table:
+        with open(args.table) as f:
+            print_table([json.loads(line) for line in f if line.strip()])
+        return
     seqs = [16384] if args.quick else [int(s) for s in args.seqs.split(",")]
     reps = 10 if args.quick else args.reps
     gpu = torch.cuda.get_device_name()
     rows = []
-    for n in seqs:
-        gen = torch.Generator(device="cuda").manual_seed(n)
-        q, k, v = (torch.rand(1, n, H, D, device="cuda", dtype=torch.float32, generator=gen).mul_(2).sub_(1).to(DT)
-                   for _ in range(3))
-        for name in args.cases.split(","):
-            pattern = CASES[name]
-            stats = spattn.pattern_stats(pattern, n, heads=H, head_dim=D)
-            flops = 4.0 * D * stats["allowed_pairs"] * H
-            row = {"case": name, "seq": n, "density": stats["density"], "gpu": gpu}
+    runs = ([(r.split("@")[0], int(r.split("@")[1])) for r in args.runs.split(",")] if args.runs
+            else [(name, n) for n in seqs for name in args.cases.split(",")])
+    inputs = {}
+    for name, n in runs:
+        if n not in inputs:
+            inputs.clear()
+            gen = torch.Generator(device="cuda").manual_seed(n)
+            inputs[n] = [torch.rand(1, n, H, D, device="cuda", dtype=torch.float32, generator=gen).mul_(2).sub_(1).to(DT)
+                         for _ in range(3)]
+        q, k, v = inputs[n]
+        pattern = CASES[name]
+        stats = spattn.pattern_stats(pattern, n, heads=H, head_dim=D)
+        flops = 4.0 * D * stats["allowed_pairs"] * H
+        row = {"case": name, "seq": n, "density": stats["density"], "gpu": gpu}
+        try:
+            attn = spattn.Attention(pattern)
+            out = torch.empty_like(q)
+            row["spattn_ms"] = time_ms(lambda: attn(q, k, v, out=out), reps)
+            row["spattn_tflops"] = flops / row["spattn_ms"] / 1e9
+            row["config"] = [l for l in attn.explain().splitlines() if l.startswith("config")][0].split()[1]
+        except Exception as e:  # report and go on: one failing case must not hide the rest
+            row["spattn_error"] = str(e).splitlines()[0]
+        if row.get("config", "").startswith("sm90"):
+            # The sm80 family on the same GPU, forced (its heuristic's tile for D = 128).
             try:
-                attn = spattn.Attention(pattern)
+                a80 = spattn.Attention(pattern, config="128x64w4s1:longest")
                 out = torch.empty_like(q)
-                row["spattn_ms"] = time_ms(lambda: attn(q, k, v, out=out), reps)
-                row["spattn_tflops"] = flops / row["spattn_ms"] / 1e9
-                row["config"] = [l for l in attn.explain().splitlines() if l.startswith("config")][0].split()[1]
-            except Exception as e:  # report and go on: one failing case must not hide the rest
-                row["spattn_error"] = str(e).splitlines()[0]
-            for backend in ("flash", "cudnn"):
+                row["sm80_ms"] = time_ms(lambda: a80(q, k, v, out=out), reps)
+            except Exception as e:
+                row["sm80_error"] = str(e).splitlines()[0][:80]
+        try:
+            fn = run_fa4(name, q, k, v)
+            if fn:
+                row["fa4_ms"] = time_ms(fn, reps)
+        except Exception as e:
+            row["fa4_error"] = str(e).splitlines()[0][:80]
+        for backend in ("flash", "cudnn"):
+            try:
+                fn = run_sdpa(backend, name, q, k, v)
+                if fn:
+                    row[f"{backend}_ms"] = time_ms(fn, reps)
+            except Exception as e:
+                row[f"{backend}_error"] = str(e).splitlines()[0][:80]
+        if not args.no_flex:
+            try:
+                t0 = time.time()
+                fn = run_flex(name, q, k, v, n)
+                fn()
+                torch.cuda.synchronize()
+                row["flex_setup_s"] = time.time() - t0
+                row["flex_ms"] = time_ms(fn, reps)
+            except Exception as e:
+                row["flex_error"] = str(e).splitlines()[0][:80]
+            if name != "longnet":
                 try:
-                    fn = run_sdpa(backend, name, q, k, v)
-                    if fn:
-                        row[f"{backend}_ms"] = time_ms(fn, reps)
-                except Exception as e:
-                    row[f"{backend}_error"] = str(e).splitlines()[0][:80]
-            if not args.no_flex:
-                try:
-                    t0 = time.time()
-                    fn = run_flex(name, q, k, v, n)
+                    fn = run_flex(name, q, k, v, n, backend="FLASH")
                     fn()
                     torch.cuda.synchronize()
-                    row["flex_setup_s"] = time.time() - t0
-                    row["flex_ms"] = time_ms(fn, reps)
+                    row["flexflash_ms"] = time_ms(fn, reps)
                 except Exception as e:
-                    row["flex_error"] = str(e).splitlines()[0][:80]
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+                    row["flexflash_error"] = str(e).splitlines()[0][:80]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.rows:
+            with open(args.rows, "a") as f:
+                f.write(json.dumps(row) + "\n")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
+    print_table(rows)
 
+
+def print_table(rows):
     def fmt(x, spec):
         return format(x, spec) if isinstance(x, (int, float)) else "-"
 
-    print(f"\nspattn vs peers on {gpu} (bf16, hd128, B=1, H={H}); ratio = peer ms / spattn ms")
-    print(f"{'case':<13}{'seq':>7}{'density':>9}{'spattn ms':>11}{'TFLOP/s':>9}{'flex ms':>9}{'x flex':>8}"
-          f"{'fa2 ms':>8}{'x fa2':>7}{'cudnn ms':>9}{'x cudnn':>8}  config")
+    gpu = rows[0]["gpu"] if rows else "?"
+    print(f"\nspattn vs peers on {gpu} (bf16, hd128, B=1, H={H}); ms, and x = peer ms / spattn ms")
+    cols = [("sm80", "sm80_ms"), ("fa4", "fa4_ms"), ("cudnn", "cudnn_ms"), ("fa2", "flash_ms"),
+            ("flexFLASH", "flexflash_ms"), ("flex", "flex_ms")]
+    print(f"{'case':<14}{'seq':>6}{'density':>8}{'spattn ms':>10}{'TF/s':>6}"
+          + "".join(f"{name + ' ms':>13}{'x':>6}" for name, _ in cols) + "  config")
     for r in rows:
         s = r.get("spattn_ms")
         ratio = lambda key: (r[key] / s) if (s and key in r) else None  # noqa: E731
-        print(f"{r['case']:<13}{r['seq']:>7}{r['density']:>9.4f}{fmt(s, '11.3f'):>11}{fmt(r.get('spattn_tflops'), '9.0f'):>9}"
-              f"{fmt(r.get('flex_ms'), '9.3f'):>9}{fmt(ratio('flex_ms'), '8.2f'):>8}{fmt(r.get('flash_ms'), '8.3f'):>8}"
-              f"{fmt(ratio('flash_ms'), '7.2f'):>7}{fmt(r.get('cudnn_ms'), '9.3f'):>9}{fmt(ratio('cudnn_ms'), '8.2f'):>8}"
-              f"  {r.get('config', r.get('spattn_error', ''))}")
+        print(f"{r['case']:<14}{r['seq']:>6}{r['density']:>8.4f}{fmt(s, '10.3f'):>10}{fmt(r.get('spattn_tflops'), '6.0f'):>6}"
+              + "".join(f"{fmt(r.get(key), '13.3f'):>13}{fmt(ratio(key), '6.2f'):>6}" for _, key in cols)
+              + f"  {r.get('config', r.get('spattn_error', ''))}")
 
 
 if __name__ == "__main__":

@@ -120,10 +120,10 @@ Sm90Shape sm90_shape(const KernelConfig& c, int head_dim) {
     default: s.producer_regs = 0, s.consumer_regs = 0; break;
   }
   // Mirrors sm90::Forward<Cfg>::kSmemBytes (a static_assert there compares the two):
-  // Q, the K and V rings, staged outputs (when they fit), key tokens per stage, query
-  // tokens of the staged rows, 2 + 4 x stages mbarriers, 1 KiB of alignment slack.
+  // Q, the K and V rings, staged outputs (when they fit), query tokens of the staged
+  // rows, 2 + 4 x stages mbarriers, 1 KiB of alignment slack.
   const int tiles = c.tile_m * head_dim * 2 + 2 * c.stages * c.tile_n * head_dim * 2;
-  const int rest = c.stages * c.tile_n * 4 + s.consumers * 64 * 4 + (2 + 4 * c.stages) * 8 + 1024;
+  const int rest = s.consumers * 64 * 4 + (2 + 4 * c.stages) * 8 + 1024;
   const int staged = s.consumers * 64 * (head_dim + 8) * 2;
   s.stage_o = tiles + staged + rest <= kSm90SmemLimit;
   s.smem_bytes = tiles + (s.stage_o ? staged : 0) + rest;

@@ -25,7 +25,7 @@ void upload(runtime::DeviceBuffer& buf, const std::vector<T>& v) {
 
 }  // namespace
 
-WorkList build_work_list(const Layout& layout, int64_t concurrent, bool longest_first) {
+WorkList build_work_list(const Layout& layout, int64_t concurrent, bool longest_first, int64_t heads_per_group) {
   struct Piece {
     int32_t table, q_tile, head, begin, end, slot;
   };
@@ -55,9 +55,13 @@ WorkList build_work_list(const Layout& layout, int64_t concurrent, bool longest_
                         out.split_slots++});
     }
   }
-  if (longest_first)
-    std::stable_sort(pieces.begin(), pieces.end(),
-                     [](const Piece& a, const Piece& b) { return a.end - a.begin > b.end - b.begin; });
+  if (longest_first) {
+    auto group = [&](const Piece& p) { return heads_per_group > 0 ? p.head / heads_per_group : 0; };
+    std::stable_sort(pieces.begin(), pieces.end(), [&](const Piece& a, const Piece& b) {
+      if (group(a) != group(b)) return group(a) < group(b);
+      return a.end - a.begin > b.end - b.begin;
+    });
+  }
   out.items.reserve(pieces.size() * 6);
   for (const Piece& p : pieces) {
     out.items.insert(out.items.end(), {p.table, p.q_tile, p.head, p.begin, p.end, p.slot});

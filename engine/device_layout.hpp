@@ -28,7 +28,11 @@ struct WorkList {
 };
 // `concurrent` is how many work items the GPU runs at once (SMs x CTAs per SM).
 // Splitting never happens for rows shorter than a fair share of the total work.
-WorkList build_work_list(const Layout& layout, int64_t concurrent, bool longest_first);
+// Longest first sorts within groups of `heads_per_group` consecutive heads (0: all heads
+// one group): items running at the same time then read the K/V of a few heads, which
+// stay in L2, instead of streaming every head's from memory (causal rows sorted by
+// length across all heads would mix every head at once).
+WorkList build_work_list(const Layout& layout, int64_t concurrent, bool longest_first, int64_t heads_per_group = 0);
 
 // Host form of the tables: the arena (slots, CSR offsets, full counts, columns) and one
 // SpattnTable per table with offsets into it. Throws kUnsupported when a table does not

@@ -130,10 +130,14 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
     merge_ = &load_kernel(support, device, problem.dtype == DType::kBFloat16 ? "spattn_merge_bf16" : "spattn_merge_fp16");
   if (!layout_.covers_all_rows && !layout_.needs_merge()) fill_ = &load_kernel(support, device, "spattn_fill_empty");
 
-  // Rows are split against the number of work items the GPU runs at once.
+  // Rows are split against the number of work items the GPU runs at once; longest-first
+  // orders heads in groups whose K and V fit in half the L2.
   const KernelFamilyInfo& family = kernel_family_info(config.family);
+  const int64_t kv_bytes = problem.nk * problem.head_dim * 2 * 2;
+  const int64_t kv_heads_per_group = std::max<int64_t>(1, int64_t{info.l2_bytes} / 2 / std::max<int64_t>(1, kv_bytes));
   tables_ = DeviceLayout(layout_, build_work_list(layout_, int64_t{family.ctas_per_sm} * info.sm_count,
-                                                  config.schedule == ScheduleOrder::kLongestFirst));
+                                                  config.schedule == ScheduleOrder::kLongestFirst,
+                                                  kv_heads_per_group * (problem.heads / problem.kv_heads)));
   if (work_list().split_slots > 0)
     split_merge_ = &load_kernel(support, device,
                                 problem.dtype == DType::kBFloat16 ? "spattn_merge_splits_bf16" : "spattn_merge_splits_fp16");

@@ -89,6 +89,7 @@ __device__ __forceinline__ void cp_async_wait_but_one() { asm volatile("cp.async
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_one() { asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); }
 
 // Keeps the compiler from moving accesses to wgmma accumulators across the asynchronous
 // matrix instructions that read and write them.
@@ -147,16 +148,14 @@ struct Forward {
   static_assert(Cfg::MmaS::kN == BN && Cfg::MmaO::kN == D, "wgmma wrappers of the wrong width");
 
   // Shared memory, from a 1024-byte aligned base (the swizzle atom): Q, K stages, V
-  // stages, staged outputs, key tokens of gathered tiles (per stage), query tokens of
-  // the staged rows, mbarriers.
+  // stages, staged outputs, query tokens of the staged rows, mbarriers.
   static constexpr int kQBytes = BM * D * 2;
   static constexpr int kKVBytes = BN * D * 2;
   static constexpr int kOffK = kQBytes;
   static constexpr int kOffV = kOffK + kStages * kKVBytes;
   static constexpr int kOffO = kOffV + kStages * kKVBytes;
   static constexpr int kOBytes = Cfg::kStageO ? kConsumers * 64 * kORow * 2 : 0;
-  static constexpr int kOffKTok = kOffO + kOBytes;
-  static constexpr int kOffQTok = kOffKTok + kStages * BN * 4;
+  static constexpr int kOffQTok = kOffO + kOBytes;
   static constexpr int kOffBar = kOffQTok + kConsumers * 64 * 4;
   static constexpr int kBarriers = 2 + 4 * kStages;      // q full/empty, then k full/empty, v full/empty per stage
   static constexpr int kSmemBytes = 1024 + kOffBar + kBarriers * 8;  // + alignment slack
@@ -207,12 +206,11 @@ struct Forward {
   // Gathered tiles arrive one load late (`pending`): a warp's cp.async group is
   // complete only when the next gather has been issued, so two tiles are in flight.
   // Every blocking wait of the producer is for a stage the consumers release after
-  // using an older load than the pending one, so the delay cannot deadlock — as long
-  // as the pending load is the most recent one: a TMA load completes it first.
+  // A TMA load completes the pending gather first, and so does a wait that would block
+  // (wait_free): the consumers never wait for a load the producer holds back.
   static __device__ __forceinline__ void load(uint32_t dst, uint32_t bar, bool tma, const SpattnTensorMap& map,
                                               int head, int b, const elem* base, int64_t stride, int rows,
-                                              int slot0, int limit, const int32_t* slots, int* tok_out,
-                                              uint32_t& pending) {
+                                              int slot0, int limit, const int32_t* slots, uint32_t& pending) {
     const int tid = threadIdx.x;
     const int lane = tid % 32;
     if (tma) {
@@ -235,7 +233,6 @@ struct Forward {
       const bool valid = token >= 0 && token < limit;
       cp_async_16(cdst + r * 128 + (((chunk % 8) ^ (r % 8)) * 16), base + (int64_t)(valid ? token : 0) * stride + chunk * 8,
                   valid);
-      if (tok_out && chunk == 0) tok_out[r] = valid ? token : -1;
     }
     cp_async_commit();
     if (pending) {
@@ -247,7 +244,16 @@ struct Forward {
     pending = bar;
   }
 
-  static __device__ void produce(const SpattnFwd90Params& P, uint32_t base, int* ktok) {
+  // Waits for a stage to be free. Before blocking, the pending gather is completed: the
+  // consumers may need it to free the stage (with the intra-warpgroup overlap, P V of
+  // tile n - 1 is issued together with, and after, S of tile n).
+  static __device__ __forceinline__ void wait_free(uint32_t bar, uint32_t parity, uint32_t& pending) {
+    if (__all_sync(0xffffffffu, mbar_try_wait(bar, parity))) return;
+    flush(pending);
+    mbar_wait(bar, parity);
+  }
+
+  static __device__ void produce(const SpattnFwd90Params& P, uint32_t base) {
     const SpattnFwdParams& p = P.base;
     const uint32_t bars = base + kOffBar;
     const uint32_t q_full = bars, q_empty = bars + 8;
@@ -267,22 +273,20 @@ struct Forward {
       const int32_t* qslots = it.t.q_slots >= 0 ? p.arena + it.t.q_slots : nullptr;
       const int32_t* kslots = it.t.k_slots >= 0 ? p.arena + it.t.k_slots : nullptr;
 
-      mbar_wait(q_empty, q_phase ^ 1);
+      wait_free(q_empty, q_phase ^ 1, pending);
       load(base, q_full, P.tma_q && !qslots, P.tm_q, it.head, it.b, qbase, p.q_stride_n, BM, it.q_tile * BM, p.nq,
-           qslots, nullptr, pending);
+           qslots, pending);
       q_phase ^= 1;
       const bool tma_kv = P.tma_kv && !kslots;
 #pragma unroll 1
       for (int n = 0; n < it.n_tiles; ++n) {
         const int col = __ldg(it.cols + n);
-        mbar_wait(k_empty(stage), phase ^ 1);
+        wait_free(k_empty(stage), phase ^ 1, pending);
         load(base + kOffK + stage * kKVBytes, k_full(stage), tma_kv, P.tm_k, kvh, it.b, kbase, p.k_stride_n, BN,
-             col * BN, p.nk, kslots, nullptr, pending);
-        mbar_wait(v_empty(stage), phase ^ 1);
-        // Gathered tiles record their key tokens for the consumers' masks; they live with
-        // the V stage, which the consumers release last.
+             col * BN, p.nk, kslots, pending);
+        wait_free(v_empty(stage), phase ^ 1, pending);
         load(base + kOffV + stage * kKVBytes, v_full(stage), tma_kv, P.tm_v, kvh, it.b, vbase, p.v_stride_n, BN,
-             col * BN, p.nk, kslots, ktok + stage * BN, pending);
+             col * BN, p.nk, kslots, pending);
         if (++stage == kStages) {
           stage = 0;
           phase ^= 1;
@@ -294,8 +298,7 @@ struct Forward {
 
   // ---- consumers -----------------------------------------------------------------------
 
-  static __device__ void consume(const SpattnFwd90Params& P, uint32_t base, const int* ktok, int* qtok_s,
-                                 elem* stage_o, int cw) {
+  static __device__ void consume(const SpattnFwd90Params& P, uint32_t base, int* qtok_s, elem* stage_o, int cw) {
     const SpattnFwdParams& p = P.base;
     const int tid = threadIdx.x - 128 * (cw + 1);
     const int warp = tid / 32;
@@ -324,7 +327,8 @@ struct Forward {
       const Item it = fetch(p, idx);
       const int h = it.head;
       const int32_t* qslots = it.t.q_slots >= 0 ? p.arena + it.t.q_slots : nullptr;
-      const bool gathered_k = Cfg::kPermutedKeys && it.t.k_slots >= 0;
+      // Key tokens of a gathered tile, for the masks of partial tiles (L1-resident slots).
+      const int32_t* kslots = Cfg::kPermutedKeys && it.t.k_slots >= 0 ? p.arena + it.t.k_slots : nullptr;
       int qtok[2];
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr) {
@@ -343,35 +347,34 @@ struct Forward {
         mbar_wait(q_full, q_phase);
         q_phase ^= 1;
       }
-#pragma unroll 1
-      for (int n = 0; n < it.n_tiles; ++n) {
-        const uint32_t kv_off = stage * kKVBytes;
-        // ---- S = Q Kᵀ
-        mbar_wait(k_full(stage), phase);
-        wgmma_fence();
+
+      // S = Q Kᵀ of the tile in `st` (asynchronous: completes at the next wait). The
+      // callers wait for the stage and then fence before issuing: nothing but the
+      // matrix instructions may sit between the fence and them.
+      auto issue_qk = [&](int st) {
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
           const uint32_t q_off = (kk / 4) * BM * 128 + (kk % 4) * 32;
-          const uint32_t k_off = kv_off + (kk / 4) * BN * 128 + (kk % 4) * 32;
+          const uint32_t k_off = st * kKVBytes + (kk / 4) * BN * 128 + (kk % 4) * 32;
           Cfg::MmaS::ss(acc_s, q_desc + (q_off >> 4), k_desc + (k_off >> 4), kk > 0 ? 1 : 0);
         }
         wgmma_commit();
-        wgmma_wait_all();
-        fence_operands(acc_s);
-        if (lane == 0) {
-          mbar_arrive(k_empty(stage));
-          if (n == it.n_tiles - 1) mbar_arrive(q_empty);
-        }
-
-        // ---- mask (partial tiles): key tokens from the gather, or the natural order
+      };
+      // O += P V of the tile in `st`, P from registers (asynchronous).
+      auto issue_pv = [&](int st, const uint32_t (&pf)[BN / 16][4]) {
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) Cfg::MmaO::rs(acc_o, pf[kk], v_desc + ((st * kKVBytes + kk * 16 * 128) >> 4));
+        wgmma_commit();
+      };
+      // Mask (partial tiles) and online softmax of tile n, whose S is in acc_s and
+      // whose K/V are in `st`: acc_s becomes P (fp32), the row maxima and sums move on,
+      // and the factors that rescale O to the new maxima are returned in scale_o.
+      auto softmax = [&](int n, float (&scale_o)[2]) {
         if (n >= it.n_full) {
           const int col = __ldg(it.cols + n);
-          const int* kt = ktok + stage * BN;
-          if (gathered_k) mbar_wait(v_full(stage), phase);
           auto key = [&](int c) {
-            if (gathered_k) return kt[c];
-            const int j = col * BN + c;
-            return j < p.nk ? j : -1;
+            const int j = kslots ? __ldg(kslots + col * BN + c) : col * BN + c;
+            return j < p.nk ? j : -1;  // slots of padding are -1
           };
           if constexpr (Cfg::kIntervalMask) {
 #pragma unroll
@@ -408,9 +411,6 @@ struct Forward {
               if (!((bits[x / 32] >> (x % 32)) & 1u)) acc_s[x] = neg_inf();
           }
         }
-
-        // ---- online softmax
-        float scale_o[2];
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
           float mx = row_max[hr];
@@ -435,6 +435,8 @@ struct Forward {
           }
           row_sum[hr] = row_sum[hr] * scale_o[hr] + sum;
         }
+      };
+      auto rescale_o = [&](const float (&scale_o)[2]) {
         // Once the running maxima settle most tiles leave them unchanged: skip the
         // rescale when no row of the warp moved (a warp-uniform branch).
         if (__any_sync(0xffffffffu, scale_o[0] != 1.f || scale_o[1] != 1.f)) {
@@ -446,9 +448,11 @@ struct Forward {
             acc_o[jn * 4 + 3] *= scale_o[1];
           }
         }
-        // P as the A operand of the second product: the accumulator layout of S is the
-        // register-fragment layout of A, k-step by k-step.
-        uint32_t pf[BN / 16][4];
+      };
+      // P as the A operand of the second product: the accumulator layout of S is the
+      // register-fragment layout of A, k-step by k-step.
+      uint32_t pf[BN / 16][4];
+      auto pack_p = [&]() {
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk) {
           pf[kk][0] = pack2<kBf16>(acc_s[8 * kk + 0], acc_s[8 * kk + 1]);
@@ -456,21 +460,69 @@ struct Forward {
           pf[kk][2] = pack2<kBf16>(acc_s[8 * kk + 4], acc_s[8 * kk + 5]);
           pf[kk][3] = pack2<kBf16>(acc_s[8 * kk + 6], acc_s[8 * kk + 7]);
         }
+      };
+      auto release_k = [&](int st, int n) {
+        if (lane == 0) {
+          mbar_arrive(k_empty(st));
+          if (n == it.n_tiles - 1) mbar_arrive(q_empty);
+        }
+      };
+      auto release_v = [&](int st) {
+        if (lane == 0) mbar_arrive(v_empty(st));
+      };
 
-        // ---- O += P V
-        mbar_wait(v_full(stage), phase);
+
+      // Tile 0 alone; then each step issues S of tile n and P V of tile n - 1 together,
+      // and runs tile n's softmax while P V runs on the tensor cores (FlashAttention-3's
+      // intra-warpgroup overlap). O is rescaled to tile n's maxima once P V is done.
+      if (it.n_tiles > 0) {
+        float scale_o[2];
+        mbar_wait(k_full(stage), phase);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk)
-          Cfg::MmaO::rs(acc_o, pf[kk], v_desc + ((kv_off + kk * 16 * 128) >> 4));
-        wgmma_commit();
+        issue_qk(stage);
+        wgmma_wait_all();
+        fence_operands(acc_s);
+        release_k(stage, 0);
+        softmax(0, scale_o);
+        pack_p();
+      }
+      int prev = stage;  // stage and phase of tile n - 1
+      uint32_t prev_phase = phase;
+      if (it.n_tiles > 0 && ++stage == kStages) {
+        stage = 0;
+        phase ^= 1;
+      }
+#pragma unroll 1
+      for (int n = 1; n < it.n_tiles; ++n) {
+        float scale_o[2];
+        mbar_wait(k_full(stage), phase);
+        mbar_wait(v_full(prev), prev_phase);
+        wgmma_fence();
+        issue_qk(stage);
+        issue_pv(prev, pf);
+        wgmma_wait_one();
+        fence_operands(acc_s);
+        release_k(stage, n);
+        softmax(n, scale_o);
         wgmma_wait_all();
         fence_operands(acc_o);
-        if (lane == 0) mbar_arrive(v_empty(stage));
+        release_v(prev);
+        rescale_o(scale_o);
+        pack_p();
+        prev = stage;
+        prev_phase = phase;
         if (++stage == kStages) {
           stage = 0;
           phase ^= 1;
         }
+      }
+      if (it.n_tiles > 0) {
+        mbar_wait(v_full(prev), prev_phase);
+        wgmma_fence();
+        issue_pv(prev, pf);
+        wgmma_wait_all();
+        fence_operands(acc_o);
+        release_v(prev);
       }
 
       // ---- epilogue: normalise, write O and LSE (or this part's / piece's fp32 output)
@@ -556,7 +608,6 @@ struct Forward {
     const uint32_t raw = smem_addr(smem_raw);
     const uint32_t base = (raw + 1023) & ~1023u;
     unsigned char* gbase = smem_raw + (base - raw);
-    int* ktok = reinterpret_cast<int*>(gbase + kOffKTok);
     int* qtok_s = reinterpret_cast<int*>(gbase + kOffQTok);
     elem* stage_o = reinterpret_cast<elem*>(gbase + kOffO);
 
@@ -577,10 +628,10 @@ struct Forward {
     const int wg = threadIdx.x / 128;
     if (wg == 0) {
       if constexpr (Cfg::kProducerRegs > 0) regs_dealloc<Cfg::kProducerRegs>();
-      produce(P, base, ktok);
+      produce(P, base);
     } else {
       if constexpr (Cfg::kConsumerRegs > 0) regs_alloc<Cfg::kConsumerRegs>();
-      consume(P, base, ktok, qtok_s, stage_o, wg - 1);
+      consume(P, base, qtok_s, stage_o, wg - 1);
     }
   }
 };
