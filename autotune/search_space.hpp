@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "engine/forward.hpp"
+#include "engine/select.hpp"
 #include "runtime/device.hpp"
 
 namespace spattn::autotune {
@@ -73,8 +74,5 @@ struct Candidate {
 std::vector<Candidate> enumerate_candidates(const Pattern& pattern, const engine::Problem& problem,
                                             const TargetLimits& limits, const KernelConfig& heuristic);
 
-// Whether the layout of `pattern` at `problem` uses a token permutation (so that
-// permute=false is a different, valid candidate).
-bool layout_permutes(const Pattern& pattern, const engine::Problem& problem);
 
 }  // namespace spattn::autotune

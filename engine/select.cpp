@@ -88,11 +88,31 @@ KernelChoice heuristic_for(KernelFamily family, const Pattern& pattern, const Pr
   SPATTN_FAIL(ErrorCode::kInternal, "no heuristic for kernel family {}", static_cast<int>(family));
 }
 
+bool layout_permutes(const Pattern& pattern, const Problem& problem) {
+  LayoutOptions lo;  // the permutation a layout chooses does not depend on the tile shape
+  const Layout layout = compile_layout(pattern, problem.shape(), lo);
+  for (const BlockTable& t : layout.tables)
+    if (!t.q_slots.empty() || !t.k_slots.empty()) return true;
+  return false;
+}
+
+// Permuted layouts stay on sm80 for now: the sm90 producer gathers their rows with
+// cp.async, and measured on an H200 at 64k tokens (bench/NOTES.md) that was slower than
+// the sm80 kernel's gathers — relative stride 64: 4.15 ms against 2.39; LongNet
+// [2048,4096,8192]x[1,2,4]: 8.64 against 8.33. (The autotuner still tries both.)
 KernelChoice heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device) {
   std::string why;
-  if (family_supports(KernelFamily::kSm90, static_cast<int>(problem.head_dim), problem.dtype, device.arch(), &why))
-    return sm90(problem, device);
-  return sm80(problem, device, "not sm90: " + why);
+  if (!family_supports(KernelFamily::kSm90, static_cast<int>(problem.head_dim), problem.dtype, device.arch(), &why))
+    return sm80(problem, device, "not sm90: " + why);
+  bool permutes = false;
+  try {
+    permutes = layout_permutes(pattern, problem);
+  } catch (const Error&) {
+    permutes = false;  // the plan's own compile_layout reports what is wrong
+  }
+  if (permutes)
+    return sm80(problem, device, "not sm90: the layout gathers permuted tokens, which the sm80 kernel does faster");
+  return sm90(problem, device);
 }
 
 }  // namespace spattn::engine

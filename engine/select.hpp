@@ -19,8 +19,13 @@ struct KernelChoice {
   std::string source;  // why: "heuristic (...)", "tuning database (...)", "forced ..."
 };
 
-// The heuristic's family for this problem and device (sm90 where it supports the head
-// dim and dtype on the device's arch, else sm80), then its configuration in that family.
+// Whether the layout of `pattern` at `problem` gathers tokens through a permutation
+// (LongNet, relative strides, grids); throws like compile_layout (e.g. adaptive patterns).
+bool layout_permutes(const Pattern& pattern, const Problem& problem);
+
+// The heuristic's family for this problem and device — sm90 where it supports the head
+// dim and dtype on the device's arch and the layout is in natural token order, else
+// sm80 — then its configuration in that family.
 KernelChoice heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device);
 // The heuristic's configuration within one family; throws kUnsupported (naming what the
 // family supports) when it cannot run the problem on the device.

@@ -104,8 +104,8 @@ TEST(SearchSpace, HeuristicFirstDeduplicatedAndExpandedOverSchedules) {
 
 TEST(SearchSpace, PermutationVariantsOnlyWhereTheLayoutPermutes) {
   const Pattern longnet = Pattern::parse(R"({"type":"longnet","segments":[2048,4096],"rates":[1,2]})");
-  EXPECT_TRUE(layout_permutes(longnet, problem_of(8192, 4)));
-  EXPECT_FALSE(layout_permutes(Pattern::parse("dense"), problem_of(8192, 4)));
+  EXPECT_TRUE(engine::layout_permutes(longnet, problem_of(8192, 4)));
+  EXPECT_FALSE(engine::layout_permutes(Pattern::parse("dense"), problem_of(8192, 4)));
   const auto cands = enumerate_candidates(longnet, problem_of(8192, 4), arch_limits("sm_90a"), KernelConfig{});
   const auto off = std::count_if(cands.begin(), cands.end(), [](const Candidate& c) { return !c.config.permute; });
   const auto on = std::count_if(cands.begin(), cands.end(), [](const Candidate& c) { return c.config.permute; });

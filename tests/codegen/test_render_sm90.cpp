@@ -196,7 +196,7 @@ TEST(KernelFamilies, Sm90ConfigsRoundTripAndValidateByField) {
   expect_error([&] { KernelConfig::parse("sm90:96x128s2").validate(128); }, "tile_m must be 64, 128 or 192");
   expect_error([&] { KernelConfig::parse("sm90:128x120s2").validate(128); }, "multiple of 16");
   expect_error([&] { KernelConfig::parse("sm90:128x128s5").validate(128); }, "stages must be 1 to 4");
-  expect_error([&] { KernelConfig::parse("sm90:128x128s3").validate(128); }, "shared memory");
+  expect_error([&] { KernelConfig::parse("sm90:128x128s4").validate(128); }, "shared memory");
   expect_error([&] { KernelConfig::parse("sm90:128x256s1").validate(128); }, "registers");
   expect_error([&] { KernelConfig::parse("sm90:128x128w4s2").validate(128); }, "warps is derived");
   expect_error([&] { KernelConfig::parse("sm90:128x128s2:hilbert:longest"); }, "more than one schedule");
@@ -221,6 +221,13 @@ TEST(KernelFamilies, HeuristicPicksSm90OnHopperWhereItCanAndSaysWhy) {
   a100.cc_major = 8;
   EXPECT_EQ(engine::heuristic(dense, problem_of(16384, 16, 128), a100).config.family, KernelFamily::kSm80);
   EXPECT_THROW(engine::heuristic_for(KernelFamily::kSm90, dense, problem_of(16384, 16, 128), a100), Error);
+  // Permuted layouts stay on sm80 (measured faster there); sm90 still runs them on request.
+  const Pattern longnet = Pattern::parse(R"({"type":"longnet","segments":[2048,4096],"rates":[1,2]})");
+  const auto ln = engine::heuristic(longnet, problem_of(16384, 16, 128), h200);
+  EXPECT_EQ(ln.config.family, KernelFamily::kSm80);
+  EXPECT_NE(ln.source.find("permuted"), std::string::npos) << ln.source;
+  EXPECT_EQ(engine::heuristic_for(KernelFamily::kSm90, longnet, problem_of(16384, 16, 128), h200).config.family,
+            KernelFamily::kSm90);
   // Few work items: one consumer warpgroup per CTA (64-row tiles).
   EXPECT_EQ(engine::heuristic(dense, problem_of(2048, 2, 128), h200).config.tile_m, 64);
 }
