@@ -163,6 +163,17 @@ struct Forward {
 
   using elem = unsigned short;
 
+  // The mbarriers' shared addresses: q full/empty, then per stage k full/empty, v full/empty.
+  struct Barriers {
+    uint32_t at;
+    __device__ uint32_t q_full() const { return at; }
+    __device__ uint32_t q_empty() const { return at + 8; }
+    __device__ uint32_t k_full(int s) const { return at + 16 + s * 32; }
+    __device__ uint32_t k_empty(int s) const { return at + 24 + s * 32; }
+    __device__ uint32_t v_full(int s) const { return at + 32 + s * 32; }
+    __device__ uint32_t v_empty(int s) const { return at + 40 + s * 32; }
+  };
+
   struct Item {
     int table, q_tile, head, first, n_tiles, n_full, split_slot, b;
     SpattnTable t;
@@ -255,12 +266,12 @@ struct Forward {
 
   static __device__ void produce(const SpattnFwd90Params& P, uint32_t base) {
     const SpattnFwdParams& p = P.base;
-    const uint32_t bars = base + kOffBar;
-    const uint32_t q_full = bars, q_empty = bars + 8;
-    auto k_full = [&](int s) { return bars + 16 + s * 32; };
-    auto k_empty = [&](int s) { return bars + 24 + s * 32; };
-    auto v_full = [&](int s) { return bars + 32 + s * 32; };
-    auto v_empty = [&](int s) { return bars + 40 + s * 32; };
+    const Barriers bar{base + kOffBar};
+    const uint32_t q_full = bar.q_full(), q_empty = bar.q_empty();
+    auto k_full = [&](int s) { return bar.k_full(s); };
+    auto k_empty = [&](int s) { return bar.k_empty(s); };
+    auto v_full = [&](int s) { return bar.v_full(s); };
+    auto v_empty = [&](int s) { return bar.v_empty(s); };
     int stage = 0;
     uint32_t phase = 0, q_phase = 0, pending = 0;
     for (int idx = blockIdx.x; idx < P.total_items; idx += gridDim.x) {
@@ -304,12 +315,12 @@ struct Forward {
     const int warp = tid / 32;
     const int lane = tid % 32;
     const int row0 = warp * 16 + lane / 4;  // this thread's rows in the warpgroup: row0, row0 + 8
-    const uint32_t bars = base + kOffBar;
-    const uint32_t q_full = bars, q_empty = bars + 8;
-    auto k_full = [&](int s) { return bars + 16 + s * 32; };
-    auto k_empty = [&](int s) { return bars + 24 + s * 32; };
-    auto v_full = [&](int s) { return bars + 32 + s * 32; };
-    auto v_empty = [&](int s) { return bars + 40 + s * 32; };
+    const Barriers bar{base + kOffBar};
+    const uint32_t q_full = bar.q_full(), q_empty = bar.q_empty();
+    auto k_full = [&](int s) { return bar.k_full(s); };
+    auto k_empty = [&](int s) { return bar.k_empty(s); };
+    auto v_full = [&](int s) { return bar.v_full(s); };
+    auto v_empty = [&](int s) { return bar.v_empty(s); };
     // Q rows of this warpgroup, K and V of stage 0; later stages and k-steps add offsets.
     const uint64_t q_desc = make_desc(base + cw * 64 * 128, 16, 1024);
     const uint64_t k_desc = make_desc(base + kOffK, 16, 1024);
@@ -612,14 +623,15 @@ struct Forward {
     elem* stage_o = reinterpret_cast<elem*>(gbase + kOffO);
 
     if (threadIdx.x == 0) {
-      const uint32_t bars = base + kOffBar;
-      mbar_init(bars, kProducerWarps);      // q full
-      mbar_init(bars + 8, kConsumerWarps);  // q empty
+      // Full barriers: one arrival per producer warp; empty ones: one per consumer warp.
+      const Barriers bar{base + kOffBar};
+      mbar_init(bar.q_full(), kProducerWarps);
+      mbar_init(bar.q_empty(), kConsumerWarps);
       for (int s = 0; s < kStages; ++s) {
-        mbar_init(bars + 16 + s * 32, kProducerWarps);  // k full
-        mbar_init(bars + 24 + s * 32, kConsumerWarps);  // k empty
-        mbar_init(bars + 32 + s * 32, kProducerWarps);  // v full
-        mbar_init(bars + 40 + s * 32, kConsumerWarps);  // v empty
+        mbar_init(bar.k_full(s), kProducerWarps);
+        mbar_init(bar.k_empty(s), kConsumerWarps);
+        mbar_init(bar.v_full(s), kProducerWarps);
+        mbar_init(bar.v_empty(s), kConsumerWarps);
       }
       asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
