@@ -54,6 +54,22 @@ void BM_StridedPlusWindow(benchmark::State& s) {
   compile(s, R"({"union":[{"type":"strided","stride":1024},{"type":"local_window","window":128}]})", 128);
 }
 
+// The backward pass's tables (per key tile) from the forward ones.
+void transpose(benchmark::State& state, const char* spec) {
+  const spattn::Pattern pattern = spattn::Pattern::parse(spec);
+  spattn::LayoutOptions options;
+  options.tile_m = 128;
+  options.tile_n = 128;
+  const spattn::Layout layout = spattn::compile_layout(pattern, spattn::Shape{kTokens, kTokens, kHeads}, options);
+  for (auto _ : state)
+    for (const spattn::BlockTable& t : layout.tables) benchmark::DoNotOptimize(spattn::transpose_table(t).rows.data());
+}
+void BM_TransposeWindow1024(benchmark::State& s) { transpose(s, R"({"type":"local_window","window":1024})"); }
+void BM_TransposeLongNet(benchmark::State& s) {
+  transpose(s, R"({"type":"longnet","segments":[2048,4096,8192],"rates":[1,2,4]})");
+}
+void BM_TransposeStandard(benchmark::State& s) { transpose(s, "standard"); }
+
 }  // namespace
 
 BENCHMARK(BM_Window1024)->Unit(benchmark::kMillisecond);
@@ -64,4 +80,7 @@ BENCHMARK(BM_LongNetCausal)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_HierarchicalStandard)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_StridedPlusWindow)->Unit(benchmark::kMillisecond);
 
+BENCHMARK(BM_TransposeWindow1024)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TransposeLongNet)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TransposeStandard)->Unit(benchmark::kMillisecond);
 BENCHMARK_MAIN();

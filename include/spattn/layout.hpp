@@ -141,4 +141,19 @@ LayoutStats layout_stats(const Pattern& pattern, const Layout& layout, int64_t h
 std::string render_pattern(const Pattern& pattern, const Shape& shape, int64_t block = 128,
                            int64_t head = 0, int max_cells = 64);
 
+// A block table turned around for the backward pass: per key tile, the query tiles that
+// attend it — full tiles first, then partial tiles, each list in ascending order. It
+// lists exactly the (query tile, key tile) pairs of the forward table with the same
+// full / partial classification, so dK and dV accumulate over precisely the forward's
+// work (and partial tiles evaluate the same predicate). Cost O(query tiles + key tiles +
+// listed tiles); token orders are the forward table's (q_slots, k_slots).
+struct TransposedTable {
+  int64_t num_q_tiles = 0;
+  int64_t num_k_tiles = 0;
+  std::vector<int64_t> col_ptr;     // num_k_tiles + 1 offsets into rows
+  std::vector<int32_t> full_count;  // per key tile: how many of its query tiles are full
+  std::vector<int32_t> rows;        // query tile indices
+};
+TransposedTable transpose_table(const BlockTable& table);
+
 }  // namespace spattn
