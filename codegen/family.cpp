@@ -105,6 +105,49 @@ void check_problem_supported(int64_t head_dim, DType dtype) {
               to_string(dtype), supported_head_dims(), per_family);
 }
 
+const std::vector<int>& backward_head_dims() {
+  static const std::vector<int> dims = {32, 64, 96, 128};
+  return dims;
+}
+
+int backward_smem_bytes(const KernelConfig& c, int head_dim) {
+  // Mirrors bwd::Backward<Cfg>::kSmemBytes (templates/backward.cuh): K and V tiles and Q
+  // and dO tiles of (head_dim + 8)-element rows, dSᵀ with (tile_m + 8)-element rows, key
+  // tokens, query tokens, LSE and row sums.
+  const int row = head_dim + 8;
+  return (2 * c.tile_n * row + 2 * c.tile_m * row + c.tile_n * (c.tile_m + 8)) * 2 + c.tile_n * 4 + c.tile_m * 12;
+}
+
+void check_backward_config(const KernelConfig& c, int head_dim, DType dtype, std::string_view arch, int smem_limit) {
+  std::string why;
+  if (!family_supports(KernelFamily::kSm80, head_dim, dtype, arch, &why))
+    SPATTN_FAIL(ErrorCode::kUnsupported, "backward config {}: {}", c.to_string(), why);
+  if (!contains(backward_head_dims(), head_dim))
+    SPATTN_FAIL(ErrorCode::kUnsupported, "the backward kernel supports head dims {} (not {})",
+                fmt::join(backward_head_dims(), ", "), head_dim);
+  SPATTN_REQUIRE(c.family == KernelFamily::kSm80, "backward config {}: the backward kernel is of the sm80 family",
+                 c.to_string());
+  SPATTN_REQUIRE(c.warps == 4 || c.warps == 8, "backward config.warps must be 4 or 8 (got {})", c.warps);
+  SPATTN_REQUIRE(c.tile_n == 16 * c.warps, "backward config.tile_n must be 16 * warps = {} keys (got {})",
+                 16 * c.warps, c.tile_n);
+  SPATTN_REQUIRE(c.tile_m >= 16 && c.tile_m <= 128 && c.tile_m % 16 == 0,
+                 "backward config.tile_m must be a multiple of 16 from 16 to 128 (got {})", c.tile_m);
+  SPATTN_REQUIRE(c.stages == 1, "backward config.stages must be 1 (got {})", c.stages);
+  // Per thread, of a warp's 16 keys: dK and dV (head_dim / 2 fp32 each), Sᵀ and dSᵀ
+  // (tile_m / 2 each); 192 of them leave room for fragments within 255 registers.
+  if (head_dim + c.tile_m > 192)
+    SPATTN_FAIL(ErrorCode::kUnsupported,
+                "backward config {} with head dim {}: {} accumulator registers per thread (max 192); use a smaller "
+                "tile_m",
+                c.to_string(), head_dim, head_dim + c.tile_m);
+  const int smem = backward_smem_bytes(c, head_dim);
+  if (smem_limit > 0 && smem > smem_limit)
+    SPATTN_FAIL(ErrorCode::kUnsupported,
+                "backward config {} with head dim {} needs {} bytes of shared memory per block; the target allows {}; "
+                "use 4 warps (64 keys) or a smaller tile_m",
+                c.to_string(), head_dim, smem, smem_limit);
+}
+
 namespace codegen {
 
 Sm90Shape sm90_shape(const KernelConfig& c, int head_dim) {

@@ -37,6 +37,9 @@ struct RenderedKernel {
 
 // Readable CUDA source for the spec, with a header comment naming it.
 RenderedKernel render_forward(const KernelSpec& spec);
+// Backward kernel source (templates/backward.cuh) for a spec whose config is a backward
+// configuration (check_backward_config).
+RenderedKernel render_backward(const KernelSpec& spec);
 // The merge / fill / reference helper kernels (templates/merge.cuh, reference.cuh).
 RenderedKernel render_support_kernels();
 

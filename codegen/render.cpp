@@ -28,6 +28,22 @@ void add_template(RenderedKernel& out, std::string_view name) {
   out.template_hashes.emplace_back(std::string(t.name), std::string(t.sha256));
 }
 
+// The parts a kernel's predicate covers, as comment lines of its header.
+void write_parts(std::ostringstream& src, const std::vector<LayoutPart>& parts) {
+  for (size_t k = 0; k < parts.size(); ++k) {
+    const auto& part = parts[k];
+    src << fmt::format("//   part {}: branch {} of {}\n", k, part.branch, part.pattern.to_json());
+    for (const auto& ex : part.exclude) src << fmt::format("//           minus {}\n", ex.to_json());
+  }
+}
+
+// Cfg's mask context and general predicate (spattn_generated::allowed must precede it).
+void write_mask_members(std::ostringstream& src) {
+  src << "  struct MaskCtx {\n    int nq, nk, heads;\n  };\n";
+  src << "  static __device__ __forceinline__ bool allowed(int part, int h, int i, int j, const MaskCtx& c) {\n";
+  src << "    return spattn_generated::allowed(part, h, i, j, c.nq, c.nk, c.heads);\n  }\n";
+}
+
 // wgmma wrappers for the widths a spec needs: D(64 x N, fp32) = A(64 x 16) * B(16 x N)
 // (+ D). `ss` reads A and B from shared memory, both K-major (S = Q Kᵀ: Q rows and K
 // rows are contiguous along the head dim); `rs` takes A from registers and B N-major
@@ -76,11 +92,7 @@ RenderedKernel render_forward(const KernelSpec& spec) {
 
   std::ostringstream src;
   src << "// spattn forward kernel, generated from this spec (do not edit):\n";
-  for (size_t k = 0; k < spec.parts.size(); ++k) {
-    const auto& part = spec.parts[k];
-    src << fmt::format("//   part {}: branch {} of {}\n", k, part.branch, part.pattern.to_json());
-    for (const auto& ex : part.exclude) src << fmt::format("//           minus {}\n", ex.to_json());
-  }
+  write_parts(src, spec.parts);
   // Only what changes the source: the schedule order and the permutation switch act on
   // the tables, so configs that differ in them share a kernel.
   const std::string workers = sm90 ? fmt::format("{} consumer warpgroup(s)", c.tile_m / 64) : fmt::format("{} warps", c.warps);
@@ -118,9 +130,7 @@ RenderedKernel render_forward(const KernelSpec& spec) {
     src << fmt::format("  using MmaS = spattn_generated::Wgmma{};  // S = Q K^T: N = tile_n\n", c.tile_n);
     src << fmt::format("  using MmaO = spattn_generated::Wgmma{};  // O += P V: N = head dim\n", spec.head_dim);
   }
-  src << "  struct MaskCtx {\n    int nq, nk, heads;\n  };\n";
-  src << "  static __device__ __forceinline__ bool allowed(int part, int h, int i, int j, const MaskCtx& c) {\n";
-  src << "    return spattn_generated::allowed(part, h, i, j, c.nq, c.nk, c.heads);\n  }\n";
+  write_mask_members(src);
   // Partial tiles compare keys with per-row ranges when the predicate has that form.
   src << fmt::format("  static constexpr bool kIntervalMask = {};\n", bounds ? "true" : "false");
   src << "  static __device__ __forceinline__ void row_bounds(int part, int h, int i, const MaskCtx& c, int& lo0, int& hi0,\n"
@@ -151,6 +161,47 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   add_template(out, "spattn/ptx.cuh");
   add_template(out, family.template_name);
   out.threads = c.threads();
+  out.smem_bytes = smem;
+  return out;
+}
+
+RenderedKernel render_backward(const KernelSpec& spec) {
+  const KernelConfig& c = spec.config;
+  check_backward_config(c, spec.head_dim, spec.dtype, spec.arch, 0);
+  SPATTN_REQUIRE(!spec.parts.empty(), "a kernel needs at least one pattern part");
+  std::ostringstream src;
+  src << "// spattn backward kernel, generated from this spec (do not edit):\n";
+  write_parts(src, spec.parts);
+  src << fmt::format("//   family sm80 (mma.sync), {} keys per CTA ({} warps), {} queries per step, head dim {}, {}, {}{}\n",
+                     c.tile_n, c.warps, c.tile_m, spec.head_dim, to_string(spec.dtype), spec.arch,
+                     spec.permuted_keys ? ", permuted keys" : "");
+  src << "#include \"spattn/params.cuh\"\n\n";
+  src << "namespace spattn_generated {\n";
+  src << render_predicate(spec.parts, "allowed", "__device__ __forceinline__");
+  src << "}  // namespace spattn_generated\n\n";
+  const int smem = backward_smem_bytes(c, spec.head_dim);
+  src << "struct Cfg {\n";
+  src << fmt::format("  static constexpr int kHeadDim = {};\n", spec.head_dim);
+  src << fmt::format("  static constexpr int kBlockM = {};  // queries per step\n", c.tile_m);
+  src << fmt::format("  static constexpr int kBlockN = {};  // keys per CTA\n", c.tile_n);
+  src << fmt::format("  static constexpr int kWarps = {};\n", c.warps);
+  src << fmt::format("  static constexpr bool kBf16 = {};\n", spec.dtype == DType::kBFloat16 ? "true" : "false");
+  src << fmt::format("  static constexpr int kSmemBytes = {};\n", smem);
+  src << fmt::format("  static constexpr bool kPermutedKeys = {};\n", spec.permuted_keys ? "true" : "false");
+  write_mask_members(src);
+  src << "};\n\n";
+  src << "#include \"spattn/backward.cuh\"\n\n";
+  src << fmt::format("extern \"C\" __global__ void __launch_bounds__({}) spattn_bwd(const SpattnBwdParams p) {{\n",
+                     c.warps * 32);
+  src << "  spattn::bwd::Backward<Cfg>::run(p);\n}\n";
+  RenderedKernel out;
+  out.source = src.str();
+  out.kernel_name = "spattn_bwd";
+  out.program_name = fmt::format("spattn_bwd_{:016x}.cu", fnv1a(out.source));
+  add_template(out, "spattn/params.cuh");
+  add_template(out, "spattn/ptx.cuh");
+  add_template(out, "spattn/backward.cuh");
+  out.threads = c.warps * 32;
   out.smem_bytes = smem;
   return out;
 }

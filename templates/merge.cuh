@@ -7,6 +7,8 @@
 //    some rows without any table.
 //  - merge_splits: combines the pieces of long rows split over several work items.
 //  - fill_random: uniform random fp16/bf16 values (tests, benchmarks, the demo).
+//  - backward_prep: D = rowsum(dO * O) per row, the backward pass's first kernel;
+//    backward_convert: an fp32 gradient accumulator into the 16-bit output tensor.
 #pragma once
 
 #include "spattn/params.cuh"
@@ -144,6 +146,40 @@ __device__ void fill_random(const SpattnRandomParams& p) {
   }
 }
 
+template <bool kBf16>
+__device__ __forceinline__ float half_bits_to_float(unsigned short x) {
+  if constexpr (kBf16) return __uint_as_float(static_cast<unsigned>(x) << 16);
+  float f;
+  asm("cvt.f32.f16 %0, %1;\n" : "=f"(f) : "h"(x));
+  return f;
+}
+
+// One warp per (batch, head, query row).
+template <bool kBf16>
+__device__ void backward_prep(const SpattnBwdPrepParams& p) {
+  const WarpRow w = warp_row(p.batch, p.heads, p.nq);
+  if (!w.valid) return;
+  const unsigned short* o =
+      static_cast<const unsigned short*>(p.o) + w.b * p.o_stride_b + w.i * p.o_stride_n + w.h * p.o_stride_h;
+  const unsigned short* d_o =
+      static_cast<const unsigned short*>(p.d_o) + w.b * p.do_stride_b + w.i * p.do_stride_n + w.h * p.do_stride_h;
+  float sum = 0.f;
+  for (int d = w.lane; d < p.head_dim; d += 32) sum += half_bits_to_float<kBf16>(o[d]) * half_bits_to_float<kBf16>(d_o[d]);
+  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  if (w.lane == 0) p.dsum[((int64_t)w.b * p.heads + w.h) * p.nq + w.i] = sum;
+}
+
+// One warp per (batch, row, head).
+template <bool kBf16>
+__device__ void backward_convert(const SpattnBwdConvertParams& p) {
+  const WarpRow w = warp_row(p.batch, p.heads, p.n);
+  if (!w.valid) return;
+  const float* acc = p.acc + (((int64_t)w.b * p.n + w.i) * p.heads + w.h) * p.head_dim;
+  unsigned short* out =
+      static_cast<unsigned short*>(p.out) + w.b * p.out_stride_b + w.i * p.out_stride_n + w.h * p.out_stride_h;
+  for (int d = w.lane; d < p.head_dim; d += 32) out[d] = to_half_bits<kBf16>(acc[d]);
+}
+
 }  // namespace spattn
 
 extern "C" __global__ void spattn_fill_random(const SpattnRandomParams p) { spattn::fill_random(p); }
@@ -152,3 +188,7 @@ extern "C" __global__ void spattn_merge_fp16(const SpattnMergeParams p) { spattn
 extern "C" __global__ void spattn_merge_splits_bf16(const SpattnSplitMergeParams p) { spattn::merge_splits<true>(p); }
 extern "C" __global__ void spattn_merge_splits_fp16(const SpattnSplitMergeParams p) { spattn::merge_splits<false>(p); }
 extern "C" __global__ void spattn_fill_empty(const SpattnFillParams p) { spattn::fill_empty(p); }
+extern "C" __global__ void spattn_backward_prep_bf16(const SpattnBwdPrepParams p) { spattn::backward_prep<true>(p); }
+extern "C" __global__ void spattn_backward_prep_fp16(const SpattnBwdPrepParams p) { spattn::backward_prep<false>(p); }
+extern "C" __global__ void spattn_backward_convert_bf16(const SpattnBwdConvertParams p) { spattn::backward_convert<true>(p); }
+extern "C" __global__ void spattn_backward_convert_fp16(const SpattnBwdConvertParams p) { spattn::backward_convert<false>(p); }

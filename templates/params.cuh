@@ -77,6 +77,65 @@ struct SpattnFwd90Params {
   int32_t total_items;  // base.num_work * base.batch: what the persistent CTAs walk
 };
 
+// Backward over transposed tables (spattn::TransposedTable): per key tile, the query
+// tiles that attend it, full tiles first. Offsets index the int32 arena.
+struct SpattnBwdTable {
+  int32_t part;         // softmax part: selects the predicate
+  int32_t num_q_tiles;
+  int32_t num_k_tiles;
+  int32_t q_slots;      // arena offset of the query slots, or -1 for identity order
+  int32_t k_slots;      // arena offset of the key slots, or -1 for identity order
+  int32_t col_ptr;      // arena offset of num_k_tiles + 1 offsets (into rows)
+  int32_t full_count;   // arena offset of num_k_tiles counts of leading full query tiles
+  int32_t rows;         // arena offset of the query tile indices
+};
+
+// dQ, dK, dV of attention over a layout (FlashAttention-2's algorithm per key tile).
+// Gradients accumulate in fp32 ([B, N, H, D], contiguous) with atomics: several query
+// heads (GQA), parts (LongNet branches, unions) and query tiles add to the same rows;
+// a conversion kernel writes them out. Every part uses the merged LSE and the row sums
+// D = rowsum(dO * O) of the merged output: the layout's parts are one softmax.
+struct SpattnBwdParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* d_o;
+  const float* lse;         // [B, Hq, Nq] from the forward pass
+  const float* dsum;        // [B, Hq, Nq] contiguous, from the preprocessing kernel
+  float* dq_acc;            // [B, Nq, Hq, D] fp32
+  float* dk_acc;            // [B, Nk, Hkv, D] fp32
+  float* dv_acc;            // [B, Nk, Hkv, D] fp32
+  int64_t q_stride_b, q_stride_n, q_stride_h;
+  int64_t k_stride_b, k_stride_n, k_stride_h;
+  int64_t v_stride_b, v_stride_n, v_stride_h;
+  int64_t do_stride_b, do_stride_n, do_stride_h;
+  int64_t lse_stride_b, lse_stride_h;
+  int32_t nq, nk, heads, kv_group, batch;
+  float scale, scale_log2;
+  const int32_t* arena;
+  const SpattnBwdTable* tables;
+  const int32_t* work;      // 3 ints per item: table, key tile, query head
+  int32_t num_work;
+};
+
+// D = rowsum(dO * O) per (batch, head, query row), fp32 [B, Hq, Nq].
+struct SpattnBwdPrepParams {
+  const void* o;
+  const void* d_o;
+  float* dsum;
+  int64_t o_stride_b, o_stride_n, o_stride_h;
+  int64_t do_stride_b, do_stride_n, do_stride_h;
+  int32_t batch, nq, heads, head_dim;
+};
+
+// Writes an fp32 [B, N, H, D] accumulator into a 16-bit tensor with strides.
+struct SpattnBwdConvertParams {
+  const float* acc;
+  void* out;
+  int64_t out_stride_b, out_stride_n, out_stride_h;
+  int32_t batch, n, heads, head_dim;
+};
+
 // LSE-weighted merge of the pieces of split rows. groups: 5 ints per split query tile
 // (first slot, pieces, table, q_tile, head); the result goes where the unsplit work item
 // would have written it (O/LSE, or the part buffers).

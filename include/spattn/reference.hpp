@@ -23,4 +23,15 @@ void reference_attention(const Pattern& pattern, const Shape& shape, int64_t bat
                          int64_t head_dim, const float* q, const float* k, const float* v, double scale,
                          std::vector<double>& out, std::vector<double>& lse, int threads = 0);
 
+// Gradients of reference_attention (fp64): given dO [B, Nq, Hq, D], writes dq like q and
+// dk, dv like k (GQA: dk/dv summed over a group's query heads). The multiset softmax of
+// the pattern (a key counted once per branch that allows it) is one softmax, so its
+// gradient is the plain softmax gradient over that multiset: with P_ij = m_ij
+// exp(s_ij - lse_i), dV = Pᵀ dO, dS = P ∘ (dO Vᵀ - rowsum(dO ∘ O)), dQ = scale dS K,
+// dK = scale dSᵀ Q. Rows with no allowed key get zero gradients.
+void reference_attention_backward(const Pattern& pattern, const Shape& shape, int64_t batch, int64_t kv_heads,
+                                  int64_t head_dim, const float* q, const float* k, const float* v, const float* d_o,
+                                  double scale, std::vector<double>& dq, std::vector<double>& dk,
+                                  std::vector<double>& dv, int threads = 0);
+
 }  // namespace spattn

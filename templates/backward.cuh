@@ -1,0 +1,293 @@
+// spattn backward attention over transposed block tables, FlashAttention-2's algorithm
+// with mma.sync (m16n8k16, fp32 accumulate) for sm_80 and newer.
+//
+// The generated translation unit defines `struct Cfg` (key tile = 16 rows per warp,
+// query tile, head dim, dtype, the partial-tile predicate) and includes this file. One
+// CTA processes one work item: a key tile of one transposed table for one query head.
+// It keeps that tile's K and V in shared memory and dK, dV in registers, and walks the
+// query tiles that attend it (full tiles first, then partial tiles, where the same
+// predicate as the forward pass is evaluated). Per query tile, with S = scale Q Kᵀ:
+//   Pᵀ = exp(Sᵀ - LSE),  dV += Pᵀ dO,  dPᵀ = V dOᵀ,  dSᵀ = Pᵀ ∘ (dPᵀ - D),
+//   dK += scale dSᵀ Q,   dQ += scale dS K (through shared memory, fp32 atomics),
+// every product oriented so that its A operand is either a tile in shared memory or an
+// accumulator already in registers. dK and dV are added to fp32 accumulators at the end.
+#pragma once
+
+#include "spattn/params.cuh"
+#include "spattn/ptx.cuh"
+
+namespace spattn {
+namespace bwd {
+
+template <class Cfg>
+struct Backward {
+  static constexpr int D = Cfg::kHeadDim;
+  static constexpr int BM = Cfg::kBlockM;   // query rows per step
+  static constexpr int BN = Cfg::kBlockN;   // keys per CTA
+  static constexpr int kWarps = Cfg::kWarps;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr bool kBf16 = Cfg::kBf16;
+  static constexpr int kRow = D + 8;         // 16 bytes of padding: conflict-free ldmatrix rows
+  static constexpr int kDsRow = BM + 8;
+  static constexpr int kChunksPerRow = D / 8;
+  static constexpr int kNTilesQ = BM / 8;    // n8 tiles of Sᵀ per warp (query columns)
+  static constexpr int kNTilesD = D / 8;     // n8 tiles of dK, dV per warp
+  static_assert(BN == 16 * kWarps, "each warp owns 16 keys of the tile");
+  static_assert(BM % 16 == 0 && D % 16 == 0, "tile shapes must be multiples of 16");
+
+  static constexpr int kKVElems = BN * kRow;
+  static constexpr int kQElems = BM * kRow;
+  static constexpr int kSmemBytes = (2 * kKVElems + 2 * kQElems + BN * kDsRow) * 2 + BN * 4 + BM * 4 * 3;
+  static_assert(kSmemBytes == Cfg::kSmemBytes, "host and template disagree on the shared memory size");
+
+  using elem = unsigned short;
+
+  // `rows` rows of a tile into shared memory with 16-byte cp.async: row r holds token
+  // slots[slot0 + r] (or slot0 + r in natural order); invalid tokens read as zeros and
+  // are recorded as -1 in `tok` when given.
+  static __device__ __forceinline__ void load_rows(const elem* base, int64_t stride, uint32_t dst, int rows, int slot0,
+                                                   int limit, const int32_t* slots, int* tok) {
+#pragma unroll 1
+    for (int c = threadIdx.x; c < rows * kChunksPerRow; c += kThreads) {
+      const int r = c / kChunksPerRow;
+      const int chunk = c % kChunksPerRow;
+      const int token = slots ? __ldg(slots + slot0 + r) : slot0 + r;
+      const bool valid = token >= 0 && token < limit;
+      cp_async_16(dst + (r * kRow + chunk * 8) * 2, base + (int64_t)(valid ? token : 0) * stride + chunk * 8, valid);
+      if (tok && chunk == 0) tok[r] = valid ? token : -1;
+    }
+  }
+
+  static __device__ void run(const SpattnBwdParams& p) {
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    const uint32_t ks = smem_addr(smem_raw);
+    const uint32_t vs = ks + kKVElems * 2;
+    const uint32_t qs = vs + kKVElems * 2;
+    const uint32_t dos = qs + kQElems * 2;
+    const uint32_t dss = dos + kQElems * 2;
+    elem* ds_ptr = reinterpret_cast<elem*>(smem_raw + (2 * kKVElems + 2 * kQElems) * 2);
+    int* ktok = reinterpret_cast<int*>(smem_raw + (2 * kKVElems + 2 * kQElems + BN * kDsRow) * 2);
+    int* qtok = ktok + BN;
+    float* lse2 = reinterpret_cast<float*>(qtok + BM);  // LSE * log2(e), +inf for padding rows
+    float* dsum = lse2 + BM;
+
+    const int b = blockIdx.y;
+    const int32_t* work = p.work + 3 * blockIdx.x;
+    const SpattnBwdTable t = p.tables[work[0]];
+    const int k_tile = work[1];
+    const int h = work[2];
+    const int kvh = h / p.kv_group;
+    const int tid = threadIdx.x;
+    const int warp = tid / 32;
+    const int lane = tid % 32;
+
+    const int32_t* qslots = t.q_slots >= 0 ? p.arena + t.q_slots : nullptr;
+    const int32_t* kslots = Cfg::kPermutedKeys && t.k_slots >= 0 ? p.arena + t.k_slots : nullptr;
+    const int begin = __ldg(p.arena + t.col_ptr + k_tile);
+    const int n_tiles = __ldg(p.arena + t.col_ptr + k_tile + 1) - begin;
+    const int n_full = __ldg(p.arena + t.full_count + k_tile);
+    const int32_t* q_list = p.arena + t.rows + begin;
+    if (n_tiles <= 0) return;  // the work list holds only key tiles that some query tile attends
+
+    const elem* kbase = static_cast<const elem*>(p.k) + b * p.k_stride_b + kvh * p.k_stride_h;
+    const elem* vbase = static_cast<const elem*>(p.v) + b * p.v_stride_b + kvh * p.v_stride_h;
+    const elem* qbase = static_cast<const elem*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
+    const elem* dobase = static_cast<const elem*>(p.d_o) + b * p.do_stride_b + h * p.do_stride_h;
+    load_rows(kbase, p.k_stride_n, ks, BN, k_tile * BN, p.nk, kslots, ktok);
+    load_rows(vbase, p.v_stride_n, vs, BN, k_tile * BN, p.nk, kslots, nullptr);
+    cp_async_commit();
+
+    // ldmatrix lane addresses (bytes): A operands from the warp's 16 rows of K or V
+    // (non-transposed), B operands from Q / dO rows as n8 x k16 (non-transposed, the
+    // forward kernel's K pattern) or as k16 x n8 (transposed, its V pattern), and the A
+    // operand dS (m = queries, k = keys) from the stored dSᵀ rows (transposed).
+    const uint32_t a_rows = ((warp * 16 + lane % 16) * kRow + (lane / 16) * 8) * 2;
+    const uint32_t b_rows = ((lane % 8 + (lane / 16) * 8) * kRow + ((lane / 8) % 2) * 8) * 2;
+    const uint32_t b_trans = ((lane % 8 + ((lane / 8) % 2) * 8) * kRow + (lane / 16) * 8) * 2;
+    const uint32_t ds_trans = ((lane % 8 + (lane / 16) * 8) * kDsRow + ((lane / 8) % 2) * 8) * 2;
+
+    float acc_dk[kNTilesD][4], acc_dv[kNTilesD][4];
+#pragma unroll
+    for (int nt = 0; nt < kNTilesD; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc_dk[nt][e] = acc_dv[nt][e] = 0.f;
+    typename Cfg::MaskCtx mask_ctx{p.nq, p.nk, p.heads};
+    const float log2e = 1.4426950408889634f;
+
+#pragma unroll 1
+    for (int it = 0; it < n_tiles; ++it) {
+      const int q_tile = __ldg(q_list + it);
+      load_rows(qbase, p.q_stride_n, qs, BM, q_tile * BM, p.nq, qslots, qtok);
+      load_rows(dobase, p.do_stride_n, dos, BM, q_tile * BM, p.nq, qslots, nullptr);
+      cp_async_commit();
+      cp_async_wait_all();
+      __syncthreads();
+      for (int r = tid; r < BM; r += kThreads) {
+        const int i = qtok[r];
+        lse2[r] = i >= 0 ? __ldg(p.lse + b * p.lse_stride_b + h * p.lse_stride_h + i) * log2e : __int_as_float(0x7f800000);
+        dsum[r] = i >= 0 ? __ldg(p.dsum + ((int64_t)b * p.heads + h) * p.nq + i) : 0.f;
+      }
+      __syncthreads();
+
+      // ---- Sᵀ = K Qᵀ (rows: the warp's 16 keys; columns: the tile's queries)
+      float acc_s[kNTilesQ][4];
+#pragma unroll
+      for (int nt = 0; nt < kNTilesQ; ++nt) acc_s[nt][0] = acc_s[nt][1] = acc_s[nt][2] = acc_s[nt][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a[4];
+        ldmatrix_x4(a, ks + a_rows + kk * 32);
+#pragma unroll
+        for (int np = 0; np < BM / 16; ++np) {
+          uint32_t bf[4];
+          ldmatrix_x4(bf, qs + b_rows + (np * 16 * kRow + kk * 16) * 2);
+          mma_16816<kBf16>(acc_s[2 * np], a, bf[0], bf[1]);
+          mma_16816<kBf16>(acc_s[2 * np + 1], a, bf[2], bf[3]);
+        }
+      }
+      // ---- Pᵀ = exp(Sᵀ - LSE); masked pairs (partial tiles) and padding give 0
+      const bool partial = it >= n_full;
+      uint32_t bits[(kNTilesQ * 4 + 31) / 32];
+      if (partial) {
+#pragma unroll
+        for (int wd = 0; wd < (kNTilesQ * 4 + 31) / 32; ++wd) {
+          uint32_t word = 0;
+#pragma unroll 1
+          for (int x = wd * 32; x < wd * 32 + 32 && x < kNTilesQ * 4; ++x) {
+            const int j = ktok[warp * 16 + lane / 4 + ((x >> 1) & 1) * 8];
+            const int i = qtok[(x / 4) * 8 + (lane % 4) * 2 + (x & 1)];
+            if (i >= 0 && j >= 0 && Cfg::allowed(t.part, h, i, j, mask_ctx)) word |= 1u << (x % 32);
+          }
+          bits[wd] = word;
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < kNTilesQ; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int c = nt * 8 + (lane % 4) * 2 + (e & 1);
+          float pv = exp2_approx(acc_s[nt][e] * p.scale_log2 - lse2[c]);
+          if (partial && !((bits[(nt * 4 + e) / 32] >> ((nt * 4 + e) % 32)) & 1u)) pv = 0.f;
+          acc_s[nt][e] = pv;
+        }
+      }
+
+      // ---- dV += Pᵀ dO
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk) {
+        uint32_t a[4];
+        a[0] = pack2<kBf16>(acc_s[2 * kk][0], acc_s[2 * kk][1]);
+        a[1] = pack2<kBf16>(acc_s[2 * kk][2], acc_s[2 * kk][3]);
+        a[2] = pack2<kBf16>(acc_s[2 * kk + 1][0], acc_s[2 * kk + 1][1]);
+        a[3] = pack2<kBf16>(acc_s[2 * kk + 1][2], acc_s[2 * kk + 1][3]);
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+          uint32_t bf[4];
+          ldmatrix_x4_trans(bf, dos + b_trans + (kk * 16 * kRow + dp * 16) * 2);
+          mma_16816<kBf16>(acc_dv[2 * dp], a, bf[0], bf[1]);
+          mma_16816<kBf16>(acc_dv[2 * dp + 1], a, bf[2], bf[3]);
+        }
+      }
+
+      // ---- dPᵀ = V dOᵀ, then dSᵀ = Pᵀ ∘ (dPᵀ - D) in its registers
+      float acc_ds[kNTilesQ][4];
+#pragma unroll
+      for (int nt = 0; nt < kNTilesQ; ++nt) acc_ds[nt][0] = acc_ds[nt][1] = acc_ds[nt][2] = acc_ds[nt][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a[4];
+        ldmatrix_x4(a, vs + a_rows + kk * 32);
+#pragma unroll
+        for (int np = 0; np < BM / 16; ++np) {
+          uint32_t bf[4];
+          ldmatrix_x4(bf, dos + b_rows + (np * 16 * kRow + kk * 16) * 2);
+          mma_16816<kBf16>(acc_ds[2 * np], a, bf[0], bf[1]);
+          mma_16816<kBf16>(acc_ds[2 * np + 1], a, bf[2], bf[3]);
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < kNTilesQ; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_ds[nt][e] = acc_s[nt][e] * (acc_ds[nt][e] - dsum[nt * 8 + (lane % 4) * 2 + (e & 1)]);
+
+      // ---- dK += dSᵀ Q (scaled at the end), and dSᵀ into shared memory for dQ
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk) {
+        uint32_t a[4];
+        a[0] = pack2<kBf16>(acc_ds[2 * kk][0], acc_ds[2 * kk][1]);
+        a[1] = pack2<kBf16>(acc_ds[2 * kk][2], acc_ds[2 * kk][3]);
+        a[2] = pack2<kBf16>(acc_ds[2 * kk + 1][0], acc_ds[2 * kk + 1][1]);
+        a[3] = pack2<kBf16>(acc_ds[2 * kk + 1][2], acc_ds[2 * kk + 1][3]);
+        const int row = warp * 16 + lane / 4;
+        const int col = kk * 16 + (lane % 4) * 2;
+        *reinterpret_cast<uint32_t*>(ds_ptr + row * kDsRow + col) = a[0];
+        *reinterpret_cast<uint32_t*>(ds_ptr + (row + 8) * kDsRow + col) = a[1];
+        *reinterpret_cast<uint32_t*>(ds_ptr + row * kDsRow + col + 8) = a[2];
+        *reinterpret_cast<uint32_t*>(ds_ptr + (row + 8) * kDsRow + col + 8) = a[3];
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+          uint32_t bf[4];
+          ldmatrix_x4_trans(bf, qs + b_trans + (kk * 16 * kRow + dp * 16) * 2);
+          mma_16816<kBf16>(acc_dk[2 * dp], a, bf[0], bf[1]);
+          mma_16816<kBf16>(acc_dk[2 * dp + 1], a, bf[2], bf[3]);
+        }
+      }
+      __syncthreads();
+
+      // ---- dQ (tile rows x 16 head-dim columns per chunk; chunks over the warps) += scale dS K
+#pragma unroll 1
+      for (int chunk = warp; chunk < D / 16; chunk += kWarps) {
+        float acc_q[BM / 16][2][4];
+#pragma unroll
+        for (int mt = 0; mt < BM / 16; ++mt)
+#pragma unroll
+          for (int n = 0; n < 2; ++n) acc_q[mt][n][0] = acc_q[mt][n][1] = acc_q[mt][n][2] = acc_q[mt][n][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+          uint32_t bf[4];
+          ldmatrix_x4_trans(bf, ks + b_trans + (kk * 16 * kRow + chunk * 16) * 2);
+#pragma unroll
+          for (int mt = 0; mt < BM / 16; ++mt) {
+            uint32_t a[4];
+            ldmatrix_x4_trans(a, dss + ds_trans + (kk * 16 * kDsRow + mt * 16) * 2);
+            mma_16816<kBf16>(acc_q[mt][0], a, bf[0], bf[1]);
+            mma_16816<kBf16>(acc_q[mt][1], a, bf[2], bf[3]);
+          }
+        }
+#pragma unroll
+        for (int mt = 0; mt < BM / 16; ++mt) {
+#pragma unroll
+          for (int hr = 0; hr < 2; ++hr) {
+            const int i = qtok[mt * 16 + lane / 4 + hr * 8];
+            if (i < 0) continue;
+            float* out = p.dq_acc + (((int64_t)b * p.nq + i) * p.heads + h) * D + chunk * 16 + (lane % 4) * 2;
+#pragma unroll
+            for (int n = 0; n < 2; ++n) {
+              atomicAdd(out + n * 8, p.scale * acc_q[mt][n][hr * 2]);
+              atomicAdd(out + n * 8 + 1, p.scale * acc_q[mt][n][hr * 2 + 1]);
+            }
+          }
+        }
+      }
+      __syncthreads();  // Q, dO and dSᵀ are overwritten by the next query tile
+    }
+    // ---- dK (scaled), dV into the fp32 accumulators of their key rows
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const int j = ktok[warp * 16 + lane / 4 + hr * 8];
+      if (j < 0) continue;
+      float* dk = p.dk_acc + (((int64_t)b * p.nk + j) * (p.heads / p.kv_group) + kvh) * D + (lane % 4) * 2;
+      float* dv = p.dv_acc + (((int64_t)b * p.nk + j) * (p.heads / p.kv_group) + kvh) * D + (lane % 4) * 2;
+#pragma unroll
+      for (int nt = 0; nt < kNTilesD; ++nt) {
+        atomicAdd(dk + nt * 8, p.scale * acc_dk[nt][hr * 2]);
+        atomicAdd(dk + nt * 8 + 1, p.scale * acc_dk[nt][hr * 2 + 1]);
+        atomicAdd(dv + nt * 8, acc_dv[nt][hr * 2]);
+        atomicAdd(dv + nt * 8 + 1, acc_dv[nt][hr * 2 + 1]);
+      }
+    }
+  }
+};
+
+}  // namespace bwd
+}  // namespace spattn
