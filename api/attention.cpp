@@ -8,6 +8,7 @@
 #include "api/select.hpp"
 #include "common/check.hpp"
 #include "common/log.hpp"
+#include "engine/backward.hpp"
 #include "engine/forward.hpp"
 #include "runtime/device.hpp"
 
@@ -37,6 +38,7 @@ struct Attention::Impl {
   // One plan per (problem shape, dtype, config) and device; batch does not change the plan.
   using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int, std::string>;
   std::map<PlanKey, std::unique_ptr<engine::ForwardPlan>> plans;
+  std::map<PlanKey, std::unique_ptr<engine::BackwardPlan>> backward_plans;
   Explanation last;
   bool has_last = false;
   engine::ForwardPlan* last_plan = nullptr;  // fast path for repeated calls on one problem
@@ -91,6 +93,31 @@ struct Attention::Impl {
     return plan;
   }
 };
+
+void Attention::backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                         const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
+                         const TensorView& dv, CUstream stream) {
+  const engine::Problem p = engine::backward_problem_from_tensors(q, k, v, o, lse, d_o, dq, dk, dv);
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->pattern.validate(p.shape());
+  const int device = impl_->options.device >= 0 ? impl_->options.device : runtime::current_device();
+  runtime::make_current(device);
+  const runtime::DeviceInfo info = runtime::device_info(device);
+  const engine::KernelChoice choice =
+      impl_->options.backward_config
+          ? engine::KernelChoice{*impl_->options.backward_config, "forced by AttentionOptions::backward_config"}
+          : engine::backward_heuristic(impl_->pattern, p, info);
+  const Impl::PlanKey key{device, p.nq, p.nk, p.heads, p.kv_heads, p.head_dim, static_cast<int>(p.dtype),
+                          choice.config.to_string()};
+  auto& slot = impl_->backward_plans[key];
+  if (!slot) {
+    engine::Problem shape = p;
+    shape.batch = 1;
+    slot = std::make_unique<engine::BackwardPlan>(impl_->pattern, shape, choice.config, device);
+    log::debug("attention backward: {} | {} | {}", p.to_string(), choice.config.to_string(), choice.source);
+  }
+  slot->run(q, k, v, o, lse, d_o, dq, dk, dv, impl_->options.scale, stream);
+}
 
 Attention::Attention(Pattern pattern, AttentionOptions options) : impl_(std::make_unique<Impl>()) {
   impl_->pattern = std::move(pattern);

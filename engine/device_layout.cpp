@@ -93,6 +93,57 @@ PackedTables pack_tables(const Layout& layout) {
   return out;
 }
 
+namespace {
+
+// Appends values to an int32 arena, returning their offset; throws when the device
+// format's 32-bit offsets or entries cannot hold them.
+struct Arena {
+  std::vector<int32_t> data;
+  template <class Values>
+  int32_t append(const Values& values) {
+    const int32_t off = checked_i32(static_cast<int64_t>(data.size()), "table arena size");
+    for (auto v : values) data.push_back(checked_i32(v, "table entry"));
+    return off;
+  }
+};
+
+}  // namespace
+
+PackedBackwardTables pack_backward_tables(const Layout& layout) {
+  PackedBackwardTables out;
+  Arena arena;
+  for (size_t ti = 0; ti < layout.tables.size(); ++ti) {
+    const BlockTable& t = layout.tables[ti];
+    const TransposedTable tr = transpose_table(t);
+    SpattnBwdTable d{};
+    d.part = t.part;
+    d.num_q_tiles = checked_i32(t.num_q_tiles, "query tiles");
+    d.num_k_tiles = checked_i32(t.num_k_tiles, "key tiles");
+    d.q_slots = t.q_slots.empty() ? -1 : arena.append(t.q_slots);
+    d.k_slots = t.k_slots.empty() ? -1 : arena.append(t.k_slots);
+    d.col_ptr = arena.append(tr.col_ptr);
+    d.full_count = arena.append(tr.full_count);
+    d.rows = arena.append(tr.rows);
+    out.tables.push_back(d);
+    for (int64_t k = 0; k < tr.num_k_tiles; ++k) {
+      if (tr.col_ptr[k + 1] == tr.col_ptr[k]) continue;
+      for (int32_t h : t.heads)
+        out.work.insert(out.work.end(), {static_cast<int32_t>(ti), static_cast<int32_t>(k), h});
+    }
+  }
+  out.arena = std::move(arena.data);
+  if (out.arena.empty()) out.arena.push_back(0);
+  return out;
+}
+
+DeviceBackwardLayout::DeviceBackwardLayout(const Layout& layout) {
+  const PackedBackwardTables packed = pack_backward_tables(layout);
+  num_items_ = packed.num_items();
+  upload(arena_, packed.arena);
+  upload(tables_, packed.tables);
+  upload(work_, packed.work);
+}
+
 DeviceLayout::DeviceLayout(const Layout& layout, WorkList work) : work_list_(std::move(work)) {
   const PackedTables packed = pack_tables(layout);
   upload(arena_, packed.arena);

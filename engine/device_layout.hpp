@@ -43,6 +43,32 @@ struct PackedTables {
 };
 PackedTables pack_tables(const Layout& layout);
 
+// Host form of the transposed tables of a layout (for the backward pass) and its work
+// list: 3 ints per item (table, key tile, query head), one item per key tile that some
+// query tile attends, for every head of the table.
+struct PackedBackwardTables {
+  std::vector<int32_t> arena;
+  std::vector<SpattnBwdTable> tables;
+  std::vector<int32_t> work;
+  int64_t num_items() const { return static_cast<int64_t>(work.size() / 3); }
+};
+PackedBackwardTables pack_backward_tables(const Layout& layout);
+
+// The backward pass's tables on the device.
+class DeviceBackwardLayout {
+ public:
+  DeviceBackwardLayout() = default;
+  explicit DeviceBackwardLayout(const Layout& layout);
+  const int32_t* arena() const { return reinterpret_cast<const int32_t*>(arena_.get()); }
+  const SpattnBwdTable* tables() const { return reinterpret_cast<const SpattnBwdTable*>(tables_.get()); }
+  const int32_t* work() const { return reinterpret_cast<const int32_t*>(work_.get()); }
+  int64_t num_items() const { return num_items_; }
+
+ private:
+  int64_t num_items_ = 0;
+  runtime::DeviceBuffer arena_, tables_, work_;
+};
+
 class DeviceLayout {
  public:
   DeviceLayout() = default;

@@ -22,8 +22,6 @@ double Problem::useful_flops(const LayoutStats& stats) const {
          static_cast<double>(batch);
 }
 
-namespace {
-
 void check_tensor_4d(const TensorView& t, const char* name, int64_t b, int64_t n, int64_t h, int64_t d,
                      const char* layout, DType dtype) {
   SPATTN_REQUIRE(t.data != nullptr, "{} is a null pointer", name);
@@ -40,8 +38,6 @@ void check_tensor_4d(const TensorView& t, const char* name, int64_t b, int64_t n
                    name, t.describe());
   SPATTN_REQUIRE(reinterpret_cast<uintptr_t>(t.data) % 16 == 0, "{} must be 16-byte aligned", name);
 }
-
-}  // namespace
 
 Problem problem_from_tensors(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                              const TensorView* lse) {

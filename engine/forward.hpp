@@ -46,6 +46,11 @@ struct Problem {
 Problem problem_from_tensors(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                              const TensorView* lse);
 
+// Checks one [B, N, H, D] tensor of a problem (`layout` names the dims in messages):
+// shape, dtype, a contiguous head dim, 16-byte aligned rows. Throws kInvalidArgument.
+void check_tensor_4d(const TensorView& t, const char* name, int64_t b, int64_t n, int64_t h, int64_t d,
+                     const char* layout, DType dtype);
+
 // The spec the plan's kernel is generated from, and its rendered source. The layout
 // is compile_layout(pattern, problem.shape(), config.layout_options()).
 codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& config, const Problem& problem,

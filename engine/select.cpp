@@ -88,6 +88,27 @@ KernelChoice heuristic_for(KernelFamily family, const Pattern& pattern, const Pr
   SPATTN_FAIL(ErrorCode::kInternal, "no heuristic for kernel family {}", static_cast<int>(family));
 }
 
+KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device) {
+  (void)pattern;
+  KernelConfig c;
+  c.tile_m = 64;
+  c.tile_n = 128;
+  c.warps = 8;
+  c.stages = 1;
+  c.schedule = ScheduleOrder::kRowMajor;
+  std::string why = "128 keys per CTA (8 warps), 64 queries per step";
+  const int d = static_cast<int>(problem.head_dim);
+  if (device.smem_per_block_optin > 0 && backward_smem_bytes(c, d) > device.smem_per_block_optin) {
+    c.tile_n = 64;
+    c.warps = 4;
+    why = fmt::format("64 keys per CTA (4 warps), 64 queries per step: 128 keys need {} B of shared memory, {} allows {}",
+                      backward_smem_bytes(KernelConfig::parse("64x128w8s1"), d), device.name,
+                      device.smem_per_block_optin);
+  }
+  check_backward_config(c, d, problem.dtype, device.arch(), device.smem_per_block_optin);
+  return {c, "heuristic (backward, sm80 family: " + why + ")"};
+}
+
 bool layout_permutes(const Pattern& pattern, const Problem& problem) {
   LayoutOptions lo;  // the permutation a layout chooses does not depend on the tile shape
   const Layout layout = compile_layout(pattern, problem.shape(), lo);

@@ -19,6 +19,11 @@ struct KernelChoice {
   std::string source;  // why: "heuristic (...)", "tuning database (...)", "forced ..."
 };
 
+// The backward kernel's configuration (sm80 family, see check_backward_config):
+// FlashAttention-2's 128 keys per CTA (8 warps of 16) and 64 queries per step where the
+// shared memory allows (sm_80, sm_90: 124 KB at head dim 128), else 64 keys (4 warps).
+KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device);
+
 // Whether the layout of `pattern` at `problem` gathers tokens through a permutation
 // (LongNet, relative strides, grids); throws like compile_layout (e.g. adaptive patterns).
 bool layout_permutes(const Pattern& pattern, const Problem& problem);

@@ -29,6 +29,7 @@ struct AttentionOptions {
   float scale = 0;                    // softmax scale; <= 0 means 1/sqrt(head_dim)
   int device = -1;                    // CUDA device; -1: the device of the current context (else 0)
   std::optional<KernelConfig> config;   // force a kernel configuration
+  std::optional<KernelConfig> backward_config;  // force the backward kernel's (see check_backward_config)
   bool use_tuning_db = true;          // consult the tuning database of this GPU
 };
 
@@ -64,6 +65,15 @@ class Attention {
   // and the expected shape), unsupported dtype/head dim/arch, or a missing GPU.
   void forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                const TensorView* lse = nullptr, CUstream stream = nullptr);
+
+  // Gradients of forward(q, k, v) -> (o, lse) for the output gradient d_o: writes dq
+  // (like q), dk and dv (like k; GQA: summed over the query heads of a group). lse is
+  // required and must be the forward's; o and d_o are like q. Asynchronous on `stream`.
+  // Rows with no allowed key get zero gradients. Accumulates in fp32 with atomics, so
+  // results may differ in the last bits from run to run.
+  void backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
+                const TensorView& dv, CUstream stream = nullptr);
 
   // Prepares (layout + kernel) for a problem without running it: returns what forward would use.
   Explanation prepare(int64_t batch, int64_t nq, int64_t nk, int64_t heads, int64_t kv_heads, int64_t head_dim,

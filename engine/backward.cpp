@@ -1,0 +1,135 @@
+#include "engine/backward.hpp"
+
+#include <cmath>
+
+#include "common/check.hpp"
+#include "common/log.hpp"
+#include "runtime/driver.hpp"
+#include "templates/params.cuh"
+
+namespace spattn::engine {
+
+Problem backward_problem_from_tensors(const TensorView& q, const TensorView& k, const TensorView& v,
+                                      const TensorView& o, const TensorView& lse, const TensorView& d_o,
+                                      const TensorView& dq, const TensorView& dk, const TensorView& dv) {
+  const Problem p = problem_from_tensors(q, k, v, o, &lse);
+  check_tensor_4d(d_o, "dO", p.batch, p.nq, p.heads, p.head_dim, "[B, Nq, Hq, D]", p.dtype);
+  check_tensor_4d(dq, "dQ", p.batch, p.nq, p.heads, p.head_dim, "[B, Nq, Hq, D]", p.dtype);
+  check_tensor_4d(dk, "dK", p.batch, p.nk, p.kv_heads, p.head_dim, "[B, Nk, Hkv, D]", p.dtype);
+  check_tensor_4d(dv, "dV", p.batch, p.nk, p.kv_heads, p.head_dim, "[B, Nk, Hkv, D]", p.dtype);
+  return p;
+}
+
+BackwardPlan::BackwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config, int device)
+    : problem_(problem), config_(config), device_(device) {
+  runtime::make_current(device);
+  const runtime::DeviceInfo info = runtime::device_info(device);
+  check_backward_config(config, static_cast<int>(problem.head_dim), problem.dtype, info.arch(),
+                        info.smem_per_block_optin);
+  layout_ = compile_layout(pattern, problem.shape(), config.layout_options());
+  rendered_ = codegen::render_backward(kernel_spec_for(layout_, config, problem, info.arch()));
+  bwd_ = &load_kernel(rendered_, device);
+  if (rendered_.smem_bytes > 48 * 1024) bwd_->kernel.set_max_dynamic_shared(rendered_.smem_bytes);
+  const codegen::RenderedKernel support = codegen::render_support_kernels();
+  const bool bf16 = problem.dtype == DType::kBFloat16;
+  prep_ = &load_kernel(support, device, bf16 ? "spattn_backward_prep_bf16" : "spattn_backward_prep_fp16");
+  convert_ = &load_kernel(support, device, bf16 ? "spattn_backward_convert_bf16" : "spattn_backward_convert_fp16");
+  tables_ = DeviceBackwardLayout(layout_);
+  log::debug("backward plan {} | {} | {} tables, {} work items | kernel {} ({})", problem.to_string(),
+             config.to_string(), layout_.tables.size(), tables_.num_items(), rendered_.program_name,
+             bwd_->cache_hit ? "cache hit" : "compiled");
+}
+
+void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                       const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
+                       const TensorView& dv, float scale, CUstream stream) {
+  const Problem p = backward_problem_from_tensors(q, k, v, o, lse, d_o, dq, dk, dv);
+  SPATTN_REQUIRE(p.nq == problem_.nq && p.nk == problem_.nk && p.heads == problem_.heads &&
+                     p.kv_heads == problem_.kv_heads && p.head_dim == problem_.head_dim && p.dtype == problem_.dtype,
+                 "tensors ({}) do not match the backward plan ({})", p.to_string(), problem_.to_string());
+  SPATTN_REQUIRE(p.batch <= 65535, "batch {} exceeds the launch grid limit 65535", p.batch);
+  runtime::make_current(device_);
+  if (scale <= 0) scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
+  const size_t rows = static_cast<size_t>(p.batch * p.heads * p.nq);
+  const size_t q_elems = static_cast<size_t>(p.batch * p.nq * p.heads * p.head_dim);
+  const size_t k_elems = static_cast<size_t>(p.batch * p.nk * p.kv_heads * p.head_dim);
+  auto ensure = [](runtime::DeviceBuffer& b, size_t bytes) {
+    if (b.size() < bytes) b = runtime::DeviceBuffer(bytes);
+  };
+  ensure(dsum_, rows * 4);
+  ensure(dq_acc_, q_elems * 4);
+  ensure(dk_acc_, k_elems * 4);
+  ensure(dv_acc_, k_elems * 4);
+  SPATTN_CU_CHECK(cuMemsetD32Async(dq_acc_.get(), 0, q_elems, stream));
+  SPATTN_CU_CHECK(cuMemsetD32Async(dk_acc_.get(), 0, k_elems, stream));
+  SPATTN_CU_CHECK(cuMemsetD32Async(dv_acc_.get(), 0, k_elems, stream));
+
+  {
+    SpattnBwdPrepParams pp{};
+    pp.o = o.data;
+    pp.d_o = d_o.data;
+    pp.dsum = reinterpret_cast<float*>(dsum_.get());
+    pp.o_stride_b = o.strides[0];
+    pp.o_stride_n = o.strides[1];
+    pp.o_stride_h = o.strides[2];
+    pp.do_stride_b = d_o.strides[0];
+    pp.do_stride_n = d_o.strides[1];
+    pp.do_stride_h = d_o.strides[2];
+    pp.batch = static_cast<int32_t>(p.batch);
+    pp.nq = static_cast<int32_t>(p.nq);
+    pp.heads = static_cast<int32_t>(p.heads);
+    pp.head_dim = static_cast<int32_t>(p.head_dim);
+    void* args[] = {&pp};
+    prep_->kernel.launch({static_cast<unsigned>((rows + 7) / 8)}, {256}, 0, stream, args);
+  }
+  if (tables_.num_items() > 0) {
+    SpattnBwdParams bp{};
+    set_inputs(bp, q, k, v);
+    bp.d_o = d_o.data;
+    bp.do_stride_b = d_o.strides[0];
+    bp.do_stride_n = d_o.strides[1];
+    bp.do_stride_h = d_o.strides[2];
+    bp.lse = static_cast<const float*>(lse.data);
+    bp.lse_stride_b = lse.strides[0];
+    bp.lse_stride_h = lse.strides[1];
+    bp.dsum = reinterpret_cast<const float*>(dsum_.get());
+    bp.dq_acc = reinterpret_cast<float*>(dq_acc_.get());
+    bp.dk_acc = reinterpret_cast<float*>(dk_acc_.get());
+    bp.dv_acc = reinterpret_cast<float*>(dv_acc_.get());
+    bp.nq = static_cast<int32_t>(p.nq);
+    bp.nk = static_cast<int32_t>(p.nk);
+    bp.heads = static_cast<int32_t>(p.heads);
+    bp.kv_group = static_cast<int32_t>(p.heads / p.kv_heads);
+    bp.batch = static_cast<int32_t>(p.batch);
+    bp.scale = scale;
+    bp.scale_log2 = scale * 1.4426950408889634f;
+    bp.arena = tables_.arena();
+    bp.tables = tables_.tables();
+    bp.work = tables_.work();
+    bp.num_work = static_cast<int32_t>(tables_.num_items());
+    void* args[] = {&bp};
+    bwd_->kernel.launch({static_cast<unsigned>(tables_.num_items()), static_cast<unsigned>(p.batch)},
+                        {static_cast<unsigned>(rendered_.threads)}, static_cast<unsigned>(rendered_.smem_bytes),
+                        stream, args);
+  }
+  auto convert = [&](const runtime::DeviceBuffer& acc, const TensorView& out, int64_t n, int64_t heads) {
+    SpattnBwdConvertParams cp{};
+    cp.acc = reinterpret_cast<const float*>(acc.get());
+    cp.out = out.data;
+    cp.out_stride_b = out.strides[0];
+    cp.out_stride_n = out.strides[1];
+    cp.out_stride_h = out.strides[2];
+    cp.batch = static_cast<int32_t>(p.batch);
+    cp.n = static_cast<int32_t>(n);
+    cp.heads = static_cast<int32_t>(heads);
+    cp.head_dim = static_cast<int32_t>(p.head_dim);
+    const int64_t warps = p.batch * n * heads;
+    void* args[] = {&cp};
+    convert_->kernel.launch({static_cast<unsigned>((warps + 7) / 8)}, {256}, 0, stream, args);
+  };
+  convert(dq_acc_, dq, p.nq, p.heads);
+  convert(dk_acc_, dk, p.nk, p.kv_heads);
+  convert(dv_acc_, dv, p.nk, p.kv_heads);
+}
+
+}  // namespace spattn::engine

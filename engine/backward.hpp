@@ -1,0 +1,53 @@
+// The backward engine: one BackwardPlan holds what the gradients of a pattern need at
+// one problem shape with one backward configuration on one device — the layout at the
+// config's tiles, its transposed tables on the device, the loaded kernels, fp32
+// accumulators — and launches: D = rowsum(dO ∘ O), the backward kernel (dQ, dK, dV
+// into fp32 accumulators), and the conversions into dq, dk, dv.
+#pragma once
+
+#include <spattn/config.hpp>
+#include <spattn/layout.hpp>
+#include <spattn/tensor.hpp>
+
+#include "codegen/kernel_spec.hpp"
+#include "engine/device_layout.hpp"
+#include "engine/forward.hpp"
+#include "engine/jit.hpp"
+
+namespace spattn::engine {
+
+// Checks the backward pass's tensors against the forward problem (O, dO like Q; dq
+// like Q; dk, dv like K; LSE [B, Hq, Nq] fp32 as the forward wrote it) and returns it.
+Problem backward_problem_from_tensors(const TensorView& q, const TensorView& k, const TensorView& v,
+                                      const TensorView& o, const TensorView& lse, const TensorView& d_o,
+                                      const TensorView& dq, const TensorView& dk, const TensorView& dv);
+
+class BackwardPlan {
+ public:
+  BackwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config, int device);
+
+  // Asynchronous on `stream`. scale <= 0 means 1/sqrt(D); it must be the forward's.
+  void run(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, const TensorView& lse,
+           const TensorView& d_o, const TensorView& dq, const TensorView& dk, const TensorView& dv, float scale,
+           CUstream stream);
+
+  const Layout& layout() const { return layout_; }
+  const KernelConfig& config() const { return config_; }
+  const codegen::RenderedKernel& rendered() const { return rendered_; }
+  const JitKernel& kernel() const { return *bwd_; }
+  int64_t work_items() const { return tables_.num_items(); }
+
+ private:
+  Problem problem_;
+  KernelConfig config_;
+  int device_;
+  Layout layout_;
+  codegen::RenderedKernel rendered_;
+  const JitKernel* bwd_ = nullptr;
+  const JitKernel* prep_ = nullptr;
+  const JitKernel* convert_ = nullptr;
+  DeviceBackwardLayout tables_;
+  runtime::DeviceBuffer dsum_, dq_acc_, dk_acc_, dv_acc_;
+};
+
+}  // namespace spattn::engine

@@ -1,0 +1,152 @@
+// The backward pass on the GPU against the host fp64 reference gradients
+// (reference_attention_backward) of the same rounded inputs, for pattern kinds and
+// compositions (multi-part LongNet and unions, permuted layouts), GQA and MQA, Nq != Nk
+// with bottom-right causal, rows without keys, odd lengths, dtypes and head dims.
+//
+// Every case draws fresh random inputs, runs Attention::forward for O and LSE, then
+// backward into dq / dk / dv poisoned with NaN first (every element must be written).
+// Tolerances on relative L2 error per gradient: bf16 3e-2, fp16 6e-3 (P and dS are
+// rounded to 16 bits for the matrix products, O to the output dtype).
+#include <gtest/gtest.h>
+
+#include <spattn/attention.hpp>
+#include <spattn/reference.hpp>
+
+#include <cmath>
+
+#include "engine/reference.hpp"
+#include "runtime/device.hpp"
+#include "tests/support/gpu.hpp"
+
+namespace spattn {
+namespace {
+
+struct Case {
+  std::string json;
+  int64_t batch = 1, nq = 300, nk = 300, heads = 2, kv_heads = 2, head_dim = 64;
+  DType dtype = DType::kBFloat16;
+};
+
+double rel_l2(const std::vector<uint16_t>& got, DType dtype, const std::vector<double>& want, int64_t* nonfinite) {
+  double num = 0, den = 0;
+  for (size_t x = 0; x < want.size(); ++x) {
+    const double g = engine::half_bits_to_float(got[x], dtype);
+    if (!std::isfinite(g)) ++*nonfinite;
+    num += (g - want[x]) * (g - want[x]);
+    den += want[x] * want[x];
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+void run_case(const Case& c, uint64_t seed) {
+  SCOPED_TRACE(fmt::format("{} B={} Nq={} Nk={} H={}/{} D={} {}", c.json, c.batch, c.nq, c.nk, c.heads, c.kv_heads,
+                           c.head_dim, to_string(c.dtype)));
+  const Pattern pattern = Pattern::parse(c.json);
+  const int64_t qe = c.batch * c.nq * c.heads * c.head_dim, ke = c.batch * c.nk * c.kv_heads * c.head_dim;
+  runtime::DeviceBuffer q(qe * 2), k(ke * 2), v(ke * 2), o(qe * 2), d_o(qe * 2), dq(qe * 2), dk(ke * 2), dv(ke * 2),
+      lse(c.batch * c.heads * c.nq * 4);
+  engine::fill_random(q.data(), qe, c.dtype, seed * 5 + 1);
+  engine::fill_random(k.data(), ke, c.dtype, seed * 5 + 2);
+  engine::fill_random(v.data(), ke, c.dtype, seed * 5 + 3);
+  engine::fill_random(d_o.data(), qe, c.dtype, seed * 5 + 4);
+  for (auto* b : {&dq, &dk, &dv}) b->fill_bytes(0xff);  // NaN
+  auto qv = [&](const runtime::DeviceBuffer& b) {
+    return TensorView::contiguous(b.data(), c.dtype, {c.batch, c.nq, c.heads, c.head_dim});
+  };
+  auto kv = [&](const runtime::DeviceBuffer& b) {
+    return TensorView::contiguous(b.data(), c.dtype, {c.batch, c.nk, c.kv_heads, c.head_dim});
+  };
+  const auto tl = TensorView::contiguous3(lse.data(), DType::kFloat32, {c.batch, c.heads, c.nq});
+  AttentionOptions opts;
+  opts.use_tuning_db = false;
+  Attention attn(pattern, opts);
+  attn.forward(qv(q), kv(k), kv(v), qv(o), &tl);
+  attn.backward(qv(q), kv(k), kv(v), qv(o), tl, qv(d_o), qv(dq), kv(dk), kv(dv));
+  runtime::synchronize();
+
+  auto host = [&](const runtime::DeviceBuffer& b, int64_t n) {
+    std::vector<uint16_t> bits(static_cast<size_t>(n));
+    b.download(bits.data(), bits.size() * 2);
+    return bits;
+  };
+  auto to_f = [&](const std::vector<uint16_t>& bits) {
+    std::vector<float> f(bits.size());
+    for (size_t x = 0; x < bits.size(); ++x) f[x] = engine::half_bits_to_float(bits[x], c.dtype);
+    return f;
+  };
+  std::vector<double> rdq, rdk, rdv;
+  reference_attention_backward(pattern, Shape{c.nq, c.nk, c.heads}, c.batch, c.kv_heads, c.head_dim,
+                               to_f(host(q, qe)).data(), to_f(host(k, ke)).data(), to_f(host(v, ke)).data(),
+                               to_f(host(d_o, qe)).data(), 1.0 / std::sqrt(double(c.head_dim)), rdq, rdk, rdv);
+  const double tol = c.dtype == DType::kBFloat16 ? 3e-2 : 6e-3;
+  int64_t nonfinite = 0;
+  const double eq = rel_l2(host(dq, qe), c.dtype, rdq, &nonfinite);
+  const double ek = rel_l2(host(dk, ke), c.dtype, rdk, &nonfinite);
+  const double ev = rel_l2(host(dv, ke), c.dtype, rdv, &nonfinite);
+  EXPECT_EQ(nonfinite, 0);
+  EXPECT_LE(eq, tol) << "dQ";
+  EXPECT_LE(ek, tol) << "dK";
+  EXPECT_LE(ev, tol) << "dV";
+}
+
+class BackwardGpu : public ::testing::Test {
+ protected:
+  void SetUp() override { SPATTN_REQUIRE_GPU(); }
+};
+
+TEST_F(BackwardGpu, PatternKindsAndCompositions) {
+  const char* patterns[] = {
+      R"({"type":"dense"})",
+      R"({"type":"dense","causal":true})",
+      R"({"type":"local_window","left":100,"right":20})",
+      R"({"type":"global_local","global":32,"window":64})",
+      R"({"type":"strided","stride":16,"mode":"relative"})",
+      R"({"type":"longnet","segments":[128,256],"rates":[1,2]})",
+      R"({"type":"neighborhood","grid":[20,24],"window":[5,7],"dilation":[1,1]})",
+      R"({"union":[{"type":"strided","stride":32,"mode":"relative"},{"type":"local_window","window":64}]})",
+      R"({"branches":[{"type":"local_window","window":64},{"type":"dense","causal":true}]})",
+      R"({"heads":[{"first":0,"count":1,"pattern":{"type":"local_window","window":32}},{"first":1,"count":1,"pattern":{"type":"dense","causal":true}}]})",
+  };
+  uint64_t seed = 1;
+  for (const char* p : patterns) {
+    Case c{p};
+    c.nq = c.nk = 480;
+    run_case(c, seed++);
+  }
+}
+
+TEST_F(BackwardGpu, GqaMqaCrossAttentionEmptyRowsDtypesHeadDims) {
+  Case gqa{R"({"type":"dense","causal":true})"};
+  gqa.heads = 8;
+  gqa.kv_heads = 2;
+  gqa.nq = gqa.nk = 333;
+  run_case(gqa, 11);
+  Case mqa{R"({"type":"local_window","window":100})"};
+  mqa.heads = 4;
+  mqa.kv_heads = 1;
+  mqa.batch = 2;
+  mqa.nq = 250;
+  mqa.nk = 410;
+  run_case(mqa, 12);
+  Case empty_rows{R"({"type":"dense","causal":true})"};  // the first 200 queries see no key
+  empty_rows.nq = 300;
+  empty_rows.nk = 100;
+  run_case(empty_rows, 13);
+  Case d128{R"({"type":"longnet","segments":[128,256],"rates":[1,2],"causal":true})"};
+  d128.head_dim = 128;
+  d128.dtype = DType::kFloat16;
+  d128.nq = d128.nk = 517;
+  run_case(d128, 14);
+  Case d32{R"({"type":"local_window","window":64})"};
+  d32.head_dim = 32;
+  d32.nq = d32.nk = 1;
+  run_case(d32, 15);
+  Case d96{R"({"type":"dense"})"};
+  d96.head_dim = 96;
+  d96.dtype = DType::kFloat16;
+  d96.nq = d96.nk = 129;
+  run_case(d96, 16);
+}
+
+}  // namespace
+}  // namespace spattn
