@@ -89,10 +89,12 @@ spattn_status spattn_attention_create(const char* pattern_json, const char* opti
         if (key == "scale") opts.scale = value.get<float>();
         else if (key == "device") opts.device = value.get<int>();
         else if (key == "config") opts.config = spattn::KernelConfig::parse(value.get<std::string>());
+        else if (key == "backward_config") opts.backward_config = spattn::KernelConfig::parse(value.get<std::string>());
         else if (key == "use_tuning_db") opts.use_tuning_db = value.get<bool>();
         else
           throw spattn::Error(spattn::ErrorCode::kInvalidArgument,
-                              "options." + key + ": unknown option; known: scale, device, config, use_tuning_db");
+                              "options." + key +
+                                  ": unknown option; known: scale, device, config, backward_config, use_tuning_db");
       }
     }
     *out = new spattn_attention{spattn::Attention(spattn::Pattern::parse(pattern_json), opts)};
@@ -109,6 +111,18 @@ spattn_status spattn_attention_forward(spattn_attention_t attn, const spattn_ten
     const spattn::TensorView l = lse ? view_of(lse, "lse") : spattn::TensorView{};
     attn->attn.forward(view_of(q, "q"), view_of(k, "k"), view_of(v, "v"), view_of(o, "o"), lse ? &l : nullptr,
                        static_cast<CUstream>(stream));
+  });
+}
+
+spattn_status spattn_attention_backward(spattn_attention_t attn, const spattn_tensor* q, const spattn_tensor* k,
+                                        const spattn_tensor* v, const spattn_tensor* o, const spattn_tensor* lse,
+                                        const spattn_tensor* d_o, const spattn_tensor* dq, const spattn_tensor* dk,
+                                        const spattn_tensor* dv, void* stream) {
+  return guarded([&] {
+    if (!attn) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "attention handle is NULL");
+    attn->attn.backward(view_of(q, "q"), view_of(k, "k"), view_of(v, "v"), view_of(o, "o"), view_of(lse, "lse"),
+                        view_of(d_o, "d_o"), view_of(dq, "dq"), view_of(dk, "dk"), view_of(dv, "dv"),
+                        static_cast<CUstream>(stream));
   });
 }
 

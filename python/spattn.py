@@ -7,6 +7,10 @@ The library is found through $SPATTN_LIB, else next to this file's build tree.
     import spattn, torch
     attn = spattn.Attention({"type": "local_window", "window": 1024})
     out = attn(q, k, v)
+
+For training, spattn.attention(q, k, v, pattern) is differentiable (a torch.library
+custom op with an autograd formula and a fake implementation, so torch.compile traces
+through it), and spattn.SparseAttention(pattern) is the same as an nn.Module.
 """
 import ctypes
 import json
@@ -51,6 +55,7 @@ _lib.spattn_last_error.restype = ctypes.c_char_p
 _lib.spattn_attention_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
 _lib.spattn_attention_destroy.argtypes = [ctypes.c_void_p]
 _lib.spattn_attention_forward.argtypes = [ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 5 + [ctypes.c_void_p]
+_lib.spattn_attention_backward.argtypes = [ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 9 + [ctypes.c_void_p]
 _lib.spattn_attention_explain.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t,
                                           ctypes.POINTER(ctypes.c_size_t)]
 _lib.spattn_pattern_stats.argtypes = [ctypes.c_char_p] + [ctypes.c_int64] * 6 + [
@@ -90,10 +95,12 @@ def _view(t):
 class Attention:
     """Sparse attention with a pattern (dict, JSON text or preset name)."""
 
-    def __init__(self, pattern, config=None, scale=None, use_tuning_db=True):
+    def __init__(self, pattern, config=None, scale=None, use_tuning_db=True, backward_config=None):
         options = {"use_tuning_db": use_tuning_db}
         if config is not None:
             options["config"] = config
+        if backward_config is not None:
+            options["backward_config"] = backward_config
         if scale is not None:
             options["scale"] = float(scale)
         handle = ctypes.c_void_p()
@@ -120,6 +127,19 @@ class Attention:
 
     __call__ = forward
 
+    def backward(self, q, k, v, out, lse, d_out, dq=None, dk=None, dv=None, stream=None):
+        """Gradients of forward(q, k, v) -> (out, lse) for d_out; returns (dq, dk, dv)."""
+        import torch
+        dq = torch.empty_like(q) if dq is None else dq
+        dk = torch.empty_like(k) if dk is None else dk
+        dv = torch.empty_like(v) if dv is None else dv
+        if stream is None:
+            stream = torch.cuda.current_stream(q.device).cuda_stream
+        views = [_view(t) for t in (q, k, v, out, lse, d_out, dq, dk, dv)]
+        _check(_lib.spattn_attention_backward(self._handle, *[ctypes.pointer(x) for x in views],
+                                              ctypes.c_void_p(stream)))
+        return dq, dk, dv
+
     def explain(self):
         needed = ctypes.c_size_t()
         _check(_lib.spattn_attention_explain(self._handle, None, 0, ctypes.byref(needed)))
@@ -136,3 +156,91 @@ def pattern_stats(pattern, seq, kv_seq=None, heads=1, tile_m=128, tile_n=64, hea
     buf = ctypes.create_string_buffer(needed.value)
     _check(_lib.spattn_pattern_stats(*args, buf, needed.value, ctypes.byref(needed)))
     return json.loads(buf.value.decode())
+
+
+# ---- autograd: a torch.library custom op -----------------------------------------------
+
+_attentions = {}  # (pattern text, scale) -> Attention; plans and kernels are kept per problem inside
+
+
+def _attention_for(pattern, scale):
+    key = (pattern, scale)
+    if key not in _attentions:
+        _attentions[key] = Attention(pattern, scale=scale if scale > 0 else None)
+    return _attentions[key]
+
+
+_ops = None
+
+
+def _register_ops():
+    global _ops
+    if _ops is not None:
+        return _ops
+    import torch
+    from torch import Tensor
+
+    @torch.library.custom_op("spattn::attention_forward", mutates_args=())
+    def attention_forward(q: Tensor, k: Tensor, v: Tensor, pattern: str, scale: float) -> tuple[Tensor, Tensor]:
+        out = torch.empty_like(q)
+        lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), device=q.device, dtype=torch.float32)
+        _attention_for(pattern, scale).forward(q, k, v, out=out, lse=lse)
+        return out, lse
+
+    @attention_forward.register_fake
+    def _(q, k, v, pattern, scale):
+        return torch.empty_like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+
+    @torch.library.custom_op("spattn::attention_backward", mutates_args=())
+    def attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, d_out: Tensor, pattern: str,
+                           scale: float) -> tuple[Tensor, Tensor, Tensor]:
+        return _attention_for(pattern, scale).backward(q, k, v, out, lse, d_out.contiguous())
+
+    @attention_backward.register_fake
+    def _(q, k, v, out, lse, d_out, pattern, scale):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, pattern, scale = inputs
+        out, lse = output
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.pattern, ctx.scale = pattern, scale
+
+    def backward(ctx, d_out, d_lse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = torch.ops.spattn.attention_backward(q, k, v, out, lse, d_out, ctx.pattern, ctx.scale)
+        return dq, dk, dv, None, None
+
+    attention_forward.register_autograd(backward, setup_context=setup_context)
+    _ops = torch.ops.spattn
+    return _ops
+
+
+def attention(q, k, v, pattern, scale=None):
+    """Differentiable sparse attention: q [B, Nq, Hq, D], k/v [B, Nk, Hkv, D] (fp16/bf16, CUDA).
+
+    scale defaults to 1/sqrt(D). The forward saves O and LSE; the backward runs spattn's
+    backward kernel."""
+    out, _ = _register_ops().attention_forward(q, k, v, _pattern_text(pattern), float(scale or 0.0))
+    return out
+
+
+try:
+    import torch as _torch
+    _Module = _torch.nn.Module
+except ImportError:  # the C ABI wrapper works without PyTorch; the op and the module need it
+    class _Module:
+        def __init__(self, *args, **kwargs):
+            raise SpattnError(1, "spattn.SparseAttention needs PyTorch (import torch failed)")
+
+
+class SparseAttention(_Module):
+    """nn.Module form of attention(): SparseAttention(pattern)(q, k, v)."""
+
+    def __init__(self, pattern, scale=None):
+        super().__init__()
+        self.pattern = _pattern_text(pattern)
+        self.scale = scale
+
+    def forward(self, q, k, v):
+        return attention(q, k, v, self.pattern, self.scale)

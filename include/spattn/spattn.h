@@ -45,8 +45,8 @@ const char* spattn_version(void);
 const char* spattn_last_error(void);
 
 /* options_json may be NULL or an object with any of:
- *   "scale": float (default 1/sqrt(D)), "device": int, "config": "128x64w4s2",
- *   "use_tuning_db": bool */
+ *   "scale": float (default 1/sqrt(D)), "device": int, "config": "128x64w4s2" or
+ *   "sm90:128x128s2", "backward_config": "64x128w8s1", "use_tuning_db": bool */
 spattn_status spattn_attention_create(const char* pattern_json, const char* options_json, spattn_attention_t* out);
 void spattn_attention_destroy(spattn_attention_t attn);
 
@@ -54,6 +54,13 @@ void spattn_attention_destroy(spattn_attention_t attn);
 spattn_status spattn_attention_forward(spattn_attention_t attn, const spattn_tensor* q, const spattn_tensor* k,
                                        const spattn_tensor* v, const spattn_tensor* o, const spattn_tensor* lse,
                                        void* stream);
+
+/* Gradients of the forward pass: dq like q, dk and dv like k; lse (required) and o are
+ * what forward wrote, d_o is like o. Asynchronous on `stream`. */
+spattn_status spattn_attention_backward(spattn_attention_t attn, const spattn_tensor* q, const spattn_tensor* k,
+                                        const spattn_tensor* v, const spattn_tensor* o, const spattn_tensor* lse,
+                                        const spattn_tensor* d_o, const spattn_tensor* dq, const spattn_tensor* dk,
+                                        const spattn_tensor* dv, void* stream);
 
 /* Text of what the last forward ran. Writes at most `capacity` bytes (NUL-terminated)
  * and sets *needed to the full length + 1. */

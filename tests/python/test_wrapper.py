@@ -1,0 +1,17 @@
+"""The ctypes wrapper over the C ABI on a host without a GPU (and without PyTorch):
+it loads, reports the version, computes layout statistics, and turns errors into
+SpattnError with the library's message."""
+import sys
+
+import spattn
+
+assert spattn.version(), "empty version"
+stats = spattn.pattern_stats({"type": "local_window", "window": 64}, 1024, heads=2)
+assert 0 < stats["density"] < 1 and stats["allowed_pairs"] > 0, stats
+try:
+    spattn.pattern_stats({"type": "local_window", "window": -3}, 1024)
+except spattn.SpattnError as e:
+    assert e.status == 1 and "window" in str(e), (e.status, str(e))
+else:
+    sys.exit("a bad pattern was accepted")
+print("ok")
