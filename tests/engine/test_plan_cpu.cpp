@@ -8,6 +8,7 @@
 #include <set>
 #include <tuple>
 
+#include "engine/device_layout.hpp"
 #include "engine/forward.hpp"
 #include "runtime/driver.hpp"
 
@@ -148,6 +149,55 @@ TEST(WorkList, SplitsOnlyRowsLongerThanAFairShare) {
   const auto wc = engine::build_work_list(c, 264, false);
   EXPECT_GT(wc.split_slots, 0);
   check_work_list(c, wc, 264, false);
+}
+
+TEST(WorkList, LongestFirstWithinHeadGroups) {
+  LayoutOptions lo;
+  const Layout c = compile_layout(Pattern::parse(R"({"type":"dense","causal":true})"), Shape{4096, 4096, 8}, lo);
+  const auto wl = engine::build_work_list(c, 1, true, 3);  // one CTA: nothing is split
+  ASSERT_EQ(wl.split_slots, 0);
+  int prev_group = -1, prev_len = 0;
+  for (size_t k = 0; k < wl.items.size(); k += 6) {
+    const int group = wl.items[k + 2] / 3, len = wl.items[k + 4] - wl.items[k + 3];
+    ASSERT_GE(group, prev_group) << "head groups out of order";
+    if (group == prev_group) EXPECT_LE(len, prev_len) << "not longest first within a group";
+    prev_group = group;
+    prev_len = len;
+  }
+  EXPECT_EQ(prev_group, 2);
+}
+
+// The backward tables on the device decode to the transposed tables, and the work list
+// holds every (table, key tile with query tiles, head of the table) once.
+TEST(BackwardTables, PackAndWorkListCoverEveryAttendedKeyTile) {
+  LayoutOptions lo;
+  lo.tile_m = 64;
+  lo.tile_n = 128;
+  const Pattern p = Pattern::parse(R"({"type":"longnet","segments":[512,1024],"rates":[1,2],"causal":true})");
+  const Layout layout = compile_layout(p, Shape{3000, 3000, 4}, lo);
+  const engine::PackedBackwardTables packed = engine::pack_backward_tables(layout);
+  ASSERT_EQ(packed.tables.size(), layout.tables.size());
+  std::set<std::tuple<int, int, int>> items;
+  for (size_t x = 0; x < packed.work.size(); x += 3)
+    EXPECT_TRUE(items.insert({packed.work[x], packed.work[x + 1], packed.work[x + 2]}).second) << "duplicate item";
+  size_t expected = 0;
+  for (size_t t = 0; t < layout.tables.size(); ++t) {
+    const TransposedTable tr = transpose_table(layout.tables[t]);
+    const SpattnBwdTable& d = packed.tables[t];
+    EXPECT_EQ(d.part, layout.tables[t].part);
+    EXPECT_EQ(d.q_slots >= 0, !layout.tables[t].q_slots.empty());
+    for (int64_t k = 0; k < tr.num_k_tiles; ++k) {
+      ASSERT_EQ(packed.arena[d.col_ptr + k], tr.col_ptr[k]);
+      ASSERT_EQ(packed.arena[d.full_count + k], tr.full_count[k]);
+      const bool attended = tr.col_ptr[k + 1] > tr.col_ptr[k];
+      for (int32_t h : layout.tables[t].heads) {
+        EXPECT_EQ(items.count({static_cast<int>(t), static_cast<int>(k), h}), attended ? 1u : 0u);
+        expected += attended ? 1 : 0;
+      }
+    }
+    for (size_t r = 0; r < tr.rows.size(); ++r) ASSERT_EQ(packed.arena[d.rows + r], tr.rows[r]);
+  }
+  EXPECT_EQ(items.size(), expected);
 }
 
 }  // namespace
