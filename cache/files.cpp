@@ -312,8 +312,18 @@ fs::path output_target(const fs::path& path) {
   for (int links = 0;; ++links) {
     struct stat st {};
     if (::lstat(p.c_str(), &st) != 0) {
-      if (errno == ENOENT) return p;  // a new file (its directory is checked when it is created)
-      SPATTN_FAIL(ErrorCode::kIo, "cannot write '{}': {}", detail::printable(p.string()), std::strerror(errno));
+      if (errno != ENOENT) {
+        SPATTN_FAIL(ErrorCode::kIo, "cannot write '{}': {}", detail::printable(p.string()), std::strerror(errno));
+      }
+      // A link into /proc/self/fd whose text is no path ("pipe:[123]"): what the kernel
+      // reaches through it is a pipe or socket, which is not replaced either.
+      if (links > 0 && ::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+        SPATTN_FAIL(ErrorCode::kInvalidArgument,
+                    "'{}' is {}; an archive is written as a new regular file that replaces the old one (use - for "
+                    "standard output)",
+                    detail::printable(path.string()), file_kind(st.st_mode));
+      }
+      return p;  // a new file (its directory is checked when it is created)
     }
     if (S_ISREG(st.st_mode)) return p;
     if (!S_ISLNK(st.st_mode)) {

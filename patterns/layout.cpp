@@ -1027,6 +1027,8 @@ Layout detail::compile_budgeted(const Pattern& pattern, const Shape& shape, cons
                  "layout: {} x {} tiles of {}x{} tokens in one table; at most 2^31 (use larger tiles: tile_m, "
                  "tile_n / --tile)",
                  nqt, nkt, options.tile_m, options.tile_n);
+  const std::string outer = budget.context();
+  if (outer.empty()) budget.set_context(fmt::format("this {} pattern", pattern.kind()));
   Layout layout;
   layout.shape = shape;
   layout.tile_m = options.tile_m;
@@ -1048,7 +1050,6 @@ Layout detail::compile_budgeted(const Pattern& pattern, const Shape& shape, cons
     budget.hold(items * (3 * sizeof(WorkItem) + 2 * sizeof(uint64_t)), "work schedule");
     budget.spend(items);
   }
-  const std::string outer = budget.context();
   for (detail::PartTable& plan : plans) {
     const detail::TokenOrder& order = orders.get(plan.order);
     if (order.num_q_tiles() == 0) continue;  // no query of these heads takes part
