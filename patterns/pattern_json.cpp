@@ -194,7 +194,8 @@ void check_structure(const Pattern& pattern, const std::string& path) {
   std::vector<std::string> paths{path};
   int64_t terms = 0;
   while (!todo.empty()) {
-    const auto [p, depth] = todo.back();
+    const Pattern* p = todo.back().first;
+    const int depth = todo.back().second;
     const std::string here = std::move(paths.back());
     todo.pop_back();
     paths.pop_back();
