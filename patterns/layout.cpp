@@ -855,14 +855,23 @@ double TableBuilder::estimate_listed_tiles(int samples) {
 void TableBuilder::check_projection(int samples) {
   const int64_t nqt = order_.num_q_tiles();
   if (nqt <= 2 * samples) return;
-  const uint64_t before = budget_.work();
-  const double listed = estimate_listed_tiles(samples);
-  const double work = double(budget_.work() - before) * double(nqt) / double(samples);
-  // Listed tiles cost an int32 each in the table and about a range each while building.
-  const double bytes = listed * double(sizeof(int32_t) + sizeof(Iv));
   constexpr double kMax = 1.8e19;
-  budget_.check_projection(static_cast<uint64_t>(std::min(work, kMax)), static_cast<uint64_t>(std::min(bytes, kMax)),
-                           "listed tiles");
+  const uint64_t before = budget_.work();
+  Ivs touched, full;
+  double listed = 0;
+  for (int k = 0; k < samples; ++k) {
+    reduce(k * nqt / samples, touched, full);
+    listed += double(iv_size(touched));
+    // Projected from the tiles sampled so far; a projection far over the budget after a
+    // few tiles needs no more samples to be refused.
+    const double scale = double(nqt) / double(k + 1);
+    const double work = double(budget_.work() - before) * scale;
+    // Listed tiles cost an int32 each in the table and about a range each while building.
+    const double bytes = listed * scale * double(sizeof(int32_t) + sizeof(Iv));
+    const double slack = k + 1 == samples ? 1.0 : 4.0;
+    budget_.check_projection(static_cast<uint64_t>(std::min(work / slack, kMax)),
+                             static_cast<uint64_t>(std::min(bytes / slack, kMax)), "listed tiles");
+  }
 }
 
 std::vector<LayoutPart> decompose_parts(const Pattern& pattern, const Shape& shape, const LayoutOptions& options,
