@@ -1,62 +1,65 @@
 // KernelCache export and import: moving cache entries between machines (prewarm on a
-// build host, ship the archive) in one file.
+// build host, ship the archive) in one file, optionally signed (Ed25519).
 #include <algorithm>
 #include <cstring>
+#include <ostream>
 #include <system_error>
+#include <utility>
 
 #include "cache/format.hpp"
 #include "cache/sha256.hpp"
+#include "cache/sign.hpp"
 #include "cache/store.hpp"
 #include "common/check.hpp"
 #include "common/log.hpp"
+#include "common/text.hpp"
 #include "runtime/nvrtc.hpp"
 
 namespace spattn {
 
 namespace fs = std::filesystem;
 
-ExportReport KernelCache::export_archive(const fs::path& archive, const CacheFilter& filter,
-                                         const CacheProgress& progress) const {
+namespace {
+
+// Writes the archive to a sink: the header, the good selected entries, the trailer and,
+// with a key, the signature. The sink gets the bytes in order, once.
+template <class Sink>
+ExportReport write_archive(const KernelCache& cache, const ExportOptions& options, Sink&& sink) {
+  std::optional<cache::SigningKey> key;
+  if (!options.signing_key.empty()) key.emplace(options.signing_key);
+
   std::vector<CacheEntry> selected;
   ExportReport report;
-  for (CacheEntry& e : list()) {
+  for (CacheEntry& e : cache.list()) {
     if (!e.problem.empty()) {
-      report.skipped.push_back({e.key, e.path, e.problem});
+      report.skipped.push_back({e.key, e.path, e.problem, false});
       continue;
     }
-    if (!filter || filter(e)) selected.push_back(std::move(e));
+    if (!options.filter || options.filter(e)) selected.push_back(std::move(e));
   }
   // Oldest first, so that an import into a cache that fills up evicts the oldest.
   std::reverse(selected.begin(), selected.end());
 
-  fs::path parent = archive.parent_path();
-  if (parent.empty()) parent = ".";
-  std::error_code ec;
-  if (!fs::is_directory(parent, ec)) {
-    SPATTN_FAIL(ErrorCode::kIo, "cannot write '{}': directory '{}' does not exist", archive.string(),
-                parent.string());
-  }
-
-  cache::AtomicFile out(parent / archive.filename());
   cache::Sha256 hash;
   std::string chunk;
   auto emit = [&](std::string_view bytes) {
     hash.update(bytes);
-    out.append(bytes);
+    sink(bytes);
     report.bytes += bytes.size();
   };
   chunk.append(cache::kArchiveMagic);
   cache::put_u32(chunk, cache::kArchiveVersion);
-  cache::put_u32(chunk, 0);
+  cache::put_u32(chunk, key ? cache::kArchiveSigned : 0);
   emit(chunk);
 
+  const CacheProgress& progress = options.progress;
   if (progress) progress(0, selected.size());
   for (std::size_t i = 0; i < selected.size(); ++i) {
     const CacheEntry& e = selected[i];
     cache::ReadResult file = cache::read_file(e.path, cache::kMaxEntryBytes);
     std::string reason;
     if (!file.ok()) {
-      reason = std::strerror(file.error);
+      reason = file.reason();
     } else if (cache::DecodedEntry d = cache::decode_entry(file.bytes); !d.ok()) {
       reason = d.error;
     } else if (cache::sha256_hex(d.manifest) != e.key) {
@@ -69,7 +72,7 @@ ExportReport KernelCache::export_archive(const fs::path& archive, const CacheFil
       emit(file.bytes);
       ++report.exported;
     } else {
-      report.skipped.push_back({e.key, e.path, std::move(reason)});
+      report.skipped.push_back({e.key, e.path, std::move(reason), false});
     }
     if (progress) progress(i + 1, selected.size());
   }
@@ -78,70 +81,96 @@ ExportReport KernelCache::export_archive(const fs::path& archive, const CacheFil
   cache::put_u64(chunk, report.exported);
   emit(chunk);
   const cache::Sha256Digest digest = hash.finish();
-  out.append(std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size()));
+  const std::string_view digest_bytes(reinterpret_cast<const char*>(digest.data()), digest.size());
+  sink(digest_bytes);
   report.bytes += digest.size();
+  if (key) {
+    const std::string signature = key->sign(digest_bytes);
+    sink(key->public_key());
+    sink(signature);
+    report.bytes += key->public_key().size() + signature.size();
+    report.signer = cache::fingerprint(key->public_key());
+  }
+  return report;
+}
+
+}  // namespace
+
+ExportReport KernelCache::export_archive(const fs::path& archive, const ExportOptions& options) const {
+  // Through links to the file they name; never over a device, FIFO or directory.
+  const fs::path target = cache::output_target(archive);
+  fs::path parent = target.parent_path();
+  if (parent.empty()) parent = ".";
+  std::error_code ec;
+  if (!fs::is_directory(parent, ec)) {
+    SPATTN_FAIL(ErrorCode::kIo, "cannot write '{}': directory '{}' does not exist", detail::printable(archive.string()),
+                detail::printable(parent.string()));
+  }
+  cache::AtomicFile out(parent / target.filename());
+  ExportReport report = write_archive(*this, options, [&](std::string_view bytes) { out.append(bytes); });
   out.commit();
   return report;
 }
 
+ExportReport KernelCache::export_archive(const fs::path& archive, const CacheFilter& filter,
+                                         const CacheProgress& progress) const {
+  ExportOptions options;
+  options.filter = filter;
+  options.progress = progress;
+  return export_archive(archive, options);
+}
+
+ExportReport KernelCache::export_archive(std::ostream& out, const ExportOptions& options) const {
+  ExportReport report = write_archive(*this, options, [&](std::string_view bytes) {
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!out) SPATTN_FAIL(ErrorCode::kIo, "cannot write the archive: the output stream failed");
+  });
+  out.flush();
+  if (!out) SPATTN_FAIL(ErrorCode::kIo, "cannot write the archive: the output stream failed");
+  return report;
+}
+
 ImportReport KernelCache::import_archive(const fs::path& archive, const CacheProgress& progress) {
-  constexpr std::size_t kChunk = 1 << 20;
-  const cache::InputFile in(archive);
-  const std::uint64_t size = in.size();
-  const std::string name = archive.string();
-  std::string buf;
+  ImportOptions options;
+  options.progress = progress;
+  return import_archive(archive, options);
+}
 
-  // The archive as a whole first: its magic, version and checksum. Nothing is imported
-  // from an archive that fails here.
-  if (size < cache::kArchiveHeaderBytes + cache::kArchiveTrailerBytes) {
-    SPATTN_FAIL(ErrorCode::kCorrupt, "'{}' is not a spattn cache archive (only {} bytes)", name, size);
-  }
-  in.read(0, cache::kArchiveHeaderBytes, buf);
-  if (buf.compare(0, 8, cache::kArchiveMagic) != 0) {
-    SPATTN_FAIL(ErrorCode::kCorrupt, "'{}' is not a spattn cache archive (bad magic)", name);
-  }
-  if (const std::uint32_t v = cache::get_u32(buf.data() + 8); v != cache::kArchiveVersion) {
-    SPATTN_FAIL(ErrorCode::kCorrupt, "'{}' is a cache archive of version {}; this spattn reads version {}",
-                name, v, cache::kArchiveVersion);
-  }
-  const std::uint64_t body_end = size - 32;
-  cache::Sha256 hash;
-  for (std::uint64_t at = 0; at < body_end;) {
-    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, body_end - at));
-    in.read(at, n, buf);
-    hash.update(buf);
-    at += n;
-  }
-  const cache::Sha256Digest digest = hash.finish();
-  in.read(body_end, 32, buf);
-  if (std::memcmp(buf.data(), digest.data(), digest.size()) != 0) {
-    SPATTN_FAIL(ErrorCode::kCorrupt, "'{}' is damaged: archive checksum mismatch", name);
-  }
-  in.read(size - cache::kArchiveTrailerBytes, 8, buf);
-  const std::uint64_t count = cache::get_u64(buf.data());
-
-  // Entry boundaries, checked before anything is written.
-  const std::uint64_t entries_end = size - cache::kArchiveTrailerBytes;
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> spans;  // offset, length
-  for (std::uint64_t at = cache::kArchiveHeaderBytes; at < entries_end;) {
-    if (entries_end - at < 8) SPATTN_FAIL(ErrorCode::kCorrupt, "'{}' is damaged: entry table runs past its end", name);
-    in.read(at, 8, buf);
-    const std::uint64_t length = cache::get_u64(buf.data());
-    at += 8;
-    if (length > entries_end - at) {
-      SPATTN_FAIL(ErrorCode::kCorrupt, "'{}' is damaged: entry {} runs past the end", name, spans.size());
-    }
-    spans.emplace_back(at, length);
-    at += length;
-  }
-  if (spans.size() != count) {
-    SPATTN_FAIL(ErrorCode::kCorrupt, "'{}' is damaged: it holds {} entries but says {}", name, spans.size(), count);
-  }
-
+ImportReport KernelCache::import_archive(const fs::path& archive, const ImportOptions& options) {
   Impl& s = *impl_;
+  const std::string name = archive.string();
+  const std::string shown = detail::printable(name);
+  // Trusted keys are read first: a typo in a key path must not look like an untrusted archive.
+  std::vector<std::string> trusted;
+  for (const std::vector<fs::path>* keys : {&std::as_const(s.config.trusted_keys), &options.trusted_keys}) {
+    for (const fs::path& k : *keys) trusted.push_back(cache::load_public_key(k));
+  }
+  s.require_usable_dir();
+
+  const cache::InputFile in(archive);
+  // The archive as a whole first: its magic, version, checksum, entry table and
+  // signature. Nothing is imported from an archive that fails here.
+  const cache::ArchiveLayout layout = cache::read_archive_layout(
+      in.size(), [&](std::uint64_t offset, std::size_t count, std::string& out) { in.read(offset, count, out); }, name);
   ImportReport report;
+  if (layout.is_signed) {
+    if (!cache::verify_signature(layout.public_key, layout.digest, layout.signature)) {
+      SPATTN_FAIL(ErrorCode::kCorrupt, "'{}' is damaged or tampered with: its signature does not verify", shown);
+    }
+    report.signer = cache::fingerprint(layout.public_key);
+    report.signer_trusted = std::find(trusted.begin(), trusted.end(), layout.public_key) != trusted.end();
+  }
+  if (!trusted.empty() && !report.signer_trusted) {
+    SPATTN_FAIL(ErrorCode::kCorrupt, "'{}' refused: {}; only archives signed by a trusted key are imported ({} "
+                "trusted key{} configured)",
+                shown, layout.is_signed ? "it is signed by an untrusted key " + report.signer : "it is not signed",
+                trusted.size(), trusted.size() == 1 ? "" : "s");
+  }
+
   std::string nvrtc_here;  // asked for once, when the first entry needs it
-  if (progress) progress(0, spans.size());
+  std::vector<std::string> archs_here;
+  const auto& spans = layout.entries;
+  if (options.progress) options.progress(0, spans.size());
   for (std::size_t i = 0; i < spans.size(); ++i) {
     ImportResult r;
     std::string bytes;
@@ -155,14 +184,20 @@ ImportReport KernelCache::import_archive(const fs::path& archive, const CachePro
     } else {
       r.key = cache::sha256_hex(d.manifest);
       try {
-        const cache::ManifestSummary m = cache::summarize_manifest(d.manifest);
+        // Every field as this build would write it: nothing unchecked reaches the cache.
+        const KernelManifest m = cache::parse_manifest(d.manifest);
         r.kernel_name = m.kernel_name;
         r.arch = m.arch;
-        if (nvrtc_here.empty()) nvrtc_here = runtime::nvrtc_version();
+        if (nvrtc_here.empty()) {
+          nvrtc_here = runtime::nvrtc_version();
+          archs_here = runtime::supported_archs();
+        }
         if (m.nvrtc_version != nvrtc_here) {
           r.reason = fmt::format("compiled with NVRTC {}; this host has NVRTC {}", m.nvrtc_version, nvrtc_here);
         } else if (m.spattn_version != SPATTN_VERSION_STRING) {
           r.reason = fmt::format("written by spattn {}; this is spattn {}", m.spattn_version, SPATTN_VERSION_STRING);
+        } else if (std::find(archs_here.begin(), archs_here.end(), m.arch) == archs_here.end()) {
+          r.reason = fmt::format("arch {} is not a target of this NVRTC", m.arch);
         }
       } catch (const Error& e) {
         if (e.code() != ErrorCode::kCorrupt) throw;
@@ -178,7 +213,11 @@ ImportReport KernelCache::import_archive(const fs::path& archive, const CachePro
         r.status = ImportStatus::kPresent;
       } else {
         std::optional<cache::FileLock> held = s.lock(r.key);
-        if (!held) SPATTN_FAIL(ErrorCode::kIo, "kernel cache '{}' is not writable", s.config.dir.string());
+        if (!held) SPATTN_FAIL(ErrorCode::kIo, "kernel cache '{}' is not writable", detail::printable(s.config.dir.string()));
+        // Whatever is in the way (a bad file, a directory) goes first.
+        if (const int err = cache::remove_path(path); err != 0) {
+          SPATTN_FAIL(ErrorCode::kIo, "cannot replace '{}': {}", detail::printable(path.string()), std::strerror(err));
+        }
         // Freshly stamped, as if just used: an import is a request to have these kernels.
         const std::uint64_t now = cache::now_ns();
         for (int b = 0; b < 8; ++b) bytes[cache::kStampOffset + b] = static_cast<char>((now >> (8 * b)) & 0xff);
@@ -187,10 +226,10 @@ ImportReport KernelCache::import_archive(const fs::path& archive, const CachePro
       }
     } else {
       r.status = ImportStatus::kRejected;
-      log::info("cache import: rejected entry {} of '{}': {}", i, name, r.reason);
+      log::info("cache import: rejected entry {} of '{}': {}", i, shown, r.reason);
     }
     report.entries.push_back(std::move(r));
-    if (progress) progress(i + 1, spans.size());
+    if (options.progress) options.progress(i + 1, spans.size());
   }
   if (report.count(ImportStatus::kAdded) > 0) {
     report.evictions = s.enforce_limit(s.config.max_bytes, {}).removed;

@@ -1,5 +1,6 @@
 // KernelCache: configuration, lookups, and directory maintenance.
 #include <pwd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "cache/store.hpp"
 #include "common/check.hpp"
 #include "common/log.hpp"
+#include "common/text.hpp"
 
 namespace spattn {
 
@@ -48,6 +50,14 @@ std::string env_or_empty(const char* name) {
   return v ? std::string(v) : std::string();
 }
 
+bool env_flag(const char* name) {
+  const std::string v = lower(trim(env_or_empty(name)));
+  if (v.empty() || v == "0" || v == "false" || v == "no" || v == "off") return false;
+  if (v == "1" || v == "true" || v == "yes" || v == "on") return true;
+  SPATTN_FAIL(ErrorCode::kInvalidArgument, "{}='{}' is not a boolean: use 1/true/yes/on or 0/false/no/off", name,
+              detail::printable(env_or_empty(name)));
+}
+
 fs::path home_dir() {
   if (std::string home = env_or_empty("HOME"); !home.empty()) return home;
   // No HOME (some service managers): ask the password database.
@@ -65,32 +75,7 @@ fs::path home_dir() {
 
 // --- configuration -------------------------------------------------------------------
 
-std::optional<std::uint64_t> parse_byte_size(std::string_view text) {
-  const std::string s = lower(trim(text));
-  std::size_t digits = 0;
-  while (digits < s.size() && std::isdigit(static_cast<unsigned char>(s[digits]))) ++digits;
-  if (digits == 0 || digits > 20) return std::nullopt;
-  std::uint64_t value = 0;
-  for (std::size_t i = 0; i < digits; ++i) {
-    const std::uint64_t d = static_cast<std::uint64_t>(s[i] - '0');
-    if (value > (std::numeric_limits<std::uint64_t>::max() - d) / 10) return std::nullopt;
-    value = value * 10 + d;
-  }
-  std::string unit = trim(std::string_view(s).substr(digits));
-  if (unit == "b") unit.clear();
-  // "k", "kb" and "kib" all mean 1024: sizes of caches are thought of in binary units.
-  int shift = 0;
-  if (!unit.empty()) {
-    static constexpr std::string_view kUnits = "kmgt";
-    const auto pos = kUnits.find(unit[0]);
-    if (pos == std::string_view::npos) return std::nullopt;
-    const std::string_view rest = std::string_view(unit).substr(1);
-    if (!(rest.empty() || rest == "b" || rest == "ib")) return std::nullopt;
-    shift = 10 * static_cast<int>(pos + 1);
-  }
-  if (shift > 0 && value > (std::numeric_limits<std::uint64_t>::max() >> shift)) return std::nullopt;
-  return value << shift;
-}
+std::optional<std::uint64_t> parse_byte_size(std::string_view text) { return detail::parse_byte_size(text); }
 
 CacheConfig CacheConfig::from_env() {
   CacheConfig c;
@@ -117,15 +102,13 @@ CacheConfig CacheConfig::from_env() {
     c.max_bytes = *bytes;
   }
 
-  if (std::string off = lower(trim(env_or_empty("SPATTN_DISABLE_CACHE"))); !off.empty()) {
-    if (off == "1" || off == "true" || off == "yes" || off == "on") {
-      c.disabled = true;
-    } else if (off == "0" || off == "false" || off == "no" || off == "off") {
-      c.disabled = false;
-    } else {
-      SPATTN_FAIL(ErrorCode::kInvalidArgument,
-                  "SPATTN_DISABLE_CACHE='{}' is not a boolean: use 1/true/yes/on or 0/false/no/off",
-                  env_or_empty("SPATTN_DISABLE_CACHE"));
+  c.disabled = env_flag("SPATTN_DISABLE_CACHE");
+  c.allow_shared_dir = env_flag("SPATTN_CACHE_ALLOW_SHARED");
+  if (std::string keys = env_or_empty("SPATTN_CACHE_TRUSTED_KEYS"); !trim(keys).empty()) {
+    for (std::size_t at = 0; at <= keys.size();) {
+      const std::size_t end = std::min(keys.find(':', at), keys.size());
+      if (const std::string k = trim(std::string_view(keys).substr(at, end - at)); !k.empty()) c.trusted_keys.push_back(k);
+      at = end + 1;
     }
   }
   return c;
@@ -188,18 +171,56 @@ fs::path KernelCache::Impl::entry_path(const std::string& key) const {
 
 fs::path KernelCache::Impl::lock_path(const std::string& key) const { return locks_dir / (key + ".lock"); }
 
-std::optional<cache::FileLock> KernelCache::Impl::lock(const std::string& key) {
+int KernelCache::Impl::make_dirs() const {
+  for (const fs::path& d : {config.dir, kernels_dir, locks_dir}) {
+    if (const int err = cache::make_directory(d); err != 0) return err;
+  }
+  return 0;
+}
+
+std::string KernelCache::Impl::dir_problem() const {
+  for (const fs::path& d : {config.dir, kernels_dir, locks_dir}) {
+    struct stat st {};
+    // The cache directory may be reached through a link; its own subdirectories may not.
+    const int rc = d == config.dir ? ::stat(d.c_str(), &st) : ::lstat(d.c_str(), &st);
+    if (rc != 0) {
+      if (errno == ENOENT) return {};  // created (safely) on first write
+      return fmt::format("'{}': {}", detail::printable(d.string()), std::strerror(errno));
+    }
+    if (!S_ISDIR(st.st_mode)) {
+      return fmt::format("'{}' is {}, not a directory", detail::printable(d.string()), cache::file_kind(st.st_mode));
+    }
+    if (config.allow_shared_dir) continue;
+    if (std::string why = cache::ownership_problem(st.st_uid, st.st_mode); !why.empty()) {
+      return fmt::format("'{}' is {}: other users could plant kernels that this process would run (fix it with "
+                         "'chmod go-w', or set SPATTN_CACHE_ALLOW_SHARED=1 if the directory is shared on purpose)",
+                         detail::printable(d.string()), why);
+    }
+  }
+  return {};
+}
+
+void KernelCache::Impl::require_usable_dir() const {
+  if (std::string why = dir_problem(); !why.empty()) {
+    SPATTN_FAIL(ErrorCode::kIo, "kernel cache refused: {}", why);
+  }
+}
+
+std::optional<cache::FileLock> KernelCache::Impl::lock(const std::string& key, bool* timed_out) {
   int err = 0;
+  if (timed_out) *timed_out = false;
   for (int attempt = 0; attempt < 2; ++attempt) {
-    if (auto held = cache::FileLock::acquire(lock_path(key), &err)) return held;
+    if (auto held = cache::FileLock::acquire(lock_path(key), &err, config.lock_timeout_s)) return held;
+    if (err == ETIMEDOUT) {
+      if (timed_out) *timed_out = true;
+      return std::nullopt;
+    }
     // First use, or `cache clear` removed the directories meanwhile.
-    std::error_code ec;
-    fs::create_directories(kernels_dir, ec);
-    fs::create_directories(locks_dir, ec);
+    if (const int mk = make_dirs(); mk != 0) err = mk;
   }
   if (!warned_unwritable.exchange(true)) {
     log::warn("kernel cache '{}' is not writable ({}); kernels are compiled but not stored",
-              config.dir.string(), std::strerror(err));
+              detail::printable(config.dir.string()), std::strerror(err));
   }
   return std::nullopt;
 }
@@ -208,9 +229,15 @@ KernelCache::Impl::Load KernelCache::Impl::load(const fs::path& path, std::strin
                                                 CompiledKernel* out, std::string* reason) const {
   cache::ReadResult file = cache::read_file(path, cache::kMaxEntryBytes);
   if (!file.ok()) {
-    if (file.error == ENOENT) return Load::kAbsent;
-    *reason = std::strerror(file.error);
+    if (file.error == ENOENT && file.problem.empty()) return Load::kAbsent;
+    *reason = file.reason();
     return Load::kBad;
+  }
+  if (!config.allow_shared_dir) {
+    if (std::string why = cache::ownership_problem(file.uid, file.mode); !why.empty()) {
+      *reason = "the entry is " + why;
+      return Load::kBad;
+    }
   }
   cache::DecodedEntry d = cache::decode_entry(file.bytes);
   if (!d.ok()) {
@@ -227,12 +254,15 @@ KernelCache::Impl::Load KernelCache::Impl::load(const fs::path& path, std::strin
 
 std::string KernelCache::Impl::check_file(const fs::path& path, const std::string& key) const {
   cache::ReadResult file = cache::read_file(path, cache::kMaxEntryBytes);
-  if (!file.ok()) return file.error == ENOENT ? std::string() : std::string(std::strerror(file.error));
+  if (!file.ok()) return file.error == ENOENT && file.problem.empty() ? std::string() : file.reason();
+  if (!config.allow_shared_dir) {
+    if (std::string why = cache::ownership_problem(file.uid, file.mode); !why.empty()) return "the entry is " + why;
+  }
   cache::DecodedEntry d = cache::decode_entry(file.bytes);
   if (!d.ok()) return d.error;
   if (cache::sha256_hex(d.manifest) != key) return "stored manifest does not hash to the file's key";
   try {
-    cache::summarize_manifest(d.manifest);
+    cache::parse_manifest(d.manifest);
   } catch (const Error& e) {
     return e.what();
   }
@@ -244,9 +274,11 @@ bool KernelCache::Impl::delete_bad(const std::string& key, const fs::path& path,
   // that was judged bad, not a good one renamed into place a moment ago.
   std::optional<cache::FileLock> held = cache::is_key(key) ? lock(key) : std::nullopt;
   if (held && check_file(path, key).empty()) return false;
-  std::error_code ec;
-  if (!fs::remove(path, ec)) {
-    if (ec) log::warn("cannot delete bad kernel cache entry '{}' ({}): {}", path.string(), reason, ec.message());
+  bool removed = false;
+  if (const int err = cache::remove_path(path, &removed); err != 0 || !removed) {
+    if (err != 0) {
+      log::warn("cannot delete bad kernel cache entry '{}' ({}): {}", path.string(), reason, std::strerror(err));
+    }
     return false;
   }
   log::warn("deleted bad kernel cache entry '{}': {}", path.string(), reason);
@@ -258,13 +290,28 @@ std::vector<KernelCache::Impl::FileInfo> KernelCache::Impl::scan() const {
   std::vector<FileInfo> files;
   std::error_code ec;
   fs::directory_iterator it(kernels_dir, ec), end;
+  if (ec) {
+    if (ec.value() == ENOENT) return files;  // nothing written yet
+    SPATTN_FAIL(ErrorCode::kIo, "cannot read the kernel cache directory '{}': {}",
+                detail::printable(kernels_dir.string()), ec.message());
+  }
   for (; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
     if (!name.ends_with(kEntrySuffix) || name.front() == '.') continue;
-    std::error_code size_ec;
-    const std::uint64_t size = it->file_size(size_ec);
-    if (size_ec) continue;  // deleted meanwhile, or not a regular file
-    files.push_back({it->path(), name.substr(0, name.size() - kEntrySuffix.size()), size});
+    std::error_code type_ec;
+    const fs::file_status st = it->symlink_status(type_ec);
+    if (type_ec) continue;  // deleted meanwhile
+    FileInfo f{it->path(), name.substr(0, name.size() - kEntrySuffix.size()), 0, fs::is_regular_file(st)};
+    if (f.regular) {
+      std::error_code size_ec;
+      f.size = it->file_size(size_ec);
+      if (size_ec) continue;
+    }
+    files.push_back(std::move(f));
+  }
+  if (ec) {
+    SPATTN_FAIL(ErrorCode::kIo, "cannot read the kernel cache directory '{}': {}",
+                detail::printable(kernels_dir.string()), ec.message());
   }
   std::sort(files.begin(), files.end(), [](const FileInfo& a, const FileInfo& b) { return a.key < b.key; });
   return files;
@@ -281,6 +328,7 @@ PruneReport KernelCache::Impl::enforce_limit(std::uint64_t max_bytes, const std:
     const std::uint64_t latest_plausible = cache::now_ns() + std::uint64_t{86400} * 1000000000;
     std::vector<std::pair<std::uint64_t, const FileInfo*>> order;
     for (const FileInfo& f : files) {
+      if (!f.regular) continue;  // no size; verify removes it
       const cache::PrefixResult head = cache::read_prefix(f.path, cache::kStampOffset + 8);
       std::uint64_t stamp = 0;
       if (head.error == 0 && head.bytes.size() == cache::kStampOffset + 8 &&
@@ -386,11 +434,20 @@ CacheLookup KernelCache::get_or_compile(const KernelManifest& manifest,
     cache::write_u64_at(path, cache::kStampOffset, cache::now_ns());
     s.bump(CacheCounter::kHits);
     out.hit = true;
+    out.stored = true;
     log::debug("kernel cache: hit {} {} {}: loaded in {:.2f} ms", out.key.substr(0, 12),
                manifest.kernel_name, manifest.arch, ms_since(start));
   };
 
   if (s.config.disabled) {
+    run_compile();
+    return out;
+  }
+  // A directory others can write to is not read from: its entries could be anyone's.
+  if (std::string why = s.dir_problem(); !why.empty()) {
+    if (!s.warned_refused.exchange(true)) {
+      log::warn("kernel cache not used: {}; kernels are compiled but not stored", why);
+    }
     run_compile();
     return out;
   }
@@ -403,9 +460,10 @@ CacheLookup KernelCache::get_or_compile(const KernelManifest& manifest,
   }
 
   // Miss (or a bad file). Whoever holds the key's lock compiles; the others wait and then
-  // find the entry it wrote.
-  std::optional<cache::FileLock> held = s.lock(out.key);
-  if (!held) {
+  // find the entry it wrote. A waiter that gives up compiles too and stores atomically.
+  bool timed_out = false;
+  std::optional<cache::FileLock> held = s.lock(out.key, &timed_out);
+  if (!held && !timed_out) {
     run_compile();
     return out;
   }
@@ -415,14 +473,15 @@ CacheLookup KernelCache::get_or_compile(const KernelManifest& manifest,
       hit(path);
       return out;
     case Impl::Load::kBad: {
-      std::error_code ec;
-      if (fs::remove(path, ec)) {
+      bool removed = false;
+      const int err = cache::remove_path(path, &removed);
+      if (removed) {
         log::warn("deleted bad kernel cache entry '{}' ({}): {}; recompiling", path.string(),
                   manifest.kernel_name, reason);
         s.bump(CacheCounter::kRecovered);
       } else {
         log::warn("bad kernel cache entry '{}' ({}) cannot be deleted: {}", path.string(), reason,
-                  ec ? ec.message() : "already gone");
+                  err != 0 ? std::strerror(err) : "already gone");
       }
       break;
     }
@@ -430,24 +489,23 @@ CacheLookup KernelCache::get_or_compile(const KernelManifest& manifest,
   }
 
   run_compile();
-  bool stored = false;
   try {
     cache::write_atomic(path, cache::encode_entry(text, out.kernel, cache::now_ns()));
-    stored = true;
+    out.stored = true;
   } catch (const Error& e) {
     log::warn("kernel cache: cannot store {}: {}", manifest.kernel_name, e.what());
   }
   held.reset();  // others waiting on this key may now load it
-  if (stored) s.enforce_limit(s.config.max_bytes, out.key);
+  if (out.stored) s.enforce_limit(s.config.max_bytes, out.key);
   return out;
 }
 
 bool KernelCache::remove(const std::string& key, const std::string& reason) {
   const fs::path path = path_for(key);
   std::optional<cache::FileLock> held = impl_->lock(key);
-  std::error_code ec;
-  if (!fs::remove(path, ec)) {
-    if (ec) log::warn("cannot delete kernel cache entry '{}' ({}): {}", path.string(), reason, ec.message());
+  bool removed = false;
+  if (const int err = cache::remove_path(path, &removed); err != 0 || !removed) {
+    if (err != 0) log::warn("cannot delete kernel cache entry '{}' ({}): {}", path.string(), reason, std::strerror(err));
     return false;
   }
   log::warn("deleted kernel cache entry '{}': {}", path.string(), reason);
@@ -455,10 +513,37 @@ bool KernelCache::remove(const std::string& key, const std::string& reason) {
   return true;
 }
 
+bool KernelCache::contains(const std::string& key) const {
+  if (!cache::is_key(key) || !impl_->dir_problem().empty()) return false;
+  const fs::path path = impl_->entry_path(key);
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0 && impl_->check_file(path, key).empty();
+}
+
+void KernelCache::ensure_writable() {
+  Impl& s = *impl_;
+  const std::string dir = detail::printable(s.config.dir.string());
+  if (s.config.disabled) {
+    SPATTN_FAIL(ErrorCode::kIo, "the kernel cache is disabled (SPATTN_DISABLE_CACHE): nothing can be stored in '{}'",
+                dir);
+  }
+  s.require_usable_dir();
+  if (const int err = s.make_dirs(); err != 0) {
+    SPATTN_FAIL(ErrorCode::kIo, "kernel cache '{}' cannot be created: {}", dir, std::strerror(err));
+  }
+  s.require_usable_dir();  // what was there before may have been a link or shared
+  try {
+    cache::AtomicFile probe(s.kernels_dir / ".write-probe");
+  } catch (const Error& e) {
+    SPATTN_FAIL(ErrorCode::kIo, "kernel cache '{}' is not writable: {}", dir, e.what());
+  }
+}
+
 std::vector<CacheEntry> KernelCache::list() const {
   // Headers and manifests only: the manifest (which carries the source) usually fits in
   // the first read.
   constexpr std::size_t kFirstRead = 64 * 1024;
+  impl_->require_usable_dir();
   std::vector<CacheEntry> entries;
   for (const Impl::FileInfo& f : impl_->scan()) {
     CacheEntry e;
@@ -467,8 +552,8 @@ std::vector<CacheEntry> KernelCache::list() const {
     e.size_bytes = f.size;
     cache::PrefixResult head = cache::read_prefix(f.path, kFirstRead);
     if (head.error != 0) {
-      if (head.error == ENOENT) continue;  // evicted meanwhile
-      e.problem = std::strerror(head.error);
+      if (head.error == ENOENT && head.problem.empty()) continue;  // evicted meanwhile
+      e.problem = head.reason();
       entries.push_back(std::move(e));
       continue;
     }
@@ -488,7 +573,7 @@ std::vector<CacheEntry> KernelCache::list() const {
       }
       if (e.problem.empty()) {
         try {
-          const cache::ManifestSummary m = cache::summarize_manifest(manifest);
+          const cache::ManifestSummary m = cache::summarize_manifest(manifest);  // the fields shown
           e.kernel_name = m.kernel_name;
           e.arch = m.arch;
           e.nvrtc_version = m.nvrtc_version;
@@ -511,9 +596,15 @@ CacheStats KernelCache::stat() const {
   s.max_bytes = impl_->config.max_bytes;
   s.disabled = impl_->config.disabled;
   s.counters = impl_->snapshot();
-  for (const Impl::FileInfo& f : impl_->scan()) {
-    ++s.entries;
-    s.bytes += f.size;
+  s.problem = impl_->dir_problem();
+  if (!s.problem.empty()) return s;
+  try {
+    for (const Impl::FileInfo& f : impl_->scan()) {
+      ++s.entries;
+      s.bytes += f.size;
+    }
+  } catch (const Error& e) {
+    s.problem = e.what();
   }
   return s;
 }
@@ -523,6 +614,7 @@ VerifyReport KernelCache::verify(bool remove_bad, const CacheProgress& progress)
   // being written any more.
   constexpr double kStaleTempAgeS = 3600;
   VerifyReport report;
+  impl_->require_usable_dir();
   const std::vector<Impl::FileInfo> files = impl_->scan();
   if (progress) progress(0, files.size());
   for (std::size_t i = 0; i < files.size(); ++i) {
@@ -533,8 +625,15 @@ VerifyReport KernelCache::verify(bool remove_bad, const CacheProgress& progress)
     if (reason.empty()) {
       ++report.good;
     } else {
-      if (remove_bad) impl_->delete_bad(f.key, f.path, reason);
-      report.bad.push_back({f.key, f.path, std::move(reason)});
+      CacheProblem p{f.key, f.path, std::move(reason), false};
+      if (remove_bad) {
+        p.removed = impl_->delete_bad(f.key, f.path, p.reason);
+        struct stat st {};
+        // Gone now (deleted, or by another process): removed. Still there: say why.
+        if (!p.removed && ::lstat(f.path.c_str(), &st) != 0 && errno == ENOENT) p.removed = true;
+        if (!p.removed) p.reason += "; could not be removed (see the log)";
+      }
+      report.bad.push_back(std::move(p));
     }
     if (progress) progress(i + 1, files.size());
   }
@@ -543,24 +642,37 @@ VerifyReport KernelCache::verify(bool remove_bad, const CacheProgress& progress)
 }
 
 PruneReport KernelCache::prune(std::uint64_t max_bytes) {
+  impl_->require_usable_dir();
   impl_->remove_temp_files(3600);
   return impl_->enforce_limit(max_bytes, {});
 }
 
 std::size_t KernelCache::clear() {
-  std::size_t removed = 0;
+  impl_->require_usable_dir();
+  std::size_t removed = 0, failed = 0;
+  std::string first_failure;
   for (const Impl::FileInfo& f : impl_->scan()) {
-    std::error_code ec;
-    if (fs::remove(f.path, ec)) ++removed;
+    bool gone = false;
+    if (const int err = cache::remove_path(f.path, &gone); err != 0) {
+      if (failed++ == 0) first_failure = fmt::format("'{}': {}", detail::printable(f.path.string()), std::strerror(err));
+    } else if (gone) {
+      ++removed;
+    }
   }
+  // Temp files of writers that are still at work are removed too: their rename then
+  // fails and the entry is compiled again next time, which is what clear asks for.
   impl_->remove_temp_files(0);
+  // Lock files exist while a compile holds them: deleting one would let a second process
+  // compile the same key at once. Only locks nobody holds (left by a process that died)
+  // are removed, by taking them (a FileLock unlinks its file when released).
   std::error_code ec;
   fs::directory_iterator it(impl_->locks_dir, ec), end;
   for (; !ec && it != end; it.increment(ec)) {
-    if (it->path().extension() == ".lock") {
-      std::error_code rm_ec;
-      fs::remove(it->path(), rm_ec);
-    }
+    if (it->path().extension() == ".lock") cache::FileLock::try_acquire(it->path());
+  }
+  if (failed > 0) {
+    SPATTN_FAIL(ErrorCode::kIo, "cache clear: removed {} entries, but {} could not be removed (first: {})", removed,
+                failed, first_failure);
   }
   return removed;
 }

@@ -31,6 +31,7 @@ struct KernelCache::Impl {
   std::filesystem::path locks_dir;
   std::array<std::atomic<std::uint64_t>, static_cast<std::size_t>(CacheCounter::kCount)> counters{};
   std::atomic<bool> warned_unwritable{false};
+  std::atomic<bool> warned_refused{false};
 
   void bump(CacheCounter which, std::uint64_t n = 1);
   CacheCounters snapshot() const;
@@ -39,8 +40,18 @@ struct KernelCache::Impl {
   std::filesystem::path lock_path(const std::string& key) const;
 
   // Creates the directories and takes the key's lock. nullopt (warned once per cache) if
-  // the directory is not writable: the caller then works without persisting.
-  std::optional<cache::FileLock> lock(const std::string& key);
+  // the directory is not writable: the caller then works without persisting. After
+  // waiting config.lock_timeout_s for another holder, nullopt with *timed_out set.
+  std::optional<cache::FileLock> lock(const std::string& key, bool* timed_out = nullptr);
+
+  // Why the directory must not be used (empty if it may): the directory or its kernels/
+  // or locks/ is not a directory, belongs to another user or is writable by others
+  // (unless config.allow_shared_dir). Missing directories are fine.
+  std::string dir_problem() const;
+  // Throws kIo when dir_problem() is not empty (maintenance commands).
+  void require_usable_dir() const;
+  // Creates the cache directory and its kernels/ and locks/ (mode 0755); errno or 0.
+  int make_dirs() const;
 
   enum class Load { kGood, kAbsent, kBad };
   // Reads and fully checks the entry at `path` against the expected manifest text.
@@ -58,8 +69,10 @@ struct KernelCache::Impl {
     std::filesystem::path path;
     std::string key;  // file name without ".spk"
     std::uint64_t size = 0;
+    bool regular = true;  // false: a directory, FIFO, link... in place of an entry
   };
-  // The *.spk files in kernels/ (none if the directory does not exist).
+  // Everything named *.spk in kernels/ (none if the directory does not exist). Throws
+  // kIo if it exists but cannot be read (or a path component is not a directory).
   std::vector<FileInfo> scan() const;
 
   // Evicts least recently used entries (never `protect`) until at most max_bytes remain.

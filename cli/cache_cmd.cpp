@@ -2,18 +2,26 @@
 //
 // Exit codes follow DESIGN.md §8, plus: `cache verify` exits 1 when it found bad entries
 // (they are removed unless --keep; a second run then exits 0), and `cache import` exits 1
-// when the archive itself is damaged (entries it merely cannot use are reported as
-// rejected, with exit 0).
+// when the archive itself is damaged, or refused for want of a trusted signature
+// (entries it merely cannot use are reported as rejected, with exit 0). Every command
+// that changes the cache exits 1 when it could not (an unwritable or refused directory).
 #include <spattn/cache.hpp>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <iostream>
 #include <memory>
 
 #include "cli/cli.hpp"
+#include "common/text.hpp"
+#include "runtime/nvrtc.hpp"
 
 namespace spattn::cli {
 
@@ -36,17 +44,8 @@ CacheConfig cli_config() {
   return c;
 }
 
-std::string human_bytes(std::uint64_t bytes) {
-  if (bytes < 1024) return fmt::format("{} B", bytes);
-  static constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(bytes);
-  int unit = -1;
-  while (v >= 1024 && unit < 3) {
-    v /= 1024;
-    ++unit;
-  }
-  return fmt::format("{:.1f} {}", v, kUnits[unit]);
-}
+std::string human_bytes(std::uint64_t bytes) { return detail::human_bytes(bytes); }
+std::string shown(const fs::path& p) { return detail::printable(p.string()); }
 
 std::string iso_utc(std::chrono::system_clock::time_point t) {
   const std::time_t s = std::chrono::system_clock::to_time_t(t);
@@ -97,15 +96,13 @@ class ProgressFeed {
 };
 
 nlohmann::json problem_json(const CacheProblem& p) {
-  return {{"key", p.key}, {"path", p.path.string()}, {"reason", p.reason}};
+  return {{"key", p.key}, {"path", p.path.string()}, {"reason", p.reason}, {"removed", p.removed}};
 }
 
-// Subcommands take --json themselves too, so `spattn cache ls --json` works as well as
-// `spattn --json cache ls`; anything else unknown goes up to the root (--quiet).
+// Options of `cache` (--dir) may also come after the subcommand: they fall through.
 CLI::App* add_cache_subcommand(CLI::App* parent, const std::string& name, const std::string& description) {
   CLI::App* cmd = parent->add_subcommand(name, description);
   cmd->fallthrough();
-  cmd->add_flag("--json", globals().json, "machine-readable JSON output on stdout");
   return cmd;
 }
 
@@ -158,16 +155,19 @@ void cmd_stat() {
   const KernelCache cache(cli_config());
   const CacheStats s = cache.stat();
   if (globals().json) {
-    print_json({{"dir", s.dir.string()},
-                {"entries", s.entries},
-                {"bytes", s.bytes},
-                {"max_bytes", s.max_bytes},
-                {"disabled", s.disabled}});
-    return;
+    nlohmann::json j = {{"dir", s.dir.string()},
+                        {"entries", s.entries},
+                        {"bytes", s.bytes},
+                        {"max_bytes", s.max_bytes},
+                        {"disabled", s.disabled}};
+    if (!s.problem.empty()) j["problem"] = s.problem;
+    print_json(j);
+  } else {
+    std::cout << fmt::format("directory: {}\nentries:   {}\nsize:      {} ({} bytes)\nlimit:     {}\n", shown(s.dir),
+                             s.entries, human_bytes(s.bytes), s.bytes, limit_text(s.max_bytes));
+    if (s.disabled) std::cout << "disabled:  yes (SPATTN_DISABLE_CACHE): lookups compile and store nothing\n";
   }
-  std::cout << fmt::format("directory: {}\nentries:   {}\nsize:      {} ({} bytes)\nlimit:     {}\n", s.dir.string(),
-                           s.entries, human_bytes(s.bytes), s.bytes, limit_text(s.max_bytes));
-  if (s.disabled) std::cout << "disabled:  yes (SPATTN_DISABLE_CACHE): lookups compile and store nothing\n";
+  if (!s.problem.empty()) throw Error(ErrorCode::kIo, "the kernel cache cannot be used: " + s.problem);
 }
 
 void cmd_verify(bool keep) {
@@ -185,17 +185,22 @@ void cmd_verify(bool keep) {
                 {"stale_temp_files", r.stale_temp_files}});
   } else {
     for (const CacheProblem& p : r.bad) {
-      std::cout << fmt::format("bad: {} ({}){}\n", p.key.empty() ? p.path.string() : p.key, p.reason,
-                               keep ? "" : ": removed");
+      std::cout << fmt::format("bad: {} ({}){}\n", p.key.empty() ? shown(p.path) : p.key, p.reason,
+                               p.removed ? ": removed" : "");
     }
     std::cout << fmt::format("{} entries checked: {} good, {} bad", r.checked, r.good, r.bad.size());
     if (r.stale_temp_files > 0) std::cout << fmt::format(", {} stale temp files removed", r.stale_temp_files);
     std::cout << "\n";
   }
   if (!r.bad.empty()) {
-    throw Error(ErrorCode::kCorrupt, fmt::format("cache verify: {} bad entr{} {}", r.bad.size(),
-                                                 r.bad.size() == 1 ? "y" : "ies",
-                                                 keep ? "found (kept: --keep)" : "found and removed"));
+    std::size_t removed = 0;
+    for (const CacheProblem& p : r.bad) removed += p.removed ? 1 : 0;
+    throw Error(ErrorCode::kCorrupt,
+                fmt::format("cache verify: {} bad entr{} {}", r.bad.size(), r.bad.size() == 1 ? "y" : "ies",
+                            keep                        ? std::string("found (kept: --keep)")
+                            : removed == r.bad.size() ? std::string("found and removed")
+                                                      : fmt::format("found, {} of them could not be removed",
+                                                                    r.bad.size() - removed)));
   }
 }
 
@@ -233,31 +238,80 @@ void cmd_clear() {
   std::cout << fmt::format("removed {} entries from {}\n", removed, cache.config().dir.string());
 }
 
-void cmd_export(const std::string& file, const std::vector<std::string>& archs) {
+struct ExportArgs {
+  std::string file;
+  std::vector<std::string> archs;
+  std::string sign;
+};
+
+void cmd_export(const ExportArgs& a) {
+  // An arch that is no target at all is a typo, not an empty selection.
+  for (const std::string& arch : a.archs) runtime::check_arch(arch);
   const KernelCache cache(cli_config());
-  CacheFilter filter;
-  if (!archs.empty()) {
-    filter = [&archs](const CacheEntry& e) { return std::find(archs.begin(), archs.end(), e.arch) != archs.end(); };
+  ExportOptions options;
+  if (!a.archs.empty()) {
+    // Nothing for the requested archs is an error too: an empty archive shipped to a
+    // fleet would prewarm nothing, silently.
+    std::vector<std::string> present;
+    bool any = false;
+    for (const CacheEntry& e : cache.list()) {
+      if (!e.problem.empty()) continue;
+      any = any || std::find(a.archs.begin(), a.archs.end(), e.arch) != a.archs.end();
+      if (std::find(present.begin(), present.end(), e.arch) == present.end()) present.push_back(e.arch);
+    }
+    if (!any) {
+      std::sort(present.begin(), present.end());
+      throw Error(ErrorCode::kIo,
+                  fmt::format("cache export: no entry in {} is for {}; the cache has entries for: {}", shown(cache.config().dir),
+                              fmt::join(a.archs, ", "), present.empty() ? "nothing (it is empty)" : fmt::format("{}", fmt::join(present, ", "))));
+    }
+    options.filter = [&a](const CacheEntry& e) { return std::find(a.archs.begin(), a.archs.end(), e.arch) != a.archs.end(); };
   }
+  options.signing_key = a.sign;
   ProgressFeed feed("exporting");
-  const ExportReport r = cache.export_archive(file, filter, feed.callback());
+  options.progress = feed.callback();
+  const bool to_stdout = a.file == "-";
+  const ExportReport r = to_stdout ? cache.export_archive(std::cout, options) : cache.export_archive(a.file, options);
   feed.finish();
+  // With the archive on stdout, the report goes to stderr.
+  std::ostream& report = to_stdout ? std::cerr : std::cout;
   if (globals().json) {
     nlohmann::json skipped = nlohmann::json::array();
     for (const CacheProblem& p : r.skipped) skipped.push_back(problem_json(p));
-    print_json({{"archive", file}, {"exported", r.exported}, {"bytes", r.bytes}, {"skipped", std::move(skipped)}});
+    report << nlohmann::json({{"archive", a.file},
+                              {"exported", r.exported},
+                              {"bytes", r.bytes},
+                              {"signer", r.signer},
+                              {"skipped", std::move(skipped)}})
+                  .dump(2)
+           << std::endl;
     return;
   }
-  for (const CacheProblem& p : r.skipped) std::cout << fmt::format("skipped {}: {}\n", p.key, p.reason);
-  std::cout << fmt::format("exported {} entries to {} ({})\n", r.exported, file, human_bytes(r.bytes));
+  for (const CacheProblem& p : r.skipped) report << fmt::format("skipped {}: {}\n", p.key, p.reason);
+  report << fmt::format("exported {} entries to {} ({}){}\n", r.exported, to_stdout ? "standard output" : shown(a.file),
+                        human_bytes(r.bytes), r.signer.empty() ? "" : ", signed by " + r.signer);
 }
 
-void cmd_import(const std::string& file) {
-  std::error_code ec;
-  if (!fs::is_regular_file(file, ec)) throw UsageError(fmt::format("archive '{}' does not exist", file));
+void cmd_import(const std::string& file, const std::vector<std::string>& trust) {
+  // Say what the file is when it is not an archive file at all.
+  struct stat st {};
+  if (::stat(file.c_str(), &st) != 0) {
+    throw UsageError(fmt::format("archive '{}': {}", shown(file), std::strerror(errno)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    throw UsageError(fmt::format("archive '{}' is {}, not an archive file",
+                                 shown(file), S_ISDIR(st.st_mode)    ? "a directory"
+                                              : S_ISFIFO(st.st_mode) ? "a FIFO"
+                                              : S_ISCHR(st.st_mode)  ? "a character device"
+                                              : S_ISBLK(st.st_mode)  ? "a block device"
+                                                                     : "a socket"));
+  }
   KernelCache cache(cli_config());
   ProgressFeed feed("importing");
-  const ImportReport r = cache.import_archive(file, feed.callback());
+  ImportOptions options;
+  options.progress = feed.callback();
+  for (const std::string& k : trust) options.trusted_keys.emplace_back(k);
+  const ImportReport r = cache.import_archive(file, options);
   feed.finish();
   if (globals().json) {
     nlohmann::json entries = nlohmann::json::array();
@@ -269,12 +323,17 @@ void cmd_import(const std::string& file) {
                          {"reason", e.reason}});
     }
     print_json({{"archive", file},
+                {"signer", r.signer},
+                {"signer_trusted", r.signer_trusted},
                 {"entries", std::move(entries)},
                 {"added", r.count(ImportStatus::kAdded)},
                 {"present", r.count(ImportStatus::kPresent)},
                 {"rejected", r.count(ImportStatus::kRejected)},
                 {"evictions", r.evictions}});
     return;
+  }
+  if (!r.signer.empty()) {
+    std::cout << fmt::format("signed by {}{}\n", r.signer, r.signer_trusted ? " (trusted)" : " (no trusted keys configured)");
   }
   for (const ImportResult& e : r.entries) {
     std::cout << fmt::format("{:<8}  {:<12}  {:<24}  {:<8}  {}\n", import_status_name(e.status),
@@ -319,24 +378,48 @@ void register_cache(CLI::App& app) {
                     "limit to prune to, e.g. 500M or 2G (default: $SPATTN_CACHE_MAX_BYTES, else 2G)");
     cmd->callback([max_bytes] { cmd_prune(*max_bytes); });
   }
-  add_cache_subcommand(cache, "clear", "delete every entry")->callback(cmd_clear);
+  add_cache_subcommand(cache, "clear", "delete every entry (compiles in progress keep their locks)")
+      ->callback(cmd_clear);
   {
-    auto file = std::make_shared<std::string>();
-    auto archs = std::make_shared<std::vector<std::string>>();
+    auto args = std::make_shared<ExportArgs>();
     CLI::App* cmd = add_cache_subcommand(cache, "export",
                                          "write cache entries into one archive file (e.g. to prewarm other hosts)");
-    cmd->add_option("FILE", *file, "archive to write")->required();
-    cmd->add_option("--arch", *archs, "only entries for this target (repeatable), e.g. --arch sm_90a");
-    cmd->callback([file, archs] { cmd_export(*file, *archs); });
+    cmd->add_option("FILE", args->file, "archive to write (a regular file, written atomically), or - for stdout")
+        ->required();
+    cmd->add_option("--arch", args->archs, "only entries for this target (repeatable), e.g. --arch sm_90a");
+    cmd->add_option("--sign", args->sign, "sign the archive with this Ed25519 private key (PEM; see 'cache keygen')");
+    cmd->callback([args] { cmd_export(*args); });
+  }
+  {
+    auto file = std::make_shared<std::string>();
+    auto trust = std::make_shared<std::vector<std::string>>();
+    CLI::App* cmd = add_cache_subcommand(
+        cache, "import",
+        "add the entries of an archive; entries for another NVRTC, spattn or format version are rejected "
+        "with a reason. Exits 1 if the archive itself is damaged or not signed by a trusted key");
+    cmd->add_option("FILE", *file, "archive to read")->required();
+    cmd->add_option("--trust", *trust,
+                    "import only if signed by this Ed25519 public key (PEM, repeatable; also "
+                    "$SPATTN_CACHE_TRUSTED_KEYS)");
+    cmd->callback([file, trust] { cmd_import(*file, *trust); });
   }
   {
     auto file = std::make_shared<std::string>();
     CLI::App* cmd = add_cache_subcommand(
-        cache, "import",
-        "add the entries of an archive; entries for another NVRTC, spattn or format version are rejected "
-        "with a reason. Exits 1 if the archive itself is damaged");
-    cmd->add_option("FILE", *file, "archive to read")->required();
-    cmd->callback([file] { cmd_import(*file); });
+        cache, "keygen", "make an Ed25519 key pair for signing archives: KEY (private, mode 0600) and KEY.pub");
+    cmd->add_option("KEY", *file, "private key file to create")->required();
+    cmd->callback([file] {
+      const std::string pub = *file + ".pub";
+      generate_signing_key(*file, pub);
+      const std::string fp = key_fingerprint(pub);
+      if (globals().json) {
+        print_json({{"private_key", *file}, {"public_key", pub}, {"fingerprint", fp}});
+        return;
+      }
+      std::cout << fmt::format("wrote {} (keep it secret) and {} ({}); sign with 'spattn cache export --sign {}', "
+                               "trust with 'spattn cache import --trust {}'\n",
+                               shown(*file), shown(pub), fp, shown(*file), shown(pub));
+    });
   }
 }
 

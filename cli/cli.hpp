@@ -13,6 +13,7 @@
 #include <spattn/error.hpp>
 #include <spattn/pattern.hpp>
 
+#include <cstddef>
 #include <string>
 
 namespace spattn::cli {
@@ -22,15 +23,23 @@ struct UsageError : Error {
   explicit UsageError(const std::string& message) : Error(ErrorCode::kInvalidArgument, message) {}
 };
 
-// Options every subcommand can read.
+// Options every subcommand can read. main() gives every command and subcommand the
+// flags, so `spattn --json X` and `spattn X --json` mean the same.
 struct Globals {
   bool json = false;  // --json: machine-readable output on stdout
-  bool quiet = false;  // --quiet: no progress output
+  bool quiet = false;  // -q, --quiet: no progress output
 };
 Globals& globals();
 
 // Reads a --pattern argument: inline JSON, @file.json, or a preset name.
 Pattern load_pattern_arg(const std::string& arg);
+
+// Reads a file the user named (a pattern file, a manifest; "-" is standard input):
+// regular files, and pipes or terminals (e.g. /dev/stdin) up to their end. Throws
+// UsageError naming `what` and the file for anything else (missing, a directory, a
+// socket...) and for more than `max_bytes`.
+std::string read_input_file(const std::string& path, const std::string& what,
+                            std::size_t max_bytes = std::size_t{64} << 20);
 
 // Prints a JSON value on stdout (one object, pretty-printed, trailing newline).
 void print_json(const nlohmann::json& value);

@@ -42,6 +42,7 @@ void register_info(CLI::App& app) {
     const auto st = cache.stat();
     j["cache"] = {{"dir", st.dir.string()}, {"entries", st.entries}, {"bytes", st.bytes},
                   {"max_bytes", st.max_bytes}, {"disabled", st.disabled}};
+    if (!st.problem.empty()) j["cache"]["problem"] = st.problem;
     if (globals().json) {
       print_json(j);
       return;
@@ -63,6 +64,7 @@ void register_info(CLI::App& app) {
     std::cout << fmt::format("Kernel cache: {} ({} entries, {:.1f} MiB of {:.0f} MiB){}\n", st.dir.string(),
                              st.entries, st.bytes / 1048576.0, st.max_bytes / 1048576.0,
                              st.disabled ? " [disabled by SPATTN_DISABLE_CACHE]" : "");
+    if (!st.problem.empty()) std::cout << "Kernel cache problem: " << st.problem << "\n";
   });
 }
 

@@ -179,7 +179,6 @@ void register_pattern(CLI::App& app) {
   cmd->require_subcommand(1);
 
   auto* list = cmd->add_subcommand("presets", "list the named presets and what they expand to");
-  list->add_flag("--json", globals().json, "machine-readable JSON output");
   list->callback(run_presets);
 
   auto show_args = std::make_shared<ProblemArgs>();
@@ -189,7 +188,6 @@ void register_pattern(CLI::App& app) {
   show_args->add(show);
   show->add_option("--head", *head, "head to draw")->capture_default_str();
   show->add_option("--cells", *cells, "at most this many cells per side")->capture_default_str();
-  show->add_flag("--json", globals().json, "machine-readable JSON output");
   show->callback([show_args, head, cells] { run_show(*show_args, *head, *cells); });
 
   auto stats_args = std::make_shared<ProblemArgs>();
@@ -201,7 +199,6 @@ void register_pattern(CLI::App& app) {
   stats->add_flag("--no-permute", extra->no_permute, "natural token order everywhere (no layout permutation)");
   stats->add_option("--schedule", extra->schedule, "work order: row_major, hilbert, longest_first")
       ->capture_default_str();
-  stats->add_flag("--json", globals().json, "machine-readable JSON output");
   stats->callback([stats_args, extra] { run_stats(*stats_args, *extra); });
 }
 

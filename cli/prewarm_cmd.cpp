@@ -2,12 +2,11 @@
 // dtypes x archs needs into the kernel cache, in parallel (no GPU needed), then
 // optionally load them all on this GPU (--load-all).
 #include <spattn/autotune.hpp>
+#include <spattn/cache.hpp>
 
 #include <fmt/format.h>
 
-#include <fstream>
 #include <iostream>
-#include <sstream>
 
 #include "cli/cli.hpp"
 
@@ -35,19 +34,12 @@ void register_prewarm(CLI::App& app) {
   cmd->add_option("--threads", args->threads, "compile threads (default: $SPATTN_NVRTC_THREADS or the core count)");
 
   cmd->callback([args] {
-    std::string text;
-    if (args->manifest == "-") {
-      std::stringstream s;
-      s << std::cin.rdbuf();
-      text = s.str();
-    } else {
-      std::ifstream in(args->manifest);
-      if (!in) throw UsageError("MANIFEST: cannot read file '" + args->manifest + "'");
-      std::stringstream s;
-      s << in.rdbuf();
-      text = s.str();
-    }
+    const std::string text = read_input_file(args->manifest, "MANIFEST");
     if (args->threads < 0) throw UsageError("--threads must be >= 1");
+    // Filling the cache is the whole job: a cache that cannot take the kernels fails now,
+    // before minutes of compiling, and not with "N compiled" afterwards.
+    KernelCache& cache = KernelCache::instance();
+    cache.ensure_writable();
 
     PrewarmOptions options;
     options.archs = args->archs;
@@ -83,6 +75,18 @@ void register_prewarm(CLI::App& app) {
       if (k.status == "failed") std::cerr << fmt::format("spattn: {} {} ({}): {}\n", k.arch, k.program, k.config, k.error);
     if (report.failed > 0)
       throw Error(ErrorCode::kCompile, fmt::format("{} of {} kernels failed to compile", report.failed, report.kernels.size()));
+    // And every kernel that compiled (or hit) must now be in the cache.
+    size_t missing = 0;
+    std::string first;
+    for (const PrewarmKernel& k : report.kernels) {
+      if (k.status == "failed" || cache.contains(k.key)) continue;
+      if (missing++ == 0) first = fmt::format("{} {} ({})", k.arch, k.program, k.key.substr(0, 12));
+    }
+    if (missing > 0) {
+      throw Error(ErrorCode::kIo, fmt::format("{} of {} kernels are not in the kernel cache '{}' (first: {}); see the "
+                                              "warnings above",
+                                              missing, report.kernels.size(), cache.config().dir.string(), first));
+    }
   });
 }
 

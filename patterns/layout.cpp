@@ -20,9 +20,12 @@
 #include <numeric>
 
 #include "common/check.hpp"
+#include "common/log.hpp"
+#include "common/text.hpp"
 #include "patterns/arith.hpp"
 #include "patterns/hilbert.hpp"
 #include "patterns/layout_internal.hpp"
+#include "patterns/limits.hpp"
 #include "patterns/rows.hpp"
 
 namespace spattn {
@@ -48,8 +51,6 @@ namespace detail {
 
 namespace {
 
-constexpr int64_t kMaxTokens = int64_t{1} << 30;  // slots are int32, with room for padding
-
 // --- which token order a part wants ----------------------------------------------------
 
 // Whether a token order lists fewer tiles than natural order for this predicate,
@@ -57,11 +58,11 @@ constexpr int64_t kMaxTokens = int64_t{1} << 30;  // slots are int32, with room 
 // padding, so it has to save at least 10%.
 bool permutation_pays(const Node& n, const OrderSpec& spec, const Shape& shape, OrderCache& cache) {
   constexpr int kSamples = 48;
-  RowGen gen(n, {}, shape);
+  RowGen gen(n, {}, shape, &cache.budget());
   const TokenOrder& permuted = cache.get(spec);
   const TokenOrder& natural = cache.get(OrderSpec{});
-  const double p = TableBuilder(gen, permuted).estimate_listed_tiles(kSamples);
-  const double q = TableBuilder(gen, natural).estimate_listed_tiles(kSamples);
+  const double p = TableBuilder(gen, permuted, cache.budget()).estimate_listed_tiles(kSamples);
+  const double q = TableBuilder(gen, natural, cache.budget()).estimate_listed_tiles(kSamples);
   return p < 0.9 * q;
 }
 
@@ -160,10 +161,12 @@ std::string static_order_key(const Pattern& p, const Shape& shape, const LayoutO
     }
   }
   if (const auto* l = std::get_if<LongNet>(&n)) return fmt::format("run:{}:{}", l->segments[0], l->rates[0]);
+  // Each item is visited once: visiting the first twice doubles the work per level of
+  // nesting.
   auto common = [&](const std::vector<Pattern>& items) {
     std::string k = static_order_key(items[0], shape, o, cache);
-    for (const Pattern& q : items) {
-      if (static_order_key(q, shape, o, cache) != k) return std::string();
+    for (size_t m = 1; m < items.size(); ++m) {
+      if (static_order_key(items[m], shape, o, cache) != k) return std::string();
     }
     return k;
   };
@@ -361,7 +364,7 @@ TokenOrder::TokenOrder(const OrderSpec& spec, const Shape& shape, int64_t tile_m
         for (int64_t t = c; t < nq_; t += s) q_slots_.push_back(static_cast<int32_t>(t));
         q_slots_.resize(round_up(static_cast<int64_t>(q_slots_.size()), tm_), -1);
       }
-      kbase_.assign(static_cast<size_t>(s), 0);
+      kbase_.assign(static_cast<size_t>(std::min(s, nk_)), 0);  // region() asks only for classes < Nk
       for (int64_t c = 0; c < std::min(s, nk_); ++c) {
         kbase_[c] = static_cast<int64_t>(k_slots_.size());
         for (int64_t t = c; t < nk_; t += s) k_slots_.push_back(static_cast<int32_t>(t));
@@ -468,10 +471,34 @@ void TokenOrder::build_grid() {
   }
 }
 
+uint64_t TokenOrder::bytes_needed(const OrderSpec& spec, const Shape& shape, int64_t tm, int64_t tn) {
+  constexpr uint64_t kSlot = sizeof(int32_t);
+  switch (spec.kind) {
+    case OrderSpec::kIdentity:
+      return 0;
+    case OrderSpec::kColumns:
+      return kSlot * static_cast<uint64_t>(round_up(ceil_div(shape.nk, spec.s), tn));
+    case OrderSpec::kClass:
+      return kSlot * static_cast<uint64_t>(padded_slots(spec, shape.nq, tm) + padded_slots(spec, shape.nk, tn)) +
+             sizeof(int64_t) * static_cast<uint64_t>(std::min(spec.s, shape.nk));
+    case OrderSpec::kRun:
+      return kSlot * static_cast<uint64_t>(padded_slots(spec, shape.nq, tm) + padded_slots(spec, shape.nk, tn));
+    case OrderSpec::kGrid:
+      // Slots, the key inverse, and the (Hilbert index, token) pairs of a class sorted
+      // while it is built.
+      return kSlot * static_cast<uint64_t>(padded_slots(spec, shape.nq, tm) + padded_slots(spec, shape.nk, tn)) +
+             (kSlot + 16) * static_cast<uint64_t>(shape.nk);
+  }
+  return 0;
+}
+
 const TokenOrder& OrderCache::get(const OrderSpec& spec) {
   for (const auto& [k, order] : orders_) {
     if (k == spec) return *order;
   }
+  // Building an order visits every slot once (grids also sort theirs).
+  budget_.hold(TokenOrder::bytes_needed(spec, shape_, tm_, tn_), "token orders");
+  if (spec.kind != OrderSpec::kIdentity) budget_.spend(static_cast<uint64_t>(4 * (shape_.nq + shape_.nk)));
   orders_.emplace_back(spec, std::make_unique<TokenOrder>(spec, shape_, tm_, tn_));
   return *orders_.back().second;
 }
@@ -515,8 +542,8 @@ bool TokenOrder::slots_are_identity(const std::vector<int32_t>& slots, int64_t n
   return true;
 }
 
-TableBuilder::TableBuilder(RowGen& gen, const TokenOrder& order)
-    : gen_(gen), order_(order), tn_(order.tile_n()) {
+TableBuilder::TableBuilder(RowGen& gen, const TokenOrder& order, LayoutBudget& budget)
+    : gen_(gen), order_(order), budget_(budget), tn_(order.tile_n()) {
   if ((tn_ & (tn_ - 1)) == 0) shift_ = bits_for(static_cast<uint64_t>(tn_));
 }
 
@@ -642,6 +669,7 @@ bool TableBuilder::reduce_uniform(int64_t qt, Ivs& touched, Ivs& full, int64_t& 
 int64_t TableBuilder::reduce_grid(int64_t qt, Ivs& touched, Ivs& full) {
   const int64_t tm = order_.tile_m();
   if (tile_count_.size() != static_cast<size_t>(order_.num_k_tiles())) {
+    budget_.hold(sizeof(int64_t) * 2 * static_cast<uint64_t>(order_.num_k_tiles()), "key tile counts");
     tile_count_.assign(static_cast<size_t>(order_.num_k_tiles()), 0);
   }
   tiles_.clear();
@@ -652,6 +680,7 @@ int64_t TableBuilder::reduce_grid(int64_t qt, Ivs& touched, Ivs& full) {
     ++rows;
     const Ivs& keys = gen_.row(i, order_.region(i, base));  // key tokens
     pairs += iv_size(keys);
+    budget_.spend(static_cast<uint64_t>(iv_size(keys)));  // each key is visited below
     for (const Iv& iv : keys) {
       for (int64_t t = iv.lo; t < iv.hi; ++t) {
         const int64_t tile = tile_of(order_.k_slot_of(t));
@@ -712,10 +741,11 @@ bool TableBuilder::reduce_band(int64_t qt, Ivs& touched, Ivs& full, int64_t& pai
 }
 
 int64_t TableBuilder::reduce(int64_t qt, Ivs& touched, Ivs& full) {
+  const int64_t tm = order_.tile_m();
+  budget_.spend(static_cast<uint64_t>(tm));  // the tile's rows are visited at least once
   if (order_.spec().kind == OrderSpec::kGrid) return reduce_grid(qt, touched, full);
   int64_t pairs = 0;
   if (reduce_uniform(qt, touched, full, pairs) || reduce_band(qt, touched, full, pairs)) return pairs;
-  const int64_t tm = order_.tile_m();
   touched.clear();
   full.clear();
   bool any_row = false, full_dead = false, have_prev = false, unsorted = false;
@@ -741,6 +771,7 @@ int64_t TableBuilder::reduce(int64_t qt, Ivs& touched, Ivs& full) {
     } else if (have_prev && rt_ == prev_t_ && rf_ == prev_f_) {
       continue;  // neighbouring rows mostly reach the same tiles
     }
+    budget_.spend(rt_.size() + rf_.size() + full.size());
     for (const Iv& r : rt_) append_range(touched, r.lo, r.hi, unsorted);
     if (!full_dead) {
       if (!any_row) {
@@ -768,6 +799,11 @@ BlockTable TableBuilder::build() {
   }
   t.num_q_tiles = nqt;
   t.num_k_tiles = nkt;
+  SPATTN_REQUIRE(nqt <= limits::kMaxTileGrid / std::max<int64_t>(nkt, 1),
+                 "layout: {} x {} tiles of {}x{} tokens in one table; at most 2^31 (use larger tiles: tile_m, "
+                 "tile_n / --tile)",
+                 nqt, nkt, order_.tile_m(), tn_);
+  budget_.hold((sizeof(int64_t) * 2 + sizeof(int32_t)) * static_cast<uint64_t>(nqt + 1), "block tables");
   t.row_ptr.assign(static_cast<size_t>(nqt) + 1, 0);
   t.full_count.assign(static_cast<size_t>(nqt), 0);
   // Pass 1: full and partial tiles of every query tile as ranges (compact even when a
@@ -776,19 +812,29 @@ BlockTable TableBuilder::build() {
   std::vector<Iv> ranges;
   std::vector<int64_t> range_end(static_cast<size_t>(nqt), 0);
   int64_t pairs = 0;
+  // The ranges are scratch; the listed tiles they expand to are held by the table. Both
+  // are charged as they grow, so that a table too large for the budget stops here, not
+  // in the allocator.
+  uint64_t scratch = 0;
   for (int64_t qt = 0; qt < nqt; ++qt) {
     pairs += reduce(qt, touched, full);
     iv_subtract(touched, full, partial);
     const int64_t nfull = iv_size(full);
     t.full_count[qt] = static_cast<int32_t>(nfull);
-    t.row_ptr[qt + 1] = t.row_ptr[qt] + nfull + iv_size(partial);
+    const int64_t listed = nfull + iv_size(partial);
+    t.row_ptr[qt + 1] = t.row_ptr[qt] + listed;
+    const uint64_t grown = sizeof(Iv) * (full.size() + partial.size()) + sizeof(int32_t) * static_cast<uint64_t>(listed);
+    budget_.hold(grown, "listed tiles");
+    scratch += sizeof(Iv) * (full.size() + partial.size());
     ranges.insert(ranges.end(), full.begin(), full.end());
     ranges.insert(ranges.end(), partial.begin(), partial.end());
     range_end[qt] = static_cast<int64_t>(ranges.size());
   }
+  budget_.spend(static_cast<uint64_t>(t.row_ptr[nqt]));  // the expansion below
   t.cols.reserve(static_cast<size_t>(t.row_ptr[nqt]));
   advise_huge_pages(t.cols.data(), t.cols.capacity() * sizeof(int32_t));
   t.cols.insert(t.cols.end(), TileIterator(ranges, 0), TileIterator(ranges, ranges.size()));
+  budget_.release(scratch);
   t.allowed_pairs = pairs;
   return t;
 }
@@ -806,6 +852,28 @@ double TableBuilder::estimate_listed_tiles(int samples) {
   return listed * double(nqt) / double(n);
 }
 
+void TableBuilder::check_projection(int samples) {
+  const int64_t nqt = order_.num_q_tiles();
+  if (nqt <= 2 * samples) return;
+  constexpr double kMax = 1.8e19;
+  const uint64_t before = budget_.work();
+  Ivs touched, full;
+  double listed = 0;
+  for (int k = 0; k < samples; ++k) {
+    reduce(k * nqt / samples, touched, full);
+    listed += double(iv_size(touched));
+    // Projected from the tiles sampled so far; a projection far over the budget after a
+    // few tiles needs no more samples to be refused.
+    const double scale = double(nqt) / double(k + 1);
+    const double work = double(budget_.work() - before) * scale;
+    // Listed tiles cost an int32 each in the table and about a range each while building.
+    const double bytes = listed * scale * double(sizeof(int32_t) + sizeof(Iv));
+    const double slack = k + 1 == samples ? 1.0 : 4.0;
+    budget_.check_projection(static_cast<uint64_t>(std::min(work / slack, kMax)),
+                             static_cast<uint64_t>(std::min(bytes / slack, kMax)), "listed tiles");
+  }
+}
+
 std::vector<LayoutPart> decompose_parts(const Pattern& pattern, const Shape& shape, const LayoutOptions& options,
                                         OrderCache& cache) {
   std::vector<LayoutPart> parts;
@@ -816,9 +884,13 @@ std::vector<LayoutPart> decompose_parts(const Pattern& pattern, const Shape& sha
 std::vector<PartTable> plan_tables(const std::vector<LayoutPart>& parts, const Shape& shape,
                                    const LayoutOptions& options, OrderCache& cache) {
   std::vector<PartTable> plans;
+  // Resolving a pattern for a head builds its nodes and their key text: about a hundred
+  // row operations per pattern node.
+  constexpr uint64_t kResolveCost = 128;
   for (size_t p = 0; p < parts.size(); ++p) {
     std::map<std::string, size_t> by_key;
     for (int64_t h = 0; h < shape.heads; ++h) {
+      cache.budget().spend(kResolveCost * (1 + parts[p].exclude.size()));
       std::optional<Node> pos = resolve(parts[p].pattern, shape, h, parts[p].branch);
       if (!pos) continue;
       std::vector<Node> ex;
@@ -854,8 +926,8 @@ using detail::ceil_div;
 namespace {
 
 void check_options(const LayoutOptions& o) {
-  SPATTN_REQUIRE(o.tile_m >= 1 && o.tile_m <= 4096, "layout: tile_m must be in [1, 4096] (got {})", o.tile_m);
-  SPATTN_REQUIRE(o.tile_n >= 1 && o.tile_n <= 4096, "layout: tile_n must be in [1, 4096] (got {})", o.tile_n);
+  SPATTN_REQUIRE(o.tile_m >= 1 && o.tile_m <= limits::kMaxTile, "layout: tile_m must be in [1, {}] (got {})", limits::kMaxTile, o.tile_m);
+  SPATTN_REQUIRE(o.tile_n >= 1 && o.tile_n <= limits::kMaxTile, "layout: tile_n must be in [1, {}] (got {})", limits::kMaxTile, o.tile_n);
 }
 
 bool rows_covered(const Layout& layout) {
@@ -950,41 +1022,80 @@ Layout compile_layout(const Pattern& pattern, const Shape& shape, const LayoutOp
 }
 
 Layout detail::compile_unchecked(const Pattern& pattern, const Shape& shape, const LayoutOptions& options) {
+  detail::LayoutBudget budget(options, shape);
+  return compile_budgeted(pattern, shape, options, budget);
+}
+
+Layout detail::compile_budgeted(const Pattern& pattern, const Shape& shape, const LayoutOptions& options,
+                                detail::LayoutBudget& budget) {
   pattern.validate(shape);
-  if (shape.nq > detail::kMaxTokens || shape.nk > detail::kMaxTokens) {
-    SPATTN_FAIL(ErrorCode::kUnsupported, "layout: at most 2^30 tokens per sequence (got Nq = {}, Nk = {})", shape.nq,
-                shape.nk);
-  }
+  // The tile grid of natural order, before anything is built (permuted orders are
+  // checked again per table: they may add padding tiles).
+  const int64_t nqt = ceil_div(shape.nq, options.tile_m), nkt = ceil_div(shape.nk, options.tile_n);
+  SPATTN_REQUIRE(nqt <= limits::kMaxTileGrid / nkt,
+                 "layout: {} x {} tiles of {}x{} tokens in one table; at most 2^31 (use larger tiles: tile_m, "
+                 "tile_n / --tile)",
+                 nqt, nkt, options.tile_m, options.tile_n);
+  const std::string outer = budget.context();
+  if (outer.empty()) budget.set_context(fmt::format("this {} pattern", pattern.kind()));
   Layout layout;
   layout.shape = shape;
   layout.tile_m = options.tile_m;
   layout.tile_n = options.tile_n;
-  detail::OrderCache orders(shape, options.tile_m, options.tile_n);
+  detail::OrderCache orders(shape, options.tile_m, options.tile_n, budget);
   layout.parts = detail::decompose_parts(pattern, shape, options, orders);
   std::vector<detail::PartTable> plans = detail::plan_tables(layout.parts, shape, options, orders);
+  // The schedule: every (table, query tile, head) once, plus the keys that order it.
+  {
+    uint64_t items = 0;
+    for (const detail::PartTable& plan : plans) {
+      items += plan.heads.size() * static_cast<uint64_t>(orders.get(plan.order).num_q_tiles());
+    }
+    if (items > static_cast<uint64_t>(INT32_MAX)) {
+      SPATTN_FAIL(ErrorCode::kUnsupported,
+                  "layout: {} work items (query tiles x heads) exceed the int32 schedule; use larger tiles or fewer "
+                  "heads", items);
+    }
+    budget.hold(items * (3 * sizeof(WorkItem) + 2 * sizeof(uint64_t)), "work schedule");
+    budget.spend(items);
+  }
   for (detail::PartTable& plan : plans) {
     const detail::TokenOrder& order = orders.get(plan.order);
     if (order.num_q_tiles() == 0) continue;  // no query of these heads takes part
-    detail::RowGen gen(std::move(plan.positive), std::move(plan.excludes), shape);
-    detail::TableBuilder builder(gen, order);
+    const std::string_view kind = layout.parts[plan.part].pattern.kind();
+    budget.set_context(fmt::format("the {} part{}{}", kind == "heads" ? "head group" : kind,
+                                   outer.empty() ? "" : " of ", outer));
+    detail::RowGen gen(std::move(plan.positive), std::move(plan.excludes), shape, &budget);
+    detail::TableBuilder(gen, order, budget).check_projection(16);
+    detail::TableBuilder builder(gen, order, budget);
     BlockTable table = builder.build();
     table.part = plan.part;
     table.heads = std::move(plan.heads);
     // Orders that come out as the identity (a LongNet branch of rate 1 whose segments
     // are whole tiles) are stored as such: the kernel then loads contiguously.
     if (!detail::TokenOrder::slots_are_identity(order.q_slots(), shape.nq, options.tile_m)) {
+      budget.hold(sizeof(int32_t) * order.q_slots().size(), "token orders");
       table.q_slots = order.q_slots();
     }
     if (!detail::TokenOrder::slots_are_identity(order.k_slots(), shape.nk, options.tile_n)) {
+      budget.hold(sizeof(int32_t) * order.k_slots().size(), "token orders");
       table.k_slots = order.k_slots();
     }
     layout.tables.push_back(std::move(table));
   }
+  budget.set_context(outer);
+  // rows_covered() visits the query slots of every table once per distinct set of
+  // tables, at most once per head; the Hilbert schedule visits each item's key tiles.
+  budget.check_scratch(static_cast<uint64_t>(shape.nq), "row coverage");
+  for (const BlockTable& t : layout.tables) {
+    const uint64_t per_head = t.q_slots.size() +
+                              (options.schedule == ScheduleOrder::kHilbert ? t.cols.size() : 0);
+    budget.spend(t.heads.size() * per_head);
+  }
   layout.covers_all_rows = rows_covered(layout);
   layout.schedule = make_schedule(layout, options.schedule);
-  if (layout.schedule.size() > static_cast<size_t>(INT32_MAX)) {
-    SPATTN_FAIL(ErrorCode::kUnsupported, "layout: {} work items exceed the int32 schedule", layout.schedule.size());
-  }
+  log::debug("layout: {} at Nq = {}, Nk = {}, {} heads: {} row operations, {} held", pattern.kind(), shape.nq,
+             shape.nk, shape.heads, budget.work(), human_bytes(budget.bytes()));
   return layout;
 }
 

@@ -8,6 +8,7 @@
 
 #include <spattn/layout.hpp>
 
+#include "patterns/budget.hpp"
 #include "patterns/rows.hpp"
 
 // Internal to libspattn: hidden, so that the per-row calls bind directly.
@@ -49,6 +50,8 @@ class TokenOrder {
   int64_t k_slot_of(int64_t token) const { return k_inverse_[static_cast<size_t>(token)]; }  // kGrid only
 
   static bool slots_are_identity(const std::vector<int32_t>& slots, int64_t n, int64_t tile);
+  // Host bytes an order of this spec holds (its slots and lookup tables), before it is built.
+  static uint64_t bytes_needed(const OrderSpec& spec, const Shape& shape, int64_t tile_m, int64_t tile_n);
 
  private:
   void build_grid();
@@ -67,22 +70,30 @@ class TokenOrder {
 // them) and the tables (a Hilbert order of a large grid is worth building once).
 class OrderCache {
  public:
-  OrderCache(const Shape& shape, int64_t tile_m, int64_t tile_n) : shape_(shape), tm_(tile_m), tn_(tile_n) {}
-  const TokenOrder& get(const OrderSpec& spec);
+  OrderCache(const Shape& shape, int64_t tile_m, int64_t tile_n, LayoutBudget& budget)
+      : shape_(shape), tm_(tile_m), tn_(tile_n), budget_(budget) {}
+  const TokenOrder& get(const OrderSpec& spec);  // built orders are charged to the budget
+  LayoutBudget& budget() { return budget_; }
 
  private:
   Shape shape_;
   int64_t tm_, tn_;
+  LayoutBudget& budget_;
   std::vector<std::pair<OrderSpec, std::unique_ptr<TokenOrder>>> orders_;
 };
 
 // Reduces the rows of one (part, head group) to its CSR table.
 class TableBuilder {
  public:
-  TableBuilder(RowGen& gen, const TokenOrder& order);
+  // Memory and row operations are charged to `budget`.
+  TableBuilder(RowGen& gen, const TokenOrder& order, LayoutBudget& budget);
   BlockTable build();
   // Listed tiles of the whole table, estimated from `samples` evenly spaced query tiles.
   double estimate_listed_tiles(int samples);
+  // Refuses, before build(), a table whose row operations or listed tiles, projected
+  // from `samples` evenly spaced query tiles, would not fit the budget (tables of few
+  // tiles are simply built: the meter stops them).
+  void check_projection(int samples);
   // Allowed keys of query token i as sorted key-slot intervals; false (and `out` left
   // alone) when they are those of the previous row.
   bool slot_row(int64_t i, const Region& region, int64_t base, Ivs& out);
@@ -98,6 +109,7 @@ class TableBuilder {
 
   RowGen& gen_;
   const TokenOrder& order_;
+  LayoutBudget& budget_;
   int64_t tn_;
   int shift_ = -1;  // log2(tile_n) when it is a power of two
   Ivs row_, rt_, rf_, prev_t_, prev_f_, tmp_;
@@ -119,6 +131,9 @@ struct PartTable {
 // compile_layout() without the limits on tile sizes (the picture uses tiles as large as
 // the sequence).
 Layout compile_unchecked(const Pattern& pattern, const Shape& shape, const LayoutOptions& options);
+// The same, charged to a budget that the caller may share between several compiles.
+Layout compile_budgeted(const Pattern& pattern, const Shape& shape, const LayoutOptions& options,
+                        LayoutBudget& budget);
 
 std::vector<LayoutPart> decompose_parts(const Pattern& pattern, const Shape& shape, const LayoutOptions& options,
                                         OrderCache& cache);

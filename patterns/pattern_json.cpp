@@ -6,10 +6,15 @@
 #include <numeric>
 #include <set>
 
+#include <fmt/ranges.h>
+
 #include <nlohmann/json.hpp>
 #include <spattn/pattern.hpp>
 
 #include "common/check.hpp"
+#include "common/json.hpp"
+#include "common/text.hpp"
+#include "patterns/limits.hpp"
 
 namespace spattn {
 
@@ -18,9 +23,7 @@ namespace {
 using nlohmann::json;
 using ordered_json = nlohmann::ordered_json;
 
-// Field values are capped so that index arithmetic (i + window, block * reach...) can
-// never overflow int64, whatever the sequence length.
-constexpr int64_t kMaxValue = int64_t{1} << 40;
+using limits::kMaxValue;
 
 constexpr const char* kKnownTypes =
     "dense, local_window, global_local, strided, dilated_sparse, hierarchical, neighborhood, "
@@ -42,14 +45,17 @@ void require_min(int64_t v, int64_t lo, const std::string& path) {
   SPATTN_REQUIRE(v <= kMaxValue, "{}: must be <= 2^40 (got {})", path, v);
 }
 
-void check_fields(const Pattern& p, const std::string& path);
+void require_count(size_t n, size_t max, const std::string& path, const char* what) {
+  SPATTN_REQUIRE(n <= max, "{}: at most {} {} (got {})", path, max, what, n);
+}
 
+// The items of a composition. Their own fields are checked where they are built (parse)
+// or by check_tree (validate): only what the composition adds is checked here.
 void check_items(const std::vector<Pattern>& items, const std::string& path, std::string_view kind,
                  bool single_branch) {
   SPATTN_REQUIRE(!items.empty(), "{}: must list at least one pattern", path);
   for (size_t k = 0; k < items.size(); ++k) {
     const std::string ip = index_path(path, k);
-    check_fields(items[k], ip);
     SPATTN_REQUIRE(!single_branch || items[k].branch_count() == 1,
                    "{}: a {} member must have a single softmax branch, but this {} pattern has {}; "
                    "combine multi-branch patterns (longnet with several segments, branches) with "
@@ -58,8 +64,9 @@ void check_items(const std::vector<Pattern>& items, const std::string& path, std
   }
 }
 
-// Checks every shape-independent constraint; `path` names the pattern in messages.
-void check_fields(const Pattern& pattern, const std::string& path) {
+// Checks the shape-independent constraints of one node, not those of the patterns it
+// contains; `path` names the pattern in messages.
+void check_node(const Pattern& pattern, const std::string& path) {
   const PatternNode& node = pattern.node();
   if (const auto* p = std::get_if<LocalWindow>(&node)) {
     require_min(p->left, 0, path + ".left");
@@ -73,11 +80,13 @@ void check_fields(const Pattern& pattern, const std::string& path) {
   } else if (const auto* p = std::get_if<DilatedSparse>(&node)) {
     require_min(p->block, 1, path + ".block");
     SPATTN_REQUIRE(!p->rates.empty(), "{}.rates: must list at least one rate", path);
+    require_count(p->rates.size(), limits::kMaxRates, path + ".rates", "rates");
     for (size_t k = 0; k < p->rates.size(); ++k) require_min(p->rates[k], 1, index_path(path + ".rates", k));
-    SPATTN_REQUIRE(p->rates.size() <= 64, "{}.rates: at most 64 rates (got {})", path, p->rates.size());
-    SPATTN_REQUIRE(p->reach >= 0 && p->reach <= 4096, "{}.reach: must be in [0, 4096] (got {})", path, p->reach);
+    SPATTN_REQUIRE(p->reach >= 0 && p->reach <= limits::kMaxReach, "{}.reach: must be in [0, {}] (got {})", path,
+                   limits::kMaxReach, p->reach);
   } else if (const auto* p = std::get_if<Hierarchical>(&node)) {
     SPATTN_REQUIRE(!p->levels.empty(), "{}.levels: must list at least one level", path);
+    require_count(p->levels.size(), limits::kMaxLevels, path + ".levels", "levels");
     for (size_t k = 0; k < p->levels.size(); ++k) {
       const std::string lp = index_path(path + ".levels", k);
       const HierarchicalLevel& l = p->levels[k];
@@ -90,6 +99,14 @@ void check_fields(const Pattern& pattern, const std::string& path) {
     SPATTN_REQUIRE(p->grid.size() >= 1 && p->grid.size() <= 3,
                    "{}.grid: must have 1, 2 or 3 dimensions (got {})", path, p->grid.size());
     for (size_t k = 0; k < p->grid.size(); ++k) require_min(p->grid[k], 1, index_path(path + ".grid", k));
+    // Each axis is at most 2^40: the running product is compared before it can overflow.
+    int64_t cells = 1;
+    for (int64_t g : p->grid) {
+      SPATTN_REQUIRE(cells <= limits::kMaxTokens / g,
+                     "{}.grid: the grid has more than 2^30 cells (at most 2^30 tokens); got {}", path,
+                     fmt::join(p->grid, " x "));
+      cells *= g;
+    }
     SPATTN_REQUIRE(p->window.size() == p->grid.size(),
                    "{}.window: {} values but grid has {} dimensions; they must pair up", path,
                    p->window.size(), p->grid.size());
@@ -111,6 +128,7 @@ void check_fields(const Pattern& pattern, const std::string& path) {
     }
   } else if (const auto* p = std::get_if<Custom>(&node)) {
     require_min(p->block, 1, path + ".block");
+    require_count(p->pairs.size(), limits::kMaxPairs, path + ".pairs", "pairs");
     for (size_t k = 0; k < p->pairs.size(); ++k) {
       const auto& [qb, kb] = p->pairs[k];
       SPATTN_REQUIRE(qb >= 0 && kb >= 0 && qb <= kMaxValue && kb <= kMaxValue,
@@ -124,6 +142,7 @@ void check_fields(const Pattern& pattern, const std::string& path) {
     SPATTN_REQUIRE(p->segments.size() == p->rates.size(),
                    "{}.segments: {} values but rates has {}; they must pair up", path, p->segments.size(),
                    p->rates.size());
+    require_count(p->segments.size(), limits::kMaxSegments, path + ".segments", "segments");
     for (size_t k = 0; k < p->segments.size(); ++k) {
       require_min(p->segments[k], 1, index_path(path + ".segments", k));
       require_min(p->rates[k], 1, index_path(path + ".rates", k));
@@ -136,22 +155,72 @@ void check_fields(const Pattern& pattern, const std::string& path) {
     check_items(p->items, path + ".branches", "branches", false);
   } else if (const auto* p = std::get_if<HeadGroups>(&node)) {
     SPATTN_REQUIRE(!p->groups.empty(), "{}.heads: must list at least one head group", path);
+    require_count(p->groups.size(), limits::kMaxHeadGroups, path + ".heads", "head groups");
     for (size_t k = 0; k < p->groups.size(); ++k) {
       const std::string gp = index_path(path + ".heads", k);
       const HeadGroup& g = p->groups[k];
       require_min(g.first, 0, gp + ".first");
       require_min(g.count, 1, gp + ".count");
       SPATTN_REQUIRE(g.pattern != nullptr, "{}.pattern: missing", gp);
-      check_fields(*g.pattern, gp + ".pattern");
     }
   }
+  const int branches = pattern.branch_count();
+  SPATTN_REQUIRE(branches <= limits::kMaxBranches,
+                 "{}: {} softmax branches (longnet segments and branches items); at most {}", path, branches,
+                 limits::kMaxBranches);
+}
+
+// The children of a node, with the path of each (for walks over the tree).
+template <class Fn>
+void for_each_child(const Pattern& pattern, const std::string& path, Fn&& fn) {
+  const PatternNode& node = pattern.node();
+  auto items = [&](const std::vector<Pattern>& v, const char* key) {
+    for (size_t k = 0; k < v.size(); ++k) fn(v[k], index_path(path + key, k));
+  };
+  if (const auto* p = std::get_if<Union>(&node)) items(p->items, ".union");
+  if (const auto* p = std::get_if<Intersect>(&node)) items(p->items, ".intersect");
+  if (const auto* p = std::get_if<Branches>(&node)) items(p->items, ".branches");
+  if (const auto* p = std::get_if<HeadGroups>(&node)) {
+    for (size_t k = 0; k < p->groups.size(); ++k) {
+      if (p->groups[k].pattern) fn(*p->groups[k].pattern, index_path(path + ".heads", k) + ".pattern");
+    }
+  }
+}
+
+// Depth and size of a pattern built in C++ (parsed ones are bounded as they are read),
+// without recursion: the walks after it may then recurse.
+void check_structure(const Pattern& pattern, const std::string& path) {
+  std::vector<std::pair<const Pattern*, int>> todo{{&pattern, 1}};
+  std::vector<std::string> paths{path};
+  int64_t terms = 0;
+  while (!todo.empty()) {
+    const Pattern* p = todo.back().first;
+    const int depth = todo.back().second;
+    const std::string here = std::move(paths.back());
+    todo.pop_back();
+    paths.pop_back();
+    SPATTN_REQUIRE(++terms <= limits::kMaxTerms, "{}: more than {} pattern nodes (leaves and compositions)", path,
+                   limits::kMaxTerms);
+    SPATTN_REQUIRE(depth <= limits::kMaxDepth, "{}: compositions nested deeper than {} levels", here,
+                   limits::kMaxDepth);
+    for_each_child(*p, here, [&](const Pattern& child, std::string child_path) {
+      todo.emplace_back(&child, depth + 1);
+      paths.push_back(std::move(child_path));
+    });
+  }
+}
+
+// check_node over the whole tree (depth-bounded by check_structure).
+void check_tree(const Pattern& pattern, const std::string& path) {
+  for_each_child(pattern, path, [](const Pattern& child, const std::string& child_path) { check_tree(child, child_path); });
+  check_node(pattern, path);
 }
 
 void check_shape(const Pattern& pattern, const Shape& shape, const std::string& path) {
   const PatternNode& node = pattern.node();
   if (const auto* p = std::get_if<Neighborhood>(&node)) {
     int64_t cells = 1;
-    for (int64_t g : p->grid) cells *= g;  // each <= 2^40 and at most 3: may exceed int64 only if absurd
+    for (int64_t g : p->grid) cells *= g;  // at most 2^30 (check_node)
     SPATTN_REQUIRE(cells == shape.nq && cells == shape.nk,
                    "{}.grid: dimensions multiply to {} but the problem has Nq = {} and Nk = {}; a "
                    "neighborhood pattern needs Nq == Nk == the product of the grid",
@@ -207,11 +276,7 @@ void check_shape(const Pattern& pattern, const Shape& shape, const std::string& 
 
 // --- JSON reading --------------------------------------------------------------------
 
-std::string describe(const json& v) {
-  std::string s = v.dump();
-  if (s.size() > 40) s = s.substr(0, 37) + "...";
-  return s;
-}
+std::string describe(const json& v) { return detail::describe_json(v); }
 
 // Reads one JSON object, remembering which keys were consumed so that unknown ones
 // can be reported.
@@ -240,10 +305,12 @@ class ObjectReader {
     const json* v = get(key);
     return v ? as_integer(*v, field(key)) : fallback;
   }
-  std::vector<int64_t> integers(const char* key) { return as_integers(require(key), field(key)); }
-  std::vector<int64_t> integers_or_empty(const char* key) {
+  std::vector<int64_t> integers(const char* key, size_t max_count) {
+    return as_integers(require(key), field(key), max_count);
+  }
+  std::vector<int64_t> integers_or_empty(const char* key, size_t max_count) {
     const json* v = get(key);
-    return v ? as_integers(*v, field(key)) : std::vector<int64_t>{};
+    return v ? as_integers(*v, field(key), max_count) : std::vector<int64_t>{};
   }
   bool causal() {
     const json* v = get("causal");
@@ -259,12 +326,15 @@ class ObjectReader {
         std::string known;
         for (const std::string& k : allowed_) known += (known.empty() ? "" : ", ") + k;
         SPATTN_FAIL(ErrorCode::kInvalidArgument, "{}.{}: unknown field for a {} pattern (allowed: {})", path_,
-                    it.key(), kind_, known);
+                    detail::printable(it.key(), 60), kind_, known);
       }
     }
   }
 
   static int64_t as_integer(const json& v, const std::string& path) {
+    // Integers beyond 2^64 reach us as floating point.
+    SPATTN_REQUIRE(!(v.is_number_float() && std::abs(v.get<double>()) >= 9.2e18),
+                   "{}: must be an integer of magnitude at most 2^40 (got {})", path, describe(v));
     SPATTN_REQUIRE(v.is_number_integer(), "{}: must be an integer (got {})", path, describe(v));
     if (v.is_number_unsigned()) {
       SPATTN_REQUIRE(v.get<uint64_t>() <= static_cast<uint64_t>(kMaxValue), "{}: must be <= 2^40 (got {})", path,
@@ -272,8 +342,9 @@ class ObjectReader {
     }
     return v.get<int64_t>();
   }
-  static std::vector<int64_t> as_integers(const json& v, const std::string& path) {
+  static std::vector<int64_t> as_integers(const json& v, const std::string& path, size_t max_count) {
     SPATTN_REQUIRE(v.is_array(), "{}: must be an array of integers (got {})", path, describe(v));
+    require_count(v.size(), max_count, path, "values");
     std::vector<int64_t> out;
     for (size_t k = 0; k < v.size(); ++k) out.push_back(as_integer(v[k], index_path(path, k)));
     return out;
@@ -286,12 +357,17 @@ class ObjectReader {
   std::vector<std::string> allowed_;
 };
 
-Pattern from_json(const json& j, const std::string& path);
+// What one parse has read so far: the pattern nodes (bounded by limits::kMaxTerms).
+struct ParseContext {
+  int64_t terms = 0;
+};
 
-std::vector<Pattern> read_items(const json& v, const std::string& path) {
+Pattern from_json(const json& j, const std::string& path, int depth, ParseContext& ctx);
+
+std::vector<Pattern> read_items(const json& v, const std::string& path, int depth, ParseContext& ctx) {
   SPATTN_REQUIRE(v.is_array(), "{}: must be an array of patterns (got {})", path, describe(v));
   std::vector<Pattern> items;
-  for (size_t k = 0; k < v.size(); ++k) items.push_back(from_json(v[k], index_path(path, k)));
+  for (size_t k = 0; k < v.size(); ++k) items.push_back(from_json(v[k], index_path(path, k), depth + 1, ctx));
   return items;
 }
 
@@ -317,13 +393,18 @@ Pattern from_preset(const std::string& name, const std::string& path) {
   for (const Preset& p : presets()) {
     if (p.name == name) return p.pattern;
   }
-  SPATTN_FAIL(ErrorCode::kInvalidArgument, "{}: unknown preset '{}' (known: {})", path, name, preset_names());
+  SPATTN_FAIL(ErrorCode::kInvalidArgument, "{}: unknown preset '{}' (known: {})", path, detail::printable(name, 60),
+              preset_names());
 }
 
-Pattern from_json(const json& j, const std::string& path) {
+Pattern from_json(const json& j, const std::string& path, int depth, ParseContext& ctx) {
   SPATTN_REQUIRE(j.is_object(),
                  "{}: a pattern must be a JSON object with \"type\" (or a composition or preset), got {}", path,
                  describe(j));
+  SPATTN_REQUIRE(depth <= limits::kMaxDepth, "{}: compositions nested deeper than {} levels", path,
+                 limits::kMaxDepth);
+  SPATTN_REQUIRE(++ctx.terms <= limits::kMaxTerms, "{}: more than {} pattern nodes (leaves and compositions)", path,
+                 limits::kMaxTerms);
   static const char* kCompositions[] = {"union", "intersect", "branches", "heads", "preset"};
   std::string form;
   for (const char* key : kCompositions) {
@@ -345,13 +426,14 @@ Pattern from_json(const json& j, const std::string& path) {
       return causal ? p.with_causal(true) : p;
     }
     auto checked = [&](Pattern p) {
-      check_fields(p, path);
+      check_node(p, path);
       return p;
     };
-    if (form == "union") return checked(Pattern(Union{read_items(v, fp)}, causal));
-    if (form == "intersect") return checked(Pattern(Intersect{read_items(v, fp)}, causal));
-    if (form == "branches") return checked(Pattern(Branches{read_items(v, fp)}, causal));
+    if (form == "union") return checked(Pattern(Union{read_items(v, fp, depth, ctx)}, causal));
+    if (form == "intersect") return checked(Pattern(Intersect{read_items(v, fp, depth, ctx)}, causal));
+    if (form == "branches") return checked(Pattern(Branches{read_items(v, fp, depth, ctx)}, causal));
     SPATTN_REQUIRE(v.is_array(), "{}: must be an array of head groups (got {})", fp, describe(v));
+    require_count(v.size(), limits::kMaxHeadGroups, fp, "head groups");
     HeadGroups groups;
     for (size_t k = 0; k < v.size(); ++k) {
       const std::string gp = index_path(fp, k);
@@ -361,7 +443,8 @@ Pattern from_json(const json& j, const std::string& path) {
       HeadGroup group;
       group.first = g.integer("first");
       group.count = g.integer("count");
-      group.pattern = std::make_shared<const Pattern>(from_json(g.require("pattern"), g.field("pattern")));
+      group.pattern =
+          std::make_shared<const Pattern>(from_json(g.require("pattern"), g.field("pattern"), depth + 1, ctx));
       g.finish();
       groups.groups.push_back(std::move(group));
     }
@@ -398,7 +481,7 @@ Pattern from_json(const json& j, const std::string& path) {
   } else if (type == "dilated_sparse") {
     DilatedSparse p;
     p.block = r.integer("block");
-    p.rates = r.integers("rates");
+    p.rates = r.integers("rates", limits::kMaxRates);
     p.reach = r.integer_or("reach", 1);
     node = p;
   } else if (type == "hierarchical") {
@@ -406,6 +489,7 @@ Pattern from_json(const json& j, const std::string& path) {
     const json& levels = r.require("levels");
     const std::string lp = r.field("levels");
     SPATTN_REQUIRE(levels.is_array(), "{}: must be an array of levels (got {})", lp, describe(levels));
+    require_count(levels.size(), limits::kMaxLevels, lp, "levels");
     for (size_t k = 0; k < levels.size(); ++k) {
       const std::string ip = index_path(lp, k);
       SPATTN_REQUIRE(levels[k].is_object(), "{}: a level is {{\"stride\": s, \"window\": w, \"block\": b}} (got {})",
@@ -421,9 +505,9 @@ Pattern from_json(const json& j, const std::string& path) {
     node = p;
   } else if (type == "neighborhood") {
     Neighborhood p;
-    p.grid = r.integers("grid");
-    p.window = r.integers("window");
-    p.dilation = r.integers_or_empty("dilation");
+    p.grid = r.integers("grid", 16);  // check_node says how many dimensions
+    p.window = r.integers("window", 16);
+    p.dilation = r.integers_or_empty("dilation", 16);
     node = p;
   } else if (type == "adaptive") {
     Adaptive p;
@@ -441,6 +525,7 @@ Pattern from_json(const json& j, const std::string& path) {
     const std::string pp = r.field("pairs");
     SPATTN_REQUIRE(pairs.is_array(), "{}: must be an array of [query block, key block] pairs (got {})", pp,
                    describe(pairs));
+    require_count(pairs.size(), limits::kMaxPairs, pp, "pairs");
     for (size_t k = 0; k < pairs.size(); ++k) {
       const std::string ip = index_path(pp, k);
       SPATTN_REQUIRE(pairs[k].is_array() && pairs[k].size() == 2,
@@ -453,17 +538,17 @@ Pattern from_json(const json& j, const std::string& path) {
     node = Butterfly{r.integer("block")};
   } else if (type == "longnet") {
     LongNet p;
-    p.segments = r.integers("segments");
-    p.rates = r.integers("rates");
+    p.segments = r.integers("segments", limits::kMaxSegments);
+    p.rates = r.integers("rates", limits::kMaxSegments);
     node = p;
   } else {
-    SPATTN_FAIL(ErrorCode::kInvalidArgument, "{}.type: unknown pattern type '{}' (known: {})", path, type,
-                kKnownTypes);
+    SPATTN_FAIL(ErrorCode::kInvalidArgument, "{}.type: unknown pattern type '{}' (known: {})", path,
+                detail::printable(type, 60), kKnownTypes);
   }
   const bool causal = r.causal();
   r.finish();
   Pattern pattern(std::move(node), causal);
-  check_fields(pattern, path);
+  check_node(pattern, path);
   return pattern;
 }
 
@@ -562,14 +647,10 @@ Pattern Pattern::parse(std::string_view text, std::string_view path_view) {
   SPATTN_REQUIRE(!s.empty(), "{}: empty; give JSON like {{\"type\": \"local_window\", \"window\": 1024}} or a "
                  "preset name ({})", path, preset_names());
   if (s.front() != '{' && s.front() != '[' && s.front() != '"') return from_preset(s, path);
-  json j;
-  try {
-    j = json::parse(s);
-  } catch (const json::parse_error& e) {
-    SPATTN_FAIL(ErrorCode::kInvalidArgument, "{}: invalid JSON: {}", path, e.what());
-  }
+  const json j = detail::parse_json_strict(s, path, {limits::kMaxJsonDepth, limits::kMaxJsonBytes});
   if (j.is_string()) return from_preset(j.get<std::string>(), path);
-  return from_json(j, path);
+  ParseContext ctx;
+  return from_json(j, path, 1, ctx);
 }
 
 std::string Pattern::to_json() const { return to_ordered(*this).dump(); }
@@ -578,8 +659,14 @@ void Pattern::validate(const Shape& shape) const {
   SPATTN_REQUIRE(shape.nq >= 1, "shape: Nq must be >= 1 (got {})", shape.nq);
   SPATTN_REQUIRE(shape.nk >= 1, "shape: Nk must be >= 1 (got {})", shape.nk);
   SPATTN_REQUIRE(shape.heads >= 1, "shape: heads must be >= 1 (got {})", shape.heads);
-  SPATTN_REQUIRE(shape.nq <= kMaxValue && shape.nk <= kMaxValue, "shape: sequence lengths must be <= 2^40");
-  check_fields(*this, "pattern");
+  if (shape.nq > limits::kMaxTokens || shape.nk > limits::kMaxTokens) {
+    SPATTN_FAIL(ErrorCode::kUnsupported, "shape: at most 2^30 tokens per sequence (got Nq = {}, Nk = {})", shape.nq,
+                shape.nk);
+  }
+  SPATTN_REQUIRE(shape.heads <= limits::kMaxHeads, "shape: heads must be <= {} (got {})", limits::kMaxHeads,
+                 shape.heads);
+  check_structure(*this, "pattern");
+  check_tree(*this, "pattern");
   check_shape(*this, shape, "pattern");
 }
 

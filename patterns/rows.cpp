@@ -231,10 +231,12 @@ struct Emitter {
   const Region& rg;
   Ivs& out;
   int64_t tlo, thi;  // token range of the clip
+  LayoutBudget* budget;
   bool unsorted = false;
 
-  Emitter(const Region& region, int64_t clo, int64_t chi, Ivs& o)
-      : rg(region), out(o), tlo(region.start + clo * region.step), thi(region.start + (chi - 1) * region.step + 1) {}
+  Emitter(const Region& region, int64_t clo, int64_t chi, Ivs& o, LayoutBudget* b)
+      : rg(region), out(o), tlo(region.start + clo * region.step), thi(region.start + (chi - 1) * region.step + 1),
+        budget(b) {}
 
   void push(int64_t lo, int64_t hi) {
     if (!out.empty()) {
@@ -270,6 +272,11 @@ struct Emitter {
     if (p.step == 1) {
       push(p.first, p.first + p.count);
       return;
+    }
+    // One interval per key: charged (and its memory checked) before it is listed.
+    if (budget != nullptr) {
+      budget->spend(static_cast<uint64_t>(p.count));
+      budget->check_scratch(static_cast<uint64_t>(p.count) * sizeof(Iv), "key intervals of one row");
     }
     for (int64_t n = 0, k = p.first; n < p.count; ++n, k += p.step) push(k, k + 1);
   }
@@ -332,8 +339,8 @@ void strip_causal(Node& n) {
 
 }  // namespace
 
-RowGen::RowGen(Node positive, std::vector<Node> excludes, const Shape& shape)
-    : positive_(std::move(positive)), excludes_(std::move(excludes)), shape_(shape) {
+RowGen::RowGen(Node positive, std::vector<Node> excludes, const Shape& shape, LayoutBudget* budget)
+    : positive_(std::move(positive)), excludes_(std::move(excludes)), shape_(shape), budget_(budget) {
   // Two scratch buffers per level of the tree, allocated once: gen() holds references
   // into them across recursive calls.
   int depth = tree_depth(positive_);
@@ -468,6 +475,7 @@ const Ivs& RowGen::row(int64_t i, const Region& region) {
         if (out.empty()) break;
         gen(e, i, region, out.front().lo, out.back().hi, tmp_, 0);
         if (tmp_.empty()) continue;
+        charge(out.size() + tmp_.size());
         iv_subtract(out, tmp_, tmp2_);
         out.swap(tmp2_);
       }
@@ -491,6 +499,7 @@ const Ivs& RowGen::row(int64_t i, const Region& region) {
     kb = std::min(region.count, keyed && above <= int64_t{0xFFFFFFFF} ? step_div_.div(above) : above / region.step);
   }
   if (keyed) {
+    charge(last_.size());
     out_.clear();
     for (const Iv& iv : last_) {
       if (iv.lo >= kb) break;
@@ -514,6 +523,7 @@ void RowGen::gen(const Node& n, int64_t i, const Region& rg, int64_t clo, int64_
   if (clo >= chi) return;
   if (is_leaf(n.kind)) {
     leaf(n, i, rg, clo, chi, out);
+    charge(out.size() + 1);
     return;
   }
   SPATTN_ASSERT(scratch_.size() >= 2 * static_cast<size_t>(depth) + 2);
@@ -524,6 +534,7 @@ void RowGen::gen(const Node& n, int64_t i, const Region& rg, int64_t clo, int64_
     for (size_t c = 1; c < n.children.size(); ++c) {
       gen(n.children[c], i, rg, clo, chi, child, depth + 1);
       if (child.empty()) continue;
+      charge(out.size() + child.size());
       iv_union(out, child, merged);
       out.swap(merged);
     }
@@ -533,6 +544,7 @@ void RowGen::gen(const Node& n, int64_t i, const Region& rg, int64_t clo, int64_
   gen(n.children[0], i, rg, clo, chi, out, depth + 1);
   for (size_t c = 1; c < n.children.size() && !out.empty(); ++c) {
     gen(n.children[c], i, rg, out.front().lo, out.back().hi, child, depth + 1);
+    charge(out.size() + child.size());
     iv_intersect(out, child, merged);
     out.swap(merged);
   }
@@ -540,7 +552,9 @@ void RowGen::gen(const Node& n, int64_t i, const Region& rg, int64_t clo, int64_
 
 void RowGen::leaf(const Node& n, int64_t i, const Region& rg, int64_t clo, int64_t chi, Ivs& out) {
   const int64_t nk = shape_.nk;
-  Emitter e(rg, clo, chi, out);
+  Emitter e(rg, clo, chi, out, budget_);
+  // A leaf is charged the intervals it produces (gen()), and loops that may produce
+  // none before it runs them.
   const PatternNode& pn = *n.leaf;
 
   // Block-level leaves: reuse the previous row's answer within the same block.
@@ -589,6 +603,7 @@ void RowGen::leaf(const Node& n, int64_t i, const Region& rg, int64_t clo, int64
       const auto& p = std::get<DilatedSparse>(pn);
       const int64_t b = p.block, qb = i / b, nb = ceil_div(nk, b);
       if (cached(qb)) return;
+      charge(2 * n.runs.size());
       // Key blocks qb - d for the distances in descending order, then qb + d ascending.
       for (size_t k = n.runs.size(); k-- > 0;) {
         const Iv& run = n.runs[k];
@@ -607,6 +622,7 @@ void RowGen::leaf(const Node& n, int64_t i, const Region& rg, int64_t clo, int64
     }
     case NodeKind::kHierarchical: {
       const auto& p = std::get<Hierarchical>(pn);
+      charge(p.levels.size());
       small_.clear();
       for (const HierarchicalLevel& l : p.levels) {
         const int64_t qb = i / l.block;
@@ -625,7 +641,7 @@ void RowGen::leaf(const Node& n, int64_t i, const Region& rg, int64_t clo, int64
     case NodeKind::kNeighborhood: {
       const auto& p = std::get<Neighborhood>(pn);
       const int dims = static_cast<int>(p.grid.size());
-      int64_t first[3], step[3], count[3], stride[3];
+      int64_t first[3] = {}, step[3] = {}, count[3] = {}, stride[3] = {};
       int64_t rest = i, s = 1;
       for (int a = dims - 1; a >= 0; --a) {
         const int64_t g = p.grid[a];
@@ -644,6 +660,7 @@ void RowGen::leaf(const Node& n, int64_t i, const Region& rg, int64_t clo, int64
       }
       // Ascending token order: outer axes first, the last axis as a progression.
       const int last = dims - 1;
+      charge(static_cast<uint64_t>(dims > 1 ? count[0] : 1) * static_cast<uint64_t>(dims > 2 ? count[1] : 1));  // lines
       auto emit_line = [&](int64_t base) {
         const int64_t t0 = base + first[last];
         e.progression(t0, step[last], t0, t0 + step[last] * (count[last] - 1) + 1);

@@ -20,6 +20,7 @@
 #include <spattn/pattern.hpp>
 
 #include "patterns/arith.hpp"
+#include "patterns/budget.hpp"
 
 // Internal to libspattn: hidden, so that the per-row calls bind directly.
 #pragma GCC visibility push(hidden)
@@ -114,7 +115,8 @@ std::optional<Node> resolve(const Pattern& pattern, const Shape& shape, int64_t 
 // rows still share the memo.
 class RowGen {
  public:
-  RowGen(Node positive, std::vector<Node> excludes, const Shape& shape);
+  // Row operations are charged to `budget` (none: free) as they are done.
+  RowGen(Node positive, std::vector<Node> excludes, const Shape& shape, LayoutBudget* budget = nullptr);
 
   // Allowed keys of query token i as rank intervals k in [0, region.count). The
   // reference stays valid until the next call.
@@ -143,6 +145,11 @@ class RowGen {
   const Ivs& unclipped_row(int64_t i, const Region& region);
   int64_t causal_rank(int64_t i, const Region& region) const { return causal_bound(i, region); }
 
+  // Charges `units` row operations (intervals produced, keys visited) to the budget.
+  void charge(uint64_t units) {
+    if (budget_ != nullptr) budget_->spend(units);
+  }
+
  private:
   void gen(const Node& n, int64_t i, const Region& rg, int64_t clo, int64_t chi, Ivs& out, int depth);
   void leaf(const Node& n, int64_t i, const Region& rg, int64_t clo, int64_t chi, Ivs& out);
@@ -152,6 +159,7 @@ class RowGen {
   Node positive_;
   std::vector<Node> excludes_;
   Shape shape_;
+  LayoutBudget* budget_ = nullptr;
   bool hoisted_causal_ = false;
   bool progression_rows_ = false;
   bool single_leaf_ = false;  // no excludes and a leaf: scalar row keys

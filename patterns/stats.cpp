@@ -7,7 +7,9 @@
 
 #include "common/check.hpp"
 #include "patterns/arith.hpp"
+#include "patterns/budget.hpp"
 #include "patterns/layout_internal.hpp"
+#include "patterns/limits.hpp"
 
 namespace spattn {
 
@@ -70,42 +72,59 @@ double periodic_work(const Pattern& p, const Shape& shape, bool in_composition) 
 // union is compiled member by member: touched tiles are the same, and a member's row
 // sets stay single progressions; full tiles are then those one member fills alone.
 void add_natural(const Pattern& pattern, bool causal, const Shape& shape, int64_t tm, int64_t tn, bool split,
-                 NaturalTables& out) {
+                 detail::LayoutBudget& budget, NaturalTables& out) {
   causal = causal || pattern.causal();
   if (const auto* u = std::get_if<Union>(&pattern.node()); u != nullptr && split) {
-    for (const Pattern& m : u->items) add_natural(m, causal, shape, tm, tn, split, out);
+    for (const Pattern& m : u->items) add_natural(m, causal, shape, tm, tn, split, budget, out);
     return;
   }
   LayoutOptions o;
   o.tile_m = tm;
   o.tile_n = tn;
   o.permute = false;
-  out.add(detail::compile_unchecked(pattern.with_causal(causal), shape, o));
+  out.add(detail::compile_budgeted(pattern.with_causal(causal), shape, o, budget));
 }
 
 // Per query tile: the key tiles any of the tables touches and those one of them lists
-// as full.
+// as full (each once, in no particular order).
 struct TileUnion {
   std::vector<int32_t> touched, full;
 };
 template <class Fn>
 void for_each_tile_union(const NaturalTables& nt, const std::vector<std::pair<size_t, size_t>>& tables, int64_t nqt,
-                         Fn&& fn) {
+                         int64_t nkt, detail::LayoutBudget& budget, Fn&& fn) {
   TileUnion u;
+  // The query tile that last listed each key tile: a tile listed by several tables is
+  // counted once without sorting.
+  std::vector<int64_t> seen_touched, seen_full;
+  if (tables.size() > 1) {
+    budget.check_scratch(2 * sizeof(int64_t) * static_cast<uint64_t>(nkt), "tile marks");
+    seen_touched.assign(static_cast<size_t>(nkt), -1);
+    seen_full.assign(static_cast<size_t>(nkt), -1);
+  }
   for (int64_t q = 0; q < nqt; ++q) {
     u.touched.clear();
     u.full.clear();
     for (const auto& [l, t] : tables) {
       const BlockTable& bt = nt.layouts[l]->tables[t];
-      const int64_t lo = bt.row_ptr[q], hi = bt.row_ptr[q + 1];
-      u.touched.insert(u.touched.end(), bt.cols.begin() + lo, bt.cols.begin() + hi);
-      u.full.insert(u.full.end(), bt.cols.begin() + lo, bt.cols.begin() + lo + bt.full_count[q]);
-    }
-    if (tables.size() > 1) {
-      std::sort(u.touched.begin(), u.touched.end());
-      u.touched.erase(std::unique(u.touched.begin(), u.touched.end()), u.touched.end());
-      std::sort(u.full.begin(), u.full.end());
-      u.full.erase(std::unique(u.full.begin(), u.full.end()), u.full.end());
+      const int64_t lo = bt.row_ptr[q], hi = bt.row_ptr[q + 1], full_end = lo + bt.full_count[q];
+      budget.spend(static_cast<uint64_t>(hi - lo));
+      if (tables.size() == 1) {
+        u.touched.assign(bt.cols.begin() + lo, bt.cols.begin() + hi);
+        u.full.assign(bt.cols.begin() + lo, bt.cols.begin() + full_end);
+        break;
+      }
+      for (int64_t c = lo; c < hi; ++c) {
+        const int32_t k = bt.cols[c];
+        if (seen_touched[k] != q) {
+          seen_touched[k] = q;
+          u.touched.push_back(k);
+        }
+        if (c < full_end && seen_full[k] != q) {
+          seen_full[k] = q;
+          u.full.push_back(k);
+        }
+      }
     }
     fn(q, u);
   }
@@ -140,20 +159,37 @@ LayoutStats layout_stats(const Pattern& pattern, const Layout& layout, int64_t h
 
   // Block density in natural order: the tiles a FlexAttention-style block mask of the
   // same tile size would visit (touched tiles are exact also member by member).
+  // One budget for the natural-order compiles and the passes over their tables.
+  LayoutOptions budget_options;
+  budget_options.tile_m = layout.tile_m;
+  budget_options.tile_n = layout.tile_n;
+  detail::LayoutBudget budget(budget_options, shape);
+  budget.set_context("the natural-order tables (natural_block_density)");
   NaturalTables natural;
   if (natural_order(layout)) {
     natural.add(layout);
   } else {
-    add_natural(pattern, false, shape, layout.tile_m, layout.tile_n, true, natural);
+    add_natural(pattern, false, shape, layout.tile_m, layout.tile_n, true, budget, natural);
   }
   const int64_t nqt = detail::ceil_div(shape.nq, layout.tile_m), nkt = detail::ceil_div(shape.nk, layout.tile_n);
   std::map<std::vector<std::pair<size_t, size_t>>, int64_t> memo;
+  {
+    // The pass below visits every listed tile of each distinct set of tables once.
+    std::map<std::vector<std::pair<size_t, size_t>>, bool> sets;
+    uint64_t visits = 0;
+    for (const auto& tables : natural.of_head) {
+      if (!sets.emplace(tables, true).second) continue;
+      for (const auto& [l, t] : tables) visits += natural.layouts[l]->tables[t].cols.size();
+    }
+    budget.check_projection(visits, 0, "tile marks");
+  }
   int64_t touched = 0;
   for (const auto& tables : natural.of_head) {
     auto it = memo.find(tables);
     if (it == memo.end()) {
       int64_t n = 0;
-      for_each_tile_union(natural, tables, nqt, [&](int64_t, const TileUnion& u) { n += static_cast<int64_t>(u.touched.size()); });
+      for_each_tile_union(natural, tables, nqt, nkt, budget,
+                          [&](int64_t, const TileUnion& u) { n += static_cast<int64_t>(u.touched.size()); });
       it = memo.emplace(tables, n).first;
     }
     touched += it->second;
@@ -164,6 +200,7 @@ LayoutStats layout_stats(const Pattern& pattern, const Layout& layout, int64_t h
   if (const auto* hier = std::get_if<Hierarchical>(&pattern.node())) {
     const int64_t shift = shape.nk - shape.nq;
     for (const HierarchicalLevel& l : hier->levels) {
+      budget.spend(static_cast<uint64_t>(shape.nq));
       int64_t pairs = 0, queries = 0;
       const int64_t s_rows = std::max<int64_t>(1, l.stride / l.block);
       for (int64_t i = 0; i < shape.nq; ++i) {
@@ -188,7 +225,8 @@ LayoutStats layout_stats(const Pattern& pattern, const Layout& layout, int64_t h
 
 std::string render_pattern(const Pattern& pattern, const Shape& shape, int64_t block, int64_t head, int max_cells) {
   SPATTN_REQUIRE(block >= 1, "show: block must be >= 1 (got {})", block);
-  SPATTN_REQUIRE(max_cells >= 1, "show: max_cells must be >= 1 (got {})", max_cells);
+  SPATTN_REQUIRE(max_cells >= 1 && max_cells <= limits::kMaxPictureCells, "show: max_cells must be in [1, {}] (got {})",
+                 limits::kMaxPictureCells, max_cells);
   SPATTN_REQUIRE(head >= 0 && head < shape.heads, "show: head must be in [0, {}) (got {})", shape.heads, head);
   pattern.validate(shape);
   const int64_t qblocks = detail::ceil_div(shape.nq, block), kblocks = detail::ceil_div(shape.nk, block);
@@ -199,12 +237,15 @@ std::string render_pattern(const Pattern& pattern, const Shape& shape, int64_t b
   // with periodic members that natural order would enumerate key by key (beyond ~10^8
   // keys) are drawn member by member; a cell that only the union fills then shows '+'.
   const int64_t cell = group * block;
+  LayoutOptions budget_options;
+  budget_options.tile_m = budget_options.tile_n = cell;
+  detail::LayoutBudget budget(budget_options, shape);
   NaturalTables natural;
-  add_natural(pattern, false, shape, cell, cell, periodic_work(pattern, shape, false) > 1e8, natural);
+  add_natural(pattern, false, shape, cell, cell, periodic_work(pattern, shape, false) > 1e8, budget, natural);
   const int64_t rows = detail::ceil_div(shape.nq, cell), cols = detail::ceil_div(shape.nk, cell);
   std::vector<std::string> grid(static_cast<size_t>(rows), std::string(static_cast<size_t>(cols), '.'));
   int64_t active = 0;
-  for_each_tile_union(natural, natural.of_head[head], rows, [&](int64_t q, const TileUnion& u) {
+  for_each_tile_union(natural, natural.of_head[head], rows, cols, budget, [&](int64_t q, const TileUnion& u) {
     for (int32_t k : u.touched) grid[q][k] = '+';
     for (int32_t k : u.full) grid[q][k] = '#';
     active += static_cast<int64_t>(u.touched.size());

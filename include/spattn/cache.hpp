@@ -9,10 +9,18 @@
 // kept under a byte limit by evicting the least recently used entries, judged by a stamp
 // the cache itself writes into each entry on every hit.
 //
+// The cache only uses a directory that no other user can write to (like ssh and
+// ~/.ssh): the directory, its kernels/ and locks/, and every entry must belong to this
+// user (or root) and not be group- or world-writable. Archives can be signed (Ed25519)
+// and imports restricted to trusted signers.
+//
 // Environment (read by CacheConfig::from_env):
-//   SPATTN_CACHE_DIR        cache directory; else $XDG_CACHE_HOME/spattn; else ~/.cache/spattn
-//   SPATTN_CACHE_MAX_BYTES  size limit: bytes, or with a K/M/G/T suffix (binary); 0 = no limit
-//   SPATTN_DISABLE_CACHE    1/true/yes/on: no disk cache, every request compiles, nothing written
+//   SPATTN_CACHE_DIR           cache directory; else $XDG_CACHE_HOME/spattn; else ~/.cache/spattn
+//   SPATTN_CACHE_MAX_BYTES     size limit: bytes, or with a K/M/G/T suffix (binary); 0 = no limit
+//   SPATTN_DISABLE_CACHE       1/true/yes/on: no disk cache, every request compiles, nothing written
+//   SPATTN_CACHE_ALLOW_SHARED  1/true/yes/on: accept a directory (and entries) others can write to
+//   SPATTN_CACHE_TRUSTED_KEYS  ':'-separated Ed25519 public keys (PEM files): import only archives
+//                              signed by one of them
 #pragma once
 
 #include <chrono>
@@ -20,6 +28,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <iosfwd>
 #include <map>
 #include <memory>
 #include <optional>
@@ -72,6 +81,9 @@ struct CacheConfig {
   std::filesystem::path dir;                  // the cache directory (created on first write)
   std::uint64_t max_bytes = kDefaultMaxBytes;  // 0 = no limit
   bool disabled = false;                       // get_or_compile always compiles, writes nothing
+  bool allow_shared_dir = false;               // accept a directory other users can write to
+  double lock_timeout_s = 300;                 // give up waiting for another compile of a key
+  std::vector<std::filesystem::path> trusted_keys;  // import only archives signed by one of these
 
   // Reads the environment variables above. Throws kInvalidArgument naming the variable on
   // a malformed value, or when no directory can be determined (no HOME).
@@ -90,6 +102,10 @@ struct CacheLookup {
   std::string key;
   CompiledKernel kernel;
   bool hit = false;
+  // The entry is in the cache directory after the call (a hit, or written). False when
+  // the cache is disabled, not writable, refused (see CacheConfig) or the write failed:
+  // commands whose job is to fill the cache fail on it.
+  bool stored = false;
 };
 
 // One cache file, as listed (list() reads headers and manifests, not the whole file;
@@ -114,6 +130,7 @@ struct CacheStats {
   std::uint64_t max_bytes = 0;
   bool disabled = false;
   CacheCounters counters;  // of this instance
+  std::string problem;     // why the directory cannot be used (empty when it can)
 };
 
 // A cache file (or archive entry) that is not usable, and why.
@@ -121,6 +138,7 @@ struct CacheProblem {
   std::string key;  // from the file name (may be empty for foreign names)
   std::filesystem::path path;
   std::string reason;
+  bool removed = false;  // verify(): deleted (false: kept, or the deletion failed: see reason)
 };
 
 struct VerifyReport {
@@ -141,7 +159,31 @@ struct ExportReport {
   std::size_t exported = 0;
   std::uint64_t bytes = 0;             // archive size
   std::vector<CacheProblem> skipped;   // bad entries left out
+  std::string signer;                  // fingerprint of the signing key ("" if unsigned)
 };
+
+// Called with (done, total) as a long operation goes; may be empty.
+using CacheProgress = std::function<void(std::size_t done, std::size_t total)>;
+
+struct ExportOptions {
+  std::function<bool(const CacheEntry&)> filter;  // entries to export (all if empty)
+  std::filesystem::path signing_key;  // Ed25519 private key (PEM) to sign the archive with
+  CacheProgress progress;
+};
+
+struct ImportOptions {
+  // Import only archives signed by one of these Ed25519 public keys (PEM), in addition
+  // to CacheConfig::trusted_keys; with none configured anywhere, unsigned archives are
+  // accepted (a signature, if present, is still checked).
+  std::vector<std::filesystem::path> trusted_keys;
+  CacheProgress progress;
+};
+
+// Writes a new Ed25519 key pair for signing archives: the private key (PEM, mode 0600)
+// and the public key (PEM) that importers trust. Throws kIo; refuses to overwrite.
+void generate_signing_key(const std::filesystem::path& private_key, const std::filesystem::path& public_key);
+// "SHA256:<16 hex digits>" of a public key file (PEM), as reports show signers.
+std::string key_fingerprint(const std::filesystem::path& public_key);
 
 enum class ImportStatus {
   kAdded,    // written to the cache
@@ -161,11 +203,11 @@ struct ImportResult {
 struct ImportReport {
   std::vector<ImportResult> entries;
   std::uint64_t evictions = 0;  // entries evicted afterwards to respect the byte limit
+  std::string signer;           // fingerprint of the key that signed the archive ("" if unsigned)
+  bool signer_trusted = false;  // the signer is one of the trusted keys
   std::size_t count(ImportStatus status) const;
 };
 
-// Called with (done, total) as a long operation goes; may be empty.
-using CacheProgress = std::function<void(std::size_t done, std::size_t total)>;
 using CacheFilter = std::function<bool(const CacheEntry&)>;
 
 class KernelCache {
@@ -201,26 +243,41 @@ class KernelCache {
   // deleted. Counts as recovered.
   bool remove(const std::string& key, const std::string& reason);
 
-  // Maintenance. These work on the directory whether or not the cache is disabled.
+  // Whether a good entry for `key` is in the directory (full check).
+  bool contains(const std::string& key) const;
+  // Creates the directories and checks that an entry can be written there; throws kIo
+  // saying why not (not writable, refused as shared, disabled).
+  void ensure_writable();
+
+  // Maintenance. These work on the directory whether or not the cache is disabled, and
+  // throw kIo when it cannot be read (a missing directory is an empty cache) or is
+  // refused because other users can write to it.
   std::vector<CacheEntry> list() const;  // most recently used first
-  CacheStats stat() const;
-  // Reads every entry completely (magic, format version, sizes, checksum, manifest vs
-  // key); bad ones are reported and, if remove_bad, deleted. Stale temp files (from a
-  // writer that died) are removed.
+  CacheStats stat() const;               // never throws for the directory: see problem
+  // Reads every entry completely (type, magic, format version, sizes, checksum, manifest
+  // fields vs key); bad ones are reported and, if remove_bad, deleted (a directory or
+  // FIFO in place of an entry too). Stale temp files (from a writer that died) are removed.
   VerifyReport verify(bool remove_bad = true, const CacheProgress& progress = {});
   // Evicts least recently used entries until the directory holds at most max_bytes.
   PruneReport prune(std::uint64_t max_bytes);
-  // Deletes every entry, lock and temp file; returns the number of entries deleted.
+  // Deletes every entry, temp file and stale lock file (locks held by a compile in
+  // progress stay); returns the number of entries deleted. Throws kIo if any could not be.
   std::size_t clear();
 
-  // Writes the good entries accepted by `filter` (all if empty) into one archive file
-  // (atomically). Bad entries are skipped and reported.
+  // Writes the good entries accepted by the filter (all if none) into one archive file,
+  // atomically (a link is followed and stays a link; a target that is not a regular
+  // file is refused with kInvalidArgument). Bad entries are skipped and reported.
+  ExportReport export_archive(const std::filesystem::path& archive, const ExportOptions& options) const;
   ExportReport export_archive(const std::filesystem::path& archive, const CacheFilter& filter = {},
                               const CacheProgress& progress = {}) const;
-  // Verifies the archive as a whole (throws kCorrupt if it is not a valid archive, kIo if
-  // it cannot be read), then adds each entry that this build can use. Entries written by
-  // another NVRTC, spattn or format version, or that fail their own checks, are rejected
-  // with a reason.
+  // The same archive onto a stream (e.g. standard output); throws kIo if writing fails.
+  ExportReport export_archive(std::ostream& out, const ExportOptions& options) const;
+  // Verifies the archive as a whole (throws kCorrupt if it is not a valid archive, its
+  // signature does not verify, or trusted keys are configured and it is not signed by
+  // one; kIo if it cannot be read), then adds each entry that this build can use.
+  // Entries written by another NVRTC, spattn or format version, with a manifest field
+  // this build would not write, or that fail their own checks, are rejected with a reason.
+  ImportReport import_archive(const std::filesystem::path& archive, const ImportOptions& options);
   ImportReport import_archive(const std::filesystem::path& archive, const CacheProgress& progress = {});
 
  private:

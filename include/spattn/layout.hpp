@@ -33,6 +33,11 @@ struct LayoutOptions {
   int64_t tile_n = 64;   // key tile
   bool permute = true;   // allow token permutations; false: natural order everywhere
   ScheduleOrder schedule = ScheduleOrder::kRowMajor;
+  // Budgets of the compile (never change results; patterns/README.md "Limits"). 0: from
+  // SPATTN_LAYOUT_MAX_BYTES / SPATTN_LAYOUT_MAX_WORK, else half the physical memory (at
+  // most 32 GiB) and ~10 s of host work.
+  uint64_t max_bytes = 0;  // host memory of the layout and the scratch that builds it
+  uint64_t max_work = 0;   // row operations (key intervals produced, keys visited)
 };
 
 // One softmax domain: key j is allowed for query i of head h iff pattern.allowed_in_branch
@@ -117,8 +122,10 @@ struct Layout {
 };
 
 // Compiles the layout. Throws kInvalidArgument for an invalid pattern/shape/tile (tiles
-// in [1, 4096]) and kUnsupported for adaptive patterns (their tables are built on the
-// GPU) or sequences over 2^30 tokens. Cost O(rows x row intervals + listed tiles) on one
+// in [1, 4096], at most 2^31 tiles per table) and kUnsupported for adaptive patterns
+// (their tables are built on the GPU), sequences over 2^30 tokens, and layouts that
+// would need more host memory or work than the options' budgets allow (the message
+// says which, and how to raise it). Cost O(rows x row intervals + listed tiles) on one
 // thread; table memory O(listed tiles + permuted tokens).
 //
 // Token orders (with permute): LongNet branches group each segment's residue-o tokens

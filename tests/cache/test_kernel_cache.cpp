@@ -287,9 +287,20 @@ TEST(KernelCache, PathInsideAFileStillCompiles) {
   spit(dir.path() / "file", "x");
   KernelCache cache(config_in(dir.path() / "file" / "cache"));
   CountingCompiler compiler;
-  EXPECT_FALSE(cache.get_or_compile(fake_manifest("k"), compiler.fn()).hit);
+  const CacheLookup r = cache.get_or_compile(fake_manifest("k"), compiler.fn());
+  EXPECT_FALSE(r.hit);
+  EXPECT_FALSE(r.stored) << "nothing can be stored below a file";
   EXPECT_EQ(compiler.calls, 1);
-  EXPECT_TRUE(cache.list().empty());
+  // Maintenance says why the directory cannot be used instead of listing nothing.
+  try {
+    cache.list();
+    ADD_FAILURE() << "list() of a cache below a file should fail";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kIo);
+    EXPECT_NE(std::string(e.what()).find("Not a directory"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(cache.stat().problem.empty());
+  EXPECT_THROW(cache.ensure_writable(), Error);
 }
 
 // --- eviction --------------------------------------------------------------------------
