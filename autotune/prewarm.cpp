@@ -1,5 +1,7 @@
 #include "autotune/prewarm.hpp"
 
+#include "common/json.hpp"
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -75,12 +77,8 @@ std::vector<int64_t> int_list(const json& v, const std::string& path) {
 
 Manifest Manifest::parse(std::string_view text) {
   const std::string root = "manifest";
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    bad(root, fmt::format("not valid JSON ({})", e.what()));
-  }
+  // Strict: duplicate keys, overflowing numbers and deep nesting are refused by path.
+  const json j = detail::parse_json_strict(text, root);
   if (!j.is_object()) bad(root, "must be a JSON object with archs, dtypes, head_dims and entries");
   only_fields(j, root, {"archs", "dtypes", "head_dims", "entries"});
 

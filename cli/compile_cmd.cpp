@@ -36,7 +36,7 @@ void register_compile(CLI::App& app) {
   cmd->add_option("--config", args->config,
                   "kernel config, e.g. 128x64w4s2 or sm90:128x128s2 (default: the heuristic's for a typical GPU of the arch)");
   cmd->add_option("--seq", args->seq, "sequence length used to derive the layout parts (default: 16384 or the grid size)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd->add_option("--out", args->out,
                   "also write each program's generated source (.cu), CUBIN (.cubin, for cuobjdump -sass) and NVRTC log "
                   "(.log) into this directory");
@@ -71,6 +71,9 @@ void register_compile(CLI::App& app) {
     for (const auto* r : {&rendered, &support}) {
       const auto t0 = std::chrono::steady_clock::now();
       const CacheLookup found = engine::compile_cached(*r, args->arch);
+      if (!found.stored)
+        throw Error(ErrorCode::kIo, fmt::format("{} could not be stored in the kernel cache '{}'", r->program_name,
+                                                KernelCache::instance().config().dir.string()));
       const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       progress.advance();
       if (!args->out.empty()) {

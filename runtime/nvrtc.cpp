@@ -8,6 +8,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
+#include <mutex>
 #include <regex>
 #include <sstream>
 
@@ -35,7 +37,17 @@ std::string nvrtc_version() {
 }
 
 std::string cuda_home() {
-  if (const char* env = std::getenv("SPATTN_CUDA_HOME"); env && *env) return env;
+  if (const char* env = std::getenv("SPATTN_CUDA_HOME"); env && *env) {
+    static std::once_flag warned;
+    std::call_once(warned, [&] {
+      std::error_code ec;
+      if (!std::filesystem::is_directory(std::string(env) + "/include", ec))
+        log::warn("SPATTN_CUDA_HOME={} has no include/ directory: NVRTC will not find the CUDA headers there "
+                  "(unset it to use the toolkit found at build time, {})",
+                  env, SPATTN_CUDA_HOME_DEFAULT);
+    });
+    return env;
+  }
   return SPATTN_CUDA_HOME_DEFAULT;
 }
 

@@ -56,6 +56,22 @@ TEST(PrewarmManifest, ParsesAndFillsDefaults) {
   EXPECT_EQ(p.entries[0].heads, 16);
 }
 
+TEST(PrewarmManifest, StrictJson) {
+  auto message = [](const std::string& text) {
+    try {
+      Manifest::parse(text);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      return std::string(e.what());
+    }
+    ADD_FAILURE() << "accepted " << text;
+    return std::string();
+  };
+  EXPECT_NE(message(R"({"archs": ["sm_80"], "archs": ["sm_90a"]})").find("manifest.archs"), std::string::npos);
+  EXPECT_NE(message(R"({"head_dims": [1e400]})").find("manifest.head_dims"), std::string::npos);
+  EXPECT_NE(message(std::string(200, '[') + std::string(200, ']')).find("manifest"), std::string::npos);
+}
+
 TEST(PrewarmManifest, ErrorsNameTheField) {
   const std::vector<BadManifest> cases = {
       {R"({"archs": null})", "manifest.archs", "is required"},

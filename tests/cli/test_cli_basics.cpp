@@ -4,6 +4,8 @@
 // `bench` and `demo` on a host without a GPU.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include <nlohmann/json.hpp>
 
 #include <sstream>
@@ -150,6 +152,27 @@ TEST_F(CliBasics, CompileFillsTheCacheThenHits) {
   const CommandResult ls = spattn("--json cache ls");
   ASSERT_EQ(ls.status, 0) << describe(ls);
   EXPECT_NE(ls.out.find(first["kernels"][0].value("key", "?")), std::string::npos) << describe(ls);
+}
+
+TEST_F(CliBasics, CompileOutWritesSourceCubinAndLogAndRefusesBadSizes) {
+  const auto out = dir_.path() / "out";
+  const CommandResult r = spattn(std::string("compile --pattern dense --seq 512 --heads 2 --arch sm_90a --config "
+                                             "sm90:128x128s2 --out ") + out.string());
+  ASSERT_EQ(r.status, 0) << describe(r);
+  int cu = 0, cubin = 0, log = 0;
+  for (const auto& e : std::filesystem::directory_iterator(out)) {
+    const std::string ext = e.path().extension().string();
+    const auto bytes = std::filesystem::file_size(e.path());
+    cu += ext == ".cu" && bytes > 0;
+    cubin += ext == ".cubin" && bytes > 0;
+    log += ext == ".log";
+  }
+  EXPECT_EQ(cu, 2) << "the forward kernel and the support kernels";
+  EXPECT_EQ(cubin, 2);
+  EXPECT_EQ(log, 2);
+  const CommandResult neg = spattn(std::string("compile --pattern ") + kWindow + " --seq -1");
+  EXPECT_EQ(neg.status, 2) << describe(neg);
+  expect_one_line_reason(neg, {"--seq"});
 }
 
 TEST_F(CliBasics, CompileForAnUnsupportedArchNamesTheSupportedOnes) {
