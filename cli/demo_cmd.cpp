@@ -11,7 +11,9 @@
 #include <iostream>
 
 #include "cli/cli.hpp"
+#include "autotune/search_space.hpp"
 #include "engine/forward.hpp"
+#include "engine/select.hpp"
 #include "engine/jit.hpp"
 #include "engine/reference.hpp"
 #include "runtime/device.hpp"
@@ -52,13 +54,17 @@ void register_demo(CLI::App& app) {
         {"sliding window 1024", R"({"type":"local_window","window":1024})"},
     };
     const bool gpu = runtime::has_gpu();
+    // With --json the readable lines go to stderr and one JSON object to stdout.
+    std::ostream& text = globals().json ? std::cerr : std::cout;
     std::string arch = "sm_90a";
+    runtime::DeviceInfo device = autotune::typical_device(arch);
     if (gpu) {
       const auto info = runtime::device_info(runtime::current_device());
       arch = info.arch();
-      std::cout << fmt::format("GPU: {} ({}, {} SMs)\n", info.name, arch, info.sm_count);
+      device = info;
+      text << fmt::format("GPU: {} ({}, {} SMs)\n", info.name, arch, info.sm_count);
     } else {
-      std::cout << "GPU: none (" << runtime::no_gpu_reason() << ")\n"
+      text << "GPU: none (" << runtime::no_gpu_reason() << ")\n"
                 << "     kernels are compiled for " << arch << " into the cache; nothing can run here.\n";
     }
     const int64_t n = args->seq, H = args->heads, D = 128;
@@ -70,14 +76,14 @@ void register_demo(CLI::App& app) {
       problem.heads = problem.kv_heads = H;
       problem.head_dim = D;
       problem.dtype = DType::kBFloat16;
-      std::cout << "\n== " << c.name << ", " << n << " tokens, " << H << " heads, head dim 128, bf16\n";
+      text << "\n== " << c.name << ", " << n << " tokens, " << H << " heads, head dim 128, bf16\n";
 
       // Layout and kernel source for the configuration the library would choose.
-      KernelConfig config;
+      const KernelConfig config = engine::heuristic(pattern, problem, device).config;
       const auto t_layout = std::chrono::steady_clock::now();
       const Layout layout = compile_layout(pattern, problem.shape(), config.layout_options());
       const LayoutStats stats = layout_stats(pattern, layout, D);
-      std::cout << fmt::format("layout:  {:.1f} ms; density {:.4f} ({} active tiles of {}, {} full)\n",
+      text << fmt::format("layout:  {:.1f} ms; density {:.4f} ({} active tiles of {}, {} full)\n",
                                ms_since(t_layout), stats.density, stats.active_tiles, stats.total_tiles,
                                stats.full_tiles);
       const auto rendered = engine::render_kernel(layout, config, problem, arch);
@@ -88,17 +94,17 @@ void register_demo(CLI::App& app) {
       engine::compile_cached(rendered, arch);  // now a hit: timed
       const double second_ms = ms_since(t_second);
       if (first.hit)
-        std::cout << fmt::format("compile: cache hit in {:.2f} ms (NVRTC took {:.0f} ms when it was compiled)\n",
+        text << fmt::format("compile: cache hit in {:.2f} ms (NVRTC took {:.0f} ms when it was compiled)\n",
                                  first_ms, first.kernel.compile_ms);
       else
-        std::cout << fmt::format("compile: cold NVRTC compile {:.0f} ms, then cache hit {:.2f} ms\n", first_ms,
+        text << fmt::format("compile: cold NVRTC compile {:.0f} ms, then cache hit {:.2f} ms\n", first_ms,
                                  second_ms);
-      std::cout << fmt::format("kernel:  {} ({} registers, {} bytes spilled)\n", rendered.program_name,
+      text << fmt::format("kernel:  {} ({} registers, {} bytes spilled)\n", rendered.program_name,
                                first.kernel.registers, first.kernel.local_bytes);
-      nlohmann::json entry = {{"case", c.name}, {"cold_compile", !first.hit}, {"first_ms", first_ms},
+      nlohmann::json entry = {{"case", c.name}, {"config", config.to_string()}, {"cold_compile", !first.hit}, {"first_ms", first_ms},
                               {"hit_ms", second_ms}, {"density", stats.density}};
       if (!gpu) {
-        std::cout << "run:     skipped: no GPU on this machine\n";
+        text << "run:     skipped: no GPU on this machine\n";
         report.push_back(entry);
         continue;
       }
@@ -128,7 +134,7 @@ void register_demo(CLI::App& app) {
         lse.download(lse_out.data(), lse_out.size() * 4);
         const auto cmp = engine::compare(out, DType::kBFloat16, lse_out, ref);
         const bool ok = cmp.nonfinite == 0 && cmp.lse_mismatch == 0 && cmp.rel_l2_err < 1e-2;
-        std::cout << fmt::format("check:   {} vs fp32 reference ({} heads): {}\n", ok ? "PASS" : "FAIL",
+        text << fmt::format("check:   {} vs fp32 reference ({} heads): {}\n", ok ? "PASS" : "FAIL",
                                  small.heads, cmp.to_string());
         entry["check_ok"] = ok;
         entry["rel_l2_err"] = cmp.rel_l2_err;
@@ -159,13 +165,13 @@ void register_demo(CLI::App& app) {
       std::sort(times.begin(), times.end());
       const double med = times[times.size() / 2];
       const double flops = 4.0 * D * attn.explanation().stats.allowed_pairs_total;
-      std::cout << fmt::format("run:     {:.3f} ms median of {}, {:.0f} useful TFLOP/s ({})\n", med, args->reps,
+      text << fmt::format("run:     {:.3f} ms median of {}, {:.0f} useful TFLOP/s ({})\n", med, args->reps,
                                flops / med / 1e9, attn.explanation().config.to_string());
       entry["ms"] = med;
       entry["tflops"] = flops / med / 1e9;
       report.push_back(entry);
     }
-    if (globals().json) print_json(report);
+    if (globals().json) print_json({{"gpu", gpu}, {"arch", arch}, {"cases", report}});
   });
 }
 
