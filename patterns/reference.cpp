@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <cmath>
 #include <limits>
 #include <thread>
 
 #include "common/check.hpp"
+#include "patterns/workers.hpp"
 
 namespace spattn {
 
@@ -28,6 +30,22 @@ bool contains_adaptive(const Pattern& p) {
 }
 
 }  // namespace
+
+namespace detail {
+
+void run_workers(int threads, int64_t max_useful, const std::function<void()>& work) {
+  int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  n = static_cast<int>(std::min<int64_t>(n, max_useful));
+  if (n <= 1) {
+    work();
+    return;
+  }
+  std::vector<std::thread> pool;
+  for (int t = 0; t < n; ++t) pool.emplace_back(work);
+  for (std::thread& t : pool) t.join();
+}
+
+}  // namespace detail
 
 void reference_attention(const Pattern& pattern, const Shape& shape, int64_t batch, int64_t kv_heads,
                          int64_t head_dim, const float* q, const float* k, const float* v, double scale,
@@ -100,15 +118,7 @@ void reference_attention(const Pattern& pattern, const Shape& shape, int64_t bat
       }
     }
   };
-  int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  n = static_cast<int>(std::min<int64_t>(n, (rows + 15) / 16));
-  if (n <= 1) {
-    work();
-    return;
-  }
-  std::vector<std::thread> pool;
-  for (int t = 0; t < n; ++t) pool.emplace_back(work);
-  for (std::thread& t : pool) t.join();
+  detail::run_workers(threads, (rows + 15) / 16, work);
 }
 
 }  // namespace spattn

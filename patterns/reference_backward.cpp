@@ -4,9 +4,9 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
-#include <thread>
 
 #include "common/check.hpp"
+#include "patterns/workers.hpp"
 
 namespace spattn {
 
@@ -68,15 +68,7 @@ void reference_attention_backward(const Pattern& pattern, const Shape& shape, in
       }
     }
   };
-  int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  n = static_cast<int>(std::min<int64_t>(n, slices));
-  if (n <= 1) {
-    work();
-    return;
-  }
-  std::vector<std::thread> pool;
-  for (int t = 0; t < n; ++t) pool.emplace_back(work);
-  for (std::thread& t : pool) t.join();
+  detail::run_workers(threads, slices, work);
 }
 
 }  // namespace spattn

@@ -58,6 +58,16 @@ struct Backward {
     }
   }
 
+  // The A fragment of k-step kk (16 query columns) from accumulators laid out as Sᵀ
+  // (n8 tiles of query columns): the accumulator layout of two n8 tiles is the A
+  // fragment layout of one k16 step.
+  static __device__ __forceinline__ void pack_a(const float (&acc)[kNTilesQ][4], int kk, uint32_t (&a)[4]) {
+    a[0] = pack2<kBf16>(acc[2 * kk][0], acc[2 * kk][1]);
+    a[1] = pack2<kBf16>(acc[2 * kk][2], acc[2 * kk][3]);
+    a[2] = pack2<kBf16>(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+    a[3] = pack2<kBf16>(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+  }
+
   static __device__ void run(const SpattnBwdParams& p) {
     extern __shared__ __align__(128) unsigned char smem_raw[];
     const uint32_t ks = smem_addr(smem_raw);
@@ -176,10 +186,7 @@ struct Backward {
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk) {
         uint32_t a[4];
-        a[0] = pack2<kBf16>(acc_s[2 * kk][0], acc_s[2 * kk][1]);
-        a[1] = pack2<kBf16>(acc_s[2 * kk][2], acc_s[2 * kk][3]);
-        a[2] = pack2<kBf16>(acc_s[2 * kk + 1][0], acc_s[2 * kk + 1][1]);
-        a[3] = pack2<kBf16>(acc_s[2 * kk + 1][2], acc_s[2 * kk + 1][3]);
+        pack_a(acc_s, kk, a);
 #pragma unroll
         for (int dp = 0; dp < D / 16; ++dp) {
           uint32_t bf[4];
@@ -214,10 +221,7 @@ struct Backward {
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk) {
         uint32_t a[4];
-        a[0] = pack2<kBf16>(acc_ds[2 * kk][0], acc_ds[2 * kk][1]);
-        a[1] = pack2<kBf16>(acc_ds[2 * kk][2], acc_ds[2 * kk][3]);
-        a[2] = pack2<kBf16>(acc_ds[2 * kk + 1][0], acc_ds[2 * kk + 1][1]);
-        a[3] = pack2<kBf16>(acc_ds[2 * kk + 1][2], acc_ds[2 * kk + 1][3]);
+        pack_a(acc_ds, kk, a);
         const int row = warp * 16 + lane / 4;
         const int col = kk * 16 + (lane % 4) * 2;
         *reinterpret_cast<uint32_t*>(ds_ptr + row * kDsRow + col) = a[0];

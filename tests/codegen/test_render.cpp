@@ -7,6 +7,7 @@
 
 #include "codegen/kernel_spec.hpp"
 #include "runtime/nvrtc.hpp"
+#include "tests/codegen/nvrtc_compile.hpp"
 #include "templates/embedded.hpp"
 
 namespace spattn {
@@ -25,12 +26,7 @@ codegen::KernelSpec spec_for(const char* json, int head_dim, DType dtype, const 
 }
 
 runtime::CompiledProgram compile(const codegen::RenderedKernel& r, const std::string& arch) {
-  runtime::Program prog;
-  prog.name = r.program_name;
-  prog.source = r.source;
-  prog.headers = r.headers;
-  prog.arch = arch;
-  return runtime::compile(prog);
+  return test::compile_rendered(r, arch);
 }
 
 TEST(Render, SourceNamesItsSpecAndIsDeterministic) {

@@ -12,17 +12,13 @@
 
 #include "engine/forward.hpp"
 #include "runtime/nvrtc.hpp"
+#include "tests/codegen/nvrtc_compile.hpp"
 
 namespace spattn {
 namespace {
 
 runtime::CompiledProgram compile_for(const codegen::RenderedKernel& r, const std::string& arch) {
-  runtime::Program prog;
-  prog.name = r.program_name;
-  prog.source = r.source;
-  prog.headers = r.headers;
-  prog.arch = arch;
-  return runtime::compile(prog);
+  return test::compile_rendered(r, arch);
 }
 
 codegen::RenderedKernel render(const char* json, int64_t n, int head_dim, DType dtype, const KernelConfig& c,

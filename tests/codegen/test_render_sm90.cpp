@@ -19,18 +19,14 @@
 #include "engine/forward.hpp"
 #include "engine/select.hpp"
 #include "runtime/nvrtc.hpp"
+#include "tests/codegen/nvrtc_compile.hpp"
 #include "tests/support/test_support.hpp"
 
 namespace spattn {
 namespace {
 
 runtime::CompiledProgram compile(const codegen::RenderedKernel& r, const std::string& arch) {
-  runtime::Program prog;
-  prog.name = r.program_name;
-  prog.source = r.source;
-  prog.headers = r.headers;
-  prog.arch = arch;
-  return runtime::compile(prog);
+  return test::compile_rendered(r, arch);
 }
 
 engine::Problem problem_of(int64_t n, int64_t heads, int64_t head_dim, DType dtype = DType::kBFloat16) {
