@@ -16,7 +16,7 @@
 #include "autotune/prewarm.hpp"
 #include "autotune/tuner.hpp"
 #include "cli/cli.hpp"
-#include "runtime/nvrtc.hpp"
+#include "api/tools.hpp"
 
 namespace spattn::cli {
 
@@ -130,7 +130,7 @@ void register_autotune(CLI::App& app) {
     if (args->budget < 0) throw UsageError("--budget-seconds must be >= 0");
     if (args->reps < 20) throw UsageError(fmt::format("--reps must be at least 20 (got {})", args->reps));
     if (args->dry_run && args->compile_only) throw UsageError("--dry-run and --compile-only exclude each other");
-    if (!args->arch.empty()) runtime::check_arch(args->arch);
+    if (!args->arch.empty()) tools::check_arch(args->arch);
 
     // The problems: one from the flags, or every entry x seq x dtype x head dim of a manifest.
     struct Job {

@@ -7,10 +7,8 @@
 #include <algorithm>
 #include <iostream>
 
+#include "api/tools.hpp"
 #include "cli/cli.hpp"
-#include "engine/reference.hpp"
-#include "runtime/device.hpp"
-#include "runtime/driver.hpp"
 
 namespace spattn::cli {
 
@@ -43,40 +41,30 @@ void register_bench(CLI::App& app) {
     AttentionOptions opts;
     if (!args->config.empty()) opts.config = KernelConfig::parse(args->config);
     Attention attn(pattern, opts);
-    if (!runtime::has_gpu()) throw Error(ErrorCode::kNoGpu, "spattn bench needs a GPU: " + runtime::no_gpu_reason());
+    if (!tools::has_gpu()) throw Error(ErrorCode::kNoGpu, "spattn bench needs a GPU: " + tools::no_gpu_reason());
     // Plan first: invalid shapes and unsupported head dims fail before any allocation.
     attn.prepare(args->batch, args->seq, nk, args->heads, hkv, args->head_dim, dtype);
 
-    const int64_t q_elems = args->batch * args->seq * args->heads * args->head_dim;
-    const int64_t kv_elems = args->batch * nk * hkv * args->head_dim;
-    constexpr int kSets = 3;
-    std::vector<runtime::DeviceBuffer> q, k, v;
+    constexpr int kSets = 3;  // inputs rotate over three sets, so repeated runs do not time the L2
+    std::vector<tools::DeviceTensor> q, k, v;
     for (int s = 0; s < kSets; ++s) {
-      q.emplace_back(q_elems * 2);
-      k.emplace_back(kv_elems * 2);
-      v.emplace_back(kv_elems * 2);
-      engine::fill_random(q.back().data(), q_elems, dtype, 3 * s + 1);
-      engine::fill_random(k.back().data(), kv_elems, dtype, 3 * s + 2);
-      engine::fill_random(v.back().data(), kv_elems, dtype, 3 * s + 3);
+      q.emplace_back(dtype, std::vector<int64_t>{args->batch, args->seq, args->heads, args->head_dim});
+      k.emplace_back(dtype, std::vector<int64_t>{args->batch, nk, hkv, args->head_dim});
+      v.emplace_back(dtype, std::vector<int64_t>{args->batch, nk, hkv, args->head_dim});
+      q.back().fill_random(3 * s + 1);
+      k.back().fill_random(3 * s + 2);
+      v.back().fill_random(3 * s + 3);
     }
-    runtime::DeviceBuffer o(q_elems * 2);
-    auto qv = [&](const runtime::DeviceBuffer& b) {
-      return TensorView::contiguous(b.data(), dtype, {args->batch, args->seq, args->heads, args->head_dim});
-    };
-    auto kvv = [&](const runtime::DeviceBuffer& b) {
-      return TensorView::contiguous(b.data(), dtype, {args->batch, nk, hkv, args->head_dim});
-    };
-    for (int w = 0; w < 3; ++w) attn.forward(qv(q[w % kSets]), kvv(k[w % kSets]), kvv(v[w % kSets]), qv(o));
-    runtime::synchronize();
+    const tools::DeviceTensor o(dtype, {args->batch, args->seq, args->heads, args->head_dim});
+    for (int w = 0; w < 3; ++w) attn.forward(q[w % kSets].view(), k[w % kSets].view(), v[w % kSets].view(), o.view());
+    tools::synchronize();
     std::vector<double> times;
     Progress progress("timing", static_cast<size_t>(args->reps));
+    tools::Timer timer;
     for (int r = 0; r < args->reps; ++r) {
-      runtime::Event start, stop;
-      start.record();
-      attn.forward(qv(q[r % kSets]), kvv(k[r % kSets]), kvv(v[r % kSets]), qv(o));
-      stop.record();
-      stop.synchronize();
-      times.push_back(stop.elapsed_ms_since(start));
+      timer.start();
+      attn.forward(q[r % kSets].view(), k[r % kSets].view(), v[r % kSets].view(), o.view());
+      times.push_back(timer.stop_ms());
       progress.advance();
     }
     progress.finish();

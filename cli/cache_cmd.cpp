@@ -21,7 +21,7 @@
 
 #include "cli/cli.hpp"
 #include "common/text.hpp"
-#include "runtime/nvrtc.hpp"
+#include "api/tools.hpp"
 
 namespace spattn::cli {
 
@@ -246,7 +246,7 @@ struct ExportArgs {
 
 void cmd_export(const ExportArgs& a) {
   // An arch that is no target at all is a typo, not an empty selection.
-  for (const std::string& arch : a.archs) runtime::check_arch(arch);
+  for (const std::string& arch : a.archs) tools::check_arch(arch);
   const KernelCache cache(cli_config());
   ExportOptions options;
   if (!a.archs.empty()) {

@@ -1,18 +1,15 @@
 // spattn compile: generate and compile the kernels of a pattern into the cache for a
 // named arch. No GPU needed.
+#include <spattn/cache.hpp>
+
 #include <fmt/format.h>
 
-#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 
+#include "api/tools.hpp"
 #include "cli/cli.hpp"
-#include "autotune/search_space.hpp"
-#include "engine/forward.hpp"
-#include "engine/jit.hpp"
-#include "engine/select.hpp"
-#include "runtime/nvrtc.hpp"
 
 namespace spattn::cli {
 
@@ -43,64 +40,50 @@ void register_compile(CLI::App& app) {
   cmd->add_option("--heads", args->heads, "query heads")->capture_default_str();
   cmd->callback([args] {
     const Pattern pattern = load_pattern_arg(args->pattern);
-    runtime::check_arch(args->arch);
-    engine::Problem problem;
-    problem.nq = problem.nk = args->seq > 0 ? args->seq : 16384;
-    if (const auto* n = std::get_if<Neighborhood>(&pattern.node()); n && args->seq <= 0) {
-      int64_t cells = 1;
-      for (int64_t g : n->grid) cells *= g;
-      problem.nq = problem.nk = cells;
+    tools::check_arch(args->arch);
+    int64_t n = args->seq > 0 ? args->seq : 16384;
+    if (const auto* grid = std::get_if<Neighborhood>(&pattern.node()); grid && args->seq <= 0) {
+      n = 1;
+      for (int64_t g : grid->grid) n *= g;
     }
-    problem.heads = problem.kv_heads = args->heads;
-    problem.head_dim = args->head_dim;
-    problem.dtype = dtype_from_string(args->dtype);
-    check_problem_supported(args->head_dim, problem.dtype);
-    pattern.validate(problem.shape());
-    const KernelConfig config =
-        args->config.empty()
-            ? engine::heuristic(pattern, problem, autotune::typical_device(args->arch)).config
-            : KernelConfig::parse(args->config);
-    config.check(args->head_dim, problem.dtype, args->arch, autotune::arch_limits(args->arch).smem_per_block);
-
-    const Layout layout = compile_layout(pattern, problem.shape(), config.layout_options());
-    const codegen::RenderedKernel rendered = engine::render_kernel(layout, config, problem, args->arch);
-    const codegen::RenderedKernel support = codegen::render_support_kernels();
-
+    const std::optional<KernelConfig> forced =
+        args->config.empty() ? std::nullopt : std::optional<KernelConfig>(KernelConfig::parse(args->config));
+    Progress progress("compiling", 1);
+    const tools::PatternBuild build = tools::compile_pattern(pattern, args->arch, n, args->heads, args->head_dim,
+                                                             dtype_from_string(args->dtype), forced);
+    const KernelConfig& config = build.config;
+    progress.advance();
     nlohmann::json results = nlohmann::json::array();
-    Progress progress("compiling", 2);
-    for (const auto* r : {&rendered, &support}) {
-      const auto t0 = std::chrono::steady_clock::now();
-      const CacheLookup found = engine::compile_cached(*r, args->arch);
-      if (!found.stored)
-        throw Error(ErrorCode::kIo, fmt::format("{} could not be stored in the kernel cache '{}'", r->program_name,
+    for (const tools::KernelBuild& r : build.kernels) {
+      if (!r.stored)
+        throw Error(ErrorCode::kIo, fmt::format("{} could not be stored in the kernel cache '{}'", r.program,
                                                 KernelCache::instance().config().dir.string()));
-      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      progress.advance();
       if (!args->out.empty()) {
         namespace fs = std::filesystem;
         fs::create_directories(args->out);
-        const fs::path stem = fs::path(args->out) / fs::path(r->program_name).stem();
+        const fs::path stem = fs::path(args->out) / fs::path(r.program).stem();
         auto write = [](const fs::path& path, const char* data, size_t size) {
           std::ofstream f(path, std::ios::binary | std::ios::trunc);
           f.write(data, static_cast<std::streamsize>(size));
           if (!f) throw Error(ErrorCode::kIo, fmt::format("cannot write {}", path.string()));
         };
-        write(stem.string() + ".cu", r->source.data(), r->source.size());
-        write(stem.string() + ".cubin", found.kernel.cubin.data(), found.kernel.cubin.size());
-        write(stem.string() + ".log", found.kernel.log.data(), found.kernel.log.size());
+        write(stem.string() + ".cu", r.source.data(), r.source.size());
+        write(stem.string() + ".cubin", r.cubin.data(), r.cubin.size());
+        write(stem.string() + ".log", r.log.data(), r.log.size());
       }
-      results.push_back({{"program", r->program_name},
-                         {"key", found.key},
-                         {"cache_hit", found.hit},
-                         {"ms", ms},
-                         {"nvrtc_ms", found.kernel.compile_ms},
-                         {"registers", found.kernel.registers},
-                         {"local_bytes", found.kernel.local_bytes},
-                         {"cubin_bytes", found.kernel.cubin.size()}});
+      results.push_back({{"program", r.program},
+                         {"key", r.key},
+                         {"cache_hit", r.cache_hit},
+                         {"ms", r.ms},
+                         {"nvrtc_ms", r.nvrtc_ms},
+                         {"registers", r.registers},
+                         {"local_bytes", r.local_bytes},
+                         {"cubin_bytes", r.cubin.size()}});
     }
     progress.finish();
     if (globals().json) {
-      print_json({{"arch", args->arch}, {"config", config.to_string()}, {"kernels", results}});
+      print_json({{"arch", args->arch}, {"config", config.to_string()}, {"config_source", build.config_source},
+                  {"kernels", results}});
       return;
     }
     for (const auto& r : results)

@@ -7,31 +7,19 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <chrono>
 #include <iostream>
 
+#include "api/tools.hpp"
 #include "cli/cli.hpp"
-#include "autotune/search_space.hpp"
-#include "engine/forward.hpp"
-#include "engine/select.hpp"
-#include "engine/jit.hpp"
-#include "engine/reference.hpp"
-#include "runtime/device.hpp"
-#include "runtime/driver.hpp"
 
 namespace spattn::cli {
 
 namespace {
 
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
-
 struct DemoCase {
   const char* name;
   const char* json;
 };
-
 
 }  // namespace
 
@@ -53,55 +41,42 @@ void register_demo(CLI::App& app) {
         {"longnet [2048,4096,8192]x[1,2,4]", R"({"type":"longnet","segments":[2048,4096,8192],"rates":[1,2,4]})"},
         {"sliding window 1024", R"({"type":"local_window","window":1024})"},
     };
-    const bool gpu = runtime::has_gpu();
+    const bool gpu = tools::has_gpu();
     // With --json the readable lines go to stderr and one JSON object to stdout.
     std::ostream& text = globals().json ? std::cerr : std::cout;
     std::string arch = "sm_90a";
-    runtime::DeviceInfo device = autotune::typical_device(arch);
     if (gpu) {
-      const auto info = runtime::device_info(runtime::current_device());
-      arch = info.arch();
-      device = info;
-      text << fmt::format("GPU: {} ({}, {} SMs)\n", info.name, arch, info.sm_count);
+      const tools::Gpu info = tools::current_gpu();
+      arch = info.arch;
+      text << fmt::format("GPU: {} ({}, {} SMs)\n", info.name, arch, info.sms);
     } else {
-      text << "GPU: none (" << runtime::no_gpu_reason() << ")\n"
+      text << "GPU: none (" << tools::no_gpu_reason() << ")\n"
                 << "     kernels are compiled for " << arch << " into the cache; nothing can run here.\n";
     }
     const int64_t n = args->seq, H = args->heads, D = 128;
     nlohmann::json report = nlohmann::json::array();
     for (const DemoCase& c : cases) {
       const Pattern pattern = Pattern::parse(c.json);
-      engine::Problem problem;
-      problem.nq = problem.nk = n;
-      problem.heads = problem.kv_heads = H;
-      problem.head_dim = D;
-      problem.dtype = DType::kBFloat16;
       text << "\n== " << c.name << ", " << n << " tokens, " << H << " heads, head dim 128, bf16\n";
 
-      // Layout and kernel source for the configuration the library would choose.
-      const KernelConfig config = engine::heuristic(pattern, problem, device).config;
-      const auto t_layout = std::chrono::steady_clock::now();
-      const Layout layout = compile_layout(pattern, problem.shape(), config.layout_options());
-      const LayoutStats stats = layout_stats(pattern, layout, D);
-      text << fmt::format("layout:  {:.1f} ms; density {:.4f} ({} active tiles of {}, {} full)\n",
-                               ms_since(t_layout), stats.density, stats.active_tiles, stats.total_tiles,
-                               stats.full_tiles);
-      const auto rendered = engine::render_kernel(layout, config, problem, arch);
-      const auto t_first = std::chrono::steady_clock::now();
-      const CacheLookup first = engine::compile_cached(rendered, arch);
-      const double first_ms = ms_since(t_first);
-      const auto t_second = std::chrono::steady_clock::now();
-      engine::compile_cached(rendered, arch);  // now a hit: timed
-      const double second_ms = ms_since(t_second);
-      if (first.hit)
-        text << fmt::format("compile: cache hit in {:.2f} ms (NVRTC took {:.0f} ms when it was compiled)\n",
-                                 first_ms, first.kernel.compile_ms);
+      // The configuration the library would choose, its layout and kernels: compiled
+      // through the cache, then again (now a hit).
+      const tools::PatternBuild build = tools::compile_pattern(pattern, arch, n, H, D, DType::kBFloat16, std::nullopt);
+      const tools::PatternBuild again = tools::compile_pattern(pattern, arch, n, H, D, DType::kBFloat16, std::nullopt);
+      const KernelConfig& config = build.config;
+      const LayoutStats& stats = build.stats;
+      const tools::KernelBuild& first = build.kernels.front();
+      const double first_ms = first.ms, second_ms = again.kernels.front().ms;
+      text << fmt::format("layout:  {:.1f} ms; density {:.4f} ({} active tiles of {}, {} full)\n", build.layout_ms,
+                          stats.density, stats.active_tiles, stats.total_tiles, stats.full_tiles);
+      if (first.cache_hit)
+        text << fmt::format("compile: cache hit in {:.2f} ms (NVRTC took {:.0f} ms when it was compiled)\n", first_ms,
+                            first.nvrtc_ms);
       else
-        text << fmt::format("compile: cold NVRTC compile {:.0f} ms, then cache hit {:.2f} ms\n", first_ms,
-                                 second_ms);
-      text << fmt::format("kernel:  {} ({} registers, {} bytes spilled)\n", rendered.program_name,
-                               first.kernel.registers, first.kernel.local_bytes);
-      nlohmann::json entry = {{"case", c.name}, {"config", config.to_string()}, {"cold_compile", !first.hit}, {"first_ms", first_ms},
+        text << fmt::format("compile: cold NVRTC compile {:.0f} ms, then cache hit {:.2f} ms\n", first_ms, second_ms);
+      text << fmt::format("kernel:  {} ({} registers, {} bytes spilled)\n", first.program, first.registers,
+                          first.local_bytes);
+      nlohmann::json entry = {{"case", c.name}, {"config", config.to_string()}, {"cold_compile", !first.cache_hit}, {"first_ms", first_ms},
                               {"hit_ms", second_ms}, {"density", stats.density}};
       if (!gpu) {
         text << "run:     skipped: no GPU on this machine\n";
@@ -111,62 +86,46 @@ void register_demo(CLI::App& app) {
 
       // Correctness on a few heads against the fp32 reference.
       {
-        engine::Problem small = problem;
-        small.heads = small.kv_heads = args->check_heads;
-        const int64_t elems = small.nq * small.heads * D;
-        runtime::DeviceBuffer q(elems * 2), k(elems * 2), v(elems * 2), o(elems * 2), lse(small.heads * n * 4);
-        engine::fill_random(q.data(), elems, DType::kBFloat16, 11);
-        engine::fill_random(k.data(), elems, DType::kBFloat16, 12);
-        engine::fill_random(v.data(), elems, DType::kBFloat16, 13);
+        const std::vector<int64_t> shape{1, n, args->check_heads, D};
+        tools::DeviceTensor q(DType::kBFloat16, shape), k(DType::kBFloat16, shape), v(DType::kBFloat16, shape),
+            o(DType::kBFloat16, shape), lse(DType::kFloat32, {1, args->check_heads, n});
+        q.fill_random(11);
+        k.fill_random(12);
+        v.fill_random(13);
         o.fill_bytes(0xff);  // poison: NaN in bf16
-        const auto tq = TensorView::contiguous(q.data(), DType::kBFloat16, {1, n, small.heads, D});
-        const auto tk = TensorView::contiguous(k.data(), DType::kBFloat16, {1, n, small.heads, D});
-        const auto tv = TensorView::contiguous(v.data(), DType::kBFloat16, {1, n, small.heads, D});
-        const auto to = TensorView::contiguous(o.data(), DType::kBFloat16, {1, n, small.heads, D});
-        const auto tl = TensorView::contiguous3(lse.data(), DType::kFloat32, {1, small.heads, n});
+        const TensorView tl = lse.view();
         Attention attn(pattern);
-        attn.forward(tq, tk, tv, to, &tl);
-        runtime::synchronize();
-        const auto ref = engine::reference_forward(pattern, small, tq, tk, tv, 0);
-        std::vector<uint16_t> out(elems);
-        std::vector<float> lse_out(small.heads * n);
-        o.download(out.data(), out.size() * 2);
-        lse.download(lse_out.data(), lse_out.size() * 4);
-        const auto cmp = engine::compare(out, DType::kBFloat16, lse_out, ref);
-        const bool ok = cmp.nonfinite == 0 && cmp.lse_mismatch == 0 && cmp.rel_l2_err < 1e-2;
-        text << fmt::format("check:   {} vs fp32 reference ({} heads): {}\n", ok ? "PASS" : "FAIL",
-                                 small.heads, cmp.to_string());
-        entry["check_ok"] = ok;
-        entry["rel_l2_err"] = cmp.rel_l2_err;
+        attn.forward(q.view(), k.view(), v.view(), o.view(), &tl);
+        tools::synchronize();
+        const tools::Check check = tools::check_against_reference(pattern, q.view(), k.view(), v.view(), o.view(), &tl);
+        text << fmt::format("check:   {} vs fp32 reference ({} heads): {}\n", check.ok ? "PASS" : "FAIL",
+                            args->check_heads, check.text);
+        entry["check_ok"] = check.ok;
+        entry["rel_l2_err"] = check.rel_l2_err;
       }
 
       // Timing at full size.
-      const int64_t elems = n * H * D;
-      runtime::DeviceBuffer q(elems * 2), k(elems * 2), v(elems * 2), o(elems * 2);
-      engine::fill_random(q.data(), elems, DType::kBFloat16, 21);
-      engine::fill_random(k.data(), elems, DType::kBFloat16, 22);
-      engine::fill_random(v.data(), elems, DType::kBFloat16, 23);
-      const auto tq = TensorView::contiguous(q.data(), DType::kBFloat16, {1, n, H, D});
-      const auto tk = TensorView::contiguous(k.data(), DType::kBFloat16, {1, n, H, D});
-      const auto tv = TensorView::contiguous(v.data(), DType::kBFloat16, {1, n, H, D});
-      const auto to = TensorView::contiguous(o.data(), DType::kBFloat16, {1, n, H, D});
+      const std::vector<int64_t> shape{1, n, H, D};
+      tools::DeviceTensor q(DType::kBFloat16, shape), k(DType::kBFloat16, shape), v(DType::kBFloat16, shape),
+          o(DType::kBFloat16, shape);
+      q.fill_random(21);
+      k.fill_random(22);
+      v.fill_random(23);
       Attention attn(pattern);
-      attn.forward(tq, tk, tv, to);  // warm-up: layout, kernel load
-      runtime::synchronize();
+      attn.forward(q.view(), k.view(), v.view(), o.view());  // warm-up: layout, kernel load
+      tools::synchronize();
       std::vector<float> times;
+      tools::Timer timer;
       for (int r = 0; r < args->reps; ++r) {
-        runtime::Event start, stop;
-        start.record();
-        attn.forward(tq, tk, tv, to);
-        stop.record();
-        stop.synchronize();
-        times.push_back(stop.elapsed_ms_since(start));
+        timer.start();
+        attn.forward(q.view(), k.view(), v.view(), o.view());
+        times.push_back(timer.stop_ms());
       }
       std::sort(times.begin(), times.end());
       const double med = times[times.size() / 2];
       const double flops = 4.0 * D * attn.explanation().stats.allowed_pairs_total;
       text << fmt::format("run:     {:.3f} ms median of {}, {:.0f} useful TFLOP/s ({})\n", med, args->reps,
-                               flops / med / 1e9, attn.explanation().config.to_string());
+                          flops / med / 1e9, attn.explanation().config.to_string());
       entry["ms"] = med;
       entry["tflops"] = flops / med / 1e9;
       report.push_back(entry);

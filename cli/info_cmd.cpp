@@ -1,10 +1,8 @@
 // spattn info: toolkit, NVRTC, GPUs and the kernel cache at a glance.
 #include <spattn/cache.hpp>
 
+#include "api/tools.hpp"
 #include "cli/cli.hpp"
-#include "runtime/device.hpp"
-#include "runtime/driver.hpp"
-#include "runtime/nvrtc.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -17,26 +15,26 @@ void register_info(CLI::App& app) {
   auto* cmd = app.add_subcommand("info", "toolkit and NVRTC versions, GPUs, kernel cache");
   cmd->callback([] {
     nlohmann::json j;
+    const tools::Toolchain tc = tools::toolchain();
     j["spattn_version"] = SPATTN_VERSION_STRING;
-    j["cuda_home"] = runtime::cuda_home();
-    j["nvrtc_version"] = runtime::nvrtc_version();
-    j["nvrtc_archs"] = runtime::supported_archs();
+    j["cuda_home"] = tc.cuda_home;
+    j["nvrtc_version"] = tc.nvrtc_version;
+    j["nvrtc_archs"] = tc.archs;
     j["gpus"] = nlohmann::json::array();
-    if (runtime::has_gpu()) {
-      for (int d = 0; d < runtime::device_count(); ++d) {
-        const auto info = runtime::device_info(d);
-        j["gpus"].push_back({{"ordinal", d},
-                             {"name", info.name},
-                             {"compute_capability", fmt::format("{}.{}", info.cc_major, info.cc_minor)},
-                             {"arch", info.arch()},
-                             {"sms", info.sm_count},
-                             {"l2_bytes", info.l2_bytes},
-                             {"smem_per_block_optin", info.smem_per_block_optin},
-                             {"memory_bytes", info.total_memory},
-                             {"driver", info.driver_version_string()}});
+    if (tools::has_gpu()) {
+      for (const tools::Gpu& g : tools::gpus()) {
+        j["gpus"].push_back({{"ordinal", g.ordinal},
+                             {"name", g.name},
+                             {"compute_capability", fmt::format("{}.{}", g.cc_major, g.cc_minor)},
+                             {"arch", g.arch},
+                             {"sms", g.sms},
+                             {"l2_bytes", g.l2_bytes},
+                             {"smem_per_block_optin", g.smem_per_block_optin},
+                             {"memory_bytes", g.memory_bytes},
+                             {"driver", g.driver}});
       }
     } else {
-      j["no_gpu_reason"] = runtime::no_gpu_reason();
+      j["no_gpu_reason"] = tools::no_gpu_reason();
     }
     const auto& cache = KernelCache::instance();
     const auto st = cache.stat();
@@ -50,9 +48,9 @@ void register_info(CLI::App& app) {
     std::cout << "spattn " << SPATTN_VERSION_STRING << "\n";
     std::cout << "CUDA toolkit: " << j["cuda_home"].get<std::string>() << "\n";
     std::cout << "NVRTC: " << j["nvrtc_version"].get<std::string>() << " (targets: "
-              << fmt::format("{}", fmt::join(runtime::supported_archs(), " ")) << ")\n";
+              << fmt::format("{}", fmt::join(tc.archs, " ")) << ")\n";
     if (j["gpus"].empty()) {
-      std::cout << "GPUs: no GPU (" << runtime::no_gpu_reason() << ")\n";
+      std::cout << "GPUs: no GPU (" << tools::no_gpu_reason() << ")\n";
     } else {
       for (const auto& g : j["gpus"])
         std::cout << fmt::format("GPU {}: {} (cc {}, {}, {} SMs, {} MiB L2, {} GiB, driver {})\n",
