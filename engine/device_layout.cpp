@@ -70,29 +70,6 @@ WorkList build_work_list(const Layout& layout, int64_t concurrent, bool longest_
   return out;
 }
 
-PackedTables pack_tables(const Layout& layout) {
-  PackedTables out;
-  auto append = [&](const auto& values) {
-    const int32_t off = checked_i32(static_cast<int64_t>(out.arena.size()), "table arena size");
-    for (auto v : values) out.arena.push_back(checked_i32(v, "table entry"));
-    return off;
-  };
-  for (const BlockTable& t : layout.tables) {
-    SpattnTable d{};
-    d.part = t.part;
-    d.num_q_tiles = checked_i32(t.num_q_tiles, "query tiles");
-    d.num_k_tiles = checked_i32(t.num_k_tiles, "key tiles");
-    d.q_slots = t.q_slots.empty() ? -1 : append(t.q_slots);
-    d.k_slots = t.k_slots.empty() ? -1 : append(t.k_slots);
-    d.row_ptr = append(t.row_ptr);
-    d.full_count = append(t.full_count);
-    d.cols = append(t.cols);
-    out.tables.push_back(d);
-  }
-  if (out.arena.empty()) out.arena.push_back(0);
-  return out;
-}
-
 namespace {
 
 // Appends values to an int32 arena, returning their offset; throws when the device
@@ -105,9 +82,39 @@ struct Arena {
     for (auto v : values) data.push_back(checked_i32(v, "table entry"));
     return off;
   }
+  // The fields both descriptor kinds share: part, tile counts, token orders.
+  template <class Desc>
+  Desc descriptor(const BlockTable& t) {
+    Desc d{};
+    d.part = t.part;
+    d.num_q_tiles = checked_i32(t.num_q_tiles, "query tiles");
+    d.num_k_tiles = checked_i32(t.num_k_tiles, "key tiles");
+    d.q_slots = t.q_slots.empty() ? -1 : append(t.q_slots);
+    d.k_slots = t.k_slots.empty() ? -1 : append(t.k_slots);
+    return d;
+  }
+  // The arena as uploaded: never empty (a device buffer of zero bytes is not allocated).
+  std::vector<int32_t> take() {
+    if (data.empty()) data.push_back(0);
+    return std::move(data);
+  }
 };
 
 }  // namespace
+
+PackedTables pack_tables(const Layout& layout) {
+  PackedTables out;
+  Arena arena;
+  for (const BlockTable& t : layout.tables) {
+    SpattnTable d = arena.descriptor<SpattnTable>(t);
+    d.row_ptr = arena.append(t.row_ptr);
+    d.full_count = arena.append(t.full_count);
+    d.cols = arena.append(t.cols);
+    out.tables.push_back(d);
+  }
+  out.arena = arena.take();
+  return out;
+}
 
 PackedBackwardTables pack_backward_tables(const Layout& layout) {
   PackedBackwardTables out;
@@ -115,12 +122,7 @@ PackedBackwardTables pack_backward_tables(const Layout& layout) {
   for (size_t ti = 0; ti < layout.tables.size(); ++ti) {
     const BlockTable& t = layout.tables[ti];
     const TransposedTable tr = transpose_table(t);
-    SpattnBwdTable d{};
-    d.part = t.part;
-    d.num_q_tiles = checked_i32(t.num_q_tiles, "query tiles");
-    d.num_k_tiles = checked_i32(t.num_k_tiles, "key tiles");
-    d.q_slots = t.q_slots.empty() ? -1 : arena.append(t.q_slots);
-    d.k_slots = t.k_slots.empty() ? -1 : arena.append(t.k_slots);
+    SpattnBwdTable d = arena.descriptor<SpattnBwdTable>(t);
     d.col_ptr = arena.append(tr.col_ptr);
     d.full_count = arena.append(tr.full_count);
     d.rows = arena.append(tr.rows);
@@ -131,8 +133,7 @@ PackedBackwardTables pack_backward_tables(const Layout& layout) {
         out.work.insert(out.work.end(), {static_cast<int32_t>(ti), static_cast<int32_t>(k), h});
     }
   }
-  out.arena = std::move(arena.data);
-  if (out.arena.empty()) out.arena.push_back(0);
+  out.arena = arena.take();
   return out;
 }
 
