@@ -103,7 +103,7 @@ float Timer::stop_ms() {
 }
 
 PatternBuild compile_pattern(const Pattern& pattern, const std::string& arch, int64_t nq, int64_t heads, int head_dim,
-                             DType dtype, const std::optional<KernelConfig>& config) {
+                             DType dtype, const std::optional<KernelConfig>& config, Pass pass) {
   runtime::check_arch(arch);
   engine::Problem problem;
   problem.nq = problem.nk = nq;
@@ -122,17 +122,23 @@ PatternBuild compile_pattern(const Pattern& pattern, const std::string& arch, in
     out.config = *config;
     out.config_source = "forced";
   } else {
-    const engine::KernelChoice choice = engine::heuristic(pattern, problem, device);
+    const engine::KernelChoice choice = pass == Pass::kForward ? engine::heuristic(pattern, problem, device)
+                                                               : engine::backward_heuristic(pattern, problem, device);
     out.config = choice.config;
     out.config_source = choice.source;
   }
-  out.config.check(head_dim, dtype, arch, device.smem_per_block_optin);
+  if (pass == Pass::kForward)
+    out.config.check(head_dim, dtype, arch, device.smem_per_block_optin);
+  else
+    check_backward_config(out.config, head_dim, dtype, arch, device.smem_per_block_optin);
   const auto t0 = std::chrono::steady_clock::now();
   const Layout layout = compile_layout(pattern, problem.shape(), out.config.layout_options());
   out.stats = layout_stats(pattern, layout, head_dim);
   out.layout_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  for (const codegen::RenderedKernel& r :
-       {engine::render_kernel(layout, out.config, problem, arch), codegen::render_support_kernels()}) {
+  const codegen::RenderedKernel main =
+      pass == Pass::kForward ? engine::render_kernel(layout, out.config, problem, arch)
+                             : codegen::render_backward(engine::kernel_spec_for(layout, out.config, problem, arch));
+  for (const codegen::RenderedKernel& r : {main, codegen::render_support_kernels()}) {
     const auto t = std::chrono::steady_clock::now();
     const CacheLookup found = engine::compile_cached(r, arch);
     KernelBuild b;

@@ -23,6 +23,7 @@ void register_compile(CLI::App& app) {
     int64_t seq = 0;
     int64_t heads = 16;
     std::string out;
+    bool backward = false;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("compile", "compile a pattern's kernels into the cache for an arch (no GPU needed)");
@@ -38,6 +39,8 @@ void register_compile(CLI::App& app) {
                   "also write each program's generated source (.cu), CUBIN (.cubin, for cuobjdump -sass) and NVRTC log "
                   "(.log) into this directory");
   cmd->add_option("--heads", args->heads, "query heads")->capture_default_str();
+  cmd->add_flag("--backward", args->backward,
+                "compile the backward pass's kernel instead (--config then names a backward config, e.g. 64x128w8s1)");
   cmd->callback([args] {
     const Pattern pattern = load_pattern_arg(args->pattern);
     tools::check_arch(args->arch);
@@ -50,7 +53,8 @@ void register_compile(CLI::App& app) {
         args->config.empty() ? std::nullopt : std::optional<KernelConfig>(KernelConfig::parse(args->config));
     Progress progress("compiling", 1);
     const tools::PatternBuild build = tools::compile_pattern(pattern, args->arch, n, args->heads, args->head_dim,
-                                                             dtype_from_string(args->dtype), forced);
+                                                             dtype_from_string(args->dtype), forced,
+                                                             args->backward ? tools::Pass::kBackward : tools::Pass::kForward);
     const KernelConfig& config = build.config;
     progress.advance();
     nlohmann::json results = nlohmann::json::array();

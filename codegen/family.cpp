@@ -111,11 +111,12 @@ const std::vector<int>& backward_head_dims() {
 }
 
 int backward_smem_bytes(const KernelConfig& c, int head_dim) {
-  // Mirrors bwd::Backward<Cfg>::kSmemBytes (templates/backward.cuh): K and V tiles and Q
-  // and dO tiles of (head_dim + 8)-element rows, dSᵀ with (tile_m + 8)-element rows, key
-  // tokens, query tokens, LSE and row sums.
+  // Mirrors bwd::Backward<Cfg>::kSmemBytes (templates/backward.cuh): K and V tiles and,
+  // per stage, Q and dO tiles of (head_dim + 8)-element rows; dSᵀ with (tile_m +
+  // 8)-element rows; key tokens; per stage query tokens, LSE and row sums.
   const int row = head_dim + 8;
-  return (2 * c.tile_n * row + 2 * c.tile_m * row + c.tile_n * (c.tile_m + 8)) * 2 + c.tile_n * 4 + c.tile_m * 12;
+  return (2 * c.tile_n * row + 2 * c.stages * c.tile_m * row + c.tile_n * (c.tile_m + 8)) * 2 + c.tile_n * 4 +
+         c.stages * c.tile_m * 12;
 }
 
 void check_backward_config(const KernelConfig& c, int head_dim, DType dtype, std::string_view arch, int smem_limit) {
@@ -132,7 +133,8 @@ void check_backward_config(const KernelConfig& c, int head_dim, DType dtype, std
                  16 * c.warps, c.tile_n);
   SPATTN_REQUIRE(c.tile_m >= 16 && c.tile_m <= 128 && c.tile_m % 16 == 0,
                  "backward config.tile_m must be a multiple of 16 from 16 to 128 (got {})", c.tile_m);
-  SPATTN_REQUIRE(c.stages == 1, "backward config.stages must be 1 (got {})", c.stages);
+  SPATTN_REQUIRE(c.stages == 1 || c.stages == 2,
+                 "backward config.stages (query-tile buffers) must be 1 or 2 (got {})", c.stages);
   // Per thread, of a warp's 16 keys: dK and dV (head_dim / 2 fp32 each), Sᵀ and dSᵀ
   // (tile_m / 2 each); 192 of them leave room for fragments within 255 registers.
   if (head_dim + c.tile_m > 192)

@@ -172,8 +172,8 @@ RenderedKernel render_backward(const KernelSpec& spec) {
   std::ostringstream src;
   src << "// spattn backward kernel, generated from this spec (do not edit):\n";
   write_parts(src, spec.parts);
-  src << fmt::format("//   family sm80 (mma.sync), {} keys per CTA ({} warps), {} queries per step, head dim {}, {}, {}{}\n",
-                     c.tile_n, c.warps, c.tile_m, spec.head_dim, to_string(spec.dtype), spec.arch,
+  src << fmt::format("//   family sm80 (mma.sync), {} keys per CTA ({} warps), {} queries per step ({} buffers), head dim {}, {}, {}{}\n",
+                     c.tile_n, c.warps, c.tile_m, c.stages, spec.head_dim, to_string(spec.dtype), spec.arch,
                      spec.permuted_keys ? ", permuted keys" : "");
   src << "#include \"spattn/params.cuh\"\n\n";
   src << "namespace spattn_generated {\n";
@@ -185,6 +185,7 @@ RenderedKernel render_backward(const KernelSpec& spec) {
   src << fmt::format("  static constexpr int kBlockM = {};  // queries per step\n", c.tile_m);
   src << fmt::format("  static constexpr int kBlockN = {};  // keys per CTA\n", c.tile_n);
   src << fmt::format("  static constexpr int kWarps = {};\n", c.warps);
+  src << fmt::format("  static constexpr int kStages = {};  // query-tile buffers\n", c.stages);
   src << fmt::format("  static constexpr bool kBf16 = {};\n", spec.dtype == DType::kBFloat16 ? "true" : "false");
   src << fmt::format("  static constexpr int kSmemBytes = {};\n", smem);
   src << fmt::format("  static constexpr bool kPermutedKeys = {};\n", spec.permuted_keys ? "true" : "false");

@@ -90,23 +90,21 @@ KernelChoice heuristic_for(KernelFamily family, const Pattern& pattern, const Pr
 
 KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device) {
   (void)pattern;
-  KernelConfig c;
-  c.tile_m = 64;
-  c.tile_n = 128;
-  c.warps = 8;
-  c.stages = 1;
-  c.schedule = ScheduleOrder::kRowMajor;
-  std::string why = "128 keys per CTA (8 warps), 64 queries per step";
   const int d = static_cast<int>(problem.head_dim);
-  if (device.smem_per_block_optin > 0 && backward_smem_bytes(c, d) > device.smem_per_block_optin) {
-    c.tile_n = 64;
-    c.warps = 4;
-    why = fmt::format("64 keys per CTA (4 warps), 64 queries per step: 128 keys need {} B of shared memory, {} allows {}",
-                      backward_smem_bytes(KernelConfig::parse("64x128w8s1"), d), device.name,
-                      device.smem_per_block_optin);
+  const int limit = device.smem_per_block_optin;
+  // 128 keys per CTA (8 warps) and two query-tile buffers where they fit, then one
+  // buffer, then 64 keys per CTA (4 warps).
+  for (const char* text : {"64x128w8s2", "64x128w8s1", "64x64w4s2", "64x64w4s1"}) {
+    KernelConfig c = KernelConfig::parse(text);
+    if (limit > 0 && backward_smem_bytes(c, d) > limit) continue;
+    check_backward_config(c, d, problem.dtype, device.arch(), limit);
+    return {c, fmt::format("heuristic (backward, sm80 family: {} keys per CTA, {} queries per step, {} query-tile "
+                           "buffer{}, {} B of shared memory of {} allowed)",
+                           c.tile_n, c.tile_m, c.stages, c.stages > 1 ? "s" : "", backward_smem_bytes(c, d), limit)};
   }
-  check_backward_config(c, d, problem.dtype, device.arch(), device.smem_per_block_optin);
-  return {c, "heuristic (backward, sm80 family: " + why + ")"};
+  SPATTN_FAIL(ErrorCode::kUnsupported,
+              "no backward config fits head dim {} in {} B of shared memory per block on {} (64x64w4s1 needs {} B)", d,
+              limit, device.name, backward_smem_bytes(KernelConfig::parse("64x64w4s1"), d));
 }
 
 bool layout_permutes(const Pattern& pattern, const Problem& problem) {

@@ -6,7 +6,8 @@
 // CTA processes one work item: a key tile of one transposed table for one query head.
 // It keeps that tile's K and V in shared memory and dK, dV in registers, and walks the
 // query tiles that attend it (full tiles first, then partial tiles, where the same
-// predicate as the forward pass is evaluated). Per query tile, with S = scale Q Kᵀ:
+// predicate as the forward pass is evaluated); with two stages the next query tile's Q,
+// dO, LSE and row sums load while this one computes. Per query tile, with S = scale Q Kᵀ:
 //   Pᵀ = exp(Sᵀ - LSE),  dV += Pᵀ dO,  dPᵀ = V dOᵀ,  dSᵀ = Pᵀ ∘ (dPᵀ - D),
 //   dK += scale dSᵀ Q,   dQ += scale dS K (through shared memory, fp32 atomics),
 // every product oriented so that its A operand is either a tile in shared memory or an
@@ -35,9 +36,14 @@ struct Backward {
   static_assert(BN == 16 * kWarps, "each warp owns 16 keys of the tile");
   static_assert(BM % 16 == 0 && D % 16 == 0, "tile shapes must be multiples of 16");
 
+  static constexpr int kStages = Cfg::kStages;  // 2: the next query tile loads during this one
+  static_assert(kStages == 1 || kStages == 2, "one or two query-tile buffers");
+  static_assert(BM <= kThreads, "one thread per query row fetches its LSE and row sum");
+
   static constexpr int kKVElems = BN * kRow;
   static constexpr int kQElems = BM * kRow;
-  static constexpr int kSmemBytes = (2 * kKVElems + 2 * kQElems + BN * kDsRow) * 2 + BN * 4 + BM * 4 * 3;
+  static constexpr int kSmemBytes =
+      (2 * kKVElems + 2 * kStages * kQElems + BN * kDsRow) * 2 + BN * 4 + kStages * BM * 4 * 3;
   static_assert(kSmemBytes == Cfg::kSmemBytes, "host and template disagree on the shared memory size");
 
   using elem = unsigned short;
@@ -68,18 +74,57 @@ struct Backward {
     a[3] = pack2<kBf16>(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
   }
 
+  // acc = (the warp's 16 rows of `rows`) · (the BM rows of `cols`)ᵀ: Sᵀ = K Qᵀ and
+  // dPᵀ = V dOᵀ. `a_lane` and `b_lane` are the ldmatrix lane offsets (bytes).
+  static __device__ __forceinline__ void rows_times_cols_t(float (&acc)[kNTilesQ][4], uint32_t rows, uint32_t cols,
+                                                           uint32_t a_lane, uint32_t b_lane) {
+#pragma unroll
+    for (int nt = 0; nt < kNTilesQ; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[4];
+      ldmatrix_x4(a, rows + a_lane + kk * 32);
+#pragma unroll
+      for (int np = 0; np < BM / 16; ++np) {
+        uint32_t bf[4];
+        ldmatrix_x4(bf, cols + b_lane + (np * 16 * kRow + kk * 16) * 2);
+        mma_16816<kBf16>(acc[2 * np], a, bf[0], bf[1]);
+        mma_16816<kBf16>(acc[2 * np + 1], a, bf[2], bf[3]);
+      }
+    }
+  }
+
+  // out += (Sᵀ-shaped accumulators, rounded to 16 bits) · (the BM rows of `tile`): dV +=
+  // Pᵀ dO and dK += dSᵀ Q. `b_lane` is the transposed ldmatrix lane offset (bytes).
+  static __device__ __forceinline__ void acc_times_tile(float (&out)[kNTilesD][4], const float (&acc)[kNTilesQ][4],
+                                                        uint32_t tile, uint32_t b_lane) {
+#pragma unroll
+    for (int kk = 0; kk < BM / 16; ++kk) {
+      uint32_t a[4];
+      pack_a(acc, kk, a);
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t bf[4];
+        ldmatrix_x4_trans(bf, tile + b_lane + (kk * 16 * kRow + dp * 16) * 2);
+        mma_16816<kBf16>(out[2 * dp], a, bf[0], bf[1]);
+        mma_16816<kBf16>(out[2 * dp + 1], a, bf[2], bf[3]);
+      }
+    }
+  }
+
   static __device__ void run(const SpattnBwdParams& p) {
     extern __shared__ __align__(128) unsigned char smem_raw[];
+    // K, V | Q, dO per stage | dSᵀ | key tokens | query tokens, LSE·log2(e), row sums per stage
     const uint32_t ks = smem_addr(smem_raw);
     const uint32_t vs = ks + kKVElems * 2;
-    const uint32_t qs = vs + kKVElems * 2;
-    const uint32_t dos = qs + kQElems * 2;
-    const uint32_t dss = dos + kQElems * 2;
-    elem* ds_ptr = reinterpret_cast<elem*>(smem_raw + (2 * kKVElems + 2 * kQElems) * 2);
-    int* ktok = reinterpret_cast<int*>(smem_raw + (2 * kKVElems + 2 * kQElems + BN * kDsRow) * 2);
-    int* qtok = ktok + BN;
-    float* lse2 = reinterpret_cast<float*>(qtok + BM);  // LSE * log2(e), +inf for padding rows
-    float* dsum = lse2 + BM;
+    const uint32_t qs0 = vs + kKVElems * 2;  // stage s: Q at qs0 + s * kStageBytes, dO kQElems * 2 after
+    constexpr uint32_t kStageBytes = 2 * kQElems * 2;
+    const uint32_t dss = qs0 + kStages * kStageBytes;
+    elem* ds_ptr = reinterpret_cast<elem*>(smem_raw + (2 * kKVElems + 2 * kStages * kQElems) * 2);
+    int* ktok = reinterpret_cast<int*>(smem_raw + (2 * kKVElems + 2 * kStages * kQElems + BN * kDsRow) * 2);
+    int* qtok0 = ktok + BN;
+    float* lse2_0 = reinterpret_cast<float*>(qtok0 + kStages * BM);  // +inf for padding rows
+    float* dsum0 = lse2_0 + kStages * BM;
 
     const int b = blockIdx.y;
     const int32_t* work = p.work + 3 * blockIdx.x;
@@ -103,9 +148,37 @@ struct Backward {
     const elem* vbase = static_cast<const elem*>(p.v) + b * p.v_stride_b + kvh * p.v_stride_h;
     const elem* qbase = static_cast<const elem*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
     const elem* dobase = static_cast<const elem*>(p.d_o) + b * p.do_stride_b + h * p.do_stride_h;
+    const float* lse_row = p.lse + b * p.lse_stride_b + h * p.lse_stride_h;
+    const float* dsum_row = p.dsum + ((int64_t)b * p.heads + h) * p.nq;
+    const float log2e = 1.4426950408889634f;
+
+    // Query tile `it` of the list into stage s (cp.async, committed as one group), and
+    // this thread's row of its LSE and row sum into registers (stored by store_stats).
+    float next_lse2 = 0.f, next_dsum = 0.f;
+    auto issue_query_tile = [&](int it, int s) {
+      const int q_tile = __ldg(q_list + it);
+      const uint32_t qs = qs0 + s * kStageBytes;
+      load_rows(qbase, p.q_stride_n, qs, BM, q_tile * BM, p.nq, qslots, qtok0 + s * BM);
+      load_rows(dobase, p.do_stride_n, qs + kQElems * 2, BM, q_tile * BM, p.nq, qslots, nullptr);
+      cp_async_commit();
+      if (tid < BM) {
+        const int token = qslots ? __ldg(qslots + q_tile * BM + tid) : q_tile * BM + tid;
+        const bool valid = token >= 0 && token < p.nq;
+        next_lse2 = valid ? __ldg(lse_row + token) * log2e : __int_as_float(0x7f800000);
+        next_dsum = valid ? __ldg(dsum_row + token) : 0.f;
+      }
+    };
+    auto store_stats = [&](int s) {
+      if (tid < BM) {
+        lse2_0[s * BM + tid] = next_lse2;
+        dsum0[s * BM + tid] = next_dsum;
+      }
+    };
+
     load_rows(kbase, p.k_stride_n, ks, BN, k_tile * BN, p.nk, kslots, ktok);
     load_rows(vbase, p.v_stride_n, vs, BN, k_tile * BN, p.nk, kslots, nullptr);
     cp_async_commit();
+    issue_query_tile(0, 0);
 
     // ldmatrix lane addresses (bytes): A operands from the warp's 16 rows of K or V
     // (non-transposed), B operands from Q / dO rows as n8 x k16 (non-transposed, the
@@ -122,39 +195,25 @@ struct Backward {
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc_dk[nt][e] = acc_dv[nt][e] = 0.f;
     typename Cfg::MaskCtx mask_ctx{p.nq, p.nk, p.heads};
-    const float log2e = 1.4426950408889634f;
 
 #pragma unroll 1
     for (int it = 0; it < n_tiles; ++it) {
-      const int q_tile = __ldg(q_list + it);
-      load_rows(qbase, p.q_stride_n, qs, BM, q_tile * BM, p.nq, qslots, qtok);
-      load_rows(dobase, p.do_stride_n, dos, BM, q_tile * BM, p.nq, qslots, nullptr);
-      cp_async_commit();
+      const int s = kStages == 1 ? 0 : it & 1;
+      const uint32_t qs = qs0 + s * kStageBytes;
+      const uint32_t dos = qs + kQElems * 2;
+      const int* qtok = qtok0 + s * BM;
+      const float* lse2 = lse2_0 + s * BM;
+      const float* dsum = dsum0 + s * BM;
+      // Stage s was last read two tiles ago (one with one stage, behind the barrier at
+      // the end of the last tile), before the barrier every thread passed since.
+      store_stats(s);
       cp_async_wait_all();
       __syncthreads();
-      for (int r = tid; r < BM; r += kThreads) {
-        const int i = qtok[r];
-        lse2[r] = i >= 0 ? __ldg(p.lse + b * p.lse_stride_b + h * p.lse_stride_h + i) * log2e : __int_as_float(0x7f800000);
-        dsum[r] = i >= 0 ? __ldg(p.dsum + ((int64_t)b * p.heads + h) * p.nq + i) : 0.f;
-      }
-      __syncthreads();
+      if (kStages == 2 && it + 1 < n_tiles) issue_query_tile(it + 1, s ^ 1);
 
       // ---- Sᵀ = K Qᵀ (rows: the warp's 16 keys; columns: the tile's queries)
       float acc_s[kNTilesQ][4];
-#pragma unroll
-      for (int nt = 0; nt < kNTilesQ; ++nt) acc_s[nt][0] = acc_s[nt][1] = acc_s[nt][2] = acc_s[nt][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t a[4];
-        ldmatrix_x4(a, ks + a_rows + kk * 32);
-#pragma unroll
-        for (int np = 0; np < BM / 16; ++np) {
-          uint32_t bf[4];
-          ldmatrix_x4(bf, qs + b_rows + (np * 16 * kRow + kk * 16) * 2);
-          mma_16816<kBf16>(acc_s[2 * np], a, bf[0], bf[1]);
-          mma_16816<kBf16>(acc_s[2 * np + 1], a, bf[2], bf[3]);
-        }
-      }
+      rows_times_cols_t(acc_s, ks, qs, a_rows, b_rows);
       // ---- Pᵀ = exp(Sᵀ - LSE); masked pairs (partial tiles) and padding give 0
       const bool partial = it >= n_full;
       uint32_t bits[(kNTilesQ * 4 + 31) / 32];
@@ -183,41 +242,17 @@ struct Backward {
       }
 
       // ---- dV += Pᵀ dO
-#pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk) {
-        uint32_t a[4];
-        pack_a(acc_s, kk, a);
-#pragma unroll
-        for (int dp = 0; dp < D / 16; ++dp) {
-          uint32_t bf[4];
-          ldmatrix_x4_trans(bf, dos + b_trans + (kk * 16 * kRow + dp * 16) * 2);
-          mma_16816<kBf16>(acc_dv[2 * dp], a, bf[0], bf[1]);
-          mma_16816<kBf16>(acc_dv[2 * dp + 1], a, bf[2], bf[3]);
-        }
-      }
+      acc_times_tile(acc_dv, acc_s, dos, b_trans);
 
       // ---- dPᵀ = V dOᵀ, then dSᵀ = Pᵀ ∘ (dPᵀ - D) in its registers
       float acc_ds[kNTilesQ][4];
-#pragma unroll
-      for (int nt = 0; nt < kNTilesQ; ++nt) acc_ds[nt][0] = acc_ds[nt][1] = acc_ds[nt][2] = acc_ds[nt][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t a[4];
-        ldmatrix_x4(a, vs + a_rows + kk * 32);
-#pragma unroll
-        for (int np = 0; np < BM / 16; ++np) {
-          uint32_t bf[4];
-          ldmatrix_x4(bf, dos + b_rows + (np * 16 * kRow + kk * 16) * 2);
-          mma_16816<kBf16>(acc_ds[2 * np], a, bf[0], bf[1]);
-          mma_16816<kBf16>(acc_ds[2 * np + 1], a, bf[2], bf[3]);
-        }
-      }
+      rows_times_cols_t(acc_ds, vs, dos, a_rows, b_rows);
 #pragma unroll
       for (int nt = 0; nt < kNTilesQ; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc_ds[nt][e] = acc_s[nt][e] * (acc_ds[nt][e] - dsum[nt * 8 + (lane % 4) * 2 + (e & 1)]);
 
-      // ---- dK += dSᵀ Q (scaled at the end), and dSᵀ into shared memory for dQ
+      // ---- dSᵀ into shared memory for dQ, and dK += dSᵀ Q (scaled at the end)
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk) {
         uint32_t a[4];
@@ -228,14 +263,8 @@ struct Backward {
         *reinterpret_cast<uint32_t*>(ds_ptr + (row + 8) * kDsRow + col) = a[1];
         *reinterpret_cast<uint32_t*>(ds_ptr + row * kDsRow + col + 8) = a[2];
         *reinterpret_cast<uint32_t*>(ds_ptr + (row + 8) * kDsRow + col + 8) = a[3];
-#pragma unroll
-        for (int dp = 0; dp < D / 16; ++dp) {
-          uint32_t bf[4];
-          ldmatrix_x4_trans(bf, qs + b_trans + (kk * 16 * kRow + dp * 16) * 2);
-          mma_16816<kBf16>(acc_dk[2 * dp], a, bf[0], bf[1]);
-          mma_16816<kBf16>(acc_dk[2 * dp + 1], a, bf[2], bf[3]);
-        }
       }
+      acc_times_tile(acc_dk, acc_ds, qs, b_trans);
       __syncthreads();
 
       // ---- dQ (tile rows x 16 head-dim columns per chunk; chunks over the warps) += scale dS K
@@ -273,7 +302,12 @@ struct Backward {
           }
         }
       }
-      __syncthreads();  // Q, dO and dSᵀ are overwritten by the next query tile
+      if (kStages == 1) {
+        __syncthreads();  // Q, dO, their tokens and dSᵀ are overwritten by the next query tile
+        if (it + 1 < n_tiles) issue_query_tile(it + 1, 0);
+      }
+      // With two stages the barrier at the top of the next tile orders this tile's reads
+      // of dSᵀ before the next tile's writes.
     }
     // ---- dK (scaled), dV into the fp32 accumulators of their key rows
 #pragma unroll

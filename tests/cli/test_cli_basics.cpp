@@ -175,6 +175,26 @@ TEST_F(CliBasics, CompileOutWritesSourceCubinAndLogAndRefusesBadSizes) {
   expect_one_line_reason(neg, {"--seq"});
 }
 
+TEST_F(CliBasics, CompileBackwardUsesBackwardConfigsAndRefusesForwardOnes) {
+  const auto out = dir_.path() / "bwd";
+  const CommandResult r = spattn(std::string("--json compile --backward --pattern ") + kWindow +
+                                 " --seq 1024 --heads 2 --arch sm_80 --out " + out.string());
+  ASSERT_EQ(r.status, 0) << describe(r);
+  const nlohmann::json j = json_of(r);
+  EXPECT_NE(j.value("config_source", "").find("backward"), std::string::npos) << j.dump(2);
+  ASSERT_FALSE(j["kernels"].empty()) << j.dump(2);
+  EXPECT_EQ(j["kernels"][0].value("program", "").rfind("spattn_bwd_", 0), 0u) << j.dump(2);
+  bool source = false;
+  for (const auto& e : std::filesystem::directory_iterator(out))
+    if (e.path().extension() == ".cu" && e.path().filename().string().rfind("spattn_bwd_", 0) == 0) source = true;
+  EXPECT_TRUE(source);
+  // A forward-only config (the sm90 family) is refused with the reason.
+  const CommandResult bad = spattn(std::string("compile --backward --pattern ") + kWindow +
+                                   " --seq 1024 --arch sm_90a --config sm90:128x128s2");
+  EXPECT_EQ(bad.status, 2) << describe(bad);
+  expect_one_line_reason(bad, {"sm80 family"});
+}
+
 TEST_F(CliBasics, CompileForAnUnsupportedArchNamesTheSupportedOnes) {
   const CommandResult r = spattn(std::string("compile --pattern ") + kWindow + " --arch sm_12");
   EXPECT_EQ(r.status, 2) << describe(r);

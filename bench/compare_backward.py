@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Backward-pass timing: spattn's backward (dQ, dK, dV from O, LSE and dO, through
+python/spattn.py) against the backward passes of SDPA (FlashAttention-2 and cuDNN
+backends) and FlashAttention-4 (flash_attn.cute, where installed) on the same inputs.
+
+bf16, head dim 128, B=1, H=16. Only the backward is timed: the forward runs once, then
+each repetition is one backward (for the peers, torch.autograd.grad with retain_graph).
+Useful TFLOP/s = 10 * D * allowed pairs * H / time (the five matrix products of the
+FlashAttention-2 backward: S recomputed, dP, dV, dK, dQ); ratios are peer ms / spattn ms.
+
+    python3 bench/compare_backward.py [--runs dense@16384,window@65536] [--reps 10] [--rows F]
+    python3 bench/compare_backward.py --table F
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import spattn  # noqa: E402
+
+H, D = 16, 128
+DT = torch.bfloat16
+CASES = {
+    "dense": {"type": "dense"},
+    "causal": {"type": "dense", "causal": True},
+    "window": {"type": "local_window", "window": 1024},
+    "causal_window": {"type": "local_window", "left": 1024, "right": 0},
+    "global_local": {"type": "global_local", "global": 128, "window": 512},
+    "longnet": {"type": "longnet", "segments": [2048, 4096, 8192], "rates": [1, 2, 4]},
+}
+FA4_CASES = {"dense": (False, (None, None)), "causal": (True, (None, None)), "window": (False, (512, 512)),
+             "causal_window": (False, (1024, 0))}
+
+
+def time_ms(fn, reps, warmup=2):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times)
+
+
+def autograd_backward(forward, q, k, v, d_out):
+    """A function that runs only the backward of forward(q, k, v) for d_out."""
+    qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+    out = forward(qg, kg, vg)
+    return lambda: torch.autograd.grad(out, (qg, kg, vg), d_out, retain_graph=True)
+
+
+def peer(name, which, q, k, v, d_out):
+    if which in ("flash", "cudnn"):
+        if name not in ("dense", "causal"):
+            return None
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[which]
+
+        def fwd(qg, kg, vg):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(qg.transpose(1, 2), kg.transpose(1, 2), vg.transpose(1, 2),
+                                                      is_causal=(name == "causal")).transpose(1, 2)
+        return autograd_backward(fwd, q, k, v, d_out)
+    if which == "fa4":
+        if name not in FA4_CASES:
+            return None
+        from flash_attn.cute.interface import flash_attn_func
+        causal, window = FA4_CASES[name]
+
+        def fwd(qg, kg, vg):
+            out = flash_attn_func(qg, kg, vg, causal=causal, window_size=window)
+            return out[0] if isinstance(out, tuple) else out
+        return autograd_backward(fwd, q, k, v, d_out)
+    raise KeyError(which)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default="dense@16384,causal@16384,window@65536,global_local@65536,longnet@65536")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--rows", help="append each row (a JSON line) to this file as it is measured")
+    ap.add_argument("--table", help="only print the table of the rows in this file")
+    args = ap.parse_args()
+    if args.table:
+        with open(args.table) as f:
+            print_table([json.loads(line) for line in f if line.strip()])
+        return
+    gpu = torch.cuda.get_device_name()
+    rows = []
+    for run in args.runs.split(","):
+        name, n = run.split("@")[0], int(run.split("@")[1])
+        gen = torch.Generator(device="cuda").manual_seed(n)
+        q, k, v, d_out = (torch.rand(1, n, H, D, device="cuda", dtype=torch.float32, generator=gen)
+                          .mul_(2).sub_(1).to(DT) for _ in range(4))
+        stats = spattn.pattern_stats(CASES[name], n, heads=H, head_dim=D)
+        flops = 10.0 * D * stats["allowed_pairs"] * H
+        row = {"case": name, "seq": n, "density": stats["density"], "gpu": gpu}
+        try:
+            attn = spattn.Attention(CASES[name])
+            out = torch.empty_like(q)
+            lse = torch.empty(1, H, n, device="cuda", dtype=torch.float32)
+            attn.forward(q, k, v, out=out, lse=lse)
+            dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+            row["spattn_ms"] = time_ms(lambda: attn.backward(q, k, v, out, lse, d_out, dq, dk, dv), args.reps)
+            row["spattn_tflops"] = flops / row["spattn_ms"] / 1e9
+        except Exception as e:  # report and go on: one failing case must not hide the rest
+            row["spattn_error"] = str(e).splitlines()[0][:120]
+        for which in ("flash", "cudnn", "fa4"):
+            try:
+                fn = peer(name, which, q, k, v, d_out)
+                if fn:
+                    row[f"{which}_ms"] = time_ms(fn, args.reps)
+            except Exception as e:
+                row[f"{which}_error"] = str(e).splitlines()[0][:120]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.rows:
+            with open(args.rows, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        del q, k, v, d_out
+        torch.cuda.empty_cache()
+    print_table(rows)
+
+
+def print_table(rows):
+    def fmt(x, spec):
+        return format(x, spec) if isinstance(x, (int, float)) else "-"
+
+    gpu = rows[0]["gpu"] if rows else "?"
+    print(f"\nbackward: spattn vs peers on {gpu} (bf16, hd128, B=1, H={H}); ms, and x = peer ms / spattn ms")
+    cols = [("fa2", "flash_ms"), ("cudnn", "cudnn_ms"), ("fa4", "fa4_ms")]
+    print(f"{'case':<14}{'seq':>6}{'density':>8}{'spattn ms':>10}{'TF/s':>6}"
+          + "".join(f"{c + ' ms':>11}{'x':>6}" for c, _ in cols) + "  errors")
+    for r in rows:
+        s = r.get("spattn_ms")
+        ratio = lambda key: (r[key] / s) if (s and key in r) else None  # noqa: E731
+        errors = "; ".join(f"{k}: {v}" for k, v in r.items() if k.endswith("_error"))
+        print(f"{r['case']:<14}{r['seq']:>6}{r['density']:>8.4f}{fmt(s, '10.3f'):>10}"
+              f"{fmt(r.get('spattn_tflops'), '6.0f'):>6}"
+              + "".join(f"{fmt(r.get(key), '11.3f'):>11}{fmt(ratio(key), '6.2f'):>6}" for _, key in cols)
+              + f"  {errors}")
+
+
+if __name__ == "__main__":
+    main()
