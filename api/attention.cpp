@@ -113,7 +113,8 @@ void Attention::backward(const TensorView& q, const TensorView& k, const TensorV
   if (!slot) {
     engine::Problem shape = p;
     shape.batch = 1;
-    slot = std::make_unique<engine::BackwardPlan>(impl_->pattern, shape, choice.config, device);
+    slot = std::make_unique<engine::BackwardPlan>(impl_->pattern, shape, choice.config, device,
+                                                  impl_->options.deterministic);
     log::debug("attention backward: {} | {} | {}", p.to_string(), choice.config.to_string(), choice.source);
   }
   slot->run(q, k, v, o, lse, d_o, dq, dk, dv, impl_->options.scale, stream);

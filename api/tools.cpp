@@ -135,9 +135,10 @@ PatternBuild compile_pattern(const Pattern& pattern, const std::string& arch, in
   const Layout layout = compile_layout(pattern, problem.shape(), out.config.layout_options());
   out.stats = layout_stats(pattern, layout, head_dim);
   out.layout_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  codegen::KernelSpec spec = engine::kernel_spec_for(layout, out.config, problem, arch);
+  spec.deterministic = pass == Pass::kBackwardDeterministic;
   const codegen::RenderedKernel main =
-      pass == Pass::kForward ? engine::render_kernel(layout, out.config, problem, arch)
-                             : codegen::render_backward(engine::kernel_spec_for(layout, out.config, problem, arch));
+      pass == Pass::kForward ? codegen::render_forward(spec) : codegen::render_backward(spec);
   for (const codegen::RenderedKernel& r : {main, codegen::render_support_kernels()}) {
     const auto t = std::chrono::steady_clock::now();
     const CacheLookup found = engine::compile_cached(r, arch);

@@ -84,7 +84,7 @@ struct PatternBuild {
   double layout_ms = 0;
   std::vector<KernelBuild> kernels;  // the pass's kernel, then the support kernels
 };
-enum class Pass { kForward, kBackward };
+enum class Pass { kForward, kBackward, kBackwardDeterministic };
 // The forward (or backward) kernel of `pattern` at (nq, heads, head_dim, dtype) for
 // `arch`, with `config` or the heuristic's choice for a GPU of that arch (the local one
 // if it is of that arch, else a typical one), and the support kernels, compiled through

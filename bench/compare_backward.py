@@ -91,6 +91,9 @@ def main():
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--rows", help="append each row (a JSON line) to this file as it is measured")
     ap.add_argument("--table", help="only print the table of the rows in this file")
+    ap.add_argument("--backward-config", help="force spattn's backward config (e.g. 64x128w8s1)")
+    ap.add_argument("--deterministic", action="store_true", help="spattn's deterministic backward")
+    ap.add_argument("--no-peers", action="store_true")
     args = ap.parse_args()
     if args.table:
         with open(args.table) as f:
@@ -105,9 +108,11 @@ def main():
                           .mul_(2).sub_(1).to(DT) for _ in range(4))
         stats = spattn.pattern_stats(CASES[name], n, heads=H, head_dim=D)
         flops = 10.0 * D * stats["allowed_pairs"] * H
-        row = {"case": name, "seq": n, "density": stats["density"], "gpu": gpu}
+        row = {"case": name, "seq": n, "density": stats["density"], "gpu": gpu,
+               "variant": (args.backward_config or "heuristic") + (" deterministic" if args.deterministic else "")}
         try:
-            attn = spattn.Attention(CASES[name])
+            attn = spattn.Attention(CASES[name], backward_config=args.backward_config,
+                                    deterministic=args.deterministic)
             out = torch.empty_like(q)
             lse = torch.empty(1, H, n, device="cuda", dtype=torch.float32)
             attn.forward(q, k, v, out=out, lse=lse)
@@ -116,7 +121,7 @@ def main():
             row["spattn_tflops"] = flops / row["spattn_ms"] / 1e9
         except Exception as e:  # report and go on: one failing case must not hide the rest
             row["spattn_error"] = str(e).splitlines()[0][:120]
-        for which in ("flash", "cudnn", "fa4"):
+        for which in () if args.no_peers else ("flash", "cudnn", "fa4"):
             try:
                 fn = peer(name, which, q, k, v, d_out)
                 if fn:
@@ -141,7 +146,7 @@ def print_table(rows):
     print(f"\nbackward: spattn vs peers on {gpu} (bf16, hd128, B=1, H={H}); ms, and x = peer ms / spattn ms")
     cols = [("fa2", "flash_ms"), ("cudnn", "cudnn_ms"), ("fa4", "fa4_ms")]
     print(f"{'case':<14}{'seq':>6}{'density':>8}{'spattn ms':>10}{'TF/s':>6}"
-          + "".join(f"{c + ' ms':>11}{'x':>6}" for c, _ in cols) + "  errors")
+          + "".join(f"{c + ' ms':>11}{'x':>6}" for c, _ in cols) + "  spattn variant, errors")
     for r in rows:
         s = r.get("spattn_ms")
         ratio = lambda key: (r[key] / s) if (s and key in r) else None  # noqa: E731
@@ -149,7 +154,7 @@ def print_table(rows):
         print(f"{r['case']:<14}{r['seq']:>6}{r['density']:>8.4f}{fmt(s, '10.3f'):>10}"
               f"{fmt(r.get('spattn_tflops'), '6.0f'):>6}"
               + "".join(f"{fmt(r.get(key), '11.3f'):>11}{fmt(ratio(key), '6.2f'):>6}" for _, key in cols)
-              + f"  {errors}")
+              + f"  {r.get('variant', '')} {errors}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ void register_compile(CLI::App& app) {
     int64_t heads = 16;
     std::string out;
     bool backward = false;
+    bool deterministic = false;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("compile", "compile a pattern's kernels into the cache for an arch (no GPU needed)");
@@ -41,7 +42,11 @@ void register_compile(CLI::App& app) {
   cmd->add_option("--heads", args->heads, "query heads")->capture_default_str();
   cmd->add_flag("--backward", args->backward,
                 "compile the backward pass's kernel instead (--config then names a backward config, e.g. 64x128w8s1)");
+  cmd->add_flag("--deterministic", args->deterministic,
+                "with --backward: the deterministic backward's kernels (AttentionOptions::deterministic)");
   cmd->callback([args] {
+    if (args->deterministic && !args->backward)
+      throw Error(ErrorCode::kInvalidArgument, "--deterministic applies to the backward pass: add --backward");
     const Pattern pattern = load_pattern_arg(args->pattern);
     tools::check_arch(args->arch);
     int64_t n = args->seq > 0 ? args->seq : 16384;
@@ -54,7 +59,9 @@ void register_compile(CLI::App& app) {
     Progress progress("compiling", 1);
     const tools::PatternBuild build = tools::compile_pattern(pattern, args->arch, n, args->heads, args->head_dim,
                                                              dtype_from_string(args->dtype), forced,
-                                                             args->backward ? tools::Pass::kBackward : tools::Pass::kForward);
+                                                             !args->backward       ? tools::Pass::kForward
+                                                             : args->deterministic ? tools::Pass::kBackwardDeterministic
+                                                                                   : tools::Pass::kBackward);
     const KernelConfig& config = build.config;
     progress.advance();
     nlohmann::json results = nlohmann::json::array();

@@ -119,6 +119,12 @@ int backward_smem_bytes(const KernelConfig& c, int head_dim) {
          c.stages * c.tile_m * 12;
 }
 
+int backward_dq_smem_bytes(const KernelConfig& c, int head_dim) {
+  // Mirrors bwd::BackwardDq<Cfg>::kSmemBytes: Q, dO, K and V tiles, key tokens, query
+  // tokens, LSE and row sums.
+  return (2 * c.tile_m + 2 * c.tile_n) * (head_dim + 8) * 2 + c.tile_n * 4 + c.tile_m * 12;
+}
+
 void check_backward_config(const KernelConfig& c, int head_dim, DType dtype, std::string_view arch, int smem_limit) {
   std::string why;
   if (!family_supports(KernelFamily::kSm80, head_dim, dtype, arch, &why))
@@ -142,7 +148,7 @@ void check_backward_config(const KernelConfig& c, int head_dim, DType dtype, std
                 "backward config {} with head dim {}: {} accumulator registers per thread (max 192); use a smaller "
                 "tile_m",
                 c.to_string(), head_dim, head_dim + c.tile_m);
-  const int smem = backward_smem_bytes(c, head_dim);
+  const int smem = std::max(backward_smem_bytes(c, head_dim), backward_dq_smem_bytes(c, head_dim));
   if (smem_limit > 0 && smem > smem_limit)
     SPATTN_FAIL(ErrorCode::kUnsupported,
                 "backward config {} with head dim {} needs {} bytes of shared memory per block; the target allows {}; "

@@ -22,6 +22,8 @@ struct KernelSpec {
   // Whether some table gathers keys through a permutation (LongNet, strides, grids);
   // kernels without one compile the gather paths out.
   bool permuted_keys = true;
+  // Backward only: the deterministic mode (no atomics; a separate dQ kernel).
+  bool deterministic = false;
 };
 
 // A rendered, ready-to-compile program.
@@ -33,12 +35,14 @@ struct RenderedKernel {
   std::vector<std::pair<std::string, std::string>> template_hashes;
   int threads = 0;
   int smem_bytes = 0;
+  int dq_threads = 0, dq_smem_bytes = 0;  // the backward dQ kernel, when there is one
 };
 
 // Readable CUDA source for the spec, with a header comment naming it.
 RenderedKernel render_forward(const KernelSpec& spec);
 // Backward kernel source (templates/backward.cuh) for a spec whose config is a backward
-// configuration (check_backward_config).
+// configuration (check_backward_config): the key-tile kernel `spattn_bwd`, and in
+// deterministic mode the dQ kernel `spattn_bwd_dq` (tile_m / 16 warps, dq_smem_bytes).
 RenderedKernel render_backward(const KernelSpec& spec);
 // The merge / fill / reference helper kernels (templates/merge.cuh, reference.cuh).
 RenderedKernel render_support_kernels();

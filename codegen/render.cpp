@@ -172,9 +172,9 @@ RenderedKernel render_backward(const KernelSpec& spec) {
   std::ostringstream src;
   src << "// spattn backward kernel, generated from this spec (do not edit):\n";
   write_parts(src, spec.parts);
-  src << fmt::format("//   family sm80 (mma.sync), {} keys per CTA ({} warps), {} queries per step ({} buffers), head dim {}, {}, {}{}\n",
+  src << fmt::format("//   family sm80 (mma.sync), {} keys per CTA ({} warps), {} queries per step ({} buffers), head dim {}, {}, {}{}{}\n",
                      c.tile_n, c.warps, c.tile_m, c.stages, spec.head_dim, to_string(spec.dtype), spec.arch,
-                     spec.permuted_keys ? ", permuted keys" : "");
+                     spec.permuted_keys ? ", permuted keys" : "", spec.deterministic ? ", deterministic" : "");
   src << "#include \"spattn/params.cuh\"\n\n";
   src << "namespace spattn_generated {\n";
   src << render_predicate(spec.parts, "allowed", "__device__ __forceinline__");
@@ -186,6 +186,8 @@ RenderedKernel render_backward(const KernelSpec& spec) {
   src << fmt::format("  static constexpr int kBlockN = {};  // keys per CTA\n", c.tile_n);
   src << fmt::format("  static constexpr int kWarps = {};\n", c.warps);
   src << fmt::format("  static constexpr int kStages = {};  // query-tile buffers\n", c.stages);
+  src << fmt::format("  static constexpr bool kDeterministic = {};\n", spec.deterministic ? "true" : "false");
+  src << fmt::format("  static constexpr int kDqSmemBytes = {};\n", backward_dq_smem_bytes(c, spec.head_dim));
   src << fmt::format("  static constexpr bool kBf16 = {};\n", spec.dtype == DType::kBFloat16 ? "true" : "false");
   src << fmt::format("  static constexpr int kSmemBytes = {};\n", smem);
   src << fmt::format("  static constexpr bool kPermutedKeys = {};\n", spec.permuted_keys ? "true" : "false");
@@ -195,6 +197,11 @@ RenderedKernel render_backward(const KernelSpec& spec) {
   src << fmt::format("extern \"C\" __global__ void __launch_bounds__({}) spattn_bwd(const SpattnBwdParams p) {{\n",
                      c.warps * 32);
   src << "  spattn::bwd::Backward<Cfg>::run(p);\n}\n";
+  if (spec.deterministic) {
+    src << fmt::format("\nextern \"C\" __global__ void __launch_bounds__({}) spattn_bwd_dq(const SpattnBwdParams p) {{\n",
+                       c.tile_m / 16 * 32);
+    src << "  spattn::bwd::BackwardDq<Cfg>::run(p);\n}\n";
+  }
   RenderedKernel out;
   out.source = src.str();
   out.kernel_name = "spattn_bwd";
@@ -204,6 +211,10 @@ RenderedKernel render_backward(const KernelSpec& spec) {
   add_template(out, "spattn/backward.cuh");
   out.threads = c.warps * 32;
   out.smem_bytes = smem;
+  if (spec.deterministic) {
+    out.dq_threads = c.tile_m / 16 * 32;
+    out.dq_smem_bytes = backward_dq_smem_bytes(c, spec.head_dim);
+  }
   return out;
 }
 

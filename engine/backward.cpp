@@ -20,24 +20,34 @@ Problem backward_problem_from_tensors(const TensorView& q, const TensorView& k, 
   return p;
 }
 
-BackwardPlan::BackwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config, int device)
-    : problem_(problem), config_(config), device_(device) {
+BackwardPlan::BackwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config, int device,
+                           bool deterministic)
+    : problem_(problem), config_(config), device_(device), deterministic_(deterministic) {
   runtime::make_current(device);
   const runtime::DeviceInfo info = runtime::device_info(device);
   check_backward_config(config, static_cast<int>(problem.head_dim), problem.dtype, info.arch(),
                         info.smem_per_block_optin);
   layout_ = compile_layout(pattern, problem.shape(), config.layout_options());
-  rendered_ = codegen::render_backward(kernel_spec_for(layout_, config, problem, info.arch()));
+  codegen::KernelSpec spec = kernel_spec_for(layout_, config, problem, info.arch());
+  spec.deterministic = deterministic;
+  rendered_ = codegen::render_backward(spec);
   bwd_ = &load_kernel(rendered_, device);
   if (rendered_.smem_bytes > 48 * 1024) bwd_->kernel.set_max_dynamic_shared(rendered_.smem_bytes);
+  if (deterministic) {
+    dq_ = &load_kernel(rendered_, device, "spattn_bwd_dq");
+    if (rendered_.dq_smem_bytes > 48 * 1024) dq_->kernel.set_max_dynamic_shared(rendered_.dq_smem_bytes);
+  }
   const codegen::RenderedKernel support = codegen::render_support_kernels();
   const bool bf16 = problem.dtype == DType::kBFloat16;
   prep_ = &load_kernel(support, device, bf16 ? "spattn_backward_prep_bf16" : "spattn_backward_prep_fp16");
   convert_ = &load_kernel(support, device, bf16 ? "spattn_backward_convert_bf16" : "spattn_backward_convert_fp16");
-  tables_ = DeviceBackwardLayout(layout_);
-  log::debug("backward plan {} | {} | {} tables, {} work items | kernel {} ({})", problem.to_string(),
-             config.to_string(), layout_.tables.size(), tables_.num_items(), rendered_.program_name,
-             bwd_->cache_hit ? "cache hit" : "compiled");
+  BackwardPacking packing;
+  packing.deterministic = deterministic;
+  packing.kv_group = problem.heads / problem.kv_heads;
+  tables_ = DeviceBackwardLayout(layout_, packing);
+  log::debug("backward plan {} | {}{} | {} tables, {} work items ({} dQ) | kernel {} ({})", problem.to_string(),
+             config.to_string(), deterministic ? " deterministic" : "", layout_.tables.size(), tables_.num_items(),
+             tables_.num_dq_items(), rendered_.program_name, bwd_->cache_hit ? "cache hit" : "compiled");
 }
 
 void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
@@ -105,12 +115,28 @@ void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorVie
     bp.scale_log2 = scale * 1.4426950408889634f;
     bp.arena = tables_.arena();
     bp.tables = tables_.tables();
-    bp.work = tables_.work();
-    bp.num_work = static_cast<int32_t>(tables_.num_items());
-    void* args[] = {&bp};
-    bwd_->kernel.launch({static_cast<unsigned>(tables_.num_items()), static_cast<unsigned>(p.batch)},
-                        {static_cast<unsigned>(rendered_.threads)}, static_cast<unsigned>(rendered_.smem_bytes),
-                        stream, args);
+    // Items [first, last) of a list, as one launch of `kernel`.
+    auto launch = [&](const JitKernel& kernel, const int32_t* items, int64_t first, int64_t last, int threads,
+                      int smem) {
+      if (last <= first) return;
+      bp.work = items + 4 * first;
+      bp.num_work = static_cast<int32_t>(last - first);
+      void* args[] = {&bp};
+      kernel.kernel.launch({static_cast<unsigned>(last - first), static_cast<unsigned>(p.batch)},
+                           {static_cast<unsigned>(threads)}, static_cast<unsigned>(smem), stream, args);
+    };
+    if (!deterministic_) {
+      launch(*bwd_, tables_.work(), 0, tables_.num_items(), rendered_.threads, rendered_.smem_bytes);
+    } else {
+      // One launch per table and kernel, in table order: within a launch every
+      // accumulator row has one writer, and launches add in a fixed order.
+      const auto& wb = tables_.work_begin();
+      const auto& qb = tables_.dq_begin();
+      for (size_t t = 0; t + 1 < wb.size(); ++t) {
+        launch(*bwd_, tables_.work(), wb[t], wb[t + 1], rendered_.threads, rendered_.smem_bytes);
+        launch(*dq_, tables_.dq_work(), qb[t], qb[t + 1], rendered_.dq_threads, rendered_.dq_smem_bytes);
+      }
+    }
   }
   auto convert = [&](const runtime::DeviceBuffer& acc, const TensorView& out, int64_t n, int64_t heads) {
     SpattnBwdConvertParams cp{};

@@ -24,7 +24,10 @@ Problem backward_problem_from_tensors(const TensorView& q, const TensorView& k, 
 
 class BackwardPlan {
  public:
-  BackwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config, int device);
+  // deterministic: bitwise reproducible (see SpattnBwdParams); throws kUnsupported for a
+  // layout that holds a token twice in one table's order.
+  BackwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config, int device,
+               bool deterministic = false);
 
   // Asynchronous on `stream`. scale <= 0 means 1/sqrt(D); it must be the forward's.
   void run(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, const TensorView& lse,
@@ -36,6 +39,7 @@ class BackwardPlan {
   const codegen::RenderedKernel& rendered() const { return rendered_; }
   const JitKernel& kernel() const { return *bwd_; }
   int64_t work_items() const { return tables_.num_items(); }
+  bool deterministic() const { return deterministic_; }
 
  private:
   Problem problem_;
@@ -43,7 +47,9 @@ class BackwardPlan {
   int device_;
   Layout layout_;
   codegen::RenderedKernel rendered_;
+  bool deterministic_ = false;
   const JitKernel* bwd_ = nullptr;
+  const JitKernel* dq_ = nullptr;
   const JitKernel* prep_ = nullptr;
   const JitKernel* convert_ = nullptr;
   DeviceBackwardLayout tables_;

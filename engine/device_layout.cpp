@@ -116,9 +116,31 @@ PackedTables pack_tables(const Layout& layout) {
   return out;
 }
 
-PackedBackwardTables pack_backward_tables(const Layout& layout) {
+namespace {
+
+void check_unique_tokens(const std::vector<int32_t>& slots, const char* what, size_t table) {
+  if (slots.empty()) return;
+  std::vector<char> seen(static_cast<size_t>(*std::max_element(slots.begin(), slots.end())) + 1, 0);
+  for (int32_t s : slots) {
+    if (s < 0) continue;
+    if (seen[static_cast<size_t>(s)]++)
+      SPATTN_FAIL(ErrorCode::kUnsupported,
+                  "deterministic backward: table {} holds {} token {} twice, so two work items would write its "
+                  "gradient row; use the default (atomic) backward for this layout",
+                  table, what, s);
+  }
+}
+
+}  // namespace
+
+PackedBackwardTables pack_backward_tables(const Layout& layout, const BackwardPacking& packing) {
+  SPATTN_REQUIRE(packing.kv_group >= 1, "kv_group must be at least 1 (got {})", packing.kv_group);
   PackedBackwardTables out;
   Arena arena;
+  auto item = [](std::vector<int32_t>& list, size_t table, int64_t tile, size_t first, size_t count) {
+    list.insert(list.end(), {static_cast<int32_t>(table), static_cast<int32_t>(tile), static_cast<int32_t>(first),
+                             static_cast<int32_t>(count)});
+  };
   for (size_t ti = 0; ti < layout.tables.size(); ++ti) {
     const BlockTable& t = layout.tables[ti];
     const TransposedTable tr = transpose_table(t);
@@ -126,23 +148,55 @@ PackedBackwardTables pack_backward_tables(const Layout& layout) {
     d.col_ptr = arena.append(tr.col_ptr);
     d.full_count = arena.append(tr.full_count);
     d.rows = arena.append(tr.rows);
-    out.tables.push_back(d);
+    std::vector<int32_t> heads(t.heads.begin(), t.heads.end());
+    std::sort(heads.begin(), heads.end());
+    d.heads = arena.append(heads);
+    d.row_ptr = d.row_full = d.cols = -1;
+    out.work_begin.push_back(out.num_items());
+    out.dq_begin.push_back(out.num_dq_items());
+    if (packing.deterministic) {
+      check_unique_tokens(t.q_slots, "query", ti);
+      check_unique_tokens(t.k_slots, "key", ti);
+      d.row_ptr = arena.append(t.row_ptr);
+      d.row_full = arena.append(t.full_count);
+      d.cols = arena.append(t.cols);
+    }
+    // Runs of consecutive heads of one KV head (deterministic), or single heads.
+    std::vector<std::pair<size_t, size_t>> runs;
+    for (size_t x = 0; x < heads.size(); ++x) {
+      if (packing.deterministic && !runs.empty() &&
+          heads[x] / packing.kv_group == heads[runs.back().first] / packing.kv_group)
+        ++runs.back().second;
+      else
+        runs.emplace_back(x, 1);
+    }
     for (int64_t k = 0; k < tr.num_k_tiles; ++k) {
       if (tr.col_ptr[k + 1] == tr.col_ptr[k]) continue;
-      for (int32_t h : t.heads)
-        out.work.insert(out.work.end(), {static_cast<int32_t>(ti), static_cast<int32_t>(k), h});
+      for (const auto& [first, count] : runs) item(out.work, ti, k, first, count);
     }
+    if (packing.deterministic)
+      for (int64_t q = 0; q < t.num_q_tiles; ++q) {
+        if (t.row_ptr[q + 1] == t.row_ptr[q]) continue;
+        for (size_t x = 0; x < heads.size(); ++x) item(out.dq_work, ti, q, x, 1);
+      }
+    out.tables.push_back(d);
   }
+  out.work_begin.push_back(out.num_items());
+  out.dq_begin.push_back(out.num_dq_items());
+  for (int64_t n : {out.num_items(), out.num_dq_items()})
+    checked_i32(n, "backward work items");
   out.arena = arena.take();
   return out;
 }
 
-DeviceBackwardLayout::DeviceBackwardLayout(const Layout& layout) {
-  const PackedBackwardTables packed = pack_backward_tables(layout);
-  num_items_ = packed.num_items();
+DeviceBackwardLayout::DeviceBackwardLayout(const Layout& layout, const BackwardPacking& packing) {
+  const PackedBackwardTables packed = pack_backward_tables(layout, packing);
+  work_begin_ = packed.work_begin;
+  dq_begin_ = packed.dq_begin;
   upload(arena_, packed.arena);
   upload(tables_, packed.tables);
   upload(work_, packed.work);
+  upload(dq_work_, packed.dq_work);
 }
 
 DeviceLayout::DeviceLayout(const Layout& layout, WorkList work) : work_list_(std::move(work)) {

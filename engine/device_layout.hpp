@@ -44,29 +44,45 @@ struct PackedTables {
 PackedTables pack_tables(const Layout& layout);
 
 // Host form of the transposed tables of a layout (for the backward pass) and its work
-// list: 3 ints per item (table, key tile, query head), one item per key tile that some
-// query tile attends, for every head of the table.
+// lists, 4 ints per item (table, tile, first index into the table's heads, head count),
+// grouped by table (`*_begin[t]` .. `*_begin[t + 1]` are table t's items):
+// - `work`: per key tile that some query tile attends; one item per query head, or in
+//   deterministic mode one per KV head covering the table's query heads of its group;
+// - `dq_work` (deterministic mode only): per query tile with key tiles, per query head,
+//   over the forward rows (which are then packed too).
+// Deterministic mode needs every token at most once in a table's query and key orders
+// (one writer per accumulator row per launch); it throws kUnsupported otherwise.
+struct BackwardPacking {
+  bool deterministic = false;
+  int64_t kv_group = 1;  // query heads per KV head
+};
 struct PackedBackwardTables {
   std::vector<int32_t> arena;
   std::vector<SpattnBwdTable> tables;
-  std::vector<int32_t> work;
-  int64_t num_items() const { return static_cast<int64_t>(work.size() / 3); }
+  std::vector<int32_t> work, dq_work;
+  std::vector<int64_t> work_begin, dq_begin;
+  int64_t num_items() const { return static_cast<int64_t>(work.size() / 4); }
+  int64_t num_dq_items() const { return static_cast<int64_t>(dq_work.size() / 4); }
 };
-PackedBackwardTables pack_backward_tables(const Layout& layout);
+PackedBackwardTables pack_backward_tables(const Layout& layout, const BackwardPacking& packing = {});
 
-// The backward pass's tables on the device.
+// The backward pass's tables on the device, with the host's item ranges per table.
 class DeviceBackwardLayout {
  public:
   DeviceBackwardLayout() = default;
-  explicit DeviceBackwardLayout(const Layout& layout);
+  DeviceBackwardLayout(const Layout& layout, const BackwardPacking& packing);
   const int32_t* arena() const { return reinterpret_cast<const int32_t*>(arena_.get()); }
   const SpattnBwdTable* tables() const { return reinterpret_cast<const SpattnBwdTable*>(tables_.get()); }
   const int32_t* work() const { return reinterpret_cast<const int32_t*>(work_.get()); }
-  int64_t num_items() const { return num_items_; }
+  const int32_t* dq_work() const { return reinterpret_cast<const int32_t*>(dq_work_.get()); }
+  int64_t num_items() const { return static_cast<int64_t>(work_begin_.empty() ? 0 : work_begin_.back()); }
+  int64_t num_dq_items() const { return static_cast<int64_t>(dq_begin_.empty() ? 0 : dq_begin_.back()); }
+  const std::vector<int64_t>& work_begin() const { return work_begin_; }
+  const std::vector<int64_t>& dq_begin() const { return dq_begin_; }
 
  private:
-  int64_t num_items_ = 0;
-  runtime::DeviceBuffer arena_, tables_, work_;
+  std::vector<int64_t> work_begin_, dq_begin_;
+  runtime::DeviceBuffer arena_, tables_, work_, dq_work_;
 };
 
 class DeviceLayout {

@@ -95,8 +95,9 @@ def _view(t):
 class Attention:
     """Sparse attention with a pattern (dict, JSON text or preset name)."""
 
-    def __init__(self, pattern, config=None, scale=None, use_tuning_db=True, backward_config=None):
-        options = {"use_tuning_db": use_tuning_db}
+    def __init__(self, pattern, config=None, scale=None, use_tuning_db=True, backward_config=None,
+                 deterministic=False):
+        options = {"use_tuning_db": use_tuning_db, "deterministic": bool(deterministic)}
         if config is not None:
             options["config"] = config
         if backward_config is not None:
@@ -160,13 +161,13 @@ def pattern_stats(pattern, seq, kv_seq=None, heads=1, tile_m=128, tile_n=64, hea
 
 # ---- autograd: a torch.library custom op -----------------------------------------------
 
-_attentions = {}  # (pattern text, scale) -> Attention; plans and kernels are kept per problem inside
+_attentions = {}  # (pattern text, scale, deterministic) -> Attention; plans are kept per problem inside
 
 
-def _attention_for(pattern, scale):
-    key = (pattern, scale)
+def _attention_for(pattern, scale, deterministic=False):
+    key = (pattern, scale, deterministic)
     if key not in _attentions:
-        _attentions[key] = Attention(pattern, scale=scale if scale > 0 else None)
+        _attentions[key] = Attention(pattern, scale=scale if scale > 0 else None, deterministic=deterministic)
     return _attentions[key]
 
 
@@ -181,47 +182,50 @@ def _register_ops():
     from torch import Tensor
 
     @torch.library.custom_op("spattn::attention_forward", mutates_args=())
-    def attention_forward(q: Tensor, k: Tensor, v: Tensor, pattern: str, scale: float) -> tuple[Tensor, Tensor]:
+    def attention_forward(q: Tensor, k: Tensor, v: Tensor, pattern: str, scale: float,
+                          deterministic: bool) -> tuple[Tensor, Tensor]:
         out = torch.empty_like(q)
         lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), device=q.device, dtype=torch.float32)
         _attention_for(pattern, scale).forward(q, k, v, out=out, lse=lse)
         return out, lse
 
     @attention_forward.register_fake
-    def _(q, k, v, pattern, scale):
+    def _(q, k, v, pattern, scale, deterministic):
         return torch.empty_like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
 
     @torch.library.custom_op("spattn::attention_backward", mutates_args=())
     def attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, d_out: Tensor, pattern: str,
-                           scale: float) -> tuple[Tensor, Tensor, Tensor]:
-        return _attention_for(pattern, scale).backward(q, k, v, out, lse, d_out.contiguous())
+                           scale: float, deterministic: bool) -> tuple[Tensor, Tensor, Tensor]:
+        return _attention_for(pattern, scale, deterministic).backward(q, k, v, out, lse, d_out.contiguous())
 
     @attention_backward.register_fake
-    def _(q, k, v, out, lse, d_out, pattern, scale):
+    def _(q, k, v, out, lse, d_out, pattern, scale, deterministic):
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
     def setup_context(ctx, inputs, output):
-        q, k, v, pattern, scale = inputs
+        q, k, v, pattern, scale, deterministic = inputs
         out, lse = output
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.pattern, ctx.scale = pattern, scale
+        ctx.pattern, ctx.scale, ctx.deterministic = pattern, scale, deterministic
 
     def backward(ctx, d_out, d_lse):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = torch.ops.spattn.attention_backward(q, k, v, out, lse, d_out, ctx.pattern, ctx.scale)
-        return dq, dk, dv, None, None
+        dq, dk, dv = torch.ops.spattn.attention_backward(q, k, v, out, lse, d_out, ctx.pattern, ctx.scale,
+                                                         ctx.deterministic)
+        return dq, dk, dv, None, None, None
 
     attention_forward.register_autograd(backward, setup_context=setup_context)
     _ops = torch.ops.spattn
     return _ops
 
 
-def attention(q, k, v, pattern, scale=None):
+def attention(q, k, v, pattern, scale=None, deterministic=False):
     """Differentiable sparse attention: q [B, Nq, Hq, D], k/v [B, Nk, Hkv, D] (fp16/bf16, CUDA).
 
     scale defaults to 1/sqrt(D). The forward saves O and LSE; the backward runs spattn's
-    backward kernel."""
-    out, _ = _register_ops().attention_forward(q, k, v, _pattern_text(pattern), float(scale or 0.0))
+    backward kernels (deterministic=True: bitwise reproducible gradients, no atomics)."""
+    out, _ = _register_ops().attention_forward(q, k, v, _pattern_text(pattern), float(scale or 0.0),
+                                               bool(deterministic))
     return out
 
 
@@ -237,10 +241,11 @@ except ImportError:  # the C ABI wrapper works without PyTorch; the op and the m
 class SparseAttention(_Module):
     """nn.Module form of attention(): SparseAttention(pattern)(q, k, v)."""
 
-    def __init__(self, pattern, scale=None):
+    def __init__(self, pattern, scale=None, deterministic=False):
         super().__init__()
         self.pattern = _pattern_text(pattern)
         self.scale = scale
+        self.deterministic = deterministic
 
     def forward(self, q, k, v):
-        return attention(q, k, v, self.pattern, self.scale)
+        return attention(q, k, v, self.pattern, self.scale, self.deterministic)

@@ -88,13 +88,21 @@ struct SpattnBwdTable {
   int32_t col_ptr;      // arena offset of num_k_tiles + 1 offsets (into rows)
   int32_t full_count;   // arena offset of num_k_tiles counts of leading full query tiles
   int32_t rows;         // arena offset of the query tile indices
+  int32_t heads;        // arena offset of the table's query heads, ascending
+  int32_t row_ptr;      // deterministic mode, the forward CSR for the dQ pass: row offsets,
+  int32_t row_full;     //   counts of leading full key tiles, key tile indices
+  int32_t cols;         //   (arena offsets; -1 otherwise)
 };
 
 // dQ, dK, dV of attention over a layout (FlashAttention-2's algorithm per key tile).
-// Gradients accumulate in fp32 ([B, N, H, D], contiguous) with atomics: several query
-// heads (GQA), parts (LongNet branches, unions) and query tiles add to the same rows;
-// a conversion kernel writes them out. Every part uses the merged LSE and the row sums
-// D = rowsum(dO * O) of the merged output: the layout's parts are one softmax.
+// Gradients accumulate in fp32 ([B, N, H, D], contiguous); a conversion kernel writes
+// them out. Every part uses the merged LSE and the row sums D = rowsum(dO * O) of the
+// merged output: the layout's parts are one softmax.
+// By default the key-tile kernel also computes dQ, and several query heads (GQA), parts
+// and key tiles add to the same rows with fp32 atomics. In deterministic mode the host
+// launches the key-tile kernel once per table, each work item covering the table's query
+// heads of one KV head, and a dQ kernel over the forward rows once per table: every
+// accumulator row has one writer per launch and launches add in a fixed order.
 struct SpattnBwdParams {
   const void* q;
   const void* k;
@@ -114,7 +122,9 @@ struct SpattnBwdParams {
   float scale, scale_log2;
   const int32_t* arena;
   const SpattnBwdTable* tables;
-  const int32_t* work;      // 3 ints per item: table, key tile, query head
+  // 4 ints per item: table, tile (a key tile; for the dQ kernel a query tile), first
+  // index into the table's heads, number of heads (consecutive, of one KV head).
+  const int32_t* work;
   int32_t num_work;
 };
 

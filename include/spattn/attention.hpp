@@ -30,6 +30,9 @@ struct AttentionOptions {
   int device = -1;                    // CUDA device; -1: the device of the current context (else 0)
   std::optional<KernelConfig> config;   // force a kernel configuration
   std::optional<KernelConfig> backward_config;  // force the backward kernel's (see check_backward_config)
+  // backward(): bitwise reproducible gradients (no atomics; dQ by a second kernel over
+  // the forward rows, about 1.4x the matrix work of the default)
+  bool deterministic = false;
   bool use_tuning_db = true;          // consult the tuning database of this GPU
 };
 

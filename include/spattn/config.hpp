@@ -81,12 +81,14 @@ bool family_supports(KernelFamily family, int head_dim, DType dtype, std::string
 
 // The backward kernel (sm80 family, mma.sync; runs on sm_80 and newer, Hopper too) takes
 // a KernelConfig with: tile_n keys per CTA, 16 per warp (tile_n = 16 * warps, 4 or 8
-// warps), tile_m queries per step (16 to 128, a multiple of 16), stages 1; permute and
-// schedule as in the forward pass. Head dims 32, 64, 96, 128 (dK and dV of a warp's 16
-// keys live in registers). Throws kInvalidArgument / kUnsupported naming the field and
-// what is allowed; smem_limit > 0 checks the shared memory too.
+// warps), tile_m queries per step (16 to 128, a multiple of 16), stages 1 or 2 (query-tile
+// buffers); permute and schedule as in the forward pass. Head dims 32, 64, 96, 128 (dK
+// and dV of a warp's 16 keys live in registers). Throws kInvalidArgument / kUnsupported
+// naming the field and what is allowed; smem_limit > 0 checks the shared memory of both
+// backward kernels too.
 void check_backward_config(const KernelConfig& config, int head_dim, DType dtype, std::string_view arch, int smem_limit);
-int backward_smem_bytes(const KernelConfig& config, int head_dim);
+int backward_smem_bytes(const KernelConfig& config, int head_dim);     // the key-tile kernel
+int backward_dq_smem_bytes(const KernelConfig& config, int head_dim);  // the deterministic dQ kernel
 const std::vector<int>& backward_head_dims();
 
 // Head dims some family supports, and the list as text for error messages.

@@ -25,6 +25,7 @@ struct Case {
   std::string json;
   int64_t batch = 1, nq = 300, nk = 300, heads = 2, kv_heads = 2, head_dim = 64;
   DType dtype = DType::kBFloat16;
+  bool deterministic = false;  // then backward runs twice and must give the same bits
 };
 
 double rel_l2(const std::vector<uint16_t>& got, DType dtype, const std::vector<double>& want, int64_t* nonfinite) {
@@ -39,8 +40,8 @@ double rel_l2(const std::vector<uint16_t>& got, DType dtype, const std::vector<d
 }
 
 void run_case(const Case& c, uint64_t seed) {
-  SCOPED_TRACE(fmt::format("{} B={} Nq={} Nk={} H={}/{} D={} {}", c.json, c.batch, c.nq, c.nk, c.heads, c.kv_heads,
-                           c.head_dim, to_string(c.dtype)));
+  SCOPED_TRACE(fmt::format("{} B={} Nq={} Nk={} H={}/{} D={} {}{}", c.json, c.batch, c.nq, c.nk, c.heads,
+                           c.kv_heads, c.head_dim, to_string(c.dtype), c.deterministic ? " deterministic" : ""));
   const Pattern pattern = Pattern::parse(c.json);
   const int64_t qe = c.batch * c.nq * c.heads * c.head_dim, ke = c.batch * c.nk * c.kv_heads * c.head_dim;
   runtime::DeviceBuffer q(qe * 2), k(ke * 2), v(ke * 2), o(qe * 2), d_o(qe * 2), dq(qe * 2), dk(ke * 2), dv(ke * 2),
@@ -59,6 +60,7 @@ void run_case(const Case& c, uint64_t seed) {
   const auto tl = TensorView::contiguous3(lse.data(), DType::kFloat32, {c.batch, c.heads, c.nq});
   AttentionOptions opts;
   opts.use_tuning_db = false;
+  opts.deterministic = c.deterministic;
   Attention attn(pattern, opts);
   attn.forward(qv(q), kv(k), kv(v), qv(o), &tl);
   attn.backward(qv(q), kv(k), kv(v), qv(o), tl, qv(d_o), qv(dq), kv(dk), kv(dv));
@@ -69,6 +71,17 @@ void run_case(const Case& c, uint64_t seed) {
     b.download(bits.data(), bits.size() * 2);
     return bits;
   };
+  if (c.deterministic) {
+    const auto first_q = host(dq, qe), first_k = host(dk, ke), first_v = host(dv, ke);
+    for (int run = 0; run < 3; ++run) {
+      for (auto* b : {&dq, &dk, &dv}) b->fill_bytes(0xff);
+      attn.backward(qv(q), kv(k), kv(v), qv(o), tl, qv(d_o), qv(dq), kv(dk), kv(dv));
+      runtime::synchronize();
+      EXPECT_TRUE(host(dq, qe) == first_q) << "dQ differs in run " << run + 2;
+      EXPECT_TRUE(host(dk, ke) == first_k) << "dK differs in run " << run + 2;
+      EXPECT_TRUE(host(dv, ke) == first_v) << "dV differs in run " << run + 2;
+    }
+  }
   auto to_f = [&](const std::vector<uint16_t>& bits) {
     std::vector<float> f(bits.size());
     for (size_t x = 0; x < bits.size(); ++x) f[x] = engine::half_bits_to_float(bits[x], c.dtype);
@@ -146,6 +159,42 @@ TEST_F(BackwardGpu, GqaMqaCrossAttentionEmptyRowsDtypesHeadDims) {
   d96.dtype = DType::kFloat16;
   d96.nq = d96.nk = 129;
   run_case(d96, 16);
+}
+
+// Deterministic mode: bitwise identical gradients over repeated runs, and as accurate as
+// the default, for layouts where several work items meet on the same rows (GQA and MQA
+// groups, LongNet branches with permutations, unions, per-head patterns, causal).
+TEST_F(BackwardGpu, DeterministicModeIsBitwiseReproducible) {
+  const char* patterns[] = {
+      R"({"type":"dense","causal":true})",
+      R"({"type":"longnet","segments":[128,256],"rates":[1,2]})",
+      R"({"union":[{"type":"strided","stride":32,"mode":"relative"},{"type":"local_window","window":64}]})",
+      R"({"heads":[{"first":0,"count":2,"pattern":{"type":"local_window","window":32}},{"first":2,"count":2,"pattern":{"type":"dense","causal":true}}]})",
+      R"({"type":"neighborhood","grid":[20,24],"window":[5,7],"dilation":[1,1]})",
+  };
+  uint64_t seed = 31;
+  for (const char* p : patterns) {
+    Case c{p};
+    c.nq = c.nk = 480;
+    c.heads = 4;
+    c.kv_heads = 2;  // GQA 2:1: two query heads meet on each KV row
+    c.deterministic = true;
+    run_case(c, seed++);
+  }
+  Case mqa{R"({"type":"local_window","window":100})"};
+  mqa.heads = 4;
+  mqa.kv_heads = 1;
+  mqa.batch = 2;
+  mqa.nq = 250;
+  mqa.nk = 410;
+  mqa.deterministic = true;
+  run_case(mqa, 40);
+  Case d128{R"({"type":"longnet","segments":[128,256],"rates":[1,2],"causal":true})"};
+  d128.head_dim = 128;
+  d128.dtype = DType::kFloat16;
+  d128.nq = d128.nk = 517;
+  d128.deterministic = true;
+  run_case(d128, 41);
 }
 
 }  // namespace

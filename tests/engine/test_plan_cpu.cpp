@@ -177,15 +177,21 @@ TEST(BackwardTables, PackAndWorkListCoverEveryAttendedKeyTile) {
   const Layout layout = compile_layout(p, Shape{3000, 3000, 4}, lo);
   const engine::PackedBackwardTables packed = engine::pack_backward_tables(layout);
   ASSERT_EQ(packed.tables.size(), layout.tables.size());
+  EXPECT_TRUE(packed.dq_work.empty()) << "the dQ pass is for deterministic mode only";
   std::set<std::tuple<int, int, int>> items;
-  for (size_t x = 0; x < packed.work.size(); x += 3)
-    EXPECT_TRUE(items.insert({packed.work[x], packed.work[x + 1], packed.work[x + 2]}).second) << "duplicate item";
+  for (size_t x = 0; x < packed.work.size(); x += 4) {
+    ASSERT_EQ(packed.work[x + 3], 1) << "one query head per item";
+    const SpattnBwdTable& d = packed.tables[packed.work[x]];
+    const int h = packed.arena[d.heads + packed.work[x + 2]];
+    EXPECT_TRUE(items.insert({packed.work[x], packed.work[x + 1], h}).second) << "duplicate item";
+  }
   size_t expected = 0;
   for (size_t t = 0; t < layout.tables.size(); ++t) {
     const TransposedTable tr = transpose_table(layout.tables[t]);
     const SpattnBwdTable& d = packed.tables[t];
     EXPECT_EQ(d.part, layout.tables[t].part);
     EXPECT_EQ(d.q_slots >= 0, !layout.tables[t].q_slots.empty());
+    EXPECT_EQ(d.row_ptr, -1);
     for (int64_t k = 0; k < tr.num_k_tiles; ++k) {
       ASSERT_EQ(packed.arena[d.col_ptr + k], tr.col_ptr[k]);
       ASSERT_EQ(packed.arena[d.full_count + k], tr.full_count[k]);
@@ -196,8 +202,84 @@ TEST(BackwardTables, PackAndWorkListCoverEveryAttendedKeyTile) {
       }
     }
     for (size_t r = 0; r < tr.rows.size(); ++r) ASSERT_EQ(packed.arena[d.rows + r], tr.rows[r]);
+    // Items are grouped by table.
+    for (int64_t x = packed.work_begin[t]; x < packed.work_begin[t + 1]; ++x)
+      EXPECT_EQ(packed.work[4 * x], static_cast<int>(t));
   }
   EXPECT_EQ(items.size(), expected);
+}
+
+// Deterministic packing: one key-tile item per (key tile, KV head) covering the table's
+// query heads of that KV head in ascending order, a dQ item per (query tile with keys,
+// head) over the forward rows (packed too), and item ranges per table.
+TEST(BackwardTables, DeterministicPackingGroupsHeadsPerKvHeadAndAddsTheDqPass) {
+  LayoutOptions lo;
+  lo.tile_m = 64;
+  lo.tile_n = 128;
+  const Pattern p = Pattern::parse(
+      R"({"heads":[{"first":0,"count":3,"pattern":{"type":"local_window","window":100}},)"
+      R"({"first":3,"count":5,"pattern":{"type":"dense","causal":true}}]})");
+  const Layout layout = compile_layout(p, Shape{1000, 1000, 8}, lo);
+  engine::BackwardPacking packing;
+  packing.deterministic = true;
+  packing.kv_group = 2;  // KV head of h: h / 2
+  const engine::PackedBackwardTables packed = engine::pack_backward_tables(layout, packing);
+  ASSERT_EQ(packed.work_begin.size(), layout.tables.size() + 1);
+  ASSERT_EQ(packed.dq_begin.size(), layout.tables.size() + 1);
+  for (size_t t = 0; t < layout.tables.size(); ++t) {
+    const BlockTable& bt = layout.tables[t];
+    const SpattnBwdTable& d = packed.tables[t];
+    std::vector<int32_t> heads(bt.heads.begin(), bt.heads.end());
+    std::sort(heads.begin(), heads.end());
+    std::map<int, std::vector<int>> by_kv;  // KV head -> its query heads in this table
+    for (int32_t h : heads) by_kv[h / 2].push_back(h);
+    const TransposedTable tr = transpose_table(bt);
+    int64_t attended = 0;
+    for (int64_t k = 0; k < tr.num_k_tiles; ++k) attended += tr.col_ptr[k + 1] > tr.col_ptr[k];
+    ASSERT_EQ(packed.work_begin[t + 1] - packed.work_begin[t], attended * static_cast<int64_t>(by_kv.size()));
+    std::set<std::pair<int, int>> seen;  // (key tile, KV head)
+    for (int64_t x = packed.work_begin[t]; x < packed.work_begin[t + 1]; ++x) {
+      const int32_t* w = &packed.work[4 * x];
+      ASSERT_EQ(w[0], static_cast<int>(t));
+      std::vector<int> got;
+      for (int i = 0; i < w[3]; ++i) got.push_back(packed.arena[d.heads + w[2] + i]);
+      ASSERT_FALSE(got.empty());
+      EXPECT_EQ(got, by_kv[got[0] / 2]);
+      EXPECT_TRUE(seen.insert({w[1], got[0] / 2}).second);
+    }
+    // The forward rows, and one dQ item per (query tile with keys, head).
+    ASSERT_GE(d.row_ptr, 0);
+    for (int64_t q = 0; q <= bt.num_q_tiles; ++q) ASSERT_EQ(packed.arena[d.row_ptr + q], bt.row_ptr[q]);
+    for (size_t c = 0; c < bt.cols.size(); ++c) ASSERT_EQ(packed.arena[d.cols + c], bt.cols[c]);
+    int64_t rows = 0;
+    for (int64_t q = 0; q < bt.num_q_tiles; ++q) rows += bt.row_ptr[q + 1] > bt.row_ptr[q];
+    EXPECT_EQ(packed.dq_begin[t + 1] - packed.dq_begin[t], rows * static_cast<int64_t>(heads.size()));
+    for (int64_t x = packed.dq_begin[t]; x < packed.dq_begin[t + 1]; ++x) EXPECT_EQ(packed.dq_work[4 * x + 3], 1);
+  }
+}
+
+TEST(BackwardTables, DeterministicPackingRefusesATokenTwiceInOneTable) {
+  Layout layout;
+  BlockTable t;
+  t.num_q_tiles = 1;
+  t.num_k_tiles = 1;
+  t.row_ptr = {0, 1};
+  t.full_count = {1};
+  t.cols = {0};
+  t.heads = {0};
+  t.k_slots = {3, 5, 3};
+  layout.tables.push_back(t);
+  engine::BackwardPacking packing;
+  packing.deterministic = true;
+  try {
+    (void)engine::pack_backward_tables(layout, packing);
+    FAIL() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("key token 3 twice"), std::string::npos) << e.what();
+  }
+  packing.deterministic = false;
+  EXPECT_NO_THROW((void)engine::pack_backward_tables(layout, packing));
 }
 
 }  // namespace
