@@ -106,7 +106,7 @@ void Attention::backward(const TensorView& q, const TensorView& k, const TensorV
   const engine::KernelChoice choice =
       impl_->options.backward_config
           ? engine::KernelChoice{*impl_->options.backward_config, "forced by AttentionOptions::backward_config"}
-          : engine::backward_heuristic(impl_->pattern, p, info);
+          : api::choose_backward(impl_->pattern, p, info, impl_->options.use_tuning_db);
   const Impl::PlanKey key{device, p.nq, p.nk, p.heads, p.kv_heads, p.head_dim, static_cast<int>(p.dtype),
                           choice.config.to_string()};
   auto& slot = impl_->backward_plans[key];

@@ -19,5 +19,9 @@ using engine::heuristic;  // the documented heuristic (engine/select.hpp), no da
 // use_db), else the heuristic. Cheap after the first call for a problem (the database
 // and the problem's density are memoised; a database file changed on disk is re-read).
 Choice choose(const Pattern& pattern, const engine::Problem& problem, const runtime::DeviceInfo& device, bool use_db);
+// The same for the backward kernel: its database entries (`spattn autotune --backward`),
+// else engine::backward_heuristic.
+Choice choose_backward(const Pattern& pattern, const engine::Problem& problem, const runtime::DeviceInfo& device,
+                       bool use_db);
 
 }  // namespace spattn::api

@@ -1,13 +1,18 @@
 #include "autotune/harness.hpp"
 
+#include <spattn/reference.hpp>
+
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "common/check.hpp"
 #include "common/log.hpp"
+#include "engine/backward.hpp"
 #include "engine/reference.hpp"
+#include "engine/select.hpp"
 #include "runtime/driver.hpp"
 
 namespace spattn::autotune {
@@ -20,6 +25,8 @@ Tolerance tolerance_for(DType dtype) {
   if (dtype == DType::kBFloat16) return {1e-2, 3e-2, 2e-3};
   return {2e-3, 5e-3, 2e-3};
 }
+
+double backward_tolerance_for(DType dtype) { return dtype == DType::kBFloat16 ? 3e-2 : 6e-3; }
 
 engine::Problem check_problem_for(const Pattern& pattern, const engine::Problem& problem, int64_t tokens,
                                   int64_t heads) {
@@ -83,6 +90,51 @@ struct Tensors {
   }
 };
 
+// What the backward pass needs beside Q, K, V, O: LSE and dO (inputs; O and LSE written
+// by one forward pass), dQ, dK, dV (outputs).
+struct BackwardTensors {
+  runtime::DeviceBuffer lse, d_o, dq, dk, dv;
+  TensorView tlse, tdo, tdq, tdk, tdv;
+
+  BackwardTensors(const engine::Problem& p, uint64_t seed) {
+    const int64_t qe = p.batch * p.nq * p.heads * p.head_dim;
+    const int64_t ke = p.batch * p.nk * p.kv_heads * p.head_dim;
+    lse = runtime::DeviceBuffer(static_cast<size_t>(p.batch * p.heads * p.nq) * 4);
+    d_o = runtime::DeviceBuffer(qe * 2);
+    dq = runtime::DeviceBuffer(qe * 2);
+    dk = runtime::DeviceBuffer(ke * 2);
+    dv = runtime::DeviceBuffer(ke * 2);
+    engine::fill_random(d_o.data(), qe, p.dtype, seed * 4 + 4);
+    tlse = TensorView::contiguous3(lse.data(), DType::kFloat32, {p.batch, p.heads, p.nq});
+    tdo = TensorView::contiguous(d_o.data(), p.dtype, {p.batch, p.nq, p.heads, p.head_dim});
+    tdq = TensorView::contiguous(dq.data(), p.dtype, {p.batch, p.nq, p.heads, p.head_dim});
+    tdk = TensorView::contiguous(dk.data(), p.dtype, {p.batch, p.nk, p.kv_heads, p.head_dim});
+    tdv = TensorView::contiguous(dv.data(), p.dtype, {p.batch, p.nk, p.kv_heads, p.head_dim});
+  }
+
+  static size_t bytes(const engine::Problem& p) {
+    return Tensors::bytes(p) + static_cast<size_t>(p.batch * p.heads * p.nq) * 4;
+  }
+};
+
+// "" when the kernel can run with its block size; else why not.
+template <class Plan>
+std::string resources(const Plan& plan) {
+  const int max_threads = plan.kernel().kernel.attribute(CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK);
+  if (max_threads < plan.rendered().threads)
+    return fmt::format("the driver allows {} threads per block for this kernel ({} registers), it needs {}",
+                       max_threads, plan.kernel().registers, plan.rendered().threads);
+  return "";
+}
+
+std::vector<float> to_float(const runtime::DeviceBuffer& b, size_t n, DType dtype) {
+  std::vector<uint16_t> bits(n);
+  b.download(bits.data(), n * 2);
+  std::vector<float> out(n);
+  for (size_t x = 0; x < n; ++x) out[x] = engine::half_bits_to_float(bits[x], dtype);
+  return out;
+}
+
 }  // namespace
 
 struct Bench::Impl {
@@ -93,9 +145,23 @@ struct Bench::Impl {
   runtime::DeviceBuffer check_lse;
   TensorView check_tlse;
   engine::ReferenceResult reference;
+  // Backward pass: the check problem's LSE, dO and gradients, the reference gradients,
+  // and per timing set the same buffers.
+  std::unique_ptr<BackwardTensors> check_bwd;
+  std::vector<double> ref_dq, ref_dk, ref_dv;
+  std::vector<std::unique_ptr<BackwardTensors>> bwd_sets;
   // Timing: rotating sets and the L2 flush buffer (empty when rotation suffices).
   std::vector<std::unique_ptr<Tensors>> sets;
   runtime::DeviceBuffer flush;
+
+  bool backward() const { return setup.pass == TunePass::kBackward; }
+
+  // O and LSE of `t` by the forward pass with the heuristic's kernel.
+  void forward_into(const engine::Problem& p, Tensors& t, BackwardTensors& b) {
+    const KernelConfig fwd = engine::heuristic(setup.pattern, p, info).config;
+    engine::ForwardPlan plan(setup.pattern, p, fwd, setup.device);
+    plan.run(t.tq, t.tk, t.tv, t.to, &b.tlse, 0, nullptr);
+  }
 
   explicit Impl(BenchSetup s) : setup(std::move(s)) {
     runtime::make_current(setup.device);
@@ -106,12 +172,24 @@ struct Bench::Impl {
     check_lse = runtime::DeviceBuffer(static_cast<size_t>(c.batch * c.heads * c.nq) * 4);
     check_tlse = TensorView::contiguous3(check_lse.data(), DType::kFloat32, {c.batch, c.heads, c.nq});
     runtime::synchronize();
-    reference = engine::reference_forward(setup.pattern, c, check->tq, check->tk, check->tv, 0);
+    if (!backward()) {
+      reference = engine::reference_forward(setup.pattern, c, check->tq, check->tk, check->tv, 0);
+    } else {
+      check_bwd = std::make_unique<BackwardTensors>(c, setup.seed);
+      forward_into(c, *check, *check_bwd);
+      runtime::synchronize();
+      const size_t qe = static_cast<size_t>(c.batch * c.nq * c.heads * c.head_dim);
+      const size_t ke = static_cast<size_t>(c.batch * c.nk * c.kv_heads * c.head_dim);
+      reference_attention_backward(setup.pattern, c.shape(), c.batch, c.kv_heads, c.head_dim,
+                                   to_float(check->q, qe, c.dtype).data(), to_float(check->k, ke, c.dtype).data(),
+                                   to_float(check->v, ke, c.dtype).data(), to_float(check_bwd->d_o, qe, c.dtype).data(),
+                                   1.0 / std::sqrt(static_cast<double>(c.head_dim)), ref_dq, ref_dk, ref_dv);
+    }
 
     // Enough sets that a set's inputs were last touched >= 2 x L2 of other traffic ago,
     // within 40% of free memory (plans need the rest for tables and part buffers).
     const engine::Problem& p = setup.problem;
-    const size_t set_bytes = Tensors::bytes(p);
+    const size_t set_bytes = backward() ? Tensors::bytes(p) + BackwardTensors::bytes(p) : Tensors::bytes(p);
     const size_t l2 = static_cast<size_t>(std::max(info.l2_bytes, 1 << 20));
     size_t free_bytes = 0, total_bytes = 0;
     SPATTN_CU_CHECK(cuMemGetInfo(&free_bytes, &total_bytes));
@@ -121,29 +199,106 @@ struct Bench::Impl {
       SPATTN_FAIL(ErrorCode::kUnsupported, "the problem's inputs ({} MiB) do not fit in 40% of the free GPU memory ({} MiB)",
                   set_bytes >> 20, free_bytes >> 20);
     const size_t n = std::min(want, fit);
-    for (size_t s = 0; s < n; ++s) sets.push_back(std::make_unique<Tensors>(p, setup.seed + 1000 + s));
+    for (size_t s = 0; s < n; ++s) {
+      sets.push_back(std::make_unique<Tensors>(p, setup.seed + 1000 + s));
+      if (backward()) {
+        bwd_sets.push_back(std::make_unique<BackwardTensors>(p, setup.seed + 1000 + s));
+        forward_into(p, *sets.back(), *bwd_sets.back());
+      }
+    }
     if ((n - 1) * set_bytes < 2 * l2) flush = runtime::DeviceBuffer(2 * l2);
     runtime::synchronize();
   }
 
   std::string timing_method() const {
-    return fmt::format("CUDA events, {} warm-up + {} timed runs over {} rotating input set(s) of {:.1f} MiB{}; "
+    const size_t set_bytes = Tensors::bytes(setup.problem) + (backward() ? BackwardTensors::bytes(setup.problem) : 0);
+    return fmt::format("CUDA events, {}{} warm-up + {} timed runs over {} rotating input set(s) of {:.1f} MiB{}; "
                        "median, p20, p80",
-                       setup.warmup, setup.reps, sets.size(), Tensors::bytes(setup.problem) / 1048576.0,
+                       backward() ? "the backward pass alone, " : "", setup.warmup, setup.reps, sets.size(),
+                       set_bytes / 1048576.0,
                        flush.size() ? fmt::format(", {} MiB L2 flush before each run", flush.size() >> 20) : "");
   }
 
-  // "" when the kernel can run with its block size; else why not.
-  static std::string resources(const engine::ForwardPlan& plan) {
-    const int max_threads = plan.kernel().kernel.attribute(CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK);
-    if (max_threads < plan.rendered().threads)
-      return fmt::format("the driver allows {} threads per block for this kernel ({} registers), it needs {}",
-                         max_threads, plan.kernel().registers, plan.rendered().threads);
-    return "";
+  // Times run(r) (r counts warm-up and timed runs) into out.
+  template <class Run>
+  void time_runs(const Run& run, json& out) {
+    for (int w = 0; w < setup.warmup; ++w) run(static_cast<size_t>(w));
+    runtime::synchronize();
+    runtime::Event start, stop;
+    std::vector<float> times;
+    times.reserve(static_cast<size_t>(setup.reps));
+    for (int r = 0; r < setup.reps; ++r) {
+      if (flush.size()) flush.fill_bytes(static_cast<uint8_t>(r));
+      start.record();
+      run(static_cast<size_t>(setup.warmup + r));
+      stop.record();
+      stop.synchronize();
+      times.push_back(stop.elapsed_ms_since(start));
+    }
+    std::sort(times.begin(), times.end());
+    out["status"] = "ok";
+    out["median_ms"] = percentile(times, 0.5);
+    out["p20_ms"] = percentile(times, 0.2);
+    out["p80_ms"] = percentile(times, 0.8);
+    out["runs"] = setup.reps;
+  }
+
+  json measure_backward(const KernelConfig& config) {
+    const double tol = backward_tolerance_for(setup.problem.dtype);
+    json out;
+    {
+      const engine::Problem& c = setup.check;
+      engine::BackwardPlan plan(setup.pattern, c, config, setup.device);
+      if (std::string why = resources(plan); !why.empty()) return json{{"status", "resources"}, {"detail", why}};
+      BackwardTensors& b = *check_bwd;
+      for (runtime::DeviceBuffer* g : {&b.dq, &b.dk, &b.dv}) g->fill_bytes(0xff);  // NaN: all must be written
+      plan.run(check->tq, check->tk, check->tv, check->to, b.tlse, b.tdo, b.tdq, b.tdk, b.tdv, 0, nullptr);
+      runtime::synchronize();
+      const size_t qe = static_cast<size_t>(c.batch * c.nq * c.heads * c.head_dim);
+      const size_t ke = static_cast<size_t>(c.batch * c.nk * c.kv_heads * c.head_dim);
+      double worst = 0, max_abs = 0;
+      int64_t nonfinite = 0;
+      std::string errors;
+      for (const auto& [name, buf, ref, n] :
+           {std::tuple{"dQ", &b.dq, &ref_dq, qe}, {"dK", &b.dk, &ref_dk, ke}, {"dV", &b.dv, &ref_dv, ke}}) {
+        const std::vector<float> got = to_float(*buf, n, c.dtype);
+        double num = 0, den = 0;
+        for (size_t x = 0; x < n; ++x) {
+          if (!std::isfinite(got[x])) ++nonfinite;
+          const double e = got[x] - (*ref)[x];
+          num += e * e;
+          den += (*ref)[x] * (*ref)[x];
+          max_abs = std::max(max_abs, std::abs(e));
+        }
+        const double rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+        worst = std::max(worst, rel);
+        errors += fmt::format("{}{} rel L2 {:.2e}", errors.empty() ? "" : ", ", name, rel);
+      }
+      out["rel_l2_err"] = worst;
+      out["max_abs_err"] = max_abs;
+      if (nonfinite > 0 || !(worst <= tol)) {
+        out["status"] = "wrong";
+        out["detail"] = fmt::format("{}{} vs the fp64 reference gradients on {} (limit: rel L2 {} each)", errors,
+                                    nonfinite ? fmt::format(", {} non-finite", nonfinite) : "", c.to_string(), tol);
+        return out;
+      }
+    }
+    engine::BackwardPlan plan(setup.pattern, setup.problem, config, setup.device);
+    if (std::string why = resources(plan); !why.empty()) return json{{"status", "resources"}, {"detail", why}};
+    const size_t n = sets.size();
+    time_runs([&](size_t r) {
+      const Tensors& t = *sets[r % n];
+      const BackwardTensors& b = *bwd_sets[r % n];
+      plan.run(t.tq, t.tk, t.tv, t.to, b.tlse, b.tdo, b.tdq, b.tdk, b.tdv, 0, nullptr);
+    }, out);
+    out["registers"] = plan.kernel().registers;
+    out["local_bytes"] = plan.kernel().local_bytes;
+    return out;
   }
 
   json measure(const KernelConfig& config) {
     runtime::make_current(setup.device);
+    if (backward()) return measure_backward(config);
     const Tolerance tol = tolerance_for(setup.problem.dtype);
     json out;
     // Correctness on the check problem.
@@ -175,29 +330,10 @@ struct Bench::Impl {
     engine::ForwardPlan plan(setup.pattern, setup.problem, config, setup.device);
     if (std::string why = resources(plan); !why.empty()) return json{{"status", "resources"}, {"detail", why}};
     const size_t n = sets.size();
-    auto run = [&](size_t r) {
+    time_runs([&](size_t r) {
       const Tensors& t = *sets[r % n];
       plan.run(t.tq, t.tk, t.tv, t.to, nullptr, 0, nullptr);
-    };
-    for (int w = 0; w < setup.warmup; ++w) run(static_cast<size_t>(w));
-    runtime::synchronize();
-    runtime::Event start, stop;
-    std::vector<float> times;
-    times.reserve(static_cast<size_t>(setup.reps));
-    for (int r = 0; r < setup.reps; ++r) {
-      if (flush.size()) flush.fill_bytes(static_cast<uint8_t>(r));
-      start.record();
-      run(static_cast<size_t>(setup.warmup + r));
-      stop.record();
-      stop.synchronize();
-      times.push_back(stop.elapsed_ms_since(start));
-    }
-    std::sort(times.begin(), times.end());
-    out["status"] = "ok";
-    out["median_ms"] = percentile(times, 0.5);
-    out["p20_ms"] = percentile(times, 0.2);
-    out["p80_ms"] = percentile(times, 0.8);
-    out["runs"] = setup.reps;
+    }, out);
     out["registers"] = plan.kernel().registers;
     out["local_bytes"] = plan.kernel().local_bytes;
     return out;

@@ -1,4 +1,7 @@
 // The measuring side of the autotuner: runs inside the worker process, on the GPU.
+// (Backward pass: the forward pass with the heuristic's kernel writes O and LSE for every
+// input set once; candidates are checked against fp64 reference gradients
+// (backward_tolerance_for) and their backward alone is timed, like the forward.)
 //
 // Correctness gate: each candidate runs the check problem (a smaller shape, the same
 // pattern) on fresh random inputs with O and LSE poisoned (NaN), and is compared with the
@@ -11,6 +14,7 @@
 // `reps` runs each between two device events on the stream; median, p20, p80.
 #pragma once
 
+#include <spattn/autotune.hpp>
 #include <spattn/config.hpp>
 #include <spattn/pattern.hpp>
 
@@ -26,6 +30,7 @@
 namespace spattn::autotune {
 
 struct BenchSetup {
+  TunePass pass = TunePass::kForward;
   Pattern pattern;
   engine::Problem problem;  // timed
   engine::Problem check;    // correctness check
@@ -42,6 +47,10 @@ struct Tolerance {
   double lse;
 };
 Tolerance tolerance_for(DType dtype);
+// The backward pass's gate: relative L2 error of each of dQ, dK, dV against the fp64
+// reference gradients of the same rounded inputs (P and dS are rounded to 16 bits for
+// the matrix products, O to the output dtype): bf16 3e-2, fp16 6e-3. No NaN or Inf.
+double backward_tolerance_for(DType dtype);
 
 // The check problem for a problem: at most `tokens` query tokens (Nk scaled alike) and
 // about `heads` heads with the GQA ratio kept, batch 1 — falling back to the full length
@@ -58,8 +67,10 @@ class Bench {
   Bench(const Bench&) = delete;
   Bench& operator=(const Bench&) = delete;
 
-  // Checks then times `config`. Returns {"status": "ok", "median_ms", "p20_ms", "p80_ms",
-  // "runs", "rel_l2_err", "max_abs_err"} or {"status": "wrong"|"resources", "detail"}.
+  // Checks then times `config` (a backward config for the backward pass). Returns
+  // {"status": "ok", "median_ms", "p20_ms", "p80_ms", "runs", "rel_l2_err",
+  // "max_abs_err"} (backward: the largest of the three gradients' errors) or
+  // {"status": "wrong"|"resources", "detail"}.
   // CUDA errors propagate (the caller turns them into "fault" and a fresh process).
   nlohmann::json measure(const KernelConfig& config);
 

@@ -49,10 +49,13 @@ std::string clip(const std::string& s, size_t n) {
 
 }  // namespace
 
+const char* to_string(TunePass pass) { return pass == TunePass::kBackward ? "backward" : "forward"; }
+
 std::string AutotuneReport::to_json() const {
   json cands = json::array();
   for (const CandidateReport& c : candidates) cands.push_back(candidate_json(c));
-  json j = {{"device", device},
+  json j = {{"pass", to_string(pass)},
+            {"device", device},
             {"arch", arch},
             {"pattern", json::parse(pattern, nullptr, false)},
             {"problem", problem},
@@ -76,9 +79,11 @@ std::string AutotuneReport::to_json() const {
 std::string AutotuneReport::to_table() const {
   std::string s;
   s += fmt::format("GPU      {}\n", device);
+  s += fmt::format("pass     {}\n", to_string(pass));
   s += fmt::format("problem  {}, density {:.4f}, {:.3g} useful FLOP\n", problem, density, useful_flops);
   s += fmt::format("pattern  {}\n", pattern);
-  s += fmt::format("check    {} against the fp32 reference, fresh random inputs\n", check_problem);
+  s += fmt::format("check    {} against the {} reference, fresh random inputs\n", check_problem,
+                   pass == TunePass::kBackward ? "fp64 gradient" : "fp32");
   if (!timing.empty()) s += fmt::format("timing   {}\n", timing);
   s += fmt::format("bucket   {}\n\n", bucket);
 

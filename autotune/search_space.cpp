@@ -145,6 +145,31 @@ std::vector<KernelConfig> table_configs(const std::string& arch, DType dtype, in
               arch, to_string(dtype), head_dim, fmt::join(dims, ", "));
 }
 
+// The backward kernel (one family, every arch; check_backward_config): 128 keys per CTA
+// (8 warps) with two query-tile buffers is the heuristic's; 64 keys (4 warps) doubles the
+// CTAs for short or sparse key ranges; 32-query steps waste less of partial tiles; one
+// buffer leaves more shared memory (two CTAs per SM on 227 KiB parts at 64 keys).
+const std::vector<BackwardRow>& backward_table() {
+  static const std::vector<BackwardRow> table = {
+      {64, {"64x128w8s2", "128x128w8s2", "64x64w4s2", "128x64w4s2", "32x128w8s2", "64x128w8s1"},
+       "D<=64: up to 128 queries per step (D + tile_m <= 192 accumulator registers)"},
+      {128, {"64x128w8s2", "64x128w8s1", "64x64w4s2", "64x64w4s1", "32x128w8s2", "32x64w4s2"},
+       "D=96, 128: at most 64 queries per step"},
+  };
+  return table;
+}
+
+std::vector<KernelConfig> backward_table_configs(int head_dim) {
+  for (const BackwardRow& row : backward_table()) {
+    if (head_dim > row.max_head_dim) continue;
+    std::vector<KernelConfig> out;
+    for (const char* text : row.configs) out.push_back(KernelConfig::parse(text));
+    return out;
+  }
+  SPATTN_FAIL(ErrorCode::kUnsupported, "no backward autotuning table for head dim {}; the backward kernel supports {}",
+              head_dim, fmt::join(backward_head_dims(), ", "));
+}
+
 const std::vector<ScheduleOrder>& schedule_orders() {
   // Longest-first (the heuristic's: long work items do not start last and stretch the
   // tail), row-major (neighbouring query tiles share K/V tiles in L2 at the same time),
@@ -155,9 +180,12 @@ const std::vector<ScheduleOrder>& schedule_orders() {
 }
 
 std::vector<Candidate> enumerate_candidates(const Pattern& pattern, const engine::Problem& problem,
-                                            const TargetLimits& limits, const KernelConfig& heuristic) {
+                                            const TargetLimits& limits, const KernelConfig& heuristic, TunePass pass) {
   const int d = static_cast<int>(problem.head_dim);
-  std::vector<KernelConfig> tiles = table_configs(limits.arch, problem.dtype, d);
+  const bool backward = pass == TunePass::kBackward;
+  std::vector<KernelConfig> tiles = backward ? backward_table_configs(d) : table_configs(limits.arch, problem.dtype, d);
+  // The backward kernel walks its work list in table order: the schedule does not apply.
+  const std::vector<ScheduleOrder> orders = backward ? std::vector<ScheduleOrder>{heuristic.schedule} : schedule_orders();
   bool permutes = false;
   try {
     permutes = engine::layout_permutes(pattern, problem);
@@ -167,7 +195,7 @@ std::vector<Candidate> enumerate_candidates(const Pattern& pattern, const engine
 
   std::vector<KernelConfig> configs = {heuristic};
   for (KernelConfig tile : tiles) {
-    for (ScheduleOrder order : schedule_orders()) {
+    for (ScheduleOrder order : orders) {
       for (bool permute : {true, false}) {
         if (!permute && !permutes) continue;
         tile.schedule = order;
@@ -185,7 +213,10 @@ std::vector<Candidate> enumerate_candidates(const Pattern& pattern, const engine
     cand.config = c;
     cand.heuristic = k == 0;
     try {
-      c.check(d, problem.dtype, limits.arch, limits.smem_per_block);
+      if (backward)
+        check_backward_config(c, d, problem.dtype, limits.arch, limits.smem_per_block);
+      else
+        c.check(d, problem.dtype, limits.arch, limits.smem_per_block);
     } catch (const Error& e) {
       cand.pruned = e.what();
     }

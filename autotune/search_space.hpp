@@ -8,6 +8,7 @@
 // driver's per-function limits when the module is loaded on the GPU.
 #pragma once
 
+#include <spattn/autotune.hpp>
 #include <spattn/config.hpp>
 #include <spattn/pattern.hpp>
 #include <spattn/tensor.hpp>
@@ -58,6 +59,15 @@ const std::vector<TableRow>& search_table();
 // kUnsupported when there is no row (naming the head dims that have one).
 std::vector<KernelConfig> table_configs(const std::string& arch, DType dtype, int head_dim);
 
+// The backward kernel's table: the first row whose max_head_dim covers the head dim.
+struct BackwardRow {
+  int max_head_dim;
+  std::vector<const char*> configs;
+  const char* why;
+};
+const std::vector<BackwardRow>& backward_table();
+std::vector<KernelConfig> backward_table_configs(int head_dim);
+
 // Schedule orders every tile configuration is tried with (longest-first, row-major, Hilbert).
 const std::vector<ScheduleOrder>& schedule_orders();
 
@@ -70,9 +80,12 @@ struct Candidate {
 // The candidates for a pattern and problem on a target: the table's tiles x schedule
 // orders x (permutation on/off where the pattern's layout permutes tokens), plus the
 // heuristic's configuration (first, never dropped for being absent from the table),
-// each pruned statically (validate, shared memory). Deduplicated; pure, no GPU.
+// each pruned statically (validate, shared memory). Deduplicated; pure, no GPU. For the
+// backward pass: the backward table x permutation on/off, pruned by
+// check_backward_config.
 std::vector<Candidate> enumerate_candidates(const Pattern& pattern, const engine::Problem& problem,
-                                            const TargetLimits& limits, const KernelConfig& heuristic);
+                                            const TargetLimits& limits, const KernelConfig& heuristic,
+                                            TunePass pass = TunePass::kForward);
 
 
 }  // namespace spattn::autotune

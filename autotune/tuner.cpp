@@ -72,28 +72,39 @@ runtime::DeviceInfo device_from_json(const json& j) {
 // The search space, or only `only` (plus the baseline) when it is not empty.
 std::vector<Candidate> select_candidates(const Pattern& pattern, const engine::Problem& problem,
                                          const TargetLimits& limits, const KernelConfig& baseline,
-                                         const std::vector<KernelConfig>& only) {
-  std::vector<Candidate> all = enumerate_candidates(pattern, problem, limits, baseline);
+                                         const std::vector<KernelConfig>& only, TunePass pass) {
+  std::vector<Candidate> all = enumerate_candidates(pattern, problem, limits, baseline, pass);
   if (only.empty()) return all;
   std::vector<Candidate> kept;
   for (const Candidate& c : all)
     if (c.heuristic || std::find(only.begin(), only.end(), c.config) != only.end()) kept.push_back(c);
   for (const KernelConfig& c : only) {
     if (std::any_of(kept.begin(), kept.end(), [&](const Candidate& k) { return k.config == c; })) continue;
-    kept.push_back(enumerate_candidates(pattern, problem, limits, c).front());  // outside the table: still pruned
+    kept.push_back(enumerate_candidates(pattern, problem, limits, c, pass).front());  // outside the table: still pruned
     kept.back().heuristic = false;
   }
   return kept;
 }
 
-CandidateReport report_of(const Candidate& c, int head_dim) {
+CandidateReport report_of(const Candidate& c, int head_dim, TunePass pass) {
   CandidateReport r;
   r.config = c.config;
   r.heuristic = c.heuristic;
   r.status = c.pruned.empty() ? "candidate" : "pruned";
   r.detail = c.pruned;
-  r.smem_bytes = c.config.smem_bytes(head_dim);
+  r.smem_bytes = pass == TunePass::kBackward ? std::max(backward_smem_bytes(c.config, head_dim),
+                                                        backward_dq_smem_bytes(c.config, head_dim))
+                                             : c.config.smem_bytes(head_dim);
   return r;
+}
+
+// The baseline: the API's heuristic for the forward pass, the engine's backward
+// heuristic for the backward pass.
+Selection baseline_of(TunePass pass, const HeuristicFn& heuristic, const Pattern& pattern,
+                      const engine::Problem& problem, const runtime::DeviceInfo& device) {
+  if (pass == TunePass::kForward) return heuristic(pattern, problem, device);
+  const engine::KernelChoice c = engine::backward_heuristic(pattern, problem, device);
+  return {c.config, c.source};
 }
 
 // First line of an error message (NVRTC errors carry the whole log below it).
@@ -131,10 +142,10 @@ std::vector<CandidateReport> list_candidates(const Pattern& pattern, const engin
   const std::string arch = gpu ? gpu->arch() : options.arch.empty() ? "sm_90a" : options.arch;
   const runtime::DeviceInfo device = gpu ? *gpu : typical_device(arch);
   const TargetLimits limits = gpu ? device_limits(*gpu) : arch_limits(arch);
-  const Selection base = heuristic(pattern, problem, device);
+  const Selection base = baseline_of(options.pass, heuristic, pattern, problem, device);
   std::vector<CandidateReport> out;
-  for (const Candidate& c : select_candidates(pattern, problem, limits, base.config, options.configs))
-    out.push_back(report_of(c, static_cast<int>(problem.head_dim)));
+  for (const Candidate& c : select_candidates(pattern, problem, limits, base.config, options.configs, options.pass))
+    out.push_back(report_of(c, static_cast<int>(problem.head_dim), options.pass));
   return out;
 }
 
@@ -165,6 +176,8 @@ Prepared prepare(const Pattern& pattern, const engine::Problem& problem, const A
   pattern.validate(problem.shape());
   Prepared prep;
   AutotuneReport& report = prep.report;
+  const TunePass pass = options.pass;
+  report.pass = pass;
   const std::string arch = device.arch();
   report.device = from_device ? Fingerprint::of(device).describe() : device.name;
   report.arch = arch;
@@ -176,20 +189,26 @@ Prepared prepare(const Pattern& pattern, const engine::Problem& problem, const A
     const Layout layout = compile_layout(pattern, problem.shape(), LayoutOptions{});
     const LayoutStats stats = layout_stats(pattern, layout, problem.head_dim);
     report.density = stats.density;
-    report.useful_flops = problem.useful_flops(stats);
+    // The backward pass does five matrix products per pair where the forward does two.
+    report.useful_flops = problem.useful_flops(stats) * (pass == TunePass::kBackward ? 2.5 : 1.0);
   }
-  prep.bucket = bucket_of(pattern, problem, report.density);
+  prep.bucket = bucket_of(pattern, problem, report.density, pass);
   report.bucket = prep.bucket.key();
-  prep.check = check_problem_for(pattern, problem, options.check_tokens, options.check_heads);
+  // The backward check compares with fp64 reference gradients on the host: at most 1024
+  // query tokens keep that to a second or two.
+  prep.check = check_problem_for(pattern, problem,
+                                 pass == TunePass::kBackward ? std::min<int64_t>(options.check_tokens, 1024)
+                                                             : options.check_tokens,
+                                 options.check_heads);
   const engine::Problem& check = prep.check;
   report.check_problem = check.to_string();
 
-  prep.base = heuristic(pattern, problem, device);
+  prep.base = baseline_of(pass, heuristic, pattern, problem, device);
   const TargetLimits limits = from_device ? device_limits(device) : arch_limits(arch);
-  prep.cands = select_candidates(pattern, problem, limits, prep.base.config, options.configs);
+  prep.cands = select_candidates(pattern, problem, limits, prep.base.config, options.configs, pass);
   const std::vector<Candidate>& cands = prep.cands;
   const int head_dim = static_cast<int>(problem.head_dim);
-  for (const Candidate& c : cands) report.candidates.push_back(report_of(c, head_dim));
+  for (const Candidate& c : cands) report.candidates.push_back(report_of(c, head_dim, pass));
   for (size_t k = 0; k < cands.size(); ++k)
     if (cands[k].heuristic) report.heuristic = static_cast<int>(k);
 
@@ -235,7 +254,13 @@ Prepared prepare(const Pattern& pattern, const engine::Problem& problem, const A
         const KernelConfig& c = cands[k].config;
         for (const engine::Problem* p : {&problem, &check}) {
           const Layout layout = compile_layout(pattern, p->shape(), c.layout_options());
-          rendered[k].push_back(engine::render_kernel(layout, c, *p, arch));
+          if (pass == TunePass::kBackward) {
+            // The check runs the forward pass first (the heuristic's kernel, compiled
+            // when the harness needs it) for O and LSE.
+            rendered[k].push_back(codegen::render_backward(engine::kernel_spec_for(layout, c, *p, arch)));
+          } else {
+            rendered[k].push_back(engine::render_kernel(layout, c, *p, arch));
+          }
         }
       } catch (const Error& e) {
         errors[k] = e.what();
@@ -421,6 +446,7 @@ AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, cons
   setup.device = options.device;
   setup.warmup = options.warmup;
   setup.reps = options.reps;
+  setup.pass = options.pass;
   setup.seed = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);  // fresh inputs every run
   auto bench = std::make_shared<std::unique_ptr<Bench>>();  // created lazily in each worker
   const ItemFn item = [&, bench](size_t n) -> json {

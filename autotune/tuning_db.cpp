@@ -135,8 +135,9 @@ int64_t power_of_two_at_least(int64_t n) {
   return p;
 }
 
-ProblemBucket bucket_of(const Pattern& pattern, const engine::Problem& problem, double density) {
+ProblemBucket bucket_of(const Pattern& pattern, const engine::Problem& problem, double density, TunePass pass) {
   ProblemBucket b;
+  b.pass = pass;
   b.pattern_class = pattern_class(pattern);
   b.density_log2 = density_bucket(density);
   b.seq = power_of_two_at_least(problem.nq);
@@ -151,7 +152,8 @@ namespace {
 
 std::string bucket_key(const ProblemBucket& b, const std::string& density) {
   const std::string seq = b.kv_seq == b.seq ? fmt::format("n{}", b.seq) : fmt::format("n{}:k{}", b.seq, b.kv_seq);
-  return fmt::format("{}|{}|{}|hd{}|{}|gqa{}", b.pattern_class, density, seq, b.head_dim, to_string(b.dtype), b.gqa);
+  return fmt::format("{}{}|{}|{}|hd{}|{}|gqa{}", b.pass == TunePass::kBackward ? "bwd|" : "", b.pattern_class, density,
+                     seq, b.head_dim, to_string(b.dtype), b.gqa);
 }
 
 }  // namespace
@@ -161,8 +163,9 @@ std::string ProblemBucket::key() const { return bucket_key(*this, fmt::format("d
 std::string ProblemBucket::key_without_density() const { return bucket_key(*this, "d*"); }
 
 json ProblemBucket::to_json() const {
-  return json{{"pattern_class", pattern_class}, {"density_log2", density_log2}, {"seq", seq}, {"kv_seq", kv_seq},
-              {"head_dim", head_dim},           {"dtype", to_string(dtype)},    {"gqa", gqa}};
+  return json{{"pass", to_string(pass)}, {"pattern_class", pattern_class}, {"density_log2", density_log2},
+              {"seq", seq},              {"kv_seq", kv_seq},               {"head_dim", head_dim},
+              {"dtype", to_string(dtype)}, {"gqa", gqa}};
 }
 
 double pattern_density(const Pattern& pattern, const engine::Problem& problem) {
@@ -457,7 +460,7 @@ std::pair<Fingerprint, fs::path> database_of(const fs::path& dir, const runtime:
 }  // namespace
 
 DbLookup lookup_in(const fs::path& dir, const Pattern& pattern, const engine::Problem& problem,
-                   const runtime::DeviceInfo& device) {
+                   const runtime::DeviceInfo& device, TunePass pass) {
   DbLookup out;
   const auto [fp, file] = database_of(dir, device);
   const std::shared_ptr<const TuningDb> db = cached_db(file, fp);
@@ -472,7 +475,7 @@ DbLookup lookup_in(const fs::path& dir, const Pattern& pattern, const engine::Pr
     case DbState::kLoaded: break;
   }
   // Only compute the density (a layout build) when some entry could match.
-  const ProblemBucket coarse = bucket_of(pattern, problem, 1.0);
+  const ProblemBucket coarse = bucket_of(pattern, problem, 1.0, pass);
   if (!db->has_coarse(coarse)) {
     out.bucket = coarse.key_without_density();
     out.source = fmt::format("no entry for bucket {} in {}", out.bucket, file.filename().string());
@@ -485,7 +488,7 @@ DbLookup lookup_in(const fs::path& dir, const Pattern& pattern, const engine::Pr
     out.source = fmt::format("tuning database not used: the pattern's density is unknown ({})", e.what());
     return out;
   }
-  const ProblemBucket bucket = bucket_of(pattern, problem, density);
+  const ProblemBucket bucket = bucket_of(pattern, problem, density, pass);
   out.bucket = bucket.key();
   std::string key;
   const TunedEntry* entry = db->find_nearest(bucket, &key);
@@ -496,7 +499,11 @@ DbLookup lookup_in(const fs::path& dir, const Pattern& pattern, const engine::Pr
   }
   const std::string used = key == out.bucket ? key : key + " (nearest to " + out.bucket + ")";
   try {
-    entry->config.check(static_cast<int>(problem.head_dim), problem.dtype, device.arch(), device.smem_per_block_optin);
+    if (pass == TunePass::kBackward)
+      check_backward_config(entry->config, static_cast<int>(problem.head_dim), problem.dtype, device.arch(),
+                            device.smem_per_block_optin);
+    else
+      entry->config.check(static_cast<int>(problem.head_dim), problem.dtype, device.arch(), device.smem_per_block_optin);
   } catch (const Error& e) {
     out.source = fmt::format("tuning database entry {} ({}) not usable here: {}", used, entry->config.to_string(),
                              e.what());
@@ -510,14 +517,15 @@ DbLookup lookup_in(const fs::path& dir, const Pattern& pattern, const engine::Pr
   return out;
 }
 
-DbLookup lookup(const Pattern& pattern, const engine::Problem& problem, const runtime::DeviceInfo& device) {
+DbLookup lookup(const Pattern& pattern, const engine::Problem& problem, const runtime::DeviceInfo& device,
+                TunePass pass) {
   fs::path dir;
   try {
     dir = TuningDb::default_dir();
   } catch (const Error& e) {
     return DbLookup{std::nullopt, fmt::format("no tuning database: {}", e.what()), ""};
   }
-  return lookup_in(dir, pattern, problem, device);
+  return lookup_in(dir, pattern, problem, device, pass);
 }
 
 std::string utc_now() {

@@ -11,6 +11,8 @@
 //                   "speedup": 1.04, "candidates": 21, "problem": "B=1 Nq=16384 ...",
 //                   "pattern": "{...}", "tuned_at": "2025-01-01T00:00:00Z", "bucket": {...}}}}
 //
+// Backward-pass entries (`spattn autotune --backward`) have keys that start with "bwd|"
+// and hold backward configurations; forward keys are as above.
 // Entries are keyed by a bucketed problem (ProblemBucket::key()), so one tuning run
 // serves every problem of the same pattern class, density band, sequence band, head
 // dim, dtype and GQA ratio. Writers take a lock file, re-read, merge and replace the file
@@ -19,6 +21,7 @@
 // a warning and, on the next write, kept aside as <file>.corrupt — never silently lost.
 #pragma once
 
+#include <spattn/autotune.hpp>
 #include <spattn/config.hpp>
 #include <spattn/pattern.hpp>
 #include <spattn/tensor.hpp>
@@ -62,6 +65,7 @@ struct Fingerprint {
 
 // The problem as the database sees it.
 struct ProblemBucket {
+  TunePass pass = TunePass::kForward;
   std::string pattern_class;  // pattern_class(): "local_window", "longnet+causal", "union[...]"
   int density_log2 = 0;       // ceil(log2(density)): density in (2^(b-1), 2^b], clamped to [-24, 0]
   int64_t seq = 0;            // Nq rounded up to a power of two
@@ -70,7 +74,8 @@ struct ProblemBucket {
   DType dtype = DType::kBFloat16;
   int gqa = 1;                // Hq / Hkv rounded up to a power of two
 
-  // "local_window|d2^-4|n16384|hd128|bf16|gqa1" ("n16384:k65536" when Nk's band differs).
+  // "local_window|d2^-4|n16384|hd128|bf16|gqa1" ("n16384:k65536" when Nk's band differs;
+  // "bwd|local_window|..." for the backward pass).
   std::string key() const;
   // The key with the density field left out ("local_window|d*|..."), to decide cheaply
   // whether the density needs computing at all.
@@ -83,7 +88,8 @@ struct ProblemBucket {
 std::string pattern_class(const Pattern& pattern);
 int density_bucket(double density);
 int64_t power_of_two_at_least(int64_t n);
-ProblemBucket bucket_of(const Pattern& pattern, const engine::Problem& problem, double density);
+ProblemBucket bucket_of(const Pattern& pattern, const engine::Problem& problem, double density,
+                        TunePass pass = TunePass::kForward);
 // Exact density of the pattern at the problem (pairs counted from a layout with the
 // default tile; tile-independent). Throws for patterns without host layouts (adaptive).
 double pattern_density(const Pattern& pattern, const engine::Problem& problem);
@@ -146,8 +152,8 @@ struct TuningDb {
 };
 
 // What the database says for a problem on a device, for runtime selection. `config` is
-// set when an entry applies (and still passes validate() and the device's shared memory
-// limit); `source` is "tuning database (<file>, bucket <key>)" then, else why not
+// set when an entry applies (and still passes validate() — check_backward_config() for the
+// backward pass — and the device's shared memory limit); `source` is "tuning database (<file>, bucket <key>)" then, else why not
 // ("no tuning database for this GPU (<file>)", "no entry for bucket <key> in <file>", ...).
 // Results are memoised per process; a database file that changes on disk is re-read.
 struct DbLookup {
@@ -155,10 +161,11 @@ struct DbLookup {
   std::string source;
   std::string bucket;
 };
-DbLookup lookup(const Pattern& pattern, const engine::Problem& problem, const runtime::DeviceInfo& device);
+DbLookup lookup(const Pattern& pattern, const engine::Problem& problem, const runtime::DeviceInfo& device,
+                TunePass pass = TunePass::kForward);
 // Same, against an explicit directory (tests, prewarm).
 DbLookup lookup_in(const std::filesystem::path& dir, const Pattern& pattern, const engine::Problem& problem,
-                   const runtime::DeviceInfo& device);
+                   const runtime::DeviceInfo& device, TunePass pass = TunePass::kForward);
 
 // UTC now as "2025-01-31T12:00:00Z".
 std::string utc_now();

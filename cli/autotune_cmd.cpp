@@ -79,6 +79,7 @@ void register_autotune(CLI::App& app) {
     double timeout = 120;
     double min_gain = 0.01;
     int64_t check_tokens = 4096;
+    bool backward = false;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("autotune",
@@ -113,9 +114,13 @@ void register_autotune(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--no-save", args->no_save, "do not write the tuning database");
   cmd->add_flag("--in-process", args->in_process, "time candidates in this process (no fault isolation)");
+  cmd->add_flag("--backward", args->backward,
+                "tune the backward kernel's configuration instead (its own database entries, read by "
+                "Attention::backward; --configs then names backward configs, e.g. 64x128w8s2)");
 
   cmd->callback([args] {
     AutotuneOptions options;
+    options.pass = args->backward ? TunePass::kBackward : TunePass::kForward;
     options.device = args->device;
     options.arch = args->arch;
     options.budget_seconds = args->budget;
@@ -178,7 +183,13 @@ void register_autotune(CLI::App& app) {
       const size_t comma = std::min(args->configs.find(',', pos), args->configs.size());
       try {
         options.configs.push_back(KernelConfig::parse(args->configs.substr(pos, comma - pos)));
-        for (const Job& j : jobs) options.configs.back().validate(static_cast<int>(j.problem.head_dim));
+        for (const Job& j : jobs) {
+          if (args->backward)
+            check_backward_config(options.configs.back(), j.problem.head_dim, j.problem.dtype,
+                                  args->arch.empty() ? "sm_80" : args->arch, 0);
+          else
+            options.configs.back().validate(static_cast<int>(j.problem.head_dim));
+        }
       } catch (const Error& e) {
         throw UsageError(std::string("--configs: ") + e.what());
       }
@@ -220,13 +231,14 @@ void register_autotune(CLI::App& app) {
             if (!c.detail.empty()) j["detail"] = c.detail;
             list.push_back(j);
           }
-          all.push_back({{"target", target}, {"arch", arch}, {"pattern", nlohmann::json::parse(pattern.to_json())},
+          all.push_back({{"target", target}, {"arch", arch}, {"pass", to_string(options.pass)},
+                         {"pattern", nlohmann::json::parse(pattern.to_json())},
                          {"problem", problem.to_string()}, {"candidates", list}});
           continue;
         }
         size_t viable = 0;
-        std::cout << fmt::format("target   {}\nproblem  {}\npattern  {}\n\n", target, problem.to_string(),
-                                 pattern.to_json());
+        std::cout << fmt::format("target   {}\npass     {}\nproblem  {}\npattern  {}\n\n", target,
+                                 to_string(options.pass), problem.to_string(), pattern.to_json());
         std::cout << fmt::format("  {:<28} {:<10} {:>9}  {}\n", "candidate", "status", "smem B", "notes");
         for (const CandidateReport& c : cands) {
           viable += c.status == "candidate";

@@ -8,7 +8,8 @@
 //
 // Tuning: every candidate of the search space (tile shape, warps, stages, schedule
 // order, token permutation on/off) that the GPU can hold is compiled (in parallel, through
-// the kernel cache), checked against the fp32 reference on fresh random inputs, then
+// the kernel cache), checked against the fp32 reference on fresh random inputs (for the
+// backward pass, its gradients against the fp64 reference gradients), then
 // timed with device events after warm-up over rotating input buffers (or an L2 flush),
 // median of >= 20 runs with p20/p80. Candidates run in child processes, so a kernel fault
 // or hang costs only its own result. The fastest correct candidate is written to the
@@ -44,7 +45,14 @@ struct TuneProblem {
   DType dtype = DType::kBFloat16;
 };
 
+// Which kernel a tuning run chooses: the forward kernel's configuration, or the backward
+// kernel's (check_backward_config; its own tuning-database entries, read by
+// Attention::backward).
+enum class TunePass { kForward, kBackward };
+const char* to_string(TunePass pass);
+
 struct AutotuneOptions {
+  TunePass pass = TunePass::kForward;
   int device = 0;
   // Target of candidates() when no GPU is asked: "" means sm_90a. tune() always uses the
   // GPU's own arch.
@@ -93,6 +101,7 @@ struct CandidateReport {
 };
 
 struct AutotuneReport {
+  TunePass pass = TunePass::kForward;
   std::string device;      // GPU and fingerprint, one line
   std::string arch;
   std::string pattern;     // canonical JSON

@@ -44,6 +44,27 @@ TEST_F(AutotuneCli, DryRunListsCandidatesAnywhere) {
   EXPECT_TRUE(fs::is_empty(dir_.path()) || !fs::exists(dir_.path() / "tuning")) << "a dry run writes nothing";
 }
 
+TEST_F(AutotuneCli, BackwardDryRunListsBackwardConfigs) {
+  auto r = spattn("--json autotune --backward --dry-run --pattern '{\"type\":\"local_window\",\"window\":1024}' "
+                  "--seq 16384 --arch sm_86");
+  ASSERT_EQ(r.status, 0) << r.err;
+  const json j = json::parse(r.out);
+  EXPECT_EQ(j["pass"], "backward");
+  ASSERT_GT(j["candidates"].size(), 3u);
+  EXPECT_TRUE(j["candidates"][0]["heuristic"].get<bool>());
+  size_t viable = 0;
+  for (const auto& c : j["candidates"]) {
+    EXPECT_EQ(c["config"].get<std::string>().rfind("sm90:", 0), std::string::npos) << c.dump();
+    viable += c["status"] == "candidate";
+  }
+  EXPECT_GT(viable, 0u);
+  EXPECT_EQ(j["candidates"][0]["status"], "candidate") << "the heuristic fits the 99 KiB part";
+  // --configs names backward configs: a forward-only one is a usage error naming why.
+  r = spattn("autotune --backward --dry-run --pattern local_window --seq 4096 --configs sm90:128x128s2");
+  EXPECT_EQ(r.status, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("sm80 family"), std::string::npos) << r.err;
+}
+
 TEST_F(AutotuneCli, DryRunOverAManifest) {
   const fs::path m = dir_.path() / "m.json";
   std::ofstream(m) << R"({"archs":["sm_80"],"dtypes":["bf16","fp16"],"head_dims":[64],

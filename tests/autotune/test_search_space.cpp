@@ -145,6 +145,42 @@ TEST(SearchSpace, StaticPruningSaysWhy) {
   EXPECT_FALSE(c3[0].pruned.empty());
 }
 
+// The backward pass's candidates: its own table (valid backward configs for every head
+// dim the kernel supports), the baseline first, no schedule expansion (the backward
+// kernel ignores the order), permutation variants where the layout permutes, and the
+// shared memory of the smaller parts pruned with the reason.
+TEST(SearchSpace, BackwardCandidatesComeFromTheBackwardTable) {
+  for (int d : backward_head_dims())
+    for (const KernelConfig& c : backward_table_configs(d))
+      EXPECT_NO_THROW(check_backward_config(c, d, DType::kBFloat16, "sm_90a", 227 * 1024)) << c.to_string() << " d" << d;
+  EXPECT_THROW((void)backward_table_configs(256), Error);
+
+  const Pattern window = Pattern::parse(R"({"type":"local_window","window":1024})");
+  const KernelConfig base = KernelConfig::parse("64x128w8s2");
+  const auto cands = enumerate_candidates(window, problem_of(16384), arch_limits("sm_90a"), base, TunePass::kBackward);
+  ASSERT_FALSE(cands.empty());
+  EXPECT_TRUE(cands[0].heuristic);
+  EXPECT_EQ(cands[0].config, base);
+  EXPECT_EQ(cands.size(), backward_table_configs(128).size()) << "the baseline is a table row; one order";
+  for (const Candidate& c : cands) {
+    EXPECT_EQ(c.config.schedule, base.schedule);
+    EXPECT_TRUE(c.pruned.empty()) << c.config.to_string() << ": " << c.pruned;
+  }
+  // 99 KiB (sm_86): 128 keys with two buffers do not fit; the reason names the memory.
+  const auto small = enumerate_candidates(window, problem_of(16384), arch_limits("sm_86"), base, TunePass::kBackward);
+  EXPECT_NE(small[0].pruned.find("shared memory"), std::string::npos) << small[0].pruned;
+  EXPECT_TRUE(std::any_of(small.begin(), small.end(), [](const Candidate& c) { return c.pruned.empty(); }));
+  // A forward-only config as the baseline is pruned with the backward check's words.
+  const auto fwd = enumerate_candidates(window, problem_of(16384), arch_limits("sm_90a"),
+                                        KernelConfig::parse("sm90:128x128s2"), TunePass::kBackward);
+  EXPECT_NE(fwd[0].pruned.find("sm80 family"), std::string::npos) << fwd[0].pruned;
+  // Permutation variants for a permuting layout.
+  const Pattern longnet = Pattern::parse(R"({"type":"longnet","segments":[2048,4096],"rates":[1,2]})");
+  const auto ln = enumerate_candidates(longnet, problem_of(8192, 4), arch_limits("sm_90a"), base, TunePass::kBackward);
+  EXPECT_EQ(std::count_if(ln.begin(), ln.end(), [](const Candidate& c) { return !c.config.permute; }),
+            std::count_if(ln.begin(), ln.end(), [](const Candidate& c) { return c.config.permute; }));
+}
+
 TEST(SearchSpace, DryRunListsCandidatesWithoutAGpu) {
   AutotuneOptions o;
   o.arch = "sm_80";

@@ -201,6 +201,37 @@ TEST_F(FakeGpuTune, TheBudgetAlwaysLeavesTheBaseline) {
   EXPECT_EQ(r.best, r.heuristic);
 }
 
+// Backward tuning: the backward heuristic as the baseline, backward configs compiled as
+// backward kernels, the winner under a "bwd|" key, read by choose_backward and not by the
+// forward selection.
+TEST_F(FakeGpuTune, BackwardTuningHasItsOwnEntriesAndTheBackwardSelectionReadsThem) {
+  AutotuneOptions o;
+  o.pass = TunePass::kBackward;
+  o.configs = {KernelConfig::parse("64x64w4s2")};
+  o.candidate_timeout_s = 30;
+  TuneHooks hooks;
+  hooks.probe = fake_gpu;
+  hooks.measure = [](const KernelConfig& c) { return ok(c.tile_n == 64 ? 0.5 : 1.0); };
+  const AutotuneReport r = tune(pattern_, problem_, o, heuristic, hooks);
+  EXPECT_EQ(r.pass, TunePass::kBackward);
+  ASSERT_EQ(r.candidates.size(), 2u) << r.to_table();
+  EXPECT_TRUE(r.candidates[0].heuristic);
+  EXPECT_EQ(r.candidates[0].config, engine::backward_heuristic(pattern_, problem_, fake_gpu()).config);
+  for (const CandidateReport& c : r.candidates) {
+    EXPECT_EQ(c.status, "ok") << c.config.to_string() << ": " << c.detail;
+    EXPECT_GT(c.registers, 0) << "compiled as a backward kernel";
+  }
+  ASSERT_GE(r.best, 0);
+  EXPECT_EQ(r.candidates[r.best].config.to_string(), "64x64w4s2");
+  EXPECT_EQ(r.bucket.rfind("bwd|local_window|", 0), 0u) << r.bucket;
+  EXPECT_NE(r.to_table().find("pass     backward"), std::string::npos) << r.to_table();
+  EXPECT_EQ(nlohmann::json::parse(r.to_json())["pass"], "backward");
+  const api::Choice b = api::choose_backward(pattern_, problem_, fake_gpu(), true);
+  EXPECT_EQ(b.config.to_string(), "64x64w4s2");
+  EXPECT_EQ(b.source.rfind("tuning database (", 0), 0u) << b.source;
+  EXPECT_EQ(api::choose(pattern_, problem_, fake_gpu(), true).source.rfind("heuristic (", 0), 0u);
+}
+
 TEST_F(FakeGpuTune, NothingCorrectSavesNothing) {
   const AutotuneReport r = run([](const KernelConfig&) -> nlohmann::json { return {{"status", "wrong"}}; });
   EXPECT_EQ(r.best, -1);

@@ -269,6 +269,32 @@ TEST(TuningDbLookup, EntryTheDeviceCannotRunFallsBack) {
   EXPECT_NE(l.source.find("not usable here"), std::string::npos) << l.source;
 }
 
+// Backward entries live beside the forward ones under "bwd|" keys: each pass finds only
+// its own, and a backward entry must pass the backward config check.
+TEST(TuningDbLookup, BackwardEntriesAreSeparateFromForwardOnes) {
+  test::TempDir dir("tdb");
+  const runtime::DeviceInfo dev = h200();
+  const engine::Problem p = problem_of(16384);
+  const double density = pattern_density(window(), p);
+  const std::string fwd_key = bucket_of(window(), p, density).key();
+  const std::string bwd_key = bucket_of(window(), p, density, TunePass::kBackward).key();
+  EXPECT_EQ(bwd_key, "bwd|" + fwd_key);
+  EXPECT_EQ(bucket_of(window(), p, density, TunePass::kBackward).to_json()["pass"], "backward");
+  TuningDb::store(dir.path(), Fingerprint::of(dev), bwd_key, entry("64x64w4s2", 1.0));
+  EXPECT_FALSE(lookup_in(dir.path(), window(), p, dev).config) << "a forward lookup never takes a backward entry";
+  const DbLookup b = lookup_in(dir.path(), window(), p, dev, TunePass::kBackward);
+  ASSERT_TRUE(b.config) << b.source;
+  EXPECT_EQ(b.config->to_string(), "64x64w4s2");
+  EXPECT_EQ(b.bucket, bwd_key);
+  // The nearest density band works for backward keys too.
+  EXPECT_TRUE(lookup_in(dir.path(), window(), problem_of(15000), dev, TunePass::kBackward).config);
+  // A forward-only config stored under a backward key is refused with the reason.
+  TuningDb::store(dir.path(), Fingerprint::of(dev), bwd_key, entry("sm90:128x128s2", 1.0));
+  const DbLookup bad = lookup_in(dir.path(), window(), p, dev, TunePass::kBackward);
+  EXPECT_FALSE(bad.config);
+  EXPECT_NE(bad.source.find("not usable here"), std::string::npos) << bad.source;
+}
+
 TEST(Selection, ChooseUsesTheDatabaseElseTheHeuristicAndSaysWhich) {
   test::TempDir dir("tdb");
   test::ScopedEnv env("SPATTN_CACHE_DIR", dir.path().string());
@@ -297,6 +323,19 @@ TEST(Selection, ChooseUsesTheDatabaseElseTheHeuristicAndSaysWhich) {
   const api::Choice dense = api::choose(Pattern::parse("dense"), p, dev, true);
   EXPECT_EQ(dense.source.rfind("heuristic (", 0), 0u) << dense.source;
   EXPECT_NE(dense.source.find("dense|d*|n16384|hd128|bf16|gqa1"), std::string::npos) << dense.source;
+
+  // The backward pass: its heuristic until a backward entry exists, then the entry.
+  const api::Choice bwd = api::choose_backward(window(), p, dev, true);
+  EXPECT_EQ(bwd.config, engine::backward_heuristic(window(), p, dev).config);
+  EXPECT_NE(bwd.source.find("bwd|local_window|d*"), std::string::npos) << bwd.source;
+  TuningDb::store(TuningDb::default_dir(), Fingerprint::of(dev),
+                  bucket_of(window(), p, pattern_density(window(), p), TunePass::kBackward).key(),
+                  entry("32x128w8s2"));
+  const api::Choice bwd_tuned = api::choose_backward(window(), p, dev, true);
+  EXPECT_EQ(bwd_tuned.config.to_string(), "32x128w8s2");
+  EXPECT_EQ(bwd_tuned.source.rfind("tuning database (", 0), 0u) << bwd_tuned.source;
+  EXPECT_EQ(api::choose(window(), p, dev, true).config.to_string(), "64x128w4s1:hilbert") << "forward unchanged";
+  EXPECT_EQ(api::choose_backward(window(), p, dev, false).config, engine::backward_heuristic(window(), p, dev).config);
 }
 
 }  // namespace
