@@ -53,14 +53,15 @@ struct Tiles {
     }
   }
 
-  // The A fragment of k-step kk from accumulators of n8 tiles: the accumulator layout of
-  // two n8 tiles is the A fragment layout of one k16 step.
+  // Accumulators of n8 tiles rounded to 16 bits, two values per register: out[nt][0]
+  // holds row r, out[nt][1] row r + 8. Two n8 tiles are the A fragment of one k16 step.
   template <int kN8>
-  static __device__ __forceinline__ void pack_a(const float (&acc)[kN8][4], int kk, uint32_t (&a)[4]) {
-    a[0] = pack2<kBf16>(acc[2 * kk][0], acc[2 * kk][1]);
-    a[1] = pack2<kBf16>(acc[2 * kk][2], acc[2 * kk][3]);
-    a[2] = pack2<kBf16>(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
-    a[3] = pack2<kBf16>(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+  static __device__ __forceinline__ void pack_all(const float (&acc)[kN8][4], uint32_t (&out)[kN8][2]) {
+#pragma unroll
+    for (int nt = 0; nt < kN8; ++nt) {
+      out[nt][0] = pack2<kBf16>(acc[nt][0], acc[nt][1]);
+      out[nt][1] = pack2<kBf16>(acc[nt][2], acc[nt][3]);
+    }
   }
 
   // acc = (the warp's 16 rows of `rows`) · (the kCols rows of `cols`)ᵀ over the head
@@ -85,19 +86,18 @@ struct Tiles {
     }
   }
 
-  // out += (accumulators over kK columns, rounded to 16 bits) · (the kK rows of `tile`):
+  // out += (packed accumulators over kK columns, pack_all) · (the kK rows of `tile`):
   // dV += Pᵀ dO, dK += dSᵀ Q (key-tile pass), dQ += dS K (dQ pass). `b_lane` is the
-  // transposed ldmatrix lane offset (bytes); on_a(kk, a) sees each packed A fragment.
+  // transposed ldmatrix lane offset (bytes); on_a(kk, a) sees each A fragment.
   struct NoOp {
     __device__ __forceinline__ void operator()(int, const uint32_t (&)[4]) const {}
   };
   template <int kK, class OnA = NoOp>
-  static __device__ __forceinline__ void acc_times_tile(float (&out)[D / 8][4], const float (&acc)[kK / 8][4],
-                                                        uint32_t tile, uint32_t b_lane, OnA on_a = {}) {
+  static __device__ __forceinline__ void packed_times_tile(float (&out)[D / 8][4], const uint32_t (&a16)[kK / 8][2],
+                                                           uint32_t tile, uint32_t b_lane, OnA on_a = {}) {
 #pragma unroll
     for (int kk = 0; kk < kK / 16; ++kk) {
-      uint32_t a[4];
-      pack_a(acc, kk, a);
+      const uint32_t a[4] = {a16[2 * kk][0], a16[2 * kk][1], a16[2 * kk + 1][0], a16[2 * kk + 1][1]};
       on_a(kk, a);
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
@@ -212,8 +212,7 @@ struct Backward {
     // thread's row of LSE and row sum into registers (stored into shared memory by the
     // step that uses them).
     RowStats next;
-    auto issue_step = [&](int it, int h, int s) {
-      const int q_tile = __ldg(q_list + it);
+    auto issue_step = [&](int q_tile, int h, int s) {
       const uint32_t qs = qs0 + s * kStageBytes;
       const elem* qbase = static_cast<const elem*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
       const elem* dobase = static_cast<const elem*>(p.d_o) + b * p.do_stride_b + h * p.do_stride_h;
@@ -232,7 +231,7 @@ struct Backward {
     T::template load_rows<kThreads>(vbase, p.v_stride_n, vs, BN, k_tile * BN, p.nk, kslots, nullptr);
     cp_async_commit();
     int h = __ldg(heads);
-    issue_step(0, h, 0);
+    issue_step(__ldg(q_list), h, 0);
 
     const uint32_t a_rows = T::a_lane(warp, lane);
     const uint32_t b_rows = T::b_lane(lane);
@@ -253,6 +252,7 @@ struct Backward {
       const bool last_tile = it + 1 == n_tiles;
       const int it_next = last_tile ? 0 : it + 1;
       const int h_next = last_tile && hi + 1 < n_heads ? __ldg(heads + hi + 1) : h;
+      const int q_next = __ldg(q_list + it_next);  // loads while this step waits at the barrier
       const int s = kStages == 1 ? 0 : x & 1;
       const uint32_t qs = qs0 + s * kStageBytes;
       const uint32_t dos = qs + kQElems * 2;
@@ -267,7 +267,7 @@ struct Backward {
       }
       cp_async_wait_all();
       __syncthreads();
-      if (kStages == 2 && x + 1 < n_steps) issue_step(it_next, h_next, s ^ 1);
+      if (kStages == 2 && x + 1 < n_steps) issue_step(q_next, h_next, s ^ 1);
 
       // ---- Sᵀ = K Qᵀ (rows: the warp's 16 keys; columns: the tile's queries)
       float acc_s[kNTilesQ][4];
@@ -288,35 +288,49 @@ struct Backward {
           bits[wd] = word;
         }
       }
+      // P rounded to 16 bits right away: it is the A operand of dV as such, and dS reads
+      // it back (dS is rounded to 16 bits for its products too); that frees 16 registers.
+      uint32_t p16[kNTilesQ][2];
 #pragma unroll
       for (int nt = 0; nt < kNTilesQ; ++nt) {
+        const float2 l2 = *reinterpret_cast<const float2*>(lse2 + nt * 8 + (lane % 4) * 2);  // columns c, c + 1
+        float pv[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int c = nt * 8 + (lane % 4) * 2 + (e & 1);
-          float pv = exp2_approx(acc_s[nt][e] * p.scale_log2 - lse2[c]);
-          if (partial && !((bits[(nt * 4 + e) / 32] >> ((nt * 4 + e) % 32)) & 1u)) pv = 0.f;
-          acc_s[nt][e] = pv;
+          pv[e] = exp2_approx(acc_s[nt][e] * p.scale_log2 - ((e & 1) ? l2.y : l2.x));
+          if (partial && !((bits[(nt * 4 + e) / 32] >> ((nt * 4 + e) % 32)) & 1u)) pv[e] = 0.f;
         }
+        p16[nt][0] = pack2<kBf16>(pv[0], pv[1]);
+        p16[nt][1] = pack2<kBf16>(pv[2], pv[3]);
       }
 
       // ---- dV += Pᵀ dO
-      T::template acc_times_tile<BM>(acc_dv, acc_s, dos, b_trans);
+      T::template packed_times_tile<BM>(acc_dv, p16, dos, b_trans);
 
-      // ---- dPᵀ = V dOᵀ, then dSᵀ = Pᵀ ∘ (dPᵀ - D) in its registers
-      float acc_ds[kNTilesQ][4];
-      T::template rows_times_cols_t<BM>(acc_ds, vs, dos, a_rows, b_rows);
+      // ---- dPᵀ = V dOᵀ, then dSᵀ = Pᵀ ∘ (dPᵀ - D), rounded to 16 bits
+      uint32_t ds16[kNTilesQ][2];
+      {
+        float acc_dp[kNTilesQ][4];
+        T::template rows_times_cols_t<BM>(acc_dp, vs, dos, a_rows, b_rows);
 #pragma unroll
-      for (int nt = 0; nt < kNTilesQ; ++nt)
+        for (int nt = 0; nt < kNTilesQ; ++nt) {
+          const float2 d2 = *reinterpret_cast<const float2*>(dsum + nt * 8 + (lane % 4) * 2);
+          float pv[4];
+          unpack2<kBf16>(p16[nt][0], pv[0], pv[1]);
+          unpack2<kBf16>(p16[nt][1], pv[2], pv[3]);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc_ds[nt][e] = acc_s[nt][e] * (acc_ds[nt][e] - dsum[nt * 8 + (lane % 4) * 2 + (e & 1)]);
+          for (int e = 0; e < 4; ++e) acc_dp[nt][e] = pv[e] * (acc_dp[nt][e] - ((e & 1) ? d2.y : d2.x));
+        }
+        T::pack_all(acc_dp, ds16);
+      }
 
       // ---- dK += dSᵀ Q (scaled at the end); by default dSᵀ also goes to shared memory
       // for dQ (tile rows x 16 head-dim columns per chunk; chunks over the warps) +=
       // scale dS K with fp32 atomics
       if (kDeterministic) {
-        T::template acc_times_tile<BM>(acc_dk, acc_ds, qs, b_trans);
+        T::template packed_times_tile<BM>(acc_dk, ds16, qs, b_trans);
       } else {
-        T::template acc_times_tile<BM>(acc_dk, acc_ds, qs, b_trans, [&](int kk, const uint32_t (&a)[4]) {
+        T::template packed_times_tile<BM>(acc_dk, ds16, qs, b_trans, [&](int kk, const uint32_t (&a)[4]) {
           const int row = warp * 16 + lane / 4;
           const int col = kk * 16 + (lane % 4) * 2;
           *reinterpret_cast<uint32_t*>(ds_ptr + row * kDsRow + col) = a[0];
@@ -365,7 +379,7 @@ struct Backward {
       }
       if (kStages == 1) {
         __syncthreads();  // Q, dO, their tokens and dSᵀ are overwritten by the next step
-        if (x + 1 < n_steps) issue_step(it_next, h_next, 0);
+        if (x + 1 < n_steps) issue_step(q_next, h_next, 0);
       }
       hi += last_tile;
       it = it_next;
@@ -502,7 +516,9 @@ struct BackwardDq {
         for (int nt = 0; nt < kNTilesK; ++nt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc_dp[nt][e] = acc_s[nt][e] * (acc_dp[nt][e] - dsum[r0 + (e >> 1) * 8]);
-        T::template acc_times_tile<kSub>(acc_dq, acc_dp, kc, b_trans);
+        uint32_t ds16[kNTilesK][2];
+        T::pack_all(acc_dp, ds16);
+        T::template packed_times_tile<kSub>(acc_dq, ds16, kc, b_trans);
       }
       __syncthreads();  // K, V and their tokens are overwritten by the next key tile
     }
