@@ -36,20 +36,30 @@ struct Tiles {
   static constexpr int kRow = D + 8;
   static constexpr int kChunksPerRow = D / 8;
 
-  // `rows` rows of a tile into shared memory with 16-byte cp.async from `threads`
+  // kRows rows of a tile into shared memory with 16-byte cp.async from kThreads
   // threads: row r holds token slots[slot0 + r] (or slot0 + r in natural order); invalid
-  // tokens read as zeros and are recorded as -1 in `tok` when given.
-  template <int kThreads>
-  static __device__ __forceinline__ void load_rows(const elem* base, int64_t stride, uint32_t dst, int rows,
-                                                   int slot0, int limit, const int32_t* slots, int* tok) {
-#pragma unroll 1
-    for (int c = threadIdx.x; c < rows * kChunksPerRow; c += kThreads) {
-      const int r = c / kChunksPerRow;
-      const int chunk = c % kChunksPerRow;
+  // tokens read as zeros and are recorded as -1 in `tok` when given. Where the threads
+  // cover whole rows, each thread keeps one 16-byte column of the rows it loads.
+  template <int kThreads, int kRows>
+  static __device__ __forceinline__ void load_rows(const elem* base, int64_t stride, uint32_t dst, int slot0,
+                                                   int limit, const int32_t* slots, int* tok) {
+    auto one = [&](int r, int chunk) {
       const int token = slots ? __ldg(slots + slot0 + r) : slot0 + r;
       const bool valid = token >= 0 && token < limit;
       cp_async_16(dst + (r * kRow + chunk * 8) * 2, base + (int64_t)(valid ? token : 0) * stride + chunk * 8, valid);
       if (tok && chunk == 0) tok[r] = valid ? token : -1;
+    };
+    if constexpr (kThreads % kChunksPerRow == 0) {
+      constexpr int kRowsPerPass = kThreads / kChunksPerRow;
+      const int chunk = threadIdx.x % kChunksPerRow;
+#pragma unroll
+      for (int r0 = 0; r0 < kRows; r0 += kRowsPerPass) {
+        const int r = r0 + static_cast<int>(threadIdx.x) / kChunksPerRow;
+        if (kRows % kRowsPerPass == 0 || r < kRows) one(r, chunk);
+      }
+    } else {
+#pragma unroll 1
+      for (int c = threadIdx.x; c < kRows * kChunksPerRow; c += kThreads) one(c / kChunksPerRow, c % kChunksPerRow);
     }
   }
 
@@ -135,14 +145,18 @@ struct RowStats {
   }
 };
 
-// Adds v to an fp32 accumulator: atomically, or (deterministic mode, one writer per
-// launch) as a plain read-modify-write.
+// Adds (a, b) to two adjacent fp32 accumulators (8-byte aligned): as a reduction, or
+// (deterministic mode, one writer per launch) as a plain read-modify-write.
 template <bool kAtomic>
-__device__ __forceinline__ void accumulate(float* p, float v) {
-  if (kAtomic)
-    atomicAdd(p, v);
-  else
-    *p += v;
+__device__ __forceinline__ void accumulate2(float* p, float a, float b) {
+  if (kAtomic) {
+    red_add2(p, a, b);
+  } else {
+    float2 v = *reinterpret_cast<float2*>(p);
+    v.x += a;
+    v.y += b;
+    *reinterpret_cast<float2*>(p) = v;
+  }
 }
 
 template <class Cfg>
@@ -216,9 +230,9 @@ struct Backward {
       const uint32_t qs = qs0 + s * kStageBytes;
       const elem* qbase = static_cast<const elem*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
       const elem* dobase = static_cast<const elem*>(p.d_o) + b * p.do_stride_b + h * p.do_stride_h;
-      T::template load_rows<kThreads>(qbase, p.q_stride_n, qs, BM, q_tile * BM, p.nq, qslots, qtok0 + s * BM);
-      T::template load_rows<kThreads>(dobase, p.do_stride_n, qs + kQElems * 2, BM, q_tile * BM, p.nq, qslots,
-                                      nullptr);
+      T::template load_rows<kThreads, BM>(qbase, p.q_stride_n, qs, q_tile * BM, p.nq, qslots, qtok0 + s * BM);
+      T::template load_rows<kThreads, BM>(dobase, p.do_stride_n, qs + kQElems * 2, q_tile * BM, p.nq, qslots,
+                                          nullptr);
       cp_async_commit();
       if (tid < BM) {
         const int token = qslots ? __ldg(qslots + q_tile * BM + tid) : q_tile * BM + tid;
@@ -227,8 +241,8 @@ struct Backward {
       }
     };
 
-    T::template load_rows<kThreads>(kbase, p.k_stride_n, ks, BN, k_tile * BN, p.nk, kslots, ktok);
-    T::template load_rows<kThreads>(vbase, p.v_stride_n, vs, BN, k_tile * BN, p.nk, kslots, nullptr);
+    T::template load_rows<kThreads, BN>(kbase, p.k_stride_n, ks, k_tile * BN, p.nk, kslots, ktok);
+    T::template load_rows<kThreads, BN>(vbase, p.v_stride_n, vs, k_tile * BN, p.nk, kslots, nullptr);
     cp_async_commit();
     int h = __ldg(heads);
     issue_step(__ldg(q_list), h, 0);
@@ -361,18 +375,18 @@ struct Backward {
               mma_16816<kBf16>(acc_q[mt][1], a, bf[2], bf[3]);
             }
           }
+          float* dq_base = p.dq_acc + ((int64_t)b * p.nq * p.heads + h) * D + chunk * 16 + (lane % 4) * 2;
+          const int64_t dq_row = (int64_t)p.heads * D;
 #pragma unroll
           for (int mt = 0; mt < BM / 16; ++mt) {
 #pragma unroll
             for (int hr = 0; hr < 2; ++hr) {
               const int i = qtok[mt * 16 + lane / 4 + hr * 8];
               if (i < 0) continue;
-              float* out = p.dq_acc + (((int64_t)b * p.nq + i) * p.heads + h) * D + chunk * 16 + (lane % 4) * 2;
+              float* out = dq_base + i * dq_row;
 #pragma unroll
-              for (int n = 0; n < 2; ++n) {
-                atomicAdd(out + n * 8, p.scale * acc_q[mt][n][hr * 2]);
-                atomicAdd(out + n * 8 + 1, p.scale * acc_q[mt][n][hr * 2 + 1]);
-              }
+              for (int n = 0; n < 2; ++n)
+                red_add2(out + n * 8, p.scale * acc_q[mt][n][hr * 2], p.scale * acc_q[mt][n][hr * 2 + 1]);
             }
           }
         }
@@ -396,10 +410,8 @@ struct Backward {
       float* dv = p.dv_acc + (((int64_t)b * p.nk + j) * (p.heads / p.kv_group) + kvh) * D + (lane % 4) * 2;
 #pragma unroll
       for (int nt = 0; nt < kNTilesD; ++nt) {
-        accumulate<!kDeterministic>(dk + nt * 8, p.scale * acc_dk[nt][hr * 2]);
-        accumulate<!kDeterministic>(dk + nt * 8 + 1, p.scale * acc_dk[nt][hr * 2 + 1]);
-        accumulate<!kDeterministic>(dv + nt * 8, acc_dv[nt][hr * 2]);
-        accumulate<!kDeterministic>(dv + nt * 8 + 1, acc_dv[nt][hr * 2 + 1]);
+        accumulate2<!kDeterministic>(dk + nt * 8, p.scale * acc_dk[nt][hr * 2], p.scale * acc_dk[nt][hr * 2 + 1]);
+        accumulate2<!kDeterministic>(dv + nt * 8, acc_dv[nt][hr * 2], acc_dv[nt][hr * 2 + 1]);
       }
     }
   }
@@ -458,8 +470,8 @@ struct BackwardDq {
     const elem* dobase = static_cast<const elem*>(p.d_o) + b * p.do_stride_b + h * p.do_stride_h;
     const elem* kbase = static_cast<const elem*>(p.k) + b * p.k_stride_b + kvh * p.k_stride_h;
     const elem* vbase = static_cast<const elem*>(p.v) + b * p.v_stride_b + kvh * p.v_stride_h;
-    T::template load_rows<kThreads>(qbase, p.q_stride_n, qs, BM, q_tile * BM, p.nq, qslots, qtok);
-    T::template load_rows<kThreads>(dobase, p.do_stride_n, dos, BM, q_tile * BM, p.nq, qslots, nullptr);
+    T::template load_rows<kThreads, BM>(qbase, p.q_stride_n, qs, q_tile * BM, p.nq, qslots, qtok);
+    T::template load_rows<kThreads, BM>(dobase, p.do_stride_n, dos, q_tile * BM, p.nq, qslots, nullptr);
     cp_async_commit();
     if (tid < BM) {
       const int token = qslots ? __ldg(qslots + q_tile * BM + tid) : q_tile * BM + tid;
@@ -481,8 +493,8 @@ struct BackwardDq {
 #pragma unroll 1
     for (int it = 0; it < n_tiles; ++it) {
       const int k_tile = __ldg(k_list + it);
-      T::template load_rows<kThreads>(kbase, p.k_stride_n, ks, BN, k_tile * BN, p.nk, kslots, ktok);
-      T::template load_rows<kThreads>(vbase, p.v_stride_n, vs, BN, k_tile * BN, p.nk, kslots, nullptr);
+      T::template load_rows<kThreads, BN>(kbase, p.k_stride_n, ks, k_tile * BN, p.nk, kslots, ktok);
+      T::template load_rows<kThreads, BN>(vbase, p.v_stride_n, vs, k_tile * BN, p.nk, kslots, nullptr);
       cp_async_commit();
       cp_async_wait_all();
       __syncthreads();
@@ -528,10 +540,8 @@ struct BackwardDq {
       if (i < 0) continue;
       float* out = p.dq_acc + (((int64_t)b * p.nq + i) * p.heads + h) * D + (lane % 4) * 2;
 #pragma unroll
-      for (int nt = 0; nt < kNTilesD; ++nt) {
-        out[nt * 8] += p.scale * acc_dq[nt][hr * 2];
-        out[nt * 8 + 1] += p.scale * acc_dq[nt][hr * 2 + 1];
-      }
+      for (int nt = 0; nt < kNTilesD; ++nt)
+        accumulate2<false>(out + nt * 8, p.scale * acc_dq[nt][hr * 2], p.scale * acc_dq[nt][hr * 2 + 1]);
     }
   }
 };

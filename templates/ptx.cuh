@@ -61,6 +61,17 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   return r;
 }
 
+// *p += a, *(p + 1) += b as a reduction in global memory (p 8-byte aligned): one
+// vector reduction on sm_90 and newer, two scalar ones before.
+__device__ __forceinline__ void red_add2(float* p, float a, float b) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
+#else
+  atomicAdd(p, a);
+  atomicAdd(p + 1, b);
+#endif
+}
+
 // The two 16-bit values of a register as floats (lo: the low half), pack2's inverse.
 template <bool kBf16>
 __device__ __forceinline__ void unpack2(uint32_t v, float& lo, float& hi) {
