@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "api/select.hpp"
+#include "autotune/record.hpp"
 #include "common/check.hpp"
 #include "common/log.hpp"
 #include "engine/backward.hpp"
@@ -46,6 +47,20 @@ struct Attention::Impl {
   int64_t last_batch = 0;
   std::mutex mu;
 
+  // The record file (AttentionOptions::record, $SPATTN_RECORD), for each new plan.
+  void record(TunePass pass, const engine::Problem& p, const runtime::DeviceInfo& info, const KernelConfig& config) {
+    const std::string path = autotune::record_path(options.record);
+    if (path.empty()) return;
+    autotune::RecordedProblem r;
+    r.pass = pass;
+    r.arch = info.arch();
+    r.pattern = pattern;
+    r.problem = p;
+    r.config = config;
+    r.deterministic = pass == TunePass::kBackward && options.deterministic;
+    autotune::record_problem(path, r);
+  }
+
   // The plan for a problem: looked up without any other work once it exists (forward()
   // is called per layer and step, so its host cost matters), built on first use.
   engine::ForwardPlan& plan_for(const engine::Problem& p) {
@@ -67,6 +82,7 @@ struct Attention::Impl {
       engine::Problem shape = p;
       shape.batch = 1;
       slot = std::make_unique<engine::ForwardPlan>(pattern, shape, choice.config, device);
+      record(TunePass::kForward, p, info, choice.config);
     }
     engine::ForwardPlan& plan = *slot;
     last = Explanation{};
@@ -115,6 +131,7 @@ void Attention::backward(const TensorView& q, const TensorView& k, const TensorV
     shape.batch = 1;
     slot = std::make_unique<engine::BackwardPlan>(impl_->pattern, shape, choice.config, device,
                                                   impl_->options.deterministic);
+    impl_->record(TunePass::kBackward, p, info, choice.config);
     log::debug("attention backward: {} | {} | {}", p.to_string(), choice.config.to_string(), choice.source);
   }
   slot->run(q, k, v, o, lse, d_o, dq, dk, dv, impl_->options.scale, stream);

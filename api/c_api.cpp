@@ -92,11 +92,12 @@ spattn_status spattn_attention_create(const char* pattern_json, const char* opti
         else if (key == "backward_config") opts.backward_config = spattn::KernelConfig::parse(value.get<std::string>());
         else if (key == "use_tuning_db") opts.use_tuning_db = value.get<bool>();
         else if (key == "deterministic") opts.deterministic = value.get<bool>();
+        else if (key == "record") opts.record = value.get<std::string>();
         else
           throw spattn::Error(spattn::ErrorCode::kInvalidArgument,
                               "options." + key +
                                   ": unknown option; known: scale, device, config, backward_config, use_tuning_db, "
-                                  "deterministic");
+                                  "deterministic, record");
       }
     }
     *out = new spattn_attention{spattn::Attention(spattn::Pattern::parse(pattern_json), opts)};

@@ -20,6 +20,7 @@
 #include "common/check.hpp"
 #include "common/log.hpp"
 #include "engine/jit.hpp"
+#include "engine/select.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/nvrtc.hpp"
 
@@ -76,11 +77,26 @@ std::vector<int64_t> int_list(const json& v, const std::string& path) {
 }  // namespace
 
 Manifest Manifest::parse(std::string_view text) {
+  if (is_record(text)) {
+    Manifest m;
+    m.passes.clear();
+    m.recorded = parse_record(text, "record");
+    auto add = [](auto& list, const auto& v) {
+      if (std::find(list.begin(), list.end(), v) == list.end()) list.push_back(v);
+    };
+    for (const RecordedProblem& r : m.recorded) {
+      add(m.archs, r.arch);
+      add(m.dtypes, r.problem.dtype);
+      add(m.head_dims, static_cast<int>(r.problem.head_dim));
+      add(m.passes, r.pass);
+    }
+    return m;
+  }
   const std::string root = "manifest";
   // Strict: duplicate keys, overflowing numbers and deep nesting are refused by path.
   const json j = detail::parse_json_strict(text, root);
   if (!j.is_object()) bad(root, "must be a JSON object with archs, dtypes, head_dims and entries");
-  only_fields(j, root, {"archs", "dtypes", "head_dims", "entries"});
+  only_fields(j, root, {"archs", "dtypes", "head_dims", "entries", "passes"});
 
   Manifest m;
   const json& archs = nonempty_array(require(j, "archs", root), root + ".archs");
@@ -117,6 +133,18 @@ Manifest Manifest::parse(std::string_view text) {
     if (std::find(m.head_dims.begin(), m.head_dims.end(), d) == m.head_dims.end()) m.head_dims.push_back(static_cast<int>(d));
   }
 
+  if (j.contains("passes")) {
+    m.passes.clear();
+    const json& passes = nonempty_array(j["passes"], root + ".passes");
+    for (size_t i = 0; i < passes.size(); ++i) {
+      const std::string path = fmt::format("{}.passes[{}]", root, i);
+      const std::string v = passes[i].is_string() ? passes[i].get<std::string>() : "";
+      if (v != "forward" && v != "backward")
+        bad(path, "must be \"forward\" or \"backward\" (got " + passes[i].dump() + ")");
+      const TunePass pass = v == "backward" ? TunePass::kBackward : TunePass::kForward;
+      if (std::find(m.passes.begin(), m.passes.end(), pass) == m.passes.end()) m.passes.push_back(pass);
+    }
+  }
   const json& entries = nonempty_array(require(j, "entries", root), root + ".entries");
   for (size_t e = 0; e < entries.size(); ++e) {
     const std::string path = fmt::format("{}.entries[{}]", root, e);
@@ -161,7 +189,10 @@ namespace {
 // One problem of the manifest on one arch, and the configurations it needs.
 struct Need {
   engine::Problem problem;
-  const ManifestEntry* entry = nullptr;
+  const Pattern* pattern = nullptr;
+  TunePass pass = TunePass::kForward;
+  bool deterministic = false;
+  std::optional<Selection> fixed;  // a recorded problem: the configuration it ran with
   std::string arch;
   std::string label;
   std::vector<Selection> selections;
@@ -178,7 +209,7 @@ std::string need_label(size_t e, const ManifestEntry& entry, size_t s, DType dty
 
 // Tuning-database configurations written on GPUs of `arch` for the problem's bucket.
 std::vector<Selection> database_selections(const std::vector<TuningDb>& dbs, const Pattern& pattern,
-                                           const engine::Problem& problem, const std::string& arch) {
+                                           const engine::Problem& problem, const std::string& arch, TunePass pass) {
   std::vector<Selection> out;
   std::optional<double> density;
   const TargetLimits limits = arch_limits(arch);
@@ -186,10 +217,14 @@ std::vector<Selection> database_selections(const std::vector<TuningDb>& dbs, con
     if (!db.fingerprint || db.fingerprint->arch() != arch) continue;
     if (!density) density = pattern_density(pattern, problem);
     std::string key;
-    const TunedEntry* e = db.find_nearest(bucket_of(pattern, problem, *density), &key);
+    const TunedEntry* e = db.find_nearest(bucket_of(pattern, problem, *density, pass), &key);
     if (!e) continue;
     try {
-      e->config.check(static_cast<int>(problem.head_dim), problem.dtype, arch, limits.smem_per_block);
+      if (pass == TunePass::kBackward)
+        check_backward_config(e->config, static_cast<int>(problem.head_dim), problem.dtype, arch,
+                              limits.smem_per_block);
+      else
+        e->config.check(static_cast<int>(problem.head_dim), problem.dtype, arch, limits.smem_per_block);
     } catch (const Error&) {
       continue;
     }
@@ -240,41 +275,68 @@ std::vector<PlannedKernel> plan_prewarm(const Manifest& manifest, const PrewarmO
     for (size_t s = 0; s < entry.seq.size(); ++s)
       for (DType dtype : manifest.dtypes)
         for (int head_dim : manifest.head_dims)
-          for (const std::string& arch : archs) {
-            Need n;
-            n.entry = &entry;
-            n.arch = arch;
-            n.problem.batch = entry.batch;
-            n.problem.nq = entry.seq[s];
-            n.problem.nk = entry.kv_seq[s];
-            n.problem.heads = entry.heads;
-            n.problem.kv_heads = entry.kv_heads;
-            n.problem.head_dim = head_dim;
-            n.problem.dtype = dtype;
-            n.label = need_label(e, entry, s, dtype, head_dim, arch);
-            needs.push_back(std::move(n));
-          }
+          for (const std::string& arch : archs)
+            for (TunePass pass : manifest.passes) {
+              Need n;
+              n.pattern = &entry.pattern;
+              n.pass = pass;
+              n.arch = arch;
+              n.problem.batch = entry.batch;
+              n.problem.nq = entry.seq[s];
+              n.problem.nk = entry.kv_seq[s];
+              n.problem.heads = entry.heads;
+              n.problem.kv_heads = entry.kv_heads;
+              n.problem.head_dim = head_dim;
+              n.problem.dtype = dtype;
+              n.label = need_label(e, entry, s, dtype, head_dim, arch) +
+                        (pass == TunePass::kBackward ? " backward" : "");
+              needs.push_back(std::move(n));
+            }
+  }
+  for (size_t k = 0; k < manifest.recorded.size(); ++k) {
+    const RecordedProblem& r = manifest.recorded[k];
+    if (std::find(archs.begin(), archs.end(), r.arch) == archs.end()) continue;
+    Need n;
+    n.pattern = &r.pattern;
+    n.pass = r.pass;
+    n.deterministic = r.deterministic;
+    n.arch = r.arch;
+    n.problem = r.problem;
+    n.fixed = Selection{r.config, "recorded"};
+    n.label = fmt::format("record[{}] {} {} hd{} {}{}", k, r.problem.to_string(), to_string(r.problem.dtype),
+                          r.problem.head_dim, r.arch, r.pass == TunePass::kBackward ? " backward" : "");
+    needs.push_back(std::move(n));
   }
 
   // Select and render in parallel (layouts of long sequences take a while).
   const int threads = options.threads > 0 ? options.threads : nvrtc_threads();
   parallel_for(needs.size(), threads, [&](size_t k) {
     Need& n = needs[k];
+    const bool backward = n.pass == TunePass::kBackward;
+    auto fallback = [&](const runtime::DeviceInfo& device) -> Selection {
+      if (!backward) return heuristic(*n.pattern, n.problem, device);
+      const engine::KernelChoice c = engine::backward_heuristic(*n.pattern, n.problem, device);
+      return {c.config, c.source};
+    };
     try {
-      if (local && local->arch() == n.arch) {
-        const DbLookup db = lookup(n.entry->pattern, n.problem, *local);
+      if (n.fixed) {
+        n.selections.push_back(*n.fixed);
+      } else if (local && local->arch() == n.arch) {
+        const DbLookup db = lookup(*n.pattern, n.problem, *local, n.pass);
         if (db.config) n.selections.push_back({*db.config, db.source});
-        else n.selections.push_back(heuristic(n.entry->pattern, n.problem, *local));
+        else n.selections.push_back(fallback(*local));
       } else {
-        n.selections.push_back(heuristic(n.entry->pattern, n.problem, typical_device(n.arch)));
-        for (Selection& sel : database_selections(dbs, n.entry->pattern, n.problem, n.arch))
+        n.selections.push_back(fallback(typical_device(n.arch)));
+        for (Selection& sel : database_selections(dbs, *n.pattern, n.problem, n.arch, n.pass))
           if (std::none_of(n.selections.begin(), n.selections.end(),
                            [&](const Selection& x) { return x.config == sel.config; }))
             n.selections.push_back(std::move(sel));
       }
       for (const Selection& sel : n.selections) {
-        const Layout layout = compile_layout(n.entry->pattern, n.problem.shape(), sel.config.layout_options());
-        n.rendered.push_back(engine::render_kernel(layout, sel.config, n.problem, n.arch));
+        const Layout layout = compile_layout(*n.pattern, n.problem.shape(), sel.config.layout_options());
+        codegen::KernelSpec spec = engine::kernel_spec_for(layout, sel.config, n.problem, n.arch);
+        spec.deterministic = n.deterministic;
+        n.rendered.push_back(backward ? codegen::render_backward(spec) : codegen::render_forward(spec));
       }
     } catch (const Error& e) {
       n.error = e.what();

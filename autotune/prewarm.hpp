@@ -8,8 +8,12 @@
 //                 "seq": [16384, 65536], "heads": 16, "kv_heads": 16}]}
 // Entries may also give "kv_seq" (key lengths, one per "seq" value; default: equal) and
 // "batch" (default 1; it matters only where the heuristic counts CTAs). "heads" defaults
-// to 16 and "kv_heads" to "heads". Unknown fields are errors (typos would otherwise
-// prewarm the wrong thing).
+// to 16 and "kv_heads" to "heads". "passes": ["forward", "backward"] (top level, default
+// ["forward"]) adds the backward kernels (training). Unknown fields are errors (typos
+// would otherwise prewarm the wrong thing).
+//
+// A record file (autotune/record.hpp, SPATTN_RECORD) is accepted in place of a manifest:
+// each recorded problem gets exactly the configuration it ran with, for its arch.
 //
 // Which configurations: for every entry x seq x dtype x head dim x arch,
 //  - on this host's GPU arch: exactly what spattn::Attention selects here (its tuning
@@ -32,6 +36,7 @@
 #include <string_view>
 #include <vector>
 
+#include "autotune/record.hpp"
 #include "autotune/tuner.hpp"
 
 namespace spattn::autotune {
@@ -49,11 +54,14 @@ struct Manifest {
   std::vector<std::string> archs;
   std::vector<DType> dtypes;
   std::vector<int> head_dims;
+  std::vector<TunePass> passes = {TunePass::kForward};
   std::vector<ManifestEntry> entries;
+  std::vector<RecordedProblem> recorded;  // the record form: archs, dtypes, head dims are theirs
 
-  // Parses and validates. Throws kInvalidArgument (or kUnsupported for an arch NVRTC
-  // cannot target) whose message starts with the JSON path of the bad field, e.g.
-  // "manifest.entries[1].seq[0]: must be a positive integer (got -5)".
+  // Parses and validates a manifest or a record file. Throws kInvalidArgument (or
+  // kUnsupported for an arch NVRTC cannot target) whose message starts with the JSON path
+  // of the bad field, e.g. "manifest.entries[1].seq[0]: must be a positive integer (got
+  // -5)", or for a record with "record:<line>".
   static Manifest parse(std::string_view json_text);
 };
 

@@ -8,6 +8,7 @@
 
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <sstream>
 #include <memory>
 #include <optional>
@@ -166,6 +167,22 @@ void register_autotune(CLI::App& app) {
               tp.dtype = dtype;
               jobs.push_back({e.pattern, tp});
             }
+      // A record file: its problems of this pass, once each.
+      std::set<std::string> seen;
+      for (const autotune::RecordedProblem& r : m.recorded) {
+        if (r.pass != options.pass) continue;
+        TuneProblem tp;
+        tp.batch = r.problem.batch;
+        tp.nq = r.problem.nq;
+        tp.nk = r.problem.nk;
+        tp.heads = r.problem.heads;
+        tp.kv_heads = r.problem.kv_heads;
+        tp.head_dim = r.problem.head_dim;
+        tp.dtype = r.problem.dtype;
+        if (seen.insert(r.pattern.to_json() + "|" + r.problem.to_string()).second) jobs.push_back({r.pattern, tp});
+      }
+      if (jobs.empty())
+        throw UsageError(fmt::format("--manifest: '{}' records no {} problem", args->manifest, to_string(options.pass)));
     } else {
       if (args->pattern.empty()) throw UsageError("--pattern is required (or --manifest)");
       if (args->seq <= 0) throw UsageError("--seq is required and must be >= 1 (or --manifest)");

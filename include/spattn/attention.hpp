@@ -34,6 +34,10 @@ struct AttentionOptions {
   // the forward rows, about 1.4x the matrix work of the default)
   bool deterministic = false;
   bool use_tuning_db = true;          // consult the tuning database of this GPU
+  // Append every problem met for the first time (pattern, shape, dtype, arch, the config
+  // chosen; forward and backward) to this record file, for `spattn prewarm FILE` /
+  // `spattn bundle --from-record FILE` elsewhere; "" means $SPATTN_RECORD (if set).
+  std::string record;
 };
 
 // What the last forward() ran, for logs and bug reports.
