@@ -1,11 +1,15 @@
 #include "api/tools.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <chrono>
+#include <fstream>
+#include <sstream>
 
 #include "autotune/harness.hpp"
 #include "autotune/search_space.hpp"
+#include "autotune/tuning_db.hpp"
 #include "common/check.hpp"
 #include "engine/forward.hpp"
 #include "engine/jit.hpp"
@@ -179,6 +183,55 @@ Check check_against_reference(const Pattern& pattern, const TensorView& q, const
   c.ok = cmp.nonfinite == 0 && cmp.lse_mismatch == 0 && cmp.rel_l2_err <= tol.rel_l2 && cmp.max_abs_err <= tol.max_abs;
   c.text = cmp.to_string();
   return c;
+}
+
+std::vector<std::pair<std::string, std::string>> tuning_attachments(const std::filesystem::path& cache_dir,
+                                                                    const std::string& selector) {
+  std::vector<std::pair<std::string, std::string>> out;
+  if (selector == "none") return out;
+  const std::filesystem::path dir = cache_dir / "tuning";
+  std::vector<std::string> available;
+  for (const autotune::TuningDb& db : autotune::TuningDb::load_all(dir)) {
+    const std::string hash = db.file.stem().string();
+    available.push_back(fmt::format("{} ({})", hash, db.fingerprint ? db.fingerprint->name : "?"));
+    if (selector != "all" && selector != hash && !(db.fingerprint && db.fingerprint->name == selector)) continue;
+    std::ifstream in(db.file, std::ios::binary);
+    std::stringstream text;
+    text << in.rdbuf();
+    if (!in) SPATTN_FAIL(ErrorCode::kIo, "cannot read the tuning database {}", db.file.string());
+    out.emplace_back("tuning/" + db.file.filename().string(), text.str());
+  }
+  if (out.empty() && selector != "all")
+    SPATTN_FAIL(ErrorCode::kInvalidArgument, "--tuning {}: no tuning database in {} matches; there are: {}", selector,
+                dir.string(), available.empty() ? std::string("none") : fmt::format("{}", fmt::join(available, ", ")));
+  return out;
+}
+
+std::vector<TuningImport> import_tuning(const std::filesystem::path& cache_dir,
+                                        const std::vector<std::pair<std::string, std::string>>& attachments) {
+  const std::filesystem::path dir = cache_dir / "tuning";
+  std::vector<TuningImport> out;
+  for (const auto& [name, bytes] : attachments) {
+    if (name.rfind("tuning/", 0) != 0) continue;
+    TuningImport t;
+    t.attachment = name;
+    try {
+      const autotune::TuningDb db = autotune::TuningDb::parse(bytes, name);
+      t.gpu = db.fingerprint->describe();
+      t.file = autotune::TuningDb::file_for(dir, *db.fingerprint).string();
+      for (const autotune::MergeOutcome& m : autotune::TuningDb::merge(dir, db)) {
+        t.added += m.status == "added";
+        t.updated += m.status == "updated";
+        t.kept += m.status == "kept";
+        t.same += m.status == "same";
+        if (!m.detail.empty()) t.conflicts.push_back(m.key + ": " + m.detail);
+      }
+    } catch (const Error& e) {
+      t.error = e.what();
+    }
+    out.push_back(std::move(t));
+  }
+  return out;
 }
 
 }  // namespace spattn::tools

@@ -11,9 +11,11 @@
 #include <spattn/tensor.hpp>
 
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace spattn::tools {
@@ -102,5 +104,25 @@ struct Check {
 };
 Check check_against_reference(const Pattern& pattern, const TensorView& q, const TensorView& k, const TensorView& v,
                               const TensorView& o, const TensorView* lse);
+
+// Tuning databases carried in cache archives (`cache export --tuning`, `cache import`).
+// Attachments named "tuning/<fingerprint hash>.json" hold the database files of
+// <cache_dir>/tuning. `selector`: "all", "none", or a fingerprint hash (the file name's
+// stem) or GPU name; throws kInvalidArgument listing the databases there when a selector
+// names none of them.
+std::vector<std::pair<std::string, std::string>> tuning_attachments(const std::filesystem::path& cache_dir,
+                                                                    const std::string& selector);
+struct TuningImport {
+  std::string attachment;  // its name in the archive
+  std::string gpu;         // the fingerprint, described
+  std::string file;        // the database merged into
+  size_t added = 0, updated = 0, kept = 0, same = 0;
+  std::vector<std::string> conflicts;  // one line each
+  std::string error;       // not a usable database (nothing merged)
+};
+// Merges the tuning databases among `attachments` into <cache_dir>/tuning (the later
+// measurement of a bucket wins); other attachments are skipped.
+std::vector<TuningImport> import_tuning(const std::filesystem::path& cache_dir,
+                                        const std::vector<std::pair<std::string, std::string>>& attachments);
 
 }  // namespace spattn::tools

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <spattn/cache.hpp>
 
@@ -11,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <ctime>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -353,18 +355,22 @@ std::vector<TuningDb> TuningDb::load_all(const fs::path& dir) {
   return out;
 }
 
-fs::path TuningDb::store(const fs::path& dir, const Fingerprint& fingerprint, const std::string& bucket_key,
-                         const TunedEntry& entry) {
+namespace {
+
+// Takes the database file's lock, re-reads it (a corrupt or mismatched file is moved
+// aside), lets `edit` change the entries, and writes it atomically. Returns the file.
+fs::path update_db(const fs::path& dir, const Fingerprint& fingerprint,
+                   const std::function<void(std::map<std::string, TunedEntry>&)>& edit) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) SPATTN_FAIL(ErrorCode::kIo, "cannot create the tuning database directory {}: {}", dir.string(), ec.message());
-  const fs::path file = file_for(dir, fingerprint);
+  const fs::path file = TuningDb::file_for(dir, fingerprint);
   int lock_error = 0;
   auto lock = cache::FileLock::acquire(fs::path(file.string() + ".lock"), &lock_error);
   if (!lock)
     SPATTN_FAIL(ErrorCode::kIo, "cannot lock the tuning database {}: {}", file.string(), std::strerror(lock_error));
 
-  TuningDb db = load(file, &fingerprint);
+  TuningDb db = TuningDb::load(file, &fingerprint);
   if (db.state == DbState::kCorrupt || db.state == DbState::kMismatch) {
     const fs::path aside = file.string() + ".corrupt";
     fs::rename(file, aside, ec);
@@ -372,14 +378,68 @@ fs::path TuningDb::store(const fs::path& dir, const Fingerprint& fingerprint, co
               aside.string());
     db.entries.clear();
   }
-  db.entries[bucket_key] = entry;
+  edit(db.entries);
 
   json entries = json::object();
   for (const auto& [key, e] : db.entries) entries[key] = e.to_json();
   const json doc = {{"format", kTuningDbFormat}, {"fingerprint", fingerprint.to_json()}, {"entries", entries}};
   cache::write_atomic(file, doc.dump(2) + "\n");
+  return file;
+}
+
+}  // namespace
+
+fs::path TuningDb::store(const fs::path& dir, const Fingerprint& fingerprint, const std::string& bucket_key,
+                         const TunedEntry& entry) {
+  const fs::path file =
+      update_db(dir, fingerprint, [&](std::map<std::string, TunedEntry>& entries) { entries[bucket_key] = entry; });
   log::debug("tuning database {}: stored {} -> {}", file.string(), bucket_key, entry.config.to_string());
   return file;
+}
+
+TuningDb TuningDb::parse(const std::string& text, const std::string& name) {
+  TuningDb db;
+  db.file = name;
+  try {
+    parse_into(db, text);
+  } catch (const Error& e) {
+    SPATTN_FAIL(ErrorCode::kCorrupt, "tuning database {}: {}", name, e.what());
+  }
+  return db;
+}
+
+std::vector<MergeOutcome> TuningDb::merge(const fs::path& dir, const TuningDb& incoming) {
+  SPATTN_REQUIRE(incoming.fingerprint.has_value(), "a database to merge needs its fingerprint");
+  std::vector<MergeOutcome> out;
+  update_db(dir, *incoming.fingerprint, [&](std::map<std::string, TunedEntry>& entries) {
+    for (const auto& [key, e] : incoming.entries) {
+      MergeOutcome m;
+      m.key = key;
+      const auto it = entries.find(key);
+      if (it == entries.end()) {
+        m.status = "added";
+        entries[key] = e;
+      } else {
+        const TunedEntry& local = it->second;
+        const bool same_config = local.config == e.config;
+        // ISO 8601 UTC timestamps order as strings.
+        if (e.tuned_at > local.tuned_at) {
+          m.status = "updated";
+          if (!same_config)
+            m.detail = fmt::format("conflict: {} (tuned {}) replaces {} (tuned {})", e.config.to_string(), e.tuned_at,
+                                   local.config.to_string(), local.tuned_at);
+          entries[key] = e;
+        } else {
+          m.status = same_config && e.tuned_at == local.tuned_at ? "same" : "kept";
+          if (!same_config)
+            m.detail = fmt::format("conflict: the local {} (tuned {}) is kept over {} (tuned {})",
+                                   local.config.to_string(), local.tuned_at, e.config.to_string(), e.tuned_at);
+        }
+      }
+      out.push_back(std::move(m));
+    }
+  });
+  return out;
 }
 
 // --- runtime lookup ------------------------------------------------------------------
@@ -465,9 +525,17 @@ DbLookup lookup_in(const fs::path& dir, const Pattern& pattern, const engine::Pr
   const auto [fp, file] = database_of(dir, device);
   const std::shared_ptr<const TuningDb> db = cached_db(file, fp);
   switch (db->state) {
-    case DbState::kMissing:
+    case DbState::kMissing: {
       out.source = fmt::format("no tuning database for this GPU ({})", file.string());
+      // Databases of other GPUs (e.g. imported with a cache archive) do not apply: say so.
+      std::vector<std::string> others;
+      for (const TuningDb& other : TuningDb::load_all(dir))
+        if (other.fingerprint) others.push_back(other.fingerprint->describe());
+      if (!others.empty())
+        out.source += fmt::format("; the databases there are for other GPUs or builds and do not apply: {}",
+                                  fmt::join(others, "; "));
       return out;
+    }
     case DbState::kCorrupt:
     case DbState::kMismatch:
       out.source = fmt::format("tuning database {} ignored: {}", file.string(), db->problem);

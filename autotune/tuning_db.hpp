@@ -111,6 +111,13 @@ struct TunedEntry {
   static TunedEntry from_json(const nlohmann::json& j);  // throws kCorrupt naming the field
 };
 
+// What merging one entry of another database did: "added", "updated" (the incoming one
+// was tuned later), "kept" (the local one was), "same"; detail names a conflict (the
+// two configurations differ).
+struct MergeOutcome {
+  std::string key, status, detail;
+};
+
 enum class DbState {
   kMissing,   // no file
   kLoaded,    // read, fingerprint matches (or was not checked)
@@ -149,6 +156,12 @@ struct TuningDb {
   // Throws kIo when the directory or file cannot be written.
   static std::filesystem::path store(const std::filesystem::path& dir, const Fingerprint& fingerprint,
                                      const std::string& bucket_key, const TunedEntry& entry);
+  // A database from its text (e.g. carried in a cache archive); throws kCorrupt naming
+  // `name` and the problem.
+  static TuningDb parse(const std::string& text, const std::string& name);
+  // Merges `incoming` into the database of its fingerprint under `dir` (locked, atomic
+  // like store): the later measurement of a bucket wins.
+  static std::vector<MergeOutcome> merge(const std::filesystem::path& dir, const TuningDb& incoming);
 };
 
 // What the database says for a problem on a device, for runtime selection. `config` is

@@ -77,8 +77,17 @@ ExportReport write_archive(const KernelCache& cache, const ExportOptions& option
     if (progress) progress(i + 1, selected.size());
   }
 
+  for (const auto& [name, payload] : options.attachments) {
+    const std::string bytes = cache::encode_attachment(name, payload);
+    chunk.clear();
+    cache::put_u64(chunk, bytes.size());
+    emit(chunk);
+    emit(bytes);
+    ++report.attachments;
+  }
+
   chunk.clear();
-  cache::put_u64(chunk, report.exported);
+  cache::put_u64(chunk, report.exported + report.attachments);
   emit(chunk);
   const cache::Sha256Digest digest = hash.finish();
   const std::string_view digest_bytes(reinterpret_cast<const char*>(digest.data()), digest.size());
@@ -146,6 +155,9 @@ ImportReport KernelCache::import_archive(const fs::path& archive, const ImportOp
     for (const fs::path& k : *keys) trusted.push_back(cache::load_public_key(k));
   }
   s.require_usable_dir();
+  if (s.config.read_only)
+    SPATTN_FAIL(ErrorCode::kIo, "cannot import into '{}': the kernel cache is read-only (SPATTN_CACHE_READONLY)",
+                detail::printable(s.config.dir.string()));
 
   const cache::InputFile in(archive);
   // The archive as a whole first: its magic, version, checksum, entry table and
@@ -175,6 +187,19 @@ ImportReport KernelCache::import_archive(const fs::path& archive, const ImportOp
     ImportResult r;
     std::string bytes;
     in.read(spans[i].first, static_cast<std::size_t>(spans[i].second), bytes);
+    std::optional<std::pair<std::string, std::string>> attachment;
+    try {
+      attachment = cache::decode_attachment(bytes);
+    } catch (const Error& e) {
+      r.reason = fmt::format("damaged attachment: {}", e.what());
+      report.entries.push_back(std::move(r));
+      continue;
+    }
+    if (attachment) {
+      report.attachments.push_back(std::move(*attachment));
+      if (options.progress) options.progress(i + 1, spans.size());
+      continue;
+    }
     cache::DecodedEntry d = cache::decode_entry(bytes);
     if (!d.ok()) {
       r.reason = d.format_version != 0 && d.format_version != cache::kFormatVersion

@@ -12,6 +12,7 @@
 #include "common/check.hpp"
 #include "common/json.hpp"
 #include "common/text.hpp"
+#include "common/text.hpp"
 
 namespace spattn::cache {
 
@@ -418,6 +419,34 @@ ArchiveLayout read_archive_layout(std::string_view bytes, const std::string& nam
         out.assign(bytes.substr(offset, count));
       },
       name);
+}
+
+std::string encode_attachment(const std::string& name, std::string_view payload) {
+  const bool printable = std::all_of(name.begin(), name.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+  if (name.empty() || name.size() > kMaxAttachmentName || !printable)
+    SPATTN_FAIL(ErrorCode::kInvalidArgument, "attachment name '{}' must be 1 to {} printable ASCII characters",
+                detail::printable(name), kMaxAttachmentName);
+  std::string out(kAttachmentMagic);
+  put_u32(out, static_cast<std::uint32_t>(name.size()));
+  out += name;
+  out.append(payload);
+  return out;
+}
+
+std::optional<std::pair<std::string, std::string>> decode_attachment(std::string_view bytes) {
+  if (bytes.size() < kAttachmentMagic.size() || bytes.compare(0, kAttachmentMagic.size(), kAttachmentMagic) != 0)
+    return std::nullopt;
+  if (bytes.size() < kAttachmentMagic.size() + 4) SPATTN_FAIL(ErrorCode::kCorrupt, "attachment is truncated");
+  std::uint32_t n = 0;
+  for (int b = 0; b < 4; ++b)
+    n |= static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[kAttachmentMagic.size() + b])) << (8 * b);
+  const std::size_t at = kAttachmentMagic.size() + 4;
+  if (n == 0 || n > kMaxAttachmentName || bytes.size() - at < n)
+    SPATTN_FAIL(ErrorCode::kCorrupt, "attachment name length {} is out of range", n);
+  std::string name(bytes.substr(at, n));
+  if (!std::all_of(name.begin(), name.end(), [](char c) { return c > 0x20 && c < 0x7f; }))
+    SPATTN_FAIL(ErrorCode::kCorrupt, "attachment name is not printable ASCII");
+  return std::pair{std::move(name), std::string(bytes.substr(at + n))};
 }
 
 }  // namespace spattn::cache

@@ -28,7 +28,10 @@
 //        0     8  magic "SPATTNKA"
 //        8     4  archive version (u32)
 //       12     4  flags (u32): bit 0 = signed; the other bits are 0
-//       16        N times: u64 length L, then L bytes of a kernel file exactly as cached
+//       16        N times: u64 length L, then L bytes of a kernel file exactly as cached,
+//                 or of an attachment: magic "SPATTNAT", u32 name length, the name (1 to
+//                 256 printable ASCII bytes), the payload (e.g. a tuning database); an
+//                 importer that does not know attachments rejects them as entries
 //      T-40     8  entry count N (u64)                T = end, or end - 96 when signed
 //      T-32    32  SHA-256 of every byte before it
 //        T     32  (signed) Ed25519 public key of the signer (raw)
@@ -65,6 +68,12 @@ inline constexpr std::uint32_t kArchiveVersion = 2;
 inline constexpr std::uint32_t kOldestArchiveVersion = 1;
 inline constexpr std::uint32_t kArchiveSigned = 1;  // flag bit
 inline constexpr std::string_view kArchiveMagic = "SPATTNKA";
+inline constexpr std::string_view kAttachmentMagic = "SPATTNAT";
+inline constexpr std::size_t kMaxAttachmentName = 256;
+// An attachment entry's bytes, and back (nullopt: not an attachment; throws kCorrupt for
+// a damaged one).
+std::string encode_attachment(const std::string& name, std::string_view payload);
+std::optional<std::pair<std::string, std::string>> decode_attachment(std::string_view bytes);
 inline constexpr std::size_t kArchiveHeaderBytes = 16;
 inline constexpr std::size_t kArchiveTrailerBytes = 8 + 32;
 inline constexpr std::size_t kPublicKeyBytes = 32;

@@ -103,6 +103,7 @@ CacheConfig CacheConfig::from_env() {
   }
 
   c.disabled = env_flag("SPATTN_DISABLE_CACHE");
+  c.read_only = env_flag("SPATTN_CACHE_READONLY");
   c.allow_shared_dir = env_flag("SPATTN_CACHE_ALLOW_SHARED");
   if (std::string keys = env_or_empty("SPATTN_CACHE_TRUSTED_KEYS"); !trim(keys).empty()) {
     for (std::size_t at = 0; at <= keys.size();) {
@@ -431,7 +432,7 @@ CacheLookup KernelCache::get_or_compile(const KernelManifest& manifest,
   };
   auto hit = [&](const fs::path& path) {
     // Our own last-used stamp (not atime, which many mounts do not keep).
-    cache::write_u64_at(path, cache::kStampOffset, cache::now_ns());
+    if (!s.config.read_only) cache::write_u64_at(path, cache::kStampOffset, cache::now_ns());
     s.bump(CacheCounter::kHits);
     out.hit = true;
     out.stored = true;
@@ -456,6 +457,12 @@ CacheLookup KernelCache::get_or_compile(const KernelManifest& manifest,
   std::string reason;
   if (s.load(path, text, &out.kernel, &reason) == Impl::Load::kGood) {
     hit(path);
+    return out;
+  }
+  if (s.config.read_only) {  // a miss (or a bad entry, left as it is): compiled, not stored
+    log::debug("kernel cache (read-only): miss {} {} {}{}", out.key.substr(0, 12), manifest.kernel_name, manifest.arch,
+               reason.empty() ? "" : ": " + reason);
+    run_compile();
     return out;
   }
 
@@ -525,6 +532,10 @@ void KernelCache::ensure_writable() {
   const std::string dir = detail::printable(s.config.dir.string());
   if (s.config.disabled) {
     SPATTN_FAIL(ErrorCode::kIo, "the kernel cache is disabled (SPATTN_DISABLE_CACHE): nothing can be stored in '{}'",
+                dir);
+  }
+  if (s.config.read_only) {
+    SPATTN_FAIL(ErrorCode::kIo, "the kernel cache '{}' is read-only (SPATTN_CACHE_READONLY): nothing can be stored in it",
                 dir);
   }
   s.require_usable_dir();

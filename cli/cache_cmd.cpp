@@ -71,30 +71,6 @@ std::string limit_text(std::uint64_t max_bytes) {
 }
 
 // Feeds the library's (done, total) callbacks to a progress bar created on first use.
-class ProgressFeed {
- public:
-  explicit ProgressFeed(std::string label) : label_(std::move(label)) {}
-  CacheProgress callback() {
-    return [this](std::size_t done, std::size_t total) {
-      if (!bar_) bar_ = std::make_unique<Progress>(label_, total);
-      // At most ~100 redraws: in a log (not a terminal) every redraw is a line.
-      const std::size_t step = std::max<std::size_t>(1, total / 100);
-      if (done > done_ && (done - done_ >= step || done == total)) {
-        bar_->advance(done - done_);
-        done_ = done;
-      }
-    };
-  }
-  void finish() {
-    if (bar_) bar_->finish();
-  }
-
- private:
-  std::string label_;
-  std::unique_ptr<Progress> bar_;
-  std::size_t done_ = 0;
-};
-
 nlohmann::json problem_json(const CacheProblem& p) {
   return {{"key", p.key}, {"path", p.path.string()}, {"reason", p.reason}, {"removed", p.removed}};
 }
@@ -242,6 +218,7 @@ struct ExportArgs {
   std::string file;
   std::vector<std::string> archs;
   std::string sign;
+  std::string tuning = "none";
 };
 
 void cmd_export(const ExportArgs& a) {
@@ -268,6 +245,7 @@ void cmd_export(const ExportArgs& a) {
     options.filter = [&a](const CacheEntry& e) { return std::find(a.archs.begin(), a.archs.end(), e.arch) != a.archs.end(); };
   }
   options.signing_key = a.sign;
+  options.attachments = tools::tuning_attachments(cache.config().dir, a.tuning);
   ProgressFeed feed("exporting");
   options.progress = feed.callback();
   const bool to_stdout = a.file == "-";
@@ -280,6 +258,7 @@ void cmd_export(const ExportArgs& a) {
     for (const CacheProblem& p : r.skipped) skipped.push_back(problem_json(p));
     report << nlohmann::json({{"archive", a.file},
                               {"exported", r.exported},
+                              {"tuning_databases", r.attachments},
                               {"bytes", r.bytes},
                               {"signer", r.signer},
                               {"skipped", std::move(skipped)}})
@@ -288,8 +267,11 @@ void cmd_export(const ExportArgs& a) {
     return;
   }
   for (const CacheProblem& p : r.skipped) report << fmt::format("skipped {}: {}\n", p.key, p.reason);
-  report << fmt::format("exported {} entries to {} ({}){}\n", r.exported, to_stdout ? "standard output" : shown(a.file),
-                        human_bytes(r.bytes), r.signer.empty() ? "" : ", signed by " + r.signer);
+  report << fmt::format("exported {} entries{} to {} ({}){}\n", r.exported,
+                        r.attachments ? fmt::format(" and {} tuning database{}", r.attachments, r.attachments == 1 ? "" : "s")
+                                      : "",
+                        to_stdout ? "standard output" : shown(a.file), human_bytes(r.bytes),
+                        r.signer.empty() ? "" : ", signed by " + r.signer);
 }
 
 void cmd_import(const std::string& file, const std::vector<std::string>& trust) {
@@ -313,7 +295,13 @@ void cmd_import(const std::string& file, const std::vector<std::string>& trust) 
   for (const std::string& k : trust) options.trusted_keys.emplace_back(k);
   const ImportReport r = cache.import_archive(file, options);
   feed.finish();
+  const std::vector<tools::TuningImport> tuning = tools::import_tuning(cache.config().dir, r.attachments);
   if (globals().json) {
+    nlohmann::json dbs = nlohmann::json::array();
+    for (const tools::TuningImport& t : tuning)
+      dbs.push_back({{"attachment", t.attachment}, {"gpu", t.gpu}, {"file", t.file}, {"added", t.added},
+                     {"updated", t.updated}, {"kept", t.kept}, {"same", t.same}, {"conflicts", t.conflicts},
+                     {"error", t.error}});
     nlohmann::json entries = nlohmann::json::array();
     for (const ImportResult& e : r.entries) {
       entries.push_back({{"key", e.key},
@@ -329,7 +317,8 @@ void cmd_import(const std::string& file, const std::vector<std::string>& trust) 
                 {"added", r.count(ImportStatus::kAdded)},
                 {"present", r.count(ImportStatus::kPresent)},
                 {"rejected", r.count(ImportStatus::kRejected)},
-                {"evictions", r.evictions}});
+                {"evictions", r.evictions},
+                {"tuning", std::move(dbs)}});
     return;
   }
   if (!r.signer.empty()) {
@@ -344,6 +333,15 @@ void cmd_import(const std::string& file, const std::vector<std::string>& trust) 
                            r.count(ImportStatus::kPresent), r.count(ImportStatus::kRejected));
   if (r.evictions > 0) std::cout << fmt::format("; {} entries evicted to stay under the limit", r.evictions);
   std::cout << "\n";
+  for (const tools::TuningImport& t : tuning) {
+    if (!t.error.empty()) {
+      std::cout << fmt::format("tuning database {} not merged: {}\n", t.attachment, t.error);
+      continue;
+    }
+    std::cout << fmt::format("tuning database for {}: {} added, {} updated, {} kept (local newer), {} unchanged -> {}\n",
+                             t.gpu, t.added, t.updated, t.kept, t.same, shown(t.file));
+    for (const std::string& c : t.conflicts) std::cout << "  " << c << "\n";
+  }
 }
 
 }  // namespace
@@ -388,6 +386,10 @@ void register_cache(CLI::App& app) {
         ->required();
     cmd->add_option("--arch", args->archs, "only entries for this target (repeatable), e.g. --arch sm_90a");
     cmd->add_option("--sign", args->sign, "sign the archive with this Ed25519 private key (PEM; see 'cache keygen')");
+    cmd->add_option("--tuning", args->tuning,
+                    "also carry tuning databases: all, none, or one GPU's (fingerprint hash or GPU name); "
+                    "'cache import' merges them")
+        ->capture_default_str();
     cmd->callback([args] { cmd_export(*args); });
   }
   {

@@ -13,7 +13,10 @@
 #include <spattn/error.hpp>
 #include <spattn/pattern.hpp>
 
+#include <algorithm>
 #include <cstddef>
+#include <functional>
+#include <memory>
 #include <string>
 
 namespace spattn::cli {
@@ -62,6 +65,31 @@ class Progress {
   bool finished_ = false;
 };
 
+// A Progress line fed by a (done, total) callback, created on the first call and
+// redrawn at most ~100 times (in a log, not a terminal, every redraw is a line).
+class ProgressFeed {
+ public:
+  explicit ProgressFeed(std::string label) : label_(std::move(label)) {}
+  std::function<void(std::size_t, std::size_t)> callback() {
+    return [this](std::size_t done, std::size_t total) {
+      if (!bar_) bar_ = std::make_unique<Progress>(label_, total);
+      const std::size_t step = std::max<std::size_t>(1, total / 100);
+      if (done > done_ && (done - done_ >= step || done == total)) {
+        bar_->advance(done - done_);
+        done_ = done;
+      }
+    };
+  }
+  void finish() {
+    if (bar_) bar_->finish();
+  }
+
+ private:
+  std::string label_;
+  std::unique_ptr<Progress> bar_;
+  std::size_t done_ = 0;
+};
+
 // Subcommand registration (one per file).
 void register_info(CLI::App& app);
 void register_pattern(CLI::App& app);
@@ -71,5 +99,6 @@ void register_demo(CLI::App& app);
 void register_autotune(CLI::App& app);
 void register_prewarm(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_bundle(CLI::App& app);
 
 }  // namespace spattn::cli

@@ -46,15 +46,10 @@ void register_prewarm(CLI::App& app) {
     options.load_all = args->load_all;
     options.device = args->device;
     options.threads = args->threads;
-    std::unique_ptr<Progress> bar;
-    size_t shown = 0;
-    options.progress = [&](size_t done, size_t total) {
-      if (!bar) bar = std::make_unique<Progress>("prewarm", total);
-      if (done > shown) bar->advance(done - shown);
-      shown = done;
-    };
+    ProgressFeed feed("prewarm");
+    options.progress = feed.callback();
     const PrewarmReport report = prewarm(text, options);
-    if (bar) bar->finish();
+    feed.finish();
 
     if (globals().json) {
       print_json(nlohmann::json::parse(report.to_json()));

@@ -18,6 +18,9 @@
 //   SPATTN_CACHE_DIR           cache directory; else $XDG_CACHE_HOME/spattn; else ~/.cache/spattn
 //   SPATTN_CACHE_MAX_BYTES     size limit: bytes, or with a K/M/G/T suffix (binary); 0 = no limit
 //   SPATTN_DISABLE_CACHE       1/true/yes/on: no disk cache, every request compiles, nothing written
+//   SPATTN_CACHE_READONLY      1/true/yes/on: serve hits, never write (no last-used stamp, no lock
+//                              files, misses compile in memory and are not stored): a deployed
+//                              cache on a read-only mount
 //   SPATTN_CACHE_ALLOW_SHARED  1/true/yes/on: accept a directory (and entries) others can write to
 //   SPATTN_CACHE_TRUSTED_KEYS  ':'-separated Ed25519 public keys (PEM files): import only archives
 //                              signed by one of them
@@ -81,6 +84,7 @@ struct CacheConfig {
   std::filesystem::path dir;                  // the cache directory (created on first write)
   std::uint64_t max_bytes = kDefaultMaxBytes;  // 0 = no limit
   bool disabled = false;                       // get_or_compile always compiles, writes nothing
+  bool read_only = false;                      // get_or_compile reads, never writes
   bool allow_shared_dir = false;               // accept a directory other users can write to
   double lock_timeout_s = 300;                 // give up waiting for another compile of a key
   std::vector<std::filesystem::path> trusted_keys;  // import only archives signed by one of these
@@ -156,7 +160,8 @@ struct PruneReport {
 };
 
 struct ExportReport {
-  std::size_t exported = 0;
+  std::size_t exported = 0;             // kernel entries
+  std::size_t attachments = 0;
   std::uint64_t bytes = 0;             // archive size
   std::vector<CacheProblem> skipped;   // bad entries left out
   std::string signer;                  // fingerprint of the signing key ("" if unsigned)
@@ -167,6 +172,9 @@ using CacheProgress = std::function<void(std::size_t done, std::size_t total)>;
 
 struct ExportOptions {
   std::function<bool(const CacheEntry&)> filter;  // entries to export (all if empty)
+  // Named files carried in the archive beside the kernels (covered by its checksum and
+  // signature), e.g. "tuning/<fingerprint>.json"; importers hand them back.
+  std::vector<std::pair<std::string, std::string>> attachments;
   std::filesystem::path signing_key;  // Ed25519 private key (PEM) to sign the archive with
   CacheProgress progress;
 };
@@ -202,6 +210,7 @@ struct ImportResult {
 
 struct ImportReport {
   std::vector<ImportResult> entries;
+  std::vector<std::pair<std::string, std::string>> attachments;  // (name, bytes), for the caller
   std::uint64_t evictions = 0;  // entries evicted afterwards to respect the byte limit
   std::string signer;           // fingerprint of the key that signed the archive ("" if unsigned)
   bool signer_trusted = false;  // the signer is one of the trusted keys

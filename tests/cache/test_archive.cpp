@@ -197,5 +197,91 @@ TEST(CacheArchive, ImportRespectsTheByteLimit) {
   EXPECT_LE(small.stat().bytes, total / 2);
 }
 
+// Attachments (tuning databases, for instance) travel with the kernels: covered by the
+// checksum, handed back by import in order, never written into the cache as entries; a
+// damaged one is rejected alone; names are checked on export.
+TEST(CacheArchive, AttachmentsTravelWithTheKernels) {
+  TempDir dir("archive-attach");
+  KernelCache cache(config_in(dir.path() / "cache"));
+  cache.get_or_compile(fake_manifest("a"), [] { return fake_kernel(1000, 1); });
+  ExportOptions o;
+  o.attachments = {{"tuning/0123456789abcdef.json", "{\"format\": 1}"}, {"notes/readme", std::string("x\0y", 3)}};
+  const fs::path archive = dir.path() / "with.spka";
+  const ExportReport ex = cache.export_archive(archive, o);
+  EXPECT_EQ(ex.exported, 1u);
+  EXPECT_EQ(ex.attachments, 2u);
+
+  KernelCache fresh(config_in(dir.path() / "fresh"));
+  const ImportReport im = fresh.import_archive(archive);
+  EXPECT_EQ(im.entries.size(), 1u) << "attachments are not cache entries";
+  EXPECT_EQ(im.count(ImportStatus::kAdded), 1u);
+  ASSERT_EQ(im.attachments.size(), 2u);
+  EXPECT_EQ(im.attachments[0].first, "tuning/0123456789abcdef.json");
+  EXPECT_EQ(im.attachments[0].second, "{\"format\": 1}");
+  EXPECT_EQ(im.attachments[1].second, std::string("x\0y", 3));
+  EXPECT_EQ(fresh.list().size(), 1u);
+
+  // A flipped byte in an attachment fails the archive's checksum: nothing is imported.
+  std::string bytes = slurp(archive);
+  bytes[bytes.find("format")] ^= 1;
+  spit(dir.path() / "tampered.spka", bytes);
+  KernelCache other(config_in(dir.path() / "other"));
+  EXPECT_THROW((void)other.import_archive(dir.path() / "tampered.spka"), Error);
+  EXPECT_TRUE(other.list().empty());
+
+  // A damaged attachment in an otherwise intact archive is rejected by itself.
+  std::string bad(cache::kAttachmentMagic);
+  cache::put_u32(bad, 9999);
+  spit(dir.path() / "bad.spka", make_archive({entry_for(fake_manifest("b"), 2), bad}));
+  const ImportReport partial = other.import_archive(dir.path() / "bad.spka");
+  EXPECT_EQ(partial.count(ImportStatus::kAdded), 1u);
+  EXPECT_EQ(partial.count(ImportStatus::kRejected), 1u);
+  EXPECT_TRUE(partial.attachments.empty());
+
+  ExportOptions bad_name;
+  bad_name.attachments = {{"has space", "x"}};
+  EXPECT_THROW((void)cache.export_archive(dir.path() / "n.spka", bad_name), Error);
+}
+
+// A read-only cache (SPATTN_CACHE_READONLY) serves hits without touching the files (no
+// last-used stamp, no locks), compiles misses without storing them, and refuses imports.
+TEST(KernelCacheReadOnly, ServesHitsAndNeverWrites) {
+  TempDir dir("readonly");
+  {
+    KernelCache writer(config_in(dir.path()));
+    writer.get_or_compile(fake_manifest("a"), [] { return fake_kernel(1000, 1); });
+  }
+  CacheConfig c = config_in(dir.path());
+  c.read_only = true;
+  KernelCache cache(c);
+  const fs::path entry = cache.path_for(cache.list().at(0).key);
+  const std::string before = slurp(entry);
+  const auto mtime = fs::last_write_time(entry);
+  const CacheLookup hit = cache.get_or_compile(fake_manifest("a"), []() -> CompiledKernel {
+    ADD_FAILURE() << "compiled a hit";
+    return {};
+  });
+  EXPECT_TRUE(hit.hit);
+  EXPECT_EQ(slurp(entry), before) << "no stamp written";
+  EXPECT_EQ(fs::last_write_time(entry), mtime);
+  const CacheLookup miss = cache.get_or_compile(fake_manifest("b"), [] { return fake_kernel(1000, 2); });
+  EXPECT_FALSE(miss.hit);
+  EXPECT_FALSE(miss.stored);
+  EXPECT_EQ(cache.list().size(), 1u);
+  std::size_t locks = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir.path() / "locks")) ++locks;
+  EXPECT_EQ(locks, 0u);
+  EXPECT_THROW(cache.ensure_writable(), Error);
+  KernelCache writer(config_in(dir.path() / "w"));
+  writer.get_or_compile(fake_manifest("c"), [] { return fake_kernel(1000, 3); });
+  writer.export_archive(dir.path() / "c.spka");
+  try {
+    (void)cache.import_archive(dir.path() / "c.spka");
+    ADD_FAILURE() << "imported into a read-only cache";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("read-only"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace spattn
