@@ -405,9 +405,8 @@ PrewarmReport prewarm(const Manifest& manifest, const PrewarmOptions& options, c
     for (size_t k = 0; k < plan.size(); ++k) {
       PrewarmKernel& r = report.kernels[k];
       if (plan[k].arch != arch || r.status == "failed") continue;
-      const std::vector<std::string> names =
-          plan[k].config.empty() ? entry_points(plan[k].rendered) : std::vector<std::string>{plan[k].rendered.kernel_name};
-      for (const std::string& name : names) {
+      // Every entry point of the program (support kernels; the deterministic backward's dQ kernel).
+      for (const std::string& name : entry_points(plan[k].rendered)) {
         const engine::JitKernel& jit = engine::load_kernel(plan[k].rendered, options.device, name);
         (void)jit.kernel.attribute(CU_FUNC_ATTRIBUTE_NUM_REGS);  // makes the driver resolve the function now
       }
