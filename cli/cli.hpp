@@ -100,5 +100,6 @@ void register_autotune(CLI::App& app);
 void register_prewarm(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_bundle(CLI::App& app);
+void register_ring(CLI::App& app);
 
 }  // namespace spattn::cli

@@ -195,6 +195,7 @@ int main(int argc, char** argv) {
   register_prewarm(app);
   register_bench(app);
   register_bundle(app);
+  register_ring(app);
   add_global_flags(app);
 
   if (const std::string unknown = unknown_command(app, argc, argv); !unknown.empty()) {

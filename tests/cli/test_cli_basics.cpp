@@ -195,6 +195,22 @@ TEST_F(CliBasics, CompileBackwardUsesBackwardConfigsAndRefusesForwardOnes) {
   expect_one_line_reason(bad, {"sm80 family"});
 }
 
+TEST_F(CliBasics, RingPlanPrintsTheScheduleAndRefusesBadShapes) {
+  const CommandResult r = spattn(std::string("--json ring plan --pattern ") + kWindow + " --seq 65536 --world 4");
+  ASSERT_EQ(r.status, 0) << describe(r);
+  const nlohmann::json j = json_of(r);
+  EXPECT_EQ(j["world"], 4);
+  ASSERT_EQ(j["ranks"].size(), 4u);
+  EXPECT_EQ(j["ranks"][0]["receives_from"], nlohmann::json::array({1}));
+  EXPECT_LT(j["bytes_moved"].get<int64_t>(), j["dense_ring_bytes"].get<int64_t>());
+  const CommandResult text = spattn("ring plan --pattern '{\"type\":\"dense\",\"causal\":true}' --seq 4096 --world 2 --zigzag");
+  ASSERT_EQ(text.status, 0) << describe(text);
+  EXPECT_NE(text.out.find("zigzag"), std::string::npos) << text.out;
+  const CommandResult bad = spattn(std::string("ring plan --pattern ") + kWindow + " --seq 1000 --world 3");
+  EXPECT_EQ(bad.status, 2) << describe(bad);
+  expect_one_line_reason(bad, {"multiple of 3"});
+}
+
 TEST_F(CliBasics, CompileForAnUnsupportedArchNamesTheSupportedOnes) {
   const CommandResult r = spattn(std::string("compile --pattern ") + kWindow + " --arch sm_12");
   EXPECT_EQ(r.status, 2) << describe(r);
