@@ -1,6 +1,7 @@
 // The archive reader: read_archive_layout either refuses the bytes (kCorrupt) or gives
 // entry spans inside the archive, in order, as many as it says; signatures are checked
-// and every entry goes through the entry reader and the manifest parser.
+// and every entry goes through the attachment decoder (an attachment re-encodes to its
+// bytes), else the entry reader and the manifest parser.
 #include <spattn/cache.hpp>
 
 #include "cache/format.hpp"
@@ -23,7 +24,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (const auto& [offset, length] : a.entries) {
     FUZZ_CHECK(offset == at + 8 && offset + length <= size);
     at = offset + length;
-    const cache::DecodedEntry d = cache::decode_entry(bytes.substr(offset, length));
+    const std::string_view entry = bytes.substr(offset, length);
+    try {
+      if (const auto attachment = cache::decode_attachment(entry)) {
+        FUZZ_CHECK(cache::encode_attachment(attachment->first, attachment->second) == entry);
+        continue;
+      }
+    } catch (const Error& e) {
+      FUZZ_CHECK(e.code() == ErrorCode::kCorrupt);
+      continue;
+    }
+    const cache::DecodedEntry d = cache::decode_entry(entry);
     if (!d.ok()) continue;
     try {
       cache::parse_manifest(d.manifest);

@@ -79,6 +79,9 @@ int main(int argc, char** argv) {
   ExportOptions sign;
   sign.signing_key = work / "k.pem";
   cache.export_archive(root / "archive" / "signed.spka", sign);
+  ExportOptions attached;  // a tuning database and another named file beside the kernels
+  attached.attachments = {{"tuning/0123456789abcdef.json", "{\"format\": 1, \"entries\": {}}"}, {"notes/x", "y"}};
+  cache.export_archive(root / "archive" / "attached.spka", attached);
   ExportOptions none;
   none.filter = [](const CacheEntry&) { return false; };
   cache.export_archive(root / "archive" / "empty.spka", none);
