@@ -14,7 +14,6 @@ FlashAttention-2 backward: S recomputed, dP, dV, dK, dQ); ratios are peer ms / s
 import argparse
 import json
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
@@ -24,33 +23,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import spattn  # noqa: E402
 
-H, D = 16, 128
-DT = torch.bfloat16
-CASES = {
-    "dense": {"type": "dense"},
-    "causal": {"type": "dense", "causal": True},
-    "window": {"type": "local_window", "window": 1024},
-    "causal_window": {"type": "local_window", "left": 1024, "right": 0},
-    "global_local": {"type": "global_local", "global": 128, "window": 512},
-    "longnet": {"type": "longnet", "segments": [2048, 4096, 8192], "rates": [1, 2, 4]},
-}
-FA4_CASES = {"dense": (False, (None, None)), "causal": (True, (None, None)), "window": (False, (512, 512)),
-             "causal_window": (False, (1024, 0))}
-
-
-def time_ms(fn, reps, warmup=2):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
+from peer_cases import CASES, DT, FA4_CASES, H, D, time_ms  # noqa: E402,F401
 
 
 def autograd_backward(forward, q, k, v, d_out):

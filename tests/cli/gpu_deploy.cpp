@@ -40,7 +40,7 @@ TEST(DeployGpu, RecordedBundledImportedRunHasZeroCompiles) {
   const std::string d = dir.path().string();
   const FirstOutput cold = first_output("SPATTN_CACHE_DIR=" + d + "/staging SPATTN_RECORD=" + d + "/service.record");
   ASSERT_GE(cold.compiles, 1) << cold.text;
-  const std::string cli = SPATTN_CLI_PATH;
+  const std::string cli = test::cli_path();
   const test::CommandResult b = test::run_command("env SPATTN_CACHE_DIR=" + d + "/build '" + cli +
                                                   "' bundle --from-record " + d + "/service.record -o " + d + "/s.spka");
   ASSERT_EQ(b.status, 0) << b.out << b.err;

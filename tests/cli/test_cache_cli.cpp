@@ -21,12 +21,6 @@ namespace fs = std::filesystem;
 using test::CommandResult;
 using test::TempDir;
 
-// $SPATTN_CLI (set by ctest), else the binary this test was built with.
-std::string cli() {
-  const char* env = std::getenv("SPATTN_CLI");
-  return env && *env ? std::string(env) : std::string(SPATTN_CLI_PATH);
-}
-
 KernelManifest manifest(const std::string& name, const std::string& arch) {
   KernelManifest m;
   m.source = "extern \"C\" __global__ void " + name + "() {}\n";
@@ -61,7 +55,7 @@ class CacheCli : public ::testing::Test {
   // Runs `spattn <args>` with this test's cache directory.
   CommandResult spattn(const std::string& args, const std::string& env = "") const {
     return test::run_command("env SPATTN_CACHE_DIR='" + (dir_.path() / "cache").string() +
-                             "' SPATTN_CACHE_MAX_BYTES=10M " + env + " '" + cli() + "' " + args);
+                             "' SPATTN_CACHE_MAX_BYTES=10M " + env + " '" + test::cli_path() + "' " + args);
   }
 
   static nlohmann::json json_of(const CommandResult& r) {

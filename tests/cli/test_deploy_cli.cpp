@@ -21,11 +21,6 @@ namespace fs = std::filesystem;
 using test::CommandResult;
 using test::TempDir;
 
-std::string cli() {
-  const char* env = std::getenv("SPATTN_CLI");
-  return env && *env ? std::string(env) : std::string(SPATTN_CLI_PATH);
-}
-
 runtime::DeviceInfo gpu(const char* name) {
   runtime::DeviceInfo d;
   d.name = name;
@@ -41,7 +36,7 @@ runtime::DeviceInfo gpu(const char* name) {
 class DeployCli : public ::testing::Test {
  protected:
   CommandResult spattn(const fs::path& cache, const std::string& args) const {
-    return test::run_command("env SPATTN_CACHE_DIR='" + cache.string() + "' '" + cli() + "' " + args);
+    return test::run_command("env SPATTN_CACHE_DIR='" + cache.string() + "' '" + test::cli_path() + "' " + args);
   }
   static nlohmann::json json_of(const CommandResult& r) {
     const nlohmann::json j = nlohmann::json::parse(r.out, nullptr, false);
