@@ -46,7 +46,9 @@ const char* spattn_last_error(void);
 
 /* options_json may be NULL or an object with any of:
  *   "scale": float (default 1/sqrt(D)), "device": int, "config": "128x64w4s2" or
- *   "sm90:128x128s2", "backward_config": "64x128w8s1", "use_tuning_db": bool */
+ *   "sm90:128x128s2", "backward_config": "64x128w8s2", "use_tuning_db": bool,
+ *   "deterministic": bool (bitwise reproducible backward), "record": "FILE" (append each
+ *   new problem to a record file, as SPATTN_RECORD does) */
 spattn_status spattn_attention_create(const char* pattern_json, const char* options_json, spattn_attention_t* out);
 void spattn_attention_destroy(spattn_attention_t attn);
 
