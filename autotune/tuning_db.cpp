@@ -459,6 +459,7 @@ struct LookupMemo {
   std::map<std::string, CachedDb> dbs;
   std::map<std::string, double> densities;  // pattern JSON + shape -> density
   std::map<std::string, std::pair<Fingerprint, fs::path>> files;  // dir + device -> fingerprint, file
+  std::map<std::string, std::pair<timespec, std::string>> others;  // dir -> (its mtime, its databases described)
 };
 
 LookupMemo& memo() {
@@ -501,6 +502,28 @@ double cached_density(const Pattern& pattern, const engine::Problem& problem) {
   return d;
 }
 
+// The databases in `dir`, described ("; "-separated), re-read only when the directory
+// changes (a database written, moved or removed), since selection asks on every miss.
+std::string other_databases(const fs::path& dir) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) return "";
+  LookupMemo& m = memo();
+  {
+    std::lock_guard<std::mutex> lock(m.mu);
+    auto it = m.others.find(dir.string());
+    if (it != m.others.end() && it->second.first.tv_sec == st.st_mtim.tv_sec &&
+        it->second.first.tv_nsec == st.st_mtim.tv_nsec)
+      return it->second.second;
+  }
+  std::vector<std::string> described;
+  for (const TuningDb& db : TuningDb::load_all(dir))
+    if (db.fingerprint) described.push_back(db.fingerprint->describe());
+  std::string text = fmt::format("{}", fmt::join(described, "; "));
+  std::lock_guard<std::mutex> lock(m.mu);
+  m.others[dir.string()] = {st.st_mtim, text};
+  return text;
+}
+
 // The fingerprint and database file of a device (hashing is the costly part of a lookup).
 std::pair<Fingerprint, fs::path> database_of(const fs::path& dir, const runtime::DeviceInfo& device) {
   const std::string key = fmt::format("{}|{}|{}.{}|{}|{}|{}", dir.string(), device.name, device.cc_major,
@@ -528,12 +551,8 @@ DbLookup lookup_in(const fs::path& dir, const Pattern& pattern, const engine::Pr
     case DbState::kMissing: {
       out.source = fmt::format("no tuning database for this GPU ({})", file.string());
       // Databases of other GPUs (e.g. imported with a cache archive) do not apply: say so.
-      std::vector<std::string> others;
-      for (const TuningDb& other : TuningDb::load_all(dir))
-        if (other.fingerprint) others.push_back(other.fingerprint->describe());
-      if (!others.empty())
-        out.source += fmt::format("; the databases there are for other GPUs or builds and do not apply: {}",
-                                  fmt::join(others, "; "));
+      if (const std::string others = other_databases(dir); !others.empty())
+        out.source += "; the databases there are for other GPUs or builds and do not apply: " + others;
       return out;
     }
     case DbState::kCorrupt:
