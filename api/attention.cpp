@@ -43,6 +43,8 @@ struct Attention::Impl {
   Explanation last;
   bool has_last = false;
   engine::ForwardPlan* last_plan = nullptr;  // fast path for repeated calls on one problem
+  engine::BackwardPlan* last_backward = nullptr;  // the same for backward()
+  int last_backward_device = -1;
   int last_device = -1;
   int64_t last_batch = 0;
   std::mutex mu;
@@ -115,8 +117,19 @@ void Attention::backward(const TensorView& q, const TensorView& k, const TensorV
                          const TensorView& dv, CUstream stream) {
   const engine::Problem p = engine::backward_problem_from_tensors(q, k, v, o, lse, d_o, dq, dk, dv);
   std::lock_guard<std::mutex> lock(impl_->mu);
-  impl_->pattern.validate(p.shape());
   const int device = impl_->options.device >= 0 ? impl_->options.device : runtime::current_device();
+  // Training calls backward once per layer and step: as in forward(), a repeated problem
+  // goes straight to its plan (a tuning entry written meanwhile applies to problems met
+  // afterwards).
+  if (engine::BackwardPlan* last = impl_->last_backward; last && impl_->last_backward_device == device) {
+    const engine::Problem& lp = last->problem();
+    if (lp.nq == p.nq && lp.nk == p.nk && lp.heads == p.heads && lp.kv_heads == p.kv_heads &&
+        lp.head_dim == p.head_dim && lp.dtype == p.dtype) {
+      last->run(q, k, v, o, lse, d_o, dq, dk, dv, impl_->options.scale, stream);
+      return;
+    }
+  }
+  impl_->pattern.validate(p.shape());
   runtime::make_current(device);
   const runtime::DeviceInfo info = runtime::device_info(device);
   const engine::KernelChoice choice =
@@ -134,6 +147,8 @@ void Attention::backward(const TensorView& q, const TensorView& k, const TensorV
     impl_->record(TunePass::kBackward, p, info, choice.config);
     log::debug("attention backward: {} | {} | {}", p.to_string(), choice.config.to_string(), choice.source);
   }
+  impl_->last_backward = slot.get();
+  impl_->last_backward_device = device;
   slot->run(q, k, v, o, lse, d_o, dq, dk, dv, impl_->options.scale, stream);
 }
 

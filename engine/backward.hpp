@@ -34,6 +34,7 @@ class BackwardPlan {
            const TensorView& d_o, const TensorView& dq, const TensorView& dk, const TensorView& dv, float scale,
            CUstream stream);
 
+  const Problem& problem() const { return problem_; }  // batch 1: the plan serves any batch
   const Layout& layout() const { return layout_; }
   const KernelConfig& config() const { return config_; }
   const codegen::RenderedKernel& rendered() const { return rendered_; }
