@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command for the GPU machine: configure and build with Ninja, show the GPU,
-# run the GPU test label, run a short benchmark against the peers, print a table last.
+# run the GPU test label, run short benchmarks against the peers (forward, then the
+# backward pass), print the tables last.
 # Full logs go to the directory given as $1 (default: $OUT, else /tmp/spattn-gpu-check).
 #
 #   scripts/gpu-check.sh [LOG_DIR] [--tests-only | --bench-only]
@@ -67,6 +68,12 @@ if [ "$MODE" != "--tests-only" ]; then
   SPATTN_LIB=$PWD/$BUILD/libspattn.so PYTHONUNBUFFERED=1 timeout ${SPATTN_PEERS_TIMEOUT:-420} python3 -X faulthandler \
     bench/compare_peers.py --runs "${SPATTN_PEER_RUNS:-$RUNS}" --reps 10 --rows "$LOGS/peers.jsonl" \
     >"$LOGS/peers.txt" 2>"$LOGS/peers.err" || echo "peer benchmark stopped: $(tail -2 "$LOGS/peers.err")"
+  step "backward benchmark"
+  rm -f "$LOGS/backward.jsonl"
+  SPATTN_LIB=$PWD/$BUILD/libspattn.so PYTHONUNBUFFERED=1 timeout ${SPATTN_BACKWARD_TIMEOUT:-180} python3 \
+    bench/compare_backward.py --reps 5 --rows "$LOGS/backward.jsonl" >"$LOGS/backward.txt" 2>"$LOGS/backward.err" \
+    || echo "backward benchmark stopped: $(tail -2 "$LOGS/backward.err")"
+  [ -f "$LOGS/backward.jsonl" ] && SPATTN_LIB=$PWD/$BUILD/libspattn.so python3 bench/compare_backward.py --table "$LOGS/backward.jsonl"
   [ -f "$LOGS/peers.jsonl" ] && SPATTN_LIB=$PWD/$BUILD/libspattn.so python3 bench/compare_peers.py --table "$LOGS/peers.jsonl"
 fi
 exit $status
