@@ -70,7 +70,7 @@ if [ "$MODE" != "--tests-only" ]; then
     >"$LOGS/peers.txt" 2>"$LOGS/peers.err" || echo "peer benchmark stopped: $(tail -2 "$LOGS/peers.err")"
   step "backward benchmark"
   rm -f "$LOGS/backward.jsonl"
-  SPATTN_LIB=$PWD/$BUILD/libspattn.so PYTHONUNBUFFERED=1 timeout ${SPATTN_BACKWARD_TIMEOUT:-180} python3 \
+  SPATTN_LIB=$PWD/$BUILD/libspattn.so PYTHONUNBUFFERED=1 timeout ${SPATTN_BACKWARD_TIMEOUT:-120} python3 \
     bench/compare_backward.py --reps 5 --rows "$LOGS/backward.jsonl" >"$LOGS/backward.txt" 2>"$LOGS/backward.err" \
     || echo "backward benchmark stopped: $(tail -2 "$LOGS/backward.err")"
   [ -f "$LOGS/backward.jsonl" ] && SPATTN_LIB=$PWD/$BUILD/libspattn.so python3 bench/compare_backward.py --table "$LOGS/backward.jsonl"
