@@ -23,6 +23,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import spattn  # noqa: E402
 
+import peer_cases  # noqa: E402
 from peer_cases import CASES, DT, FA4_CASES, H, D, time_ms  # noqa: E402,F401
 
 
@@ -112,22 +113,10 @@ def main():
 
 
 def print_table(rows):
-    def fmt(x, spec):
-        return format(x, spec) if isinstance(x, (int, float)) else "-"
-
-    gpu = rows[0]["gpu"] if rows else "?"
-    print(f"\nbackward: spattn vs peers on {gpu} (bf16, hd128, B=1, H={H}); ms, and x = peer ms / spattn ms")
-    cols = [("fa2", "flash_ms"), ("cudnn", "cudnn_ms"), ("fa4", "fa4_ms")]
-    print(f"{'case':<14}{'seq':>6}{'density':>8}{'spattn ms':>10}{'TF/s':>6}"
-          + "".join(f"{c + ' ms':>11}{'x':>6}" for c, _ in cols) + "  spattn variant, errors")
-    for r in rows:
-        s = r.get("spattn_ms")
-        ratio = lambda key: (r[key] / s) if (s and key in r) else None  # noqa: E731
-        errors = "; ".join(f"{k}: {v}" for k, v in r.items() if k.endswith("_error"))
-        print(f"{r['case']:<14}{r['seq']:>6}{r['density']:>8.4f}{fmt(s, '10.3f'):>10}"
-              f"{fmt(r.get('spattn_tflops'), '6.0f'):>6}"
-              + "".join(f"{fmt(r.get(key), '11.3f'):>11}{fmt(ratio(key), '6.2f'):>6}" for _, key in cols)
-              + f"  {r.get('variant', '')} {errors}")
+    peer_cases.print_table(
+        rows, "backward: spattn vs peers", [("fa2", "flash_ms"), ("cudnn", "cudnn_ms"), ("fa4", "fa4_ms")], 11,
+        "spattn variant, errors",
+        lambda r: f"{r.get('variant', '')} " + "; ".join(f"{k}: {v}" for k, v in r.items() if k.endswith("_error")))
 
 
 if __name__ == "__main__":

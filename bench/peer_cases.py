@@ -1,6 +1,6 @@
 """What bench/compare_peers.py (forward) and bench/compare_backward.py share: the problem
 (bf16, head dim 128, 16 heads), the named patterns, FlashAttention-4's own masks for
-them, and CUDA-event timing."""
+them, CUDA-event timing and the table of results."""
 import statistics
 
 import torch
@@ -38,3 +38,22 @@ def time_ms(fn, reps, warmup=3):
         stop.synchronize()
         times.append(start.elapsed_time(stop))
     return statistics.median(times)
+
+
+def print_table(rows, title, cols, width, tail_header, tail):
+    """Per row: case, sequence, density, spattn's ms and TF/s, then for each (name, key) of
+    `cols` that peer's ms (columns `width` wide) and its ratio to spattn's, then tail(row)."""
+    def fmt(x, spec):
+        return format(x, spec) if isinstance(x, (int, float)) else "-"
+
+    gpu = rows[0]["gpu"] if rows else "?"
+    print(f"\n{title} on {gpu} (bf16, hd128, B=1, H={H}); ms, and x = peer ms / spattn ms")
+    print(f"{'case':<14}{'seq':>6}{'density':>8}{'spattn ms':>10}{'TF/s':>6}"
+          + "".join(f"{name + ' ms':>{width}}{'x':>6}" for name, _ in cols) + "  " + tail_header)
+    for r in rows:
+        s = r.get("spattn_ms")
+        ratio = lambda key: (r[key] / s) if (s and key in r) else None  # noqa: E731
+        print(f"{r['case']:<14}{r['seq']:>6}{r['density']:>8.4f}{fmt(s, '10.3f'):>10}"
+              f"{fmt(r.get('spattn_tflops'), '6.0f'):>6}"
+              + "".join(f"{fmt(r.get(key), f'{width}.3f'):>{width}}{fmt(ratio(key), '6.2f'):>6}" for _, key in cols)
+              + "  " + tail(r))
