@@ -28,6 +28,22 @@ Tolerance tolerance_for(DType dtype) {
 
 double backward_tolerance_for(DType dtype) { return dtype == DType::kBFloat16 ? 3e-2 : 6e-3; }
 
+GradientError gradient_error(const std::vector<float>& got, const std::vector<double>& want) {
+  SPATTN_REQUIRE(got.size() == want.size(), "gradient of {} elements against a reference of {}", got.size(),
+                 want.size());
+  GradientError e;
+  double num = 0, den = 0;
+  for (size_t x = 0; x < want.size(); ++x) {
+    if (!std::isfinite(got[x])) ++e.nonfinite;
+    const double d = got[x] - want[x];
+    num += d * d;
+    den += want[x] * want[x];
+    e.max_abs = std::max(e.max_abs, std::abs(d));
+  }
+  e.rel_l2 = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  return e;
+}
+
 engine::Problem check_problem_for(const Pattern& pattern, const engine::Problem& problem, int64_t tokens,
                                   int64_t heads) {
   const int64_t ratio = std::max<int64_t>(1, problem.heads / problem.kv_heads);
@@ -156,11 +172,16 @@ struct Bench::Impl {
 
   bool backward() const { return setup.pass == TunePass::kBackward; }
 
-  // O and LSE of `t` by the forward pass with the heuristic's kernel.
-  void forward_into(const engine::Problem& p, Tensors& t, BackwardTensors& b) {
-    const KernelConfig fwd = engine::heuristic(setup.pattern, p, info).config;
-    engine::ForwardPlan plan(setup.pattern, p, fwd, setup.device);
-    plan.run(t.tq, t.tk, t.tv, t.to, &b.tlse, 0, nullptr);
+  // The forward pass with the heuristic's kernel, which writes the O and LSE the backward
+  // pass reads.
+  engine::ForwardPlan forward_plan(const engine::Problem& p) const {
+    return engine::ForwardPlan(setup.pattern, p, engine::heuristic(setup.pattern, p, info).config, setup.device);
+  }
+
+  // Bytes of one rotating input set of the timed problem.
+  size_t set_bytes() const {
+    const engine::Problem& p = setup.problem;
+    return Tensors::bytes(p) + (backward() ? BackwardTensors::bytes(p) : 0);
   }
 
   explicit Impl(BenchSetup s) : setup(std::move(s)) {
@@ -176,7 +197,7 @@ struct Bench::Impl {
       reference = engine::reference_forward(setup.pattern, c, check->tq, check->tk, check->tv, 0);
     } else {
       check_bwd = std::make_unique<BackwardTensors>(c, setup.seed);
-      forward_into(c, *check, *check_bwd);
+      forward_plan(c).run(check->tq, check->tk, check->tv, check->to, &check_bwd->tlse, 0, nullptr);
       runtime::synchronize();
       const size_t qe = static_cast<size_t>(c.batch * c.nq * c.heads * c.head_dim);
       const size_t ke = static_cast<size_t>(c.batch * c.nk * c.kv_heads * c.head_dim);
@@ -189,7 +210,7 @@ struct Bench::Impl {
     // Enough sets that a set's inputs were last touched >= 2 x L2 of other traffic ago,
     // within 40% of free memory (plans need the rest for tables and part buffers).
     const engine::Problem& p = setup.problem;
-    const size_t set_bytes = backward() ? Tensors::bytes(p) + BackwardTensors::bytes(p) : Tensors::bytes(p);
+    const size_t set_bytes = this->set_bytes();
     const size_t l2 = static_cast<size_t>(std::max(info.l2_bytes, 1 << 20));
     size_t free_bytes = 0, total_bytes = 0;
     SPATTN_CU_CHECK(cuMemGetInfo(&free_bytes, &total_bytes));
@@ -199,11 +220,13 @@ struct Bench::Impl {
       SPATTN_FAIL(ErrorCode::kUnsupported, "the problem's inputs ({} MiB) do not fit in 40% of the free GPU memory ({} MiB)",
                   set_bytes >> 20, free_bytes >> 20);
     const size_t n = std::min(want, fit);
-    for (size_t s = 0; s < n; ++s) {
-      sets.push_back(std::make_unique<Tensors>(p, setup.seed + 1000 + s));
-      if (backward()) {
+    for (size_t s = 0; s < n; ++s) sets.push_back(std::make_unique<Tensors>(p, setup.seed + 1000 + s));
+    if (backward()) {
+      engine::ForwardPlan plan = forward_plan(p);  // one plan writes every set's O and LSE
+      for (size_t s = 0; s < n; ++s) {
         bwd_sets.push_back(std::make_unique<BackwardTensors>(p, setup.seed + 1000 + s));
-        forward_into(p, *sets.back(), *bwd_sets.back());
+        const Tensors& t = *sets[s];
+        plan.run(t.tq, t.tk, t.tv, t.to, &bwd_sets.back()->tlse, 0, nullptr);
       }
     }
     if ((n - 1) * set_bytes < 2 * l2) flush = runtime::DeviceBuffer(2 * l2);
@@ -211,11 +234,10 @@ struct Bench::Impl {
   }
 
   std::string timing_method() const {
-    const size_t set_bytes = Tensors::bytes(setup.problem) + (backward() ? BackwardTensors::bytes(setup.problem) : 0);
     return fmt::format("CUDA events, {}{} warm-up + {} timed runs over {} rotating input set(s) of {:.1f} MiB{}; "
                        "median, p20, p80",
                        backward() ? "the backward pass alone, " : "", setup.warmup, setup.reps, sets.size(),
-                       set_bytes / 1048576.0,
+                       set_bytes() / 1048576.0,
                        flush.size() ? fmt::format(", {} MiB L2 flush before each run", flush.size() >> 20) : "");
   }
 
@@ -261,18 +283,11 @@ struct Bench::Impl {
       std::string errors;
       for (const auto& [name, buf, ref, n] :
            {std::tuple{"dQ", &b.dq, &ref_dq, qe}, {"dK", &b.dk, &ref_dk, ke}, {"dV", &b.dv, &ref_dv, ke}}) {
-        const std::vector<float> got = to_float(*buf, n, c.dtype);
-        double num = 0, den = 0;
-        for (size_t x = 0; x < n; ++x) {
-          if (!std::isfinite(got[x])) ++nonfinite;
-          const double e = got[x] - (*ref)[x];
-          num += e * e;
-          den += (*ref)[x] * (*ref)[x];
-          max_abs = std::max(max_abs, std::abs(e));
-        }
-        const double rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-        worst = std::max(worst, rel);
-        errors += fmt::format("{}{} rel L2 {:.2e}", errors.empty() ? "" : ", ", name, rel);
+        const GradientError e = gradient_error(to_float(*buf, n, c.dtype), *ref);
+        nonfinite += e.nonfinite;
+        max_abs = std::max(max_abs, e.max_abs);
+        worst = std::max(worst, e.rel_l2);
+        errors += fmt::format("{}{} rel L2 {:.2e}", errors.empty() ? "" : ", ", name, e.rel_l2);
       }
       out["rel_l2_err"] = worst;
       out["max_abs_err"] = max_abs;

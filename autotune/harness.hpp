@@ -51,6 +51,13 @@ Tolerance tolerance_for(DType dtype);
 // reference gradients of the same rounded inputs (P and dS are rounded to 16 bits for
 // the matrix products, O to the output dtype): bf16 3e-2, fp16 6e-3. No NaN or Inf.
 double backward_tolerance_for(DType dtype);
+// How far a gradient is from its fp64 reference: relative L2 error (absolute L2 where the
+// reference is all zero), largest absolute error, and non-finite elements.
+struct GradientError {
+  double rel_l2 = 0, max_abs = 0;
+  int64_t nonfinite = 0;
+};
+GradientError gradient_error(const std::vector<float>& got, const std::vector<double>& want);
 
 // The check problem for a problem: at most `tokens` query tokens (Nk scaled alike) and
 // about `heads` heads with the GQA ratio kept, batch 1 — falling back to the full length

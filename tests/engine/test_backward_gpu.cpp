@@ -29,17 +29,6 @@ struct Case {
   bool deterministic = false;  // then backward runs twice and must give the same bits
 };
 
-double rel_l2(const std::vector<uint16_t>& got, DType dtype, const std::vector<double>& want, int64_t* nonfinite) {
-  double num = 0, den = 0;
-  for (size_t x = 0; x < want.size(); ++x) {
-    const double g = engine::half_bits_to_float(got[x], dtype);
-    if (!std::isfinite(g)) ++*nonfinite;
-    num += (g - want[x]) * (g - want[x]);
-    den += want[x] * want[x];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
-
 void run_case(const Case& c, uint64_t seed) {
   SCOPED_TRACE(fmt::format("{} B={} Nq={} Nk={} H={}/{} D={} {}{}", c.json, c.batch, c.nq, c.nk, c.heads,
                            c.kv_heads, c.head_dim, to_string(c.dtype), c.deterministic ? " deterministic" : ""));
@@ -93,11 +82,11 @@ void run_case(const Case& c, uint64_t seed) {
                                to_f(host(q, qe)).data(), to_f(host(k, ke)).data(), to_f(host(v, ke)).data(),
                                to_f(host(d_o, qe)).data(), 1.0 / std::sqrt(double(c.head_dim)), rdq, rdk, rdv);
   const double tol = autotune::backward_tolerance_for(c.dtype);
-  int64_t nonfinite = 0;
-  const double eq = rel_l2(host(dq, qe), c.dtype, rdq, &nonfinite);
-  const double ek = rel_l2(host(dk, ke), c.dtype, rdk, &nonfinite);
-  const double ev = rel_l2(host(dv, ke), c.dtype, rdv, &nonfinite);
-  EXPECT_EQ(nonfinite, 0);
+  const autotune::GradientError gq = autotune::gradient_error(to_f(host(dq, qe)), rdq);
+  const autotune::GradientError gk = autotune::gradient_error(to_f(host(dk, ke)), rdk);
+  const autotune::GradientError gv = autotune::gradient_error(to_f(host(dv, ke)), rdv);
+  EXPECT_EQ(gq.nonfinite + gk.nonfinite + gv.nonfinite, 0);
+  const double eq = gq.rel_l2, ek = gk.rel_l2, ev = gv.rel_l2;
   EXPECT_LE(eq, tol) << "dQ";
   EXPECT_LE(ek, tol) << "dK";
   EXPECT_LE(ev, tol) << "dV";
