@@ -31,15 +31,13 @@ BackwardPlan::BackwardPlan(const Pattern& pattern, const Problem& problem, const
   codegen::KernelSpec spec = kernel_spec_for(layout_, config, problem, info.arch());
   spec.deterministic = deterministic;
   rendered_ = codegen::render_backward(spec);
-  const codegen::RenderedKernel support = codegen::render_support_kernels();
-  std::future<void> support_ready = compile_in_background(support, info.arch());  // beside the backward kernel
   bwd_ = &load_kernel(rendered_, device);
   if (rendered_.smem_bytes > 48 * 1024) bwd_->kernel.set_max_dynamic_shared(rendered_.smem_bytes);
   if (deterministic) {
     dq_ = &load_kernel(rendered_, device, "spattn_bwd_dq");
     if (rendered_.dq_smem_bytes > 48 * 1024) dq_->kernel.set_max_dynamic_shared(rendered_.dq_smem_bytes);
   }
-  if (support_ready.valid()) support_ready.wait();
+  const codegen::RenderedKernel support = codegen::render_support_kernels();
   const bool bf16 = problem.dtype == DType::kBFloat16;
   prep_ = &load_kernel(support, device, bf16 ? "spattn_backward_prep_bf16" : "spattn_backward_prep_fp16");
   convert_ = &load_kernel(support, device, bf16 ? "spattn_backward_convert_bf16" : "spattn_backward_convert_fp16");

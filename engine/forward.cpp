@@ -119,14 +119,9 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
   layout_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 
   rendered_ = render_kernel(layout_, config, problem, info.arch());
-  const codegen::RenderedKernel support = codegen::render_support_kernels();
-  // With a cold cache the support kernels compile beside the forward kernel.
-  std::future<void> support_ready = layout_.needs_merge() || !layout_.covers_all_rows
-                                        ? compile_in_background(support, info.arch())
-                                        : std::future<void>{};
   fwd_ = &load_kernel(rendered_, device);
   if (rendered_.smem_bytes > 48 * 1024) fwd_->kernel.set_max_dynamic_shared(rendered_.smem_bytes);
-  if (support_ready.valid()) support_ready.wait();
+  const codegen::RenderedKernel support = codegen::render_support_kernels();
   if (layout_.needs_merge())
     merge_ = &load_kernel(support, device, problem.dtype == DType::kBFloat16 ? "spattn_merge_bf16" : "spattn_merge_fp16");
   if (!layout_.covers_all_rows && !layout_.needs_merge()) fill_ = &load_kernel(support, device, "spattn_fill_empty");

@@ -53,12 +53,6 @@ CacheLookup compile_cached(const codegen::RenderedKernel& rendered, const std::s
   return cache.get_or_compile(manifest, [&] { return to_cached(runtime::compile(program_for(rendered, arch))); });
 }
 
-std::future<void> compile_in_background(const codegen::RenderedKernel& rendered, const std::string& arch,
-                                        KernelCache& cache) {
-  if (cache.config().disabled || cache.config().read_only) return {};
-  return std::async(std::launch::async, [rendered, arch, &cache] { (void)compile_cached(rendered, arch, cache); });
-}
-
 const JitKernel& load_kernel(const codegen::RenderedKernel& rendered, int device, const std::string& entry,
                              KernelCache& cache) {
   static std::mutex mu;

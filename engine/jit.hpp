@@ -4,7 +4,6 @@
 
 #include <spattn/cache.hpp>
 
-#include <future>
 #include <string>
 
 #include "codegen/kernel_spec.hpp"
@@ -18,14 +17,6 @@ KernelManifest manifest_for(const codegen::RenderedKernel& rendered, const std::
 // Compiles through the cache (no GPU needed). NVRTC runs only on a miss.
 CacheLookup compile_cached(const codegen::RenderedKernel& rendered, const std::string& arch,
                            KernelCache& cache = KernelCache::instance());
-
-// Starts compile_cached on another thread, so that a plan that needs two cold programs
-// (a kernel and the support kernels) compiles them at the same time; the later
-// load_kernel finds the result in the cache. An empty future when the cache would not
-// keep the result (disabled or read-only), so there is nothing to gain. Errors stay in
-// the future: the load_kernel that follows reports them.
-std::future<void> compile_in_background(const codegen::RenderedKernel& rendered, const std::string& arch,
-                                        KernelCache& cache = KernelCache::instance());
 
 struct JitKernel {
   runtime::Kernel kernel;

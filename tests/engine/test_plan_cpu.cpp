@@ -1,21 +1,16 @@
-// Engine checks that need no GPU: tensor validation, the no-GPU error path, table
-// packing, background compiles.
+// Engine checks that need no GPU: tensor validation and the no-GPU error path.
 #include <gtest/gtest.h>
 
 #include <spattn/attention.hpp>
 
-#include <future>
 #include <limits>
 #include <map>
 #include <set>
 #include <tuple>
 
-#include "codegen/kernel_spec.hpp"
 #include "engine/device_layout.hpp"
 #include "engine/forward.hpp"
-#include "engine/jit.hpp"
 #include "runtime/driver.hpp"
-#include "tests/support/test_support.hpp"
 
 namespace spattn {
 namespace {
@@ -285,37 +280,6 @@ TEST(BackwardTables, DeterministicPackingRefusesATokenTwiceInOneTable) {
   }
   packing.deterministic = false;
   EXPECT_NO_THROW((void)engine::pack_backward_tables(layout, packing));
-}
-
-// Two cold programs compile at the same time (what a new plan does with its kernel and
-// the support kernels), each exactly once, and the later lookup is a cache hit; a cache
-// that would not keep the result gets no background compile.
-TEST(Jit, BackgroundCompileThenLookupIsOneCompileEach) {
-  test::TempDir dir("jit-bg");
-  CacheConfig c;
-  c.dir = dir.path();
-  c.max_bytes = 0;
-  KernelCache cache(c);
-  LayoutOptions lo;
-  engine::Problem p;
-  p.nq = p.nk = 1024;
-  p.heads = p.kv_heads = 2;
-  p.head_dim = 64;
-  const Layout layout = compile_layout(Pattern::parse(R"({"type":"local_window","window":128})"), p.shape(), lo);
-  const codegen::RenderedKernel fwd = engine::render_kernel(layout, KernelConfig{}, p, "sm_80");
-  const codegen::RenderedKernel support = codegen::render_support_kernels();
-  std::future<void> pending = engine::compile_in_background(support, "sm_80", cache);
-  ASSERT_TRUE(pending.valid());
-  const CacheLookup main = engine::compile_cached(fwd, "sm_80", cache);
-  pending.get();  // no exception
-  EXPECT_FALSE(main.hit);
-  EXPECT_TRUE(engine::compile_cached(support, "sm_80", cache).hit);
-  EXPECT_EQ(cache.counters().compiles, 2u);
-
-  CacheConfig ro = c;
-  ro.read_only = true;
-  KernelCache read_only(ro);
-  EXPECT_FALSE(engine::compile_in_background(support, "sm_80", read_only).valid());
 }
 
 }  // namespace
