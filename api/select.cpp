@@ -16,7 +16,7 @@ Choice choose_for(TunePass pass, const Pattern& pattern, const engine::Problem& 
                   const runtime::DeviceInfo& device, bool use_db) {
   auto fallback = [&] {
     return pass == TunePass::kBackward ? engine::backward_heuristic(pattern, problem, device)
-                                                 : heuristic(pattern, problem, device);
+                                       : heuristic(pattern, problem, device);
   };
   if (!use_db) {
     Choice c = fallback();

@@ -131,10 +131,8 @@ PatternBuild compile_pattern(const Pattern& pattern, const std::string& arch, in
     out.config = choice.config;
     out.config_source = choice.source;
   }
-  if (pass == Pass::kForward)
-    out.config.check(head_dim, dtype, arch, device.smem_per_block_optin);
-  else
-    check_backward_config(out.config, head_dim, dtype, arch, device.smem_per_block_optin);
+  autotune::check_config(pass == Pass::kForward ? TunePass::kForward : TunePass::kBackward, out.config, head_dim,
+                         dtype, arch, device.smem_per_block_optin);
   const auto t0 = std::chrono::steady_clock::now();
   const Layout layout = compile_layout(pattern, problem.shape(), out.config.layout_options());
   out.stats = layout_stats(pattern, layout, head_dim);

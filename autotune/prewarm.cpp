@@ -220,11 +220,7 @@ std::vector<Selection> database_selections(const std::vector<TuningDb>& dbs, con
     const TunedEntry* e = db.find_nearest(bucket_of(pattern, problem, *density, pass), &key);
     if (!e) continue;
     try {
-      if (pass == TunePass::kBackward)
-        check_backward_config(e->config, static_cast<int>(problem.head_dim), problem.dtype, arch,
-                              limits.smem_per_block);
-      else
-        e->config.check(static_cast<int>(problem.head_dim), problem.dtype, arch, limits.smem_per_block);
+      check_config(pass, e->config, static_cast<int>(problem.head_dim), problem.dtype, arch, limits.smem_per_block);
     } catch (const Error&) {
       continue;
     }

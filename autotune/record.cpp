@@ -15,6 +15,7 @@
 #include <set>
 #include <unordered_set>
 
+#include "autotune/search_space.hpp"
 #include "common/check.hpp"
 #include "common/json.hpp"
 #include "common/log.hpp"
@@ -87,10 +88,7 @@ RecordedProblem parse_line(const json& j, const std::string& where) {
     check_problem_supported(r.problem.head_dim, r.problem.dtype);
     r.pattern.validate(r.problem.shape());
     r.config = KernelConfig::parse(text(j, "config", where));
-    if (r.pass == TunePass::kBackward)
-      check_backward_config(r.config, static_cast<int>(r.problem.head_dim), r.problem.dtype, r.arch, 0);
-    else
-      r.config.check(static_cast<int>(r.problem.head_dim), r.problem.dtype, r.arch, 0);
+    check_config(r.pass, r.config, static_cast<int>(r.problem.head_dim), r.problem.dtype, r.arch, 0);
   } catch (const Error& e) {
     SPATTN_FAIL(e.code(), "{}: {}", where, e.what());
   }

@@ -159,6 +159,14 @@ const std::vector<BackwardRow>& backward_table() {
   return table;
 }
 
+void check_config(TunePass pass, const KernelConfig& config, int head_dim, DType dtype, const std::string& arch,
+                  int smem_limit) {
+  if (pass == TunePass::kBackward)
+    check_backward_config(config, head_dim, dtype, arch, smem_limit);
+  else
+    config.check(head_dim, dtype, arch, smem_limit);
+}
+
 std::vector<KernelConfig> backward_table_configs(int head_dim) {
   for (const BackwardRow& row : backward_table()) {
     if (head_dim > row.max_head_dim) continue;
@@ -213,10 +221,7 @@ std::vector<Candidate> enumerate_candidates(const Pattern& pattern, const engine
     cand.config = c;
     cand.heuristic = k == 0;
     try {
-      if (backward)
-        check_backward_config(c, d, problem.dtype, limits.arch, limits.smem_per_block);
-      else
-        c.check(d, problem.dtype, limits.arch, limits.smem_per_block);
+      check_config(pass, c, d, problem.dtype, limits.arch, limits.smem_per_block);
     } catch (const Error& e) {
       cand.pruned = e.what();
     }

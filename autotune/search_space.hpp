@@ -59,6 +59,12 @@ const std::vector<TableRow>& search_table();
 // kUnsupported when there is no row (naming the head dims that have one).
 std::vector<KernelConfig> table_configs(const std::string& arch, DType dtype, int head_dim);
 
+// What a configuration must pass to run `pass` at (head_dim, dtype) on `arch` with
+// `smem_limit` bytes of shared memory per block (0: unchecked): KernelConfig::check for
+// the forward pass, check_backward_config for the backward pass. Throws with the reason.
+void check_config(TunePass pass, const KernelConfig& config, int head_dim, DType dtype, const std::string& arch,
+                  int smem_limit);
+
 // The backward kernel's table: the first row whose max_head_dim covers the head dim.
 struct BackwardRow {
   int max_head_dim;

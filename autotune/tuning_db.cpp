@@ -17,6 +17,7 @@
 #include <mutex>
 #include <optional>
 
+#include "autotune/search_space.hpp"
 #include "cache/files.hpp"
 #include "cache/sha256.hpp"
 #include "common/check.hpp"
@@ -586,11 +587,8 @@ DbLookup lookup_in(const fs::path& dir, const Pattern& pattern, const engine::Pr
   }
   const std::string used = key == out.bucket ? key : key + " (nearest to " + out.bucket + ")";
   try {
-    if (pass == TunePass::kBackward)
-      check_backward_config(entry->config, static_cast<int>(problem.head_dim), problem.dtype, device.arch(),
-                            device.smem_per_block_optin);
-    else
-      entry->config.check(static_cast<int>(problem.head_dim), problem.dtype, device.arch(), device.smem_per_block_optin);
+    check_config(pass, entry->config, static_cast<int>(problem.head_dim), problem.dtype, device.arch(),
+                 device.smem_per_block_optin);
   } catch (const Error& e) {
     out.source = fmt::format("tuning database entry {} ({}) not usable here: {}", used, entry->config.to_string(),
                              e.what());
