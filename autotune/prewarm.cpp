@@ -20,7 +20,6 @@
 #include "common/check.hpp"
 #include "common/log.hpp"
 #include "engine/jit.hpp"
-#include "engine/select.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/nvrtc.hpp"
 
@@ -309,10 +308,8 @@ std::vector<PlannedKernel> plan_prewarm(const Manifest& manifest, const PrewarmO
   parallel_for(needs.size(), threads, [&](size_t k) {
     Need& n = needs[k];
     const bool backward = n.pass == TunePass::kBackward;
-    auto fallback = [&](const runtime::DeviceInfo& device) -> Selection {
-      if (!backward) return heuristic(*n.pattern, n.problem, device);
-      const engine::KernelChoice c = engine::backward_heuristic(*n.pattern, n.problem, device);
-      return {c.config, c.source};
+    auto fallback = [&](const runtime::DeviceInfo& device) {
+      return baseline_of(n.pass, heuristic, *n.pattern, n.problem, device);
     };
     try {
       if (n.fixed) {

@@ -41,6 +41,13 @@ engine::Problem to_problem(const TuneProblem& t) {
   return p;
 }
 
+Selection baseline_of(TunePass pass, const HeuristicFn& heuristic, const Pattern& pattern,
+                      const engine::Problem& problem, const runtime::DeviceInfo& device) {
+  if (pass == TunePass::kForward) return heuristic(pattern, problem, device);
+  const engine::KernelChoice c = engine::backward_heuristic(pattern, problem, device);
+  return {c.config, c.source};
+}
+
 namespace {
 
 json device_to_json(const runtime::DeviceInfo& d) {
@@ -96,15 +103,6 @@ CandidateReport report_of(const Candidate& c, int head_dim, TunePass pass) {
                                                         backward_dq_smem_bytes(c.config, head_dim))
                                              : c.config.smem_bytes(head_dim);
   return r;
-}
-
-// The baseline: the API's heuristic for the forward pass, the engine's backward
-// heuristic for the backward pass.
-Selection baseline_of(TunePass pass, const HeuristicFn& heuristic, const Pattern& pattern,
-                      const engine::Problem& problem, const runtime::DeviceInfo& device) {
-  if (pass == TunePass::kForward) return heuristic(pattern, problem, device);
-  const engine::KernelChoice c = engine::backward_heuristic(pattern, problem, device);
-  return {c.config, c.source};
 }
 
 // First line of an error message (NVRTC errors carry the whole log below it).

@@ -31,6 +31,11 @@ struct Selection {
 using HeuristicFn =
     std::function<Selection(const Pattern& pattern, const engine::Problem& problem, const runtime::DeviceInfo& device)>;
 
+// The configuration a pass would run without tuning: `heuristic` (the API's) for the
+// forward pass, engine::backward_heuristic for the backward pass.
+Selection baseline_of(TunePass pass, const HeuristicFn& heuristic, const Pattern& pattern,
+                      const engine::Problem& problem, const runtime::DeviceInfo& device);
+
 // TuneProblem with its defaults filled in, checked (dimensions >= 1, GQA, head dim, dtype).
 engine::Problem to_problem(const TuneProblem& problem);
 
