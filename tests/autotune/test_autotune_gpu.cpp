@@ -184,5 +184,24 @@ TEST(AutotuneGpu, InProcessFallbackWhenCudaIsAlreadyLoaded) {
   EXPECT_FALSE(fs::exists(dir.path() / "tuning"));
 }
 
+// The backward pass's tuning on the GPU: every candidate's gradients pass the fp64 check,
+// the winner is saved under a bwd| key, and the backward selection then reads it.
+TEST(AutotuneGpu, BackwardTuningChecksTimesAndSavesForBackward) {
+  SPATTN_REQUIRE_GPU();
+  test::TempDir dir("gpu-tune-bwd");
+  const auto r = spattn(dir.path(), "--json autotune --backward --pattern '{\"type\":\"local_window\",\"window\":512}' "
+                                    "--seq 4096 --heads 4 --configs 64x64w4s2");
+  ASSERT_EQ(r.status, 0) << r.err << r.out;
+  const json report = json::parse(r.out);
+  EXPECT_EQ(report["pass"], "backward");
+  ASSERT_EQ(report["candidates"].size(), 2u) << r.out;  // the heuristic's and 64x64w4s2
+  for (const json& c : report["candidates"]) {
+    EXPECT_EQ(c["status"], "ok") << c.dump();
+    EXPECT_LE(c["rel_l2_err"].get<double>(), 3e-2) << c.dump();
+  }
+  ASSERT_TRUE(report["saved"].get<bool>()) << r.out;
+  EXPECT_EQ(report["bucket"].get<std::string>().rfind("bwd|local_window|", 0), 0u) << r.out;
+}
+
 }  // namespace
 }  // namespace spattn
