@@ -110,7 +110,19 @@ const std::vector<int>& backward_head_dims() {
   return dims;
 }
 
+namespace {
+
+// Head dims of the sm90 backward: whole 64-column chunks, and dK, dV of 64 keys (D fp32
+// per consumer thread) within its registers.
+const std::vector<int>& sm90_backward_head_dims() {
+  static const std::vector<int> dims = {64, 128};
+  return dims;
+}
+
+}  // namespace
+
 int backward_smem_bytes(const KernelConfig& c, int head_dim) {
+  if (c.family == KernelFamily::kSm90) return codegen::sm90_backward_shape(c, head_dim).smem_bytes;
   // Mirrors bwd::Backward<Cfg>::kSmemBytes (templates/backward.cuh): K and V tiles and,
   // per stage, Q and dO tiles of (head_dim + 8)-element rows; dSᵀ with (tile_m +
   // 8)-element rows; key tokens; per stage query tokens, LSE and row sums.
@@ -120,20 +132,17 @@ int backward_smem_bytes(const KernelConfig& c, int head_dim) {
 }
 
 int backward_dq_smem_bytes(const KernelConfig& c, int head_dim) {
-  // Mirrors bwd::BackwardDq<Cfg>::kSmemBytes: Q, dO, K and V tiles, key tokens, query
-  // tokens, LSE and row sums.
+  // Mirrors bwd::BackwardDq<Cfg>::kSmemBytes (the dQ pass of both families): Q, dO, K and
+  // V tiles, key tokens, query tokens, LSE and row sums.
   return (2 * c.tile_m + 2 * c.tile_n) * (head_dim + 8) * 2 + c.tile_n * 4 + c.tile_m * 12;
 }
 
-void check_backward_config(const KernelConfig& c, int head_dim, DType dtype, std::string_view arch, int smem_limit) {
-  std::string why;
-  if (!family_supports(KernelFamily::kSm80, head_dim, dtype, arch, &why))
-    SPATTN_FAIL(ErrorCode::kUnsupported, "backward config {}: {}", c.to_string(), why);
+namespace {
+
+void check_sm80_backward(const KernelConfig& c, int head_dim) {
   if (!contains(backward_head_dims(), head_dim))
-    SPATTN_FAIL(ErrorCode::kUnsupported, "the backward kernel supports head dims {} (not {})",
+    SPATTN_FAIL(ErrorCode::kUnsupported, "the sm80 backward kernel supports head dims {} (not {})",
                 fmt::join(backward_head_dims(), ", "), head_dim);
-  SPATTN_REQUIRE(c.family == KernelFamily::kSm80, "backward config {}: the backward kernel is of the sm80 family",
-                 c.to_string());
   SPATTN_REQUIRE(c.warps == 4 || c.warps == 8, "backward config.warps must be 4 or 8 (got {})", c.warps);
   SPATTN_REQUIRE(c.tile_n == 16 * c.warps, "backward config.tile_n must be 16 * warps = {} keys (got {})",
                  16 * c.warps, c.tile_n);
@@ -148,11 +157,55 @@ void check_backward_config(const KernelConfig& c, int head_dim, DType dtype, std
                 "backward config {} with head dim {}: {} accumulator registers per thread (max 192); use a smaller "
                 "tile_m",
                 c.to_string(), head_dim, head_dim + c.tile_m);
+}
+
+void check_sm90_backward(const KernelConfig& c, int head_dim) {
+  if (!contains(sm90_backward_head_dims(), head_dim))
+    SPATTN_FAIL(ErrorCode::kUnsupported, "the sm90 backward kernel supports head dims {} (not {}); the sm80 "
+                "backward kernel (e.g. 64x128w8s2) supports {}",
+                fmt::join(sm90_backward_head_dims(), ", "), head_dim, fmt::join(backward_head_dims(), ", "));
+  SPATTN_REQUIRE(c.tile_m == 64, "sm90 backward config.tile_m (queries per step) must be 64 (got {})", c.tile_m);
+  SPATTN_REQUIRE(c.tile_n == 64 || c.tile_n == 128,
+                 "sm90 backward config.tile_n (keys per CTA, 64 per warpgroup) must be 64 or 128 (got {})",
+                 c.tile_n);
+  SPATTN_REQUIRE(c.stages >= 1 && c.stages <= 3,
+                 "sm90 backward config.stages (query-tile buffers) must be 1 to 3 (got {})", c.stages);
+  const codegen::Sm90BackwardShape s = codegen::sm90_backward_shape(c, head_dim);
+  if ((head_dim / s.warpgroups) % 64 != 0)
+    SPATTN_FAIL(ErrorCode::kUnsupported,
+                "sm90 backward config {} with head dim {}: each of the {} warpgroups computes {} dQ columns, which "
+                "must be a multiple of 64; use tile_n 64",
+                c.to_string(), head_dim, s.warpgroups, head_dim / s.warpgroups);
+  // Per thread at the peak (P and dS computed): dK and dV (head_dim fp32 together), Sᵀ
+  // and dPᵀ (tile_m fp32 together), ~45 more for addresses, row state and temporaries
+  // (ptxas: 237 of 255 at head dim 128).
+  const int need = head_dim + c.tile_m + 45;
+  if (need > 255)
+    SPATTN_FAIL(ErrorCode::kUnsupported,
+                "sm90 backward config {} with head dim {}: a thread would need about {} registers of 255",
+                c.to_string(), head_dim, need);
+  if (s.smem_bytes > kSm90SmemLimit)
+    SPATTN_FAIL(ErrorCode::kUnsupported,
+                "sm90 backward config {} with head dim {} needs {} bytes of shared memory; Hopper allows {} per block; "
+                "use fewer stages",
+                c.to_string(), head_dim, s.smem_bytes, kSm90SmemLimit);
+}
+
+}  // namespace
+
+void check_backward_config(const KernelConfig& c, int head_dim, DType dtype, std::string_view arch, int smem_limit) {
+  std::string why;
+  if (!family_supports(c.family, head_dim, dtype, arch, &why))
+    SPATTN_FAIL(ErrorCode::kUnsupported, "backward config {}: {}", c.to_string(), why);
+  switch (c.family) {
+    case KernelFamily::kSm80: check_sm80_backward(c, head_dim); break;
+    case KernelFamily::kSm90: check_sm90_backward(c, head_dim); break;
+  }
   const int smem = std::max(backward_smem_bytes(c, head_dim), backward_dq_smem_bytes(c, head_dim));
   if (smem_limit > 0 && smem > smem_limit)
     SPATTN_FAIL(ErrorCode::kUnsupported,
                 "backward config {} with head dim {} needs {} bytes of shared memory per block; the target allows {}; "
-                "use 4 warps (64 keys) or a smaller tile_m",
+                "use fewer keys per CTA, fewer stages or a smaller tile_m",
                 c.to_string(), head_dim, smem, smem_limit);
 }
 
@@ -178,6 +231,20 @@ Sm90Shape sm90_shape(const KernelConfig& c, int head_dim) {
   const int staged = s.consumers * 64 * (head_dim + 8) * 2;
   s.stage_o = tiles + staged + rest <= kSm90SmemLimit;
   s.smem_bytes = tiles + (s.stage_o ? staged : 0) + rest;
+  return s;
+}
+
+Sm90BackwardShape sm90_backward_shape(const KernelConfig& c, int head_dim) {
+  Sm90BackwardShape s;
+  // One warpgroup per 64 keys and no producer warpgroup (warp 0 issues the loads): at
+  // most 256 threads, so each keeps 255 registers for dK, dV, Sᵀ and dPᵀ.
+  s.warpgroups = std::max(1, c.tile_n / 64);
+  s.threads = 128 * s.warpgroups;
+  // Mirrors sm90::Backward<Cfg>::kSmemBytes (templates/backward_sm90.cuh): K, V, Q and dO
+  // per stage, two dS buffers, per stage LSE, row sums and tokens of the rows, key
+  // tokens, 1 + 2 x stages mbarriers, 1 KiB of alignment slack.
+  const int tiles = 2 * c.tile_n * head_dim * 2 + 2 * c.stages * c.tile_m * head_dim * 2 + 2 * c.tile_m * c.tile_n * 2;
+  s.smem_bytes = 1024 + tiles + c.stages * c.tile_m * 12 + c.tile_n * 4 + (1 + 2 * c.stages) * 8;
   return s;
 }
 

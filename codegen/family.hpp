@@ -18,4 +18,13 @@ struct Sm90Shape {
 };
 Sm90Shape sm90_shape(const KernelConfig& config, int head_dim);
 
+// What an sm90 backward configuration (sm90:64x<tile_n>s<stages>) implies: one
+// warpgroup per 64 keys of the tile, and the shared memory it needs.
+struct Sm90BackwardShape {
+  int warpgroups = 2;
+  int threads = 256;
+  int smem_bytes = 0;
+};
+Sm90BackwardShape sm90_backward_shape(const KernelConfig& config, int head_dim);
+
 }  // namespace spattn::codegen

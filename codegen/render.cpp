@@ -2,6 +2,7 @@
 // predicate, the Cfg struct of template constants, the template include and the entry.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <sstream>
 
 #include "codegen/family.hpp"
@@ -46,8 +47,9 @@ void write_mask_members(std::ostringstream& src) {
 
 // wgmma wrappers for the widths a spec needs: D(64 x N, fp32) = A(64 x 16) * B(16 x N)
 // (+ D). `ss` reads A and B from shared memory, both K-major (S = Q Kᵀ: Q rows and K
-// rows are contiguous along the head dim); `rs` takes A from registers and B N-major
-// (O += P V: V rows are contiguous along the head dim, which is N). One inline-PTX
+// rows are contiguous along the head dim); `ss_bt` the same with B N-major (the
+// backward's dQ = dS K); `rs` takes A from registers and B N-major (O += P V: V rows
+// are contiguous along the head dim, which is N). One inline-PTX
 // statement per width; the accumulator list is N / 2 registers per thread.
 std::string render_wgmma(int n, DType dtype) {
   const char* t = dtype == DType::kBFloat16 ? "bf16" : "f16";
@@ -64,6 +66,14 @@ std::string render_wgmma(int n, DType dtype) {
       "    asm volatile(\n"
       "        \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{}, 0;\\n\"\n"
       "        \"wgmma.mma_async.sync.aligned.m64n{}k16.f32.{}.{} {{{}}}, %{}, %{}, p, 1, 1, 0, 0;\\n}}\\n\"\n"
+      "        : {}\n"
+      "        : \"l\"(a), \"l\"(b), \"r\"(scale_d));\n  }}\n",
+      regs, regs + 2, n, t, t, list, regs, regs + 1, outs);
+  s += fmt::format(
+      "  static __device__ __forceinline__ void ss_bt(float (&d)[{}], uint64_t a, uint64_t b, int scale_d) {{\n"
+      "    asm volatile(\n"
+      "        \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{}, 0;\\n\"\n"
+      "        \"wgmma.mma_async.sync.aligned.m64n{}k16.f32.{}.{} {{{}}}, %{}, %{}, p, 1, 1, 0, 1;\\n}}\\n\"\n"
       "        : {}\n"
       "        : \"l\"(a), \"l\"(b), \"r\"(scale_d));\n  }}\n",
       regs, regs + 2, n, t, t, list, regs, regs + 1, outs);
@@ -159,6 +169,7 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   out.program_name = fmt::format("spattn_fwd_{:016x}.cu", fnv1a(out.source));
   add_template(out, "spattn/params.cuh");
   add_template(out, "spattn/ptx.cuh");
+  if (sm90) add_template(out, "spattn/sm90.cuh");
   add_template(out, family.template_name);
   out.threads = c.threads();
   out.smem_bytes = smem;
@@ -169,35 +180,67 @@ RenderedKernel render_backward(const KernelSpec& spec) {
   const KernelConfig& c = spec.config;
   check_backward_config(c, spec.head_dim, spec.dtype, spec.arch, 0);
   SPATTN_REQUIRE(!spec.parts.empty(), "a kernel needs at least one pattern part");
+  const bool sm90 = c.family == KernelFamily::kSm90;
+  const Sm90BackwardShape shape = sm90 ? sm90_backward_shape(c, spec.head_dim) : Sm90BackwardShape{};
+  const int threads = sm90 ? shape.threads : c.warps * 32;
   std::ostringstream src;
   src << "// spattn backward kernel, generated from this spec (do not edit):\n";
   write_parts(src, spec.parts);
-  src << fmt::format("//   family sm80 (mma.sync), {} keys per CTA ({} warps), {} queries per step ({} buffers), head dim {}, {}, {}{}{}\n",
-                     c.tile_n, c.warps, c.tile_m, c.stages, spec.head_dim, to_string(spec.dtype), spec.arch,
+  const std::string workers = sm90 ? fmt::format("family sm90 (wgmma), {} keys per CTA ({} warpgroup(s))",
+                                                 c.tile_n, shape.warpgroups)
+                                   : fmt::format("family sm80 (mma.sync), {} keys per CTA ({} warps)", c.tile_n, c.warps);
+  src << fmt::format("//   {}, {} queries per step ({} buffers), head dim {}, {}, {}{}{}\n", workers, c.tile_m,
+                     c.stages, spec.head_dim, to_string(spec.dtype), spec.arch,
                      spec.permuted_keys ? ", permuted keys" : "", spec.deterministic ? ", deterministic" : "");
   src << "#include \"spattn/params.cuh\"\n\n";
   src << "namespace spattn_generated {\n";
   src << render_predicate(spec.parts, "allowed", "__device__ __forceinline__");
+  const int dq_cols = sm90 ? spec.head_dim / shape.warpgroups : 0;
+  if (sm90) {
+    // Sᵀ and dPᵀ: N = tile_m; dV and dK: N = head dim; dQ: N = head dim / warpgroups.
+    std::vector<int> widths;
+    for (int n : {c.tile_m, spec.head_dim, dq_cols})
+      if (std::find(widths.begin(), widths.end(), n) == widths.end()) widths.push_back(n);
+    for (int n : widths) src << render_wgmma(n, spec.dtype);
+  }
   src << "}  // namespace spattn_generated\n\n";
   const int smem = backward_smem_bytes(c, spec.head_dim);
   src << "struct Cfg {\n";
   src << fmt::format("  static constexpr int kHeadDim = {};\n", spec.head_dim);
   src << fmt::format("  static constexpr int kBlockM = {};  // queries per step\n", c.tile_m);
   src << fmt::format("  static constexpr int kBlockN = {};  // keys per CTA\n", c.tile_n);
-  src << fmt::format("  static constexpr int kWarps = {};\n", c.warps);
+  if (!sm90) src << fmt::format("  static constexpr int kWarps = {};\n", c.warps);
   src << fmt::format("  static constexpr int kStages = {};  // query-tile buffers\n", c.stages);
   src << fmt::format("  static constexpr bool kDeterministic = {};\n", spec.deterministic ? "true" : "false");
   src << fmt::format("  static constexpr int kDqSmemBytes = {};\n", backward_dq_smem_bytes(c, spec.head_dim));
   src << fmt::format("  static constexpr bool kBf16 = {};\n", spec.dtype == DType::kBFloat16 ? "true" : "false");
   src << fmt::format("  static constexpr int kSmemBytes = {};\n", smem);
   src << fmt::format("  static constexpr bool kPermutedKeys = {};\n", spec.permuted_keys ? "true" : "false");
+  if (sm90) {
+    src << fmt::format("  using MmaT = spattn_generated::Wgmma{};  // S^T = K Q^T, dP^T = V dO^T: N = tile_m\n",
+                       c.tile_m);
+    src << fmt::format("  using MmaKV = spattn_generated::Wgmma{};  // dV += P^T dO, dK += dS^T Q: N = head dim\n",
+                       spec.head_dim);
+    src << fmt::format("  using MmaQ = spattn_generated::Wgmma{};  // dQ = dS K: N = head dim / warpgroups\n", dq_cols);
+  }
   write_mask_members(src);
   src << "};\n\n";
-  src << "#include \"spattn/backward.cuh\"\n\n";
-  src << fmt::format("extern \"C\" __global__ void __launch_bounds__({}) spattn_bwd(const SpattnBwdParams p) {{\n",
-                     c.warps * 32);
-  src << "  spattn::bwd::Backward<Cfg>::run(p);\n}\n";
+  if (sm90) {
+    src << "#include \"spattn/backward_sm90.cuh\"\n";
+    if (spec.deterministic) src << "#include \"spattn/backward.cuh\"\n";
+    src << fmt::format(
+        "\nextern \"C\" __global__ void __launch_bounds__({}, 1) spattn_bwd(const __grid_constant__ SpattnBwd90Params "
+        "p) {{\n",
+        threads);
+    src << "  spattn::sm90::Backward<Cfg>::run(p);\n}\n";
+  } else {
+    src << "#include \"spattn/backward.cuh\"\n\n";
+    src << fmt::format("extern \"C\" __global__ void __launch_bounds__({}) spattn_bwd(const SpattnBwdParams p) {{\n",
+                       threads);
+    src << "  spattn::bwd::Backward<Cfg>::run(p);\n}\n";
+  }
   if (spec.deterministic) {
+    // The dQ pass of deterministic mode (both families): 16 queries per warp.
     src << fmt::format("\nextern \"C\" __global__ void __launch_bounds__({}) spattn_bwd_dq(const SpattnBwdParams p) {{\n",
                        c.tile_m / 16 * 32);
     src << "  spattn::bwd::BackwardDq<Cfg>::run(p);\n}\n";
@@ -208,8 +251,12 @@ RenderedKernel render_backward(const KernelSpec& spec) {
   out.program_name = fmt::format("spattn_bwd_{:016x}.cu", fnv1a(out.source));
   add_template(out, "spattn/params.cuh");
   add_template(out, "spattn/ptx.cuh");
-  add_template(out, "spattn/backward.cuh");
-  out.threads = c.warps * 32;
+  if (sm90) {
+    add_template(out, "spattn/sm90.cuh");
+    add_template(out, "spattn/backward_sm90.cuh");
+  }
+  if (!sm90 || spec.deterministic) add_template(out, "spattn/backward.cuh");
+  out.threads = threads;
   out.smem_bytes = smem;
   if (spec.deterministic) {
     out.dq_threads = c.tile_m / 16 * 32;

@@ -115,26 +115,42 @@ void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorVie
     bp.scale_log2 = scale * 1.4426950408889634f;
     bp.arena = tables_.arena();
     bp.tables = tables_.tables();
-    // Items [first, last) of a list, as one launch of `kernel`.
-    auto launch = [&](const JitKernel& kernel, const int32_t* items, int64_t first, int64_t last, int threads,
-                      int smem) {
+    // The key-tile kernel's parameters by family: the common ones (sm80), or those with
+    // tensor maps of Q, dO (query tiles) and K, V (key tiles) (sm90).
+    SpattnBwd90Params bp90{};
+    void* key_arg = nullptr;
+    switch (config_.family) {
+      case KernelFamily::kSm80: key_arg = &bp; break;
+      case KernelFamily::kSm90:
+        bp90.tma_q = encode_tile_map(bp90.tm_q, q, config_.tile_m) && encode_tile_map(bp90.tm_do, d_o, config_.tile_m);
+        bp90.tma_kv = encode_tile_map(bp90.tm_k, k, config_.tile_n) && encode_tile_map(bp90.tm_v, v, config_.tile_n);
+        key_arg = &bp90;
+        break;
+    }
+    if (!key_arg)
+      SPATTN_FAIL(ErrorCode::kInternal, "no backward launch for kernel family {}", static_cast<int>(config_.family));
+    // Items [first, last) of a list, as one launch of the key-tile kernel or of the dQ pass.
+    auto launch = [&](const JitKernel& kernel, const int32_t* items, int64_t first, int64_t last, bool key_tiles) {
       if (last <= first) return;
       bp.work = items + 4 * first;
       bp.num_work = static_cast<int32_t>(last - first);
-      void* args[] = {&bp};
+      bp90.base = bp;
+      void* args[] = {key_tiles ? key_arg : &bp};
+      const int threads = key_tiles ? rendered_.threads : rendered_.dq_threads;
+      const int smem = key_tiles ? rendered_.smem_bytes : rendered_.dq_smem_bytes;
       kernel.kernel.launch({static_cast<unsigned>(last - first), static_cast<unsigned>(p.batch)},
                            {static_cast<unsigned>(threads)}, static_cast<unsigned>(smem), stream, args);
     };
     if (!deterministic_) {
-      launch(*bwd_, tables_.work(), 0, tables_.num_items(), rendered_.threads, rendered_.smem_bytes);
+      launch(*bwd_, tables_.work(), 0, tables_.num_items(), true);
     } else {
       // One launch per table and kernel, in table order: within a launch every
       // accumulator row has one writer, and launches add in a fixed order.
       const auto& wb = tables_.work_begin();
       const auto& qb = tables_.dq_begin();
       for (size_t t = 0; t + 1 < wb.size(); ++t) {
-        launch(*bwd_, tables_.work(), wb[t], wb[t + 1], rendered_.threads, rendered_.smem_bytes);
-        launch(*dq_, tables_.dq_work(), qb[t], qb[t + 1], rendered_.dq_threads, rendered_.dq_smem_bytes);
+        launch(*bwd_, tables_.work(), wb[t], wb[t + 1], true);
+        launch(*dq_, tables_.dq_work(), qb[t], qb[t + 1], false);
       }
     }
   }

@@ -71,6 +71,16 @@ Problem problem_from_tensors(const TensorView& q, const TensorView& k, const Ten
   return p;
 }
 
+bool encode_tile_map(SpattnTensorMap& map, const TensorView& t, int rows) {
+  // [B, N, H, D] as dims innermost first, boxes of 64 head-dim elements x `rows` rows.
+  const uint64_t dims[4] = {static_cast<uint64_t>(t.shape[3]), static_cast<uint64_t>(t.shape[1]),
+                            static_cast<uint64_t>(t.shape[2]), static_cast<uint64_t>(t.shape[0])};
+  const uint64_t strides[3] = {static_cast<uint64_t>(t.strides[1]) * 2, static_cast<uint64_t>(t.strides[2]) * 2,
+                               static_cast<uint64_t>(t.strides[0]) * 2};
+  const uint32_t box[4] = {64, static_cast<uint32_t>(rows), 1, 1};
+  return runtime::encode_tensor_map(&map, t.data, 4, dims, strides, box);
+}
+
 codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& config, const Problem& problem,
                                     const std::string& arch) {
   codegen::KernelSpec spec;
@@ -163,18 +173,8 @@ void ForwardPlan::launch_forward(SpattnFwdParams& fp, const TensorView& q, const
                      "{} work items x batch {} exceed the 32-bit work index of the sm90 kernel", fp.num_work,
                      fp.batch);
       p.total_items = static_cast<int32_t>(total);
-      // Tensor maps over [B, N, H, D] (dims innermost first), boxes of 64 head-dim
-      // elements x one tile of rows. A view TMA cannot describe is gathered instead.
-      auto encode = [](SpattnTensorMap& map, const TensorView& t, int rows) {
-        const uint64_t dims[4] = {static_cast<uint64_t>(t.shape[3]), static_cast<uint64_t>(t.shape[1]),
-                                  static_cast<uint64_t>(t.shape[2]), static_cast<uint64_t>(t.shape[0])};
-        const uint64_t strides[3] = {static_cast<uint64_t>(t.strides[1]) * 2, static_cast<uint64_t>(t.strides[2]) * 2,
-                                     static_cast<uint64_t>(t.strides[0]) * 2};
-        const uint32_t box[4] = {64, static_cast<uint32_t>(rows), 1, 1};
-        return runtime::encode_tensor_map(&map, t.data, 4, dims, strides, box);
-      };
-      p.tma_q = encode(p.tm_q, q, config_.tile_m) ? 1 : 0;
-      p.tma_kv = encode(p.tm_k, k, config_.tile_n) && encode(p.tm_v, v, config_.tile_n) ? 1 : 0;
+      p.tma_q = encode_tile_map(p.tm_q, q, config_.tile_m) ? 1 : 0;
+      p.tma_kv = encode_tile_map(p.tm_k, k, config_.tile_n) && encode_tile_map(p.tm_v, v, config_.tile_n) ? 1 : 0;
       const int64_t ctas = int64_t{kernel_family_info(config_.family).ctas_per_sm} * sm_count_;
       const unsigned grid = static_cast<unsigned>(std::min<int64_t>(total, ctas));
       void* args[] = {&p};

@@ -21,6 +21,7 @@
 #include "engine/device_layout.hpp"
 #include "engine/jit.hpp"
 #include "runtime/device.hpp"
+#include "templates/params.cuh"
 
 namespace spattn::engine {
 
@@ -50,6 +51,11 @@ Problem problem_from_tensors(const TensorView& q, const TensorView& k, const Ten
 // shape, dtype, a contiguous head dim, 16-byte aligned rows. Throws kInvalidArgument.
 void check_tensor_4d(const TensorView& t, const char* name, int64_t b, int64_t n, int64_t h, int64_t d,
                      const char* layout, DType dtype);
+
+// A TMA tensor map of a 16-bit [B, N, H, D] view for the sm90 kernels: boxes of 64
+// head-dim elements x `rows` rows. False when TMA cannot describe the view (its rows are
+// then gathered with cp.async).
+bool encode_tile_map(SpattnTensorMap& map, const TensorView& t, int rows);
 
 // The spec the plan's kernel is generated from, and its rendered source. The layout
 // is compile_layout(pattern, problem.shape(), config.layout_options()).

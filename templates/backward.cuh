@@ -145,20 +145,6 @@ struct RowStats {
   }
 };
 
-// Adds (a, b) to two adjacent fp32 accumulators (8-byte aligned): as a reduction, or
-// (deterministic mode, one writer per launch) as a plain read-modify-write.
-template <bool kAtomic>
-__device__ __forceinline__ void accumulate2(float* p, float a, float b) {
-  if (kAtomic) {
-    red_add2(p, a, b);
-  } else {
-    float2 v = *reinterpret_cast<float2*>(p);
-    v.x += a;
-    v.y += b;
-    *reinterpret_cast<float2*>(p) = v;
-  }
-}
-
 template <class Cfg>
 struct Backward {
   static constexpr int D = Cfg::kHeadDim;

@@ -128,6 +128,19 @@ struct SpattnBwdParams {
   int32_t num_work;
 };
 
+// The sm90 family's backward kernel: the common parameters and tensor maps for TMA
+// loads of Q and dO (boxes of 64 head-dim elements x tile_m rows) and of K and V (x
+// tile_n rows); a view TMA cannot describe (tma_* = 0) is gathered with cp.async.
+struct SpattnBwd90Params {
+  SpattnBwdParams base;
+  SpattnTensorMap tm_q;
+  SpattnTensorMap tm_do;
+  SpattnTensorMap tm_k;
+  SpattnTensorMap tm_v;
+  int32_t tma_q;   // Q and dO
+  int32_t tma_kv;  // K and V
+};
+
 // D = rowsum(dO * O) per (batch, head, query row), fp32 [B, Hq, Nq].
 struct SpattnBwdPrepParams {
   const void* o;

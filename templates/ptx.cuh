@@ -1,4 +1,4 @@
-// PTX wrappers shared by the forward kernel families (sm80: mma.sync; sm90: wgmma).
+// PTX wrappers shared by the kernel templates of both families (sm80: mma.sync; sm90: wgmma).
 // Device code only, compiled by NVRTC.
 #pragma once
 
@@ -70,6 +70,20 @@ __device__ __forceinline__ void red_add2(float* p, float a, float b) {
   atomicAdd(p, a);
   atomicAdd(p + 1, b);
 #endif
+}
+
+// Adds (a, b) to two adjacent fp32 accumulators (8-byte aligned): as a reduction, or
+// (deterministic mode, one writer per launch) as a plain read-modify-write.
+template <bool kAtomic>
+__device__ __forceinline__ void accumulate2(float* p, float a, float b) {
+  if (kAtomic) {
+    red_add2(p, a, b);
+  } else {
+    float2 v = *reinterpret_cast<float2*>(p);
+    v.x += a;
+    v.y += b;
+    *reinterpret_cast<float2*>(p) = v;
+  }
 }
 
 // The two 16-bit values of a register as floats (lo: the low half), pack2's inverse.

@@ -89,7 +89,7 @@ bool family_supports(KernelFamily family, int head_dim, DType dtype, std::string
 void check_backward_config(const KernelConfig& config, int head_dim, DType dtype, std::string_view arch, int smem_limit);
 int backward_smem_bytes(const KernelConfig& config, int head_dim);     // the key-tile kernel
 int backward_dq_smem_bytes(const KernelConfig& config, int head_dim);  // the deterministic dQ kernel
-const std::vector<int>& backward_head_dims();
+const std::vector<int>& backward_head_dims();  // of the sm80 backward kernel (the widest set)
 
 // Head dims some family supports, and the list as text for error messages.
 bool head_dim_supported(int head_dim);
