@@ -6,13 +6,16 @@
 // Every case draws fresh random inputs, runs Attention::forward for O and LSE, then
 // backward into dq / dk / dv poisoned with NaN first (every element must be written).
 // Tolerances on relative L2 error per gradient: the autotuner's backward gate
-// (autotune::backward_tolerance_for).
+// (autotune::backward_tolerance_for). Each test runs with the heuristic's backward
+// kernel and with each family forced (sm90 on sm_90a devices, for the head dims it
+// supports; its stages vary over the cases).
 #include <gtest/gtest.h>
 
 #include <spattn/attention.hpp>
 #include <spattn/reference.hpp>
 
 #include <cmath>
+#include <optional>
 
 #include "autotune/harness.hpp"
 #include "engine/reference.hpp"
@@ -22,16 +25,38 @@
 namespace spattn {
 namespace {
 
+// The backward kernel a test forces: none (the heuristic's), or a family's config.
+enum class Forced { kHeuristic, kSm80, kSm90 };
+
 struct Case {
   std::string json;
+  Forced forced = Forced::kHeuristic;
   int64_t batch = 1, nq = 300, nk = 300, heads = 2, kv_heads = 2, head_dim = 64;
   DType dtype = DType::kBFloat16;
   bool deterministic = false;  // then backward runs twice and must give the same bits
 };
 
+// The forced config for a case, or none; false when the family cannot run the case.
+bool forced_config(const Case& c, uint64_t seed, std::optional<KernelConfig>& out) {
+  switch (c.forced) {
+    case Forced::kHeuristic: return true;
+    case Forced::kSm80: out = KernelConfig::parse("64x128w8s2"); return true;
+    case Forced::kSm90: {
+      if (c.head_dim != 64 && c.head_dim != 128) return false;
+      const int stages = 1 + static_cast<int>(seed % 3);  // 1, 2 or 3 query-tile buffers
+      out = KernelConfig::parse(fmt::format("sm90:64x{}s{}", c.head_dim == 128 ? 128 : 64, stages));
+      return true;
+    }
+  }
+  return false;
+}
+
 void run_case(const Case& c, uint64_t seed) {
-  SCOPED_TRACE(fmt::format("{} B={} Nq={} Nk={} H={}/{} D={} {}{}", c.json, c.batch, c.nq, c.nk, c.heads,
-                           c.kv_heads, c.head_dim, to_string(c.dtype), c.deterministic ? " deterministic" : ""));
+  std::optional<KernelConfig> config;
+  if (!forced_config(c, seed, config)) return;  // e.g. head dim 32 or 96 on the sm90 kernel
+  SCOPED_TRACE(fmt::format("{} B={} Nq={} Nk={} H={}/{} D={} {}{} config {}", c.json, c.batch, c.nq, c.nk, c.heads,
+                           c.kv_heads, c.head_dim, to_string(c.dtype), c.deterministic ? " deterministic" : "",
+                           config ? config->to_string() : "heuristic"));
   const Pattern pattern = Pattern::parse(c.json);
   const int64_t qe = c.batch * c.nq * c.heads * c.head_dim, ke = c.batch * c.nk * c.kv_heads * c.head_dim;
   runtime::DeviceBuffer q(qe * 2), k(ke * 2), v(ke * 2), o(qe * 2), d_o(qe * 2), dq(qe * 2), dk(ke * 2), dv(ke * 2),
@@ -51,6 +76,7 @@ void run_case(const Case& c, uint64_t seed) {
   AttentionOptions opts;
   opts.use_tuning_db = false;
   opts.deterministic = c.deterministic;
+  opts.backward_config = config;
   Attention attn(pattern, opts);
   attn.forward(qv(q), kv(k), kv(v), qv(o), &tl);
   attn.backward(qv(q), kv(k), kv(v), qv(o), tl, qv(d_o), qv(dq), kv(dk), kv(dv));
@@ -92,12 +118,30 @@ void run_case(const Case& c, uint64_t seed) {
   EXPECT_LE(ev, tol) << "dV";
 }
 
-class BackwardGpu : public ::testing::Test {
+class BackwardGpu : public ::testing::TestWithParam<Forced> {
  protected:
-  void SetUp() override { SPATTN_REQUIRE_GPU(); }
+  void SetUp() override {
+    SPATTN_REQUIRE_GPU();
+    if (GetParam() == Forced::kSm90 && runtime::device_info(0).arch() != "sm_90a")
+      GTEST_SKIP() << "the sm90 backward kernel needs an sm_90a device (this one is "
+                   << runtime::device_info(0).arch() << ")";
+  }
+  // A case of this test's kernel.
+  Case make(const char* json) const {
+    Case c{json};
+    c.forced = GetParam();
+    return c;
+  }
 };
 
-TEST_F(BackwardGpu, PatternKindsAndCompositions) {
+INSTANTIATE_TEST_SUITE_P(Kernels, BackwardGpu, ::testing::Values(Forced::kHeuristic, Forced::kSm80, Forced::kSm90),
+                         [](const ::testing::TestParamInfo<Forced>& info) {
+                           return info.param == Forced::kHeuristic ? std::string("heuristic")
+                                  : info.param == Forced::kSm80    ? std::string("sm80")
+                                                                   : std::string("sm90");
+                         });
+
+TEST_P(BackwardGpu, PatternKindsAndCompositions) {
   const char* patterns[] = {
       R"({"type":"dense"})",
       R"({"type":"dense","causal":true})",
@@ -112,39 +156,47 @@ TEST_F(BackwardGpu, PatternKindsAndCompositions) {
   };
   uint64_t seed = 1;
   for (const char* p : patterns) {
-    Case c{p};
+    Case c = make(p);
     c.nq = c.nk = 480;
     run_case(c, seed++);
   }
 }
 
-TEST_F(BackwardGpu, GqaMqaCrossAttentionEmptyRowsDtypesHeadDims) {
-  Case gqa{R"({"type":"dense","causal":true})"};
+TEST_P(BackwardGpu, GqaMqaCrossAttentionEmptyRowsDtypesHeadDims) {
+  Case gqa = make(R"({"type":"dense","causal":true})");
   gqa.heads = 8;
   gqa.kv_heads = 2;
   gqa.nq = gqa.nk = 333;
   run_case(gqa, 11);
-  Case mqa{R"({"type":"local_window","window":100})"};
+  Case mqa = make(R"({"type":"local_window","window":100})");
   mqa.heads = 4;
   mqa.kv_heads = 1;
   mqa.batch = 2;
   mqa.nq = 250;
   mqa.nk = 410;
   run_case(mqa, 12);
-  Case empty_rows{R"({"type":"dense","causal":true})"};  // the first 200 queries see no key
+  Case empty_rows = make(R"({"type":"dense","causal":true})");  // the first 200 queries see no key
   empty_rows.nq = 300;
   empty_rows.nk = 100;
   run_case(empty_rows, 13);
-  Case d128{R"({"type":"longnet","segments":[128,256],"rates":[1,2],"causal":true})"};
+  Case d128 = make(R"({"type":"longnet","segments":[128,256],"rates":[1,2],"causal":true})");
   d128.head_dim = 128;
   d128.dtype = DType::kFloat16;
   d128.nq = d128.nk = 517;
   run_case(d128, 14);
-  Case d32{R"({"type":"local_window","window":64})"};
+  Case d128_tma = make(R"({"type":"dense","causal":true})");  // natural order: TMA loads on sm90
+  d128_tma.head_dim = 128;
+  d128_tma.batch = 2;
+  d128_tma.heads = 4;
+  d128_tma.kv_heads = 2;
+  d128_tma.nq = 333;
+  d128_tma.nk = 700;
+  run_case(d128_tma, 17);
+  Case d32 = make(R"({"type":"local_window","window":64})");
   d32.head_dim = 32;
   d32.nq = d32.nk = 1;
   run_case(d32, 15);
-  Case d96{R"({"type":"dense"})"};
+  Case d96 = make(R"({"type":"dense"})");
   d96.head_dim = 96;
   d96.dtype = DType::kFloat16;
   d96.nq = d96.nk = 129;
@@ -154,7 +206,7 @@ TEST_F(BackwardGpu, GqaMqaCrossAttentionEmptyRowsDtypesHeadDims) {
 // Deterministic mode: bitwise identical gradients over repeated runs, and as accurate as
 // the default, for layouts where several work items meet on the same rows (GQA and MQA
 // groups, LongNet branches with permutations, unions, per-head patterns, causal).
-TEST_F(BackwardGpu, DeterministicModeIsBitwiseReproducible) {
+TEST_P(BackwardGpu, DeterministicModeIsBitwiseReproducible) {
   const char* patterns[] = {
       R"({"type":"dense","causal":true})",
       R"({"type":"longnet","segments":[128,256],"rates":[1,2]})",
@@ -164,14 +216,14 @@ TEST_F(BackwardGpu, DeterministicModeIsBitwiseReproducible) {
   };
   uint64_t seed = 31;
   for (const char* p : patterns) {
-    Case c{p};
+    Case c = make(p);
     c.nq = c.nk = 480;
     c.heads = 4;
     c.kv_heads = 2;  // GQA 2:1: two query heads meet on each KV row
     c.deterministic = true;
     run_case(c, seed++);
   }
-  Case mqa{R"({"type":"local_window","window":100})"};
+  Case mqa = make(R"({"type":"local_window","window":100})");
   mqa.heads = 4;
   mqa.kv_heads = 1;
   mqa.batch = 2;
@@ -179,7 +231,7 @@ TEST_F(BackwardGpu, DeterministicModeIsBitwiseReproducible) {
   mqa.nk = 410;
   mqa.deterministic = true;
   run_case(mqa, 40);
-  Case d128{R"({"type":"longnet","segments":[128,256],"rates":[1,2],"causal":true})"};
+  Case d128 = make(R"({"type":"longnet","segments":[128,256],"rates":[1,2],"causal":true})");
   d128.head_dim = 128;
   d128.dtype = DType::kFloat16;
   d128.nq = d128.nk = 517;
