@@ -403,12 +403,15 @@ struct Backward {
         fence_operands(acc_q);
         fence_operands(acc_dk);
         fence_operands(acc_dv);
+        // The rows' tokens are read before the stage is released (and refilled).
+        const int q_rows[2] = {qtok[warp * 16 + lane / 4], qtok[warp * 16 + lane / 4 + 8]};
+        __syncwarp();
         if (lane == 0) mbar_arrive(bar.q_empty(stage));
         refill(P, it, base, g, x, n_steps, stage, phase, tma_q, cw * 4 + warp);
         float* dq_base = p.dq_acc + (int64_t)b * p.nq * p.heads * D + h * D + cw * kDqCols + (lane % 4) * 2;
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
-          const int q = qtok[warp * 16 + lane / 4 + hr * 8];
+          const int q = q_rows[hr];
           if (q < 0) continue;
           float* out = dq_base + (int64_t)q * p.heads * D;
 #pragma unroll
@@ -419,6 +422,7 @@ struct Backward {
         wgmma_wait_all();
         fence_operands(acc_dk);
         fence_operands(acc_dv);
+        __syncwarp();
         if (lane == 0) mbar_arrive(bar.q_empty(stage));
         refill(P, it, base, g, x, n_steps, stage, phase, tma_q, cw * 4 + warp);
       }
