@@ -145,16 +145,21 @@ std::vector<KernelConfig> table_configs(const std::string& arch, DType dtype, in
               arch, to_string(dtype), head_dim, fmt::join(dims, ", "));
 }
 
-// The backward kernel (one family, every arch; check_backward_config): 128 keys per CTA
-// (8 warps) with two query-tile buffers is the heuristic's; 64 keys (4 warps) doubles the
-// CTAs for short or sparse key ranges; 32-query steps waste less of partial tiles; one
-// buffer leaves more shared memory (two CTAs per SM on 227 KiB parts at 64 keys).
+// The backward kernels (check_backward_config). sm80 family, every arch: 128 keys per
+// CTA (8 warps) with two query-tile buffers is the heuristic's; 64 keys (4 warps) doubles
+// the CTAs for short or sparse key ranges; 32-query steps waste less of partial tiles;
+// one buffer leaves more shared memory (two CTAs per SM on 227 KiB parts at 64 keys).
+// sm90 family on sm_90a: 128 keys (two warpgroups) with 1-3 query-tile stages, and 64
+// keys (one warpgroup, which computes all dQ columns) for short key ranges.
 const std::vector<BackwardRow>& backward_table() {
   static const std::vector<BackwardRow> table = {
-      {64, {"64x128w8s2", "128x128w8s2", "64x64w4s2", "128x64w4s2", "32x128w8s2", "64x128w8s1"},
+      {"", 64, {"64x128w8s2", "128x128w8s2", "64x64w4s2", "128x64w4s2", "32x128w8s2", "64x128w8s1"},
        "D<=64: up to 128 queries per step (D + tile_m <= 192 accumulator registers)"},
-      {128, {"64x128w8s2", "64x128w8s1", "64x64w4s2", "64x64w4s1", "32x128w8s2", "32x64w4s2"},
+      {"", 128, {"64x128w8s2", "64x128w8s1", "64x64w4s2", "64x64w4s1", "32x128w8s2", "32x64w4s2"},
        "D=96, 128: at most 64 queries per step"},
+      {"sm_90a", 64, {"sm90:64x64s2", "sm90:64x64s3", "sm90:64x64s1"}, "sm90, D=64: one warpgroup of 64 keys"},
+      {"sm_90a", 128, {"sm90:64x128s2", "sm90:64x128s3", "sm90:64x128s1", "sm90:64x64s2"},
+       "sm90, D=128: two warpgroups of 64 keys, or one"},
   };
   return table;
 }
@@ -167,14 +172,30 @@ void check_config(TunePass pass, const KernelConfig& config, int head_dim, DType
     config.check(head_dim, dtype, arch, smem_limit);
 }
 
-std::vector<KernelConfig> backward_table_configs(int head_dim) {
-  for (const BackwardRow& row : backward_table()) {
-    if (head_dim > row.max_head_dim) continue;
-    std::vector<KernelConfig> out;
-    for (const char* text : row.configs) out.push_back(KernelConfig::parse(text));
-    return out;
+std::vector<KernelConfig> backward_table_configs(const std::string& arch, int head_dim) {
+  std::vector<KernelConfig> out;
+  for (KernelFamily family : {KernelFamily::kSm80, KernelFamily::kSm90}) {
+    for (const BackwardRow& row : backward_table()) {
+      if (head_dim > row.max_head_dim || (*row.arch && arch != row.arch)) continue;
+      std::vector<KernelConfig> configs;
+      for (const char* text : row.configs) {
+        KernelConfig c = KernelConfig::parse(text);
+        if (c.family != family) break;
+        // A row covers the head dims its family's backward supports (sm90: 64 and 128).
+        try {
+          check_backward_config(c, head_dim, DType::kBFloat16, arch.empty() ? "" : arch, 0);
+        } catch (const Error&) {
+          continue;
+        }
+        configs.push_back(c);
+      }
+      if (configs.empty()) continue;
+      out.insert(out.end(), configs.begin(), configs.end());
+      break;  // the first matching row of the family
+    }
   }
-  SPATTN_FAIL(ErrorCode::kUnsupported, "no backward autotuning table for head dim {}; the backward kernel supports {}",
+  if (!out.empty()) return out;
+  SPATTN_FAIL(ErrorCode::kUnsupported, "no backward autotuning table for head dim {}; the backward kernels support {}",
               head_dim, fmt::join(backward_head_dims(), ", "));
 }
 
@@ -191,7 +212,8 @@ std::vector<Candidate> enumerate_candidates(const Pattern& pattern, const engine
                                             const TargetLimits& limits, const KernelConfig& heuristic, TunePass pass) {
   const int d = static_cast<int>(problem.head_dim);
   const bool backward = pass == TunePass::kBackward;
-  std::vector<KernelConfig> tiles = backward ? backward_table_configs(d) : table_configs(limits.arch, problem.dtype, d);
+  std::vector<KernelConfig> tiles =
+      backward ? backward_table_configs(limits.arch, d) : table_configs(limits.arch, problem.dtype, d);
   // The backward kernel walks its work list in table order: the schedule does not apply.
   const std::vector<ScheduleOrder> orders = backward ? std::vector<ScheduleOrder>{heuristic.schedule} : schedule_orders();
   bool permutes = false;

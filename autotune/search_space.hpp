@@ -65,14 +65,16 @@ std::vector<KernelConfig> table_configs(const std::string& arch, DType dtype, in
 void check_config(TunePass pass, const KernelConfig& config, int head_dim, DType dtype, const std::string& arch,
                   int smem_limit);
 
-// The backward kernel's table: the first row whose max_head_dim covers the head dim.
+// The backward kernels' table: per family, the first row of that family whose arch
+// matches ("" = every arch) and whose max_head_dim covers the head dim.
 struct BackwardRow {
+  const char* arch;
   int max_head_dim;
   std::vector<const char*> configs;
   const char* why;
 };
 const std::vector<BackwardRow>& backward_table();
-std::vector<KernelConfig> backward_table_configs(int head_dim);
+std::vector<KernelConfig> backward_table_configs(const std::string& arch, int head_dim);
 
 // Schedule orders every tile configuration is tried with (longest-first, row-major, Hilbert).
 const std::vector<ScheduleOrder>& schedule_orders();

@@ -164,12 +164,14 @@ void check_sm90_backward(const KernelConfig& c, int head_dim) {
     SPATTN_FAIL(ErrorCode::kUnsupported, "the sm90 backward kernel supports head dims {} (not {}); the sm80 "
                 "backward kernel (e.g. 64x128w8s2) supports {}",
                 fmt::join(sm90_backward_head_dims(), ", "), head_dim, fmt::join(backward_head_dims(), ", "));
-  SPATTN_REQUIRE(c.tile_m == 64, "sm90 backward config.tile_m (queries per step) must be 64 (got {})", c.tile_m);
+  SPATTN_REQUIRE(c.tile_m == 64, "sm90 backward config {}: tile_m (queries per step) must be 64 (got {})",
+                 c.to_string(), c.tile_m);
   SPATTN_REQUIRE(c.tile_n == 64 || c.tile_n == 128,
-                 "sm90 backward config.tile_n (keys per CTA, 64 per warpgroup) must be 64 or 128 (got {})",
-                 c.tile_n);
+                 "sm90 backward config {}: tile_n (keys per CTA, 64 per warpgroup) must be 64 or 128 (got {})",
+                 c.to_string(), c.tile_n);
   SPATTN_REQUIRE(c.stages >= 1 && c.stages <= 3,
-                 "sm90 backward config.stages (query-tile buffers) must be 1 to 3 (got {})", c.stages);
+                 "sm90 backward config {}: stages (query-tile buffers) must be 1 to 3 (got {})", c.to_string(),
+                 c.stages);
   const codegen::Sm90BackwardShape s = codegen::sm90_backward_shape(c, head_dim);
   if ((head_dim / s.warpgroups) % 64 != 0)
     SPATTN_FAIL(ErrorCode::kUnsupported,

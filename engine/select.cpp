@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "common/check.hpp"
 
 namespace spattn::engine {
@@ -88,19 +90,47 @@ KernelChoice heuristic_for(KernelFamily family, const Pattern& pattern, const Pr
   SPATTN_FAIL(ErrorCode::kInternal, "no heuristic for kernel family {}", static_cast<int>(family));
 }
 
+// The backward kernel: on Hopper at head dim 128 the sm90 family (wgmma), 128 keys per
+// CTA with two query-tile stages, for layouts in natural order; measured on an H200
+// (bench/NOTES.md) dense 16k 14.7 ms against 23.2 for the sm80 kernel, window 1024 at
+// 64k 6.8 against 9.2, while LongNet at 64k (gathered rows) was 22.9 against 22.4, so
+// permuted layouts stay on sm80. Otherwise the sm80 family: 128 keys per CTA (8 warps)
+// and two query-tile buffers where they fit, then one buffer, then 64 keys per CTA.
 KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device) {
-  (void)pattern;
   const int d = static_cast<int>(problem.head_dim);
   const int limit = device.smem_per_block_optin;
-  // 128 keys per CTA (8 warps) and two query-tile buffers where they fit, then one
-  // buffer, then 64 keys per CTA (4 warps).
+  std::string why_not;
+  if (!family_supports(KernelFamily::kSm90, d, problem.dtype, device.arch(), &why_not)) {
+    why_not = "not sm90: " + why_not;
+  } else if (d != 128) {
+    why_not = fmt::format("not sm90: its backward is measured faster at head dim 128 only (not {})", d);
+  } else {
+    bool permutes = false;
+    try {
+      permutes = layout_permutes(pattern, problem);
+    } catch (const Error&) {
+      permutes = false;  // the plan's own compile_layout reports what is wrong
+    }
+    const KernelConfig c = KernelConfig::parse("sm90:64x128s2");
+    if (permutes) {
+      why_not = "not sm90: the layout gathers permuted tokens, which the sm80 backward does as fast";
+    } else if (limit > 0 && std::max(backward_smem_bytes(c, d), backward_dq_smem_bytes(c, d)) > limit) {
+      why_not = fmt::format("not sm90: {} B of shared memory per block allowed", limit);
+    } else {
+      check_backward_config(c, d, problem.dtype, device.arch(), limit);
+      return {c, fmt::format("heuristic (backward, sm90 family: wgmma, 128 keys per CTA in two warpgroups, 64 "
+                             "queries per step, two query-tile stages, {} B of shared memory)",
+                             backward_smem_bytes(c, d))};
+    }
+  }
   for (const char* text : {"64x128w8s2", "64x128w8s1", "64x64w4s2", "64x64w4s1"}) {
     KernelConfig c = KernelConfig::parse(text);
-    if (limit > 0 && backward_smem_bytes(c, d) > limit) continue;
+    if (limit > 0 && std::max(backward_smem_bytes(c, d), backward_dq_smem_bytes(c, d)) > limit) continue;
     check_backward_config(c, d, problem.dtype, device.arch(), limit);
     return {c, fmt::format("heuristic (backward, sm80 family: {} keys per CTA, {} queries per step, {} query-tile "
-                           "buffer{}, {} B of shared memory of {} allowed)",
-                           c.tile_n, c.tile_m, c.stages, c.stages > 1 ? "s" : "", backward_smem_bytes(c, d), limit)};
+                           "buffer{}, {} B of shared memory of {} allowed; {})",
+                           c.tile_n, c.tile_m, c.stages, c.stages > 1 ? "s" : "", backward_smem_bytes(c, d), limit,
+                           why_not)};
   }
   SPATTN_FAIL(ErrorCode::kUnsupported,
               "no backward config fits head dim {} in {} B of shared memory per block on {} (64x64w4s1 needs {} B)", d,

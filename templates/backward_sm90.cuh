@@ -156,7 +156,7 @@ struct Backward {
     }
     const uint32_t q_dst = base + kOffQ + s * kQBytes, do_dst = base + kOffDo + s * kQBytes;
     if (tma) {
-      __syncwarp();
+      // Every lane arrives (releasing its own stores); lane 0 with the tiles' bytes.
       if (lane == 0) {
         mbar_arrive_expect_tx(bar.q_full(s), 2 * kQBytes);
 #pragma unroll
@@ -164,6 +164,8 @@ struct Backward {
           tma_load(q_dst + c * BM * 128, P.tm_q, bar.q_full(s), c * 64, q_tile * BM, h, b);
           tma_load(do_dst + c * BM * 128, P.tm_do, bar.q_full(s), c * 64, q_tile * BM, h, b);
         }
+      } else {
+        mbar_arrive(bar.q_full(s));
       }
       return;
     }
@@ -175,12 +177,12 @@ struct Backward {
   }
 
   // Gathers: the oldest of the kStages groups in flight is complete, fenced for the
-  // async proxy that wgmma reads through, and published on stage s's full barrier.
+  // async proxy that wgmma reads through, and published on stage s's full barrier by
+  // every lane of warp 0 (each arrival releases that lane's copies and stores).
   static __device__ __forceinline__ void complete_gather(uint32_t base, int s) {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 1) : "memory");
     fence_proxy_async();
-    __syncwarp();
-    if (threadIdx.x == 0) mbar_arrive(Barriers{base + kOffBar}.q_full(s));
+    mbar_arrive(Barriers{base + kOffBar}.q_full(s));
   }
 
   // K and V of the key tile and its key tokens, by all threads (TMA: thread 0).
@@ -405,8 +407,7 @@ struct Backward {
         fence_operands(acc_dv);
         // The rows' tokens are read before the stage is released (and refilled).
         const int q_rows[2] = {qtok[warp * 16 + lane / 4], qtok[warp * 16 + lane / 4 + 8]};
-        __syncwarp();
-        if (lane == 0) mbar_arrive(bar.q_empty(stage));
+        mbar_arrive(bar.q_empty(stage));
         refill(P, it, base, g, x, n_steps, stage, phase, tma_q, cw * 4 + warp);
         float* dq_base = p.dq_acc + (int64_t)b * p.nq * p.heads * D + h * D + cw * kDqCols + (lane % 4) * 2;
 #pragma unroll
@@ -422,8 +423,7 @@ struct Backward {
         wgmma_wait_all();
         fence_operands(acc_dk);
         fence_operands(acc_dv);
-        __syncwarp();
-        if (lane == 0) mbar_arrive(bar.q_empty(stage));
+        mbar_arrive(bar.q_empty(stage));
         refill(P, it, base, g, x, n_steps, stage, phase, tma_q, cw * 4 + warp);
       }
 
@@ -463,13 +463,14 @@ struct Backward {
     const bool tma_q = P.tma_q && it.t.q_slots < 0;
 
     if (threadIdx.x == 0) {
-      // K/V full: thread 0's expected bytes; q full: warp 0's lane 0 (with TMA's bytes, or
-      // once its gathers are complete); q empty: one arrival per warp.
+      // K/V full: thread 0's expected bytes; q full: the 32 lanes of warp 0 (lane 0 with
+      // TMA's bytes); q empty: every thread once done with the stage. (An arrival
+      // releases only the arriving thread's own accesses.)
       const Barriers bar{base + kOffBar};
       mbar_init(bar.kv_full(), 1);
       for (int s = 0; s < kStages; ++s) {
-        mbar_init(bar.q_full(s), 1);
-        mbar_init(bar.q_empty(s), kWarps);
+        mbar_init(bar.q_full(s), 32);
+        mbar_init(bar.q_empty(s), kThreads);
       }
       asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }

@@ -150,10 +150,20 @@ TEST(SearchSpace, StaticPruningSaysWhy) {
 // kernel ignores the order), permutation variants where the layout permutes, and the
 // shared memory of the smaller parts pruned with the reason.
 TEST(SearchSpace, BackwardCandidatesComeFromTheBackwardTable) {
-  for (int d : backward_head_dims())
-    for (const KernelConfig& c : backward_table_configs(d))
-      EXPECT_NO_THROW(check_backward_config(c, d, DType::kBFloat16, "sm_90a", 227 * 1024)) << c.to_string() << " d" << d;
-  EXPECT_THROW((void)backward_table_configs(256), Error);
+  for (const char* arch : {"sm_80", "sm_90a"})
+    for (int d : backward_head_dims())
+      for (const KernelConfig& c : backward_table_configs(arch, d))
+        EXPECT_NO_THROW(check_backward_config(c, d, DType::kBFloat16, arch, 227 * 1024))
+            << c.to_string() << " d" << d << " " << arch;
+  EXPECT_THROW((void)backward_table_configs("sm_90a", 256), Error);
+  // sm_90a adds the sm90 family's rows for the head dims it supports, and only there.
+  auto has_sm90 = [](const std::vector<KernelConfig>& v) {
+    return std::any_of(v.begin(), v.end(), [](const KernelConfig& c) { return c.family == KernelFamily::kSm90; });
+  };
+  EXPECT_TRUE(has_sm90(backward_table_configs("sm_90a", 128)));
+  EXPECT_TRUE(has_sm90(backward_table_configs("sm_90a", 64)));
+  EXPECT_FALSE(has_sm90(backward_table_configs("sm_90a", 96)));
+  EXPECT_FALSE(has_sm90(backward_table_configs("sm_80", 128)));
 
   const Pattern window = Pattern::parse(R"({"type":"local_window","window":1024})");
   const KernelConfig base = KernelConfig::parse("64x128w8s2");
@@ -161,7 +171,7 @@ TEST(SearchSpace, BackwardCandidatesComeFromTheBackwardTable) {
   ASSERT_FALSE(cands.empty());
   EXPECT_TRUE(cands[0].heuristic);
   EXPECT_EQ(cands[0].config, base);
-  EXPECT_EQ(cands.size(), backward_table_configs(128).size()) << "the baseline is a table row; one order";
+  EXPECT_EQ(cands.size(), backward_table_configs("sm_90a", 128).size()) << "the baseline is a table row; one order";
   for (const Candidate& c : cands) {
     EXPECT_EQ(c.config.schedule, base.schedule);
     EXPECT_TRUE(c.pruned.empty()) << c.config.to_string() << ": " << c.pruned;
@@ -173,7 +183,7 @@ TEST(SearchSpace, BackwardCandidatesComeFromTheBackwardTable) {
   // A forward-only config as the baseline is pruned with the backward check's words.
   const auto fwd = enumerate_candidates(window, problem_of(16384), arch_limits("sm_90a"),
                                         KernelConfig::parse("sm90:128x128s2"), TunePass::kBackward);
-  EXPECT_NE(fwd[0].pruned.find("sm80 family"), std::string::npos) << fwd[0].pruned;
+  EXPECT_NE(fwd[0].pruned.find("tile_m (queries per step) must be 64"), std::string::npos) << fwd[0].pruned;
   // Permutation variants for a permuting layout.
   const Pattern longnet = Pattern::parse(R"({"type":"longnet","segments":[2048,4096],"rates":[1,2]})");
   const auto ln = enumerate_candidates(longnet, problem_of(8192, 4), arch_limits("sm_90a"), base, TunePass::kBackward);

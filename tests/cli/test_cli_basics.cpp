@@ -188,11 +188,11 @@ TEST_F(CliBasics, CompileBackwardUsesBackwardConfigsAndRefusesForwardOnes) {
   for (const auto& e : std::filesystem::directory_iterator(out))
     if (e.path().extension() == ".cu" && e.path().filename().string().rfind("spattn_bwd_", 0) == 0) source = true;
   EXPECT_TRUE(source);
-  // A forward-only config (the sm90 family) is refused with the reason.
+  // A forward-only config (sm90, 128 queries) is refused with the reason.
   const CommandResult bad = spattn(std::string("compile --backward --pattern ") + kWindow +
                                    " --seq 1024 --arch sm_90a --config sm90:128x128s2");
   EXPECT_EQ(bad.status, 2) << describe(bad);
-  expect_one_line_reason(bad, {"sm80 family"});
+  expect_one_line_reason(bad, {"sm90:128x128s2", "tile_m (queries per step) must be 64"});
 }
 
 TEST_F(CliBasics, RingPlanPrintsTheScheduleAndRefusesBadShapes) {

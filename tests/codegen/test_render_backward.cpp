@@ -1,6 +1,7 @@
-// The backward kernel renders and compiles under NVRTC for sm_80 and sm_90a (no GPU),
-// for every pattern kind through its real layout, with at most a few bytes of spill;
-// backward configs are validated by field.
+// The backward kernels render and compile under NVRTC for sm_80 and sm_90a (no GPU),
+// for every pattern kind through its real layout, with at most a few bytes of spill; the
+// sm90 family's SASS shows wgmma, TMA and stmatrix; backward configs are validated by
+// field.
 #include <gtest/gtest.h>
 
 #include <spattn/config.hpp>
@@ -13,6 +14,7 @@
 #include "engine/forward.hpp"
 #include "runtime/nvrtc.hpp"
 #include "tests/codegen/nvrtc_compile.hpp"
+#include "tests/support/test_support.hpp"
 
 namespace spattn {
 namespace {
@@ -57,6 +59,51 @@ TEST(RenderBackward, EveryPatternKindCompilesForSm80AndSm90a) {
       EXPECT_FALSE(out.cubin.empty());
     }
   }
+}
+
+// The sm90 family's backward for every pattern kind (natural order: TMA; permuted
+// layouts: gathers), its configs and modes, without spills (each thread keeps 255
+// registers: no producer warpgroup), and its SASS: wgmma, TMA loads, the transposed
+// dS stores, vector reductions for dQ, and no mma.sync.
+TEST(RenderBackward, Sm90FamilyCompilesWithoutSpillsAndShowsWgmmaInSass) {
+  const char* patterns[] = {
+      R"({"type":"dense","causal":true})",
+      R"({"type":"local_window","left":200,"right":37})",
+      R"({"type":"neighborhood","grid":[40,48],"window":[7,9],"dilation":[1,2]})",
+      R"({"type":"longnet","segments":[256,512],"rates":[1,2]})",
+  };
+  struct V {
+    int d;
+    DType dtype;
+    const char* config;
+    bool deterministic;
+  };
+  for (const char* json : patterns) {
+    for (const V& v : {V{128, DType::kBFloat16, "sm90:64x128s2", false}, V{128, DType::kFloat16, "sm90:64x128s3", true},
+                       V{64, DType::kBFloat16, "sm90:64x64s1", false}}) {
+      SCOPED_TRACE(std::string(json) + " " + v.config);
+      const auto r = render(json, 1920, v.d, v.dtype, KernelConfig::parse(v.config), "sm_90a", v.deterministic);
+      EXPECT_NE(r.source.find("spattn/backward_sm90.cuh"), std::string::npos);
+      EXPECT_EQ(r.threads, v.d == 128 && std::string(v.config) != "sm90:64x64s1" ? 256 : 128);
+      const auto out = compile_for(r, "sm_90a");
+      EXPECT_EQ(out.local_bytes, 0) << out.log;
+      EXPECT_EQ(out.log.find("C751"), std::string::npos) << "wgmma serialized: " << out.log;
+    }
+  }
+  const std::string tool = test::find_cuobjdump();
+  if (tool.empty()) GTEST_SKIP() << "no cuobjdump: not in the CUDA toolkit, not fetched by scripts/setup.sh, not on PATH";
+  test::TempDir dir("bwd_sass");
+  const auto dense = compile_for(render(R"({"type":"dense"})", 4096, 128, DType::kBFloat16,
+                                        KernelConfig::parse("sm90:64x128s2"), "sm_90a"),
+                                 "sm_90a");
+  const std::string sass = test::sass_of(tool, dense.cubin, dir.path());
+  ASSERT_NE(sass.find("code for sm_90a"), std::string::npos) << sass.substr(0, 2000);
+  EXPECT_NE(sass.find("HGMMA.64x64x16.F32.BF16"), std::string::npos) << "no wgmma for S, dP, dQ";
+  EXPECT_NE(sass.find("HGMMA.64x128x16.F32.BF16"), std::string::npos) << "no wgmma for dV, dK";
+  EXPECT_NE(sass.find("UTMALDG"), std::string::npos) << "no TMA load";
+  EXPECT_NE(sass.find("STSM"), std::string::npos) << "no stmatrix for dS";
+  EXPECT_NE(sass.find("REDG.E.ADD.F32x2"), std::string::npos) << "no vector reductions for dQ";
+  EXPECT_EQ(sass.find(" HMMA"), std::string::npos) << "the sm90 backward still uses mma.sync";
 }
 
 TEST(RenderBackward, HeadDimsDtypesAndTilesCompile) {
@@ -116,8 +163,24 @@ TEST(RenderBackward, ConfigsAreValidatedByField) {
   EXPECT_NO_THROW(check_backward_config(KernelConfig::parse("64x128w8s2"), 128, DType::kBFloat16, "sm_80", 163 * 1024));
   expect_error([] { check_backward_config(KernelConfig::parse("64x128w8s3"), 128, DType::kBFloat16, "sm_80", 0); },
                "must be 1 or 2");
+  // The sm90 family's backward: 64 queries per step, 64 or 128 keys, 1-3 stages, head
+  // dims 64 and 128 (dQ columns per warpgroup in whole 64-column chunks), sm_90a only.
+  EXPECT_NO_THROW(check_backward_config(KernelConfig::parse("sm90:64x128s2"), 128, DType::kBFloat16, "sm_90a", 227 * 1024));
+  EXPECT_NO_THROW(check_backward_config(KernelConfig::parse("sm90:64x64s3"), 64, DType::kFloat16, "sm_90a", 227 * 1024));
   expect_error([] { check_backward_config(KernelConfig::parse("sm90:128x128s2"), 128, DType::kBFloat16, "sm_90a", 0); },
-               "sm80 family");
+               "tile_m (queries per step) must be 64");
+  expect_error([] { check_backward_config(KernelConfig::parse("sm90:64x192s2"), 128, DType::kBFloat16, "sm_90a", 0); },
+               "must be 64 or 128");
+  expect_error([] { check_backward_config(KernelConfig::parse("sm90:64x128s4"), 128, DType::kBFloat16, "sm_90a", 0); },
+               "must be 1 to 3");
+  expect_error([] { check_backward_config(KernelConfig::parse("sm90:64x128s2"), 64, DType::kBFloat16, "sm_90a", 0); },
+               "multiple of 64; use tile_n 64");
+  expect_error([] { check_backward_config(KernelConfig::parse("sm90:64x64s2"), 96, DType::kBFloat16, "sm_90a", 0); },
+               "the sm90 family supports head dims");
+  expect_error([] { check_backward_config(KernelConfig::parse("sm90:64x128s2"), 128, DType::kBFloat16, "sm_80", 0); },
+               "compiles for sm_90a");
+  expect_error([] { check_backward_config(KernelConfig::parse("sm90:64x128s3"), 128, DType::kBFloat16, "sm_90a", 163 * 1024); },
+               "shared memory");
   expect_error([] { check_backward_config(KernelConfig::parse("64x128w8s1"), 128, DType::kBFloat16, "sm_86", 99 * 1024); },
                "shared memory");
 }

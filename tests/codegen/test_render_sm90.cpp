@@ -101,48 +101,20 @@ TEST(RenderSm90, HeadDimsDtypesAndTileShapesCompile) {
   }
 }
 
-// cuobjdump: $SPATTN_CUOBJDUMP, the toolkit's, the one scripts/setup.sh fetches into the
-// build tree when the toolkit has none, or PATH.
-std::string find_cuobjdump() {
-  if (const char* env = std::getenv("SPATTN_CUOBJDUMP"); env && *env) return env;
-  const std::filesystem::path in_toolkit = std::filesystem::path(runtime::cuda_home()) / "bin" / "cuobjdump";
-  if (std::filesystem::exists(in_toolkit)) return in_toolkit.string();
-  std::error_code ec;
-  for (auto it = std::filesystem::recursive_directory_iterator(SPATTN_TOOLS_DIR, ec);
-       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec))
-    if (it->path().filename() == "cuobjdump") return it->path().string();
-  if (std::system("command -v cuobjdump >/dev/null 2>&1") == 0) return "cuobjdump";
-  return "";
-}
-
-std::string sass_of(const std::string& tool, const std::vector<char>& cubin, const std::filesystem::path& dir) {
-  const auto file = dir / "kernel.cubin";
-  std::ofstream(file, std::ios::binary).write(cubin.data(), static_cast<std::streamsize>(cubin.size()));
-  const std::string bin_dir = std::filesystem::path(tool).parent_path().string();
-  // cuobjdump runs nvdisasm, which sits beside it.
-  const std::string cmd = (bin_dir.empty() ? "" : "PATH=\"" + bin_dir + ":$PATH\" ") + "\"" + tool + "\" -sass \"" +
-                          file.string() + "\" 2>&1";
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(cmd.c_str(), "r"), pclose);
-  std::string out;
-  std::array<char, 4096> buf;
-  while (pipe && fgets(buf.data(), buf.size(), pipe.get())) out += buf.data();
-  return out;
-}
-
 TEST(RenderSm90, SassShowsWgmmaAndTma) {
-  const std::string tool = find_cuobjdump();
+  const std::string tool = test::find_cuobjdump();
   if (tool.empty()) GTEST_SKIP() << "no cuobjdump: not in the CUDA toolkit, not fetched by scripts/setup.sh, not on PATH";
   test::TempDir dir("sass");
   const engine::Problem p = problem_of(4096, 4, 128);
   const auto hopper = compile(render(R"({"type":"dense"})", p, KernelConfig::parse("sm90:128x128s2")), "sm_90a");
-  const std::string sass = sass_of(tool, hopper.cubin, dir.path());
+  const std::string sass = test::sass_of(tool, hopper.cubin, dir.path());
   ASSERT_NE(sass.find("code for sm_90a"), std::string::npos) << sass.substr(0, 2000);
   EXPECT_NE(sass.find("HGMMA.64x128x16.F32.BF16"), std::string::npos) << "no wgmma in the sm90 kernel";
   EXPECT_NE(sass.find("UTMALDG"), std::string::npos) << "no TMA load in the sm90 kernel";
   EXPECT_NE(sass.find("USETMAXREG"), std::string::npos) << "no register reallocation between warpgroups";
   EXPECT_EQ(sass.find(" HMMA"), std::string::npos) << "the sm90 kernel still uses mma.sync";
   const auto ampere = compile(render(R"({"type":"dense"})", p, KernelConfig::parse("128x64w4s1")), "sm_90a");
-  const std::string sass80 = sass_of(tool, ampere.cubin, dir.path());
+  const std::string sass80 = test::sass_of(tool, ampere.cubin, dir.path());
   EXPECT_NE(sass80.find("HMMA.16816.F32.BF16"), std::string::npos);
   EXPECT_EQ(sass80.find("HGMMA"), std::string::npos);
 }
