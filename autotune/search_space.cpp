@@ -150,15 +150,14 @@ std::vector<KernelConfig> table_configs(const std::string& arch, DType dtype, in
 // the CTAs for short or sparse key ranges; 32-query steps waste less of partial tiles;
 // one buffer leaves more shared memory (two CTAs per SM on 227 KiB parts at 64 keys).
 // sm90 family on sm_90a: 128 keys (two warpgroups) with 1-3 query-tile stages, and 64
-// keys (one warpgroup) for short key ranges.
+// keys (one warpgroup, which computes all dQ columns) for short key ranges.
 const std::vector<BackwardRow>& backward_table() {
   static const std::vector<BackwardRow> table = {
       {"", 64, {"64x128w8s2", "128x128w8s2", "64x64w4s2", "128x64w4s2", "32x128w8s2", "64x128w8s1"},
        "D<=64: up to 128 queries per step (D + tile_m <= 192 accumulator registers)"},
       {"", 128, {"64x128w8s2", "64x128w8s1", "64x64w4s2", "64x64w4s1", "32x128w8s2", "32x64w4s2"},
        "D=96, 128: at most 64 queries per step"},
-      {"sm_90a", 64, {"sm90:64x128s2", "sm90:64x128s3", "sm90:64x64s2", "sm90:64x64s3"},
-       "sm90, D=64: two warpgroups of 64 keys, or one"},
+      {"sm_90a", 64, {"sm90:64x64s2", "sm90:64x64s3", "sm90:64x64s1"}, "sm90, D=64: one warpgroup of 64 keys"},
       {"sm_90a", 128, {"sm90:64x128s2", "sm90:64x128s3", "sm90:64x128s1", "sm90:64x64s2"},
        "sm90, D=128: two warpgroups of 64 keys, or one"},
   };

@@ -6,7 +6,7 @@
 // The generated translation unit defines `struct Cfg` (query tile BM = 64, key tile BN
 // = 64 per consumer warpgroup, stages, head dim, dtype, deterministic mode, the
 // partial-tile predicate, and the wgmma wrappers MmaT / MmaKV / MmaQ for the products'
-// widths BM, D and 64) and then includes this file. Results are those of the
+// widths BM, D and D / warpgroups) and then includes this file. Results are those of the
 // sm80 family's backward (templates/backward.cuh): the same tables, predicate, LSE and
 // row sums, accumulators and deterministic mode.
 //
@@ -23,9 +23,8 @@
 //   Pᵀ = exp(Sᵀ - LSE), dSᵀ = Pᵀ ∘ (dPᵀ - D)
 //   dV += Pᵀ dO, dK += dSᵀ Q                 (A = Pᵀ, dSᵀ from registers)
 // and by default dS goes to shared memory (stmatrix, transposed) so that warpgroup c
-// adds dS K over its own 64 keys to dQ (64 columns at a time) with vector reductions:
-// the warpgroups never wait for each other, and one runs its products while the other
-// computes P and dS.
+// computes columns [c D/C, (c + 1) D/C) of dQ = dS K over all BN keys, added to the
+// fp32 accumulator with vector reductions.
 // Deterministic mode leaves dQ to the sm80 family's dQ pass (BackwardDq) and adds dK, dV
 // once per launch without atomics.
 #pragma once
@@ -48,22 +47,23 @@ struct Backward {
   static constexpr int kWarps = 4 * kConsumers;
   static constexpr int kChunks = D / 64;       // 128-byte column chunks per row
   static constexpr int kRowChunks = D / 8;     // 16-byte chunks per row
+  static constexpr int kDqCols = D / kConsumers;  // dQ columns per warpgroup
   static constexpr int kNT = BM / 2;              // Sᵀ, dPᵀ accumulators per thread (64 keys x BM)
   static constexpr int kNKV = D / 2;              // dK, dV accumulators per thread (64 keys x D)
-  static constexpr int kNQ = 32;                  // dQ accumulators per thread (BM x 64 columns at a time)
+  static constexpr int kNQ = kDqCols / 2;         // dQ accumulators per thread (BM x kDqCols)
   static constexpr int kTWords = (kNT + 31) / 32; // mask words of a partial tile
   using elem = unsigned short;
 
   static_assert(BM == 64, "the sm90 backward takes 64 queries per step");
   static_assert(BN % 64 == 0 && kConsumers >= 1 && kConsumers <= 2, "tile_n must be 64 or 128 keys");
-  static_assert(D % 64 == 0, "head dim must be whole 64-column chunks");
+  static_assert(D % 64 == 0 && kDqCols % 64 == 0, "each consumer's dQ columns must be whole 64-column chunks");
   static_assert(kStages >= 1 && kStages <= 3, "stages must be 1 to 3");
-  static_assert(Cfg::MmaT::kN == BM && Cfg::MmaKV::kN == D && Cfg::MmaQ::kN == 64,
+  static_assert(Cfg::MmaT::kN == BM && Cfg::MmaKV::kN == D && Cfg::MmaQ::kN == kDqCols,
                 "wgmma wrappers of the wrong width");
 
   // Shared memory, from a 1024-byte aligned base: K, V (D/64 chunks of [BN][128 B]),
-  // Q and dO per stage (chunks of [BM][128 B]), dS ([BM][BN]: a chunk of [BM][128 B]
-  // per warpgroup), per stage the rows' LSE·log2(e), row sums and tokens, the key
+  // Q and dO per stage (chunks of [BM][128 B]), two dS buffers ([BM][BN], chunks of
+  // [BM][128 B]), per stage the rows' LSE·log2(e), row sums and tokens, the key
   // tokens, mbarriers.
   static constexpr int kKVBytes = BN * D * 2;
   static constexpr int kQBytes = BM * D * 2;
@@ -72,7 +72,7 @@ struct Backward {
   static constexpr int kOffQ = 2 * kKVBytes;
   static constexpr int kOffDo = kOffQ + kStages * kQBytes;
   static constexpr int kOffDs = kOffDo + kStages * kQBytes;
-  static constexpr int kOffStats = kOffDs + kDsBytes;
+  static constexpr int kOffStats = kOffDs + 2 * kDsBytes;
   static constexpr int kStatsBytes = BM * 12;
   static constexpr int kOffKTok = kOffStats + kStages * kStatsBytes;
   static constexpr int kOffBar = kOffKTok + BN * 4;
@@ -266,7 +266,7 @@ struct Backward {
     const uint64_t q_n0 = make_desc(base + kOffQ, BM * 128, 1024);
     const uint64_t do_n0 = make_desc(base + kOffDo, BM * 128, 1024);
     const uint64_t ds_a0 = make_desc(base + kOffDs, 16, 1024);
-    const uint64_t k_n0 = make_desc(base + cw * 64 * 128, BN * 128, 1024);
+    const uint64_t k_n0 = make_desc(base + (cw * kDqCols / 64) * BN * 128, BN * 128, 1024);
     // This thread's stmatrix row address in a dS buffer, per 16-query group jj: query
     // 8 (2 jj + (lane / 8) / 2) + lane % 8, 16-byte unit 2 warp + (lane / 8) % 2 of this
     // warpgroup's 64-key chunk.
@@ -378,48 +378,46 @@ struct Backward {
       }
       wgmma_commit();
 
-      if constexpr (!kDeterministic) {
-        // ---- dQ += scale dS K over this warpgroup's 64 keys, 64 columns at a time: dS
-        // (queries x keys) into this warpgroup's chunk of shared memory, published to the
-        // warpgroup's wgmma (the previous step's dQ products, which read it, completed
-        // before any of its warps issued this step's first product).
-        const uint32_t ds_own = kOffDs + cw * BM * 128;
+      const uint32_t ds_buf = kOffDs + (x & 1) * kDsBytes;
+      if (!kDeterministic) {
+        // dS (queries x keys) into this warpgroup's 64-key chunk of the buffer.
 #pragma unroll
         for (int jj = 0; jj < BM / 16; ++jj) {
           uint32_t a[4];
           fragment(dw, jj, a);
-          stmatrix_x4_trans(base + ds_own + swizzled(16 * jj + st_q, st_unit), a);
+          stmatrix_x4_trans(base + ds_buf + cw * BM * 128 + swizzled(16 * jj + st_q, st_unit), a);
         }
         fence_proxy_async();
-        bar_sync(1 + cw, 128);
-        // dV and dK done: the stage is free once the rows' tokens are read.
+      }
+
+      if constexpr (!kDeterministic) {
+        // ---- dQ[:, this warpgroup's columns] += scale dS K, once every warpgroup's dS
+        // is in shared memory (issued behind dV and dK)
+        bar_sync(1, 128 * kConsumers);
+        float acc_q[kNQ];
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+          const uint32_t a_off = ds_buf - kOffDs + (kk / 4) * BM * 128 + (kk % 4) * 32;
+          Cfg::MmaQ::ss_bt(acc_q, ds_a + (a_off >> 4), k_n + ((kk * 16 * 128) >> 4), kk > 0 ? 1 : 0);
+        }
+        wgmma_commit();
         wgmma_wait_all();
+        fence_operands(acc_q);
         fence_operands(acc_dk);
         fence_operands(acc_dv);
+        // The rows' tokens are read before the stage is released (and refilled).
         const int q_rows[2] = {qtok[warp * 16 + lane / 4], qtok[warp * 16 + lane / 4 + 8]};
         mbar_arrive(bar.q_empty(stage));
         refill(P, it, base, g, x, n_steps, stage, phase, tma_q, cw * 4 + warp);
-        float* dq_base = p.dq_acc + (int64_t)b * p.nq * p.heads * D + h * D + (lane % 4) * 2;
-#pragma unroll 1
-        for (int nh = 0; nh < D / 64; ++nh) {
-          float acc_q[kNQ];
-          wgmma_fence();
+        float* dq_base = p.dq_acc + (int64_t)b * p.nq * p.heads * D + h * D + cw * kDqCols + (lane % 4) * 2;
 #pragma unroll
-          for (int kk = 0; kk < 4; ++kk)
-            Cfg::MmaQ::ss_bt(acc_q, ds_a + ((cw * BM * 128 + kk * 32) >> 4),
-                             k_n + ((nh * BN * 128 + kk * 16 * 128) >> 4), kk > 0 ? 1 : 0);
-          wgmma_commit();
-          wgmma_wait_all();
-          fence_operands(acc_q);
+        for (int hr = 0; hr < 2; ++hr) {
+          const int q = q_rows[hr];
+          if (q < 0) continue;
+          float* out = dq_base + (int64_t)q * p.heads * D;
 #pragma unroll
-          for (int hr = 0; hr < 2; ++hr) {
-            const int q = q_rows[hr];
-            if (q < 0) continue;
-            float* out = dq_base + (int64_t)q * p.heads * D + nh * 64;
-#pragma unroll
-            for (int jn = 0; jn < 8; ++jn)
-              red_add2(out + jn * 8, p.scale * acc_q[jn * 4 + hr * 2], p.scale * acc_q[jn * 4 + hr * 2 + 1]);
-          }
+          for (int jn = 0; jn < kDqCols / 8; ++jn)
+            red_add2(out + jn * 8, p.scale * acc_q[jn * 4 + hr * 2], p.scale * acc_q[jn * 4 + hr * 2 + 1]);
         }
       } else {
         wgmma_wait_all();

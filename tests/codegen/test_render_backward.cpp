@@ -164,7 +164,7 @@ TEST(RenderBackward, ConfigsAreValidatedByField) {
   expect_error([] { check_backward_config(KernelConfig::parse("64x128w8s3"), 128, DType::kBFloat16, "sm_80", 0); },
                "must be 1 or 2");
   // The sm90 family's backward: 64 queries per step, 64 or 128 keys, 1-3 stages, head
-  // dims 64 and 128, sm_90a only.
+  // dims 64 and 128 (dQ columns per warpgroup in whole 64-column chunks), sm_90a only.
   EXPECT_NO_THROW(check_backward_config(KernelConfig::parse("sm90:64x128s2"), 128, DType::kBFloat16, "sm_90a", 227 * 1024));
   EXPECT_NO_THROW(check_backward_config(KernelConfig::parse("sm90:64x64s3"), 64, DType::kFloat16, "sm_90a", 227 * 1024));
   expect_error([] { check_backward_config(KernelConfig::parse("sm90:128x128s2"), 128, DType::kBFloat16, "sm_90a", 0); },
@@ -173,7 +173,8 @@ TEST(RenderBackward, ConfigsAreValidatedByField) {
                "must be 64 or 128");
   expect_error([] { check_backward_config(KernelConfig::parse("sm90:64x128s4"), 128, DType::kBFloat16, "sm_90a", 0); },
                "must be 1 to 3");
-  EXPECT_NO_THROW(check_backward_config(KernelConfig::parse("sm90:64x128s2"), 64, DType::kBFloat16, "sm_90a", 0));
+  expect_error([] { check_backward_config(KernelConfig::parse("sm90:64x128s2"), 64, DType::kBFloat16, "sm_90a", 0); },
+               "multiple of 64; use tile_n 64");
   expect_error([] { check_backward_config(KernelConfig::parse("sm90:64x64s2"), 96, DType::kBFloat16, "sm_90a", 0); },
                "the sm90 family supports head dims");
   expect_error([] { check_backward_config(KernelConfig::parse("sm90:64x128s2"), 128, DType::kBFloat16, "sm_80", 0); },

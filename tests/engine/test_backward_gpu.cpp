@@ -44,9 +44,7 @@ bool forced_config(const Case& c, uint64_t seed, std::optional<KernelConfig>& ou
     case Forced::kSm90: {
       if (c.head_dim != 64 && c.head_dim != 128) return false;
       const int stages = 1 + static_cast<int>(seed % 3);  // 1, 2 or 3 query-tile buffers
-      // 128 keys (two warpgroups) at head dim 128 and every other case at 64; 64 keys else.
-      const int keys = c.head_dim == 128 || seed % 2 == 0 ? 128 : 64;
-      out = KernelConfig::parse(fmt::format("sm90:64x{}s{}", keys, stages));
+      out = KernelConfig::parse(fmt::format("sm90:64x{}s{}", c.head_dim == 128 ? 128 : 64, stages));
       return true;
     }
   }
