@@ -14,10 +14,7 @@ namespace {
 
 Choice choose_for(TunePass pass, const Pattern& pattern, const engine::Problem& problem,
                   const runtime::DeviceInfo& device, bool use_db) {
-  auto fallback = [&] {
-    return pass == TunePass::kBackward ? engine::backward_heuristic(pattern, problem, device)
-                                       : heuristic(pattern, problem, device);
-  };
+  auto fallback = [&] { return engine::heuristic_for_pass(pass, pattern, problem, device); };
   if (!use_db) {
     Choice c = fallback();
     c.source.insert(c.source.size() - 1, "; tuning database not consulted (AttentionOptions::use_tuning_db is off)");

@@ -107,7 +107,8 @@ float Timer::stop_ms() {
 }
 
 PatternBuild compile_pattern(const Pattern& pattern, const std::string& arch, int64_t nq, int64_t heads, int head_dim,
-                             DType dtype, const std::optional<KernelConfig>& config, Pass pass) {
+                             DType dtype, const std::optional<KernelConfig>& config, TunePass pass,
+                             bool deterministic) {
   runtime::check_arch(arch);
   engine::Problem problem;
   problem.nq = problem.nk = nq;
@@ -126,21 +127,19 @@ PatternBuild compile_pattern(const Pattern& pattern, const std::string& arch, in
     out.config = *config;
     out.config_source = "forced";
   } else {
-    const engine::KernelChoice choice = pass == Pass::kForward ? engine::heuristic(pattern, problem, device)
-                                                               : engine::backward_heuristic(pattern, problem, device);
+    const engine::KernelChoice choice = engine::heuristic_for_pass(pass, pattern, problem, device);
     out.config = choice.config;
     out.config_source = choice.source;
   }
-  autotune::check_config(pass == Pass::kForward ? TunePass::kForward : TunePass::kBackward, out.config, head_dim,
-                         dtype, arch, device.smem_per_block_optin);
+  autotune::check_config(pass, out.config, head_dim, dtype, arch, device.smem_per_block_optin);
   const auto t0 = std::chrono::steady_clock::now();
   const Layout layout = compile_layout(pattern, problem.shape(), out.config.layout_options());
   out.stats = layout_stats(pattern, layout, head_dim);
   out.layout_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   codegen::KernelSpec spec = engine::kernel_spec_for(layout, out.config, problem, arch);
-  spec.deterministic = pass == Pass::kBackwardDeterministic;
+  spec.deterministic = pass == TunePass::kBackward && deterministic;
   const codegen::RenderedKernel main =
-      pass == Pass::kForward ? codegen::render_forward(spec) : codegen::render_backward(spec);
+      pass == TunePass::kForward ? codegen::render_forward(spec) : codegen::render_backward(spec);
   for (const codegen::RenderedKernel& r : {main, codegen::render_support_kernels()}) {
     const auto t = std::chrono::steady_clock::now();
     const CacheLookup found = engine::compile_cached(r, arch);

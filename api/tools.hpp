@@ -5,6 +5,7 @@
 // uses autotune/ directly.)
 #pragma once
 
+#include <spattn/autotune.hpp>
 #include <spattn/config.hpp>
 #include <spattn/layout.hpp>
 #include <spattn/pattern.hpp>
@@ -86,13 +87,14 @@ struct PatternBuild {
   double layout_ms = 0;
   std::vector<KernelBuild> kernels;  // the pass's kernel, then the support kernels
 };
-enum class Pass { kForward, kBackward, kBackwardDeterministic };
-// The forward (or backward) kernel of `pattern` at (nq, heads, head_dim, dtype) for
-// `arch`, with `config` or the heuristic's choice for a GPU of that arch (the local one
-// if it is of that arch, else a typical one), and the support kernels, compiled through
-// the cache (no GPU needed). Throws kUnsupported for a config the target cannot run.
+// The forward (or backward; `deterministic`: the deterministic backward's kernels) kernel
+// of `pattern` at (nq, heads, head_dim, dtype) for `arch`, with `config` or the
+// heuristic's choice for a GPU of that arch (the local one if it is of that arch, else a
+// typical one), and the support kernels, compiled through the cache (no GPU needed).
+// Throws kUnsupported for a config the target cannot run.
 PatternBuild compile_pattern(const Pattern& pattern, const std::string& arch, int64_t nq, int64_t heads, int head_dim,
-                             DType dtype, const std::optional<KernelConfig>& config, Pass pass = Pass::kForward);
+                             DType dtype, const std::optional<KernelConfig>& config,
+                             TunePass pass = TunePass::kForward, bool deterministic = false);
 
 // An output of Attention::forward against the fp32 GPU reference of the same inputs, at
 // the autotuner's correctness-gate tolerances (no NaN, LSE -inf exactly where the

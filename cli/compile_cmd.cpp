@@ -59,9 +59,8 @@ void register_compile(CLI::App& app) {
     Progress progress("compiling", 1);
     const tools::PatternBuild build = tools::compile_pattern(pattern, args->arch, n, args->heads, args->head_dim,
                                                              dtype_from_string(args->dtype), forced,
-                                                             !args->backward       ? tools::Pass::kForward
-                                                             : args->deterministic ? tools::Pass::kBackwardDeterministic
-                                                                                   : tools::Pass::kBackward);
+                                                             args->backward ? TunePass::kBackward : TunePass::kForward,
+                                                             args->deterministic);
     const KernelConfig& config = build.config;
     progress.advance();
     nlohmann::json results = nlohmann::json::array();

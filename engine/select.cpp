@@ -164,4 +164,13 @@ KernelChoice heuristic(const Pattern& pattern, const Problem& problem, const run
   return sm90(problem, device);
 }
 
+KernelChoice heuristic_for_pass(TunePass pass, const Pattern& pattern, const Problem& problem,
+                                const runtime::DeviceInfo& device) {
+  switch (pass) {
+    case TunePass::kForward: return heuristic(pattern, problem, device);
+    case TunePass::kBackward: return backward_heuristic(pattern, problem, device);
+  }
+  SPATTN_FAIL(ErrorCode::kInternal, "no heuristic for pass {}", static_cast<int>(pass));
+}
+
 }  // namespace spattn::engine

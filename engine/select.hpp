@@ -4,6 +4,7 @@
 // entry, overrides it (api/select.hpp); the autotuner uses it as its baseline.
 #pragma once
 
+#include <spattn/autotune.hpp>
 #include <spattn/config.hpp>
 #include <spattn/pattern.hpp>
 
@@ -19,10 +20,16 @@ struct KernelChoice {
   std::string source;  // why: "heuristic (...)", "tuning database (...)", "forced ..."
 };
 
-// The backward kernel's configuration (sm80 family, see check_backward_config):
-// FlashAttention-2's 128 keys per CTA (8 warps of 16) and 64 queries per step where the
-// shared memory allows (sm_80, sm_90: 124 KB at head dim 128), else 64 keys (4 warps).
+// The backward kernel's configuration (see check_backward_config): on sm_90a at head
+// dim 128 for natural-order layouts the sm90 family (sm90:64x128s2); otherwise the sm80
+// family, FlashAttention-2's 128 keys per CTA (8 warps of 16) and 64 queries per step
+// where the shared memory allows, else 64 keys (4 warps).
 KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device);
+
+// The heuristic of a pass: heuristic() for the forward kernel, backward_heuristic() for
+// the backward kernel.
+KernelChoice heuristic_for_pass(TunePass pass, const Pattern& pattern, const Problem& problem,
+                                const runtime::DeviceInfo& device);
 
 // Whether the layout of `pattern` at `problem` gathers tokens through a permutation
 // (LongNet, relative strides, grids); throws like compile_layout (e.g. adaptive patterns).
