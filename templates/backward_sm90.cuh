@@ -296,23 +296,21 @@ struct Backward {
       const uint64_t k_a = opaque(k_a0), v_a = opaque(v_a0), q_b = opaque(q_b0), do_b = opaque(do_b0);
       const uint64_t q_n = opaque(q_n0), do_n = opaque(do_n0), ds_a = opaque(ds_a0), k_n = opaque(k_n0);
 
-      // ---- Sᵀ = K Qᵀ and dPᵀ = V dOᵀ, two groups in flight
+      // ---- Sᵀ = K Qᵀ and dPᵀ = V dOᵀ, two groups in flight: (64 rows of a) x (rows of
+      // b)ᵀ over the head dim, both K-major
+      auto rows_times_rows_t = [&](float (&acc)[kNT], uint64_t a, uint64_t b_rows) {
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          const uint32_t a_off = (kk / 4) * BN * 128 + (kk % 4) * 32;
+          const uint32_t b_off = qoff + (kk / 4) * BM * 128 + (kk % 4) * 32;
+          Cfg::MmaT::ss(acc, a + (a_off >> 4), b_rows + (b_off >> 4), kk > 0 ? 1 : 0);
+        }
+        wgmma_commit();
+      };
       float acc_s[kNT], acc_dp[kNT];
       wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t a_off = (kk / 4) * BN * 128 + (kk % 4) * 32;
-        const uint32_t b_off = qoff + (kk / 4) * BM * 128 + (kk % 4) * 32;
-        Cfg::MmaT::ss(acc_s, k_a + (a_off >> 4), q_b + (b_off >> 4), kk > 0 ? 1 : 0);
-      }
-      wgmma_commit();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint32_t a_off = (kk / 4) * BN * 128 + (kk % 4) * 32;
-        const uint32_t b_off = qoff + (kk / 4) * BM * 128 + (kk % 4) * 32;
-        Cfg::MmaT::ss(acc_dp, v_a + (a_off >> 4), do_b + (b_off >> 4), kk > 0 ? 1 : 0);
-      }
-      wgmma_commit();
+      rows_times_rows_t(acc_s, k_a, q_b);
+      rows_times_rows_t(acc_dp, v_a, do_b);
       wgmma_wait_one();
       fence_operands(acc_s);
 
@@ -363,19 +361,19 @@ struct Backward {
       }
 
       // ---- dV += Pᵀ dO, dK += dSᵀ Q (scaled at the end), in flight while dS is stored
+      // acc += (packed words, as A fragments over the tile's queries) x (the stage's
+      // query-row tile as queries x head dim, N-major)
+      auto packed_times_tile = [&](float (&acc)[kNKV], const uint32_t (&w)[kNT / 2], uint64_t tile) {
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; ++kk) {
+          uint32_t a[4];
+          fragment(w, kk, a);
+          Cfg::MmaKV::rs(acc, a, tile + ((qoff + kk * 16 * 128) >> 4));
+        }
+      };
       wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk) {
-        uint32_t a[4];
-        fragment(pw, kk, a);
-        Cfg::MmaKV::rs(acc_dv, a, do_n + ((qoff + kk * 16 * 128) >> 4));
-      }
-#pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk) {
-        uint32_t a[4];
-        fragment(dw, kk, a);
-        Cfg::MmaKV::rs(acc_dk, a, q_n + ((qoff + kk * 16 * 128) >> 4));
-      }
+      packed_times_tile(acc_dv, pw, do_n);
+      packed_times_tile(acc_dk, dw, q_n);
       wgmma_commit();
 
       const uint32_t ds_buf = kOffDs + (x & 1) * kDsBytes;
