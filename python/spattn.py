@@ -2,7 +2,8 @@
 
 Accepts PyTorch CUDA tensors by data_ptr(): Q [B, Nq, Hq, D], K/V [B, Nk, Hkv, D]
 (fp16/bf16, last dim contiguous), returns O like Q and optionally LSE [B, Hq, Nq].
-The library is found through $SPATTN_LIB, else next to this file's build tree.
+The library is found through $SPATTN_LIB, else beside this file (the package that
+`pip install .` installs), else in this checkout's build tree.
 
     import spattn, torch
     attn = spattn.Attention({"type": "local_window", "window": 1024})
@@ -42,6 +43,9 @@ def _find_library():
     if env:
         return env
     here = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(here, "libspattn.so")  # the package `pip install .` installs
+    if os.path.exists(installed):
+        return installed
     for build in ("build", "build-gpu", "build-release"):
         path = os.path.join(here, "..", build, "libspattn.so")
         if os.path.exists(path):
