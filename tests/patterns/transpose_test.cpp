@@ -10,6 +10,7 @@
 
 #include <chrono>
 
+#include "patterns/transpose.hpp"
 #include "tests/patterns/layout_check.hpp"
 
 namespace spattn::test {
@@ -51,6 +52,16 @@ void check_transposed(const Pattern& p, const Shape& s, int64_t tm, int64_t tn) 
   for (size_t ti = 0; ti < layout.tables.size(); ++ti) {
     const BlockTable& t = layout.tables[ti];
     const TransposedTable tr = transpose_table(t);
+    // Both ways of building it give the same table (the brute-force checks below then
+    // hold for each): the sweep over runs, without a limit, and the counting sort.
+    const std::optional<TransposedTable> by_runs = detail::transpose_by_runs(t, int64_t{1} << 40);
+    const TransposedTable by_counting = detail::transpose_by_counting(t);
+    ASSERT_TRUE(by_runs.has_value());
+    for (const TransposedTable* other : {&*by_runs, &by_counting}) {
+      EXPECT_EQ(other->col_ptr, tr.col_ptr);
+      EXPECT_EQ(other->full_count, tr.full_count);
+      EXPECT_EQ(other->rows, tr.rows);
+    }
     ASSERT_EQ(tr.num_k_tiles, t.num_k_tiles);
     ASSERT_EQ(tr.col_ptr.size(), static_cast<size_t>(t.num_k_tiles) + 1);
     ASSERT_EQ(tr.rows.size(), t.cols.size()) << "every forward pair once";
@@ -125,6 +136,27 @@ TEST(Transpose, MalformedTablesAreRefused) {
   t.row_ptr = {0, 1, 1};
   t.cols = {5};
   EXPECT_THROW(transpose_table(t), Error);
+  EXPECT_THROW((void)detail::transpose_by_runs(t, 100), Error);
+  EXPECT_THROW((void)detail::transpose_by_counting(t), Error);
+  // A run that walks past the last key tile, and a key tile listed twice in a row.
+  t.row_ptr = {0, 3, 3};
+  t.cols = {0, 1, 2};
+  EXPECT_THROW((void)detail::transpose_by_runs(t, 100), Error);
+  t.cols = {1, 0, 1};
+  t.full_count = {1, 0};
+  EXPECT_THROW((void)detail::transpose_by_runs(t, 100), Error);
+  EXPECT_THROW((void)detail::transpose_by_counting(t), Error);
+  t.cols = {1, 1, 0};  // a repeat within the full list
+  t.full_count = {2, 0};
+  EXPECT_THROW((void)detail::transpose_by_runs(t, 100), Error);
+  EXPECT_THROW((void)detail::transpose_by_counting(t), Error);
+  t.full_count = {0, 0};
+  // More runs than allowed: the sweep declines and the counting sort serves.
+  t.row_ptr = {0, 2, 2};
+  t.cols = {0, 1};
+  t.full_count = {1, 0};
+  EXPECT_FALSE(detail::transpose_by_runs(t, 1).has_value());
+  EXPECT_EQ(transpose_table(t).rows.size(), 2u);
 }
 
 // PERFORMANCE.md target 4 for the backward tables too: 1M tokens in <= 50 ms on one core
