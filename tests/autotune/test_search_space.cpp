@@ -208,5 +208,31 @@ TEST(SearchSpace, DryRunListsCandidatesWithoutAGpu) {
   EXPECT_THROW(tuner.candidates(Pattern::parse("dense"), p), Error);
 }
 
+// The backward heuristic: the sm90 kernel on sm_90a at head dim 128 for natural-order
+// layouts; the sm80 kernel for permuted layouts, other head dims and other archs; the
+// reason names the family and why; heuristic_for_pass answers for both passes.
+TEST(SearchSpace, BackwardHeuristicChoosesTheFamilyByArchHeadDimAndLayout) {
+  const Pattern window = Pattern::parse(R"({"type":"local_window","window":1024})");
+  const Pattern longnet = Pattern::parse(R"({"type":"longnet","segments":[2048,4096],"rates":[1,2]})");
+  const runtime::DeviceInfo h200 = typical_device("sm_90a"), a100 = typical_device("sm_80");
+  const engine::KernelChoice hopper = engine::backward_heuristic(window, problem_of(16384), h200);
+  EXPECT_EQ(hopper.config.to_string(), "sm90:64x128s2") << hopper.source;
+  EXPECT_NE(hopper.source.find("sm90 family"), std::string::npos) << hopper.source;
+  const engine::KernelChoice permuted = engine::backward_heuristic(longnet, problem_of(16384), h200);
+  EXPECT_EQ(permuted.config.family, KernelFamily::kSm80) << permuted.source;
+  EXPECT_NE(permuted.source.find("permuted"), std::string::npos) << permuted.source;
+  const engine::KernelChoice d64 = engine::backward_heuristic(window, problem_of(16384, 16, 64), h200);
+  EXPECT_EQ(d64.config.family, KernelFamily::kSm80) << d64.source;
+  const engine::KernelChoice ampere = engine::backward_heuristic(window, problem_of(16384), a100);
+  EXPECT_EQ(ampere.config.to_string(), "64x128w8s2") << ampere.source;
+  EXPECT_NE(ampere.source.find("not sm90"), std::string::npos) << ampere.source;
+  EXPECT_EQ(engine::heuristic_for_pass(TunePass::kBackward, window, problem_of(16384), h200).config, hopper.config);
+  EXPECT_EQ(engine::heuristic_for_pass(TunePass::kForward, window, problem_of(16384), h200).config,
+            engine::heuristic(window, problem_of(16384), h200).config);
+  for (const engine::KernelChoice* c : {&hopper, &permuted, &d64, &ampere})
+    EXPECT_NO_THROW(check_backward_config(c->config, c == &d64 ? 64 : 128, DType::kBFloat16,
+                                          c == &ampere ? "sm_80" : "sm_90a", 0));
+}
+
 }  // namespace
 }  // namespace spattn::autotune
