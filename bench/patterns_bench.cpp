@@ -6,6 +6,8 @@
 #include <spattn/layout.hpp>
 #include <spattn/pattern.hpp>
 
+#include "engine/device_layout.hpp"
+
 namespace {
 
 constexpr int64_t kTokens = int64_t{1} << 20;
@@ -70,6 +72,22 @@ void BM_TransposeLongNet(benchmark::State& s) {
 }
 void BM_TransposeStandard(benchmark::State& s) { transpose(s, "standard"); }
 
+// Packing the tables into the int32 arena the kernels read (forward; backward, which
+// transposes first), as a plan does before uploading.
+void BM_PackStandard(benchmark::State& state) {
+  const spattn::Layout layout = spattn::compile_layout(spattn::Pattern::parse("standard"),
+                                                       spattn::Shape{kTokens, kTokens, kHeads}, spattn::LayoutOptions{});
+  for (auto _ : state) benchmark::DoNotOptimize(spattn::engine::pack_tables(layout).arena.data());
+}
+void BM_PackBackwardStandard(benchmark::State& state) {
+  spattn::LayoutOptions options;
+  options.tile_m = 64;
+  options.tile_n = 128;
+  const spattn::Layout layout =
+      spattn::compile_layout(spattn::Pattern::parse("standard"), spattn::Shape{kTokens, kTokens, kHeads}, options);
+  for (auto _ : state) benchmark::DoNotOptimize(spattn::engine::pack_backward_tables(layout).arena.data());
+}
+
 }  // namespace
 
 BENCHMARK(BM_Window1024)->Unit(benchmark::kMillisecond);
@@ -83,4 +101,6 @@ BENCHMARK(BM_StridedPlusWindow)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_TransposeWindow1024)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_TransposeLongNet)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_TransposeStandard)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_PackStandard)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_PackBackwardStandard)->Unit(benchmark::kMillisecond);
 BENCHMARK_MAIN();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 
 #include "common/check.hpp"
 
@@ -76,11 +77,24 @@ namespace {
 // format's 32-bit offsets or entries cannot hold them.
 struct Arena {
   std::vector<int32_t> data;
+  // Appends `values` and returns their offset. The whole arena stays within 32-bit
+  // offsets; 64-bit values are range-checked in one pass, then copied in bulk (tables
+  // at 1M tokens hold tens of millions of entries).
   template <class Values>
   int32_t append(const Values& values) {
-    const int32_t off = checked_i32(static_cast<int64_t>(data.size()), "table arena size");
-    for (auto v : values) data.push_back(checked_i32(v, "table entry"));
-    return off;
+    const int64_t off = static_cast<int64_t>(data.size());
+    checked_i32(off + static_cast<int64_t>(values.size()), "table arena size");
+    using V = typename Values::value_type;
+    if constexpr (!std::is_same_v<V, int32_t>) {
+      if (!values.empty()) {
+        const auto [lo, hi] = std::minmax_element(values.begin(), values.end());
+        checked_i32(static_cast<int64_t>(*hi), "table entry");
+        SPATTN_REQUIRE(static_cast<int64_t>(*lo) >= std::numeric_limits<int32_t>::min(),
+                       "table entry ({}) is below the 32-bit range of the device tables", static_cast<int64_t>(*lo));
+      }
+    }
+    data.insert(data.end(), values.begin(), values.end());
+    return static_cast<int32_t>(off);
   }
   // The fields both descriptor kinds share: part, tile counts, token orders.
   template <class Desc>
