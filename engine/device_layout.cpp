@@ -96,6 +96,11 @@ struct Arena {
     data.insert(data.end(), values.begin(), values.end());
     return static_cast<int32_t>(off);
   }
+  // Room for n more entries: one allocation for a table's arrays rather than the
+  // vector's doublings (each a copy of the arena so far into fresh pages).
+  void reserve_more(size_t n) {
+    if (data.capacity() < data.size() + n) data.reserve(std::max(data.size() + n, 2 * data.capacity()));
+  }
   // The fields both descriptor kinds share: part, tile counts, token orders.
   template <class Desc>
   Desc descriptor(const BlockTable& t) {
@@ -120,6 +125,7 @@ PackedTables pack_tables(const Layout& layout) {
   PackedTables out;
   Arena arena;
   for (const BlockTable& t : layout.tables) {
+    arena.reserve_more(t.q_slots.size() + t.k_slots.size() + t.row_ptr.size() + t.full_count.size() + t.cols.size());
     SpattnTable d = arena.descriptor<SpattnTable>(t);
     d.row_ptr = arena.append(t.row_ptr);
     d.full_count = arena.append(t.full_count);
@@ -158,6 +164,9 @@ PackedBackwardTables pack_backward_tables(const Layout& layout, const BackwardPa
   for (size_t ti = 0; ti < layout.tables.size(); ++ti) {
     const BlockTable& t = layout.tables[ti];
     const TransposedTable tr = transpose_table(t);
+    arena.reserve_more(t.q_slots.size() + t.k_slots.size() + tr.col_ptr.size() + tr.full_count.size() +
+                       tr.rows.size() + t.heads.size() +
+                       (packing.deterministic ? t.row_ptr.size() + t.full_count.size() + t.cols.size() : 0));
     SpattnBwdTable d = arena.descriptor<SpattnBwdTable>(t);
     d.col_ptr = arena.append(tr.col_ptr);
     d.full_count = arena.append(tr.full_count);
