@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <sstream>
+#include <utility>
 
 #include "codegen/family.hpp"
 #include "codegen/kernel_spec.hpp"
@@ -61,22 +62,16 @@ std::string render_wgmma(int n, DType dtype) {
   }
   std::string s;
   s += fmt::format("struct Wgmma{} {{\n  static constexpr int kN = {};\n", n, n);
-  s += fmt::format(
-      "  static __device__ __forceinline__ void ss(float (&d)[{}], uint64_t a, uint64_t b, int scale_d) {{\n"
-      "    asm volatile(\n"
-      "        \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{}, 0;\\n\"\n"
-      "        \"wgmma.mma_async.sync.aligned.m64n{}k16.f32.{}.{} {{{}}}, %{}, %{}, p, 1, 1, 0, 0;\\n}}\\n\"\n"
-      "        : {}\n"
-      "        : \"l\"(a), \"l\"(b), \"r\"(scale_d));\n  }}\n",
-      regs, regs + 2, n, t, t, list, regs, regs + 1, outs);
-  s += fmt::format(
-      "  static __device__ __forceinline__ void ss_bt(float (&d)[{}], uint64_t a, uint64_t b, int scale_d) {{\n"
-      "    asm volatile(\n"
-      "        \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{}, 0;\\n\"\n"
-      "        \"wgmma.mma_async.sync.aligned.m64n{}k16.f32.{}.{} {{{}}}, %{}, %{}, p, 1, 1, 0, 1;\\n}}\\n\"\n"
-      "        : {}\n"
-      "        : \"l\"(a), \"l\"(b), \"r\"(scale_d));\n  }}\n",
-      regs, regs + 2, n, t, t, list, regs, regs + 1, outs);
+  // Both operands from shared memory; B K-major (ss) or N-major (ss_bt, trans-b = 1).
+  for (const auto& [name, trans_b] : {std::pair{"ss", 0}, std::pair{"ss_bt", 1}})
+    s += fmt::format(
+        "  static __device__ __forceinline__ void {}(float (&d)[{}], uint64_t a, uint64_t b, int scale_d) {{\n"
+        "    asm volatile(\n"
+        "        \"{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{}, 0;\\n\"\n"
+        "        \"wgmma.mma_async.sync.aligned.m64n{}k16.f32.{}.{} {{{}}}, %{}, %{}, p, 1, 1, 0, {};\\n}}\\n\"\n"
+        "        : {}\n"
+        "        : \"l\"(a), \"l\"(b), \"r\"(scale_d));\n  }}\n",
+        name, regs, regs + 2, n, t, t, list, regs, regs + 1, trans_b, outs);
   s += fmt::format(
       "  static __device__ __forceinline__ void rs(float (&d)[{}], const uint32_t (&a)[4], uint64_t b) {{\n"
       "    asm volatile(\n"
