@@ -5,7 +5,6 @@
 // uses autotune/ directly.)
 #pragma once
 
-#include <spattn/autotune.hpp>
 #include <spattn/config.hpp>
 #include <spattn/layout.hpp>
 #include <spattn/pattern.hpp>

@@ -4,7 +4,6 @@
 // entry, overrides it (api/select.hpp); the autotuner uses it as its baseline.
 #pragma once
 
-#include <spattn/autotune.hpp>
 #include <spattn/config.hpp>
 #include <spattn/pattern.hpp>
 

@@ -45,10 +45,9 @@ struct TuneProblem {
   DType dtype = DType::kBFloat16;
 };
 
-// Which kernel a tuning run chooses: the forward kernel's configuration, or the backward
-// kernel's (check_backward_config; its own tuning-database entries, read by
+// TunePass (spattn/config.hpp): which kernel a tuning run chooses, the forward kernel's
+// configuration or the backward kernel's (its own tuning-database entries, read by
 // Attention::backward).
-enum class TunePass { kForward, kBackward };
 const char* to_string(TunePass pass);
 
 struct AutotuneOptions {

@@ -79,13 +79,20 @@ const KernelFamilyInfo& kernel_family_info(KernelFamily family);
 bool family_supports(KernelFamily family, int head_dim, DType dtype, std::string_view arch,
                      std::string* why = nullptr);
 
-// The backward kernel (sm80 family, mma.sync; runs on sm_80 and newer, Hopper too) takes
-// a KernelConfig with: tile_n keys per CTA, 16 per warp (tile_n = 16 * warps, 4 or 8
-// warps), tile_m queries per step (16 to 128, a multiple of 16), stages 1 or 2 (query-tile
-// buffers); permute and schedule as in the forward pass. Head dims 32, 64, 96, 128 (dK
-// and dV of a warp's 16 keys live in registers). Throws kInvalidArgument / kUnsupported
+// The pass a kernel configuration is for: the forward kernel, or the backward kernel
+// (check_backward_config). The autotuner tunes one pass per run (spattn/autotune.hpp).
+enum class TunePass { kForward, kBackward };
+
+// Backward kernels take a KernelConfig of either family:
+//  - sm80 (mma.sync; sm_80 and newer, Hopper too), e.g. 64x128w8s2: tile_n keys per CTA,
+//    16 per warp (tile_n = 16 * warps, 4 or 8 warps), tile_m queries per step (16 to 128,
+//    a multiple of 16), stages 1 or 2 (query-tile buffers). Head dims 32, 64, 96, 128.
+//  - sm90 (wgmma/TMA; sm_90a), e.g. sm90:64x128s2: 64 queries per step, tile_n keys per
+//    CTA (64 per warpgroup: 64 or 128), stages 1 to 3. Head dims 64 and 128 (128 keys per
+//    CTA at 128 only).
+// permute and schedule as in the forward pass. Throws kInvalidArgument / kUnsupported
 // naming the field and what is allowed; smem_limit > 0 checks the shared memory of both
-// backward kernels too.
+// backward kernels (the key-tile kernel and the deterministic dQ pass) too.
 void check_backward_config(const KernelConfig& config, int head_dim, DType dtype, std::string_view arch, int smem_limit);
 int backward_smem_bytes(const KernelConfig& config, int head_dim);     // the key-tile kernel
 int backward_dq_smem_bytes(const KernelConfig& config, int head_dim);  // the deterministic dQ kernel
