@@ -4,7 +4,7 @@
 // layouts) into a ring of query-tile stages.
 //
 // The generated translation unit defines `struct Cfg` (query tile BM = 64, key tile BN
-// = 64 per consumer warpgroup, stages, head dim, dtype, deterministic mode, the
+// = 64 per warpgroup, stages, head dim, dtype, deterministic mode, the
 // partial-tile predicate, and the wgmma wrappers MmaT / MmaKV / MmaQ for the products'
 // widths BM, D and D / warpgroups) and then includes this file. Results are those of the
 // sm80 family's backward (templates/backward.cuh): the same tables, predicate, LSE and
@@ -17,7 +17,7 @@
 // 128). K and V load once (TMA, or gathered by all threads); Q, dO and the rows'
 // tokens, LSE·log2(e) and row sums go through a ring of kStages query-tile stages that
 // warp 0 refills (TMA, or cp.async gathers completed one step later) as soon as every
-// warp has released a stage. Warpgroup c owns keys [64c, 64c + 64), and dK, dV of them
+// thread has released a stage. Warpgroup c owns keys [64c, 64c + 64), and dK, dV of them
 // in registers. Per query tile, with S = scale Q Kᵀ:
 //   Sᵀ = K Qᵀ, dPᵀ = V dOᵀ                   (A, B from shared memory)
 //   Pᵀ = exp(Sᵀ - LSE), dSᵀ = Pᵀ ∘ (dPᵀ - D)
