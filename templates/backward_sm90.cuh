@@ -56,7 +56,7 @@ struct Backward {
 
   static_assert(BM == 64, "the sm90 backward takes 64 queries per step");
   static_assert(BN % 64 == 0 && kConsumers >= 1 && kConsumers <= 2, "tile_n must be 64 or 128 keys");
-  static_assert(D % 64 == 0 && kDqCols % 64 == 0, "each consumer's dQ columns must be whole 64-column chunks");
+  static_assert(D % 64 == 0 && kDqCols % 64 == 0, "each warpgroup's dQ columns must be whole 64-column chunks");
   static_assert(kStages >= 1 && kStages <= 3, "stages must be 1 to 3");
   static_assert(Cfg::MmaT::kN == BM && Cfg::MmaKV::kN == D && Cfg::MmaQ::kN == kDqCols,
                 "wgmma wrappers of the wrong width");
