@@ -14,7 +14,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <iterator>
 #include <limits>
 #include <map>
 #include <numeric>
@@ -306,36 +305,6 @@ void advise_huge_pages(void* data, size_t bytes) {
   (void)bytes;
 #endif
 }
-
-// Walks the tiles of a list of tile ranges, so that cols is written once, in place.
-class TileIterator {
- public:
-  using iterator_category = std::forward_iterator_tag;
-  using value_type = int32_t;
-  using difference_type = std::ptrdiff_t;
-  using pointer = const int32_t*;
-  using reference = int32_t;
-
-  TileIterator(const std::vector<Iv>& ranges, size_t r)
-      : ranges_(&ranges), r_(r), k_(r < ranges.size() ? ranges[r].lo : 0) {}
-  int32_t operator*() const { return static_cast<int32_t>(k_); }
-  TileIterator& operator++() {
-    if (++k_ == (*ranges_)[r_].hi && ++r_ < ranges_->size()) k_ = (*ranges_)[r_].lo;
-    if (r_ == ranges_->size()) k_ = 0;
-    return *this;
-  }
-  TileIterator operator++(int) {
-    TileIterator t = *this;
-    ++*this;
-    return t;
-  }
-  bool operator==(const TileIterator& o) const { return r_ == o.r_ && k_ == o.k_; }
-
- private:
-  const std::vector<Iv>* ranges_;
-  size_t r_;
-  int64_t k_;
-};
 
 }  // namespace
 
@@ -833,7 +802,16 @@ BlockTable TableBuilder::build() {
   budget_.spend(static_cast<uint64_t>(t.row_ptr[nqt]));  // the expansion below
   t.cols.reserve(static_cast<size_t>(t.row_ptr[nqt]));
   advise_huge_pages(t.cols.data(), t.cols.capacity() * sizeof(int32_t));
-  t.cols.insert(t.cols.end(), TileIterator(ranges, 0), TileIterator(ranges, ranges.size()));
+  // One pass over the ranges, each expanded in place (the capacity is reserved).
+  for (const Iv& iv : ranges) {
+    if (iv.hi - iv.lo == 1) {  // single tiles (strided, dilated rows) need no bulk path
+      t.cols.push_back(static_cast<int32_t>(iv.lo));
+      continue;
+    }
+    const size_t at = t.cols.size();
+    t.cols.resize(at + static_cast<size_t>(iv.hi - iv.lo));
+    std::iota(t.cols.begin() + static_cast<std::ptrdiff_t>(at), t.cols.end(), static_cast<int32_t>(iv.lo));
+  }
   budget_.release(scratch);
   t.allowed_pairs = pairs;
   return t;
