@@ -48,6 +48,22 @@ ScheduleOrder schedule_order_from_string(std::string_view name) {
 
 namespace detail {
 
+// Large tables (tens of MiB for patterns with dense rows at 1M tokens) are written
+// once, front to back: with transparent huge pages on request, the first touch costs
+// one fault per 2 MiB instead of one per 4 KiB.
+void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  if (bytes < 2 * kHuge) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint: failure is fine
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
 namespace {
 
 // --- which token order a part wants ----------------------------------------------------
@@ -290,21 +306,6 @@ inline void append_range(Ivs& v, int64_t lo, int64_t hi, bool& unsorted) {
   v.push_back({lo, hi});
 }
 
-// Large tables (tens of MiB for patterns with dense rows at 1M tokens) are written
-// once, front to back: with transparent huge pages on request, the first touch costs
-// one fault per 2 MiB instead of one per 4 KiB.
-void advise_huge_pages(void* data, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  if (bytes < 2 * kHuge) return;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint: failure is fine
-#else
-  (void)data;
-  (void)bytes;
-#endif
-}
 
 }  // namespace
 

@@ -7,6 +7,7 @@
 #include <bit>
 
 #include "common/check.hpp"
+#include "patterns/layout_internal.hpp"
 
 namespace spattn {
 
@@ -142,6 +143,7 @@ std::optional<TransposedTable> transpose_by_runs(const BlockTable& table, int64_
   // Reserved, not resized: the rows are written once, in order (no zero-fill pass over
   // tens of MiB at 1M tokens).
   out.rows.reserve(table.cols.size());
+  advise_huge_pages(out.rows.data(), out.rows.capacity() * sizeof(int32_t));
   int64_t n_full = 0, n_partial = 0;
   // Words that may hold set bits: [lo, hi) grows with starts and is trimmed on emission.
   size_t lo = words, hi = 0;
