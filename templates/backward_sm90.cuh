@@ -44,7 +44,6 @@ struct Backward {
   static constexpr bool kDeterministic = Cfg::kDeterministic;
   static constexpr int kConsumers = BN / 64;  // warpgroups
   static constexpr int kThreads = 128 * kConsumers;
-  static constexpr int kWarps = 4 * kConsumers;
   static constexpr int kChunks = D / 64;       // 128-byte column chunks per row
   static constexpr int kRowChunks = D / 8;     // 16-byte chunks per row
   static constexpr int kDqCols = D / kConsumers;  // dQ columns per warpgroup
