@@ -183,7 +183,7 @@ std::vector<KernelConfig> backward_table_configs(const std::string& arch, int he
         if (c.family != family) break;
         // A row covers the head dims its family's backward supports (sm90: 64 and 128).
         try {
-          check_backward_config(c, head_dim, DType::kBFloat16, arch.empty() ? "" : arch, 0);
+          check_backward_config(c, head_dim, DType::kBFloat16, arch, 0);
         } catch (const Error&) {
           continue;
         }
@@ -216,12 +216,7 @@ std::vector<Candidate> enumerate_candidates(const Pattern& pattern, const engine
       backward ? backward_table_configs(limits.arch, d) : table_configs(limits.arch, problem.dtype, d);
   // The backward kernel walks its work list in table order: the schedule does not apply.
   const std::vector<ScheduleOrder> orders = backward ? std::vector<ScheduleOrder>{heuristic.schedule} : schedule_orders();
-  bool permutes = false;
-  try {
-    permutes = engine::layout_permutes(pattern, problem);
-  } catch (const Error&) {
-    permutes = false;  // e.g. adaptive patterns: their tables are built on the GPU
-  }
+  const bool permutes = engine::layout_permutes_or_false(pattern, problem);
 
   std::vector<KernelConfig> configs = {heuristic};
   for (KernelConfig tile : tiles) {

@@ -173,11 +173,11 @@ void check_sm90_backward(const KernelConfig& c, int head_dim) {
                  "sm90 backward config {}: stages (query-tile buffers) must be 1 to 3 (got {})", c.to_string(),
                  c.stages);
   const codegen::Sm90BackwardShape s = codegen::sm90_backward_shape(c, head_dim);
-  if ((head_dim / s.warpgroups) % 64 != 0)
+  if (s.dq_cols % 64 != 0)
     SPATTN_FAIL(ErrorCode::kUnsupported,
                 "sm90 backward config {} with head dim {}: each of the {} warpgroups computes {} dQ columns, which "
                 "must be a multiple of 64; use tile_n 64",
-                c.to_string(), head_dim, s.warpgroups, head_dim / s.warpgroups);
+                c.to_string(), head_dim, s.warpgroups, s.dq_cols);
   // Per thread at the peak (P and dS computed): dK and dV (head_dim fp32 together), Sᵀ
   // and dPᵀ (tile_m fp32 together), ~45 more for addresses, row state and temporaries
   // (ptxas: 237 of 255 at head dim 128).
@@ -242,6 +242,7 @@ Sm90BackwardShape sm90_backward_shape(const KernelConfig& c, int head_dim) {
   // most 256 threads, so each keeps 255 registers for dK, dV, Sᵀ and dPᵀ.
   s.warpgroups = std::max(1, c.tile_n / 64);
   s.threads = 128 * s.warpgroups;
+  s.dq_cols = head_dim / s.warpgroups;
   // Mirrors sm90::Backward<Cfg>::kSmemBytes (templates/backward_sm90.cuh): K, V, Q and dO
   // per stage, two dS buffers, per stage LSE, row sums and tokens of the rows, key
   // tokens, 1 + 2 x stages mbarriers, 1 KiB of alignment slack.

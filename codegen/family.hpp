@@ -23,6 +23,7 @@ Sm90Shape sm90_shape(const KernelConfig& config, int head_dim);
 struct Sm90BackwardShape {
   int warpgroups = 2;
   int threads = 256;
+  int dq_cols = 64;  // dQ columns each warpgroup computes (head dim / warpgroups)
   int smem_bytes = 0;
 };
 Sm90BackwardShape sm90_backward_shape(const KernelConfig& config, int head_dim);

@@ -190,11 +190,10 @@ RenderedKernel render_backward(const KernelSpec& spec) {
   src << "#include \"spattn/params.cuh\"\n\n";
   src << "namespace spattn_generated {\n";
   src << render_predicate(spec.parts, "allowed", "__device__ __forceinline__");
-  const int dq_cols = sm90 ? spec.head_dim / shape.warpgroups : 0;
   if (sm90) {
     // Sᵀ and dPᵀ: N = tile_m; dV and dK: N = head dim; dQ: N = head dim / warpgroups.
     std::vector<int> widths;
-    for (int n : {c.tile_m, spec.head_dim, dq_cols})
+    for (int n : {c.tile_m, spec.head_dim, shape.dq_cols})
       if (std::find(widths.begin(), widths.end(), n) == widths.end()) widths.push_back(n);
     for (int n : widths) src << render_wgmma(n, spec.dtype);
   }
@@ -216,7 +215,8 @@ RenderedKernel render_backward(const KernelSpec& spec) {
                        c.tile_m);
     src << fmt::format("  using MmaKV = spattn_generated::Wgmma{};  // dV += P^T dO, dK += dS^T Q: N = head dim\n",
                        spec.head_dim);
-    src << fmt::format("  using MmaQ = spattn_generated::Wgmma{};  // dQ = dS K: N = head dim / warpgroups\n", dq_cols);
+    src << fmt::format("  using MmaQ = spattn_generated::Wgmma{};  // dQ = dS K: N = head dim / warpgroups\n",
+                       shape.dq_cols);
   }
   write_mask_members(src);
   src << "};\n\n";

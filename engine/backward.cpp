@@ -129,28 +129,30 @@ void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorVie
     }
     if (!key_arg)
       SPATTN_FAIL(ErrorCode::kInternal, "no backward launch for kernel family {}", static_cast<int>(config_.family));
-    // Items [first, last) of a list, as one launch of the key-tile kernel or of the dQ pass.
-    auto launch = [&](const JitKernel& kernel, const int32_t* items, int64_t first, int64_t last, bool key_tiles) {
+    // Items [first, last) of the key-tile kernel's work list, or of the dQ pass's, as one
+    // launch of that kernel.
+    auto launch = [&](bool key_tiles, int64_t first, int64_t last) {
       if (last <= first) return;
-      bp.work = items + 4 * first;
+      bp.work = (key_tiles ? tables_.work() : tables_.dq_work()) + 4 * first;
       bp.num_work = static_cast<int32_t>(last - first);
       bp90.base = bp;
       void* args[] = {key_tiles ? key_arg : &bp};
       const int threads = key_tiles ? rendered_.threads : rendered_.dq_threads;
       const int smem = key_tiles ? rendered_.smem_bytes : rendered_.dq_smem_bytes;
-      kernel.kernel.launch({static_cast<unsigned>(last - first), static_cast<unsigned>(p.batch)},
-                           {static_cast<unsigned>(threads)}, static_cast<unsigned>(smem), stream, args);
+      (key_tiles ? bwd_ : dq_)->kernel.launch({static_cast<unsigned>(last - first), static_cast<unsigned>(p.batch)},
+                                              {static_cast<unsigned>(threads)}, static_cast<unsigned>(smem), stream,
+                                              args);
     };
     if (!deterministic_) {
-      launch(*bwd_, tables_.work(), 0, tables_.num_items(), true);
+      launch(true, 0, tables_.num_items());
     } else {
       // One launch per table and kernel, in table order: within a launch every
       // accumulator row has one writer, and launches add in a fixed order.
       const auto& wb = tables_.work_begin();
       const auto& qb = tables_.dq_begin();
       for (size_t t = 0; t + 1 < wb.size(); ++t) {
-        launch(*bwd_, tables_.work(), wb[t], wb[t + 1], true);
-        launch(*dq_, tables_.dq_work(), qb[t], qb[t + 1], false);
+        launch(true, wb[t], wb[t + 1]);
+        launch(false, qb[t], qb[t + 1]);
       }
     }
   }

@@ -99,22 +99,20 @@ KernelChoice heuristic_for(KernelFamily family, const Pattern& pattern, const Pr
 KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device) {
   const int d = static_cast<int>(problem.head_dim);
   const int limit = device.smem_per_block_optin;
+  // Both kernels of a config (key tiles, deterministic dQ pass) within the device's limit.
+  auto fits = [&](const KernelConfig& c) {
+    return limit <= 0 || std::max(backward_smem_bytes(c, d), backward_dq_smem_bytes(c, d)) <= limit;
+  };
   std::string why_not;
   if (!family_supports(KernelFamily::kSm90, d, problem.dtype, device.arch(), &why_not)) {
     why_not = "not sm90: " + why_not;
   } else if (d != 128) {
     why_not = fmt::format("not sm90: its backward is measured faster at head dim 128 only (not {})", d);
   } else {
-    bool permutes = false;
-    try {
-      permutes = layout_permutes(pattern, problem);
-    } catch (const Error&) {
-      permutes = false;  // the plan's own compile_layout reports what is wrong
-    }
     const KernelConfig c = KernelConfig::parse("sm90:64x128s2");
-    if (permutes) {
+    if (layout_permutes_or_false(pattern, problem)) {
       why_not = "not sm90: the layout gathers permuted tokens, which the sm80 backward does as fast";
-    } else if (limit > 0 && std::max(backward_smem_bytes(c, d), backward_dq_smem_bytes(c, d)) > limit) {
+    } else if (!fits(c)) {
       why_not = fmt::format("not sm90: {} B of shared memory per block allowed", limit);
     } else {
       check_backward_config(c, d, problem.dtype, device.arch(), limit);
@@ -125,7 +123,7 @@ KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, 
   }
   for (const char* text : {"64x128w8s2", "64x128w8s1", "64x64w4s2", "64x64w4s1"}) {
     KernelConfig c = KernelConfig::parse(text);
-    if (limit > 0 && std::max(backward_smem_bytes(c, d), backward_dq_smem_bytes(c, d)) > limit) continue;
+    if (!fits(c)) continue;
     check_backward_config(c, d, problem.dtype, device.arch(), limit);
     return {c, fmt::format("heuristic (backward, sm80 family: {} keys per CTA, {} queries per step, {} query-tile "
                            "buffer{}, {} B of shared memory of {} allowed; {})",
@@ -145,6 +143,14 @@ bool layout_permutes(const Pattern& pattern, const Problem& problem) {
   return false;
 }
 
+bool layout_permutes_or_false(const Pattern& pattern, const Problem& problem) {
+  try {
+    return layout_permutes(pattern, problem);
+  } catch (const Error&) {
+    return false;
+  }
+}
+
 // Permuted layouts stay on sm80 for now: the sm90 producer gathers their rows with
 // cp.async, and measured on an H200 at 64k tokens (bench/NOTES.md) that was slower than
 // the sm80 kernel's gathers — relative stride 64: 4.15 ms against 2.39; LongNet
@@ -153,13 +159,7 @@ KernelChoice heuristic(const Pattern& pattern, const Problem& problem, const run
   std::string why;
   if (!family_supports(KernelFamily::kSm90, static_cast<int>(problem.head_dim), problem.dtype, device.arch(), &why))
     return sm80(problem, device, "not sm90: " + why);
-  bool permutes = false;
-  try {
-    permutes = layout_permutes(pattern, problem);
-  } catch (const Error&) {
-    permutes = false;  // the plan's own compile_layout reports what is wrong
-  }
-  if (permutes)
+  if (layout_permutes_or_false(pattern, problem))
     return sm80(problem, device, "not sm90: the layout gathers permuted tokens, which the sm80 kernel does faster");
   return sm90(problem, device);
 }

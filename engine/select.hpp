@@ -33,6 +33,10 @@ KernelChoice heuristic_for_pass(TunePass pass, const Pattern& pattern, const Pro
 // Whether the layout of `pattern` at `problem` gathers tokens through a permutation
 // (LongNet, relative strides, grids); throws like compile_layout (e.g. adaptive patterns).
 bool layout_permutes(const Pattern& pattern, const Problem& problem);
+// The same, false where the layout cannot be compiled (for the heuristics and the tuner:
+// the plan's own compile_layout reports what is wrong; adaptive patterns build their
+// tables on the GPU).
+bool layout_permutes_or_false(const Pattern& pattern, const Problem& problem);
 
 // The heuristic's family for this problem and device — sm90 where it supports the head
 // dim and dtype on the device's arch and the layout is in natural token order, else

@@ -306,7 +306,6 @@ inline void append_range(Ivs& v, int64_t lo, int64_t hi, bool& unsorted) {
   v.push_back({lo, hi});
 }
 
-
 }  // namespace
 
 bool OrderSpec::operator==(const OrderSpec& x) const {
