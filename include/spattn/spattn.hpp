@@ -7,6 +7,7 @@
 #include <spattn/config.hpp>
 #include <spattn/error.hpp>
 #include <spattn/layout.hpp>
+#include <spattn/linear.hpp>
 #include <spattn/pattern.hpp>
 #include <spattn/reference.hpp>
 #include <spattn/tensor.hpp>

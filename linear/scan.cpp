@@ -1,0 +1,244 @@
+// The selective scan's configurations, input validation, heuristic and launch.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <spattn/linear.hpp>
+
+#include <algorithm>
+#include <charconv>
+#include <limits>
+#include <sstream>
+
+#include "common/check.hpp"
+#include "common/log.hpp"
+#include "engine/jit.hpp"
+#include "linear/kernels.hpp"
+#include "linear/views.hpp"
+#include "runtime/device.hpp"
+#include "templates/linear_params.cuh"
+
+namespace spattn {
+
+namespace {
+constexpr int kChannelChoices[] = {32, 64};
+constexpr int kSegmentChoices[] = {1, 2, 4, 8, 16};
+constexpr int kStepChoices[] = {4, 8, 16, 32};
+constexpr int kMaxThreads = 512;  // __launch_bounds__ then leaves >= 128 registers per thread
+
+template <size_t K>
+bool one_of(int v, const int (&choices)[K]) {
+  return std::find(std::begin(choices), std::end(choices), v) != std::end(choices);
+}
+}  // namespace
+
+void ScanConfig::validate() const {
+  SPATTN_REQUIRE(one_of(channels, kChannelChoices), "scan config {}: channels must be 32 or 64 (one per lane)",
+                 to_string());
+  SPATTN_REQUIRE(one_of(segments, kSegmentChoices), "scan config {}: segments must be 1, 2, 4, 8 or 16", to_string());
+  SPATTN_REQUIRE(one_of(steps, kStepChoices), "scan config {}: steps must be 4, 8, 16 or 32", to_string());
+  SPATTN_REQUIRE(threads() <= kMaxThreads, "scan config {}: channels x segments = {} threads, at most {}", to_string(),
+                 threads(), kMaxThreads);
+}
+
+int ScanConfig::smem_bytes(int state) const {
+  // templates/linear_scan.cuh: scan_smem_floats (the rendered source asserts they agree).
+  const int chunk = segments * steps;
+  const int floats = 2 * chunk * state + (segments > 1 ? segments * channels + (segments + 2) * state * channels : 0);
+  return floats * 4;
+}
+
+std::string ScanConfig::to_string() const { return fmt::format("{}x{}x{}", channels, segments, steps); }
+
+ScanConfig ScanConfig::parse(std::string_view text) {
+  ScanConfig c;
+  int* fields[] = {&c.channels, &c.segments, &c.steps};
+  const char* p = text.data();
+  const char* end = text.data() + text.size();
+  for (int f = 0; f < 3; ++f) {
+    const auto [next, ec] = std::from_chars(p, end, *fields[f]);
+    const bool sep_ok = f == 2 ? next == end : (next != end && *next == 'x');
+    if (ec != std::errc() || !sep_ok)
+      SPATTN_FAIL(ErrorCode::kInvalidArgument,
+                  "invalid scan config '{}': expected CHANNELSxSEGMENTSxSTEPS such as 32x8x16", text);
+    p = next + (f < 2 ? 1 : 0);
+  }
+  c.validate();
+  return c;
+}
+
+std::vector<ScanConfig> scan_configs() {
+  // Sequential per channel (enough channels to fill the GPU), then more time segments
+  // for fewer channels; chunks of 128-256 steps keep the combine (segments - 1 serial
+  // state updates per thread) small next to the two passes (2 x steps updates).
+  return {{32, 1, 16}, {32, 1, 32}, {32, 2, 16}, {32, 4, 16}, {32, 4, 32},
+          {32, 8, 8},  {32, 8, 16}, {32, 16, 16}, {64, 4, 16}, {64, 8, 16}};
+}
+
+std::vector<int> scan_state_sizes() { return {4, 8, 16, 32}; }
+
+std::string ScanExplanation::to_string() const {
+  std::ostringstream s;
+  s << "problem   " << problem << "\n";
+  s << "device    " << device << " (" << arch << ")\n";
+  s << "config    " << config.to_string() << " (channels x segments x steps) — " << config_source << "\n";
+  s << "kernel    " << kernel << " key " << cache_key.substr(0, 16)
+    << (cache_hit ? " (cache hit)" : fmt::format(" (compiled in {:.0f} ms)", compile_ms)) << "\n";
+  return s.str();
+}
+
+ScanShape check_selective_scan(const SelectiveScanArgs& a) {
+  using linear::require_tensor;
+  require_tensor(a.x, "x", 3);
+  ScanShape s;
+  s.batch = a.x.shape[0];
+  s.length = a.x.shape[1];
+  s.channels = a.x.shape[2];
+  s.dtype = a.x.dtype;
+  SPATTN_REQUIRE(s.batch >= 1 && s.length >= 1 && s.channels >= 1, "x: {} must have B, L, channels >= 1",
+                 a.x.describe());
+  SPATTN_REQUIRE(s.batch <= 65535, "x: batch {} too large; at most 65535", s.batch);
+  SPATTN_REQUIRE(s.length <= std::numeric_limits<int32_t>::max() && s.channels <= (int64_t{1} << 30),
+                 "x: {}: length must be below 2^31 and channels at most 2^30", a.x.describe());
+  if (s.dtype != DType::kFloat16 && s.dtype != DType::kBFloat16 && s.dtype != DType::kFloat32)
+    SPATTN_FAIL(ErrorCode::kUnsupported, "x: dtype {} is not supported; supported: fp16, bf16, fp32",
+                to_string(s.dtype));
+  require_tensor(a.a_log, "a_log", 2);
+  s.state = a.a_log.shape[1];
+  const auto states = scan_state_sizes();
+  if (std::find(states.begin(), states.end(), s.state) == states.end())
+    SPATTN_FAIL(ErrorCode::kUnsupported, "a_log: {}: state size {} is not supported; supported: {}",
+                a.a_log.describe(), s.state, fmt::join(states, ", "));
+  const std::array<int64_t, 4> seq{s.batch, s.length, s.channels, 1};
+  const std::array<int64_t, 4> bc{s.batch, s.length, s.state, 1};
+  linear::require_like(a.delta, "delta", 3, seq, s.dtype, "x");
+  linear::require_like(a.b, "b", 3, bc, s.dtype, "x");
+  linear::require_like(a.c, "c", 3, bc, s.dtype, "x");
+  linear::require_like(a.y, "y", 3, seq, s.dtype, "x");
+  if (a.z.data) linear::require_like(a.z, "z", 3, seq, s.dtype, "x");
+  linear::require_contiguous_fp32(a.a_log, "a_log", {s.channels, s.state});
+  if (a.d.data) linear::require_contiguous_fp32(a.d, "d", {s.channels});
+  if (a.delta_bias.data) linear::require_contiguous_fp32(a.delta_bias, "delta_bias", {s.channels});
+  if (a.final_state.data)
+    linear::require_contiguous_fp32(a.final_state, "final_state", {s.batch, s.channels, s.state});
+  return s;
+}
+
+namespace linear {
+
+ScanConfig scan_heuristic(const ScanShape& shape, const runtime::DeviceInfo& device, std::string* why) {
+  // About 2048 resident threads per SM hide the latency of the dependent state updates.
+  const int64_t channel_threads = shape.batch * ((shape.channels + 31) / 32) * 32;
+  const int64_t target = static_cast<int64_t>(std::max(device.sm_count, 1)) * 2048;
+  ScanConfig c{32, 1, 16};
+  std::string reason;
+  if (channel_threads >= target) {
+    reason = fmt::format("{} channel rows fill {} SMs: sequential scan per channel", channel_threads, device.sm_count);
+  } else {
+    int segments = 2;
+    while (segments < 16 && channel_threads * segments < target) segments *= 2;
+    // No more segments than the sequence has steps for.
+    while (segments > 1 && static_cast<int64_t>(segments / 2) * c.steps >= shape.length) segments /= 2;
+    c.segments = segments;
+    reason = fmt::format("{} channel rows for {} SMs: {} time segments per chunk", channel_threads, device.sm_count,
+                         segments);
+  }
+  if (why) *why = "heuristic (" + reason + ")";
+  return c;
+}
+
+}  // namespace linear
+
+struct SelectiveScan::Impl {
+  SelectiveScanOptions options;
+  ScanExplanation last;
+  bool has_last = false;
+
+  const engine::JitKernel& prepare(const ScanShape& shape, int device, ScanExplanation& ex) {
+    const runtime::DeviceInfo info = runtime::device_info(device);
+    ScanConfig config;
+    if (options.config) {
+      config = *options.config;
+      ex.config_source = "forced";
+    } else {
+      config = linear::scan_heuristic(shape, info, &ex.config_source);
+    }
+    const codegen::RenderedKernel rendered = linear::render_scan(config, static_cast<int>(shape.state), shape.dtype);
+    if (rendered.smem_bytes > info.smem_per_block_optin)
+      SPATTN_FAIL(ErrorCode::kUnsupported,
+                  "selective scan config {} needs {} B of shared memory at state {}; {} offers {} B per block: "
+                  "choose fewer segments or steps",
+                  config.to_string(), rendered.smem_bytes, shape.state, info.name, info.smem_per_block_optin);
+    const engine::JitKernel& kern = engine::load_kernel(rendered, device);
+    if (rendered.smem_bytes > 48 * 1024) kern.kernel.set_max_dynamic_shared(rendered.smem_bytes);
+    ex.problem = fmt::format("B={} L={} channels={} state={} {}", shape.batch, shape.length, shape.channels,
+                             shape.state, to_string(shape.dtype));
+    ex.device = info.name;
+    ex.arch = info.arch();
+    ex.config = config;
+    ex.kernel = rendered.program_name;
+    ex.cache_key = kern.cache_key;
+    ex.cache_hit = kern.cache_hit;
+    ex.compile_ms = kern.compile_ms;
+    log::debug("selective scan {}: config {} ({})", ex.problem, config.to_string(), ex.config_source);
+    return kern;
+  }
+};
+
+SelectiveScan::SelectiveScan(SelectiveScanOptions options) : impl_(std::make_unique<Impl>()) {
+  if (options.config) options.config->validate();
+  impl_->options = std::move(options);
+}
+SelectiveScan::~SelectiveScan() = default;
+SelectiveScan::SelectiveScan(SelectiveScan&&) noexcept = default;
+SelectiveScan& SelectiveScan::operator=(SelectiveScan&&) noexcept = default;
+
+ScanExplanation SelectiveScan::prepare(const ScanShape& shape) {
+  const int device = impl_->options.device >= 0 ? impl_->options.device : runtime::current_device();
+  ScanExplanation ex;
+  impl_->prepare(shape, device, ex);
+  return ex;
+}
+
+void SelectiveScan::forward(const SelectiveScanArgs& a, CUstream stream) {
+  const ScanShape shape = check_selective_scan(a);
+  const int device = impl_->options.device >= 0 ? impl_->options.device : runtime::current_device();
+  ScanExplanation ex;
+  const engine::JitKernel& kern = impl_->prepare(shape, device, ex);
+
+  SpattnScanParams p{};
+  p.x = a.x.data;
+  p.delta = a.delta.data;
+  p.z = a.z.data;
+  p.b = a.b.data;
+  p.c = a.c.data;
+  p.y = a.y.data;
+  p.a_log = static_cast<const float*>(a.a_log.data);
+  p.d_skip = static_cast<const float*>(a.d.data);
+  p.delta_bias = static_cast<const float*>(a.delta_bias.data);
+  p.final_state = static_cast<float*>(a.final_state.data);
+  p.x_stride_b = a.x.strides[0], p.x_stride_l = a.x.strides[1];
+  p.delta_stride_b = a.delta.strides[0], p.delta_stride_l = a.delta.strides[1];
+  if (a.z.data) p.z_stride_b = a.z.strides[0], p.z_stride_l = a.z.strides[1];
+  p.y_stride_b = a.y.strides[0], p.y_stride_l = a.y.strides[1];
+  p.b_stride_b = a.b.strides[0], p.b_stride_l = a.b.strides[1];
+  p.c_stride_b = a.c.strides[0], p.c_stride_l = a.c.strides[1];
+  p.batch = static_cast<int32_t>(shape.batch);
+  p.length = static_cast<int32_t>(shape.length);
+  p.channels = static_cast<int32_t>(shape.channels);
+  p.delta_softplus = a.delta_softplus ? 1 : 0;
+
+  const ScanConfig& cfg = ex.config;
+  const runtime::Dim3 grid{static_cast<unsigned>((shape.channels + cfg.channels - 1) / cfg.channels),
+                           static_cast<unsigned>(shape.batch)};
+  void* args[] = {&p};
+  kern.kernel.launch(grid, {static_cast<unsigned>(cfg.threads())}, static_cast<unsigned>(cfg.smem_bytes(shape.state)),
+                     stream, args);
+  impl_->last = std::move(ex);
+  impl_->has_last = true;
+}
+
+std::string SelectiveScan::explain() const {
+  return impl_->has_last ? impl_->last.to_string() : "no selective scan has run yet\n";
+}
+
+}  // namespace spattn

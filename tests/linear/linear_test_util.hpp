@@ -1,0 +1,77 @@
+// Helpers of the linear-time kernel tests: host values rounded to a storage dtype, and
+// device buffers holding them.
+#pragma once
+
+#include <spattn/tensor.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "engine/reference.hpp"
+#include "runtime/device.hpp"
+
+namespace spattn::test {
+
+// Bits of `x` in a 16-bit dtype (round to nearest; the tests only need valid bits whose
+// decoded values the references then use).
+inline uint16_t to_half_bits(float x, DType dtype) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if (dtype == DType::kBFloat16) {
+    u += 0x7fffu + ((u >> 16) & 1u);  // finite inputs only
+    return static_cast<uint16_t>(u >> 16);
+  }
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const float a = std::fabs(x);
+  if (a >= 65504.f) return sign | 0x7bff;
+  if (a < 6.103515625e-05f) return sign | static_cast<uint16_t>(std::nearbyint(a * 16777216.0f));
+  int e = 0;
+  const float m = std::frexp(a, &e);  // a = m 2^e, m in [0.5, 1)
+  int mant = static_cast<int>(std::nearbyint((m * 2 - 1) * 1024));
+  if (mant == 1024) mant = 0, ++e;
+  return sign | static_cast<uint16_t>(((e - 1 + 15) << 10) | mant);
+}
+
+// Rounds host values to what the dtype stores (in place).
+inline void round_to(std::vector<float>& v, DType dtype) {
+  if (dtype == DType::kFloat32) return;
+  for (float& x : v) x = engine::half_bits_to_float(to_half_bits(x, dtype), dtype);
+}
+
+// Device copy of host values in a dtype (already representable: see round_to).
+inline runtime::DeviceBuffer upload_as(const std::vector<float>& v, DType dtype) {
+  runtime::DeviceBuffer buf(std::max<size_t>(v.size(), 1) * dtype_size(dtype));
+  if (dtype == DType::kFloat32) {
+    buf.upload(v.data(), v.size() * 4);
+  } else {
+    std::vector<uint16_t> bits(v.size());
+    for (size_t k = 0; k < v.size(); ++k) bits[k] = to_half_bits(v[k], dtype);
+    buf.upload(bits.data(), bits.size() * 2);
+  }
+  return buf;
+}
+
+// Host values of a device buffer of n elements in a dtype.
+inline std::vector<float> download_as(const runtime::DeviceBuffer& buf, size_t n, DType dtype) {
+  std::vector<float> out(n);
+  if (dtype == DType::kFloat32) {
+    buf.download(out.data(), n * 4);
+  } else {
+    std::vector<uint16_t> bits(n);
+    buf.download(bits.data(), n * 2);
+    for (size_t k = 0; k < n; ++k) out[k] = engine::half_bits_to_float(bits[k], dtype);
+  }
+  return out;
+}
+
+inline std::vector<float> uniform(size_t n, float lo, float hi, std::mt19937_64& rng) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+}  // namespace spattn::test
