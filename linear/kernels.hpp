@@ -19,6 +19,13 @@ codegen::RenderedKernel render_scan(const ScanConfig& config, int state, DType d
 // The heuristic configuration for a problem on a device, and why.
 ScanConfig scan_heuristic(const ScanShape& shape, const runtime::DeviceInfo& device, std::string* why = nullptr);
 
+// The Performer's helper kernels for inputs of `dtype`: spattn_performer_query_features,
+// _key_exponents, _key_features, _convert_values and _normalize (256 threads; the row
+// kernels one warp per row).
+codegen::RenderedKernel render_performer_support(DType dtype);
+// The causal prefix scan `spattn_performer_causal` for m features (256 threads).
+codegen::RenderedKernel render_performer_causal(const PerformerConfig& config, int features, DType dtype);
+
 // The dtype code of linear_common.cuh (0 fp16, 1 bf16, 2 fp32).
 int dtype_code(DType dtype);
 

@@ -46,4 +46,49 @@ void reference_selective_scan(const ScanShape& s, const float* x, const float* d
   }
 }
 
+void reference_performer(const PerformerShape& s, const float* q, const float* k, const float* v, const float* omega,
+                         int64_t features, bool causal, std::vector<double>& out) {
+  SPATTN_REQUIRE(s.heads % s.kv_heads == 0 && features >= 1, "reference_performer: bad shape");
+  SPATTN_REQUIRE(!causal || s.nq == s.nk, "reference_performer: causal needs nq == nk");
+  const int64_t B = s.batch, Nq = s.nq, Nk = s.nk, H = s.heads, Hkv = s.kv_heads, D = s.head_dim, Dv = s.v_dim,
+                M = features, G = H / Hkv;
+  const double scale = 1.0 / std::sqrt(std::sqrt(static_cast<double>(D)));
+  // φ(x) = exp(ω x̂ - |x̂|²/2) / sqrt(m) with no stabiliser (fp64 has the range).
+  auto phi = [&](const float* x, std::vector<double>& f) {
+    double norm = 0;
+    for (int64_t d = 0; d < D; ++d) norm += static_cast<double>(x[d]) * x[d];
+    norm *= scale * scale / 2;
+    f.resize(static_cast<size_t>(M));
+    for (int64_t m = 0; m < M; ++m) {
+      double dot = 0;
+      for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(omega[m * D + d]) * x[d];
+      f[m] = std::exp(dot * scale - norm) / std::sqrt(static_cast<double>(M));
+    }
+  };
+  out.assign(static_cast<size_t>(B * Nq * H * Dv), 0.0);
+  std::vector<double> fq;
+  std::vector<std::vector<double>> fk(static_cast<size_t>(Nk));
+  std::vector<double> acc(static_cast<size_t>(Dv));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t kh = 0; kh < Hkv; ++kh) {
+      for (int64_t j = 0; j < Nk; ++j) phi(k + ((b * Nk + j) * Hkv + kh) * D, fk[j]);
+      for (int64_t h = kh * G; h < (kh + 1) * G; ++h)
+        for (int64_t i = 0; i < Nq; ++i) {
+          phi(q + ((b * Nq + i) * H + h) * D, fq);
+          std::fill(acc.begin(), acc.end(), 0.0);
+          double den = 0;
+          const int64_t last = causal ? i : Nk - 1;
+          for (int64_t j = 0; j <= last; ++j) {
+            double w = 0;
+            for (int64_t m = 0; m < M; ++m) w += fq[m] * fk[j][m];
+            den += w;
+            const float* vj = v + ((b * Nk + j) * Hkv + kh) * Dv;
+            for (int64_t d = 0; d < Dv; ++d) acc[d] += w * vj[d];
+          }
+          double* o = &out[((b * Nq + i) * H + h) * Dv];
+          for (int64_t d = 0; d < Dv; ++d) o[d] = den > 0 ? acc[d] / den : 0.0;
+        }
+    }
+}
+
 }  // namespace spattn

@@ -1,5 +1,5 @@
 // Linear-time sequence mixers through the same JIT as the sparse kernels: a Mamba
-// selective scan (S6). Kernels are generated per configuration, compiled by NVRTC into
+// selective scan (S6) and Performer (FAVOR+) attention. Kernels are generated per configuration, compiled by NVRTC into
 // the kernel cache and launched asynchronously on the caller's stream.
 //
 //   spattn::SelectiveScanArgs a;           // device tensors, see below
@@ -127,5 +127,94 @@ void reference_selective_scan(const ScanShape& shape, const float* x, const floa
                               const float* b, const float* c, const float* d, const float* delta_bias,
                               const float* z, bool delta_softplus, std::vector<double>& y,
                               std::vector<double>* final_state = nullptr);
+
+// ---------------------------------------------------------------------------------------
+// Performer (FAVOR+) attention: softmax attention exp(q·k / sqrt(D)) estimated with m
+// positive orthogonal random features,
+//   φ(x) = exp(ω x̂ - |x̂|²/2) / sqrt(m),  x̂ = x D^(-1/4),  ω: m rows [m, D]
+//   non-causal: O = φ(Q) (φ(K)ᵀ V) / (φ(Q) φ(K)ᵀ 1)
+//   causal (Nq == Nk): O_i = φ(q_i) Σ_{j<=i} φ(k_j) v_jᵀ / φ(q_i) Σ_{j<=i} φ(k_j)
+// in O(N m D) time and O(N m) memory. Q [B, Nq, H, D], K [B, Nk, Hkv, D], V [B, Nk, Hkv, Dv],
+// O [B, Nq, H, Dv] (H % Hkv == 0), one dtype (fp16, bf16 or fp32), head dim contiguous.
+// A row whose denominator underflows gets output 0.
+//
+// The kernels compute with stabilisers (the per-row max of a query's exponents, one max
+// per batch and head over the keys) that cancel exactly; the projections ω x̂ and the
+// products with φ are cuBLAS GEMMs (loaded at run time), fp32 accumulation, φ in fp32.
+
+// Orthogonal random features: blocks of D rows, each block the rows of a random
+// orthogonal matrix (Gram-Schmidt on Gaussian rows) scaled by the norms of independent
+// Gaussian vectors, the last block truncated to what m leaves (Choromanski et al. 2021).
+// The same (head_dim, features, seed) give the same values on every host.
+struct PerformerFeatures {
+  int64_t head_dim = 0, features = 0;
+  uint64_t seed = 0;
+  std::vector<float> omega;  // [features, head_dim], row-major
+
+  static PerformerFeatures draw(int64_t head_dim, int64_t features, uint64_t seed);
+  // The values the kernels see for inputs of `dtype` (ω is rounded to it for the GEMMs).
+  std::vector<float> rounded(DType dtype) const;
+};
+
+// Tile configuration of the causal prefix scan. Changes speed, never results (beyond
+// fp32 rounding order). 256 threads per CTA.
+struct PerformerConfig {
+  int chunk = 32;  // tokens per step of the scan: 16, 32 or 64
+  int slice = 32;  // columns of V per CTA: 16, 32 or 64
+  void validate() const;
+  int smem_bytes(int features) const;
+  std::string to_string() const;  // "32x32" (chunk x slice)
+  static PerformerConfig parse(std::string_view text);
+  bool operator==(const PerformerConfig&) const = default;
+};
+std::vector<PerformerConfig> performer_configs();
+
+struct PerformerShape {
+  int64_t batch = 1, nq = 1, nk = 1, heads = 1, kv_heads = 1, head_dim = 64, v_dim = 64;
+  DType dtype = DType::kBFloat16;
+};
+
+// Validates tensors (no GPU needed); throws kInvalidArgument naming the tensor, or
+// kUnsupported for a head dim, dtype or feature count the kernels do not serve.
+PerformerShape check_performer(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                               bool causal, int64_t features);
+
+struct PerformerOptions {
+  int64_t features = 256;   // m: a multiple of 16, 16 to 1024
+  uint64_t seed = 0;        // of the random features
+  bool causal = false;
+  int device = -1;          // -1: the device of the current context (else 0)
+  std::optional<PerformerConfig> config;  // causal scan; else the first of the table that fits
+  bool tf32 = false;        // the fp32 GEMMs with φ through TF32 tensor cores (faster, ~1e-3 error)
+};
+
+class Performer {
+ public:
+  Performer(int64_t head_dim, PerformerOptions options = {});
+  ~Performer();
+  Performer(Performer&&) noexcept;
+  Performer& operator=(Performer&&) noexcept;
+
+  // Draws new features from `seed` (a redraw between training steps, as FAVOR+ does).
+  void redraw(uint64_t seed);
+  const PerformerFeatures& features() const;
+  const PerformerOptions& options() const;
+
+  // O from Q, K, V; asynchronous on `stream`. The object owns its device workspace
+  // (grown as needed) and must outlive the launches that use it.
+  void forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+               CUstream stream = nullptr);
+  std::string explain() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// fp64 host reference of the estimator, with no stabiliser, over explicit pair weights
+// φ(q_i)·φ(k_j) (j <= i when causal): contiguous fp32 host arrays of the shapes above and
+// ω [features, head_dim] (pass PerformerFeatures::rounded(dtype) to match the kernels).
+void reference_performer(const PerformerShape& shape, const float* q, const float* k, const float* v,
+                         const float* omega, int64_t features, bool causal, std::vector<double>& out);
 
 }  // namespace spattn
