@@ -66,13 +66,23 @@ void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorVie
   auto ensure = [](runtime::DeviceBuffer& b, size_t bytes) {
     if (b.size() < bytes) b = runtime::DeviceBuffer(bytes);
   };
+  // One work item per key row: the kernel stores dK and dV (pairs of 16-bit values)
+  // into the outputs, with no fp32 accumulators to clear and convert.
+  auto pairs_aligned = [](const TensorView& t) {
+    return reinterpret_cast<uintptr_t>(t.data) % 4 == 0 && t.strides[0] % 2 == 0 && t.strides[1] % 2 == 0 &&
+           t.strides[2] % 2 == 0;
+  };
+  const bool direct_kv =
+      tables_.num_items() > 0 && tables_.sole_key_writer() && pairs_aligned(dk) && pairs_aligned(dv);
   ensure(dsum_, rows * 4);
   ensure(dq_acc_, q_elems * 4);
-  ensure(dk_acc_, k_elems * 4);
-  ensure(dv_acc_, k_elems * 4);
   SPATTN_CU_CHECK(cuMemsetD32Async(dq_acc_.get(), 0, q_elems, stream));
-  SPATTN_CU_CHECK(cuMemsetD32Async(dk_acc_.get(), 0, k_elems, stream));
-  SPATTN_CU_CHECK(cuMemsetD32Async(dv_acc_.get(), 0, k_elems, stream));
+  if (!direct_kv) {
+    ensure(dk_acc_, k_elems * 4);
+    ensure(dv_acc_, k_elems * 4);
+    SPATTN_CU_CHECK(cuMemsetD32Async(dk_acc_.get(), 0, k_elems, stream));
+    SPATTN_CU_CHECK(cuMemsetD32Async(dv_acc_.get(), 0, k_elems, stream));
+  }
 
   {
     SpattnBwdPrepParams pp{};
@@ -106,6 +116,16 @@ void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorVie
     bp.dq_acc = reinterpret_cast<float*>(dq_acc_.get());
     bp.dk_acc = reinterpret_cast<float*>(dk_acc_.get());
     bp.dv_acc = reinterpret_cast<float*>(dv_acc_.get());
+    if (direct_kv) {
+      bp.dk_out = dk.data;
+      bp.dv_out = dv.data;
+      bp.dk_stride_b = dk.strides[0];
+      bp.dk_stride_n = dk.strides[1];
+      bp.dk_stride_h = dk.strides[2];
+      bp.dv_stride_b = dv.strides[0];
+      bp.dv_stride_n = dv.strides[1];
+      bp.dv_stride_h = dv.strides[2];
+    }
     bp.nq = static_cast<int32_t>(p.nq);
     bp.nk = static_cast<int32_t>(p.nk);
     bp.heads = static_cast<int32_t>(p.heads);
@@ -172,8 +192,10 @@ void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorVie
     convert_->kernel.launch({static_cast<unsigned>((warps + 7) / 8)}, {256}, 0, stream, args);
   };
   convert(dq_acc_, dq, p.nq, p.heads);
-  convert(dk_acc_, dk, p.nk, p.kv_heads);
-  convert(dv_acc_, dv, p.nk, p.kv_heads);
+  if (!direct_kv) {
+    convert(dk_acc_, dk, p.nk, p.kv_heads);
+    convert(dv_acc_, dv, p.nk, p.kv_heads);
+  }
 }
 
 }  // namespace spattn::engine

@@ -151,6 +151,34 @@ void check_unique_tokens(const std::vector<int32_t>& slots, const char* what, si
   }
 }
 
+// Whether the tables' heads partition the query heads (each head in exactly one table).
+bool heads_partitioned(const Layout& layout) {
+  std::vector<int32_t> tables_of_head(static_cast<size_t>(layout.shape.heads), 0);
+  for (const BlockTable& t : layout.tables)
+    for (int32_t h : t.heads)
+      if (h < 0 || h >= layout.shape.heads || tables_of_head[static_cast<size_t>(h)]++) return false;
+  return std::find(tables_of_head.begin(), tables_of_head.end(), 0) == tables_of_head.end();
+}
+
+// Whether the key tiles of t that have work (a nonempty column of tr) hold every key
+// token exactly once; `covered` is scratch of Nk entries.
+bool covers_keys_once(const Layout& layout, const BlockTable& t, const TransposedTable& tr,
+                      std::vector<char>& covered) {
+  covered.assign(static_cast<size_t>(layout.shape.nk), 0);
+  int64_t count = 0;
+  for (int64_t k = 0; k < tr.num_k_tiles; ++k) {
+    if (tr.col_ptr[k + 1] == tr.col_ptr[k]) continue;
+    for (int64_t r = 0; r < layout.tile_n; ++r) {
+      const int64_t slot = k * layout.tile_n + r;
+      const int64_t token = t.k_slots.empty() ? slot : t.k_slots[static_cast<size_t>(slot)];
+      if (token < 0 || token >= layout.shape.nk) continue;
+      if (covered[static_cast<size_t>(token)]++) return false;
+      ++count;
+    }
+  }
+  return count == layout.shape.nk;
+}
+
 }  // namespace
 
 PackedBackwardTables pack_backward_tables(const Layout& layout, const BackwardPacking& packing) {
@@ -161,9 +189,12 @@ PackedBackwardTables pack_backward_tables(const Layout& layout, const BackwardPa
     list.insert(list.end(), {static_cast<int32_t>(table), static_cast<int32_t>(tile), static_cast<int32_t>(first),
                              static_cast<int32_t>(count)});
   };
+  out.sole_key_writer = packing.kv_group == 1 && heads_partitioned(layout);
+  std::vector<char> covered;
   for (size_t ti = 0; ti < layout.tables.size(); ++ti) {
     const BlockTable& t = layout.tables[ti];
     const TransposedTable tr = transpose_table(t);
+    if (out.sole_key_writer) out.sole_key_writer = covers_keys_once(layout, t, tr, covered);
     arena.reserve_more(t.q_slots.size() + t.k_slots.size() + tr.col_ptr.size() + tr.full_count.size() +
                        tr.rows.size() + t.heads.size() +
                        (packing.deterministic ? t.row_ptr.size() + t.full_count.size() + t.cols.size() : 0));
@@ -216,6 +247,7 @@ DeviceBackwardLayout::DeviceBackwardLayout(const Layout& layout, const BackwardP
   const PackedBackwardTables packed = pack_backward_tables(layout, packing);
   work_begin_ = packed.work_begin;
   dq_begin_ = packed.dq_begin;
+  sole_key_writer_ = packed.sole_key_writer;
   upload(arena_, packed.arena);
   upload(tables_, packed.tables);
   upload(work_, packed.work);

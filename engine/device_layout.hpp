@@ -63,6 +63,12 @@ struct PackedBackwardTables {
   std::vector<int64_t> work_begin, dq_begin;
   int64_t num_items() const { return static_cast<int64_t>(work.size() / 4); }
   int64_t num_dq_items() const { return static_cast<int64_t>(dq_work.size() / 4); }
+  // Every (KV head, key token) gets its dK and dV from exactly one work item: the
+  // tables' heads partition the query heads, each query head is its own KV head, and
+  // in every table the key tiles with work hold every key token once. The kernels can
+  // then store dK, dV straight into the outputs instead of adding them into fp32
+  // accumulators that a conversion pass reads back.
+  bool sole_key_writer = false;
 };
 PackedBackwardTables pack_backward_tables(const Layout& layout, const BackwardPacking& packing = {});
 
@@ -79,9 +85,11 @@ class DeviceBackwardLayout {
   int64_t num_dq_items() const { return static_cast<int64_t>(dq_begin_.empty() ? 0 : dq_begin_.back()); }
   const std::vector<int64_t>& work_begin() const { return work_begin_; }
   const std::vector<int64_t>& dq_begin() const { return dq_begin_; }
+  bool sole_key_writer() const { return sole_key_writer_; }
 
  private:
   std::vector<int64_t> work_begin_, dq_begin_;
+  bool sole_key_writer_ = false;
   runtime::DeviceBuffer arena_, tables_, work_, dq_work_;
 };
 

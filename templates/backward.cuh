@@ -387,17 +387,23 @@ struct Backward {
       // With two buffers the barrier at the top of the next step orders this step's
       // reads of dSᵀ before the next step's writes.
     }
-    // ---- dK (scaled), dV into the fp32 accumulators of their key rows
+    // ---- dK (scaled), dV of their key rows: into the outputs when this item is the rows'
+    // only writer, else into the fp32 accumulators
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
       const int j = ktok[warp * 16 + lane / 4 + hr * 8];
       if (j < 0) continue;
-      float* dk = p.dk_acc + (((int64_t)b * p.nk + j) * (p.heads / p.kv_group) + kvh) * D + (lane % 4) * 2;
-      float* dv = p.dv_acc + (((int64_t)b * p.nk + j) * (p.heads / p.kv_group) + kvh) * D + (lane % 4) * 2;
+      const int col = (lane % 4) * 2;
+      float* dk = p.dk_acc + (((int64_t)b * p.nk + j) * (p.heads / p.kv_group) + kvh) * D + col;
+      float* dv = p.dv_acc + (((int64_t)b * p.nk + j) * (p.heads / p.kv_group) + kvh) * D + col;
+      elem* dk_out = static_cast<elem*>(key_grad_row(p.dk_out, p.dk_stride_b, p.dk_stride_n, p.dk_stride_h, b, j, kvh, col));
+      elem* dv_out = static_cast<elem*>(key_grad_row(p.dv_out, p.dv_stride_b, p.dv_stride_n, p.dv_stride_h, b, j, kvh, col));
 #pragma unroll
       for (int nt = 0; nt < kNTilesD; ++nt) {
-        accumulate2<!kDeterministic>(dk + nt * 8, p.scale * acc_dk[nt][hr * 2], p.scale * acc_dk[nt][hr * 2 + 1]);
-        accumulate2<!kDeterministic>(dv + nt * 8, acc_dv[nt][hr * 2], acc_dv[nt][hr * 2 + 1]);
+        write_key_grad2<!kDeterministic, kBf16>(dk_out ? dk_out + nt * 8 : nullptr, dk + nt * 8,
+                                                p.scale * acc_dk[nt][hr * 2], p.scale * acc_dk[nt][hr * 2 + 1]);
+        write_key_grad2<!kDeterministic, kBf16>(dv_out ? dv_out + nt * 8 : nullptr, dv + nt * 8, acc_dv[nt][hr * 2],
+                                                acc_dv[nt][hr * 2 + 1]);
       }
     }
   }

@@ -434,17 +434,22 @@ struct Backward {
       }
     }
 
-    // ---- dK (scaled), dV into the fp32 accumulators of their key rows
+    // ---- dK (scaled), dV of their key rows: into the outputs when this item is the rows'
+    // only writer, else into the fp32 accumulators
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
       const int j = ktok[key_row + hr * 8];
       if (j < 0) continue;
-      const int64_t row = (((int64_t)b * p.nk + j) * kv_heads + it.kvh) * D + (lane % 4) * 2;
+      const int col = (lane % 4) * 2;
+      const int64_t row = (((int64_t)b * p.nk + j) * kv_heads + it.kvh) * D + col;
+      elem* dk = static_cast<elem*>(key_grad_row(p.dk_out, p.dk_stride_b, p.dk_stride_n, p.dk_stride_h, b, j, it.kvh, col));
+      elem* dv = static_cast<elem*>(key_grad_row(p.dv_out, p.dv_stride_b, p.dv_stride_n, p.dv_stride_h, b, j, it.kvh, col));
 #pragma unroll
       for (int jn = 0; jn < D / 8; ++jn) {
-        accumulate2<!kDeterministic>(p.dk_acc + row + jn * 8, p.scale * acc_dk[jn * 4 + hr * 2],
-                                     p.scale * acc_dk[jn * 4 + hr * 2 + 1]);
-        accumulate2<!kDeterministic>(p.dv_acc + row + jn * 8, acc_dv[jn * 4 + hr * 2], acc_dv[jn * 4 + hr * 2 + 1]);
+        write_key_grad2<!kDeterministic, kBf16>(dk ? dk + jn * 8 : nullptr, p.dk_acc + row + jn * 8,
+                                                p.scale * acc_dk[jn * 4 + hr * 2], p.scale * acc_dk[jn * 4 + hr * 2 + 1]);
+        write_key_grad2<!kDeterministic, kBf16>(dv ? dv + jn * 8 : nullptr, p.dv_acc + row + jn * 8,
+                                                acc_dv[jn * 4 + hr * 2], acc_dv[jn * 4 + hr * 2 + 1]);
       }
     }
   }

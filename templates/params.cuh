@@ -113,6 +113,12 @@ struct SpattnBwdParams {
   float* dq_acc;            // [B, Nq, Hq, D] fp32
   float* dk_acc;            // [B, Nk, Hkv, D] fp32
   float* dv_acc;            // [B, Nk, Hkv, D] fp32
+  // With one work item per key row (the tables' sole_key_writer): the 16-bit dK and dV
+  // outputs, which the kernel stores to directly (dk_acc, dv_acc unused); else null.
+  void* dk_out;
+  void* dv_out;
+  int64_t dk_stride_b, dk_stride_n, dk_stride_h;
+  int64_t dv_stride_b, dv_stride_n, dv_stride_h;
   int64_t q_stride_b, q_stride_n, q_stride_h;
   int64_t k_stride_b, k_stride_n, k_stride_h;
   int64_t v_stride_b, v_stride_n, v_stride_h;

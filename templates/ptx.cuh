@@ -86,6 +86,24 @@ __device__ __forceinline__ void accumulate2(float* p, float a, float b) {
   }
 }
 
+// Two adjacent dK or dV values of a key row: stored as 16 bits at out when the work
+// item is the row's only writer (out non-null, 4-byte aligned), else added into the
+// fp32 accumulator at acc (atomically unless deterministic).
+template <bool kAtomic, bool kBf16>
+__device__ __forceinline__ void write_key_grad2(void* out, float* acc, float a, float b) {
+  if (out)
+    *reinterpret_cast<uint32_t*>(out) = pack2<kBf16>(a, b);
+  else
+    accumulate2<kAtomic>(acc, a, b);
+}
+
+// Element `col` of the 16-bit gradient row (batch b, key token j, KV head kvh) of an
+// output with the given strides; null when out is (the accumulators are used).
+__device__ __forceinline__ void* key_grad_row(void* out, int64_t stride_b, int64_t stride_n, int64_t stride_h, int b,
+                                              int j, int kvh, int col) {
+  return out ? static_cast<unsigned short*>(out) + b * stride_b + j * stride_n + kvh * stride_h + col : nullptr;
+}
+
 // The two 16-bit values of a register as floats (lo: the low half), pack2's inverse.
 template <bool kBf16>
 __device__ __forceinline__ void unpack2(uint32_t v, float& lo, float& hi) {

@@ -282,5 +282,55 @@ TEST(BackwardTables, DeterministicPackingRefusesATokenTwiceInOneTable) {
   EXPECT_NO_THROW((void)engine::pack_backward_tables(layout, packing));
 }
 
+// dK and dV go straight to the outputs only where every (KV head, key token) has
+// exactly one work item: one query head per KV head, the tables' heads a partition of
+// the query heads, and each table's attended key tiles holding every key once.
+TEST(BackwardTables, SoleKeyWriterOnlyWhereEveryKeyRowHasOneItem) {
+  LayoutOptions lo;
+  lo.tile_m = 64;
+  lo.tile_n = 128;
+  auto sole = [&](const char* json, Shape shape, int64_t kv_group) {
+    engine::BackwardPacking packing;
+    packing.kv_group = kv_group;
+    return engine::pack_backward_tables(compile_layout(Pattern::parse(json), shape, lo), packing).sole_key_writer;
+  };
+  EXPECT_TRUE(sole(R"({"type":"dense"})", Shape{1000, 1000, 4}, 1));
+  EXPECT_TRUE(sole(R"({"type":"dense","causal":true})", Shape{300, 1000, 4}, 1));
+  EXPECT_TRUE(sole(R"({"type":"local_window","window":100})", Shape{3000, 3000, 2}, 1));
+  EXPECT_TRUE(sole(R"({"heads":[{"first":0,"count":3,"pattern":{"type":"local_window","window":100}},)"
+                   R"({"first":3,"count":5,"pattern":{"type":"dense","causal":true}}]})",
+                   Shape{1000, 1000, 8}, 1));
+  EXPECT_FALSE(sole(R"({"type":"dense"})", Shape{1000, 1000, 4}, 2)) << "two query heads add into a KV head";
+  EXPECT_FALSE(sole(R"({"type":"longnet","segments":[512,1024],"rates":[1,2]})", Shape{3000, 3000, 4}, 1))
+      << "the branches' tables share heads";
+
+  Layout layout;
+  layout.shape = Shape{64, 256, 1};
+  layout.tile_m = 64;
+  layout.tile_n = 128;
+  BlockTable t;
+  t.num_q_tiles = 1;
+  t.num_k_tiles = 2;
+  t.row_ptr = {0, 2};
+  t.full_count = {2};
+  t.cols = {0, 1};
+  t.heads = {0};
+  layout.tables = {t};
+  EXPECT_TRUE(engine::pack_backward_tables(layout).sole_key_writer);
+  layout.tables[0].row_ptr = {0, 1};
+  layout.tables[0].full_count = {1};
+  layout.tables[0].cols = {0};
+  EXPECT_FALSE(engine::pack_backward_tables(layout).sole_key_writer) << "keys 128-255 have no item";
+  layout.tables[0] = t;
+  layout.tables[0].k_slots.assign(256, -1);
+  for (int s = 0; s < 256; ++s) layout.tables[0].k_slots[s] = s == 200 ? 7 : s;  // 7 twice, 200 never
+  EXPECT_FALSE(engine::pack_backward_tables(layout).sole_key_writer);
+  layout.tables[0].k_slots[200] = 200;
+  EXPECT_TRUE(engine::pack_backward_tables(layout).sole_key_writer);
+  layout.tables[0] = t;
+  layout.tables[0].heads = {};
+  EXPECT_FALSE(engine::pack_backward_tables(layout).sole_key_writer) << "head 0 is in no table";
+}
+
 }  // namespace
 }  // namespace spattn
