@@ -1,16 +1,28 @@
-// The C ABI over spattn::Attention: exceptions become status codes plus a thread-local
-// message; nothing throws across the boundary.
+// The C ABI over spattn::Attention, spattn::SelectiveScan and spattn::Performer:
+// exceptions become status codes plus a thread-local message; nothing throws across the
+// boundary.
 #include <spattn/spattn.h>
 
 #include <spattn/attention.hpp>
+#include <spattn/linear.hpp>
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
+#include <vector>
 
 struct spattn_attention {
   spattn::Attention attn;
+};
+
+struct spattn_selective_scan {
+  spattn::SelectiveScan scan;
+};
+
+struct spattn_performer {
+  spattn::Performer performer;
 };
 
 namespace {
@@ -40,10 +52,14 @@ spattn_status guarded(F&& f) {
   }
 }
 
-spattn::TensorView view_of(const spattn_tensor* t, const char* name) {
+// min_rank: attention takes ranks 3 and 4; the scan's parameters are of rank 1 and 2 (the
+// library then checks the exact rank of each tensor).
+spattn::TensorView view_of(const spattn_tensor* t, const char* name, int min_rank = 3) {
   if (!t) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, std::string(name) + " is NULL");
-  if (t->rank != 3 && t->rank != 4)
-    throw spattn::Error(spattn::ErrorCode::kInvalidArgument, std::string(name) + ": rank must be 3 or 4");
+  if (t->rank < min_rank || t->rank > 4)
+    throw spattn::Error(spattn::ErrorCode::kInvalidArgument,
+                        std::string(name) + (min_rank == 3 ? ": rank must be 3 or 4" : ": rank must be 1 to 4") +
+                            " (got " + std::to_string(t->rank) + ")");
   if (t->dtype < SPATTN_FP16 || t->dtype > SPATTN_FP32)
     throw spattn::Error(spattn::ErrorCode::kInvalidArgument, std::string(name) + ": unknown dtype code");
   spattn::TensorView v;
@@ -56,6 +72,25 @@ spattn::TensorView view_of(const spattn_tensor* t, const char* name) {
     v.strides[d] = d < t->rank ? t->strides[d] : 1;
   }
   return v;
+}
+
+// An optional tensor: NULL (or a NULL data pointer) is absent.
+spattn::TensorView optional_view_of(const spattn_tensor* t, const char* name) {
+  if (!t || !t->data) return spattn::TensorView{};
+  return view_of(t, name, 1);
+}
+
+// Parses an options object, calling on(key, value) for each member.
+template <class F>
+void for_each_option(const char* options_json, F&& on) {
+  if (!options_json || !*options_json) return;
+  const auto j = nlohmann::json::parse(options_json);
+  if (!j.is_object()) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "options must be a JSON object");
+  for (const auto& [key, value] : j.items()) on(key, value);
+}
+
+[[noreturn]] void unknown_option(const std::string& key, const char* known) {
+  throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "options." + key + ": unknown option; known: " + known);
 }
 
 spattn_status copy_out(const std::string& text, char* buffer, size_t capacity, size_t* needed) {
@@ -82,24 +117,16 @@ spattn_status spattn_attention_create(const char* pattern_json, const char* opti
     *out = nullptr;
     if (!pattern_json) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "pattern_json is NULL");
     spattn::AttentionOptions opts;
-    if (options_json && *options_json) {
-      const auto j = nlohmann::json::parse(options_json);
-      if (!j.is_object()) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "options must be a JSON object");
-      for (const auto& [key, value] : j.items()) {
-        if (key == "scale") opts.scale = value.get<float>();
-        else if (key == "device") opts.device = value.get<int>();
-        else if (key == "config") opts.config = spattn::KernelConfig::parse(value.get<std::string>());
-        else if (key == "backward_config") opts.backward_config = spattn::KernelConfig::parse(value.get<std::string>());
-        else if (key == "use_tuning_db") opts.use_tuning_db = value.get<bool>();
-        else if (key == "deterministic") opts.deterministic = value.get<bool>();
-        else if (key == "record") opts.record = value.get<std::string>();
-        else
-          throw spattn::Error(spattn::ErrorCode::kInvalidArgument,
-                              "options." + key +
-                                  ": unknown option; known: scale, device, config, backward_config, use_tuning_db, "
-                                  "deterministic, record");
-      }
-    }
+    for_each_option(options_json, [&](const std::string& key, const nlohmann::json& value) {
+      if (key == "scale") opts.scale = value.get<float>();
+      else if (key == "device") opts.device = value.get<int>();
+      else if (key == "config") opts.config = spattn::KernelConfig::parse(value.get<std::string>());
+      else if (key == "backward_config") opts.backward_config = spattn::KernelConfig::parse(value.get<std::string>());
+      else if (key == "use_tuning_db") opts.use_tuning_db = value.get<bool>();
+      else if (key == "deterministic") opts.deterministic = value.get<bool>();
+      else if (key == "record") opts.record = value.get<std::string>();
+      else unknown_option(key, "scale, device, config, backward_config, use_tuning_db, deterministic, record");
+    });
     *out = new spattn_attention{spattn::Attention(spattn::Pattern::parse(pattern_json), opts)};
   });
 }
@@ -154,6 +181,111 @@ spattn_status spattn_pattern_stats(const char* pattern_json, int64_t nq, int64_t
                               {"full_tiles", s.full_tiles},     {"partial_tiles", s.partial_tiles},
                               {"useful_flops", s.useful_flops}, {"parts", s.parts}};
     copy_out(j.dump(), buffer, capacity, needed);
+  });
+}
+
+// ---- selective scan ---------------------------------------------------------------------
+
+spattn_status spattn_selective_scan_create(const char* options_json, spattn_selective_scan_t* out) {
+  return guarded([&] {
+    if (!out) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "out is NULL");
+    *out = nullptr;
+    spattn::SelectiveScanOptions opts;
+    for_each_option(options_json, [&](const std::string& key, const nlohmann::json& value) {
+      if (key == "device") opts.device = value.get<int>();
+      else if (key == "config") opts.config = spattn::ScanConfig::parse(value.get<std::string>());
+      else unknown_option(key, "device, config");
+    });
+    *out = new spattn_selective_scan{spattn::SelectiveScan(opts)};
+  });
+}
+
+void spattn_selective_scan_destroy(spattn_selective_scan_t scan) { delete scan; }
+
+spattn_status spattn_selective_scan_forward(spattn_selective_scan_t scan, const spattn_tensor* x,
+                                            const spattn_tensor* delta, const spattn_tensor* a_log,
+                                            const spattn_tensor* b, const spattn_tensor* c, const spattn_tensor* d,
+                                            const spattn_tensor* delta_bias, const spattn_tensor* z,
+                                            const spattn_tensor* y, const spattn_tensor* final_state,
+                                            int32_t delta_softplus, void* stream) {
+  return guarded([&] {
+    if (!scan) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "selective scan handle is NULL");
+    spattn::SelectiveScanArgs a;
+    a.x = view_of(x, "x", 1);
+    a.delta = view_of(delta, "delta", 1);
+    a.a_log = view_of(a_log, "a_log", 1);
+    a.b = view_of(b, "b", 1);
+    a.c = view_of(c, "c", 1);
+    a.d = optional_view_of(d, "d");
+    a.delta_bias = optional_view_of(delta_bias, "delta_bias");
+    a.z = optional_view_of(z, "z");
+    a.y = view_of(y, "y", 1);
+    a.final_state = optional_view_of(final_state, "final_state");
+    a.delta_softplus = delta_softplus != 0;
+    scan->scan.forward(a, static_cast<CUstream>(stream));
+  });
+}
+
+spattn_status spattn_selective_scan_explain(spattn_selective_scan_t scan, char* buffer, size_t capacity,
+                                            size_t* needed) {
+  return guarded([&] {
+    if (!scan) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "selective scan handle is NULL");
+    copy_out(scan->scan.explain(), buffer, capacity, needed);
+  });
+}
+
+// ---- Performer --------------------------------------------------------------------------
+
+spattn_status spattn_performer_create(int64_t head_dim, const char* options_json, spattn_performer_t* out) {
+  return guarded([&] {
+    if (!out) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "out is NULL");
+    *out = nullptr;
+    spattn::PerformerOptions opts;
+    for_each_option(options_json, [&](const std::string& key, const nlohmann::json& value) {
+      if (key == "features") opts.features = value.get<int64_t>();
+      else if (key == "seed") opts.seed = value.get<uint64_t>();
+      else if (key == "causal") opts.causal = value.get<bool>();
+      else if (key == "device") opts.device = value.get<int>();
+      else if (key == "config") opts.config = spattn::PerformerConfig::parse(value.get<std::string>());
+      else if (key == "tf32") opts.tf32 = value.get<bool>();
+      else unknown_option(key, "features, seed, causal, device, config, tf32");
+    });
+    *out = new spattn_performer{spattn::Performer(head_dim, opts)};
+  });
+}
+
+void spattn_performer_destroy(spattn_performer_t performer) { delete performer; }
+
+spattn_status spattn_performer_redraw(spattn_performer_t performer, uint64_t seed) {
+  return guarded([&] {
+    if (!performer) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "performer handle is NULL");
+    performer->performer.redraw(seed);
+  });
+}
+
+spattn_status spattn_performer_features(spattn_performer_t performer, float* omega, size_t capacity,
+                                        size_t* needed) {
+  return guarded([&] {
+    if (!performer) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "performer handle is NULL");
+    const std::vector<float>& w = performer->performer.features().omega;
+    if (needed) *needed = w.size();
+    if (omega) std::memcpy(omega, w.data(), std::min(capacity, w.size()) * sizeof(float));
+  });
+}
+
+spattn_status spattn_performer_forward(spattn_performer_t performer, const spattn_tensor* q, const spattn_tensor* k,
+                                       const spattn_tensor* v, const spattn_tensor* o, void* stream) {
+  return guarded([&] {
+    if (!performer) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "performer handle is NULL");
+    performer->performer.forward(view_of(q, "q"), view_of(k, "k"), view_of(v, "v"), view_of(o, "o"),
+                                 static_cast<CUstream>(stream));
+  });
+}
+
+spattn_status spattn_performer_explain(spattn_performer_t performer, char* buffer, size_t capacity, size_t* needed) {
+  return guarded([&] {
+    if (!performer) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "performer handle is NULL");
+    copy_out(performer->performer.explain(), buffer, capacity, needed);
   });
 }
 

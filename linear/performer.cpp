@@ -250,10 +250,11 @@ void Performer::forward(const TensorView& q, const TensorView& k, const TensorVi
   const PerformerShape s = check_performer(q, k, v, o, opt.causal, opt.features);
   SPATTN_REQUIRE(s.head_dim == im.head_dim, "q: head dim {} but this Performer was made for head dim {}", s.head_dim,
                  im.head_dim);
-  if (!runtime::blas::available())
-    SPATTN_FAIL(ErrorCode::kUnsupported, "performer needs cuBLAS: {}", runtime::blas::unavailable_reason());
+  // The GPU first: without one, "no GPU" is the reason, not the cuBLAS that came with it.
   const int device = opt.device >= 0 ? opt.device : runtime::current_device();
   runtime::make_current(device);
+  if (!runtime::blas::available())
+    SPATTN_FAIL(ErrorCode::kUnsupported, "performer needs cuBLAS: {}", runtime::blas::unavailable_reason());
   const runtime::DeviceInfo info = runtime::device_info(device);
   im.upload_omega(s.dtype, device);
 

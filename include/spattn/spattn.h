@@ -1,4 +1,5 @@
-/* spattn C ABI: sparse attention over device pointers, for FFI (Python ctypes, Rust...).
+/* spattn C ABI: sparse attention, the Mamba selective scan and Performer attention over
+ * device pointers, for FFI (Python ctypes, Rust...).
  *
  * Every call returns a status; on failure spattn_last_error() returns the message of
  * the last failed call on this thread (what failed and how to fix it). Handles are
@@ -33,7 +34,7 @@ typedef enum spattn_dtype { SPATTN_FP16 = 0, SPATTN_BF16 = 1, SPATTN_FP32 = 2 } 
 typedef struct spattn_tensor {
   void* data;
   spattn_dtype dtype;
-  int32_t rank;        /* 4 for Q/K/V/O, 3 for LSE */
+  int32_t rank;        /* 4 for Q/K/V/O, 3 for LSE; 1 to 3 for the scan's tensors */
   int64_t shape[4];
   int64_t strides[4];  /* elements */
 } spattn_tensor;
@@ -71,6 +72,60 @@ spattn_status spattn_attention_explain(spattn_attention_t attn, char* buffer, si
 /* Layout statistics as a JSON object (density, allowed_pairs, tiles, useful_flops...). */
 spattn_status spattn_pattern_stats(const char* pattern_json, int64_t nq, int64_t nk, int64_t heads, int64_t tile_m,
                                    int64_t tile_n, int64_t head_dim, char* buffer, size_t capacity, size_t* needed);
+
+/* ---- Mamba selective scan (S6), include/spattn/linear.hpp ---------------------------
+ * Sequence tensors x, delta, z, y [B, L, channels] and b, c [B, L, state] (rank 3, one
+ * dtype: fp16, bf16 or fp32, last dimension contiguous); a_log [channels, state] (rank 2),
+ * d and delta_bias [channels] (rank 1), final_state [B, channels, state]: fp32 and
+ * contiguous. d, delta_bias, z and final_state are optional (NULL: D = 0, no bias, no
+ * gate, state not written). */
+typedef struct spattn_selective_scan* spattn_selective_scan_t;
+
+/* options_json may be NULL or an object with any of:
+ *   "device": int, "config": "32x8x16" (channels x segments x steps; default: heuristic) */
+spattn_status spattn_selective_scan_create(const char* options_json, spattn_selective_scan_t* out);
+void spattn_selective_scan_destroy(spattn_selective_scan_t scan);
+
+/* y (and final_state) from the inputs; delta_softplus != 0: delta = softplus(delta + bias).
+ * Asynchronous on `stream` (NULL: the default stream). */
+spattn_status spattn_selective_scan_forward(spattn_selective_scan_t scan, const spattn_tensor* x,
+                                            const spattn_tensor* delta, const spattn_tensor* a_log,
+                                            const spattn_tensor* b, const spattn_tensor* c, const spattn_tensor* d,
+                                            const spattn_tensor* delta_bias, const spattn_tensor* z,
+                                            const spattn_tensor* y, const spattn_tensor* final_state,
+                                            int32_t delta_softplus, void* stream);
+
+/* Text of what the last forward ran (as spattn_attention_explain). */
+spattn_status spattn_selective_scan_explain(spattn_selective_scan_t scan, char* buffer, size_t capacity,
+                                            size_t* needed);
+
+/* ---- Performer (FAVOR+) attention, include/spattn/linear.hpp --------------------------
+ * Q [B, Nq, H, D], K [B, Nk, Hkv, D], V [B, Nk, Hkv, Dv], O [B, Nq, H, Dv] (H % Hkv == 0),
+ * one dtype (fp16, bf16 or fp32), head dim contiguous. */
+typedef struct spattn_performer* spattn_performer_t;
+
+/* options_json may be NULL or an object with any of:
+ *   "features": int (m, a multiple of 16 from 16 to 1024; default 256), "seed": int
+ *   (of the random features, default 0), "causal": bool, "device": int,
+ *   "config": "32x32" (chunk x slice of the causal scan), "tf32": bool */
+spattn_status spattn_performer_create(int64_t head_dim, const char* options_json, spattn_performer_t* out);
+void spattn_performer_destroy(spattn_performer_t performer);
+
+/* Draws new random features from `seed` (a FAVOR+ redraw; no GPU needed). */
+spattn_status spattn_performer_redraw(spattn_performer_t performer, uint64_t seed);
+
+/* The random features omega [features, head_dim] as fp32, row-major: writes at most
+ * `capacity` floats and sets *needed to features * head_dim. */
+spattn_status spattn_performer_features(spattn_performer_t performer, float* omega, size_t capacity,
+                                        size_t* needed);
+
+/* O from Q, K, V; asynchronous on `stream`. The handle owns the device workspace and
+ * must outlive the launches that use it. */
+spattn_status spattn_performer_forward(spattn_performer_t performer, const spattn_tensor* q, const spattn_tensor* k,
+                                       const spattn_tensor* v, const spattn_tensor* o, void* stream);
+
+/* Text of what the last forward ran (as spattn_attention_explain). */
+spattn_status spattn_performer_explain(spattn_performer_t performer, char* buffer, size_t capacity, size_t* needed);
 
 #ifdef __cplusplus
 }

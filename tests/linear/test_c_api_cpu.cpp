@@ -1,0 +1,234 @@
+// The C ABI of the selective scan and Performer (include/spattn/spattn.h) without a GPU:
+// handles, options, argument validation with the library's messages through
+// spattn_last_error(), the random features and their redraw, and "no GPU" (status 3)
+// for a valid call on a host without one. Descriptors carry fake device addresses: every
+// check here happens before anything touches the device.
+#include <gtest/gtest.h>
+
+#include <spattn/linear.hpp>
+#include <spattn/spattn.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/driver.hpp"
+
+namespace {
+
+// A fake, aligned device address: validation reads only shapes, strides and alignment.
+void* fake(uintptr_t n) { return reinterpret_cast<void*>(uintptr_t{1} << 32 | n << 8); }
+
+spattn_tensor tensor(spattn_dtype dtype, std::vector<int64_t> shape, uintptr_t id) {
+  spattn_tensor t{};
+  t.data = fake(id);
+  t.dtype = dtype;
+  t.rank = static_cast<int32_t>(shape.size());
+  int64_t stride = 1;
+  for (int d = t.rank - 1; d >= 0; --d) {
+    t.shape[d] = shape[d];
+    t.strides[d] = stride;
+    stride *= shape[d];
+  }
+  return t;
+}
+
+// Expects `status` with a last-error message containing `needle`.
+void expect_status(spattn_status got, spattn_status want, const std::string& needle) {
+  const std::string message = spattn_last_error();
+  EXPECT_EQ(got, want) << message;
+  EXPECT_NE(message.find(needle), std::string::npos) << "message: " << message << "\nexpected: " << needle;
+}
+
+// The tensors of a valid scan: B=2, L=7, channels=5, state=16, bf16.
+struct ScanTensors {
+  spattn_tensor x = tensor(SPATTN_BF16, {2, 7, 5}, 1), delta = tensor(SPATTN_BF16, {2, 7, 5}, 2),
+                a_log = tensor(SPATTN_FP32, {5, 16}, 3), b = tensor(SPATTN_BF16, {2, 7, 16}, 4),
+                c = tensor(SPATTN_BF16, {2, 7, 16}, 5), d = tensor(SPATTN_FP32, {5}, 6),
+                bias = tensor(SPATTN_FP32, {5}, 7), z = tensor(SPATTN_BF16, {2, 7, 5}, 8),
+                y = tensor(SPATTN_BF16, {2, 7, 5}, 9), state = tensor(SPATTN_FP32, {2, 5, 16}, 10);
+  spattn_status forward(spattn_selective_scan_t scan) const {
+    return spattn_selective_scan_forward(scan, &x, &delta, &a_log, &b, &c, &d, &bias, &z, &y, &state, 1, nullptr);
+  }
+};
+
+class ScanCApi : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_EQ(spattn_selective_scan_create(nullptr, &scan_), SPATTN_OK) << spattn_last_error(); }
+  void TearDown() override { spattn_selective_scan_destroy(scan_); }
+  spattn_selective_scan_t scan_ = nullptr;
+};
+
+TEST(ScanCApiCreate, OptionsAreCheckedAndNamed) {
+  spattn_selective_scan_t scan = nullptr;
+  expect_status(spattn_selective_scan_create(nullptr, nullptr), SPATTN_ERROR_INVALID_ARGUMENT, "out is NULL");
+  expect_status(spattn_selective_scan_create(R"({"nope": 1})", &scan), SPATTN_ERROR_INVALID_ARGUMENT,
+                "options.nope: unknown option; known: device, config");
+  EXPECT_EQ(scan, nullptr);
+  expect_status(spattn_selective_scan_create("[1]", &scan), SPATTN_ERROR_INVALID_ARGUMENT,
+                "options must be a JSON object");
+  expect_status(spattn_selective_scan_create("{", &scan), SPATTN_ERROR_INVALID_ARGUMENT, "invalid options JSON");
+  expect_status(spattn_selective_scan_create(R"({"config": "32x3x16"})", &scan), SPATTN_ERROR_INVALID_ARGUMENT,
+                "segments");
+  expect_status(spattn_selective_scan_create(R"({"config": 7})", &scan), SPATTN_ERROR_INVALID_ARGUMENT,
+                "invalid options JSON");
+  ASSERT_EQ(spattn_selective_scan_create(R"({"config": "32x8x16", "device": 0})", &scan), SPATTN_OK)
+      << spattn_last_error();
+  EXPECT_STREQ(spattn_last_error(), "") << "a successful call clears the last error";
+  char text[64];
+  size_t needed = 0;
+  ASSERT_EQ(spattn_selective_scan_explain(scan, text, sizeof text, &needed), SPATTN_OK);
+  EXPECT_STREQ(text, "no selective scan has run yet\n");
+  EXPECT_EQ(needed, std::string(text).size() + 1);
+  spattn_selective_scan_destroy(scan);
+  spattn_selective_scan_destroy(nullptr);  // like free(NULL)
+}
+
+TEST_F(ScanCApi, NullHandleAndTensors) {
+  ScanTensors t;
+  expect_status(t.forward(nullptr), SPATTN_ERROR_INVALID_ARGUMENT, "selective scan handle is NULL");
+  expect_status(spattn_selective_scan_explain(nullptr, nullptr, 0, nullptr), SPATTN_ERROR_INVALID_ARGUMENT,
+                "selective scan handle is NULL");
+  expect_status(spattn_selective_scan_forward(scan_, nullptr, &t.delta, &t.a_log, &t.b, &t.c, nullptr, nullptr,
+                                              nullptr, &t.y, nullptr, 1, nullptr),
+                SPATTN_ERROR_INVALID_ARGUMENT, "x is NULL");
+  expect_status(spattn_selective_scan_forward(scan_, &t.x, &t.delta, &t.a_log, &t.b, &t.c, nullptr, nullptr,
+                                              nullptr, nullptr, nullptr, 1, nullptr),
+                SPATTN_ERROR_INVALID_ARGUMENT, "y is NULL");
+}
+
+TEST_F(ScanCApi, ShapesDtypesAndRanksAreValidated) {
+  {
+    ScanTensors t;
+    t.delta.shape[1] = 6;
+    expect_status(t.forward(scan_), SPATTN_ERROR_INVALID_ARGUMENT, "delta: ");
+    EXPECT_NE(std::string(spattn_last_error()).find("must have shape [2, 7, 5]"), std::string::npos)
+        << spattn_last_error();
+  }
+  {
+    ScanTensors t;
+    t.b.dtype = SPATTN_FP16;
+    expect_status(t.forward(scan_), SPATTN_ERROR_INVALID_ARGUMENT, "b: ");
+  }
+  {
+    ScanTensors t;
+    t.a_log = tensor(SPATTN_FP32, {5, 12}, 3);
+    expect_status(t.forward(scan_), SPATTN_ERROR_UNSUPPORTED, "state size 12 is not supported; supported: 4, 8, 16, 32");
+  }
+  {
+    ScanTensors t;
+    t.d.dtype = SPATTN_BF16;
+    expect_status(t.forward(scan_), SPATTN_ERROR_INVALID_ARGUMENT, "d: ");
+  }
+  {
+    ScanTensors t;
+    t.state = tensor(SPATTN_FP32, {2, 16, 5}, 10);
+    expect_status(t.forward(scan_), SPATTN_ERROR_INVALID_ARGUMENT, "final_state: ");
+  }
+  {
+    ScanTensors t;
+    t.x.rank = 0;
+    expect_status(t.forward(scan_), SPATTN_ERROR_INVALID_ARGUMENT, "x: rank must be 1 to 4 (got 0)");
+    t.x.rank = 3;
+    t.x.dtype = static_cast<spattn_dtype>(9);
+    expect_status(t.forward(scan_), SPATTN_ERROR_INVALID_ARGUMENT, "x: unknown dtype code");
+  }
+  {
+    ScanTensors t;
+    t.x.strides[2] = 2;
+    expect_status(t.forward(scan_), SPATTN_ERROR_INVALID_ARGUMENT, "the last dimension must be contiguous");
+  }
+}
+
+TEST_F(ScanCApi, OptionalTensorsMayBeNullAndAValidCallNeedsAGpu) {
+  if (spattn::runtime::has_gpu()) GTEST_SKIP() << "this host has a GPU (the fake device addresses would be launched)";
+  ScanTensors t;
+  expect_status(t.forward(scan_), SPATTN_ERROR_NO_GPU, "");
+  EXPECT_STRNE(spattn_last_error(), "") << "no GPU comes with the reason";
+  // d, delta_bias, z and final_state absent: as NULL and as a NULL data pointer.
+  spattn_tensor absent = t.z;
+  absent.data = nullptr;
+  expect_status(spattn_selective_scan_forward(scan_, &t.x, &t.delta, &t.a_log, &t.b, &t.c, nullptr, &absent, &absent,
+                                              &t.y, nullptr, 0, nullptr),
+                SPATTN_ERROR_NO_GPU, "");
+}
+
+// ---- Performer ------------------------------------------------------------------------
+
+TEST(PerformerCApi, CreateChecksHeadDimFeaturesAndOptions) {
+  spattn_performer_t p = nullptr;
+  expect_status(spattn_performer_create(64, nullptr, nullptr), SPATTN_ERROR_INVALID_ARGUMENT, "out is NULL");
+  expect_status(spattn_performer_create(64, R"({"features": 17})", &p), SPATTN_ERROR_UNSUPPORTED,
+                "17 random features; supported: multiples of 16 from 16 to 1024");
+  EXPECT_EQ(p, nullptr);
+  expect_status(spattn_performer_create(0, nullptr, &p), SPATTN_ERROR_INVALID_ARGUMENT, "head_dim 0");
+  expect_status(spattn_performer_create(64, R"({"feature": 64})", &p), SPATTN_ERROR_INVALID_ARGUMENT,
+                "options.feature: unknown option; known: features, seed, causal, device, config, tf32");
+  expect_status(spattn_performer_create(64, R"({"config": "24x32"})", &p), SPATTN_ERROR_INVALID_ARGUMENT, "chunk");
+  expect_status(spattn_performer_create(64, R"({"causal": "yes"})", &p), SPATTN_ERROR_INVALID_ARGUMENT,
+                "invalid options JSON");
+  ASSERT_EQ(spattn_performer_create(64, R"({"features": 32, "seed": 18446744073709551615, "causal": true,
+                                            "config": "16x32", "tf32": true, "device": 0})",
+                                    &p),
+            SPATTN_OK)
+      << spattn_last_error();
+  spattn_performer_destroy(p);
+  spattn_performer_destroy(nullptr);
+}
+
+TEST(PerformerCApi, FeaturesAreTheSeededDrawAndRedrawReplacesThem) {
+  spattn_performer_t p = nullptr;
+  ASSERT_EQ(spattn_performer_create(32, R"({"features": 48, "seed": 5})", &p), SPATTN_OK) << spattn_last_error();
+  size_t needed = 0;
+  ASSERT_EQ(spattn_performer_features(p, nullptr, 0, &needed), SPATTN_OK);
+  ASSERT_EQ(needed, size_t{48 * 32});
+  std::vector<float> omega(needed);
+  ASSERT_EQ(spattn_performer_features(p, omega.data(), omega.size(), &needed), SPATTN_OK);
+  EXPECT_EQ(omega, spattn::PerformerFeatures::draw(32, 48, 5).omega);
+  // A short buffer gets the first rows only.
+  std::vector<float> head(10, -1.f);
+  ASSERT_EQ(spattn_performer_features(p, head.data(), head.size(), &needed), SPATTN_OK);
+  EXPECT_EQ(head, std::vector<float>(omega.begin(), omega.begin() + 10));
+
+  ASSERT_EQ(spattn_performer_redraw(p, 6), SPATTN_OK) << spattn_last_error();
+  std::vector<float> redrawn(needed);
+  ASSERT_EQ(spattn_performer_features(p, redrawn.data(), redrawn.size(), &needed), SPATTN_OK);
+  EXPECT_EQ(redrawn, spattn::PerformerFeatures::draw(32, 48, 6).omega);
+  EXPECT_NE(redrawn, omega);
+
+  expect_status(spattn_performer_redraw(nullptr, 1), SPATTN_ERROR_INVALID_ARGUMENT, "performer handle is NULL");
+  expect_status(spattn_performer_features(nullptr, nullptr, 0, &needed), SPATTN_ERROR_INVALID_ARGUMENT,
+                "performer handle is NULL");
+  char text[64];
+  ASSERT_EQ(spattn_performer_explain(p, text, sizeof text, &needed), SPATTN_OK);
+  EXPECT_STREQ(text, "no performer forward has run yet\n");
+  spattn_performer_destroy(p);
+}
+
+TEST(PerformerCApi, ForwardValidatesTensorsAndNeedsAGpu) {
+  spattn_performer_t p = nullptr, causal = nullptr;
+  ASSERT_EQ(spattn_performer_create(64, R"({"features": 64})", &p), SPATTN_OK) << spattn_last_error();
+  ASSERT_EQ(spattn_performer_create(64, R"({"features": 64, "causal": true})", &causal), SPATTN_OK);
+  const spattn_tensor q = tensor(SPATTN_FP16, {1, 9, 4, 64}, 1), k = tensor(SPATTN_FP16, {1, 11, 2, 64}, 2),
+                      v = tensor(SPATTN_FP16, {1, 11, 2, 64}, 3), o = tensor(SPATTN_FP16, {1, 9, 4, 64}, 4);
+  expect_status(spattn_performer_forward(nullptr, &q, &k, &v, &o, nullptr), SPATTN_ERROR_INVALID_ARGUMENT,
+                "performer handle is NULL");
+  expect_status(spattn_performer_forward(p, &q, nullptr, &v, &o, nullptr), SPATTN_ERROR_INVALID_ARGUMENT,
+                "k is NULL");
+  spattn_tensor bad = v;
+  bad.dtype = SPATTN_BF16;
+  expect_status(spattn_performer_forward(p, &q, &k, &bad, &o, nullptr), SPATTN_ERROR_INVALID_ARGUMENT, "v: ");
+  bad = tensor(SPATTN_FP16, {1, 9, 3, 64}, 1);
+  expect_status(spattn_performer_forward(p, &bad, &k, &v, &o, nullptr), SPATTN_ERROR_INVALID_ARGUMENT,
+                "not a multiple of the 2 heads of k");
+  expect_status(spattn_performer_forward(causal, &q, &k, &v, &o, nullptr), SPATTN_ERROR_INVALID_ARGUMENT,
+                "causal performer needs as many queries as keys (q has 9, k has 11)");
+  const spattn_tensor q32 = tensor(SPATTN_FP16, {1, 9, 4, 32}, 1), k32 = tensor(SPATTN_FP16, {1, 11, 2, 32}, 2);
+  expect_status(spattn_performer_forward(p, &q32, &k32, &v, &o, nullptr), SPATTN_ERROR_INVALID_ARGUMENT,
+                "head dim 32 but this Performer was made for head dim 64");
+  if (!spattn::runtime::has_gpu()) expect_status(spattn_performer_forward(p, &q, &k, &v, &o, nullptr), SPATTN_ERROR_NO_GPU, "");
+  spattn_performer_destroy(causal);
+  spattn_performer_destroy(p);
+}
+
+}  // namespace

@@ -1,0 +1,149 @@
+// The C ABI of the selective scan and Performer on the GPU: a scan (bf16 and fp32, gate,
+// skip, bias, final state) and a Performer (non-causal with GQA, causal, after a redraw)
+// through spattn.h against the fp64 host references, with the features the C ABI
+// reports. Outputs are poisoned (NaN) first. Tolerance per element
+// |out - ref| <= rtol |ref| + atol max|ref|, as the C++ API's tests:
+//   scan      fp32 (1e-4, 1e-4)   bf16 (2^-8, 4e-3)
+//   performer fp32 (1e-4, 1e-4)   bf16 (2^-8, 8e-3)
+#include <gtest/gtest.h>
+
+#include <spattn/linear.hpp>
+#include <spattn/spattn.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "runtime/device.hpp"
+#include "tests/linear/linear_test_util.hpp"
+#include "tests/support/gpu.hpp"
+
+namespace spattn {
+namespace {
+
+spattn_tensor describe(const runtime::DeviceBuffer& buf, DType dtype, std::vector<int64_t> shape) {
+  spattn_tensor t{};
+  t.data = buf.data();
+  t.dtype = dtype == DType::kFloat16 ? SPATTN_FP16 : dtype == DType::kBFloat16 ? SPATTN_BF16 : SPATTN_FP32;
+  t.rank = static_cast<int32_t>(shape.size());
+  int64_t stride = 1;
+  for (int d = t.rank - 1; d >= 0; --d) {
+    t.shape[d] = shape[d];
+    t.strides[d] = stride;
+    stride *= shape[d];
+  }
+  return t;
+}
+
+template <class Ref>
+void expect_close(const std::vector<float>& out, const Ref& ref, double rtol, double atol, const char* what) {
+  ASSERT_EQ(out.size(), ref.size());
+  double max_ref = 0;
+  for (double r : ref) max_ref = std::max(max_ref, std::fabs(r));
+  int64_t bad = 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    const double err = std::fabs(out[i] - ref[i]);
+    if (!(err <= rtol * std::fabs(ref[i]) + atol * max_ref) && bad++ < 5)
+      ADD_FAILURE() << what << "[" << i << "] = " << out[i] << ", reference " << ref[i];
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << out.size() << " elements outside the tolerance";
+}
+
+void scan_case(DType dt) {
+  SCOPED_TRACE(to_string(dt));
+  const int64_t B = 2, L = 333, D = 70, N = 16;
+  std::mt19937_64 rng(41);
+  std::vector<float> x = test::uniform(B * L * D, -1, 1, rng), dr = test::uniform(B * L * D, -4, 1, rng),
+                     z = test::uniform(B * L * D, -3, 3, rng), bm = test::uniform(B * L * N, -1, 1, rng),
+                     cm = test::uniform(B * L * N, -1, 1, rng), d = test::uniform(D, -1, 1, rng),
+                     bias = test::uniform(D, -0.5f, 0.5f, rng), alog = test::uniform(D * N, 0.f, 2.5f, rng);
+  for (auto* v : {&x, &dr, &z, &bm, &cm}) test::round_to(*v, dt);
+  std::vector<double> ref, ref_state;
+  reference_selective_scan(ScanShape{B, L, D, N, dt}, x.data(), dr.data(), alog.data(), bm.data(), cm.data(),
+                           d.data(), bias.data(), z.data(), true, ref, &ref_state);
+
+  const runtime::DeviceBuffer dx = test::upload_as(x, dt), ddr = test::upload_as(dr, dt), dz = test::upload_as(z, dt),
+                              dbm = test::upload_as(bm, dt), dcm = test::upload_as(cm, dt),
+                              dd = test::upload_as(d, DType::kFloat32), dbias = test::upload_as(bias, DType::kFloat32),
+                              dalog = test::upload_as(alog, DType::kFloat32);
+  runtime::DeviceBuffer dy(B * L * D * dtype_size(dt)), dstate(B * D * N * 4);
+  dy.fill_bytes(0xff);
+  dstate.fill_bytes(0xff);
+  const spattn_tensor tx = describe(dx, dt, {B, L, D}), tdr = describe(ddr, dt, {B, L, D}),
+                      tz = describe(dz, dt, {B, L, D}), tb = describe(dbm, dt, {B, L, N}),
+                      tc = describe(dcm, dt, {B, L, N}), td = describe(dd, DType::kFloat32, {D}),
+                      tbias = describe(dbias, DType::kFloat32, {D}), ta = describe(dalog, DType::kFloat32, {D, N}),
+                      ty = describe(dy, dt, {B, L, D}), ts = describe(dstate, DType::kFloat32, {B, D, N});
+
+  spattn_selective_scan_t scan = nullptr;
+  ASSERT_EQ(spattn_selective_scan_create(nullptr, &scan), SPATTN_OK) << spattn_last_error();
+  ASSERT_EQ(spattn_selective_scan_forward(scan, &tx, &tdr, &ta, &tb, &tc, &td, &tbias, &tz, &ty, &ts, 1, nullptr),
+            SPATTN_OK)
+      << spattn_last_error();
+  runtime::synchronize();
+  size_t needed = 0;
+  ASSERT_EQ(spattn_selective_scan_explain(scan, nullptr, 0, &needed), SPATTN_OK);
+  std::string text(needed, '\0');
+  ASSERT_EQ(spattn_selective_scan_explain(scan, text.data(), text.size(), &needed), SPATTN_OK);
+  EXPECT_NE(text.find("B=2 L=333 channels=70 state=16"), std::string::npos) << text;
+  spattn_selective_scan_destroy(scan);
+
+  const bool fp32 = dt == DType::kFloat32;
+  expect_close(test::download_as(dy, B * L * D, dt), ref, fp32 ? 1e-4 : std::ldexp(1.0, -8), fp32 ? 1e-4 : 4e-3, "y");
+  expect_close(test::download_as(dstate, B * D * N, DType::kFloat32), ref_state, 1e-4, 1e-4, "final_state");
+}
+
+TEST(ScanCApiGpu, MatchesTheReference) {
+  SPATTN_REQUIRE_GPU();
+  for (DType dt : {DType::kFloat32, DType::kBFloat16}) scan_case(dt);
+}
+
+void performer_case(DType dt, bool causal) {
+  SCOPED_TRACE(std::string(to_string(dt)) + (causal ? " causal" : ""));
+  const int64_t B = 2, Nq = 190, Nk = causal ? 190 : 257, H = 4, Hkv = causal ? 4 : 2, Dh = 64, M = 128;
+  std::mt19937_64 rng(43);
+  std::vector<float> q = test::uniform(B * Nq * H * Dh, -1, 1, rng), k = test::uniform(B * Nk * Hkv * Dh, -1, 1, rng),
+                     v = test::uniform(B * Nk * Hkv * Dh, -1, 1, rng);
+  for (auto* x : {&q, &k, &v}) test::round_to(*x, dt);
+  const runtime::DeviceBuffer dq = test::upload_as(q, dt), dk = test::upload_as(k, dt), dv = test::upload_as(v, dt);
+  runtime::DeviceBuffer dout(B * Nq * H * Dh * dtype_size(dt));
+  const spattn_tensor tq = describe(dq, dt, {B, Nq, H, Dh}), tk = describe(dk, dt, {B, Nk, Hkv, Dh}),
+                      tv = describe(dv, dt, {B, Nk, Hkv, Dh}), to = describe(dout, dt, {B, Nq, H, Dh});
+
+  spattn_performer_t p = nullptr;
+  const std::string options = std::string(R"({"features": 128, "seed": 3, "causal": )") + (causal ? "true" : "false") + "}";
+  ASSERT_EQ(spattn_performer_create(Dh, options.c_str(), &p), SPATTN_OK) << spattn_last_error();
+  for (uint64_t seed : {3, 9}) {  // the first draw, then a redraw
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    if (seed != 3) {
+      ASSERT_EQ(spattn_performer_redraw(p, seed), SPATTN_OK) << spattn_last_error();
+    }
+    size_t needed = 0;
+    ASSERT_EQ(spattn_performer_features(p, nullptr, 0, &needed), SPATTN_OK);
+    PerformerFeatures f;
+    f.head_dim = Dh, f.features = M, f.seed = seed;
+    f.omega.resize(needed);
+    ASSERT_EQ(spattn_performer_features(p, f.omega.data(), f.omega.size(), &needed), SPATTN_OK);
+    const std::vector<float> omega = f.rounded(dt);
+    std::vector<double> ref;
+    reference_performer(PerformerShape{B, Nq, Nk, H, Hkv, Dh, Dh, dt}, q.data(), k.data(), v.data(), omega.data(), M,
+                        causal, ref);
+    dout.fill_bytes(0xff);
+    ASSERT_EQ(spattn_performer_forward(p, &tq, &tk, &tv, &to, nullptr), SPATTN_OK) << spattn_last_error();
+    runtime::synchronize();
+    const bool fp32 = dt == DType::kFloat32;
+    expect_close(test::download_as(dout, B * Nq * H * Dh, dt), ref, fp32 ? 1e-4 : std::ldexp(1.0, -8),
+                 fp32 ? 1e-4 : 8e-3, "o");
+  }
+  spattn_performer_destroy(p);
+}
+
+TEST(PerformerCApiGpu, MatchesTheReferenceAndFollowsARedraw) {
+  SPATTN_REQUIRE_GPU();
+  for (DType dt : {DType::kFloat32, DType::kBFloat16})
+    for (bool causal : {false, true}) performer_case(dt, causal);
+}
+
+}  // namespace
+}  // namespace spattn
