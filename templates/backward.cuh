@@ -14,7 +14,9 @@
 //   Pᵀ = exp(Sᵀ - LSE),  dV += Pᵀ dO,  dPᵀ = V dOᵀ,  dSᵀ = Pᵀ ∘ (dPᵀ - D),
 //   dK += scale dSᵀ Q,   and (default mode) dQ += scale dS K through shared memory with
 // fp32 atomics. Every product is oriented so that its A operand is a tile in shared
-// memory or an accumulator already in registers.
+// memory or an accumulator already in registers. At the end dK, dV are added into
+// their fp32 accumulators, or, where each key row has one work item
+// (DeviceBackwardLayout::sole_key_writer), stored straight into the 16-bit outputs.
 //
 // dQ pass (BackwardDq, deterministic mode): one CTA per query tile and head over the
 // forward rows, 16 queries per warp: S = Q Kᵀ, P, dP = dO Vᵀ, dS, dQ += dS K in

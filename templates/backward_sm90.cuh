@@ -27,6 +27,8 @@
 // fp32 accumulator with vector reductions.
 // Deterministic mode leaves dQ to the sm80 family's dQ pass (BackwardDq) and adds dK, dV
 // once per launch without atomics.
+// Where each key row has one work item (DeviceBackwardLayout::sole_key_writer), dK and dV
+// are stored straight into the 16-bit outputs (SpattnBwdParams::dk_out, dv_out).
 #pragma once
 
 #include "spattn/sm90.cuh"
