@@ -9,6 +9,13 @@ The library is found through $SPATTN_LIB, else beside this file (the package tha
     attn = spattn.Attention({"type": "local_window", "window": 1024})
     out = attn(q, k, v)
 
+The linear-time mixers (include/spattn/linear.hpp), forward only:
+
+    y = spattn.selective_scan(x, delta, a_log, b, c, d=d, z=z, delta_bias=bias)  # Mamba S6
+    y = spattn.SelectiveScan(config="32x8x16")(x, delta, a_log, b, c)
+    perf = spattn.Performer(head_dim=64, features=256, seed=0, causal=True)      # FAVOR+
+    o = perf(q, k, v); perf.redraw(seed=1)
+
 For training, spattn.attention(q, k, v, pattern) is differentiable (a torch.library
 custom op with an autograd formula and a fake implementation, so torch.compile traces
 through it), and spattn.SparseAttention(pattern) is the same as an nn.Module.
@@ -64,6 +71,19 @@ _lib.spattn_attention_explain.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctyp
                                           ctypes.POINTER(ctypes.c_size_t)]
 _lib.spattn_pattern_stats.argtypes = [ctypes.c_char_p] + [ctypes.c_int64] * 6 + [
     ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]
+_explain_args = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]
+_lib.spattn_selective_scan_create.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+_lib.spattn_selective_scan_destroy.argtypes = [ctypes.c_void_p]
+_lib.spattn_selective_scan_forward.argtypes = ([ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 10 +
+                                               [ctypes.c_int32, ctypes.c_void_p])
+_lib.spattn_selective_scan_explain.argtypes = _explain_args
+_lib.spattn_performer_create.argtypes = [ctypes.c_int64, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+_lib.spattn_performer_destroy.argtypes = [ctypes.c_void_p]
+_lib.spattn_performer_redraw.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+_lib.spattn_performer_features.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t,
+                                           ctypes.POINTER(ctypes.c_size_t)]
+_lib.spattn_performer_forward.argtypes = [ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 4 + [ctypes.c_void_p]
+_lib.spattn_performer_explain.argtypes = _explain_args
 
 
 def _check(status):
@@ -79,13 +99,18 @@ def _pattern_text(pattern):
     return pattern if isinstance(pattern, str) else json.dumps(pattern)
 
 
-def _view(t):
+def _view(t, name=None, supported="float16, bfloat16 (float32 for LSE)"):
     import torch
+    where = f"{name}: " if name else ""
+    if not isinstance(t, torch.Tensor):
+        raise SpattnError(1, f"{where}expected a torch.Tensor, got {type(t).__name__}")
     codes = {torch.float16: _FP16, torch.bfloat16: _BF16, torch.float32: _FP32}
     if t.dtype not in codes:
-        raise SpattnError(1, f"unsupported tensor dtype {t.dtype}; supported: float16, bfloat16 (float32 for LSE)")
+        raise SpattnError(1, f"{where}unsupported tensor dtype {t.dtype}; supported: {supported}")
     if not t.is_cuda:
-        raise SpattnError(1, "tensors must be on a CUDA device")
+        raise SpattnError(1, f"{where}tensors must be on a CUDA device (got {t.device})")
+    if t.dim() > 4:
+        raise SpattnError(1, f"{where}{t.dim()} dimensions; at most 4")
     v = _Tensor()
     v.data = t.data_ptr()
     v.dtype = codes[t.dtype]
@@ -146,11 +171,15 @@ class Attention:
         return dq, dk, dv
 
     def explain(self):
-        needed = ctypes.c_size_t()
-        _check(_lib.spattn_attention_explain(self._handle, None, 0, ctypes.byref(needed)))
-        buf = ctypes.create_string_buffer(needed.value)
-        _check(_lib.spattn_attention_explain(self._handle, buf, needed.value, ctypes.byref(needed)))
-        return buf.value.decode()
+        return _explain(_lib.spattn_attention_explain, self._handle)
+
+
+def _explain(fn, handle):
+    needed = ctypes.c_size_t()
+    _check(fn(handle, None, 0, ctypes.byref(needed)))
+    buf = ctypes.create_string_buffer(needed.value)
+    _check(fn(handle, buf, needed.value, ctypes.byref(needed)))
+    return buf.value.decode()
 
 
 def pattern_stats(pattern, seq, kv_seq=None, heads=1, tile_m=128, tile_n=64, head_dim=128):
@@ -161,6 +190,178 @@ def pattern_stats(pattern, seq, kv_seq=None, heads=1, tile_m=128, tile_n=64, hea
     buf = ctypes.create_string_buffer(needed.value)
     _check(_lib.spattn_pattern_stats(*args, buf, needed.value, ctypes.byref(needed)))
     return json.loads(buf.value.decode())
+
+
+# ---- linear-time mixers: the Mamba selective scan and Performer attention ----------------
+
+_LINEAR_DTYPES = "float16, bfloat16, float32"
+
+
+def _same_device(first, named):
+    """Raises SpattnError unless every tensor of `named` ({name: tensor or None}) is on first's device."""
+    name0, t0 = first
+    for name, t in named.items():
+        if t is not None and hasattr(t, "device") and t.device != t0.device:
+            raise SpattnError(1, f"{name}: on {t.device}, but {name0} is on {t0.device}; all tensors must be on one GPU")
+
+
+def _no_grad_needed(op, tensors):
+    import torch
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise SpattnError(2, f"{op} has no backward pass yet (forward only); call it under torch.no_grad() "
+                             "or pass detached tensors")
+
+
+class SelectiveScan:
+    """Mamba selective scan (S6), forward, as a generated, cached kernel (include/spattn/linear.hpp).
+
+    Per batch row and channel, with state size N (4, 8, 16 or 32):
+        delta = softplus(delta + delta_bias)   (delta + delta_bias with delta_softplus=False)
+        A = -exp(a_log);  h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t;  y_t = (C_t h_t + D x_t) silu(z_t)
+    Layouts are time-major (not Mamba's [B, D, L]): x, delta, z [B, L, channels], b, c [B, L, N],
+    one dtype (float16, bfloat16 or float32), last dim contiguous (other strides free, so x and z
+    may be halves of one projection); a_log [channels, N], d and delta_bias [channels] float32
+    contiguous. config: "channels x segments x steps", e.g. "32x8x16" (default: the heuristic)."""
+
+    def __init__(self, config=None, device=None):
+        options = {}
+        if config is not None:
+            options["config"] = str(config)
+        if device is not None:
+            options["device"] = int(device)
+        handle = ctypes.c_void_p()
+        _check(_lib.spattn_selective_scan_create(json.dumps(options).encode(), ctypes.byref(handle)))
+        self._handle = handle
+
+    def __del__(self):
+        if getattr(self, "_handle", None):
+            _lib.spattn_selective_scan_destroy(self._handle)
+            self._handle = None
+
+    def forward(self, x, delta, a_log, b, c, d=None, z=None, delta_bias=None, delta_softplus=True,
+                return_final_state=False, out=None, final_state=None, stream=None):
+        """y [B, L, channels] like x, written into `out` if given; with return_final_state=True
+        (y, h) where h is the state after the last step [B, channels, N] float32 (written into
+        `final_state` if given, which is also filled without return_final_state)."""
+        import torch
+        named = {"x": x, "delta": delta, "a_log": a_log, "b": b, "c": c, "d": d, "z": z,
+                 "delta_bias": delta_bias, "out": out, "final_state": final_state}
+        for name, t in named.items():
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise SpattnError(1, f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if x.dim() != 3:
+            raise SpattnError(1, f"x: shape {tuple(x.shape)}; expected [B, L, channels]")
+        if a_log.dim() != 2:
+            raise SpattnError(1, f"a_log: shape {tuple(a_log.shape)}; expected [channels, state]")
+        _same_device(("x", x), named)
+        _no_grad_needed("spattn.selective_scan", [x, delta, a_log, b, c, d, z, delta_bias])
+        if out is None:
+            out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        if final_state is None and return_final_state:
+            final_state = torch.empty((x.shape[0], x.shape[2], a_log.shape[1]), dtype=torch.float32, device=x.device)
+        views = {name: _view(t, name, _LINEAR_DTYPES) for name, t in named.items() if t is not None}
+        order = ("x", "delta", "a_log", "b", "c", "d", "delta_bias", "z", "out", "final_state")
+        args = [ctypes.pointer(views[n]) if n in views else None for n in order]
+        with torch.cuda.device(x.device):
+            if stream is None:
+                stream = torch.cuda.current_stream(x.device).cuda_stream
+            _check(_lib.spattn_selective_scan_forward(self._handle, *args, 1 if delta_softplus else 0,
+                                                      ctypes.c_void_p(stream)))
+        return (out, final_state) if return_final_state else out
+
+    __call__ = forward
+
+    def explain(self):
+        return _explain(_lib.spattn_selective_scan_explain, self._handle)
+
+
+_scans = {}  # config -> SelectiveScan
+
+
+def selective_scan(x, delta, a_log, b, c, d=None, z=None, delta_bias=None, delta_softplus=True,
+                   return_final_state=False, config=None):
+    """The Mamba selective scan (see SelectiveScan for the math and the layouts); returns y, or
+    (y, final_state) with return_final_state=True."""
+    if config not in _scans:
+        _scans[config] = SelectiveScan(config=config)
+    return _scans[config](x, delta, a_log, b, c, d=d, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                          return_final_state=return_final_state)
+
+
+class Performer:
+    """Performer (FAVOR+) attention, forward: softmax attention exp(q.k / sqrt(D)) estimated
+    with `features` positive orthogonal random features (a multiple of 16 from 16 to 1024),
+    drawn from `seed` on the host (the same on every host; redraw() draws anew).
+
+    q [B, Nq, H, D], k [B, Nk, Hkv, D], v [B, Nk, Hkv, Dv] -> o [B, Nq, H, Dv] (H % Hkv == 0),
+    one dtype (float16, bfloat16, float32), head dim contiguous; causal needs Nq == Nk.
+    config: the causal scan's "chunk x slice", e.g. "32x32"; tf32: the float32 GEMMs on TF32
+    tensor cores."""
+
+    def __init__(self, head_dim, features=256, seed=0, causal=False, config=None, tf32=False, device=None):
+        options = {"features": int(features), "seed": int(seed), "causal": bool(causal), "tf32": bool(tf32)}
+        if config is not None:
+            options["config"] = str(config)
+        if device is not None:
+            options["device"] = int(device)
+        if options["seed"] < 0 or options["seed"] >= 1 << 64:
+            raise SpattnError(1, f"seed {seed} must be in [0, 2^64)")
+        handle = ctypes.c_void_p()
+        _check(_lib.spattn_performer_create(int(head_dim), json.dumps(options).encode(), ctypes.byref(handle)))
+        self._handle = handle
+        self.head_dim, self.num_features, self.seed, self.causal = int(head_dim), int(features), int(seed), bool(causal)
+
+    def __del__(self):
+        if getattr(self, "_handle", None):
+            _lib.spattn_performer_destroy(self._handle)
+            self._handle = None
+
+    def redraw(self, seed):
+        """New random features from `seed` (FAVOR+ redraws them between training steps)."""
+        if not 0 <= int(seed) < 1 << 64:
+            raise SpattnError(1, f"seed {seed} must be in [0, 2^64)")
+        _check(_lib.spattn_performer_redraw(self._handle, int(seed)))
+        self.seed = int(seed)
+
+    def features(self):
+        """The random features omega [features, head_dim], float32: a CPU torch tensor (a list of
+        rows without PyTorch)."""
+        needed = ctypes.c_size_t()
+        _check(_lib.spattn_performer_features(self._handle, None, 0, ctypes.byref(needed)))
+        buf = (ctypes.c_float * needed.value)()
+        _check(_lib.spattn_performer_features(self._handle, buf, needed.value, ctypes.byref(needed)))
+        rows = [list(buf[r * self.head_dim:(r + 1) * self.head_dim]) for r in range(self.num_features)]
+        try:
+            import torch
+        except ImportError:
+            return rows
+        return torch.tensor(rows, dtype=torch.float32)
+
+    def forward(self, q, k, v, out=None, stream=None):
+        import torch
+        named = {"q": q, "k": k, "v": v, "out": out}
+        for name, t in named.items():
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise SpattnError(1, f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        for name in ("q", "k", "v"):
+            if named[name].dim() != 4:
+                raise SpattnError(1, f"{name}: shape {tuple(named[name].shape)}; expected 4 dimensions [B, N, H, D]")
+        _same_device(("q", q), named)
+        _no_grad_needed("spattn.Performer", [q, k, v])
+        if out is None:
+            out = torch.empty((q.shape[0], q.shape[1], q.shape[2], v.shape[3]), dtype=q.dtype, device=q.device)
+        views = [_view(t, name, _LINEAR_DTYPES) for name, t in (("q", q), ("k", k), ("v", v), ("out", out))]
+        with torch.cuda.device(q.device):
+            if stream is None:
+                stream = torch.cuda.current_stream(q.device).cuda_stream
+            _check(_lib.spattn_performer_forward(self._handle, *[ctypes.pointer(x) for x in views],
+                                                 ctypes.c_void_p(stream)))
+        return out
+
+    __call__ = forward
+
+    def explain(self):
+        return _explain(_lib.spattn_performer_explain, self._handle)
 
 
 # ---- autograd: a torch.library custom op -----------------------------------------------
