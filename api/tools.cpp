@@ -39,6 +39,7 @@ Gpu gpu_of(const runtime::DeviceInfo& info) {
   g.l2_bytes = info.l2_bytes;
   g.smem_per_block_optin = info.smem_per_block_optin;
   g.memory_bytes = info.total_memory;
+  g.peak_bandwidth = info.peak_bandwidth();
   return g;
 }
 
@@ -71,7 +72,7 @@ struct DeviceTensor::Impl {
 };
 
 DeviceTensor::DeviceTensor(DType dtype, std::vector<int64_t> shape) : impl_(std::make_unique<Impl>()) {
-  SPATTN_REQUIRE(shape.size() == 3 || shape.size() == 4, "a device tensor has 3 or 4 dimensions (got {})",
+  SPATTN_REQUIRE(!shape.empty() && shape.size() <= 4, "a device tensor has 1 to 4 dimensions (got {})",
                  shape.size());
   impl_->dtype = dtype;
   impl_->shape = std::move(shape);
@@ -88,10 +89,22 @@ void DeviceTensor::fill_random(uint64_t seed, float scale) {
 
 void DeviceTensor::fill_bytes(uint8_t value) { impl_->buffer.fill_bytes(value); }
 
+void DeviceTensor::upload(const std::vector<float>& values) {
+  SPATTN_REQUIRE(impl_->dtype == DType::kFloat32, "upload is for fp32 tensors");
+  SPATTN_REQUIRE(static_cast<int64_t>(values.size()) == elements(impl_->shape),
+                 "upload: {} values for a tensor of {} elements", values.size(), elements(impl_->shape));
+  impl_->buffer.upload(values.data(), values.size() * 4);
+}
+
 TensorView DeviceTensor::view() const {
   const auto& s = impl_->shape;
   if (s.size() == 3) return TensorView::contiguous3(impl_->buffer.data(), impl_->dtype, {s[0], s[1], s[2]});
-  return TensorView::contiguous(impl_->buffer.data(), impl_->dtype, {s[0], s[1], s[2], s[3]});
+  if (s.size() == 4) return TensorView::contiguous(impl_->buffer.data(), impl_->dtype, {s[0], s[1], s[2], s[3]});
+  // Rank 1 or 2: the contiguous view of [s..., 1, ...] with the rank it has.
+  TensorView v = TensorView::contiguous(impl_->buffer.data(), impl_->dtype,
+                                        {s[0], s.size() > 1 ? s[1] : 1, 1, 1});
+  v.rank = static_cast<int>(s.size());
+  return v;
 }
 
 struct Timer::Impl {

@@ -34,6 +34,7 @@ struct Gpu {
   std::string name, arch, driver;
   int cc_major = 0, cc_minor = 0, sms = 0, l2_bytes = 0, smem_per_block_optin = 0;
   size_t memory_bytes = 0;
+  double peak_bandwidth = 0;  // bytes/s from the driver's memory clock and bus width; 0 when unknown
 };
 bool has_gpu();
 std::string no_gpu_reason();  // "" when there is a GPU
@@ -41,7 +42,7 @@ std::vector<Gpu> gpus();      // empty without a GPU
 Gpu current_gpu();            // throws kNoGpu without one
 void synchronize();           // the current context
 
-// A 16-bit (or fp32) device tensor, contiguous [B, N, H, D] (or [B, H, N] for rank 3).
+// A 16-bit (or fp32) device tensor, contiguous, of rank 1 to 4 ([B, N, H, D], [B, H, N]...).
 class DeviceTensor {
  public:
   DeviceTensor(DType dtype, std::vector<int64_t> shape);
@@ -51,6 +52,8 @@ class DeviceTensor {
   // Uniform values in [-scale, scale) from a counter hash of seed (fp16/bf16 only).
   void fill_random(uint64_t seed, float scale = 1.0f);
   void fill_bytes(uint8_t value);
+  // Copies host values into an fp32 tensor (exactly as many as it has elements).
+  void upload(const std::vector<float>& values);
   TensorView view() const;
 
  private:

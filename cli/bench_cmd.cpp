@@ -1,16 +1,330 @@
-// spattn bench: time the forward pass of a pattern on this GPU (random inputs rotated
-// over three buffer sets, CUDA events, median and p20/p80), with useful TFLOP/s.
+// spattn bench: time a forward pass on this GPU (random inputs rotated over three buffer
+// sets, CUDA events, median and p20/p80):
+//   spattn bench -p P ...         sparse attention with a pattern, useful TFLOP/s
+//   spattn bench scan ...         the Mamba selective scan, tokens/s and the fraction of the
+//                                 memory-bandwidth bound it reaches
+//   spattn bench performer ...    Performer (FAVOR+) attention, tokens/s and TFLOP/s
+// scan and performer default to 64k tokens and take --against P to time sparse attention
+// of the same tokens and width in the same run.
 #include <spattn/attention.hpp>
+#include <spattn/linear.hpp>
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
+#include <functional>
 #include <iostream>
+#include <optional>
 
 #include "api/tools.hpp"
 #include "cli/cli.hpp"
 
 namespace spattn::cli {
+namespace {
+
+constexpr int kSets = 3;  // inputs rotate over three sets, so repeated runs do not time the L2
+
+struct Timing {
+  std::vector<double> ms;  // sorted
+  int reps = 0;
+  double pct(double f) const { return ms[std::min(ms.size() - 1, static_cast<size_t>(f * ms.size()))]; }
+  double median() const { return pct(0.5); }
+  std::string line() const {
+    return fmt::format("{:.3f} ms median (p20 {:.3f}, p80 {:.3f}) over {} runs", median(), pct(0.2), pct(0.8), reps);
+  }
+};
+
+// Three warm-up runs, then `reps` timed ones of run(r) on the default stream.
+Timing time_runs(const std::string& label, int reps, const std::function<void(int)>& run) {
+  for (int w = 0; w < 3; ++w) run(w);
+  tools::synchronize();
+  Timing t;
+  t.reps = reps;
+  Progress progress(label, static_cast<size_t>(reps));
+  tools::Timer timer;
+  for (int r = 0; r < reps; ++r) {
+    timer.start();
+    run(r);
+    t.ms.push_back(timer.stop_ms());
+    progress.advance();
+  }
+  progress.finish();
+  std::sort(t.ms.begin(), t.ms.end());
+  return t;
+}
+
+DType bench_dtype(const std::string& name) {
+  const DType dt = dtype_from_string(name);
+  // The inputs are filled on the GPU by a 16-bit random kernel.
+  if (dt == DType::kFloat32) throw UsageError("--dtype: " + name + " is not benchmarked; use bf16 or fp16");
+  return dt;
+}
+
+// A placeholder device address for validating shapes before any GPU work (check_* read
+// only shapes, strides, dtypes and alignment).
+void* placeholder() { return reinterpret_cast<void*>(uintptr_t{1} << 40); }
+
+// Sparse attention of `pattern` over Q/K/V [batch, seq, heads, head_dim], timed like the
+// pattern bench: the yardstick of --against.
+struct Against {
+  std::string pattern, config;
+  Timing timing;
+};
+std::optional<Against> time_against(const std::optional<Pattern>& pattern, int64_t batch, int64_t seq, int64_t heads,
+                                    int64_t head_dim, DType dtype, int reps) {
+  if (!pattern) return std::nullopt;
+  Attention attn(*pattern);
+  attn.prepare(batch, seq, seq, heads, heads, head_dim, dtype);
+  std::vector<tools::DeviceTensor> q, k, v;
+  for (int s = 0; s < kSets; ++s) {
+    for (auto* set : {&q, &k, &v}) {
+      set->emplace_back(dtype, std::vector<int64_t>{batch, seq, heads, head_dim});
+      set->back().fill_random(100 + 3 * s + static_cast<uint64_t>(set == &k) + 2 * static_cast<uint64_t>(set == &v));
+    }
+  }
+  const tools::DeviceTensor o(dtype, {batch, seq, heads, head_dim});
+  Against a;
+  a.timing = time_runs("timing sparse attention", reps, [&](int r) {
+    attn.forward(q[r % kSets].view(), k[r % kSets].view(), v[r % kSets].view(), o.view());
+  });
+  a.pattern = attn.explanation().pattern;
+  a.config = attn.explanation().config.to_string();
+  return a;
+}
+
+void print_against(const std::optional<Against>& a, double ms, const std::string& what, nlohmann::json* j) {
+  if (!a) return;
+  const double ratio = a->timing.median() / ms;
+  if (j) {
+    (*j)["against"] = {{"pattern", a->pattern},         {"config", a->config},
+                       {"median_ms", a->timing.median()}, {"speedup", ratio}};
+    return;
+  }
+  std::cout << fmt::format("against   {} ({}): {}; {} is {:.2f}x {}\n", a->pattern, a->config, a->timing.line(), what,
+                           ratio >= 1 ? ratio : 1 / ratio, ratio >= 1 ? "faster" : "slower");
+}
+
+void register_scan_bench(CLI::App& bench) {
+  struct Args {
+    int64_t seq = 65536, batch = 1, channels = 1536, state = 16;
+    std::string dtype = "bf16", config, against;
+    bool no_gate = false;
+    int reps = 20, against_head_dim = 128;
+    double peak_gbps = 0;
+  };
+  auto args = std::make_shared<Args>();
+  auto* cmd = bench.add_subcommand("scan", "time the Mamba selective scan (S6) on this GPU");
+  cmd->add_option("--seq", args->seq, "tokens per sequence")->capture_default_str();
+  cmd->add_option("--batch", args->batch, "sequences")->capture_default_str();
+  cmd->add_option("--channels", args->channels, "channels (Mamba's d_inner)")->capture_default_str();
+  cmd->add_option("--state", args->state, "state size per channel")->capture_default_str();
+  cmd->add_option("--dtype", args->dtype, "fp16 or bf16")->capture_default_str();
+  cmd->add_flag("--no-gate", args->no_gate, "no z gate (y is not multiplied by silu(z))");
+  cmd->add_option("--config", args->config, "force a scan config, e.g. 32x8x16 (default: heuristic)");
+  cmd->add_option("--reps", args->reps, "timed repetitions")->capture_default_str()->check(CLI::Range(3, 100000));
+  auto* peak_opt = cmd->add_option(
+      "--peak-gbps", args->peak_gbps,
+      "peak memory bandwidth in GB/s for the bound (default: from the driver's memory clock and bus width)");
+  cmd->add_option("--against", args->against,
+                  "also time sparse attention with this pattern over the same tokens (heads of --against-head-dim "
+                  "making up --channels)");
+  cmd->add_option("--against-head-dim", args->against_head_dim, "head dim of --against")->capture_default_str();
+  cmd->callback([args, peak_opt] {
+    if (peak_opt->count() > 0 && !(args->peak_gbps > 0))
+      throw UsageError(fmt::format("--peak-gbps: {} must be a positive bandwidth in GB/s", args->peak_gbps));
+    const DType dtype = bench_dtype(args->dtype);
+    const int64_t B = args->batch, L = args->seq, C = args->channels, N = args->state;
+    SelectiveScanOptions opts;
+    if (!args->config.empty()) opts.config = ScanConfig::parse(args->config);
+    // Validate the problem (the forward's own checks) before looking for a GPU.
+    SelectiveScanArgs shape;
+    shape.x = shape.delta = shape.y = TensorView::contiguous3(placeholder(), dtype, {B, L, C});
+    shape.b = shape.c = TensorView::contiguous3(placeholder(), dtype, {B, L, N});
+    if (!args->no_gate) shape.z = shape.x;
+    shape.a_log = TensorView::contiguous(placeholder(), DType::kFloat32, {C, N, 1, 1});
+    shape.a_log.rank = 2;
+    shape.d = shape.delta_bias = TensorView::contiguous(placeholder(), DType::kFloat32, {C, 1, 1, 1});
+    shape.d.rank = shape.delta_bias.rank = 1;
+    const ScanShape problem = check_selective_scan(shape);
+    std::optional<Pattern> against;
+    if (!args->against.empty()) {
+      if (args->against_head_dim <= 0 || C % args->against_head_dim != 0)
+        throw UsageError(fmt::format("--against-head-dim {} must divide --channels {}", args->against_head_dim, C));
+      against = load_pattern_arg(args->against);
+    }
+    SelectiveScan scan(opts);
+    if (!tools::has_gpu()) throw Error(ErrorCode::kNoGpu, "spattn bench scan needs a GPU: " + tools::no_gpu_reason());
+    scan.prepare(problem);
+
+    std::vector<tools::DeviceTensor> x, delta, z, b, c;
+    for (int s = 0; s < kSets; ++s) {
+      const uint64_t seed = 10 * s;
+      x.emplace_back(dtype, std::vector<int64_t>{B, L, C});
+      delta.emplace_back(dtype, std::vector<int64_t>{B, L, C});
+      b.emplace_back(dtype, std::vector<int64_t>{B, L, N});
+      c.emplace_back(dtype, std::vector<int64_t>{B, L, N});
+      x.back().fill_random(seed + 1);
+      delta.back().fill_random(seed + 2);  // Δ = softplus(Δraw + bias) in about [0.3, 1.3]
+      b.back().fill_random(seed + 3);
+      c.back().fill_random(seed + 4);
+      if (!args->no_gate) {
+        z.emplace_back(dtype, std::vector<int64_t>{B, L, C});
+        z.back().fill_random(seed + 5, 3.0f);
+      }
+    }
+    tools::DeviceTensor a_log(DType::kFloat32, {C, N}), d(DType::kFloat32, {C}), bias(DType::kFloat32, {C});
+    std::vector<float> host(static_cast<size_t>(C * N));
+    for (int64_t ch = 0; ch < C; ++ch)
+      for (int64_t n = 0; n < N; ++n) host[ch * N + n] = std::log(static_cast<float>(n + 1));  // A = -(1..N), Mamba's init
+    a_log.upload(host);
+    d.upload(std::vector<float>(static_cast<size_t>(C), 1.0f));
+    bias.upload(std::vector<float>(static_cast<size_t>(C), 0.0f));
+    const tools::DeviceTensor y(dtype, {B, L, C});
+    const Timing t = time_runs("timing scan", args->reps, [&](int r) {
+      SelectiveScanArgs a;
+      a.x = x[r % kSets].view();
+      a.delta = delta[r % kSets].view();
+      a.b = b[r % kSets].view();
+      a.c = c[r % kSets].view();
+      if (!args->no_gate) a.z = z[r % kSets].view();
+      a.a_log = a_log.view();
+      a.d = d.view();
+      a.delta_bias = bias.view();
+      a.y = y.view();
+      scan.forward(a);
+    });
+    const std::optional<Against> vs =
+        time_against(against, B, L, C / args->against_head_dim, args->against_head_dim, dtype, args->reps);
+
+    // The bound: every byte the scan must move once — x, Δ, B, C (and z) read, y written,
+    // the fp32 parameters read — at the device's peak DRAM bandwidth.
+    const double es = static_cast<double>(dtype_size(dtype));
+    const double seq_bytes = static_cast<double>(B * L) * es * (C * (args->no_gate ? 3 : 4) + 2 * N);
+    const double bytes = seq_bytes + 4.0 * (C * N + 2 * C);
+    const tools::Gpu gpu = tools::current_gpu();
+    const double peak = args->peak_gbps > 0 ? args->peak_gbps * 1e9 : gpu.peak_bandwidth;
+    const std::string peak_source = args->peak_gbps > 0 ? "--peak-gbps" : "driver: memory clock x bus width";
+    const double med = t.median();
+    const double achieved = bytes / (med * 1e-3);
+    const double tokens = static_cast<double>(B * L) / (med * 1e-3);
+    if (globals().json) {
+      nlohmann::json j = {{"op", "selective_scan"}, {"device", gpu.name},          {"explain", scan.explain()},
+                          {"median_ms", med},       {"p20_ms", t.pct(0.2)},        {"p80_ms", t.pct(0.8)},
+                          {"reps", t.reps},         {"tokens_per_s", tokens},      {"bytes", bytes},
+                          {"achieved_gbps", achieved / 1e9}};
+      if (peak > 0) {
+        j["peak_gbps"] = peak / 1e9;
+        j["peak_source"] = peak_source;
+        j["bound_ms"] = bytes / peak * 1e3;
+        j["fraction_of_bound"] = achieved / peak;
+      }
+      print_against(vs, med, "the scan", &j);
+      print_json(j);
+      return;
+    }
+    std::cout << scan.explain();
+    std::cout << fmt::format("time      {}; {:.1f} M tokens/s\n", t.line(), tokens / 1e6);
+    std::cout << fmt::format("memory    {:.1f} MB moved (x, delta, B, C{} read, y written), {:.0f} GB/s\n", bytes / 1e6,
+                             args->no_gate ? "" : ", z", achieved / 1e9);
+    if (peak > 0) {
+      std::cout << fmt::format("bound     {:.3f} ms at {:.0f} GB/s peak ({}): {:.0f}% of the bandwidth bound\n",
+                               bytes / peak * 1e3, peak / 1e9, peak_source, 100 * achieved / peak);
+    } else {
+      std::cout << "bound     the driver does not report the memory clock or bus width; give --peak-gbps\n";
+    }
+    print_against(vs, med, "the scan", nullptr);
+  });
+}
+
+void register_performer_bench(CLI::App& bench) {
+  struct Args {
+    int64_t seq = 65536, kv_seq = 0, batch = 1, heads = 16, kv_heads = 0, head_dim = 64, features = 256;
+    uint64_t seed = 0;
+    bool causal = false, tf32 = false;
+    std::string dtype = "bf16", config, against;
+    int reps = 20;
+  };
+  auto args = std::make_shared<Args>();
+  auto* cmd = bench.add_subcommand("performer", "time Performer (FAVOR+) attention on this GPU");
+  cmd->add_option("--seq", args->seq, "query tokens")->capture_default_str();
+  cmd->add_option("--kv-seq", args->kv_seq, "key tokens (default: --seq)");
+  cmd->add_option("--batch", args->batch, "batch")->capture_default_str();
+  cmd->add_option("--heads", args->heads, "query heads")->capture_default_str();
+  cmd->add_option("--kv-heads", args->kv_heads, "key/value heads (default: --heads)");
+  cmd->add_option("--head-dim", args->head_dim, "head dimension (of q, k and v)")->capture_default_str();
+  cmd->add_option("--features", args->features, "random features m")->capture_default_str();
+  cmd->add_option("--seed", args->seed, "seed of the random features")->capture_default_str();
+  cmd->add_flag("--causal", args->causal, "causal (prefix sums in chunks)");
+  cmd->add_flag("--tf32", args->tf32, "the fp32 GEMMs with the features on TF32 tensor cores");
+  cmd->add_option("--dtype", args->dtype, "fp16 or bf16")->capture_default_str();
+  cmd->add_option("--config", args->config, "force the causal scan's config, e.g. 32x32 (chunk x slice)");
+  cmd->add_option("--reps", args->reps, "timed repetitions")->capture_default_str()->check(CLI::Range(3, 100000));
+  cmd->add_option("--against", args->against, "also time sparse attention with this pattern on the same shape");
+  cmd->callback([args] {
+    const DType dtype = bench_dtype(args->dtype);
+    const int64_t B = args->batch, Nq = args->seq, Nk = args->kv_seq > 0 ? args->kv_seq : args->seq, H = args->heads,
+                  Hkv = args->kv_heads > 0 ? args->kv_heads : args->heads, D = args->head_dim, M = args->features;
+    PerformerOptions opts;
+    opts.features = M;
+    opts.seed = args->seed;
+    opts.causal = args->causal;
+    opts.tf32 = args->tf32;
+    if (!args->config.empty()) opts.config = PerformerConfig::parse(args->config);
+    // Validate the problem (the forward's own checks) before looking for a GPU.
+    const PerformerShape shape = check_performer(TensorView::contiguous(placeholder(), dtype, {B, Nq, H, D}),
+                                                 TensorView::contiguous(placeholder(), dtype, {B, Nk, Hkv, D}),
+                                                 TensorView::contiguous(placeholder(), dtype, {B, Nk, Hkv, D}),
+                                                 TensorView::contiguous(placeholder(), dtype, {B, Nq, H, D}),
+                                                 args->causal, M);
+    std::optional<Pattern> against;
+    if (!args->against.empty()) {
+      if (Nq != Nk || H != Hkv) throw UsageError("--against: needs --kv-seq and --kv-heads equal to --seq and --heads");
+      against = load_pattern_arg(args->against);
+    }
+    Performer perf(D, opts);
+    if (!tools::has_gpu())
+      throw Error(ErrorCode::kNoGpu, "spattn bench performer needs a GPU: " + tools::no_gpu_reason());
+
+    std::vector<tools::DeviceTensor> q, k, v;
+    for (int s = 0; s < kSets; ++s) {
+      q.emplace_back(dtype, std::vector<int64_t>{B, Nq, H, D});
+      k.emplace_back(dtype, std::vector<int64_t>{B, Nk, Hkv, D});
+      v.emplace_back(dtype, std::vector<int64_t>{B, Nk, Hkv, D});
+      q.back().fill_random(3 * s + 1);
+      k.back().fill_random(3 * s + 2);
+      v.back().fill_random(3 * s + 3);
+    }
+    const tools::DeviceTensor o(dtype, {B, Nq, H, D});
+    const Timing t = time_runs("timing performer", args->reps, [&](int r) {
+      perf.forward(q[r % kSets].view(), k[r % kSets].view(), v[r % kSets].view(), o.view());
+    });
+    const std::optional<Against> vs = time_against(against, B, Nq, H, D, dtype, args->reps);
+
+    // FAVOR+ work: the projections ω x̂ of queries and keys, then φ(K)ᵀ[V | 1] and
+    // φ(Q) times it (the causal chunks do the same products in prefix form).
+    const double flops = 2.0 * B * M *
+                         (static_cast<double>(H * Nq + Hkv * Nk) * D +
+                          static_cast<double>(Hkv * Nk + H * Nq) * (shape.v_dim + 1));
+    const double med = t.median();
+    const double tokens = static_cast<double>(B * Nq) / (med * 1e-3);
+    if (globals().json) {
+      nlohmann::json j = {{"op", "performer"},      {"device", tools::current_gpu().name}, {"explain", perf.explain()},
+                          {"median_ms", med},       {"p20_ms", t.pct(0.2)},               {"p80_ms", t.pct(0.8)},
+                          {"reps", t.reps},         {"tokens_per_s", tokens},             {"flops", flops},
+                          {"tflops", flops / med / 1e9}};
+      print_against(vs, med, "performer", &j);
+      print_json(j);
+      return;
+    }
+    std::cout << perf.explain();
+    std::cout << fmt::format("time      {}; {:.1f} M tokens/s; {:.1f} TFLOP/s (FAVOR+ products, {:.3g} FLOP)\n",
+                             t.line(), tokens / 1e6, flops / med / 1e9, flops);
+    print_against(vs, med, "performer", nullptr);
+  });
+}
+
+}  // namespace
 
 void register_bench(CLI::App& app) {
   struct Args {
@@ -22,8 +336,9 @@ void register_bench(CLI::App& app) {
     int reps = 20;
   };
   auto args = std::make_shared<Args>();
-  auto* cmd = app.add_subcommand("bench", "time the forward pass of a pattern on this GPU");
-  cmd->add_option("-p,--pattern", args->pattern, "pattern: inline JSON, @file.json or a preset name")->required();
+  auto* cmd = app.add_subcommand(
+      "bench", "time the forward pass of a pattern (or with 'scan'/'performer' a linear-time mixer) on this GPU");
+  cmd->add_option("-p,--pattern", args->pattern, "pattern: inline JSON, @file.json or a preset name");
   cmd->add_option("--seq", args->seq, "query tokens")->capture_default_str();
   cmd->add_option("--kv-seq", args->kv_seq, "key tokens (default: --seq)");
   cmd->add_option("--heads", args->heads, "query heads")->capture_default_str();
@@ -33,7 +348,12 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--dtype", args->dtype, "fp16 or bf16")->capture_default_str();
   cmd->add_option("--config", args->config, "force a kernel config, e.g. 128x64w4s1 (default: database or heuristic)");
   cmd->add_option("--reps", args->reps, "timed repetitions")->capture_default_str()->check(CLI::Range(3, 100000));
-  cmd->callback([args] {
+  register_scan_bench(*cmd);
+  register_performer_bench(*cmd);
+  cmd->callback([args, cmd] {
+    if (!cmd->get_subcommands().empty()) return;  // `bench scan`, `bench performer` ran
+    if (args->pattern.empty())
+      throw UsageError("spattn bench: --pattern is required (or a subcommand: scan, performer)");
     const Pattern pattern = load_pattern_arg(args->pattern);
     const int64_t nk = args->kv_seq > 0 ? args->kv_seq : args->seq;
     const int64_t hkv = args->kv_heads > 0 ? args->kv_heads : args->heads;
@@ -45,7 +365,6 @@ void register_bench(CLI::App& app) {
     // Plan first: invalid shapes and unsupported head dims fail before any allocation.
     attn.prepare(args->batch, args->seq, nk, args->heads, hkv, args->head_dim, dtype);
 
-    constexpr int kSets = 3;  // inputs rotate over three sets, so repeated runs do not time the L2
     std::vector<tools::DeviceTensor> q, k, v;
     for (int s = 0; s < kSets; ++s) {
       q.emplace_back(dtype, std::vector<int64_t>{args->batch, args->seq, args->heads, args->head_dim});
@@ -56,32 +375,20 @@ void register_bench(CLI::App& app) {
       v.back().fill_random(3 * s + 3);
     }
     const tools::DeviceTensor o(dtype, {args->batch, args->seq, args->heads, args->head_dim});
-    for (int w = 0; w < 3; ++w) attn.forward(q[w % kSets].view(), k[w % kSets].view(), v[w % kSets].view(), o.view());
-    tools::synchronize();
-    std::vector<double> times;
-    Progress progress("timing", static_cast<size_t>(args->reps));
-    tools::Timer timer;
-    for (int r = 0; r < args->reps; ++r) {
-      timer.start();
+    const Timing t = time_runs("timing", args->reps, [&](int r) {
       attn.forward(q[r % kSets].view(), k[r % kSets].view(), v[r % kSets].view(), o.view());
-      times.push_back(timer.stop_ms());
-      progress.advance();
-    }
-    progress.finish();
-    std::sort(times.begin(), times.end());
-    auto pct = [&](double f) { return times[std::min(times.size() - 1, static_cast<size_t>(f * times.size()))]; };
+    });
     const Explanation& ex = attn.explanation();
     const double flops = 4.0 * args->head_dim * static_cast<double>(ex.stats.allowed_pairs_total) * args->batch;
-    const double med = pct(0.5);
+    const double med = t.median();
     if (globals().json) {
       print_json({{"pattern", ex.pattern}, {"problem", ex.problem}, {"device", ex.device}, {"config", ex.config.to_string()},
-                  {"config_source", ex.config_source}, {"median_ms", med}, {"p20_ms", pct(0.2)}, {"p80_ms", pct(0.8)},
+                  {"config_source", ex.config_source}, {"median_ms", med}, {"p20_ms", t.pct(0.2)}, {"p80_ms", t.pct(0.8)},
                   {"useful_tflops", flops / med / 1e9}, {"density", ex.stats.density}, {"reps", args->reps}});
       return;
     }
     std::cout << attn.explain();
-    std::cout << fmt::format("time      {:.3f} ms median (p20 {:.3f}, p80 {:.3f}) over {} runs; {:.1f} useful TFLOP/s\n",
-                             med, pct(0.2), pct(0.8), args->reps, flops / med / 1e9);
+    std::cout << fmt::format("time      {}; {:.1f} useful TFLOP/s\n", t.line(), flops / med / 1e9);
   });
 }
 

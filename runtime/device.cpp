@@ -43,6 +43,12 @@ int attribute(CUdevice dev, CUdevice_attribute attr) {
   return v;
 }
 
+// An attribute newer drivers may no longer report (0 then), never an error.
+int optional_attribute(CUdevice dev, CUdevice_attribute attr) {
+  int v = 0;
+  return driver().cuDeviceGetAttribute(&v, attr, dev) == CUDA_SUCCESS ? v : 0;
+}
+
 }  // namespace
 
 namespace {
@@ -81,6 +87,8 @@ DeviceInfo query_device_info(int ordinal) {
   info.regs_per_sm = attribute(dev, CU_DEVICE_ATTRIBUTE_MAX_REGISTERS_PER_MULTIPROCESSOR);
   info.l2_bytes = attribute(dev, CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE);
   info.clock_khz = attribute(dev, CU_DEVICE_ATTRIBUTE_CLOCK_RATE);
+  info.memory_clock_khz = optional_attribute(dev, CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE);
+  info.memory_bus_bits = optional_attribute(dev, CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH);
   SPATTN_CU_CHECK(cuDeviceTotalMem(&info.total_memory, dev));
   SPATTN_CU_CHECK(cuDriverGetVersion(&info.driver_version));
   return info;

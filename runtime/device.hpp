@@ -31,11 +31,16 @@ struct DeviceInfo {
   int clock_khz = 0;
   size_t total_memory = 0;
   int driver_version = 0;        // e.g. 13000
+  int memory_clock_khz = 0;      // peak memory clock; 0 when the driver does not report it
+  int memory_bus_bits = 0;       // global memory bus width; 0 when the driver does not report it
 
   // The NVRTC target spattn compiles for on this device: "sm_90a" on Hopper (wgmma,
   // setmaxnreg), otherwise "sm_<major><minor>".
   std::string arch() const;
   std::string driver_version_string() const;  // "13.0"
+  // Peak DRAM bandwidth in bytes/s from the memory clock and bus width (double data rate),
+  // 0 when either is unknown. A datasheet figure, not a measured one.
+  double peak_bandwidth() const { return 2.0 * memory_clock_khz * 1e3 * (memory_bus_bits / 8.0); }
 };
 
 int device_count();                    // 0 without a driver

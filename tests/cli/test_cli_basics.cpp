@@ -1,7 +1,7 @@
 // The spattn command as scripts see it: help, exit codes (DESIGN.md §8: 0 success,
 // 1 runtime failure, 2 bad usage or input with a one-line reason, 3 needs a GPU),
 // `info` and its JSON, `compile` into a fresh cache and the cache hit after it, and
-// `bench` and `demo` on a host without a GPU.
+// `bench` (patterns, the selective scan, Performer) and `demo` on a host without a GPU.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -241,6 +241,59 @@ TEST_F(CliBasics, GpuOnlyCommandWithoutAGpuExitsThree) {
   const CommandResult r = spattn(std::string("bench --pattern ") + kWindow + " --seq 1024");
   EXPECT_EQ(r.status, 3) << describe(r);
   expect_one_line_reason(r, {"GPU"});
+}
+
+// `bench scan` and `bench performer`: their options parse, a bad value is named (exit 2)
+// before any GPU is looked for, and a valid problem without a GPU exits 3.
+TEST_F(CliBasics, BenchScanAndPerformerParseAndNeedAGpu) {
+  for (const char* sub : {"scan", "performer"}) {
+    const CommandResult r = spattn(std::string("bench ") + sub + " --help");
+    ASSERT_EQ(r.status, 0) << describe(r);
+    EXPECT_NE(r.out.find("--seq INT=65536"), std::string::npos) << "64k tokens by default\n" << describe(r);
+    EXPECT_NE(r.out.find("--against"), std::string::npos) << describe(r);
+  }
+  EXPECT_NE(spattn("bench scan --help").out.find("--peak-gbps"), std::string::npos);
+  EXPECT_NE(spattn("bench performer --help").out.find("--features"), std::string::npos);
+
+  struct Bad {
+    std::string args;
+    std::vector<std::string> words;
+  };
+  const std::vector<Bad> bad = {
+      {"bench", {"--pattern is required", "scan, performer"}},
+      {"bench scan --state 12", {"state size 12", "4, 8, 16, 32"}},
+      {"bench scan --channels 0", {"x: ", ">= 1"}},
+      {"bench scan --dtype fp32", {"--dtype", "bf16 or fp16"}},
+      {"bench scan --dtype fp64", {"fp64"}},
+      {"bench scan --config 32x3x16", {"segments"}},
+      {"bench scan --peak-gbps 0", {"--peak-gbps", "positive"}},
+      {"bench scan --against nope", {"nope"}},
+      {"bench scan --against dense --against-head-dim 100", {"--against-head-dim 100", "--channels 1536"}},
+      {"bench scan --reps 1", {"--reps"}},
+      {"bench scan --frob", {"--frob"}},
+      {"bench performer --features 17", {"17 random features", "multiples of 16"}},
+      {"bench performer --head-dim 12", {"head dim 12"}},
+      {"bench performer --causal --kv-seq 100", {"causal", "q has 65536, k has 100"}},
+      {"bench performer --heads 6 --kv-heads 4", {"not a multiple"}},
+      {"bench performer --config 24x32", {"chunk"}},
+      {"bench performer --kv-heads 4 --against dense", {"--against", "--kv-heads"}},
+  };
+  for (const Bad& b : bad) {
+    SCOPED_TRACE(b.args);
+    const CommandResult r = spattn(b.args);
+    EXPECT_EQ(r.status, 2) << describe(r);
+    expect_one_line_reason(r, b.words);
+  }
+
+  if (runtime::has_gpu()) GTEST_SKIP() << "a GPU is present (the benchmarks run for real)";
+  for (const char* args : {"bench scan", "bench scan --seq 1 --batch 2 --channels 64 --state 4 --no-gate --dtype fp16",
+                           "bench performer", "bench performer --causal --features 64 --head-dim 128 --json",
+                           "bench scan --against standard --peak-gbps 4800"}) {
+    SCOPED_TRACE(args);
+    const CommandResult r = spattn(args);
+    EXPECT_EQ(r.status, 3) << describe(r);
+    expect_one_line_reason(r, {"needs a GPU"});
+  }
 }
 
 TEST_F(CliBasics, DemoWithoutAGpuSaysItCouldNotRun) {
