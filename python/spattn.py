@@ -259,6 +259,7 @@ class SelectiveScan:
             out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         if final_state is None and return_final_state:
             final_state = torch.empty((x.shape[0], x.shape[2], a_log.shape[1]), dtype=torch.float32, device=x.device)
+        named["out"], named["final_state"] = out, final_state
         views = {name: _view(t, name, _LINEAR_DTYPES) for name, t in named.items() if t is not None}
         order = ("x", "delta", "a_log", "b", "c", "d", "delta_bias", "z", "out", "final_state")
         args = [ctypes.pointer(views[n]) if n in views else None for n in order]
