@@ -1,13 +1,18 @@
-// Helpers of the linear-time kernel tests: host values rounded to a storage dtype, and
-// device buffers holding them.
+// Helpers of the linear-time kernel tests: host values rounded to a storage dtype,
+// device buffers holding them, C ABI tensor descriptors, and the ptxas spill check.
 #pragma once
 
+#include <gtest/gtest.h>
+
+#include <spattn/spattn.h>
 #include <spattn/tensor.hpp>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <regex>
+#include <string>
 #include <vector>
 
 #include "engine/reference.hpp"
@@ -72,6 +77,30 @@ inline std::vector<float> uniform(size_t n, float lo, float hi, std::mt19937_64&
   std::vector<float> v(n);
   for (float& x : v) x = dist(rng);
   return v;
+}
+
+// A C ABI descriptor of a contiguous (row-major) tensor at data.
+inline spattn_tensor c_tensor(void* data, spattn_dtype dtype, const std::vector<int64_t>& shape) {
+  spattn_tensor t{};
+  t.data = data;
+  t.dtype = dtype;
+  t.rank = static_cast<int32_t>(shape.size());
+  int64_t stride = 1;
+  for (int d = t.rank - 1; d >= 0; --d) {
+    t.shape[d] = shape[d];
+    t.strides[d] = stride;
+    stride *= shape[d];
+  }
+  return t;
+}
+
+// Every ptxas "N bytes spill stores/loads" line of a log (one per kernel) reads 0.
+inline void expect_no_spills(const std::string& log, const std::string& what) {
+  const std::regex spill(R"((\d+) bytes spill (stores|loads))");
+  int lines = 0;
+  for (auto it = std::sregex_iterator(log.begin(), log.end(), spill); it != std::sregex_iterator(); ++it, ++lines)
+    EXPECT_EQ((*it)[1], "0") << what << ":\n" << log;
+  EXPECT_GT(lines, 0) << what << ": no ptxas resource lines in the log:\n" << log;
 }
 
 }  // namespace spattn::test

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "runtime/driver.hpp"
+#include "tests/linear/linear_test_util.hpp"
 
 namespace {
 
@@ -20,17 +21,7 @@ namespace {
 void* fake(uintptr_t n) { return reinterpret_cast<void*>(uintptr_t{1} << 32 | n << 8); }
 
 spattn_tensor tensor(spattn_dtype dtype, std::vector<int64_t> shape, uintptr_t id) {
-  spattn_tensor t{};
-  t.data = fake(id);
-  t.dtype = dtype;
-  t.rank = static_cast<int32_t>(shape.size());
-  int64_t stride = 1;
-  for (int d = t.rank - 1; d >= 0; --d) {
-    t.shape[d] = shape[d];
-    t.strides[d] = stride;
-    stride *= shape[d];
-  }
-  return t;
+  return spattn::test::c_tensor(fake(id), dtype, shape);
 }
 
 // Expects `status` with a last-error message containing `needle`.

@@ -23,17 +23,8 @@ namespace spattn {
 namespace {
 
 spattn_tensor describe(const runtime::DeviceBuffer& buf, DType dtype, std::vector<int64_t> shape) {
-  spattn_tensor t{};
-  t.data = buf.data();
-  t.dtype = dtype == DType::kFloat16 ? SPATTN_FP16 : dtype == DType::kBFloat16 ? SPATTN_BF16 : SPATTN_FP32;
-  t.rank = static_cast<int32_t>(shape.size());
-  int64_t stride = 1;
-  for (int d = t.rank - 1; d >= 0; --d) {
-    t.shape[d] = shape[d];
-    t.strides[d] = stride;
-    stride *= shape[d];
-  }
-  return t;
+  const spattn_dtype c = dtype == DType::kFloat16 ? SPATTN_FP16 : dtype == DType::kBFloat16 ? SPATTN_BF16 : SPATTN_FP32;
+  return test::c_tensor(buf.data(), c, shape);
 }
 
 template <class Ref>

@@ -12,7 +12,6 @@
 #include <cmath>
 #include <filesystem>
 #include <random>
-#include <regex>
 
 #include "engine/jit.hpp"
 #include "linear/kernels.hpp"
@@ -223,25 +222,17 @@ TEST(PerformerForward, NoGpuIsReportedAfterValidation) {
                ErrorCode::kInvalidArgument, "made for head dim 64");
 }
 
-void expect_no_spills(const std::string& log, const std::string& what) {
-  const std::regex spill(R"((\d+) bytes spill (stores|loads))");
-  int lines = 0;
-  for (auto it = std::sregex_iterator(log.begin(), log.end(), spill); it != std::sregex_iterator(); ++it, ++lines)
-    EXPECT_EQ((*it)[1], "0") << what << ":\n" << log;
-  EXPECT_GT(lines, 0) << what << ": no ptxas resource lines:\n" << log;
-}
-
 TEST(PerformerCompile, KernelsCompileWithoutSpills) {
   for (const std::string arch : {"sm_80", "sm_90a"}) {
     for (DType dt : {DType::kBFloat16, DType::kFloat16, DType::kFloat32}) {
       const CacheLookup out = engine::compile_cached(linear::render_performer_support(dt), arch);
-      expect_no_spills(out.kernel.log, arch + " support " + to_string(dt));
+      test::expect_no_spills(out.kernel.log, arch + " support " + to_string(dt));
     }
     for (const PerformerConfig& c : performer_configs())
       for (int m : {64, 256}) {
         const auto r = linear::render_performer_causal(c, m, DType::kBFloat16);
         const CacheLookup out = engine::compile_cached(r, arch);
-        expect_no_spills(out.kernel.log, fmt::format("{} causal m {} {}", arch, m, c.to_string()));
+        test::expect_no_spills(out.kernel.log, fmt::format("{} causal m {} {}", arch, m, c.to_string()));
       }
   }
 }

@@ -7,7 +7,6 @@
 
 #include <cmath>
 #include <random>
-#include <regex>
 
 #include <fmt/format.h>
 
@@ -15,6 +14,7 @@
 #include "runtime/driver.hpp"
 #include "runtime/nvrtc.hpp"
 #include "engine/jit.hpp"
+#include "tests/linear/linear_test_util.hpp"
 
 namespace spattn {
 namespace {
@@ -209,15 +209,6 @@ TEST(ScanReference, SingleStepAndNoSoftplus) {
   EXPECT_NEAR(y[0], (3 * 1 - 1 * 2) * 0.25 * 0.5, 1e-14);
 }
 
-// Every ptxas "N bytes spill stores/loads" line of a log (one per kernel) reads 0.
-void expect_no_spills(const std::string& log, const std::string& what) {
-  const std::regex spill(R"((\d+) bytes spill (stores|loads))");
-  int lines = 0;
-  for (auto it = std::sregex_iterator(log.begin(), log.end(), spill); it != std::sregex_iterator(); ++it, ++lines)
-    EXPECT_EQ((*it)[1], "0") << what << ":\n" << log;
-  EXPECT_GT(lines, 0) << what << ": no ptxas resource lines in the log:\n" << log;
-}
-
 TEST(ScanCompile, EveryConfigCompilesWithoutSpills) {
   for (const std::string arch : {"sm_80", "sm_90a"}) {
     for (const ScanConfig& c : scan_configs()) {
@@ -225,7 +216,7 @@ TEST(ScanCompile, EveryConfigCompilesWithoutSpills) {
       EXPECT_NE(r.source.find("config " + c.to_string()), std::string::npos);
       const CacheLookup out = engine::compile_cached(r, arch);
       EXPECT_FALSE(out.kernel.cubin.empty());
-      expect_no_spills(out.kernel.log, arch + " " + c.to_string());
+      test::expect_no_spills(out.kernel.log, arch + " " + c.to_string());
     }
   }
 }
@@ -239,7 +230,7 @@ TEST(ScanCompile, EveryStateSizeAndDtype) {
         for (const ScanConfig& c : {ScanConfig{32, 1, 32}, ScanConfig{32, 8, 16}}) {
           if (dt != DType::kBFloat16 && (state != 32 || c.segments == 1)) continue;
           const CacheLookup out = engine::compile_cached(linear::render_scan(c, state, dt), arch);
-          expect_no_spills(out.kernel.log, fmt::format("{} state {} {} {}", arch, state, to_string(dt), c.to_string()));
+          test::expect_no_spills(out.kernel.log, fmt::format("{} state {} {} {}", arch, state, to_string(dt), c.to_string()));
         }
 }
 
