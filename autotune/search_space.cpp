@@ -225,7 +225,13 @@ std::vector<Candidate> enumerate_candidates(const Pattern& pattern, const engine
         if (!permute && !permutes) continue;
         tile.schedule = order;
         tile.permute = permute;
+        tile.gather = TokenGather::kInline;
         configs.push_back(tile);
+        // sm90 forward kernels of permuted layouts also try their rows copied first.
+        if (permute && permutes && !backward && tile.family == KernelFamily::kSm90) {
+          tile.gather = TokenGather::kCopy;
+          configs.push_back(tile);
+        }
       }
     }
   }

@@ -86,7 +86,8 @@ struct Candidate {
 };
 
 // The candidates for a pattern and problem on a target: the table's tiles x schedule
-// orders x (permutation on/off where the pattern's layout permutes tokens), plus the
+// orders x (permutation on/off where the pattern's layout permutes tokens, and for sm90
+// tiles with the permutation on, rows gathered inline or copied first), plus the
 // heuristic's configuration (first, never dropped for being absent from the table),
 // each pruned statically (validate, shared memory). Deduplicated; pure, no GPU. For the
 // backward pass: the backward table x permutation on/off, pruned by

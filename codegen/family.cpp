@@ -199,6 +199,10 @@ void check_backward_config(const KernelConfig& c, int head_dim, DType dtype, std
   std::string why;
   if (!family_supports(c.family, head_dim, dtype, arch, &why))
     SPATTN_FAIL(ErrorCode::kUnsupported, "backward config {}: {}", c.to_string(), why);
+  if (c.gather == TokenGather::kCopy)
+    SPATTN_FAIL(ErrorCode::kUnsupported,
+                "backward config {}: ':copy' is a forward option; the backward kernels gather permuted rows themselves",
+                c.to_string());
   switch (c.family) {
     case KernelFamily::kSm80: check_sm80_backward(c, head_dim); break;
     case KernelFamily::kSm90: check_sm90_backward(c, head_dim); break;
@@ -261,6 +265,11 @@ void KernelConfig::validate(int head_dim) const {
   SPATTN_REQUIRE(schedule == ScheduleOrder::kRowMajor || schedule == ScheduleOrder::kHilbert ||
                      schedule == ScheduleOrder::kLongestFirst,
                  "config.schedule is not a known order");
+  if (gather == TokenGather::kCopy && family != KernelFamily::kSm90)
+    SPATTN_FAIL(ErrorCode::kInvalidArgument,
+                "config {}: ':copy' (permuted rows copied before the kernel) is an sm90 option; the {} kernel gathers "
+                "permuted rows itself",
+                to_string(), f.name);
   if (family == KernelFamily::kSm90) {
     SPATTN_REQUIRE(tile_m == 64 || tile_m == 128 || tile_m == 192,
                    "sm90 config.tile_m must be 64, 128 or 192 (64 rows per consumer warpgroup); got {}", tile_m);
@@ -354,6 +363,7 @@ std::string KernelConfig::to_string() const {
   if (!permute) s += ":noperm";
   if (schedule == ScheduleOrder::kHilbert) s += ":hilbert";
   if (schedule == ScheduleOrder::kLongestFirst) s += ":longest";
+  if (gather == TokenGather::kCopy) s += ":copy";
   return s;
 }
 
@@ -378,7 +388,7 @@ KernelConfig KernelConfig::parse(std::string_view text) {
   const auto bad = [&]() -> KernelConfig {
     SPATTN_FAIL(ErrorCode::kInvalidArgument,
                 "config '{}' is not of the form <tile_m>x<tile_n>w<warps>s<stages> (sm80, e.g. 128x64w4s1) or "
-                "sm90:<tile_m>x<tile_n>s<stages> (e.g. sm90:128x128s2), followed by [:noperm][:hilbert|:longest]",
+                "sm90:<tile_m>x<tile_n>s<stages> (e.g. sm90:128x128s2), followed by [:noperm][:hilbert|:longest][:copy]",
                 text);
   };
   for (const KernelFamilyInfo& f : kernel_families()) {
@@ -417,8 +427,11 @@ KernelConfig KernelConfig::parse(std::string_view text) {
       c.schedule = opt == "hilbert"   ? ScheduleOrder::kHilbert
                    : opt == "longest" ? ScheduleOrder::kLongestFirst
                                       : ScheduleOrder::kRowMajor;
+    } else if (opt == "copy" || opt == "inline") {
+      c.gather = opt == "copy" ? TokenGather::kCopy : TokenGather::kInline;
     } else {
-      SPATTN_FAIL(ErrorCode::kInvalidArgument, "config '{}': unknown option '{}'; known: noperm, hilbert, longest", text,
+      SPATTN_FAIL(ErrorCode::kInvalidArgument,
+                  "config '{}': unknown option '{}'; known: noperm, perm, hilbert, longest, rowmajor, copy, inline", text,
                   opt);
     }
     p = next;

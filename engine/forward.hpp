@@ -8,6 +8,8 @@
 // (after an O = 0 / LSE = -inf fill when some rows have no table). A multi-part layout
 // (LongNet branches, unions of differently ordered members) runs every part in one
 // launch into fp32 part buffers, then a merge kernel combines them with LSE weights.
+// With ":copy" (sm90) a gather kernel first writes the rows of permuted tables in slot
+// order into workspace copies that the kernel loads by TMA.
 #pragma once
 
 #include <spattn/layout.hpp>
@@ -108,6 +110,8 @@ class ForwardPlan {
   // family is an internal error, never a silent default).
   void launch_forward(SpattnFwdParams& params, const TensorView& q, const TensorView& k, const TensorView& v,
                       CUstream stream) const;
+  // With copies: writes this call's copies of the permuted rows (batch rows of q, k, v).
+  void gather_copies(const TensorView& q, const TensorView& k, const TensorView& v, int64_t batch, CUstream stream);
 
   Pattern pattern_;
   Problem problem_;
@@ -121,9 +125,11 @@ class ForwardPlan {
   const JitKernel* merge_ = nullptr;
   const JitKernel* fill_ = nullptr;
   const JitKernel* split_merge_ = nullptr;
+  const JitKernel* gather_ = nullptr;  // copies of permuted rows (":copy"), when any table is permuted
   int sm_count_ = 0;
   DeviceLayout tables_;
   runtime::DeviceBuffer part_o_, part_lse_, split_o_, split_lse_;
+  runtime::DeviceBuffer copy_q_, copy_k_, copy_v_;
 };
 
 }  // namespace spattn::engine

@@ -16,7 +16,9 @@ namespace {
 //  - D = 256: 128x64 tiles (O alone is 128 registers per consumer thread);
 //  - 64-row tiles (one consumer warpgroup) when 128-row tiles would give fewer work
 //    items than SMs.
-KernelChoice sm90(const Problem& problem, const runtime::DeviceInfo& device) {
+//  - layouts with permuted tokens (LongNet, strides, grids) copy their rows in slot order
+//    first (":copy"), so the kernel loads them by TMA like natural-order tiles.
+KernelChoice sm90(const Problem& problem, const runtime::DeviceInfo& device, bool permuted) {
   KernelConfig c;
   c.family = KernelFamily::kSm90;
   c.tile_m = 128;
@@ -30,6 +32,10 @@ KernelChoice sm90(const Problem& problem, const runtime::DeviceInfo& device) {
   if (items < device.sm_count) {
     c.tile_m = 64;
     why += fmt::format("; 64-row tiles since {} work items of 128 rows would not fill {} SMs", items, device.sm_count);
+  }
+  if (permuted) {
+    c.gather = TokenGather::kCopy;
+    why += "; permuted tokens copied in slot order before the kernel, then loaded by TMA";
   }
   c.warps = c.threads() / 32;
   return {c, "heuristic (" + why + ")"};
@@ -78,14 +84,13 @@ KernelChoice sm80(const Problem& problem, const runtime::DeviceInfo& device, con
 // start last and stretch the tail.
 KernelChoice heuristic_for(KernelFamily family, const Pattern& pattern, const Problem& problem,
                            const runtime::DeviceInfo& device) {
-  (void)pattern;
   std::string why;
   if (!family_supports(family, static_cast<int>(problem.head_dim), problem.dtype, device.arch(), &why))
     SPATTN_FAIL(ErrorCode::kUnsupported, "no {} kernel for {} on {}: {}", to_string(family), problem.to_string(),
                 device.name, why);
   switch (family) {
     case KernelFamily::kSm80: return sm80(problem, device, "family requested");
-    case KernelFamily::kSm90: return sm90(problem, device);
+    case KernelFamily::kSm90: return sm90(problem, device, layout_permutes_or_false(pattern, problem));
   }
   SPATTN_FAIL(ErrorCode::kInternal, "no heuristic for kernel family {}", static_cast<int>(family));
 }
@@ -151,17 +156,12 @@ bool layout_permutes_or_false(const Pattern& pattern, const Problem& problem) {
   }
 }
 
-// Permuted layouts stay on sm80 for now: the sm90 producer gathers their rows with
-// cp.async, and measured on an H200 at 64k tokens (bench/NOTES.md) that was slower than
-// the sm80 kernel's gathers — relative stride 64: 4.15 ms against 2.39; LongNet
-// [2048,4096,8192]x[1,2,4]: 8.64 against 8.33. (The autotuner still tries both.)
+// Permuted layouts run on sm90 with their rows copied in slot order first (":copy").
 KernelChoice heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device) {
   std::string why;
   if (!family_supports(KernelFamily::kSm90, static_cast<int>(problem.head_dim), problem.dtype, device.arch(), &why))
     return sm80(problem, device, "not sm90: " + why);
-  if (layout_permutes_or_false(pattern, problem))
-    return sm80(problem, device, "not sm90: the layout gathers permuted tokens, which the sm80 kernel does faster");
-  return sm90(problem, device);
+  return sm90(problem, device, layout_permutes_or_false(pattern, problem));
 }
 
 KernelChoice heuristic_for_pass(TunePass pass, const Pattern& pattern, const Problem& problem,

@@ -1,6 +1,7 @@
 // spattn forward attention for Hopper (sm_90a): wgmma for Q·Kᵀ and P·V with fp32
 // accumulators in registers, Q/K/V tiles brought into 128-byte-swizzled shared memory
-// by TMA (natural token order) or by cp.async gathers (permuted layouts), mbarrier
+// by TMA (natural token order, or copies of permuted rows in slot order) or by cp.async
+// gathers (permuted layouts without copies), mbarrier
 // pipelines between a producer warpgroup and one to three consumer warpgroups, and a
 // persistent grid that walks the work list.
 //
@@ -125,20 +126,31 @@ struct Forward {
       const int32_t* qslots = it.t.q_slots >= 0 ? p.arena + it.t.q_slots : nullptr;
       const int32_t* kslots = it.t.k_slots >= 0 ? p.arena + it.t.k_slots : nullptr;
 
+      // Rows copied in slot order (":copy") load by TMA from the copies, at row
+      // copy + slot of map head 0; otherwise natural order by TMA, or gathered.
+      const int q_copy = P.q_copy_row ? __ldg(P.q_copy_row + it.table * p.heads + it.head) : -1;
+      const int kv_copy =
+          P.kv_copy_row ? __ldg(P.kv_copy_row + it.table * (p.heads / p.kv_group) + kvh) : -1;
+      const bool q_copied = q_copy >= 0, kv_copied = kv_copy >= 0;
+
       Loader::wait_free(q_empty, q_phase ^ 1, pending);
-      Loader::load(base, q_full, P.tma_q && !qslots, P.tm_q, it.head, it.b, qbase, p.q_stride_n, BM, it.q_tile * BM, p.nq,
-           qslots, pending);
+      Loader::load(base, q_full, q_copied || (P.tma_q && !qslots), q_copied ? P.tm_qc : P.tm_q, q_copied ? 0 : it.head,
+                   it.b, qbase, p.q_stride_n, BM, (q_copied ? q_copy : 0) + it.q_tile * BM, p.nq, qslots, pending);
       q_phase ^= 1;
-      const bool tma_kv = P.tma_kv && !kslots;
+      const bool tma_kv = kv_copied || (P.tma_kv && !kslots);
+      const SpattnTensorMap& tm_k = kv_copied ? P.tm_kc : P.tm_k;
+      const SpattnTensorMap& tm_v = kv_copied ? P.tm_vc : P.tm_v;
+      const int map_kvh = kv_copied ? 0 : kvh;
+      const int kv_row0 = kv_copied ? kv_copy : 0;
 #pragma unroll 1
       for (int n = 0; n < it.n_tiles; ++n) {
         const int col = __ldg(it.cols + n);
         Loader::wait_free(k_empty(stage), phase ^ 1, pending);
-        Loader::load(base + kOffK + stage * kKVBytes, k_full(stage), tma_kv, P.tm_k, kvh, it.b, kbase, p.k_stride_n, BN,
-             col * BN, p.nk, kslots, pending);
+        Loader::load(base + kOffK + stage * kKVBytes, k_full(stage), tma_kv, tm_k, map_kvh, it.b, kbase, p.k_stride_n,
+                     BN, kv_row0 + col * BN, p.nk, kslots, pending);
         Loader::wait_free(v_empty(stage), phase ^ 1, pending);
-        Loader::load(base + kOffV + stage * kKVBytes, v_full(stage), tma_kv, P.tm_v, kvh, it.b, vbase, p.v_stride_n, BN,
-             col * BN, p.nk, kslots, pending);
+        Loader::load(base + kOffV + stage * kKVBytes, v_full(stage), tma_kv, tm_v, map_kvh, it.b, vbase, p.v_stride_n,
+                     BN, kv_row0 + col * BN, p.nk, kslots, pending);
         if (++stage == kStages) {
           stage = 0;
           phase ^= 1;

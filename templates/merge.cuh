@@ -7,6 +7,7 @@
 //    some rows without any table.
 //  - merge_splits: combines the pieces of long rows split over several work items.
 //  - fill_random: uniform random fp16/bf16 values (tests, benchmarks, the demo).
+//  - gather_rows: copies of permuted tables' token rows in slot order (sm90 ":copy").
 //  - backward_prep: D = rowsum(dO * O) per row, the backward pass's first kernel;
 //    backward_convert: an fp32 gradient accumulator into the 16-bit output tensor.
 #pragma once
@@ -146,6 +147,48 @@ __device__ void fill_random(const SpattnRandomParams& p) {
   }
 }
 
+// Blocks of kGatherRows destination rows of one segment (grid.x), segments (grid.y,
+// strided), batch rows (grid.z); a thread moves 16-byte chunks, four loads in flight
+// before their stores.
+constexpr int kGatherRows = 64;
+__device__ void gather_rows(const SpattnGatherParams& p) {
+  const int chunks = p.head_dim / 8;
+  const int total = kGatherRows * chunks;
+  const int b = blockIdx.z;
+  for (int s = blockIdx.y; s < p.num_segments; s += gridDim.y) {
+    const int32_t* seg = p.segments + 4 * s;
+    const int64_t dst_row = seg[0];
+    const int32_t* slots = p.arena + seg[1];
+    const int rows = seg[2], head = seg[3];
+    const int r0 = blockIdx.x * kGatherRows;
+    if (r0 >= rows) continue;
+    for (int t = 0; t < p.tensors; ++t) {
+      const unsigned short* src = static_cast<const unsigned short*>(p.src[t]) + b * p.src_stride_b[t] +
+                                  (int64_t)head * p.src_stride_h[t];
+      unsigned short* dst = static_cast<unsigned short*>(p.dst[t]) + ((int64_t)b * p.rows_per_batch + dst_row) * p.head_dim;
+      for (int x0 = threadIdx.x; x0 < total; x0 += 4 * blockDim.x) {
+        uint4 v[4];
+        int64_t at[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int x = x0 + u * blockDim.x;
+          const int r = r0 + x / chunks, c = x % chunks;
+          at[u] = -1;
+          v[u] = make_uint4(0u, 0u, 0u, 0u);
+          if (x >= total || r >= rows) continue;
+          at[u] = (int64_t)r * p.head_dim + c * 8;
+          const int token = __ldg(slots + r);
+          if (token >= 0 && token < p.limit)
+            v[u] = __ldg(reinterpret_cast<const uint4*>(src + (int64_t)token * p.src_stride_n[t] + c * 8));
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+          if (at[u] >= 0) *reinterpret_cast<uint4*>(dst + at[u]) = v[u];
+      }
+    }
+  }
+}
+
 template <bool kBf16>
 __device__ __forceinline__ float half_bits_to_float(unsigned short x) {
   if constexpr (kBf16) return __uint_as_float(static_cast<unsigned>(x) << 16);
@@ -188,6 +231,7 @@ extern "C" __global__ void spattn_merge_fp16(const SpattnMergeParams p) { spattn
 extern "C" __global__ void spattn_merge_splits_bf16(const SpattnSplitMergeParams p) { spattn::merge_splits<true>(p); }
 extern "C" __global__ void spattn_merge_splits_fp16(const SpattnSplitMergeParams p) { spattn::merge_splits<false>(p); }
 extern "C" __global__ void spattn_fill_empty(const SpattnFillParams p) { spattn::fill_empty(p); }
+extern "C" __global__ void spattn_gather_rows(const SpattnGatherParams p) { spattn::gather_rows(p); }
 extern "C" __global__ void spattn_backward_prep_bf16(const SpattnBwdPrepParams p) { spattn::backward_prep<true>(p); }
 extern "C" __global__ void spattn_backward_prep_fp16(const SpattnBwdPrepParams p) { spattn::backward_prep<false>(p); }
 extern "C" __global__ void spattn_backward_convert_bf16(const SpattnBwdConvertParams p) { spattn::backward_convert<true>(p); }

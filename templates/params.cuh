@@ -67,14 +67,40 @@ struct alignas(64) SpattnTensorMap {
 // Q, K and V over [B, N, H, D] (boxes of 64 head-dim elements x tile rows, 128-byte
 // swizzle). tma_q / tma_kv are 0 when a tensor cannot be described by a tensor map
 // (e.g. a zero stride); the producer then gathers its rows with cp.async instead.
+//
+// Copied rows (KernelConfig ":copy"): tables with permuted tokens read the copies the
+// gather kernel wrote in their slot order instead of gathering rows. q_copy_row[t * Hq
+// + h] is the first row of table t's copy for query head h (-1: no copy, load as
+// above), kv_copy_row[t * Hkv + kvh] that of its keys and values for KV head kvh; the
+// copies are [B][rows][D] with tensor maps tm_qc, tm_kc, tm_vc over dims (D, rows, 1,
+// B) and the same boxes as tm_q, tm_k, tm_v. Both pointers are null without copies.
 struct SpattnFwd90Params {
   SpattnFwdParams base;
   SpattnTensorMap tm_q;
   SpattnTensorMap tm_k;
   SpattnTensorMap tm_v;
+  SpattnTensorMap tm_qc;
+  SpattnTensorMap tm_kc;
+  SpattnTensorMap tm_vc;
+  const int32_t* q_copy_row;
+  const int32_t* kv_copy_row;
   int32_t tma_q;
   int32_t tma_kv;
   int32_t total_items;  // base.num_work * base.batch: what the persistent CTAs walk
+};
+
+// Copies token rows of one or two [B, N, H, D] tensors (K and V share their slots) in
+// the order of table slots into contiguous [B][rows_per_batch][D] buffers: 4 ints per
+// segment (first destination row, arena offset of the slots, rows, source head); a slot
+// of padding (-1, or >= limit) gives a row of zeros.
+struct SpattnGatherParams {
+  const void* src[2];
+  void* dst[2];
+  int64_t src_stride_b[2], src_stride_n[2], src_stride_h[2];
+  const int32_t* segments;
+  const int32_t* arena;
+  int64_t rows_per_batch;
+  int32_t tensors, num_segments, limit, head_dim;
 };
 
 // Backward over transposed tables (spattn::TransposedTable): per key tile, the query

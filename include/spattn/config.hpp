@@ -25,6 +25,13 @@ enum class KernelFamily {
 const char* to_string(KernelFamily family);                   // "sm80", "sm90"
 KernelFamily kernel_family_from_string(std::string_view name);  // throws kInvalidArgument
 
+// How an sm90 kernel reads the rows of tables whose tokens are permuted (LongNet,
+// strides, grids): kInline gathers them row by row in the producer warpgroup with
+// cp.async; kCopy first writes each such table's rows in slot order into workspace
+// copies (a bandwidth-bound pre-pass per call), which the kernel then loads by TMA like
+// natural-order tiles. Results are the same; tables in natural order never copy.
+enum class TokenGather { kInline, kCopy };
+
 struct KernelConfig {
   KernelFamily family = KernelFamily::kSm80;
   int tile_m = 128;  // query rows per work item. sm80: a multiple of 16 * warps, at most 256;
@@ -37,6 +44,7 @@ struct KernelConfig {
                      // sm90: depth of the K/V ring between producer and consumers (1 to 4)
   bool permute = true;  // token permutations for token-level patterns (LongNet, strides, grids)
   ScheduleOrder schedule = ScheduleOrder::kRowMajor;  // launch order of work items
+  TokenGather gather = TokenGather::kInline;  // sm90 only: ":copy" copies permuted rows first
 
   // The family's own rules (tile shape, warps, stages, register budgets for this head
   // dim, supported head dims). Throws kInvalidArgument / kUnsupported naming the field
@@ -51,8 +59,8 @@ struct KernelConfig {
   int threads() const;
   // The layout this config runs on: its tile shape, permutation and launch order.
   LayoutOptions layout_options() const;
-  // sm80: "128x64w4s2"; sm90: "sm90:128x128s2"; plus ":noperm" and ":hilbert"/":longest"
-  // when not the default. (sm80 configs carry no prefix, so tuning databases and
+  // sm80: "128x64w4s2"; sm90: "sm90:128x128s2"; plus ":noperm", ":hilbert"/":longest" and
+  // (sm90) ":copy" when not the default. (sm80 configs carry no prefix, so tuning databases and
   // scripts written before the sm90 family keep their meaning; parse() accepts "sm80:".)
   std::string to_string() const;
   // Inverse of to_string(); throws kInvalidArgument.

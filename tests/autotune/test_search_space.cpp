@@ -108,9 +108,29 @@ TEST(SearchSpace, PermutationVariantsOnlyWhereTheLayoutPermutes) {
   EXPECT_FALSE(engine::layout_permutes(Pattern::parse("dense"), problem_of(8192, 4)));
   const auto cands = enumerate_candidates(longnet, problem_of(8192, 4), arch_limits("sm_90a"), KernelConfig{});
   const auto off = std::count_if(cands.begin(), cands.end(), [](const Candidate& c) { return !c.config.permute; });
-  const auto on = std::count_if(cands.begin(), cands.end(), [](const Candidate& c) { return c.config.permute; });
+  const auto on = std::count_if(cands.begin(), cands.end(), [](const Candidate& c) {
+    return c.config.permute && c.config.gather == TokenGather::kInline;
+  });
   EXPECT_GT(off, 0);
   EXPECT_EQ(off, on) << "every tile x schedule with and without (the heuristic is one of them)";
+  // sm90 tiles of a permuting layout also try their rows copied first; sm80 ones cannot.
+  const auto sm90_off = std::count_if(cands.begin(), cands.end(), [](const Candidate& c) {
+    return !c.config.permute && c.config.family == KernelFamily::kSm90;
+  });
+  const auto copied = std::count_if(cands.begin(), cands.end(), [](const Candidate& c) {
+    return c.config.gather == TokenGather::kCopy;
+  });
+  EXPECT_GT(sm90_off, 0);
+  EXPECT_EQ(copied, sm90_off);
+  for (const Candidate& c : cands)
+    if (c.config.gather == TokenGather::kCopy) {
+      EXPECT_EQ(c.config.family, KernelFamily::kSm90) << c.config.to_string();
+      EXPECT_TRUE(c.config.permute) << c.config.to_string();
+    }
+  const auto dense = enumerate_candidates(Pattern::parse("dense"), problem_of(8192, 4), arch_limits("sm_90a"), KernelConfig{});
+  EXPECT_TRUE(std::none_of(dense.begin(), dense.end(),
+                           [](const Candidate& c) { return c.config.gather == TokenGather::kCopy; }))
+      << "nothing to copy in natural order";
 }
 
 TEST(SearchSpace, StaticPruningSaysWhy) {

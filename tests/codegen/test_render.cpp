@@ -161,5 +161,32 @@ TEST(KernelConfig, TextRoundTrip) {
   EXPECT_THROW(KernelConfig::parse("128x64w4s2:fast"), Error);
 }
 
+// ":copy" (permuted rows copied in slot order before the kernel, then loaded by TMA) is
+// an sm90 forward option: its text round-trips, and sm80 or backward configs refuse it.
+TEST(KernelConfig, CopiedGatherIsAnSm90ForwardOption) {
+  const KernelConfig c = KernelConfig::parse("sm90:128x128s2:longest:copy");
+  EXPECT_EQ(c.gather, TokenGather::kCopy);
+  EXPECT_EQ(c.to_string(), "sm90:128x128s2:longest:copy");
+  EXPECT_EQ(KernelConfig::parse(c.to_string()), c);
+  EXPECT_EQ(KernelConfig::parse("sm90:128x128s2:inline").gather, TokenGather::kInline);
+  EXPECT_EQ(KernelConfig::parse("sm90:128x128s2:inline").to_string(), "sm90:128x128s2");
+  c.validate(128);
+  try {
+    KernelConfig::parse("128x64w4s1:copy").validate(128);
+    ADD_FAILURE() << "sm80 accepted :copy";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("':copy' (permuted rows copied before the kernel) is an sm90 option"),
+              std::string::npos)
+        << e.what();
+  }
+  try {
+    check_backward_config(KernelConfig::parse("sm90:64x128s2:copy"), 128, DType::kBFloat16, "sm_90a", 0);
+    ADD_FAILURE() << "the backward accepted :copy";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("':copy' is a forward option"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace spattn

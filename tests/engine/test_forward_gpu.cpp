@@ -227,7 +227,8 @@ TEST_P(ForwardGpu, DtypesHeadDimsAndConfigs) {
       {DType::kBFloat16, 128, "sm90:128x64s1"},  {DType::kBFloat16, 128, "sm90:64x128s2"},
       {DType::kFloat16, 64, "sm90:192x64s3"},    {DType::kBFloat16, 128, "sm90:128x64s3:noperm"},
       {DType::kBFloat16, 64, "sm90:128x160s2"},  {DType::kFloat16, 256, "sm90:64x64s2"},
-      {DType::kBFloat16, 128, "sm90:128x80s2"},
+      {DType::kBFloat16, 128, "sm90:128x80s2"},  {DType::kBFloat16, 128, "sm90:128x128s2:copy"},
+      {DType::kFloat16, 64, "sm90:64x128s2:copy"}, {DType::kBFloat16, 128, "sm90:192x64s3:copy"},
   };
   uint64_t seed = 500;
   for (const auto& v : sm90() ? std::span<const V>(variants90) : std::span<const V>(variants)) {

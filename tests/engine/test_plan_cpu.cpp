@@ -332,5 +332,80 @@ TEST(BackwardTables, SoleKeyWriterOnlyWhereEveryKeyRowHasOneItem) {
   EXPECT_FALSE(engine::pack_backward_tables(layout).sole_key_writer) << "head 0 is in no table";
 }
 
+// The copies of permuted rows (":copy"): one run per (table, query head) with query slots
+// and per (table, KV head) with key slots, disjoint and back to back, none for tables in
+// natural order. Emulating the gather (copy row = slots' token) and the kernel's lookup
+// (copy row of (table, head) + slot) on the host must give every slot's own token.
+TEST(TokenCopies, RunsCoverEveryPermutedTableOnceAndIndexTheirSlots) {
+  LayoutOptions lo;
+  lo.tile_m = 64;
+  lo.tile_n = 128;
+  const int64_t heads = 4, kv_group = 2, hkv = heads / kv_group;
+  const Layout layout = compile_layout(Pattern::parse(R"({"type":"longnet","segments":[256,512],"rates":[1,2]})"),
+                                       Shape{1000, 1000, heads}, lo);
+  const engine::PackedTables packed = engine::pack_tables(layout);
+  const engine::TokenCopyPlan plan = engine::plan_token_copies(layout, packed.tables, kv_group);
+  ASSERT_FALSE(plan.empty());
+  ASSERT_EQ(plan.q_row.size(), layout.tables.size() * heads);
+  ASSERT_EQ(plan.kv_row.size(), layout.tables.size() * hkv);
+
+  // Host emulation of the gather: the token each copy row holds (-1: padding, zeros).
+  auto emulate = [&](const std::vector<int32_t>& segments, int64_t rows, int64_t limit) {
+    std::vector<int32_t> token(static_cast<size_t>(rows), -2);  // -2: never written
+    int64_t next = 0;
+    for (size_t s = 0; s < segments.size(); s += 4) {
+      EXPECT_EQ(segments[s], next) << "runs are back to back";
+      for (int32_t r = 0; r < segments[s + 2]; ++r) {
+        const int32_t t = packed.arena[static_cast<size_t>(segments[s + 1] + r)];
+        token[static_cast<size_t>(segments[s] + r)] = t >= 0 && t < limit ? t : -1;
+      }
+      next += segments[s + 2];
+    }
+    EXPECT_EQ(next, rows);
+    return token;
+  };
+  const std::vector<int32_t> q_token = emulate(plan.q_segments, plan.q_rows, 1000);
+  const std::vector<int32_t> kv_token = emulate(plan.kv_segments, plan.kv_rows, 1000);
+  EXPECT_EQ(std::count(q_token.begin(), q_token.end(), -2), 0);
+  EXPECT_EQ(std::count(kv_token.begin(), kv_token.end(), -2), 0);
+
+  int permuted = 0;
+  for (size_t ti = 0; ti < layout.tables.size(); ++ti) {
+    const BlockTable& t = layout.tables[ti];
+    std::set<int32_t> in_table(t.heads.begin(), t.heads.end());
+    for (int64_t h = 0; h < heads; ++h) {
+      const int32_t row = plan.q_row[ti * heads + h];
+      if (t.q_slots.empty() || !in_table.count(static_cast<int32_t>(h))) {
+        EXPECT_EQ(row, -1) << "table " << ti << " head " << h;
+        continue;
+      }
+      ++permuted;
+      for (size_t slot = 0; slot < t.q_slots.size(); ++slot) {
+        const int32_t want = t.q_slots[slot] >= 0 && t.q_slots[slot] < 1000 ? t.q_slots[slot] : -1;
+        ASSERT_EQ(q_token[static_cast<size_t>(row) + slot], want) << "table " << ti << " head " << h << " slot " << slot;
+      }
+    }
+    for (int64_t kvh = 0; kvh < hkv; ++kvh) {
+      bool used = false;
+      for (int32_t h : t.heads) used |= h / kv_group == kvh;
+      const int32_t row = plan.kv_row[ti * hkv + kvh];
+      if (t.k_slots.empty() || !used) {
+        EXPECT_EQ(row, -1) << "table " << ti << " KV head " << kvh;
+        continue;
+      }
+      for (size_t slot = 0; slot < t.k_slots.size(); ++slot) {
+        const int32_t want = t.k_slots[slot] >= 0 && t.k_slots[slot] < 1000 ? t.k_slots[slot] : -1;
+        ASSERT_EQ(kv_token[static_cast<size_t>(row) + slot], want) << "table " << ti << " KV head " << kvh;
+      }
+    }
+  }
+  EXPECT_GT(permuted, 0) << "the rate-2 branch permutes its tokens";
+  EXPECT_LT(plan.q_rows, 2 * 1000 * heads) << "the rate-1 branch is in natural order and copies nothing";
+
+  const Layout dense = compile_layout(Pattern::parse(R"({"type":"dense"})"), Shape{1000, 1000, heads}, lo);
+  EXPECT_TRUE(engine::plan_token_copies(dense, engine::pack_tables(dense).tables, kv_group).empty());
+  EXPECT_THROW(engine::plan_token_copies(dense, engine::pack_tables(dense).tables, 3), Error);
+}
+
 }  // namespace
 }  // namespace spattn
