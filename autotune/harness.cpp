@@ -81,6 +81,59 @@ double percentile(const std::vector<float>& sorted, double q) {
   return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - static_cast<double>(lo));
 }
 
+}  // namespace
+
+Rotation plan_rotation(size_t set_bytes, const runtime::DeviceInfo& info) {
+  // Enough sets that a set's inputs were last touched >= 2 x L2 of other traffic ago,
+  // within 40% of free memory (plans need the rest for tables and part buffers).
+  set_bytes = std::max<size_t>(set_bytes, 1);
+  const size_t l2 = static_cast<size_t>(std::max(info.l2_bytes, 1 << 20));
+  size_t free_bytes = 0, total_bytes = 0;
+  SPATTN_CU_CHECK(cuMemGetInfo(&free_bytes, &total_bytes));
+  const size_t want = std::clamp<size_t>((2 * l2 + set_bytes - 1) / set_bytes + 1, 3, 64);
+  const size_t fit = static_cast<size_t>(0.4 * static_cast<double>(free_bytes)) / set_bytes;
+  if (fit < 1)
+    SPATTN_FAIL(ErrorCode::kUnsupported, "the problem's inputs ({} MiB) do not fit in 40% of the free GPU memory ({} MiB)",
+                set_bytes >> 20, free_bytes >> 20);
+  Rotation r;
+  r.sets = std::min(want, fit);
+  r.flush_bytes = (r.sets - 1) * set_bytes < 2 * l2 ? 2 * l2 : 0;
+  return r;
+}
+
+std::string describe_timing(const std::string& what, int warmup, int reps, size_t sets, size_t set_bytes,
+                            size_t flush_bytes) {
+  return fmt::format("CUDA events, {}{} warm-up + {} timed runs over {} rotating input set(s) of {:.1f} MiB{}; "
+                     "median, p20, p80",
+                     what.empty() ? "" : what + ", ", warmup, reps, sets, set_bytes / 1048576.0,
+                     flush_bytes ? fmt::format(", {} MiB L2 flush before each run", flush_bytes >> 20) : "");
+}
+
+void time_with_events(int warmup, int reps, const std::function<void(size_t)>& run, runtime::DeviceBuffer& flush,
+                      json& out) {
+  for (int w = 0; w < warmup; ++w) run(static_cast<size_t>(w));
+  runtime::synchronize();
+  runtime::Event start, stop;
+  std::vector<float> times;
+  times.reserve(static_cast<size_t>(reps));
+  for (int r = 0; r < reps; ++r) {
+    if (flush.size()) flush.fill_bytes(static_cast<uint8_t>(r));
+    start.record();
+    run(static_cast<size_t>(warmup + r));
+    stop.record();
+    stop.synchronize();
+    times.push_back(stop.elapsed_ms_since(start));
+  }
+  std::sort(times.begin(), times.end());
+  out["status"] = "ok";
+  out["median_ms"] = percentile(times, 0.5);
+  out["p20_ms"] = percentile(times, 0.2);
+  out["p80_ms"] = percentile(times, 0.8);
+  out["runs"] = reps;
+}
+
+namespace {
+
 struct Tensors {
   runtime::DeviceBuffer q, k, v, o;
   TensorView tq, tk, tv, to;
@@ -207,19 +260,9 @@ struct Bench::Impl {
                                    1.0 / std::sqrt(static_cast<double>(c.head_dim)), ref_dq, ref_dk, ref_dv);
     }
 
-    // Enough sets that a set's inputs were last touched >= 2 x L2 of other traffic ago,
-    // within 40% of free memory (plans need the rest for tables and part buffers).
     const engine::Problem& p = setup.problem;
-    const size_t set_bytes = this->set_bytes();
-    const size_t l2 = static_cast<size_t>(std::max(info.l2_bytes, 1 << 20));
-    size_t free_bytes = 0, total_bytes = 0;
-    SPATTN_CU_CHECK(cuMemGetInfo(&free_bytes, &total_bytes));
-    const size_t want = std::clamp<size_t>((2 * l2 + set_bytes - 1) / set_bytes + 1, 3, 64);
-    const size_t fit = static_cast<size_t>(0.4 * static_cast<double>(free_bytes)) / std::max<size_t>(set_bytes, 1);
-    if (fit < 1)
-      SPATTN_FAIL(ErrorCode::kUnsupported, "the problem's inputs ({} MiB) do not fit in 40% of the free GPU memory ({} MiB)",
-                  set_bytes >> 20, free_bytes >> 20);
-    const size_t n = std::min(want, fit);
+    const Rotation rotation = plan_rotation(set_bytes(), info);
+    const size_t n = rotation.sets;
     for (size_t s = 0; s < n; ++s) sets.push_back(std::make_unique<Tensors>(p, setup.seed + 1000 + s));
     if (backward()) {
       engine::ForwardPlan plan = forward_plan(p);  // one plan writes every set's O and LSE
@@ -229,40 +272,19 @@ struct Bench::Impl {
         plan.run(t.tq, t.tk, t.tv, t.to, &bwd_sets.back()->tlse, 0, nullptr);
       }
     }
-    if ((n - 1) * set_bytes < 2 * l2) flush = runtime::DeviceBuffer(2 * l2);
+    if (rotation.flush_bytes) flush = runtime::DeviceBuffer(rotation.flush_bytes);
     runtime::synchronize();
   }
 
   std::string timing_method() const {
-    return fmt::format("CUDA events, {}{} warm-up + {} timed runs over {} rotating input set(s) of {:.1f} MiB{}; "
-                       "median, p20, p80",
-                       backward() ? "the backward pass alone, " : "", setup.warmup, setup.reps, sets.size(),
-                       set_bytes() / 1048576.0,
-                       flush.size() ? fmt::format(", {} MiB L2 flush before each run", flush.size() >> 20) : "");
+    return describe_timing(backward() ? "the backward pass alone" : "", setup.warmup, setup.reps, sets.size(),
+                           set_bytes(), flush.size());
   }
 
   // Times run(r) (r counts warm-up and timed runs) into out.
   template <class Run>
   void time_runs(const Run& run, json& out) {
-    for (int w = 0; w < setup.warmup; ++w) run(static_cast<size_t>(w));
-    runtime::synchronize();
-    runtime::Event start, stop;
-    std::vector<float> times;
-    times.reserve(static_cast<size_t>(setup.reps));
-    for (int r = 0; r < setup.reps; ++r) {
-      if (flush.size()) flush.fill_bytes(static_cast<uint8_t>(r));
-      start.record();
-      run(static_cast<size_t>(setup.warmup + r));
-      stop.record();
-      stop.synchronize();
-      times.push_back(stop.elapsed_ms_since(start));
-    }
-    std::sort(times.begin(), times.end());
-    out["status"] = "ok";
-    out["median_ms"] = percentile(times, 0.5);
-    out["p20_ms"] = percentile(times, 0.2);
-    out["p80_ms"] = percentile(times, 0.8);
-    out["runs"] = setup.reps;
+    time_with_events(setup.warmup, setup.reps, run, flush, out);
   }
 
   json measure_backward(const KernelConfig& config) {

@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -64,6 +65,27 @@ GradientError gradient_error(const std::vector<float>& got, const std::vector<do
 // or all heads when the pattern needs them (grids, head groups).
 engine::Problem check_problem_for(const Pattern& pattern, const engine::Problem& problem, int64_t tokens,
                                   int64_t heads);
+
+// The timing building blocks, shared by the attention bench below and the linear-time
+// kernels' tuner (linear/tune.cpp).
+//
+// How many rotating input sets of `set_bytes` a timing needs so that no run finds its
+// inputs in L2 (>= 3, covering >= 2 x L2 between two uses of a set, within 40% of the free
+// GPU memory), and the L2 flush buffer to allocate when that many do not fit (0: none).
+// Throws kUnsupported when not even one set fits.
+struct Rotation {
+  size_t sets = 0;
+  size_t flush_bytes = 0;
+};
+Rotation plan_rotation(size_t set_bytes, const runtime::DeviceInfo& info);
+// "CUDA events, <what>, W warm-up + R timed runs over S rotating input set(s) of X MiB...".
+std::string describe_timing(const std::string& what, int warmup, int reps, size_t sets, size_t set_bytes,
+                            size_t flush_bytes);
+// Runs run(r) `warmup` times untimed, then `reps` times each between two device events on
+// the default stream (r counts every run; `flush`, when allocated, is overwritten before
+// each timed run); writes "status": "ok", "median_ms", "p20_ms", "p80_ms", "runs" to out.
+void time_with_events(int warmup, int reps, const std::function<void(size_t)>& run, runtime::DeviceBuffer& flush,
+                      nlohmann::json& out);
 
 class Bench {
  public:

@@ -136,6 +136,96 @@ std::string AutotuneReport::to_table() const {
   return s;
 }
 
+const char* to_string(LinearOp op) { return op == LinearOp::kScan ? "scan" : "performer"; }
+
+std::string LinearProblem::to_string() const {
+  if (op == LinearOp::kScan)
+    return fmt::format("scan B={} L={} channels={} state={} {}", batch, length, channels, state, spattn::to_string(dtype));
+  return fmt::format("performer causal B={} N={} H={}/{} D={} m={} {}", batch, length, heads, kv_heads > 0 ? kv_heads : heads,
+                     head_dim, features, spattn::to_string(dtype));
+}
+
+std::string LinearTuneReport::to_json() const {
+  json cands = json::array();
+  for (const LinearCandidateReport& c : candidates) {
+    json j = {{"config", c.config}, {"heuristic", c.heuristic}, {"best", c.best}, {"status", c.status},
+              {"smem_bytes", c.smem_bytes}};
+    if (!c.detail.empty()) j["detail"] = c.detail;
+    if (c.registers >= 0) {
+      j["registers"] = c.registers;
+      j["local_bytes"] = c.local_bytes;
+      j["cache_hit"] = c.cache_hit;
+      j["compile_ms"] = c.compile_ms;
+    }
+    if (c.check_worst >= 0) j["check_worst"] = c.check_worst;
+    if (c.status == "ok") {
+      j["median_ms"] = c.median_ms;
+      j["p20_ms"] = c.p20_ms;
+      j["p80_ms"] = c.p80_ms;
+      j["runs"] = c.runs;
+      if (c.speedup > 0) j["speedup"] = c.speedup;
+    }
+    cands.push_back(j);
+  }
+  json j = {{"op", to_string(op)},         {"device", device},     {"arch", arch},       {"problem", problem},
+            {"check_problem", check_problem}, {"bucket", bucket},  {"timing", timing},   {"isolated", isolated},
+            {"heuristic_source", heuristic_source}, {"candidates", cands}, {"saved", saved}, {"seconds", seconds}};
+  if (saved) j["db_file"] = db_file;
+  if (best >= 0) j["best"] = candidates[best].config;
+  if (heuristic >= 0) j["heuristic"] = candidates[heuristic].config;
+  if (speedup > 0) j["speedup"] = speedup;
+  if (!note.empty()) j["note"] = note;
+  return j.dump(2);
+}
+
+std::string LinearTuneReport::to_table() const {
+  std::string s;
+  s += fmt::format("GPU      {}\n", device);
+  s += fmt::format("problem  {}\n", problem);
+  s += fmt::format("check    {} against the fp64 reference, fresh random inputs\n", check_problem);
+  if (!timing.empty()) s += fmt::format("timing   {}\n", timing);
+  s += fmt::format("bucket   {}\n", bucket);
+  s += fmt::format("baseline {}\n\n", heuristic_source);
+  std::vector<size_t> order(candidates.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    const bool oa = candidates[a].status == "ok", ob = candidates[b].status == "ok";
+    if (oa != ob) return oa;
+    return oa && candidates[a].median_ms < candidates[b].median_ms;
+  });
+  s += fmt::format("  {:<16} {:<13} {:>10} {:>17} {:>9} {:>9} {:>5} {:>6}  {}\n", "candidate", "status", "median ms",
+                   "p20..p80 ms", "err/tol", "vs heur.", "regs", "local", "notes");
+  for (size_t k : order) {
+    const LinearCandidateReport& c = candidates[k];
+    const std::string name = c.config + (c.heuristic ? " (h)" : "");
+    const std::string regs = c.registers >= 0 ? std::to_string(c.registers) : "-";
+    const std::string local = c.local_bytes >= 0 ? std::to_string(c.local_bytes) : "-";
+    const std::string err = c.check_worst >= 0 ? fmt::format("{:.2f}", c.check_worst) : "-";
+    if (c.status == "ok") {
+      s += fmt::format("{} {:<16} {:<13} {:>10.4f} {:>8.4f}..{:<8.4f} {:>9} {:>9} {:>5} {:>6}\n", c.best ? "*" : " ", name,
+                       c.status, c.median_ms, c.p20_ms, c.p80_ms, err,
+                       c.speedup > 0 ? fmt::format("{:.3f}x", c.speedup) : "-", regs, local);
+    } else {
+      s += fmt::format("  {:<16} {:<13} {:>10} {:>17} {:>9} {:>9} {:>5} {:>6}  {}\n", name, c.status, "-", "-", err, "-",
+                       regs, local, clip(c.detail, 100));
+    }
+  }
+  const size_t ok = static_cast<size_t>(
+      std::count_if(candidates.begin(), candidates.end(), [](const LinearCandidateReport& c) { return c.status == "ok"; }));
+  s += fmt::format("\n{} candidates, {} timed, in {:.1f} s{}\n", candidates.size(), ok, seconds,
+                   isolated || ok == 0 ? "" : " (in-process: CUDA was already loaded)");
+  if (best < 0) return s + "no candidate passed the correctness check; nothing was saved\n";
+  const LinearCandidateReport& b = candidates[best];
+  s += fmt::format("winner   {}: {:.4f} ms", b.config, b.median_ms);
+  if (heuristic >= 0 && b.speedup > 0)
+    s += fmt::format(", {:.3f}x the heuristic's {} ({:.4f} ms)", b.speedup, candidates[heuristic].config,
+                     candidates[heuristic].median_ms);
+  s += "\n";
+  if (!note.empty()) s += fmt::format("note     {}\n", note);
+  s += saved ? fmt::format("saved    {}\n", db_file) : "not saved (--no-save)\n";
+  return s;
+}
+
 std::string PrewarmReport::to_json() const {
   json ks = json::array();
   for (const PrewarmKernel& k : kernels) {

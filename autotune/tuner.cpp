@@ -147,6 +147,122 @@ std::vector<CandidateReport> list_candidates(const Pattern& pattern, const engin
   return out;
 }
 
+void compile_jobs(std::vector<CompileJob>& jobs, const std::string& arch, int threads, bool in_child,
+                  double child_timeout_s, const std::function<bool()>& skip,
+                  const std::function<void(size_t done, size_t total)>& progress) {
+  std::vector<size_t> order(jobs.size());
+  for (size_t j = 0; j < jobs.size(); ++j) order[j] = j;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return jobs[a].baseline > jobs[b].baseline; });
+  auto compile_all = [&] {
+    std::mutex mu;
+    size_t finished = 0;
+    if (progress) progress(0, jobs.size());
+    parallel_for(order.size(), threads > 0 ? threads : nvrtc_threads(), [&](size_t n) {
+      CompileJob& job = jobs[order[n]];
+      if (!job.baseline && skip && skip()) {
+        job.skipped = true;
+      } else {
+        try {
+          job.found = engine::compile_cached(job.rendered, arch);
+          job.done = true;
+        } catch (const Error& e) {
+          job.error = e.what();
+        }
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      ++finished;
+      if (progress) progress(finished, jobs.size());
+    });
+  };
+  if (!in_child) {
+    compile_all();
+    return;
+  }
+  // NVRTC initialises the CUDA driver in the process that calls it, and a process
+  // forked after that cannot use CUDA. The worker processes that time candidates are
+  // forked from this one, so the compiles run in a child of their own and hand back
+  // what the pruning needs (the CUBINs stay in the kernel cache).
+  IsolateOptions io;
+  io.isolate = true;
+  io.item_timeout_s = child_timeout_s;
+  const ItemOutcome o = run_items(1, [&](size_t) -> json {
+    compile_all();
+    json out = json::array();
+    for (const CompileJob& j : jobs)
+      out.push_back({{"done", j.done}, {"skipped", j.skipped}, {"error", j.error}, {"key", j.found.key},
+                     {"hit", j.found.hit}, {"registers", j.found.kernel.registers},
+                     {"local_bytes", j.found.kernel.local_bytes}, {"compile_ms", j.found.kernel.compile_ms}});
+    return json{{"jobs", out}};
+  }, io)[0];
+  if (o.status != ItemStatus::kDone || !o.value.contains("jobs"))
+    SPATTN_FAIL(ErrorCode::kCompile, "the compile worker failed: {}", o.detail.empty() ? o.value.dump() : o.detail);
+  const json& results = o.value["jobs"];
+  SPATTN_ASSERT(results.size() == jobs.size());
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const json& r = results[j];
+    jobs[j].done = r["done"].get<bool>();
+    jobs[j].skipped = r["skipped"].get<bool>();
+    jobs[j].error = r["error"].get<std::string>();
+    jobs[j].found.key = r["key"].get<std::string>();
+    jobs[j].found.hit = r["hit"].get<bool>();
+    jobs[j].found.kernel.registers = r["registers"].get<int>();
+    jobs[j].found.kernel.local_bytes = r["local_bytes"].get<int>();
+    jobs[j].found.kernel.compile_ms = r["compile_ms"].get<double>();
+  }
+}
+
+json measure_guarded(const std::function<json()>& measure) {
+  try {
+    return measure();
+  } catch (const Error& e) {
+    switch (e.code()) {
+      case ErrorCode::kCuda: return json{{"status", "fault"}, {"detail", e.what()}, {"restart", true}};
+      case ErrorCode::kNoGpu: return json{{"status", "error"}, {"detail", e.what()}, {"restart", true}};
+      case ErrorCode::kUnsupported: return json{{"status", "resources"}, {"detail", e.what()}};
+      default: return json{{"status", "error"}, {"detail", e.what()}};
+    }
+  }
+}
+
+Measured read_outcome(const ItemOutcome& o) {
+  Measured m;
+  switch (o.status) {
+    case ItemStatus::kCrashed: m.status = "fault", m.detail = o.detail; return m;
+    case ItemStatus::kTimedOut: m.status = "timeout", m.detail = o.detail; return m;
+    case ItemStatus::kNotRun: m.status = "skipped", m.detail = o.detail; return m;
+    case ItemStatus::kDone: break;
+  }
+  m.value = o.value;
+  m.status = o.value.value("status", std::string("error"));
+  m.detail = o.value.value("detail", o.value.value("error", std::string()));
+  if (o.value.contains("error") && !o.value.contains("status")) m.status = "error";
+  return m;
+}
+
+Winner pick_winner(const std::vector<double>& medians_ms, int heuristic, double min_gain,
+                   const std::function<std::string(size_t)>& name) {
+  Winner w;
+  for (size_t k = 0; k < medians_ms.size(); ++k) {
+    if (medians_ms[k] <= 0) continue;
+    if (w.best < 0 || medians_ms[k] < medians_ms[w.best]) w.best = static_cast<int>(k);
+  }
+  const double h_ms = heuristic >= 0 ? medians_ms[heuristic] : 0;
+  if (w.best >= 0 && h_ms > 0 && w.best != heuristic && medians_ms[w.best] > (1 - min_gain) * h_ms) {
+    w.note = fmt::format("the fastest, {}, is within {:.0f}% of the heuristic's choice: keeping the heuristic's",
+                         name(static_cast<size_t>(w.best)), min_gain * 100);
+    w.best = heuristic;
+  }
+  return w;
+}
+
+void check_timing_options(const AutotuneOptions& options) {
+  SPATTN_REQUIRE(options.reps >= 20, "reps must be at least 20 (got {}): timings are medians of >= 20 runs",
+                 options.reps);
+  SPATTN_REQUIRE(options.warmup >= 0, "warmup must be >= 0 (got {})", options.warmup);
+  SPATTN_REQUIRE(options.budget_seconds >= 0, "budget_seconds must be >= 0 (got {})", options.budget_seconds);
+  SPATTN_REQUIRE(options.min_gain >= 0 && options.min_gain < 1, "min_gain must be in [0, 1) (got {})", options.min_gain);
+}
+
 namespace {
 
 // Everything up to the timing: candidates, compiles, post-compile pruning.
@@ -160,12 +276,8 @@ struct Prepared {
 };
 
 void check_options(const AutotuneOptions& options) {
-  SPATTN_REQUIRE(options.reps >= 20, "reps must be at least 20 (got {}): timings are medians of >= 20 runs",
-                 options.reps);
-  SPATTN_REQUIRE(options.warmup >= 0, "warmup must be >= 0 (got {})", options.warmup);
-  SPATTN_REQUIRE(options.budget_seconds >= 0, "budget_seconds must be >= 0 (got {})", options.budget_seconds);
+  check_timing_options(options);
   SPATTN_REQUIRE(options.check_tokens >= 1 && options.check_heads >= 1, "check_tokens and check_heads must be >= 1");
-  SPATTN_REQUIRE(options.min_gain >= 0 && options.min_gain < 1, "min_gain must be in [0, 1) (got {})", options.min_gain);
 }
 
 Prepared prepare(const Pattern& pattern, const engine::Problem& problem, const AutotuneOptions& options,
@@ -221,24 +333,14 @@ Prepared prepare(const Pattern& pattern, const engine::Problem& problem, const A
   };
 
   // --- render: the timed and the check kernels of every viable candidate -----------------
-  struct Job {
-    codegen::RenderedKernel rendered;
-    std::vector<size_t> users;  // candidate indices
-    bool baseline = false;
-    std::string error;
-    CacheLookup found;
-    bool done = false;
-    bool skipped = false;
-  };
-  std::vector<Job> jobs;
+  std::vector<CompileJob> jobs;
   std::map<std::string, size_t> job_of_key;
   std::vector<std::vector<size_t>> jobs_of(cands.size());
   auto add_job = [&](codegen::RenderedKernel r, size_t user, bool baseline) {
     const std::string key = engine::manifest_for(r, arch).key();
     auto [it, fresh] = job_of_key.emplace(key, jobs.size());
-    if (fresh) jobs.push_back(Job{std::move(r), {}, false, "", {}, false, false});
-    Job& j = jobs[it->second];
-    j.users.push_back(user);
+    if (fresh) jobs.push_back(CompileJob{std::move(r)});
+    CompileJob& j = jobs[it->second];
     j.baseline = j.baseline || baseline;
     jobs_of[user].push_back(it->second);
   };
@@ -274,74 +376,12 @@ Prepared prepare(const Pattern& pattern, const engine::Problem& problem, const A
     }
   }
   // The support kernels (merge, fill, reference) serve everyone.
-  const codegen::RenderedKernel support = codegen::render_support_kernels();
-  jobs.push_back(Job{support, {}, true, "", {}, false, false});
+  jobs.push_back(CompileJob{codegen::render_support_kernels(), true});
 
   // --- compile in parallel, baseline first ---------------------------------------------
-  std::vector<size_t> order(jobs.size());
-  for (size_t j = 0; j < jobs.size(); ++j) order[j] = j;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return jobs[a].baseline > jobs[b].baseline; });
-  auto compile_all = [&] {
-    std::mutex mu;
-    size_t finished = 0;
-    progress("compiling", 0, jobs.size());
-    const int threads = options.threads > 0 ? options.threads : nvrtc_threads();
-    parallel_for(order.size(), threads, [&](size_t n) {
-      Job& job = jobs[order[n]];
-      if (budgeted && !job.baseline && Clock::now() > compile_cutoff) {
-        job.skipped = true;
-      } else {
-        try {
-          job.found = engine::compile_cached(job.rendered, arch);
-          job.done = true;
-        } catch (const Error& e) {
-          job.error = e.what();
-        }
-      }
-      size_t f;
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        f = ++finished;
-      }
-      progress("compiling", f, jobs.size());
-    });
-  };
-  if (!compile_in_child) {
-    compile_all();
-  } else {
-    // NVRTC initialises the CUDA driver in the process that calls it, and a process
-    // forked after that cannot use CUDA. The worker processes that time candidates are
-    // forked from this one, so the compiles run in a child of their own and hand back
-    // what the pruning needs (the CUBINs stay in the kernel cache).
-    IsolateOptions io;
-    io.isolate = true;
-    io.item_timeout_s = std::max(600.0, options.budget_seconds);
-    const ItemOutcome o = run_items(1, [&](size_t) -> json {
-      compile_all();
-      json out = json::array();
-      for (const Job& j : jobs)
-        out.push_back({{"done", j.done}, {"skipped", j.skipped}, {"error", j.error}, {"key", j.found.key},
-                       {"hit", j.found.hit}, {"registers", j.found.kernel.registers},
-                       {"local_bytes", j.found.kernel.local_bytes}, {"compile_ms", j.found.kernel.compile_ms}});
-      return json{{"jobs", out}};
-    }, io)[0];
-    if (o.status != ItemStatus::kDone || !o.value.contains("jobs"))
-      SPATTN_FAIL(ErrorCode::kCompile, "the compile worker failed: {}",
-                  o.detail.empty() ? o.value.dump() : o.detail);
-    const json& results = o.value["jobs"];
-    SPATTN_ASSERT(results.size() == jobs.size());
-    for (size_t j = 0; j < jobs.size(); ++j) {
-      const json& r = results[j];
-      jobs[j].done = r["done"].get<bool>();
-      jobs[j].skipped = r["skipped"].get<bool>();
-      jobs[j].error = r["error"].get<std::string>();
-      jobs[j].found.key = r["key"].get<std::string>();
-      jobs[j].found.hit = r["hit"].get<bool>();
-      jobs[j].found.kernel.registers = r["registers"].get<int>();
-      jobs[j].found.kernel.local_bytes = r["local_bytes"].get<int>();
-      jobs[j].found.kernel.compile_ms = r["compile_ms"].get<double>();
-    }
-  }
+  const auto skip = [&] { return budgeted && Clock::now() > compile_cutoff; };
+  compile_jobs(jobs, arch, options.threads, compile_in_child, std::max(600.0, options.budget_seconds), skip,
+               [&](size_t done, size_t total) { progress("compiling", done, total); });
   if (!jobs.back().done)
     SPATTN_FAIL(ErrorCode::kCompile, "the support kernels did not compile for {}: {}", arch, jobs.back().error);
 
@@ -451,20 +491,13 @@ AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, cons
     const Candidate& c = cands[runnable[n]];
     if (budgeted && !c.heuristic && Clock::now() > deadline)
       return json{{"status", "skipped"}, {"detail", "the budget ran out before it was timed"}};
-    try {
+    return measure_guarded([&]() -> json {
       if (hooks.measure) return hooks.measure(c.config);
       if (!*bench) *bench = std::make_unique<Bench>(setup);
       json r = (*bench)->measure(c.config);
       r["timing"] = (*bench)->timing_method();
       return r;
-    } catch (const Error& e) {
-      switch (e.code()) {
-        case ErrorCode::kCuda: return json{{"status", "fault"}, {"detail", e.what()}, {"restart", true}};
-        case ErrorCode::kNoGpu: return json{{"status", "error"}, {"detail", e.what()}, {"restart", true}};
-        case ErrorCode::kUnsupported: return json{{"status", "resources"}, {"detail", e.what()}};
-        default: return json{{"status", "error"}, {"detail", e.what()}};
-      }
-    }
+    });
   };
   IsolateOptions io;
   io.isolate = report.isolated;
@@ -477,26 +510,11 @@ AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, cons
 
   for (size_t n = 0; n < runnable.size(); ++n) {
     CandidateReport& r = report.candidates[runnable[n]];
-    const ItemOutcome& o = outcomes[n];
-    if (o.status == ItemStatus::kCrashed) {
-      r.status = "fault";
-      r.detail = o.detail;
-      continue;
-    }
-    if (o.status == ItemStatus::kTimedOut) {
-      r.status = "timeout";
-      r.detail = o.detail;
-      continue;
-    }
-    if (o.status == ItemStatus::kNotRun) {
-      r.status = "skipped";
-      r.detail = o.detail;
-      continue;
-    }
-    const json& v = o.value;
-    r.status = v.value("status", std::string("error"));
-    r.detail = v.value("detail", v.value("error", std::string()));
-    if (v.contains("error") && !v.contains("status")) r.status = "error";
+    const Measured m = read_outcome(outcomes[n]);
+    r.status = m.status;
+    r.detail = m.detail;
+    const json& v = m.value;
+    if (v.is_null()) continue;
     r.rel_l2_err = v.value("rel_l2_err", -1.0);
     r.max_abs_err = v.value("max_abs_err", -1.0);
     if (r.status != "ok") continue;
@@ -509,19 +527,13 @@ AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, cons
   }
 
   // --- the winner ----------------------------------------------------------------------
-  for (size_t k = 0; k < report.candidates.size(); ++k) {
-    const CandidateReport& r = report.candidates[k];
-    if (r.status != "ok" || r.median_ms <= 0) continue;
-    if (report.best < 0 || r.median_ms < report.candidates[report.best].median_ms) report.best = static_cast<int>(k);
-  }
-  const CandidateReport* h = report.heuristic >= 0 ? &report.candidates[report.heuristic] : nullptr;
-  const double h_ms = h && h->status == "ok" ? h->median_ms : 0;
-  if (report.best >= 0 && h_ms > 0 && report.best != report.heuristic &&
-      report.candidates[report.best].median_ms > (1 - options.min_gain) * h_ms) {
-    report.note = fmt::format("the fastest, {}, is within {:.0f}% of the heuristic's choice: keeping the heuristic's",
-                              report.candidates[report.best].config.to_string(), options.min_gain * 100);
-    report.best = report.heuristic;
-  }
+  std::vector<double> medians;
+  for (const CandidateReport& r : report.candidates) medians.push_back(r.status == "ok" ? r.median_ms : 0.0);
+  const Winner winner = pick_winner(medians, report.heuristic, options.min_gain,
+                                    [&](size_t k) { return report.candidates[k].config.to_string(); });
+  report.best = winner.best;
+  report.note = winner.note;
+  const double h_ms = report.heuristic >= 0 ? medians[report.heuristic] : 0;
   for (CandidateReport& r : report.candidates)
     if (r.status == "ok" && h_ms > 0) r.speedup = h_ms / r.median_ms;
   if (report.best >= 0) {

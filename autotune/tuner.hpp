@@ -10,6 +10,7 @@
 #pragma once
 
 #include <spattn/autotune.hpp>
+#include <spattn/cache.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -17,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "autotune/isolate.hpp"
+#include "codegen/kernel_spec.hpp"
 #include "engine/forward.hpp"
 #include "runtime/device.hpp"
 
@@ -63,6 +66,52 @@ struct TuneHooks {
 // The whole tuning run (see the file comment and spattn/autotune.hpp).
 AutotuneReport tune(const Pattern& pattern, const engine::Problem& problem, const AutotuneOptions& options,
                     const HeuristicFn& heuristic, const TuneHooks& hooks = {});
+
+// --- the pieces of a tuning run, shared with the linear-time kernels' tuner (linear/tune.cpp)
+
+// One program to compile for a tuning run, and what became of it.
+struct CompileJob {
+  codegen::RenderedKernel rendered;
+  bool baseline = false;  // the heuristic's (or support kernels): compiled first, whatever the budget
+  bool done = false;
+  bool skipped = false;   // `skip` said so
+  std::string error;
+  CacheLookup found;      // key, hit, registers, local memory, compile time
+};
+// Compiles the jobs through the kernel cache with the NVRTC pool (`threads`, 0: the
+// default), baselines first; `skip` (may be empty) is asked before every other compile
+// (the budget). With `in_child`, in a child process of its own: NVRTC initialises the CUDA
+// driver, and the timing workers are forked from this process later. Throws kCompile when
+// that child fails.
+void compile_jobs(std::vector<CompileJob>& jobs, const std::string& arch, int threads, bool in_child,
+                  double child_timeout_s, const std::function<bool()>& skip,
+                  const std::function<void(size_t done, size_t total)>& progress);
+
+// Runs one candidate's check and timing (in its worker), turning the library's errors into
+// its result: kCuda "fault" (and a fresh worker), kUnsupported "resources", else "error".
+nlohmann::json measure_guarded(const std::function<nlohmann::json()>& measure);
+
+// A candidate's result as its worker reported it: status ("ok", "wrong", "resources",
+// "fault", "timeout", "skipped", "error"...), why, and the item's JSON (null when the worker
+// returned none).
+struct Measured {
+  std::string status, detail;
+  nlohmann::json value;
+};
+Measured read_outcome(const ItemOutcome& outcome);
+
+// The winner of a run: the smallest of `medians_ms` (0: not timed successfully), unless
+// it is less than `min_gain` faster than the heuristic's (index `heuristic`, -1: none), whose
+// configuration is then kept and `note` says so (`name` names candidates). best -1: none.
+struct Winner {
+  int best = -1;
+  std::string note;
+};
+Winner pick_winner(const std::vector<double>& medians_ms, int heuristic, double min_gain,
+                   const std::function<std::string(size_t)>& name);
+
+// Throws kInvalidArgument for reps, warmup, budget or min_gain out of range.
+void check_timing_options(const AutotuneOptions& options);
 
 // The GPU `ordinal`, queried in a worker process so that this process stays free of CUDA.
 // Throws kNoGpu with the reason when there is none.

@@ -218,6 +218,51 @@ TunedEntry TunedEntry::from_json(const json& j) {
   return e;
 }
 
+bool is_linear_key(std::string_view key) {
+  return key.starts_with(kScanKeyPrefix) || key.starts_with(kPerformerKeyPrefix);
+}
+
+json LinearEntry::to_json() const {
+  return json{{"config", config},
+              {"median_ms", median_ms},
+              {"p20_ms", p20_ms},
+              {"p80_ms", p80_ms},
+              {"heuristic", {{"config", heuristic_config}, {"median_ms", heuristic_ms}}},
+              {"speedup", median_ms > 0 && heuristic_ms > 0 ? heuristic_ms / median_ms : 0.0},
+              {"candidates", candidates},
+              {"problem", problem},
+              {"tuned_at", tuned_at},
+              {"bucket", bucket}};
+}
+
+LinearEntry LinearEntry::from_json(const json& j) {
+  const std::string where = "entry";
+  LinearEntry e;
+  e.config = field<std::string>(j, "config", where);
+  // Numbers joined by 'x' ("32x8x16"); what they mean is the kernel's business (linear/).
+  bool digit = false, form = !e.config.empty();
+  for (const char ch : e.config) {
+    if (ch == 'x' && digit) digit = false;
+    else if (ch >= '0' && ch <= '9') digit = true;
+    else form = false;
+  }
+  if (!form || !digit)
+    SPATTN_FAIL(ErrorCode::kCorrupt, "entry.config \"{}\" is not a linear kernel configuration (numbers joined by "
+                "'x', such as 32x8x16)", e.config);
+  e.median_ms = field<double>(j, "median_ms", where);
+  e.p20_ms = j.value("p20_ms", 0.0);
+  e.p80_ms = j.value("p80_ms", 0.0);
+  if (j.contains("heuristic") && j["heuristic"].is_object()) {
+    e.heuristic_config = j["heuristic"].value("config", "");
+    e.heuristic_ms = j["heuristic"].value("median_ms", 0.0);
+  }
+  e.candidates = j.value("candidates", 0);
+  e.problem = j.value("problem", "");
+  e.tuned_at = j.value("tuned_at", "");
+  e.bucket = j.value("bucket", json::object());
+  return e;
+}
+
 // --- the file ------------------------------------------------------------------------
 
 const char* db_state_name(DbState state) {
@@ -233,6 +278,11 @@ const char* db_state_name(DbState state) {
 const TunedEntry* TuningDb::find(const std::string& bucket_key) const {
   const auto it = entries.find(bucket_key);
   return it == entries.end() ? nullptr : &it->second;
+}
+
+const LinearEntry* TuningDb::find_linear(const std::string& bucket_key) const {
+  const auto it = linear.find(bucket_key);
+  return it == linear.end() ? nullptr : &it->second;
 }
 
 namespace {
@@ -301,7 +351,8 @@ void parse_into(TuningDb& db, const std::string& text) {
   if (!entries.is_object()) SPATTN_FAIL(ErrorCode::kCorrupt, "database.entries is not an object");
   for (const auto& [key, value] : entries.items()) {
     try {
-      db.entries[key] = TunedEntry::from_json(value);
+      if (is_linear_key(key)) db.linear[key] = LinearEntry::from_json(value);
+      else db.entries[key] = TunedEntry::from_json(value);
     } catch (const Error& e) {
       SPATTN_FAIL(ErrorCode::kCorrupt, "entries[\"{}\"]: {}", key, e.what());
     }
@@ -326,6 +377,7 @@ TuningDb TuningDb::load(const fs::path& file, const Fingerprint* expected) {
     parse_into(db, read.bytes);
   } catch (const Error& e) {
     db.entries.clear();
+    db.linear.clear();
     db.fingerprint.reset();
     db.state = DbState::kCorrupt;
     db.problem = e.what();
@@ -337,6 +389,7 @@ TuningDb TuningDb::load(const fs::path& file, const Fingerprint* expected) {
     db.state = DbState::kMismatch;
     db.problem = fmt::format("it was written for {}, this is {}", db.fingerprint->describe(), expected->describe());
     db.entries.clear();
+    db.linear.clear();
     log::debug("tuning database {}: {}; ignoring it", file.string(), db.problem);
   }
   return db;
@@ -360,8 +413,7 @@ namespace {
 
 // Takes the database file's lock, re-reads it (a corrupt or mismatched file is moved
 // aside), lets `edit` change the entries, and writes it atomically. Returns the file.
-fs::path update_db(const fs::path& dir, const Fingerprint& fingerprint,
-                   const std::function<void(std::map<std::string, TunedEntry>&)>& edit) {
+fs::path update_db(const fs::path& dir, const Fingerprint& fingerprint, const std::function<void(TuningDb&)>& edit) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) SPATTN_FAIL(ErrorCode::kIo, "cannot create the tuning database directory {}: {}", dir.string(), ec.message());
@@ -378,11 +430,13 @@ fs::path update_db(const fs::path& dir, const Fingerprint& fingerprint,
     log::warn("tuning database {}: {}; moved it to {} and starting a new one", file.string(), db.problem,
               aside.string());
     db.entries.clear();
+    db.linear.clear();
   }
-  edit(db.entries);
+  edit(db);
 
   json entries = json::object();
   for (const auto& [key, e] : db.entries) entries[key] = e.to_json();
+  for (const auto& [key, e] : db.linear) entries[key] = e.to_json();
   const json doc = {{"format", kTuningDbFormat}, {"fingerprint", fingerprint.to_json()}, {"entries", entries}};
   cache::write_atomic(file, doc.dump(2) + "\n");
   return file;
@@ -392,9 +446,18 @@ fs::path update_db(const fs::path& dir, const Fingerprint& fingerprint,
 
 fs::path TuningDb::store(const fs::path& dir, const Fingerprint& fingerprint, const std::string& bucket_key,
                          const TunedEntry& entry) {
-  const fs::path file =
-      update_db(dir, fingerprint, [&](std::map<std::string, TunedEntry>& entries) { entries[bucket_key] = entry; });
+  SPATTN_REQUIRE(!is_linear_key(bucket_key), "{} is a linear kernel's key: store it with store_linear", bucket_key);
+  const fs::path file = update_db(dir, fingerprint, [&](TuningDb& db) { db.entries[bucket_key] = entry; });
   log::debug("tuning database {}: stored {} -> {}", file.string(), bucket_key, entry.config.to_string());
+  return file;
+}
+
+fs::path TuningDb::store_linear(const fs::path& dir, const Fingerprint& fingerprint, const std::string& bucket_key,
+                                const LinearEntry& entry) {
+  SPATTN_REQUIRE(is_linear_key(bucket_key), "{} is not a linear kernel's key (it must start with {} or {})", bucket_key,
+                 kScanKeyPrefix, kPerformerKeyPrefix);
+  const fs::path file = update_db(dir, fingerprint, [&](TuningDb& db) { db.linear[bucket_key] = entry; });
+  log::debug("tuning database {}: stored {} -> {}", file.string(), bucket_key, entry.config);
   return file;
 }
 
@@ -409,36 +472,51 @@ TuningDb TuningDb::parse(const std::string& text, const std::string& name) {
   return db;
 }
 
+namespace {
+
+std::string config_text(const TunedEntry& e) { return e.config.to_string(); }
+std::string config_text(const LinearEntry& e) { return e.config; }
+
+// Merges one map of entries (attention or linear): the later measurement of a bucket wins.
+template <class Entry>
+void merge_entries(std::map<std::string, Entry>& entries, const std::map<std::string, Entry>& incoming,
+                   std::vector<MergeOutcome>& out) {
+  for (const auto& [key, e] : incoming) {
+    MergeOutcome m;
+    m.key = key;
+    const auto it = entries.find(key);
+    if (it == entries.end()) {
+      m.status = "added";
+      entries[key] = e;
+    } else {
+      const Entry& local = it->second;
+      const bool same_config = config_text(local) == config_text(e);
+      // ISO 8601 UTC timestamps order as strings.
+      if (e.tuned_at > local.tuned_at) {
+        m.status = "updated";
+        if (!same_config)
+          m.detail = fmt::format("conflict: {} (tuned {}) replaces {} (tuned {})", config_text(e), e.tuned_at,
+                                 config_text(local), local.tuned_at);
+        entries[key] = e;
+      } else {
+        m.status = same_config && e.tuned_at == local.tuned_at ? "same" : "kept";
+        if (!same_config)
+          m.detail = fmt::format("conflict: the local {} (tuned {}) is kept over {} (tuned {})", config_text(local),
+                                 local.tuned_at, config_text(e), e.tuned_at);
+      }
+    }
+    out.push_back(std::move(m));
+  }
+}
+
+}  // namespace
+
 std::vector<MergeOutcome> TuningDb::merge(const fs::path& dir, const TuningDb& incoming) {
   SPATTN_REQUIRE(incoming.fingerprint.has_value(), "a database to merge needs its fingerprint");
   std::vector<MergeOutcome> out;
-  update_db(dir, *incoming.fingerprint, [&](std::map<std::string, TunedEntry>& entries) {
-    for (const auto& [key, e] : incoming.entries) {
-      MergeOutcome m;
-      m.key = key;
-      const auto it = entries.find(key);
-      if (it == entries.end()) {
-        m.status = "added";
-        entries[key] = e;
-      } else {
-        const TunedEntry& local = it->second;
-        const bool same_config = local.config == e.config;
-        // ISO 8601 UTC timestamps order as strings.
-        if (e.tuned_at > local.tuned_at) {
-          m.status = "updated";
-          if (!same_config)
-            m.detail = fmt::format("conflict: {} (tuned {}) replaces {} (tuned {})", e.config.to_string(), e.tuned_at,
-                                   local.config.to_string(), local.tuned_at);
-          entries[key] = e;
-        } else {
-          m.status = same_config && e.tuned_at == local.tuned_at ? "same" : "kept";
-          if (!same_config)
-            m.detail = fmt::format("conflict: the local {} (tuned {}) is kept over {} (tuned {})",
-                                   local.config.to_string(), local.tuned_at, e.config.to_string(), e.tuned_at);
-        }
-      }
-      out.push_back(std::move(m));
-    }
+  update_db(dir, *incoming.fingerprint, [&](TuningDb& db) {
+    merge_entries(db.entries, incoming.entries, out);
+    merge_entries(db.linear, incoming.linear, out);
   });
   return out;
 }
@@ -541,26 +619,45 @@ std::pair<Fingerprint, fs::path> database_of(const fs::path& dir, const runtime:
   return value;
 }
 
+// This device's database in `dir` (memoised), and why it cannot serve ("" when it can).
+std::pair<std::shared_ptr<const TuningDb>, std::string> usable_db(const fs::path& dir,
+                                                                 const runtime::DeviceInfo& device) {
+  const auto [fp, file] = database_of(dir, device);
+  std::shared_ptr<const TuningDb> db = cached_db(file, fp);
+  switch (db->state) {
+    case DbState::kMissing: {
+      std::string why = fmt::format("no tuning database for this GPU ({})", file.string());
+      // Databases of other GPUs (e.g. imported with a cache archive) do not apply: say so.
+      if (const std::string others = other_databases(dir); !others.empty())
+        why += "; the databases there are for other GPUs or builds and do not apply: " + others;
+      return {db, why};
+    }
+    case DbState::kCorrupt:
+    case DbState::kMismatch: return {db, fmt::format("tuning database {} ignored: {}", file.string(), db->problem)};
+    case DbState::kLoaded: break;
+  }
+  return {db, ""};
+}
+
+// The source string of a configuration the database decided.
+template <class Entry>
+std::string tuned_source(const fs::path& file, const std::string& key, const Entry& e) {
+  return fmt::format("tuning database ({}, bucket {}: {:.2f}x the heuristic's {} when tuned{})", file.string(), key,
+                     e.heuristic_ms > 0 && e.median_ms > 0 ? e.heuristic_ms / e.median_ms : 1.0,
+                     e.heuristic_config.empty() ? "config" : e.heuristic_config,
+                     e.tuned_at.empty() ? "" : " at " + e.tuned_at);
+}
+
 }  // namespace
 
 DbLookup lookup_in(const fs::path& dir, const Pattern& pattern, const engine::Problem& problem,
                    const runtime::DeviceInfo& device, TunePass pass) {
   DbLookup out;
-  const auto [fp, file] = database_of(dir, device);
-  const std::shared_ptr<const TuningDb> db = cached_db(file, fp);
-  switch (db->state) {
-    case DbState::kMissing: {
-      out.source = fmt::format("no tuning database for this GPU ({})", file.string());
-      // Databases of other GPUs (e.g. imported with a cache archive) do not apply: say so.
-      if (const std::string others = other_databases(dir); !others.empty())
-        out.source += "; the databases there are for other GPUs or builds and do not apply: " + others;
-      return out;
-    }
-    case DbState::kCorrupt:
-    case DbState::kMismatch:
-      out.source = fmt::format("tuning database {} ignored: {}", file.string(), db->problem);
-      return out;
-    case DbState::kLoaded: break;
+  const auto [db, unusable] = usable_db(dir, device);
+  const fs::path& file = db->file;
+  if (!unusable.empty()) {
+    out.source = unusable;
+    return out;
   }
   // Only compute the density (a layout build) when some entry could match.
   const ProblemBucket coarse = bucket_of(pattern, problem, 1.0, pass);
@@ -595,11 +692,35 @@ DbLookup lookup_in(const fs::path& dir, const Pattern& pattern, const engine::Pr
     return out;
   }
   out.config = entry->config;
-  out.source = fmt::format("tuning database ({}, bucket {}: {:.2f}x the heuristic's {} when tuned{})", file.string(),
-                           used, entry->heuristic_ms > 0 ? entry->heuristic_ms / entry->median_ms : 1.0,
-                           entry->heuristic_config.empty() ? "config" : entry->heuristic_config,
-                           entry->tuned_at.empty() ? "" : " at " + entry->tuned_at);
+  out.source = tuned_source(file, used, *entry);
   return out;
+}
+
+LinearLookup lookup_linear_in(const fs::path& dir, const std::string& bucket_key, const runtime::DeviceInfo& device) {
+  LinearLookup out;
+  const auto [db, unusable] = usable_db(dir, device);
+  if (!unusable.empty()) {
+    out.source = unusable;
+    return out;
+  }
+  const LinearEntry* entry = db->find_linear(bucket_key);
+  if (!entry) {
+    out.source = fmt::format("no entry for bucket {} in {}", bucket_key, db->file.filename().string());
+    return out;
+  }
+  out.entry = *entry;
+  out.source = tuned_source(db->file, bucket_key, *entry);
+  return out;
+}
+
+LinearLookup lookup_linear(const std::string& bucket_key, const runtime::DeviceInfo& device) {
+  fs::path dir;
+  try {
+    dir = TuningDb::default_dir();
+  } catch (const Error& e) {
+    return LinearLookup{std::nullopt, fmt::format("no tuning database: {}", e.what())};
+  }
+  return lookup_linear_in(dir, bucket_key, device);
 }
 
 DbLookup lookup(const Pattern& pattern, const engine::Problem& problem, const runtime::DeviceInfo& device,

@@ -12,7 +12,10 @@
 //                   "pattern": "{...}", "tuned_at": "2025-01-01T00:00:00Z", "bucket": {...}}}}
 //
 // Backward-pass entries (`spattn autotune --backward`) have keys that start with "bwd|"
-// and hold backward configurations; forward keys are as above.
+// and hold backward configurations; forward keys are as above. The linear-time kernels'
+// entries (`spattn autotune --op scan|performer`) have keys that start with "scan|" or
+// "performer|" and hold their own configurations (LinearEntry): the database keeps them
+// apart from the attention entries and leaves their configurations to linear/ to parse.
 // Entries are keyed by a bucketed problem (ProblemBucket::key()), so one tuning run
 // serves every problem of the same pattern class, density band, sequence band, head
 // dim, dtype and GQA ratio. Writers take a lock file, re-read, merge and replace the file
@@ -32,6 +35,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/forward.hpp"
@@ -111,6 +115,28 @@ struct TunedEntry {
   static TunedEntry from_json(const nlohmann::json& j);  // throws kCorrupt naming the field
 };
 
+// Keys of the linear-time kernels' entries start with one of these.
+inline constexpr std::string_view kScanKeyPrefix = "scan|";
+inline constexpr std::string_view kPerformerKeyPrefix = "performer|";
+bool is_linear_key(std::string_view key);
+
+// One tuned bucket of a linear-time kernel. `config` is the configuration's to_string()
+// (ScanConfig "32x8x16", PerformerConfig "32x32"); the database checks only its form
+// (numbers joined by 'x'), linear/ parses and validates it when it reads the entry.
+struct LinearEntry {
+  std::string config;
+  double median_ms = 0, p20_ms = 0, p80_ms = 0;
+  std::string heuristic_config;      // what the heuristic would have run
+  double heuristic_ms = 0;           // its median in the same run (0 if not measured)
+  int candidates = 0;                // candidates timed successfully
+  std::string problem;               // the tuned problem, for people
+  std::string tuned_at;              // UTC, ISO 8601
+  nlohmann::json bucket;             // the key's fields
+
+  nlohmann::json to_json() const;
+  static LinearEntry from_json(const nlohmann::json& j);  // throws kCorrupt naming the field
+};
+
 // What merging one entry of another database did: "added", "updated" (the incoming one
 // was tuned later), "kept" (the local one was), "same"; detail names a conflict (the
 // two configurations differ).
@@ -131,9 +157,11 @@ struct TuningDb {
   DbState state = DbState::kMissing;
   std::string problem;                       // why kCorrupt / kMismatch
   std::optional<Fingerprint> fingerprint;    // as read from the file
-  std::map<std::string, TunedEntry> entries;  // by bucket key
+  std::map<std::string, TunedEntry> entries;  // attention, by bucket key
+  std::map<std::string, LinearEntry> linear;  // linear-time kernels, by bucket key ("scan|...", "performer|...")
 
   const TunedEntry* find(const std::string& bucket_key) const;
+  const LinearEntry* find_linear(const std::string& bucket_key) const;
   // Whether some entry has the bucket's fields other than the density.
   bool has_coarse(const ProblemBucket& bucket) const;
   // The entry for the bucket, else for the nearest neighbouring density band (one band
@@ -156,6 +184,10 @@ struct TuningDb {
   // Throws kIo when the directory or file cannot be written.
   static std::filesystem::path store(const std::filesystem::path& dir, const Fingerprint& fingerprint,
                                      const std::string& bucket_key, const TunedEntry& entry);
+  // The same for a linear-time kernel's entry (`bucket_key` must start with one of the
+  // linear prefixes).
+  static std::filesystem::path store_linear(const std::filesystem::path& dir, const Fingerprint& fingerprint,
+                                            const std::string& bucket_key, const LinearEntry& entry);
   // A database from its text (e.g. carried in a cache archive); throws kCorrupt naming
   // `name` and the problem.
   static TuningDb parse(const std::string& text, const std::string& name);
@@ -179,6 +211,18 @@ DbLookup lookup(const Pattern& pattern, const engine::Problem& problem, const ru
 // Same, against an explicit directory (tests, prewarm).
 DbLookup lookup_in(const std::filesystem::path& dir, const Pattern& pattern, const engine::Problem& problem,
                    const runtime::DeviceInfo& device, TunePass pass = TunePass::kForward);
+
+// What the database says for a linear-time kernel's bucket key on a device: `entry` is
+// set when this GPU's database (the same fingerprint rules as for attention) holds the
+// key; `source` then names the file, the key and the gain when tuned, else says why not
+// (no database, a corrupt or mismatched one, no entry). Memoised like lookup().
+struct LinearLookup {
+  std::optional<LinearEntry> entry;
+  std::string source;
+};
+LinearLookup lookup_linear(const std::string& bucket_key, const runtime::DeviceInfo& device);
+LinearLookup lookup_linear_in(const std::filesystem::path& dir, const std::string& bucket_key,
+                              const runtime::DeviceInfo& device);
 
 // UTC now as "2025-01-31T12:00:00Z".
 std::string utc_now();

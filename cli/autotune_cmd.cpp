@@ -1,8 +1,10 @@
 // spattn autotune: tune the kernel configuration of a pattern at a problem shape (or of
-// every problem of a manifest) on this GPU and save the winners to its tuning database.
+// every problem of a manifest) on this GPU and save the winners to its tuning database;
+// --op scan|performer tunes a linear-time kernel's configuration instead.
 // --dry-run lists the candidates and --compile-only fills the kernel cache with them (no
 // GPU needed for either).
 #include <spattn/autotune.hpp>
+#include <spattn/linear.hpp>
 
 #include <fmt/format.h>
 
@@ -54,6 +56,118 @@ class PhaseProgress {
   size_t shown_ = 0;
 };
 
+// spattn autotune --op scan|performer: the linear-time kernels' configurations. The
+// attention-only options are refused by name, the shape is checked before any work.
+template <class Args>
+void tune_linear_op(const CLI::App& cmd, const Args& args) {
+  const bool scan = args.op == "scan";
+  const std::vector<const char*> attention_only = {"--pattern", "--manifest", "--kv-seq", "--backward",
+                                                   "--compile-only"};
+  const std::vector<const char*> other_op = scan ? std::vector<const char*>{"--heads", "--kv-heads", "--head-dim",
+                                                                            "--features"}
+                                                 : std::vector<const char*>{"--channels", "--state"};
+  for (const char* name : attention_only)
+    if (cmd.count(name) > 0) throw UsageError(fmt::format("{} does not apply to --op {}", name, args.op));
+  for (const char* name : other_op)
+    if (cmd.count(name) > 0) throw UsageError(fmt::format("{} does not apply to --op {}", name, args.op));
+  if (cmd.count("--length") > 0 && cmd.count("--seq") > 0 && args.length != args.seq)
+    throw UsageError("--length and --seq both given, with different values; give one");
+  const int64_t length = cmd.count("--length") > 0 ? args.length : args.seq;
+  if (cmd.count("--length") == 0 && cmd.count("--seq") == 0)
+    throw UsageError(fmt::format("--length is required with --op {} (tokens per sequence)", args.op));
+  if (length <= 0) throw UsageError(fmt::format("--length must be >= 1 (got {})", length));
+  if (args.batch <= 0) throw UsageError(fmt::format("--batch must be >= 1 (got {})", args.batch));
+  if (args.min_gain < 0 || args.min_gain >= 1) throw UsageError("--min-gain must be in [0, 1)");
+  if (args.budget < 0) throw UsageError("--budget-seconds must be >= 0");
+  if (args.reps < 20) throw UsageError(fmt::format("--reps must be at least 20 (got {})", args.reps));
+  if (args.check_tokens < 1) throw UsageError("--check-tokens must be >= 1");
+
+  LinearProblem p;
+  p.op = scan ? LinearOp::kScan : LinearOp::kPerformer;
+  p.batch = args.batch;
+  p.length = length;
+  p.dtype = dtype_from_string(args.dtype);
+  if (scan) {
+    if (cmd.count("--channels") == 0) throw UsageError("--channels is required with --op scan");
+    if (args.channels <= 0) throw UsageError(fmt::format("--channels must be >= 1 (got {})", args.channels));
+    if (args.state <= 0) throw UsageError(fmt::format("--state must be >= 1 (got {})", args.state));
+    p.channels = args.channels;
+    p.state = args.state;
+  } else {
+    if (args.heads <= 0) throw UsageError(fmt::format("--heads must be >= 1 (got {})", args.heads));
+    if (args.kv_heads < 0) throw UsageError(fmt::format("--kv-heads must be >= 1 (got {})", args.kv_heads));
+    p.heads = args.heads;
+    p.kv_heads = args.kv_heads;
+    p.head_dim = cmd.count("--head-dim") > 0 ? args.head_dim : 64;
+    p.features = args.features;
+  }
+
+  AutotuneOptions options;
+  options.device = args.device;
+  options.arch = args.arch;
+  options.budget_seconds = args.budget;
+  options.reps = args.reps;
+  options.warmup = args.warmup;
+  options.save = !args.no_save;
+  options.isolate = !args.in_process;
+  options.candidate_timeout_s = args.timeout;
+  options.check_tokens = args.check_tokens;
+  options.min_gain = args.min_gain;
+  if (!args.arch.empty()) tools::check_arch(args.arch);
+  for (size_t pos = 0; pos < args.configs.size();) {
+    const size_t comma = std::min(args.configs.find(',', pos), args.configs.size());
+    const std::string text = args.configs.substr(pos, comma - pos);
+    try {
+      if (scan) ScanConfig::parse(text);
+      else PerformerConfig::parse(text);
+    } catch (const Error& e) {
+      throw UsageError(std::string("--configs: ") + e.what());
+    }
+    options.linear_configs.push_back(text);
+    pos = comma + 1;
+  }
+
+  // The shape is checked (and the candidates listed) before anything needs a GPU.
+  const Autotuner tuner(options);
+  const std::vector<LinearCandidateReport> cands = tuner.linear_candidates(p);
+  if (args.dry_run) {
+    const std::string arch = args.arch.empty() ? "sm_90a" : args.arch;
+    if (globals().json) {
+      nlohmann::json list = nlohmann::json::array();
+      for (const LinearCandidateReport& c : cands) {
+        nlohmann::json j = {{"config", c.config}, {"heuristic", c.heuristic}, {"status", c.status},
+                            {"smem_bytes", c.smem_bytes}};
+        if (!c.detail.empty()) j["detail"] = c.detail;
+        list.push_back(j);
+      }
+      print_json({{"op", args.op}, {"arch", arch}, {"problem", p.to_string()}, {"candidates", list}});
+      return;
+    }
+    size_t viable = 0;
+    std::cout << fmt::format("target   {} (a typical GPU of the arch: limits assumed)\nproblem  {}\n\n", arch,
+                             p.to_string());
+    std::cout << fmt::format("  {:<16} {:<10} {:>9}  {}\n", "candidate", "status", "smem B", "notes");
+    for (const LinearCandidateReport& c : cands) {
+      viable += c.status == "candidate";
+      std::cout << fmt::format("  {:<16} {:<10} {:>9}  {}\n", c.config + (c.heuristic ? " (h)" : ""), c.status,
+                               c.smem_bytes, c.detail);
+    }
+    std::cout << fmt::format("\n{} candidates, {} to compile and time, {} pruned; (h) = the heuristic's choice\n",
+                             cands.size(), viable, cands.size() - viable);
+    return;
+  }
+
+  PhaseProgress progress;
+  AutotuneOptions o = options;
+  o.progress = [&progress](const std::string& phase, size_t done, size_t total) { progress(phase, done, total); };
+  const LinearTuneReport report = Autotuner(o).tune_linear(p);
+  progress.finish();
+  if (globals().json) print_json(nlohmann::json::parse(report.to_json()));
+  else std::cout << report.to_table();
+  if (report.best < 0)
+    throw Error(ErrorCode::kInternal, "no candidate passed the correctness check (see the table); nothing was saved");
+}
+
 }  // namespace
 
 void register_autotune(CLI::App& app) {
@@ -81,6 +195,11 @@ void register_autotune(CLI::App& app) {
     double min_gain = 0.01;
     int64_t check_tokens = 4096;
     bool backward = false;
+    std::string op = "attention";
+    int64_t length = 0;
+    int64_t channels = 0;
+    int64_t state = 16;
+    int64_t features = 256;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("autotune",
@@ -118,8 +237,24 @@ void register_autotune(CLI::App& app) {
   cmd->add_flag("--backward", args->backward,
                 "tune the backward kernel's configuration instead (its own database entries, read by "
                 "Attention::backward; --configs then names backward configs, e.g. 64x128w8s2)");
+  cmd->add_option("--op", args->op,
+                  "attention (a pattern's kernel), scan (the Mamba selective scan: --length, --channels, --state) or "
+                  "performer (the causal Performer's prefix scan: --length, --heads, --head-dim, --features)")
+      ->capture_default_str();
+  cmd->add_option("--length", args->length, "with --op scan|performer: tokens per sequence (or --seq)");
+  cmd->add_option("--channels", args->channels, "with --op scan: channels (Mamba's d_inner)");
+  cmd->add_option("--state", args->state, "with --op scan: state size per channel")->capture_default_str();
+  cmd->add_option("--features", args->features, "with --op performer: random features m")->capture_default_str();
 
-  cmd->callback([args] {
+  cmd->callback([args, cmd] {
+    if (args->op == "scan" || args->op == "performer") {
+      tune_linear_op(*cmd, *args);
+      return;
+    }
+    if (args->op != "attention")
+      throw UsageError(fmt::format("--op: unknown op '{}'; supported: attention, scan, performer", args->op));
+    for (const char* name : {"--length", "--channels", "--state", "--features"})
+      if (cmd->count(name) > 0) throw UsageError(fmt::format("{} applies to --op scan or performer", name));
     AutotuneOptions options;
     options.pass = args->backward ? TunePass::kBackward : TunePass::kForward;
     options.device = args->device;

@@ -31,6 +31,8 @@ void register_info(CLI::App& app) {
                              {"l2_bytes", g.l2_bytes},
                              {"smem_per_block_optin", g.smem_per_block_optin},
                              {"memory_bytes", g.memory_bytes},
+                             // 0 when the driver reports no memory clock or bus width
+                             {"peak_bandwidth_gbps", g.peak_bandwidth / 1e9},
                              {"driver", g.driver}});
       }
     } else {
@@ -52,12 +54,17 @@ void register_info(CLI::App& app) {
     if (j["gpus"].empty()) {
       std::cout << "GPUs: no GPU (" << tools::no_gpu_reason() << ")\n";
     } else {
-      for (const auto& g : j["gpus"])
-        std::cout << fmt::format("GPU {}: {} (cc {}, {}, {} SMs, {} MiB L2, {} GiB, driver {})\n",
+      for (const auto& g : j["gpus"]) {
+        const double gbps = g["peak_bandwidth_gbps"].get<double>();
+        std::cout << fmt::format("GPU {}: {} (cc {}, {}, {} SMs, {} MiB L2, {} GiB, {}, driver {})\n",
                                  g["ordinal"].get<int>(), g["name"].get<std::string>(),
                                  g["compute_capability"].get<std::string>(), g["arch"].get<std::string>(),
                                  g["sms"].get<int>(), g["l2_bytes"].get<int>() >> 20,
-                                 g["memory_bytes"].get<size_t>() >> 30, g["driver"].get<std::string>());
+                                 g["memory_bytes"].get<size_t>() >> 30,
+                                 gbps > 0 ? fmt::format("{:.0f} GB/s peak memory bandwidth", gbps)
+                                          : std::string("peak memory bandwidth unknown"),
+                                 g["driver"].get<std::string>());
+      }
     }
     std::cout << fmt::format("Kernel cache: {} ({} entries, {:.1f} MiB of {:.0f} MiB){}\n", st.dir.string(),
                              st.entries, st.bytes / 1048576.0, st.max_bytes / 1048576.0,

@@ -40,7 +40,9 @@ class Normal {
   std::mt19937_64 gen_;
 };
 
-uint16_t to_half_bits(float x, DType dtype) {
+}  // namespace
+
+uint16_t linear::to_half_bits(float x, DType dtype) {
   uint32_t u;
   std::memcpy(&u, &x, 4);
   if (dtype == DType::kBFloat16) return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
@@ -54,6 +56,8 @@ uint16_t to_half_bits(float x, DType dtype) {
   if (mant == 1024) mant = 0, ++e;
   return sign | static_cast<uint16_t>(((e - 1 + 15) << 10) | mant);
 }
+
+namespace {
 
 void require_features(int64_t features) {
   if (features < 16 || features > 1024 || features % 16 != 0)
@@ -111,7 +115,7 @@ PerformerFeatures PerformerFeatures::draw(int64_t head_dim, int64_t features, ui
 std::vector<float> PerformerFeatures::rounded(DType dtype) const {
   std::vector<float> out = omega;
   if (dtype != DType::kFloat32)
-    for (float& x : out) x = engine::half_bits_to_float(to_half_bits(x, dtype), dtype);
+    for (float& x : out) x = engine::half_bits_to_float(linear::to_half_bits(x, dtype), dtype);
   return out;
 }
 
@@ -150,6 +154,40 @@ std::vector<PerformerConfig> performer_configs() {
   // In order of preference; the first whose shared memory fits the device is the default.
   return {{32, 32}, {16, 32}, {32, 64}, {64, 32}, {32, 16}, {16, 16}};
 }
+
+namespace linear {
+
+PerformerConfig performer_heuristic(int64_t features, const runtime::DeviceInfo& device, std::string* why) {
+  for (const PerformerConfig& c : performer_configs())
+    if (c.smem_bytes(static_cast<int>(features)) <= device.smem_per_block_optin) {
+      if (why) *why = "heuristic (the first of the table that fits the shared memory)";
+      return c;
+    }
+  SPATTN_FAIL(ErrorCode::kUnsupported, "causal performer: no configuration fits {} features in the {} B of "
+              "shared memory of {}; use fewer features", features, device.smem_per_block_optin, device.name);
+}
+
+PerformerCausalKernel PerformerCausalKernel::load(const PerformerConfig& config, int features, DType dtype,
+                                                  const runtime::DeviceInfo& device) {
+  const int smem = config.smem_bytes(features);
+  if (smem > device.smem_per_block_optin)
+    SPATTN_FAIL(ErrorCode::kUnsupported, "causal performer config {} needs {} B of shared memory for {} features; {} "
+                "offers {} B", config.to_string(), smem, features, device.name, device.smem_per_block_optin);
+  const codegen::RenderedKernel causal = render_performer_causal(config, features, dtype);
+  const engine::JitKernel& scan = engine::load_kernel(causal, device.ordinal);
+  if (smem > 48 * 1024) scan.kernel.set_max_dynamic_shared(smem);
+  return PerformerCausalKernel{config, features, &scan, causal.program_name};
+}
+
+void PerformerCausalKernel::launch(const SpattnCausalParams& params, CUstream stream) const {
+  SpattnCausalParams p = params;
+  void* args[] = {&p};
+  jit->kernel.launch({static_cast<unsigned>((p.dv + config.slice - 1) / config.slice), static_cast<unsigned>(p.heads),
+                      static_cast<unsigned>(p.batch)},
+                     {256}, static_cast<unsigned>(smem_bytes()), stream, args);
+}
+
+}  // namespace linear
 
 PerformerShape check_performer(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                                bool causal, int64_t features) {
@@ -208,7 +246,7 @@ struct Performer::Impl {
       buf.upload(feats.omega.data(), feats.omega.size() * 4);
     } else {
       std::vector<uint16_t> bits(feats.omega.size());
-      for (size_t i = 0; i < bits.size(); ++i) bits[i] = to_half_bits(feats.omega[i], dtype);
+      for (size_t i = 0; i < bits.size(); ++i) bits[i] = linear::to_half_bits(feats.omega[i], dtype);
       buf.upload(bits.data(), bits.size() * 2);
     }
     omega = std::move(buf);
@@ -364,24 +402,10 @@ void Performer::forward(const TensorView& q, const TensorView& k, const TensorVi
       config = *opt.config;
       source = "forced";
     } else {
-      bool found = false;
-      for (const PerformerConfig& c : performer_configs())
-        if (c.smem_bytes(static_cast<int>(M)) <= info.smem_per_block_optin) {
-          config = c, found = true;
-          break;
-        }
-      if (!found)
-        SPATTN_FAIL(ErrorCode::kUnsupported, "causal performer: no configuration fits {} features in the {} B of "
-                    "shared memory of {}; use fewer features", M, info.smem_per_block_optin, info.name);
-      source = "first of the table that fits the shared memory";
+      config = linear::choose_performer(s, M, info, opt.use_tuning_db, &source);
     }
-    const int smem = config.smem_bytes(static_cast<int>(M));
-    if (smem > info.smem_per_block_optin)
-      SPATTN_FAIL(ErrorCode::kUnsupported, "causal performer config {} needs {} B of shared memory for {} features; {} "
-                  "offers {} B", config.to_string(), smem, M, info.name, info.smem_per_block_optin);
-    const codegen::RenderedKernel causal = linear::render_performer_causal(config, static_cast<int>(M), s.dtype);
-    const engine::JitKernel& scan = engine::load_kernel(causal, device);
-    if (smem > 48 * 1024) scan.kernel.set_max_dynamic_shared(smem);
+    const linear::PerformerCausalKernel scan =
+        linear::PerformerCausalKernel::load(config, static_cast<int>(M), s.dtype, info);
     SpattnCausalParams pc{};
     pc.q_features = sq;
     pc.k_features = sk;
@@ -390,13 +414,10 @@ void Performer::forward(const TensorView& q, const TensorView& k, const TensorVi
     pc.o_stride_b = o.strides[0], pc.o_stride_n = o.strides[1], pc.o_stride_h = o.strides[2];
     pc.batch = static_cast<int32_t>(B), pc.n = static_cast<int32_t>(Nq), pc.heads = static_cast<int32_t>(H);
     pc.kv_group = static_cast<int32_t>(G), pc.dv = static_cast<int32_t>(Dv);
-    void* args[] = {&pc};
-    scan.kernel.launch({static_cast<unsigned>((Dv + config.slice - 1) / config.slice), static_cast<unsigned>(H),
-                        static_cast<unsigned>(B)},
-                       {256}, static_cast<unsigned>(smem), stream, args);
+    scan.launch(pc, stream);
     ex << fmt::format("config    {} (chunk x slice) — {}\n", config.to_string(), source);
-    ex << fmt::format("kernels   {} + {} (key {}, {})\n", support.program_name, causal.program_name,
-                      scan.cache_key.substr(0, 16), scan.cache_hit ? "cache hit" : "compiled");
+    ex << fmt::format("kernels   {} + {} (key {}, {})\n", support.program_name, scan.program,
+                      scan.jit->cache_key.substr(0, 16), scan.jit->cache_hit ? "cache hit" : "compiled");
   }
   im.last = ex.str();
   log::debug("performer: {}", im.last);

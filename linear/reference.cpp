@@ -2,9 +2,13 @@
 // papers, sequentially, sharing nothing with the templates.
 #include <spattn/linear.hpp>
 
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <cmath>
 
 #include "common/check.hpp"
+#include "linear/kernels.hpp"
 
 namespace spattn {
 
@@ -92,3 +96,51 @@ void reference_performer(const PerformerShape& s, const float* q, const float* k
 }
 
 }  // namespace spattn
+
+namespace spattn::linear {
+
+LinearTolerance scan_tolerance(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return {1e-4, 1e-4};  // SFU exp2 at 2^-22 per decay over ~100 steps of memory
+    case DType::kFloat16: return {std::ldexp(1.0, -11), 5e-4};
+    case DType::kBFloat16: return {std::ldexp(1.0, -8), 4e-3};
+  }
+  SPATTN_FAIL(ErrorCode::kInternal, "unknown dtype");
+}
+
+LinearTolerance performer_tolerance(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return {1e-4, 1e-4};
+    case DType::kFloat16: return {std::ldexp(1.0, -11), 1e-3};
+    case DType::kBFloat16: return {std::ldexp(1.0, -8), 8e-3};
+  }
+  SPATTN_FAIL(ErrorCode::kInternal, "unknown dtype");
+}
+
+LinearCheck check_output(const std::vector<float>& out, const std::vector<double>& ref, LinearTolerance tol) {
+  SPATTN_REQUIRE(out.size() == ref.size(), "output of {} elements against a reference of {}", out.size(), ref.size());
+  LinearCheck c;
+  c.elements = static_cast<int64_t>(out.size());
+  for (double r : ref) c.max_ref = std::max(c.max_ref, std::fabs(r));
+  for (size_t k = 0; k < out.size(); ++k) {
+    if (!std::isfinite(out[k])) {
+      ++c.nonfinite;
+      continue;
+    }
+    const double err = std::fabs(out[k] - ref[k]);
+    const double allowed = tol.rtol * std::fabs(ref[k]) + tol.atol * c.max_ref;
+    c.max_abs_err = std::max(c.max_abs_err, err);
+    c.worst = std::max(c.worst, allowed > 0 ? err / allowed : (err > 0 ? INFINITY : 0.0));
+    if (!(err <= allowed) && c.bad++ == 0) c.first_bad = static_cast<int64_t>(k);
+  }
+  return c;
+}
+
+std::string LinearCheck::to_string() const {
+  return fmt::format("{} of {} elements out of tolerance{}, {} non-finite; max |err| {:.3g} (max |ref| {:.3g}), "
+                     "worst {:.2f}x the tolerance", bad, elements,
+                     first_bad >= 0 ? fmt::format(" (first at {})", first_bad) : "", nonfinite, max_abs_err, max_ref,
+                     worst);
+}
+
+}  // namespace spattn::linear

@@ -148,37 +148,77 @@ ScanConfig scan_heuristic(const ScanShape& shape, const runtime::DeviceInfo& dev
 
 }  // namespace linear
 
+namespace linear {
+
+ScanKernel ScanKernel::load(const ScanConfig& config, const ScanShape& shape, const runtime::DeviceInfo& device) {
+  const codegen::RenderedKernel rendered = render_scan(config, static_cast<int>(shape.state), shape.dtype);
+  if (rendered.smem_bytes > device.smem_per_block_optin)
+    SPATTN_FAIL(ErrorCode::kUnsupported,
+                "selective scan config {} needs {} B of shared memory at state {}; {} offers {} B per block: "
+                "choose fewer segments or steps",
+                config.to_string(), rendered.smem_bytes, shape.state, device.name, device.smem_per_block_optin);
+  const engine::JitKernel& kern = engine::load_kernel(rendered, device.ordinal);
+  if (rendered.smem_bytes > 48 * 1024) kern.kernel.set_max_dynamic_shared(rendered.smem_bytes);
+  return ScanKernel{config, shape.state, &kern, rendered.program_name};
+}
+
+void ScanKernel::launch(const SelectiveScanArgs& a, const ScanShape& shape, CUstream stream) const {
+  SPATTN_REQUIRE(shape.state == state, "scan kernel for state {} launched with state {}", state, shape.state);
+  SpattnScanParams p{};
+  p.x = a.x.data;
+  p.delta = a.delta.data;
+  p.z = a.z.data;
+  p.b = a.b.data;
+  p.c = a.c.data;
+  p.y = a.y.data;
+  p.a_log = static_cast<const float*>(a.a_log.data);
+  p.d_skip = static_cast<const float*>(a.d.data);
+  p.delta_bias = static_cast<const float*>(a.delta_bias.data);
+  p.final_state = static_cast<float*>(a.final_state.data);
+  p.x_stride_b = a.x.strides[0], p.x_stride_l = a.x.strides[1];
+  p.delta_stride_b = a.delta.strides[0], p.delta_stride_l = a.delta.strides[1];
+  if (a.z.data) p.z_stride_b = a.z.strides[0], p.z_stride_l = a.z.strides[1];
+  p.y_stride_b = a.y.strides[0], p.y_stride_l = a.y.strides[1];
+  p.b_stride_b = a.b.strides[0], p.b_stride_l = a.b.strides[1];
+  p.c_stride_b = a.c.strides[0], p.c_stride_l = a.c.strides[1];
+  p.batch = static_cast<int32_t>(shape.batch);
+  p.length = static_cast<int32_t>(shape.length);
+  p.channels = static_cast<int32_t>(shape.channels);
+  p.delta_softplus = a.delta_softplus ? 1 : 0;
+
+  const runtime::Dim3 grid{static_cast<unsigned>((shape.channels + config.channels - 1) / config.channels),
+                           static_cast<unsigned>(shape.batch)};
+  void* args[] = {&p};
+  jit->kernel.launch(grid, {static_cast<unsigned>(config.threads())}, static_cast<unsigned>(config.smem_bytes(state)),
+                     stream, args);
+}
+
+}  // namespace linear
+
 struct SelectiveScan::Impl {
   SelectiveScanOptions options;
   ScanExplanation last;
   bool has_last = false;
 
-  const engine::JitKernel& prepare(const ScanShape& shape, int device, ScanExplanation& ex) {
+  linear::ScanKernel prepare(const ScanShape& shape, int device, ScanExplanation& ex) {
     const runtime::DeviceInfo info = runtime::device_info(device);
     ScanConfig config;
     if (options.config) {
       config = *options.config;
       ex.config_source = "forced";
     } else {
-      config = linear::scan_heuristic(shape, info, &ex.config_source);
+      config = linear::choose_scan(shape, info, options.use_tuning_db, &ex.config_source);
     }
-    const codegen::RenderedKernel rendered = linear::render_scan(config, static_cast<int>(shape.state), shape.dtype);
-    if (rendered.smem_bytes > info.smem_per_block_optin)
-      SPATTN_FAIL(ErrorCode::kUnsupported,
-                  "selective scan config {} needs {} B of shared memory at state {}; {} offers {} B per block: "
-                  "choose fewer segments or steps",
-                  config.to_string(), rendered.smem_bytes, shape.state, info.name, info.smem_per_block_optin);
-    const engine::JitKernel& kern = engine::load_kernel(rendered, device);
-    if (rendered.smem_bytes > 48 * 1024) kern.kernel.set_max_dynamic_shared(rendered.smem_bytes);
+    const linear::ScanKernel kern = linear::ScanKernel::load(config, shape, info);
     ex.problem = fmt::format("B={} L={} channels={} state={} {}", shape.batch, shape.length, shape.channels,
                              shape.state, to_string(shape.dtype));
     ex.device = info.name;
     ex.arch = info.arch();
     ex.config = config;
-    ex.kernel = rendered.program_name;
-    ex.cache_key = kern.cache_key;
-    ex.cache_hit = kern.cache_hit;
-    ex.compile_ms = kern.compile_ms;
+    ex.kernel = kern.program;
+    ex.cache_key = kern.jit->cache_key;
+    ex.cache_hit = kern.jit->cache_hit;
+    ex.compile_ms = kern.jit->compile_ms;
     log::debug("selective scan {}: config {} ({})", ex.problem, config.to_string(), ex.config_source);
     return kern;
   }
@@ -203,36 +243,8 @@ void SelectiveScan::forward(const SelectiveScanArgs& a, CUstream stream) {
   const ScanShape shape = check_selective_scan(a);
   const int device = impl_->options.device >= 0 ? impl_->options.device : runtime::current_device();
   ScanExplanation ex;
-  const engine::JitKernel& kern = impl_->prepare(shape, device, ex);
-
-  SpattnScanParams p{};
-  p.x = a.x.data;
-  p.delta = a.delta.data;
-  p.z = a.z.data;
-  p.b = a.b.data;
-  p.c = a.c.data;
-  p.y = a.y.data;
-  p.a_log = static_cast<const float*>(a.a_log.data);
-  p.d_skip = static_cast<const float*>(a.d.data);
-  p.delta_bias = static_cast<const float*>(a.delta_bias.data);
-  p.final_state = static_cast<float*>(a.final_state.data);
-  p.x_stride_b = a.x.strides[0], p.x_stride_l = a.x.strides[1];
-  p.delta_stride_b = a.delta.strides[0], p.delta_stride_l = a.delta.strides[1];
-  if (a.z.data) p.z_stride_b = a.z.strides[0], p.z_stride_l = a.z.strides[1];
-  p.y_stride_b = a.y.strides[0], p.y_stride_l = a.y.strides[1];
-  p.b_stride_b = a.b.strides[0], p.b_stride_l = a.b.strides[1];
-  p.c_stride_b = a.c.strides[0], p.c_stride_l = a.c.strides[1];
-  p.batch = static_cast<int32_t>(shape.batch);
-  p.length = static_cast<int32_t>(shape.length);
-  p.channels = static_cast<int32_t>(shape.channels);
-  p.delta_softplus = a.delta_softplus ? 1 : 0;
-
-  const ScanConfig& cfg = ex.config;
-  const runtime::Dim3 grid{static_cast<unsigned>((shape.channels + cfg.channels - 1) / cfg.channels),
-                           static_cast<unsigned>(shape.batch)};
-  void* args[] = {&p};
-  kern.kernel.launch(grid, {static_cast<unsigned>(cfg.threads())}, static_cast<unsigned>(cfg.smem_bytes(shape.state)),
-                     stream, args);
+  const linear::ScanKernel kern = impl_->prepare(shape, device, ex);
+  kern.launch(a, shape, stream);
   impl_->last = std::move(ex);
   impl_->has_last = true;
 }

@@ -73,6 +73,9 @@ struct AutotuneOptions {
   bool isolate = true;               // time in child processes (needs CUDA untouched in this process)
   int threads = 0;                   // compile threads; 0: $SPATTN_NVRTC_THREADS or the core count
   std::vector<KernelConfig> configs;  // non-empty: only these candidates (plus the heuristic's)
+  // tune_linear(): non-empty, only these configurations (ScanConfig / PerformerConfig text,
+  // e.g. "32x8x16" / "32x32"), plus the heuristic's.
+  std::vector<std::string> linear_configs;
   // Progress: phase ("compiling", "timing"), done, total.
   std::function<void(const std::string& phase, size_t done, size_t total)> progress;
 };
@@ -124,6 +127,65 @@ struct AutotuneReport {
   std::string to_table() const;  // the human-readable table `spattn autotune` prints
 };
 
+// --- the linear-time kernels (spattn/linear.hpp) ------------------------------------------
+// `spattn autotune --op scan|performer`: the tile configuration of the Mamba selective scan
+// (ScanConfig) or of the causal Performer's prefix scan (PerformerConfig, the one kernel of
+// FAVOR+ with a configuration) for one problem on this GPU. Candidates: scan_configs() /
+// performer_configs() that the GPU's shared memory holds, each compiled through the kernel
+// cache, checked on a smaller problem against the fp64 reference (reference_selective_scan,
+// reference_performer) with fresh random inputs and a NaN-poisoned output, then timed with
+// device events over rotating input sets (the scan kernel; for Performer the causal prefix
+// scan alone, the GEMMs and feature maps around it being the same for every candidate). The
+// winner goes to the tuning database under "scan|..." / "performer|..." keys, which
+// SelectiveScan and Performer (causal) then read.
+enum class LinearOp { kScan, kPerformer };
+const char* to_string(LinearOp op);
+
+struct LinearProblem {
+  LinearOp op = LinearOp::kScan;
+  int64_t batch = 1;
+  int64_t length = 0;        // tokens (Performer: queries = keys, causal)
+  int64_t channels = 0;      // scan: channels (Mamba's d_inner)
+  int64_t state = 16;        // scan: state size per channel
+  int64_t heads = 16;        // performer: query heads
+  int64_t kv_heads = 0;      // performer: key/value heads (0: heads)
+  int64_t head_dim = 64;     // performer: head dim of q, k and v
+  int64_t features = 256;    // performer: random features m
+  DType dtype = DType::kBFloat16;
+  std::string to_string() const;  // "scan B=1 L=4096 channels=1536 state=16 bf16"
+};
+
+struct LinearCandidateReport {
+  std::string config;       // ScanConfig / PerformerConfig to_string()
+  bool heuristic = false;   // the heuristic's choice (the baseline)
+  bool best = false;
+  std::string status;       // as CandidateReport::status
+  std::string detail;
+  int registers = -1, local_bytes = -1, smem_bytes = 0;
+  bool cache_hit = false;
+  double compile_ms = 0;
+  double check_worst = -1;  // largest error of the check over what the tolerance allows (-1: not checked)
+  double median_ms = 0, p20_ms = 0, p80_ms = 0;
+  int runs = 0;
+  double speedup = 0;       // heuristic median / this median
+};
+
+struct LinearTuneReport {
+  LinearOp op = LinearOp::kScan;
+  std::string device, arch, problem, check_problem, bucket, timing, db_file;
+  std::string heuristic_source;  // why the heuristic chose its configuration
+  bool saved = false;
+  bool isolated = true;
+  std::vector<LinearCandidateReport> candidates;
+  int best = -1, heuristic = -1;
+  double speedup = 0;            // heuristic median / best median
+  std::string note;
+  double seconds = 0;
+
+  std::string to_json() const;
+  std::string to_table() const;
+};
+
 class Autotuner {
  public:
   explicit Autotuner(AutotuneOptions options = {});
@@ -145,6 +207,14 @@ class Autotuner {
   // compiled into the kernel cache (then tuning on the GPU host compiles nothing) and
   // pruned after compiling; the candidates tune() would time come back "compiled".
   AutotuneReport compile(const Pattern& pattern, const TuneProblem& problem) const;
+
+  // The linear kernel's candidates for a problem with static pruning (shared memory of
+  // options.arch's typical GPU), the heuristic's first; needs no GPU. Throws
+  // kInvalidArgument / kUnsupported for a problem the kernels do not take.
+  std::vector<LinearCandidateReport> linear_candidates(const LinearProblem& problem) const;
+  // Compiles, checks and times them on options.device and (if options.save) stores the
+  // winner in the tuning database; errors as tune().
+  LinearTuneReport tune_linear(const LinearProblem& problem) const;
 
  private:
   AutotuneOptions options_;

@@ -85,7 +85,10 @@ ScanShape check_selective_scan(const SelectiveScanArgs& args);
 
 struct SelectiveScanOptions {
   int device = -1;                   // -1: the device of the current context (else 0)
-  std::optional<ScanConfig> config;  // force a configuration; else the heuristic
+  // Force a configuration; else this GPU's tuning database (`spattn autotune --op scan`),
+  // else the heuristic. explain() says which decided and why.
+  std::optional<ScanConfig> config;
+  bool use_tuning_db = true;         // consult the tuning database of this GPU
 };
 
 // What the last forward() ran.
@@ -93,7 +96,7 @@ struct ScanExplanation {
   std::string problem;        // "B=1 L=4096 channels=1536 state=16 bf16"
   std::string device, arch;
   ScanConfig config;
-  std::string config_source;  // "forced" or "heuristic (...)"
+  std::string config_source;  // "forced", "tuning database (...)" or "heuristic (...)"
   std::string kernel, cache_key;
   bool cache_hit = false;
   double compile_ms = 0;
@@ -184,7 +187,10 @@ struct PerformerOptions {
   uint64_t seed = 0;        // of the random features
   bool causal = false;
   int device = -1;          // -1: the device of the current context (else 0)
-  std::optional<PerformerConfig> config;  // causal scan; else the first of the table that fits
+  // The causal prefix scan's configuration; else this GPU's tuning database (`spattn
+  // autotune --op performer`), else the first of the table that fits.
+  std::optional<PerformerConfig> config;
+  bool use_tuning_db = true;  // consult the tuning database of this GPU (causal only)
   bool tf32 = false;        // the fp32 GEMMs with φ through TF32 tensor cores (faster, ~1e-3 error)
 };
 
