@@ -37,10 +37,19 @@ bool layout_permutes(const Pattern& pattern, const Problem& problem);
 // the plan's own compile_layout reports what is wrong; adaptive patterns build their
 // tables on the GPU).
 bool layout_permutes_or_false(const Pattern& pattern, const Problem& problem);
+// What the forward heuristic reads of the layout (default layout options): whether it
+// permutes tokens, and whether most of its listed tiles are partial (evaluate the mask).
+// Both false where the layout cannot be compiled, as above.
+struct LayoutTraits {
+  bool permutes = false;
+  bool mostly_partial = false;
+};
+LayoutTraits layout_traits_or_default(const Pattern& pattern, const Problem& problem);
 
 // The heuristic's family for this problem and device — sm90 where it supports the head
-// dim and dtype on the device's arch and the layout is in natural token order, else
-// sm80 — then its configuration in that family.
+// dim and dtype on the device's arch (permuted layouts with their rows copied first),
+// except permuted layouts whose tiles are mostly partial (grids); else sm80 — then its
+// configuration in that family.
 KernelChoice heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device);
 // The heuristic's configuration within one family; throws kUnsupported (naming what the
 // family supports) when it cannot run the problem on the device.

@@ -189,13 +189,20 @@ TEST(KernelFamilies, HeuristicPicksSm90OnHopperWhereItCanAndSaysWhy) {
   a100.cc_major = 8;
   EXPECT_EQ(engine::heuristic(dense, problem_of(16384, 16, 128), a100).config.family, KernelFamily::kSm80);
   EXPECT_THROW(engine::heuristic_for(KernelFamily::kSm90, dense, problem_of(16384, 16, 128), a100), Error);
-  // Permuted layouts stay on sm80 (measured faster there); sm90 still runs them on request.
+  // Permuted layouts run on sm90 with their rows copied first, except grids (mostly
+  // partial tiles), which stay on sm80 (measured faster there); sm90 runs them on request.
   const Pattern longnet = Pattern::parse(R"({"type":"longnet","segments":[2048,4096],"rates":[1,2]})");
   const auto ln = engine::heuristic(longnet, problem_of(16384, 16, 128), h200);
-  EXPECT_EQ(ln.config.family, KernelFamily::kSm80);
-  EXPECT_NE(ln.source.find("permuted"), std::string::npos) << ln.source;
-  EXPECT_EQ(engine::heuristic_for(KernelFamily::kSm90, longnet, problem_of(16384, 16, 128), h200).config.family,
-            KernelFamily::kSm90);
+  EXPECT_EQ(ln.config.to_string(), "sm90:128x128s2:longest:copy");
+  EXPECT_NE(ln.source.find("copied"), std::string::npos) << ln.source;
+  const Pattern grid = Pattern::parse(R"({"type":"neighborhood","grid":[128,128],"window":[13,13]})");
+  const auto nb = engine::heuristic(grid, problem_of(16384, 16, 128), h200);
+  EXPECT_EQ(nb.config.family, KernelFamily::kSm80);
+  EXPECT_NE(nb.source.find("most of its tiles are partial"), std::string::npos) << nb.source;
+  const auto nb90 = engine::heuristic_for(KernelFamily::kSm90, grid, problem_of(16384, 16, 128), h200);
+  EXPECT_EQ(nb90.config.to_string(), "sm90:128x128s2:longest:copy");
+  EXPECT_EQ(engine::heuristic(dense, problem_of(16384, 16, 128), h200).config.gather, TokenGather::kInline)
+      << "nothing to copy in natural order";
   // Few work items: one consumer warpgroup per CTA (64-row tiles).
   EXPECT_EQ(engine::heuristic(dense, problem_of(2048, 2, 128), h200).config.tile_m, 64);
 }
