@@ -42,6 +42,19 @@ json candidate_json(const CandidateReport& c) {
   return j;
 }
 
+// Rows of a report's table: timed candidates fastest first, then the rest in search-space order.
+template <class Candidate>
+std::vector<size_t> table_order(const std::vector<Candidate>& candidates) {
+  std::vector<size_t> order(candidates.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    const bool oa = candidates[a].status == "ok", ob = candidates[b].status == "ok";
+    if (oa != ob) return oa;
+    return oa && candidates[a].median_ms < candidates[b].median_ms;
+  });
+  return order;
+}
+
 std::string clip(const std::string& s, size_t n) {
   std::string one = s.substr(0, s.find('\n'));
   return one.size() <= n ? one : one.substr(0, n - 3) + "...";
@@ -87,14 +100,7 @@ std::string AutotuneReport::to_table() const {
   if (!timing.empty()) s += fmt::format("timing   {}\n", timing);
   s += fmt::format("bucket   {}\n\n", bucket);
 
-  // Timed candidates fastest first, then the rest in search-space order.
-  std::vector<size_t> order(candidates.size());
-  std::iota(order.begin(), order.end(), size_t{0});
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    const bool oa = candidates[a].status == "ok", ob = candidates[b].status == "ok";
-    if (oa != ob) return oa;
-    return oa && candidates[a].median_ms < candidates[b].median_ms;
-  });
+  const std::vector<size_t> order = table_order(candidates);
   s += fmt::format("  {:<30} {:<13} {:>10} {:>17} {:>8} {:>9} {:>5} {:>6}  {}\n", "candidate", "status", "median ms",
                    "p20..p80 ms", "TFLOP/s", "vs heur.", "regs", "local", "notes");
   for (size_t k : order) {
@@ -186,13 +192,7 @@ std::string LinearTuneReport::to_table() const {
   if (!timing.empty()) s += fmt::format("timing   {}\n", timing);
   s += fmt::format("bucket   {}\n", bucket);
   s += fmt::format("baseline {}\n\n", heuristic_source);
-  std::vector<size_t> order(candidates.size());
-  std::iota(order.begin(), order.end(), size_t{0});
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    const bool oa = candidates[a].status == "ok", ob = candidates[b].status == "ok";
-    if (oa != ob) return oa;
-    return oa && candidates[a].median_ms < candidates[b].median_ms;
-  });
+  const std::vector<size_t> order = table_order(candidates);
   s += fmt::format("  {:<16} {:<13} {:>10} {:>17} {:>9} {:>9} {:>5} {:>6}  {}\n", "candidate", "status", "median ms",
                    "p20..p80 ms", "err/tol", "vs heur.", "regs", "local", "notes");
   for (size_t k : order) {

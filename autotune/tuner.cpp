@@ -211,6 +211,17 @@ void compile_jobs(std::vector<CompileJob>& jobs, const std::string& arch, int th
   }
 }
 
+std::string prune_after_compile(int registers, int local_bytes, int threads, bool heuristic,
+                                const runtime::DeviceInfo& device, int max_local_bytes) {
+  if (device.regs_per_sm > 0 && registers > 0 && registers * threads > device.regs_per_sm)
+    return fmt::format("needs {} registers per block ({} per thread x {} threads); an SM has {}", registers * threads,
+                       registers, threads, device.regs_per_sm);
+  if (!heuristic && local_bytes > max_local_bytes)
+    return fmt::format("{} B of local memory per thread (register spills; the limit is {} B)", local_bytes,
+                       max_local_bytes);
+  return "";
+}
+
 json measure_guarded(const std::function<json()>& measure) {
   try {
     return measure();
@@ -412,16 +423,11 @@ Prepared prepare(const Pattern& pattern, const engine::Problem& problem, const A
     r.cache_hit = timed.hit;
     r.compile_ms = timed.kernel.compile_ms;
     const int threads = r.config.warps * 32;
-    if (device.regs_per_sm > 0 && r.registers > 0 && r.registers * threads > device.regs_per_sm) {
+    if (std::string why = prune_after_compile(r.registers, r.local_bytes, threads, r.heuristic, device,
+                                              options.max_local_bytes);
+        !why.empty()) {
       r.status = "pruned";
-      r.detail = fmt::format("needs {} registers per block ({} per thread x {} threads); an SM has {}",
-                             r.registers * threads, r.registers, threads, device.regs_per_sm);
-      continue;
-    }
-    if (!r.heuristic && r.local_bytes > options.max_local_bytes) {
-      r.status = "pruned";
-      r.detail = fmt::format("{} B of local memory per thread (register spills; the limit is {} B)", r.local_bytes,
-                             options.max_local_bytes);
+      r.detail = std::move(why);
       continue;
     }
     runnable.push_back(k);

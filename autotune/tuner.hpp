@@ -87,6 +87,12 @@ void compile_jobs(std::vector<CompileJob>& jobs, const std::string& arch, int th
                   double child_timeout_s, const std::function<bool()>& skip,
                   const std::function<void(size_t done, size_t total)>& progress);
 
+// Why a compiled candidate cannot be timed, "" when it can: more registers per block than
+// an SM has, or more than `max_local_bytes` of local memory per thread (spills; never the
+// heuristic's, which is the baseline).
+std::string prune_after_compile(int registers, int local_bytes, int threads, bool heuristic,
+                                const runtime::DeviceInfo& device, int max_local_bytes);
+
 // Runs one candidate's check and timing (in its worker), turning the library's errors into
 // its result: kCuda "fault" (and a fresh worker), kUnsupported "resources", else "error".
 nlohmann::json measure_guarded(const std::function<nlohmann::json()>& measure);

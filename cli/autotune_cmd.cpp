@@ -56,6 +56,26 @@ class PhaseProgress {
   size_t shown_ = 0;
 };
 
+// The options every op shares, checked (usage errors name the flag).
+template <class Args>
+AutotuneOptions options_from(const Args& args) {
+  if (args.min_gain < 0 || args.min_gain >= 1) throw UsageError("--min-gain must be in [0, 1)");
+  if (args.budget < 0) throw UsageError("--budget-seconds must be >= 0");
+  if (args.reps < 20) throw UsageError(fmt::format("--reps must be at least 20 (got {})", args.reps));
+  AutotuneOptions options;
+  options.device = args.device;
+  options.arch = args.arch;
+  options.budget_seconds = args.budget;
+  options.reps = args.reps;
+  options.warmup = args.warmup;
+  options.save = !args.no_save;
+  options.isolate = !args.in_process;
+  options.candidate_timeout_s = args.timeout;
+  options.check_tokens = args.check_tokens;
+  options.min_gain = args.min_gain;
+  return options;
+}
+
 // spattn autotune --op scan|performer: the linear-time kernels' configurations. The
 // attention-only options are refused by name, the shape is checked before any work.
 template <class Args>
@@ -77,9 +97,6 @@ void tune_linear_op(const CLI::App& cmd, const Args& args) {
     throw UsageError(fmt::format("--length is required with --op {} (tokens per sequence)", args.op));
   if (length <= 0) throw UsageError(fmt::format("--length must be >= 1 (got {})", length));
   if (args.batch <= 0) throw UsageError(fmt::format("--batch must be >= 1 (got {})", args.batch));
-  if (args.min_gain < 0 || args.min_gain >= 1) throw UsageError("--min-gain must be in [0, 1)");
-  if (args.budget < 0) throw UsageError("--budget-seconds must be >= 0");
-  if (args.reps < 20) throw UsageError(fmt::format("--reps must be at least 20 (got {})", args.reps));
   if (args.check_tokens < 1) throw UsageError("--check-tokens must be >= 1");
 
   LinearProblem p;
@@ -102,17 +119,7 @@ void tune_linear_op(const CLI::App& cmd, const Args& args) {
     p.features = args.features;
   }
 
-  AutotuneOptions options;
-  options.device = args.device;
-  options.arch = args.arch;
-  options.budget_seconds = args.budget;
-  options.reps = args.reps;
-  options.warmup = args.warmup;
-  options.save = !args.no_save;
-  options.isolate = !args.in_process;
-  options.candidate_timeout_s = args.timeout;
-  options.check_tokens = args.check_tokens;
-  options.min_gain = args.min_gain;
+  AutotuneOptions options = options_from(args);
   if (!args.arch.empty()) tools::check_arch(args.arch);
   for (size_t pos = 0; pos < args.configs.size();) {
     const size_t comma = std::min(args.configs.find(',', pos), args.configs.size());
@@ -255,21 +262,8 @@ void register_autotune(CLI::App& app) {
       throw UsageError(fmt::format("--op: unknown op '{}'; supported: attention, scan, performer", args->op));
     for (const char* name : {"--length", "--channels", "--state", "--features"})
       if (cmd->count(name) > 0) throw UsageError(fmt::format("{} applies to --op scan or performer", name));
-    AutotuneOptions options;
+    AutotuneOptions options = options_from(*args);
     options.pass = args->backward ? TunePass::kBackward : TunePass::kForward;
-    options.device = args->device;
-    options.arch = args->arch;
-    options.budget_seconds = args->budget;
-    options.reps = args->reps;
-    options.warmup = args->warmup;
-    options.save = !args->no_save;
-    options.isolate = !args->in_process;
-    options.candidate_timeout_s = args->timeout;
-    options.check_tokens = args->check_tokens;
-    options.min_gain = args->min_gain;
-    if (args->min_gain < 0 || args->min_gain >= 1) throw UsageError("--min-gain must be in [0, 1)");
-    if (args->budget < 0) throw UsageError("--budget-seconds must be >= 0");
-    if (args->reps < 20) throw UsageError(fmt::format("--reps must be at least 20 (got {})", args->reps));
     if (args->dry_run && args->compile_only) throw UsageError("--dry-run and --compile-only exclude each other");
     if (!args->arch.empty()) tools::check_arch(args->arch);
 

@@ -518,16 +518,11 @@ LinearTuneReport Autotuner::tune_linear(const LinearProblem& problem) const {
     r.cache_hit = job.found.hit;
     r.compile_ms = job.found.kernel.compile_ms;
     const int threads = cands[k].threads;
-    if (device.regs_per_sm > 0 && r.registers > 0 && r.registers * threads > device.regs_per_sm) {
+    if (std::string why = autotune::prune_after_compile(r.registers, r.local_bytes, threads, r.heuristic, device,
+                                                        options.max_local_bytes);
+        !why.empty()) {
       r.status = "pruned";
-      r.detail = fmt::format("needs {} registers per block ({} per thread x {} threads); an SM has {}",
-                             r.registers * threads, r.registers, threads, device.regs_per_sm);
-      continue;
-    }
-    if (!r.heuristic && r.local_bytes > options.max_local_bytes) {
-      r.status = "pruned";
-      r.detail = fmt::format("{} B of local memory per thread (register spills; the limit is {} B)", r.local_bytes,
-                             options.max_local_bytes);
+      r.detail = std::move(why);
       continue;
     }
     runnable.push_back(k);

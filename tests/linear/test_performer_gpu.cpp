@@ -4,7 +4,7 @@
 // error against exact softmax attention falls as m grows, and reproducibility by seed.
 //
 // Inputs are rounded to the dtype on the host; O is poisoned (NaN) first. Tolerance per
-// element: |o - ref| <= rtol |ref| + atol max|ref| with
+// element: |o - ref| <= rtol |ref| + atol max|ref| with linear::performer_tolerance:
 //   fp32 (1e-4, 1e-4)   fp16 (2^-11, 1e-3)   bf16 (2^-8, 8e-3)
 // (φ and every product in fp32; the 16-bit cases add the rounding of O).
 #include <gtest/gtest.h>
@@ -17,6 +17,7 @@
 #include <cmath>
 #include <random>
 
+#include "linear/kernels.hpp"
 #include "runtime/device.hpp"
 #include "tests/linear/linear_test_util.hpp"
 #include "tests/support/gpu.hpp"
@@ -96,9 +97,7 @@ PRun run(const PCase& c, uint64_t data_seed, bool check) {
   const std::vector<float> omega = perf.features().rounded(dt);
   reference_performer(PerformerShape{B, Nq, Nk, H, Hkv, D, Dv, dt}, r.q.data(), r.k.data(), r.v.data(), omega.data(),
                       c.features, c.causal, r.ref);
-  double rtol = 1e-4, atol = 1e-4;
-  if (dt == DType::kFloat16) rtol = std::ldexp(1.0, -11), atol = 1e-3;
-  if (dt == DType::kBFloat16) rtol = std::ldexp(1.0, -8), atol = 8e-3;
+  const auto [rtol, atol] = linear::performer_tolerance(dt);  // the autotuner's gate too
   double max_ref = 0, worst = 0;
   for (double x : r.ref) max_ref = std::max(max_ref, std::fabs(x));
   int64_t bad = 0;

@@ -4,7 +4,8 @@
 // softplus, strided x/z (halves of one projection output), large and small Δ.
 //
 // Inputs are rounded to the storage dtype on the host and the reference reads the
-// rounded values; y is poisoned (NaN) before the launch. Tolerance per element:
+// rounded values; y is poisoned (NaN) before the launch. Tolerance per element
+// (linear::scan_tolerance, the autotuner's gate too):
 //   |y - ref| <= rtol |ref| + atol max|ref|
 //   fp32: rtol 1e-4, atol 1e-4   (SFU exp2 at 2^-22 per decay, compounded over the
 //                                 state's memory of ~100 steps; fp32 state)
@@ -20,6 +21,7 @@
 #include <optional>
 #include <random>
 
+#include "linear/kernels.hpp"
 #include "runtime/device.hpp"
 #include "tests/linear/linear_test_util.hpp"
 #include "tests/support/gpu.hpp"
@@ -40,18 +42,6 @@ std::string describe(const ScanCase& c) {
   return fmt::format("B={} L={} ch={} N={} {} gate={} skip={} bias={} softplus={} packed={} Δraw in [{}, {}] {}",
                      c.batch, c.length, c.channels, c.state, to_string(c.dtype), c.gate, c.skip, c.bias, c.softplus,
                      c.packed_xz, c.dt_lo, c.dt_hi, c.config ? c.config->to_string() : "heuristic");
-}
-
-struct Tol {
-  double rtol, atol;
-};
-Tol tol_for(DType dt) {
-  switch (dt) {
-    case DType::kFloat32: return {1e-4, 1e-4};
-    case DType::kFloat16: return {std::ldexp(1.0, -11), 5e-4};
-    case DType::kBFloat16: return {std::ldexp(1.0, -8), 4e-3};
-  }
-  return {0, 0};
 }
 
 void run_case(const ScanCase& c, uint64_t seed) {
@@ -125,7 +115,7 @@ void run_case(const ScanCase& c, uint64_t seed) {
   const std::vector<float> y = test::download_as(dy, B * L * D, dt);
   double max_ref = 0;
   for (double v : ref) max_ref = std::max(max_ref, std::fabs(v));
-  const Tol tol = tol_for(dt);
+  const linear::LinearTolerance tol = linear::scan_tolerance(dt);  // the autotuner's gate too
   int64_t bad = 0, nonfinite = 0;
   double worst = 0;
   for (size_t k = 0; k < y.size(); ++k) {
