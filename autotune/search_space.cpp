@@ -227,8 +227,8 @@ std::vector<Candidate> enumerate_candidates(const Pattern& pattern, const engine
         tile.permute = permute;
         tile.gather = TokenGather::kInline;
         configs.push_back(tile);
-        // sm90 forward kernels of permuted layouts also try their rows copied first.
-        if (permute && permutes && !backward && tile.family == KernelFamily::kSm90) {
+        // sm90 kernels of permuted layouts also try their rows copied first.
+        if (permute && permutes && tile.family == KernelFamily::kSm90) {
           tile.gather = TokenGather::kCopy;
           configs.push_back(tile);
         }

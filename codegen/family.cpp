@@ -139,6 +139,15 @@ int backward_dq_smem_bytes(const KernelConfig& c, int head_dim) {
 
 namespace {
 
+// ':copy' is an option of the sm90 kernels (forward and backward).
+void check_gather(const KernelConfig& c) {
+  if (c.gather == TokenGather::kCopy && c.family != KernelFamily::kSm90)
+    SPATTN_FAIL(ErrorCode::kInvalidArgument,
+                "config {}: ':copy' (permuted rows copied before the kernel) is an sm90 option; the {} kernels gather "
+                "permuted rows themselves",
+                c.to_string(), kernel_family_info(c.family).name);
+}
+
 void check_sm80_backward(const KernelConfig& c, int head_dim) {
   if (!contains(backward_head_dims(), head_dim))
     SPATTN_FAIL(ErrorCode::kUnsupported, "the sm80 backward kernel supports head dims {} (not {})",
@@ -199,10 +208,7 @@ void check_backward_config(const KernelConfig& c, int head_dim, DType dtype, std
   std::string why;
   if (!family_supports(c.family, head_dim, dtype, arch, &why))
     SPATTN_FAIL(ErrorCode::kUnsupported, "backward config {}: {}", c.to_string(), why);
-  if (c.gather == TokenGather::kCopy)
-    SPATTN_FAIL(ErrorCode::kUnsupported,
-                "backward config {}: ':copy' is a forward option; the backward kernels gather permuted rows themselves",
-                c.to_string());
+  check_gather(c);
   switch (c.family) {
     case KernelFamily::kSm80: check_sm80_backward(c, head_dim); break;
     case KernelFamily::kSm90: check_sm90_backward(c, head_dim); break;
@@ -265,11 +271,7 @@ void KernelConfig::validate(int head_dim) const {
   SPATTN_REQUIRE(schedule == ScheduleOrder::kRowMajor || schedule == ScheduleOrder::kHilbert ||
                      schedule == ScheduleOrder::kLongestFirst,
                  "config.schedule is not a known order");
-  if (gather == TokenGather::kCopy && family != KernelFamily::kSm90)
-    SPATTN_FAIL(ErrorCode::kInvalidArgument,
-                "config {}: ':copy' (permuted rows copied before the kernel) is an sm90 option; the {} kernel gathers "
-                "permuted rows itself",
-                to_string(), f.name);
+  check_gather(*this);
   if (family == KernelFamily::kSm90) {
     SPATTN_REQUIRE(tile_m == 64 || tile_m == 128 || tile_m == 192,
                    "sm90 config.tile_m must be 64, 128 or 192 (64 rows per consumer warpgroup); got {}", tile_m);

@@ -45,6 +45,12 @@ BackwardPlan::BackwardPlan(const Pattern& pattern, const Problem& problem, const
   packing.deterministic = deterministic;
   packing.kv_group = problem.heads / problem.kv_heads;
   tables_ = DeviceBackwardLayout(layout_, packing);
+  if (config.family == KernelFamily::kSm90 && config.gather == TokenGather::kCopy) {
+    TokenCopyPlan plan = plan_token_copies(layout_, tables_.slot_offsets(), packing.kv_group);
+    if (!plan.empty())
+      copies_ = RowCopies(std::move(plan), load_kernel(support, device, "spattn_gather_rows"), problem.dtype,
+                          problem.head_dim);
+  }
   log::debug("backward plan {} | {}{} | {} tables, {} work items ({} dQ) | kernel {} ({})", problem.to_string(),
              config.to_string(), deterministic ? " deterministic" : "", layout_.tables.size(), tables_.num_items(),
              tables_.num_dq_items(), rendered_.program_name, bwd_->cache_hit ? "cache hit" : "compiled");
@@ -144,6 +150,13 @@ void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorVie
       case KernelFamily::kSm90:
         bp90.tma_q = encode_tile_map(bp90.tm_q, q, config_.tile_m) && encode_tile_map(bp90.tm_do, d_o, config_.tile_m);
         bp90.tma_kv = encode_tile_map(bp90.tm_k, k, config_.tile_n) && encode_tile_map(bp90.tm_v, v, config_.tile_n);
+        if (!copies_.empty()) {
+          copies_.gather(tables_.arena(), q, &d_o, k, v, p.batch, p.nq, p.nk, stream);
+          const RowCopies::Maps m = copies_.encode(bp90.tm_qc, &bp90.tm_doc, bp90.tm_kc, bp90.tm_vc, config_.tile_m,
+                                                   config_.tile_n, p.batch);
+          bp90.q_copy_row = m.q_row;
+          bp90.kv_copy_row = m.kv_row;
+        }
         key_arg = &bp90;
         break;
     }

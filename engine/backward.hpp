@@ -54,6 +54,7 @@ class BackwardPlan {
   const JitKernel* prep_ = nullptr;
   const JitKernel* convert_ = nullptr;
   DeviceBackwardLayout tables_;
+  RowCopies copies_;  // ":copy" (sm90): the permuted rows of Q, dO, K, V in slot order
   runtime::DeviceBuffer dsum_, dq_acc_, dk_acc_, dv_acc_;
 };
 

@@ -248,64 +248,20 @@ DeviceBackwardLayout::DeviceBackwardLayout(const Layout& layout, const BackwardP
   work_begin_ = packed.work_begin;
   dq_begin_ = packed.dq_begin;
   sole_key_writer_ = packed.sole_key_writer;
+  for (const SpattnBwdTable& t : packed.tables) slot_offsets_.push_back({t.q_slots, t.k_slots});
   upload(arena_, packed.arena);
   upload(tables_, packed.tables);
   upload(work_, packed.work);
   upload(dq_work_, packed.dq_work);
 }
 
-TokenCopyPlan plan_token_copies(const Layout& layout, const std::vector<SpattnTable>& tables, int64_t kv_group) {
-  SPATTN_REQUIRE(kv_group >= 1 && layout.shape.heads % kv_group == 0,
-                 "kv_group must divide the {} query heads (got {})", layout.shape.heads, kv_group);
-  SPATTN_REQUIRE(tables.size() == layout.tables.size(), "{} packed tables for a layout of {}", tables.size(),
-                 layout.tables.size());
-  const int64_t hq = layout.shape.heads, hkv = hq / kv_group;
-  TokenCopyPlan plan;
-  plan.q_row.assign(tables.size() * static_cast<size_t>(hq), -1);
-  plan.kv_row.assign(tables.size() * static_cast<size_t>(hkv), -1);
-  auto add = [](std::vector<int32_t>& segments, int64_t& rows, int64_t& longest, int32_t slots, int64_t n,
-                int64_t head) {
-    const int32_t first = checked_i32(rows, "copy rows");
-    segments.insert(segments.end(), {first, slots, checked_i32(n, "copy rows"), static_cast<int32_t>(head)});
-    rows += n;
-    checked_i32(rows, "copy rows");
-    longest = std::max(longest, n);
-    return first;
-  };
-  for (size_t ti = 0; ti < tables.size(); ++ti) {
-    const BlockTable& t = layout.tables[ti];
-    const SpattnTable& d = tables[ti];
-    if (d.q_slots >= 0)
-      for (int32_t h : t.heads)
-        plan.q_row[ti * hq + h] = add(plan.q_segments, plan.q_rows, plan.max_q_segment, d.q_slots,
-                                      t.num_q_tiles * layout.tile_m, h);
-    if (d.k_slots >= 0)
-      for (int32_t h : t.heads) {
-        int32_t& row = plan.kv_row[ti * hkv + h / kv_group];
-        if (row < 0)
-          row = add(plan.kv_segments, plan.kv_rows, plan.max_kv_segment, d.k_slots, t.num_k_tiles * layout.tile_n,
-                    h / kv_group);
-      }
-  }
-  return plan;
-}
-
-DeviceLayout::DeviceLayout(const Layout& layout, WorkList work, int64_t copies_kv_group)
-    : work_list_(std::move(work)) {
+DeviceLayout::DeviceLayout(const Layout& layout, WorkList work) : work_list_(std::move(work)) {
   const PackedTables packed = pack_tables(layout);
+  for (const SpattnTable& t : packed.tables) slot_offsets_.push_back({t.q_slots, t.k_slots});
   upload(arena_, packed.arena);
   upload(tables_, packed.tables);
   upload(work_, work_list_.items);
   upload(groups_, work_list_.groups);
-  if (copies_kv_group > 0) {
-    copies_ = plan_token_copies(layout, packed.tables, copies_kv_group);
-    if (!copies_.empty()) {
-      upload(q_copy_row_, copies_.q_row);
-      upload(kv_copy_row_, copies_.kv_row);
-      upload(q_segments_, copies_.q_segments);
-      upload(kv_segments_, copies_.kv_segments);
-    }
-  }
 }
 
 }  // namespace spattn::engine

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/row_copies.hpp"
 #include "runtime/device.hpp"
 #include "templates/params.cuh"
 
@@ -86,58 +87,34 @@ class DeviceBackwardLayout {
   const std::vector<int64_t>& work_begin() const { return work_begin_; }
   const std::vector<int64_t>& dq_begin() const { return dq_begin_; }
   bool sole_key_writer() const { return sole_key_writer_; }
+  const std::vector<SlotOffsets>& slot_offsets() const { return slot_offsets_; }
 
  private:
   std::vector<int64_t> work_begin_, dq_begin_;
+  std::vector<SlotOffsets> slot_offsets_;
   bool sole_key_writer_ = false;
   runtime::DeviceBuffer arena_, tables_, work_, dq_work_;
 };
 
-// Where the sm90 kernels' copies of permuted rows go (KernelConfig ":copy"): every table
-// with query slots gets, per query head, a run of num_q_tiles * tile_m copy rows in slot
-// order; every table with key slots, per KV head its query heads read, a run of
-// num_k_tiles * tile_n rows (K and V alike). Tables in natural order get none.
-struct TokenCopyPlan {
-  std::vector<int32_t> q_row;   // [tables][Hq]: first copy row of (table, query head), -1: none
-  std::vector<int32_t> kv_row;  // [tables][Hkv]: first copy row of (table, KV head), -1: none
-  // 4 ints per run: first copy row, arena offset of the slots, rows, source head.
-  std::vector<int32_t> q_segments, kv_segments;
-  int64_t q_rows = 0, kv_rows = 0;                // copy rows per batch row
-  int64_t max_q_segment = 0, max_kv_segment = 0;  // rows of the longest run
-  bool empty() const { return q_segments.empty() && kv_segments.empty(); }
-};
-// `tables` are the packed descriptors of the layout's tables (their slot offsets), and
-// kv_group = Hq / Hkv. Throws kUnsupported when the copies exceed 32-bit row indices.
-TokenCopyPlan plan_token_copies(const Layout& layout, const std::vector<SpattnTable>& tables, int64_t kv_group);
-
 class DeviceLayout {
  public:
   DeviceLayout() = default;
-  // Packs and uploads to the current device; with kv_group > 0 also the plan of the
-  // copies of permuted rows (plan_token_copies) and its per-table row indices.
-  DeviceLayout(const Layout& layout, WorkList work, int64_t copies_kv_group = 0);
+  // Packs and uploads to the current device.
+  DeviceLayout(const Layout& layout, WorkList work);
 
   const int32_t* arena() const { return reinterpret_cast<const int32_t*>(arena_.get()); }
   const SpattnTable* tables() const { return reinterpret_cast<const SpattnTable*>(tables_.get()); }
   const int32_t* work() const { return reinterpret_cast<const int32_t*>(work_.get()); }
   const int32_t* groups() const { return reinterpret_cast<const int32_t*>(groups_.get()); }
   const WorkList& work_list() const { return work_list_; }
-  size_t device_bytes() const {
-    return arena_.size() + tables_.size() + work_.size() + groups_.size() + q_copy_row_.size() +
-           kv_copy_row_.size() + q_segments_.size() + kv_segments_.size();
-  }
-  // The copies of permuted rows: empty without (or when no table is permuted).
-  const TokenCopyPlan& copies() const { return copies_; }
-  const int32_t* q_copy_row() const { return reinterpret_cast<const int32_t*>(q_copy_row_.get()); }
-  const int32_t* kv_copy_row() const { return reinterpret_cast<const int32_t*>(kv_copy_row_.get()); }
-  const int32_t* q_segments() const { return reinterpret_cast<const int32_t*>(q_segments_.get()); }
-  const int32_t* kv_segments() const { return reinterpret_cast<const int32_t*>(kv_segments_.get()); }
+  size_t device_bytes() const { return arena_.size() + tables_.size() + work_.size() + groups_.size(); }
+  // Per table, its slot lists' offsets into the arena (for plan_token_copies).
+  const std::vector<SlotOffsets>& slot_offsets() const { return slot_offsets_; }
 
  private:
   WorkList work_list_;
-  TokenCopyPlan copies_;
+  std::vector<SlotOffsets> slot_offsets_;
   runtime::DeviceBuffer arena_, tables_, work_, groups_;
-  runtime::DeviceBuffer q_copy_row_, kv_copy_row_, q_segments_, kv_segments_;
 };
 
 }  // namespace spattn::engine

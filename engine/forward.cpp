@@ -145,9 +145,13 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
   tables_ = DeviceLayout(layout_,
                          build_work_list(layout_, int64_t{family.ctas_per_sm} * info.sm_count,
                                          config.schedule == ScheduleOrder::kLongestFirst,
-                                         kv_heads_per_group * (problem.heads / problem.kv_heads)),
-                         copies ? problem.heads / problem.kv_heads : 0);
-  if (!tables_.copies().empty()) gather_ = &load_kernel(support, device, "spattn_gather_rows");
+                                         kv_heads_per_group * (problem.heads / problem.kv_heads)));
+  if (copies) {
+    TokenCopyPlan plan = plan_token_copies(layout_, tables_.slot_offsets(), problem.heads / problem.kv_heads);
+    if (!plan.empty())
+      copies_ = RowCopies(std::move(plan), load_kernel(support, device, "spattn_gather_rows"), problem.dtype,
+                          problem.head_dim);
+  }
   if (work_list().split_slots > 0)
     split_merge_ = &load_kernel(support, device,
                                 problem.dtype == DType::kBFloat16 ? "spattn_merge_splits_bf16" : "spattn_merge_splits_fp16");
@@ -179,23 +183,11 @@ void ForwardPlan::launch_forward(SpattnFwdParams& fp, const TensorView& q, const
       p.total_items = static_cast<int32_t>(total);
       p.tma_q = encode_tile_map(p.tm_q, q, config_.tile_m) ? 1 : 0;
       p.tma_kv = encode_tile_map(p.tm_k, k, config_.tile_n) && encode_tile_map(p.tm_v, v, config_.tile_n) ? 1 : 0;
-      if (gather_) {
-        // The copies as [B, rows, 1, D] tensors: the kernel reads them at head 0.
-        const TokenCopyPlan& c = tables_.copies();
-        auto view = [&](const runtime::DeviceBuffer& buf, int64_t rows) {
-          return TensorView::contiguous(buf.data(), problem_.dtype, {fp.batch, std::max<int64_t>(rows, 1), 1, problem_.head_dim});
-        };
-        auto encode = [&](SpattnTensorMap& map, const runtime::DeviceBuffer& buf, int64_t rows, int box) {
-          if (!encode_tile_map(map, view(buf, rows), box))
-            SPATTN_FAIL(ErrorCode::kInternal, "no tensor map for a copy of {} permuted rows", rows);
-        };
-        if (c.q_rows > 0) encode(p.tm_qc, copy_q_, c.q_rows, config_.tile_m);
-        if (c.kv_rows > 0) {
-          encode(p.tm_kc, copy_k_, c.kv_rows, config_.tile_n);
-          encode(p.tm_vc, copy_v_, c.kv_rows, config_.tile_n);
-        }
-        p.q_copy_row = c.q_rows > 0 ? tables_.q_copy_row() : nullptr;
-        p.kv_copy_row = c.kv_rows > 0 ? tables_.kv_copy_row() : nullptr;
+      if (!copies_.empty()) {
+        const RowCopies::Maps m =
+            copies_.encode(p.tm_qc, nullptr, p.tm_kc, p.tm_vc, config_.tile_m, config_.tile_n, fp.batch);
+        p.q_copy_row = m.q_row;
+        p.kv_copy_row = m.kv_row;
       }
       const int64_t ctas = int64_t{kernel_family_info(config_.family).ctas_per_sm} * sm_count_;
       const unsigned grid = static_cast<unsigned>(std::min<int64_t>(total, ctas));
@@ -208,51 +200,6 @@ void ForwardPlan::launch_forward(SpattnFwdParams& fp, const TensorView& q, const
 }
 
 ForwardPlan::~ForwardPlan() = default;
-
-void ForwardPlan::gather_copies(const TensorView& q, const TensorView& k, const TensorView& v, int64_t batch,
-                                CUstream stream) {
-  const TokenCopyPlan& c = tables_.copies();
-  SPATTN_REQUIRE(batch <= 65535, "batch {} exceeds the launch grid limit 65535 of the row copies", batch);
-  const size_t row_bytes = static_cast<size_t>(problem_.head_dim) * 2;
-  auto ensure = [&](runtime::DeviceBuffer& buf, int64_t rows) {
-    const size_t bytes = static_cast<size_t>(batch) * static_cast<size_t>(rows) * row_bytes;
-    if (rows > 0 && buf.size() < bytes) buf = runtime::DeviceBuffer(bytes);
-  };
-  ensure(copy_q_, c.q_rows);
-  ensure(copy_k_, c.kv_rows);
-  ensure(copy_v_, c.kv_rows);
-  auto launch = [&](const int32_t* segments, int64_t num_segments, int64_t longest, int64_t rows, int tensors,
-                    const TensorView* src, runtime::DeviceBuffer* const* dst, int64_t limit) {
-    if (num_segments == 0) return;
-    SpattnGatherParams g{};
-    for (int t = 0; t < tensors; ++t) {
-      g.src[t] = src[t].data;
-      g.dst[t] = dst[t]->data();
-      g.src_stride_b[t] = src[t].strides[0];
-      g.src_stride_n[t] = src[t].strides[1];
-      g.src_stride_h[t] = src[t].strides[2];
-    }
-    g.segments = segments;
-    g.arena = tables_.arena();
-    g.rows_per_batch = rows;
-    g.tensors = tensors;
-    g.num_segments = static_cast<int32_t>(num_segments);
-    g.limit = static_cast<int32_t>(limit);
-    g.head_dim = static_cast<int32_t>(problem_.head_dim);
-    constexpr int64_t kRowsPerBlock = 64;  // kGatherRows in templates/merge.cuh
-    void* args[] = {&g};
-    gather_->kernel.launch({static_cast<unsigned>((longest + kRowsPerBlock - 1) / kRowsPerBlock),
-                            static_cast<unsigned>(std::min<int64_t>(num_segments, 65535)), static_cast<unsigned>(batch)},
-                           {256}, 0, stream, args);
-  };
-  runtime::DeviceBuffer* const q_dst[1] = {&copy_q_};
-  launch(tables_.q_segments(), static_cast<int64_t>(c.q_segments.size() / 4), c.max_q_segment, c.q_rows, 1, &q, q_dst,
-         problem_.nq);
-  const TensorView kv[2] = {k, v};
-  runtime::DeviceBuffer* const kv_dst[2] = {&copy_k_, &copy_v_};
-  launch(tables_.kv_segments(), static_cast<int64_t>(c.kv_segments.size() / 4), c.max_kv_segment, c.kv_rows, 2, kv,
-         kv_dst, problem_.nk);
-}
 
 void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                       const TensorView* lse, float scale, CUstream stream) {
@@ -314,7 +261,7 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
     fp.part_lse = merge ? reinterpret_cast<float*>(part_lse_.get()) : nullptr;
     fp.write_parts = merge ? 1 : 0;
     fp.batch = static_cast<int32_t>(p.batch);
-    if (gather_) gather_copies(q, k, v, p.batch, stream);
+    copies_.gather(tables_.arena(), q, nullptr, k, v, p.batch, p.nq, p.nk, stream);
     launch_forward(fp, q, k, v, stream);
   }
 

@@ -110,8 +110,6 @@ class ForwardPlan {
   // family is an internal error, never a silent default).
   void launch_forward(SpattnFwdParams& params, const TensorView& q, const TensorView& k, const TensorView& v,
                       CUstream stream) const;
-  // With copies: writes this call's copies of the permuted rows (batch rows of q, k, v).
-  void gather_copies(const TensorView& q, const TensorView& k, const TensorView& v, int64_t batch, CUstream stream);
 
   Pattern pattern_;
   Problem problem_;
@@ -125,11 +123,10 @@ class ForwardPlan {
   const JitKernel* merge_ = nullptr;
   const JitKernel* fill_ = nullptr;
   const JitKernel* split_merge_ = nullptr;
-  const JitKernel* gather_ = nullptr;  // copies of permuted rows (":copy"), when any table is permuted
   int sm_count_ = 0;
   DeviceLayout tables_;
   runtime::DeviceBuffer part_o_, part_lse_, split_o_, split_lse_;
-  runtime::DeviceBuffer copy_q_, copy_k_, copy_v_;
+  RowCopies copies_;  // ":copy": the permuted rows in slot order (empty without)
 };
 
 }  // namespace spattn::engine

@@ -90,7 +90,7 @@ struct Backward {
 
   struct Item {
     SpattnBwdTable t;
-    int k_tile, n_tiles, n_full, n_heads, kvh;
+    int table, k_tile, n_tiles, n_full, n_heads, kvh;
     const int32_t* q_list;
     const int32_t* heads;
   };
@@ -98,7 +98,8 @@ struct Backward {
   static __device__ __forceinline__ Item fetch(const SpattnBwdParams& p) {
     Item it;
     const int32_t* w = p.work + 4 * blockIdx.x;
-    it.t = p.tables[__ldg(w)];
+    it.table = __ldg(w);
+    it.t = p.tables[it.table];
     it.k_tile = __ldg(w + 1);
     it.heads = p.arena + it.t.heads + __ldg(w + 2);
     it.n_heads = __ldg(w + 3);
@@ -157,13 +158,17 @@ struct Backward {
     }
     const uint32_t q_dst = base + kOffQ + s * kQBytes, do_dst = base + kOffDo + s * kQBytes;
     if (tma) {
-      // Every lane arrives (releasing its own stores); lane 0 with the tiles' bytes.
+      // Every lane arrives (releasing its own stores); lane 0 with the tiles' bytes. Rows
+      // copied in slot order (":copy") load from the copies at row copy + slot, head 0.
       if (lane == 0) {
+        const int copy = P.q_copy_row ? __ldg(P.q_copy_row + it.table * p.heads + h) : -1;
+        const bool copied = copy >= 0;
+        const int row = (copied ? copy : 0) + q_tile * BM, map_h = copied ? 0 : h;
         mbar_arrive_expect_tx(bar.q_full(s), 2 * kQBytes);
 #pragma unroll
         for (int c = 0; c < kChunks; ++c) {
-          tma_load(q_dst + c * BM * 128, P.tm_q, bar.q_full(s), c * 64, q_tile * BM, h, b);
-          tma_load(do_dst + c * BM * 128, P.tm_do, bar.q_full(s), c * 64, q_tile * BM, h, b);
+          tma_load(q_dst + c * BM * 128, copied ? P.tm_qc : P.tm_q, bar.q_full(s), c * 64, row, map_h, b);
+          tma_load(do_dst + c * BM * 128, copied ? P.tm_doc : P.tm_do, bar.q_full(s), c * 64, row, map_h, b);
         }
       } else {
         mbar_arrive(bar.q_full(s));
@@ -186,6 +191,15 @@ struct Backward {
     mbar_arrive(Barriers{base + kOffBar}.q_full(s));
   }
 
+  // First copy row of the item's K and V (":copy"), -1 when they are not copied.
+  static __device__ __forceinline__ int kv_copy(const SpattnBwd90Params& P, const Item& it) {
+    return P.kv_copy_row ? __ldg(P.kv_copy_row + it.table * (P.base.heads / P.base.kv_group) + it.kvh) : -1;
+  }
+  // Whether the item's query rows are copied (then for every head of its table).
+  static __device__ __forceinline__ bool q_copied(const SpattnBwd90Params& P, const Item& it) {
+    return P.q_copy_row && __ldg(P.q_copy_row + it.table * P.base.heads + __ldg(it.heads)) >= 0;
+  }
+
   // K and V of the key tile and its key tokens, by all threads (TMA: thread 0).
   static __device__ __forceinline__ void load_kv(const SpattnBwd90Params& P, const Item& it, uint32_t base,
                                                  unsigned char* g, bool tma) {
@@ -201,11 +215,14 @@ struct Backward {
     if (tma) {
       if (tid == 0) {
         const uint32_t full = Barriers{base + kOffBar}.kv_full();
+        const int copy = kv_copy(P, it);
+        const bool copied = copy >= 0;
+        const int row = (copied ? copy : 0) + it.k_tile * BN, map_h = copied ? 0 : it.kvh;
         mbar_arrive_expect_tx(full, 2 * kKVBytes);
 #pragma unroll
         for (int c = 0; c < kChunks; ++c) {
-          tma_load(base + c * BN * 128, P.tm_k, full, c * 64, it.k_tile * BN, it.kvh, b);
-          tma_load(base + kOffV + c * BN * 128, P.tm_v, full, c * 64, it.k_tile * BN, it.kvh, b);
+          tma_load(base + c * BN * 128, copied ? P.tm_kc : P.tm_k, full, c * 64, row, map_h, b);
+          tma_load(base + kOffV + c * BN * 128, copied ? P.tm_vc : P.tm_v, full, c * 64, row, map_h, b);
         }
       }
       return;
@@ -463,8 +480,8 @@ struct Backward {
     unsigned char* g = smem_raw + (base - raw);
     const Item it = fetch(P.base);
     if (it.n_tiles <= 0) return;  // the work list holds only key tiles that some query tile attends
-    const bool tma_kv = P.tma_kv && !(Cfg::kPermutedKeys && it.t.k_slots >= 0);
-    const bool tma_q = P.tma_q && it.t.q_slots < 0;
+    const bool tma_kv = kv_copy(P, it) >= 0 || (P.tma_kv && !(Cfg::kPermutedKeys && it.t.k_slots >= 0));
+    const bool tma_q = q_copied(P, it) || (P.tma_q && it.t.q_slots < 0);
 
     if (threadIdx.x == 0) {
       // K/V full: thread 0's expected bytes; q full: the 32 lanes of warp 0 (lane 0 with

@@ -171,6 +171,11 @@ struct SpattnBwd90Params {
   SpattnTensorMap tm_v;
   int32_t tma_q;   // Q and dO
   int32_t tma_kv;  // K and V
+  // ":copy": maps over the copies of permuted rows ([B, rows, 1, D]) and, per (table,
+  // query head) / (table, KV head), the first copy row (-1: not copied); null: none.
+  SpattnTensorMap tm_qc, tm_doc, tm_kc, tm_vc;
+  const int32_t* q_copy_row;
+  const int32_t* kv_copy_row;
 };
 
 // D = rowsum(dO * O) per (batch, head, query row), fp32 [B, Hq, Nq].

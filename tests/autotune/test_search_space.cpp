@@ -204,11 +204,20 @@ TEST(SearchSpace, BackwardCandidatesComeFromTheBackwardTable) {
   const auto fwd = enumerate_candidates(window, problem_of(16384), arch_limits("sm_90a"),
                                         KernelConfig::parse("sm90:128x128s2"), TunePass::kBackward);
   EXPECT_NE(fwd[0].pruned.find("tile_m (queries per step) must be 64"), std::string::npos) << fwd[0].pruned;
-  // Permutation variants for a permuting layout.
+  // Permutation variants for a permuting layout; its sm90 rows also with the rows copied.
   const Pattern longnet = Pattern::parse(R"({"type":"longnet","segments":[2048,4096],"rates":[1,2]})");
   const auto ln = enumerate_candidates(longnet, problem_of(8192, 4), arch_limits("sm_90a"), base, TunePass::kBackward);
   EXPECT_EQ(std::count_if(ln.begin(), ln.end(), [](const Candidate& c) { return !c.config.permute; }),
-            std::count_if(ln.begin(), ln.end(), [](const Candidate& c) { return c.config.permute; }));
+            std::count_if(ln.begin(), ln.end(),
+                          [](const Candidate& c) { return c.config.permute && c.config.gather == TokenGather::kInline; }));
+  const auto sm90_off = std::count_if(ln.begin(), ln.end(), [](const Candidate& c) {
+    return !c.config.permute && c.config.family == KernelFamily::kSm90;
+  });
+  const auto copied = std::count_if(ln.begin(), ln.end(), [](const Candidate& c) {
+    return c.config.gather == TokenGather::kCopy && c.config.family == KernelFamily::kSm90 && c.pruned.empty();
+  });
+  EXPECT_GT(sm90_off, 0);
+  EXPECT_EQ(copied, sm90_off) << "every sm90 backward row, copied, passes the backward check";
 }
 
 TEST(SearchSpace, DryRunListsCandidatesWithoutAGpu) {

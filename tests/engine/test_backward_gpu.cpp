@@ -25,8 +25,9 @@
 namespace spattn {
 namespace {
 
-// The backward kernel a test forces: none (the heuristic's), or a family's config.
-enum class Forced { kHeuristic, kSm80, kSm90 };
+// The backward kernel a test forces: none (the heuristic's), or a family's config (sm90
+// also with permuted rows copied in slot order first, ":copy").
+enum class Forced { kHeuristic, kSm80, kSm90, kSm90Copy };
 
 struct Case {
   std::string json;
@@ -41,10 +42,12 @@ bool forced_config(const Case& c, uint64_t seed, std::optional<KernelConfig>& ou
   switch (c.forced) {
     case Forced::kHeuristic: return true;
     case Forced::kSm80: out = KernelConfig::parse("64x128w8s2"); return true;
-    case Forced::kSm90: {
+    case Forced::kSm90:
+    case Forced::kSm90Copy: {
       if (c.head_dim != 64 && c.head_dim != 128) return false;
       const int stages = 1 + static_cast<int>(seed % 3);  // 1, 2 or 3 query-tile buffers
-      out = KernelConfig::parse(fmt::format("sm90:64x{}s{}", c.head_dim == 128 ? 128 : 64, stages));
+      out = KernelConfig::parse(fmt::format("sm90:64x{}s{}{}", c.head_dim == 128 ? 128 : 64, stages,
+                                            c.forced == Forced::kSm90Copy ? ":copy" : ""));
       return true;
     }
   }
@@ -122,7 +125,7 @@ class BackwardGpu : public ::testing::TestWithParam<Forced> {
  protected:
   void SetUp() override {
     SPATTN_REQUIRE_GPU();
-    if (GetParam() == Forced::kSm90 && runtime::device_info(0).arch() != "sm_90a")
+    if ((GetParam() == Forced::kSm90 || GetParam() == Forced::kSm90Copy) && runtime::device_info(0).arch() != "sm_90a")
       GTEST_SKIP() << "the sm90 backward kernel needs an sm_90a device (this one is "
                    << runtime::device_info(0).arch() << ")";
   }
@@ -134,11 +137,16 @@ class BackwardGpu : public ::testing::TestWithParam<Forced> {
   }
 };
 
-INSTANTIATE_TEST_SUITE_P(Kernels, BackwardGpu, ::testing::Values(Forced::kHeuristic, Forced::kSm80, Forced::kSm90),
+INSTANTIATE_TEST_SUITE_P(Kernels, BackwardGpu,
+                         ::testing::Values(Forced::kHeuristic, Forced::kSm80, Forced::kSm90, Forced::kSm90Copy),
                          [](const ::testing::TestParamInfo<Forced>& info) {
-                           return info.param == Forced::kHeuristic ? std::string("heuristic")
-                                  : info.param == Forced::kSm80    ? std::string("sm80")
-                                                                   : std::string("sm90");
+                           switch (info.param) {
+                             case Forced::kHeuristic: return std::string("heuristic");
+                             case Forced::kSm80: return std::string("sm80");
+                             case Forced::kSm90: return std::string("sm90");
+                             case Forced::kSm90Copy: return std::string("sm90_copy");
+                           }
+                           return std::string("unknown");
                          });
 
 TEST_P(BackwardGpu, PatternKindsAndCompositions) {

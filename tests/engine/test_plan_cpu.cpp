@@ -336,6 +336,12 @@ TEST(BackwardTables, SoleKeyWriterOnlyWhereEveryKeyRowHasOneItem) {
 // and per (table, KV head) with key slots, disjoint and back to back, none for tables in
 // natural order. Emulating the gather (copy row = slots' token) and the kernel's lookup
 // (copy row of (table, head) + slot) on the host must give every slot's own token.
+std::vector<engine::SlotOffsets> slot_offsets(const engine::PackedTables& packed) {
+  std::vector<engine::SlotOffsets> offsets;
+  for (const SpattnTable& t : packed.tables) offsets.push_back({t.q_slots, t.k_slots});
+  return offsets;
+}
+
 TEST(TokenCopies, RunsCoverEveryPermutedTableOnceAndIndexTheirSlots) {
   LayoutOptions lo;
   lo.tile_m = 64;
@@ -344,7 +350,7 @@ TEST(TokenCopies, RunsCoverEveryPermutedTableOnceAndIndexTheirSlots) {
   const Layout layout = compile_layout(Pattern::parse(R"({"type":"longnet","segments":[256,512],"rates":[1,2]})"),
                                        Shape{1000, 1000, heads}, lo);
   const engine::PackedTables packed = engine::pack_tables(layout);
-  const engine::TokenCopyPlan plan = engine::plan_token_copies(layout, packed.tables, kv_group);
+  const engine::TokenCopyPlan plan = engine::plan_token_copies(layout, slot_offsets(packed), kv_group);
   ASSERT_FALSE(plan.empty());
   ASSERT_EQ(plan.q_row.size(), layout.tables.size() * heads);
   ASSERT_EQ(plan.kv_row.size(), layout.tables.size() * hkv);
@@ -403,8 +409,8 @@ TEST(TokenCopies, RunsCoverEveryPermutedTableOnceAndIndexTheirSlots) {
   EXPECT_LT(plan.q_rows, 2 * 1000 * heads) << "the rate-1 branch is in natural order and copies nothing";
 
   const Layout dense = compile_layout(Pattern::parse(R"({"type":"dense"})"), Shape{1000, 1000, heads}, lo);
-  EXPECT_TRUE(engine::plan_token_copies(dense, engine::pack_tables(dense).tables, kv_group).empty());
-  EXPECT_THROW(engine::plan_token_copies(dense, engine::pack_tables(dense).tables, 3), Error);
+  EXPECT_TRUE(engine::plan_token_copies(dense, slot_offsets(engine::pack_tables(dense)), kv_group).empty());
+  EXPECT_THROW(engine::plan_token_copies(dense, slot_offsets(engine::pack_tables(dense)), 3), Error);
 }
 
 }  // namespace
