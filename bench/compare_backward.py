@@ -61,7 +61,7 @@ def peer(name, which, q, k, v, d_out):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default="dense@16384,causal@16384,window@65536,global_local@65536,longnet@65536")
+    ap.add_argument("--runs", default="dense@16384,causal@16384,window@65536,global_local@65536,longnet@65536,strided@65536")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--rows", help="append each row (a JSON line) to this file as it is measured")
     ap.add_argument("--table", help="only print the table of the rows in this file")

@@ -17,6 +17,7 @@ CASES = {
     "longnet": {"type": "longnet", "segments": [2048, 4096, 8192], "rates": [1, 2, 4]},
     "strided": {"type": "strided", "stride": 64, "mode": "relative"},
     "hierarchy": {"preset": "standard"},
+    "neighborhood": {"type": "neighborhood", "grid": [256, 256], "window": [13, 13]},
 }
 
 # FlashAttention-4's own masks: (causal, window_size) per case; absent where it has none.

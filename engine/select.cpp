@@ -96,11 +96,13 @@ KernelChoice heuristic_for(KernelFamily family, const Pattern& pattern, const Pr
 }
 
 // The backward kernel: on Hopper at head dim 128 the sm90 family (wgmma), 128 keys per
-// CTA with two query-tile stages, for layouts in natural order; measured on an H200
-// (bench/NOTES.md) dense 16k 14.7 ms against 23.2 for the sm80 kernel, window 1024 at
-// 64k 6.8 against 9.2, while LongNet at 64k (gathered rows) was 22.9 against 22.4, so
-// permuted layouts stay on sm80. Otherwise the sm80 family: 128 keys per CTA (8 warps)
-// and two query-tile buffers where they fit, then one buffer, then 64 keys per CTA.
+// CTA with two query-tile stages; measured on an H200 (bench/NOTES.md) dense 16k 14.7 ms
+// against 23.2 for the sm80 kernel, window 1024 at 64k 6.8 against 9.2. Permuted layouts
+// copy their rows in slot order first (":copy": LongNet at 64k 16.1 ms against 22.1 on
+// sm80 and 22.9 gathered inline; strided 64 6.7 against 7.3), except grids whose tiles
+// are mostly partial, which stay on sm80 as in the forward pass. Otherwise the sm80
+// family: 128 keys per CTA (8 warps) and two query-tile buffers where they fit, then one
+// buffer, then 64 keys per CTA.
 KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device) {
   const int d = static_cast<int>(problem.head_dim);
   const int limit = device.smem_per_block_optin;
@@ -114,16 +116,22 @@ KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, 
   } else if (d != 128) {
     why_not = fmt::format("not sm90: its backward is measured faster at head dim 128 only (not {})", d);
   } else {
-    const KernelConfig c = KernelConfig::parse("sm90:64x128s2");
-    if (layout_permutes_or_false(pattern, problem)) {
-      why_not = "not sm90: the layout gathers permuted tokens, which the sm80 backward does as fast";
+    const LayoutTraits traits = layout_traits_or_default(pattern, problem);
+    KernelConfig c = KernelConfig::parse("sm90:64x128s2");
+    if (traits.permutes) c.gather = TokenGather::kCopy;
+    if (traits.permutes && traits.mostly_partial) {
+      why_not = "not sm90: the layout permutes tokens and most of its tiles are partial, whose mask the sm80 kernel "
+                "evaluates faster";
     } else if (!fits(c)) {
       why_not = fmt::format("not sm90: {} B of shared memory per block allowed", limit);
     } else {
       check_backward_config(c, d, problem.dtype, device.arch(), limit);
       return {c, fmt::format("heuristic (backward, sm90 family: wgmma, 128 keys per CTA in two warpgroups, 64 "
-                             "queries per step, two query-tile stages, {} B of shared memory)",
-                             backward_smem_bytes(c, d))};
+                             "queries per step, two query-tile stages, {} B of shared memory{})",
+                             backward_smem_bytes(c, d),
+                             traits.permutes ? "; permuted tokens copied in slot order before the kernel, then "
+                                               "loaded by TMA"
+                                             : "")};
     }
   }
   for (const char* text : {"64x128w8s2", "64x128w8s1", "64x64w4s2", "64x64w4s1"}) {

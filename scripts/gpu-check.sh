@@ -43,8 +43,8 @@ if [ "$MODE" != "--bench-only" ]; then
   step "GPU tests"
   ctest --test-dir $BUILD -L gpu --output-on-failure -j2 --timeout 900 >"$LOGS/ctest-gpu.log" 2>&1 || status=1
   grep -E "tests passed|tests failed|Failed|\*\*\*" "$LOGS/ctest-gpu.log" | tail -25
-  step "compute-sanitizer (memcheck, racecheck, synccheck) on a representative subset of both families, forward and the sm90 backward"
-  SUBSET='*CrossAttentionGqaBatchAndTinyLengths/*:*NeighborhoodGridsWithDilation/*:*BackwardGpu.GqaMqa*/sm90'
+  step "compute-sanitizer (memcheck, racecheck, synccheck) on a representative subset of both families, forward and the sm90 backward (inline and copied rows)"
+  SUBSET='*CrossAttentionGqaBatchAndTinyLengths/*:*NeighborhoodGridsWithDilation/*:*BackwardGpu.GqaMqa*/sm90:*BackwardGpu.GqaMqa*/sm90_copy'
   for tool in memcheck racecheck synccheck; do
     timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 \
       $BUILD/tests/engine/spattn_tests_engine_gpu --gtest_filter="$SUBSET" >"$LOGS/sanitizer-$tool.log" 2>&1

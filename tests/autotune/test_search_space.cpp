@@ -248,8 +248,12 @@ TEST(SearchSpace, BackwardHeuristicChoosesTheFamilyByArchHeadDimAndLayout) {
   EXPECT_EQ(hopper.config.to_string(), "sm90:64x128s2") << hopper.source;
   EXPECT_NE(hopper.source.find("sm90 family"), std::string::npos) << hopper.source;
   const engine::KernelChoice permuted = engine::backward_heuristic(longnet, problem_of(16384), h200);
-  EXPECT_EQ(permuted.config.family, KernelFamily::kSm80) << permuted.source;
-  EXPECT_NE(permuted.source.find("permuted"), std::string::npos) << permuted.source;
+  EXPECT_EQ(permuted.config.to_string(), "sm90:64x128s2:copy") << permuted.source;
+  EXPECT_NE(permuted.source.find("permuted tokens copied"), std::string::npos) << permuted.source;
+  const Pattern grid = Pattern::parse(R"({"type":"neighborhood","grid":[128,128],"window":[13,13]})");
+  const engine::KernelChoice partial = engine::backward_heuristic(grid, problem_of(16384), h200);
+  EXPECT_EQ(partial.config.family, KernelFamily::kSm80) << partial.source;
+  EXPECT_NE(partial.source.find("most of its tiles are partial"), std::string::npos) << partial.source;
   const engine::KernelChoice d64 = engine::backward_heuristic(window, problem_of(16384, 16, 64), h200);
   EXPECT_EQ(d64.config.family, KernelFamily::kSm80) << d64.source;
   const engine::KernelChoice ampere = engine::backward_heuristic(window, problem_of(16384), a100);
@@ -258,7 +262,7 @@ TEST(SearchSpace, BackwardHeuristicChoosesTheFamilyByArchHeadDimAndLayout) {
   EXPECT_EQ(engine::heuristic_for_pass(TunePass::kBackward, window, problem_of(16384), h200).config, hopper.config);
   EXPECT_EQ(engine::heuristic_for_pass(TunePass::kForward, window, problem_of(16384), h200).config,
             engine::heuristic(window, problem_of(16384), h200).config);
-  for (const engine::KernelChoice* c : {&hopper, &permuted, &d64, &ampere})
+  for (const engine::KernelChoice* c : {&hopper, &permuted, &partial, &d64, &ampere})
     EXPECT_NO_THROW(check_backward_config(c->config, c == &d64 ? 64 : 128, DType::kBFloat16,
                                           c == &ampere ? "sm_80" : "sm_90a", 0));
 }
