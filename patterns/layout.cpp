@@ -320,7 +320,8 @@ bool OrderSpec::operator==(const OrderSpec& x) const {
   return false;
 }
 
-TokenOrder::TokenOrder(const OrderSpec& spec, const Shape& shape, int64_t tile_m, int64_t tile_n)
+TokenOrder::TokenOrder(const OrderSpec& spec, const Shape& shape, int64_t tile_m, int64_t tile_n,
+                       const TokenRect& rect)
     : spec_(spec), nq_(shape.nq), nk_(shape.nk), tm_(tile_m), tn_(tile_n) {
   num_q_tiles_ = ceil_div(nq_, tm_);
   num_k_tiles_ = ceil_div(nk_, tn_);
@@ -378,6 +379,62 @@ TokenOrder::TokenOrder(const OrderSpec& spec, const Shape& shape, int64_t tile_m
     num_k_tiles_ = static_cast<int64_t>(k_slots_.size()) / tn_;
   }
   q_identity_ = spec.kind == OrderSpec::kIdentity || spec.kind == OrderSpec::kColumns;
+  if (!(rect == TokenRect{0, nq_, 0, nk_})) restrict_to(rect);
+}
+
+int64_t TokenOrder::group_of(int64_t token) const {
+  switch (spec_.kind) {
+    case OrderSpec::kClass: return token % spec_.s;
+    case OrderSpec::kRun: return token / spec_.w;
+    case OrderSpec::kGrid: {
+      // The dilation residue on every axis (row-major, last axis fastest).
+      const Neighborhood& g = *spec_.grid;
+      int64_t key = 0, rest = token;
+      for (size_t a = g.grid.size(); a-- > 0;) {
+        const int64_t d = g.dilation.empty() ? 1 : g.dilation[a];
+        key = key * d + (rest % g.grid[a]) % d;
+        rest /= g.grid[a];
+      }
+      return key;
+    }
+    default: return 0;
+  }
+}
+
+// A sub-rectangle keeps the tokens of the whole problem's order that lie inside it, in
+// the same order, and pads each group (stride class, segment, residue class) to whole
+// tiles again, so that tiles still never straddle groups. Every key region of the whole
+// order stays contiguous in the kept keys, so region() only clips it to the rectangle.
+void TokenOrder::restrict_to(const TokenRect& rect) {
+  restricted_ = true;
+  k_begin_ = rect.k_begin;
+  k_end_ = rect.k_end;
+  auto keep = [&](const std::vector<int32_t>& slots, int64_t lo, int64_t hi, int64_t tile) {
+    std::vector<int32_t> out;
+    if (slots.empty()) {  // natural order
+      for (int64_t t = lo; t < hi; ++t) out.push_back(static_cast<int32_t>(t));
+    } else {
+      int64_t group = -1;
+      for (int32_t t : slots) {
+        if (t < lo || t >= hi) continue;
+        const int64_t g = group_of(t);
+        if (g != group && !out.empty()) out.resize(round_up(static_cast<int64_t>(out.size()), tile), -1);
+        group = g;
+        out.push_back(t);
+      }
+    }
+    out.resize(round_up(static_cast<int64_t>(out.size()), tile), -1);
+    return out;
+  };
+  q_slots_ = keep(q_identity_ ? std::vector<int32_t>{} : q_slots_, rect.q_begin, rect.q_end, tm_);
+  k_slots_ = keep(k_slots_, rect.k_begin, rect.k_end, tn_);
+  k_inverse_.assign(static_cast<size_t>(rect.k_end - rect.k_begin), -1);
+  for (size_t s = 0; s < k_slots_.size(); ++s) {
+    if (k_slots_[s] >= 0) k_inverse_[k_slots_[s] - rect.k_begin] = static_cast<int32_t>(s);
+  }
+  q_identity_ = false;
+  num_q_tiles_ = static_cast<int64_t>(q_slots_.size()) / tm_;
+  num_k_tiles_ = static_cast<int64_t>(k_slots_.size()) / tn_;
 }
 
 // Grid tokens grouped by dilation residue (each class padded to whole tiles), and
@@ -467,12 +524,31 @@ const TokenOrder& OrderCache::get(const OrderSpec& spec) {
   }
   // Building an order visits every slot once (grids also sort theirs).
   budget_.hold(TokenOrder::bytes_needed(spec, shape_, tm_, tn_), "token orders");
-  if (spec.kind != OrderSpec::kIdentity) budget_.spend(static_cast<uint64_t>(4 * (shape_.nq + shape_.nk)));
-  orders_.emplace_back(spec, std::make_unique<TokenOrder>(spec, shape_, tm_, tn_));
+  const bool whole = rect_ == TokenRect{0, shape_.nq, 0, shape_.nk};
+  if (spec.kind != OrderSpec::kIdentity || !whole) {
+    budget_.spend(static_cast<uint64_t>(4 * (shape_.nq + shape_.nk)));
+    // A rectangle's slots and key inverse.
+    if (!whole) budget_.hold(sizeof(int32_t) * static_cast<uint64_t>(2 * (shape_.nq + 2 * shape_.nk)), "token orders");
+  }
+  orders_.emplace_back(spec, std::make_unique<TokenOrder>(spec, shape_, tm_, tn_, rect_));
   return *orders_.back().second;
 }
 
 Region TokenOrder::region(int64_t i, int64_t& base) const {
+  const Region whole = whole_region(i, base);
+  if (!restricted_) return whole;
+  // The region's ranks whose tokens lie in [k_begin, k_end); they are contiguous kept slots.
+  base = 0;
+  const int64_t first = whole.start >= k_begin_ ? 0 : ceil_div(k_begin_ - whole.start, whole.step);
+  const int64_t last = whole.start >= k_end_ ? 0 : std::min(whole.count, ceil_div(k_end_ - whole.start, whole.step));
+  if (first >= last) return Region{k_begin_, 1, 0};
+  const Region out{whole.start + first * whole.step, whole.step, last - first};
+  // Grid rows name keys by rank through k_slot_of(); the other orders by base + rank.
+  if (spec_.kind != OrderSpec::kGrid) base = k_inverse_[static_cast<size_t>(out.start - k_begin_)];
+  return out;
+}
+
+Region TokenOrder::whole_region(int64_t i, int64_t& base) const {
   base = 0;
   switch (spec_.kind) {
     case OrderSpec::kIdentity:
@@ -676,7 +752,7 @@ int64_t TableBuilder::reduce_grid(int64_t qt, Ivs& touched, Ivs& full) {
 // from the last row's start to the first row's end.
 bool TableBuilder::reduce_band(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs) {
   if (!gen_.single_leaf() || gen_.positive().kind != NodeKind::kWindow ||
-      order_.spec().kind != OrderSpec::kIdentity) {
+      order_.spec().kind != OrderSpec::kIdentity || order_.restricted()) {
     return false;
   }
   const auto& w = std::get<LocalWindow>(*gen_.positive().leaf);
@@ -903,13 +979,29 @@ using detail::ceil_div;
 
 namespace {
 
+// The rectangle with its ends filled in; throws unless it is a non-empty part of the shape.
+TokenRect resolve_rect(const TokenRect& r, const Shape& shape) {
+  TokenRect out = r;
+  if (out.q_end == -1) out.q_end = shape.nq;
+  if (out.k_end == -1) out.k_end = shape.nk;
+  SPATTN_REQUIRE(out.q_begin >= 0 && out.q_begin < out.q_end && out.q_end <= shape.nq,
+                 "layout: rect query rows [{}, {}) must be a non-empty range inside [0, {}) (Nq)", r.q_begin, r.q_end,
+                 shape.nq);
+  SPATTN_REQUIRE(out.k_begin >= 0 && out.k_begin < out.k_end && out.k_end <= shape.nk,
+                 "layout: rect keys [{}, {}) must be a non-empty range inside [0, {}) (Nk)", r.k_begin, r.k_end,
+                 shape.nk);
+  return out;
+}
+
 void check_options(const LayoutOptions& o) {
   SPATTN_REQUIRE(o.tile_m >= 1 && o.tile_m <= limits::kMaxTile, "layout: tile_m must be in [1, {}] (got {})", limits::kMaxTile, o.tile_m);
   SPATTN_REQUIRE(o.tile_n >= 1 && o.tile_n <= limits::kMaxTile, "layout: tile_n must be in [1, {}] (got {})", limits::kMaxTile, o.tile_n);
 }
 
+// Whether every (head, query of the rectangle) is a row of some table.
 bool rows_covered(const Layout& layout) {
   const Shape& s = layout.shape;
+  const int64_t q0 = layout.rect.q_begin, rows = layout.rect.q_end - q0;
   std::vector<std::vector<int>> tables_of(static_cast<size_t>(s.heads));
   for (size_t t = 0; t < layout.tables.size(); ++t) {
     for (int32_t h : layout.tables[t].heads) tables_of[h].push_back(static_cast<int>(t));
@@ -929,9 +1021,9 @@ bool rows_covered(const Layout& layout) {
         all = true;
         break;
       }
-      if (seen.empty()) seen.assign(static_cast<size_t>(s.nq), 0);
+      if (seen.empty()) seen.assign(static_cast<size_t>(rows), 0);
       for (int32_t tok : bt.q_slots) {
-        if (tok >= 0) seen[tok] = 1;
+        if (tok >= 0) seen[tok - q0] = 1;
       }
     }
     if (!all) all = !seen.empty() && std::all_of(seen.begin(), seen.end(), [](char c) { return c != 0; });
@@ -1007,6 +1099,7 @@ Layout detail::compile_unchecked(const Pattern& pattern, const Shape& shape, con
 Layout detail::compile_budgeted(const Pattern& pattern, const Shape& shape, const LayoutOptions& options,
                                 detail::LayoutBudget& budget) {
   pattern.validate(shape);
+  const TokenRect rect = resolve_rect(options.rect, shape);
   // The tile grid of natural order, before anything is built (permuted orders are
   // checked again per table: they may add padding tiles).
   const int64_t nqt = ceil_div(shape.nq, options.tile_m), nkt = ceil_div(shape.nk, options.tile_n);
@@ -1018,9 +1111,10 @@ Layout detail::compile_budgeted(const Pattern& pattern, const Shape& shape, cons
   if (outer.empty()) budget.set_context(fmt::format("this {} pattern", pattern.kind()));
   Layout layout;
   layout.shape = shape;
+  layout.rect = rect;
   layout.tile_m = options.tile_m;
   layout.tile_n = options.tile_n;
-  detail::OrderCache orders(shape, options.tile_m, options.tile_n, budget);
+  detail::OrderCache orders(shape, options.tile_m, options.tile_n, rect, budget);
   layout.parts = detail::decompose_parts(pattern, shape, options, orders);
   std::vector<detail::PartTable> plans = detail::plan_tables(layout.parts, shape, options, orders);
   // The schedule: every (table, query tile, head) once, plus the keys that order it.
@@ -1064,7 +1158,7 @@ Layout detail::compile_budgeted(const Pattern& pattern, const Shape& shape, cons
   budget.set_context(outer);
   // rows_covered() visits the query slots of every table once per distinct set of
   // tables, at most once per head; the Hilbert schedule visits each item's key tiles.
-  budget.check_scratch(static_cast<uint64_t>(shape.nq), "row coverage");
+  budget.check_scratch(static_cast<uint64_t>(rect.q_end - rect.q_begin), "row coverage");
   for (const BlockTable& t : layout.tables) {
     const uint64_t per_head = t.q_slots.size() +
                               (options.schedule == ScheduleOrder::kHilbert ? t.cols.size() : 0);

@@ -40,7 +40,9 @@ struct OrderSpec {
 // lie in and where that region starts among the key slots.
 class TokenOrder {
  public:
-  TokenOrder(const OrderSpec& spec, const Shape& shape, int64_t tile_m, int64_t tile_n);
+  // `rect` is resolved (ends filled in); outside the whole problem the order keeps only the
+  // tokens inside the rectangle, in the same order, each group re-padded to whole tiles.
+  TokenOrder(const OrderSpec& spec, const Shape& shape, int64_t tile_m, int64_t tile_n, const TokenRect& rect);
 
   const OrderSpec& spec() const { return spec_; }
   int64_t tile_m() const { return tm_; }
@@ -52,7 +54,10 @@ class TokenOrder {
 
   int64_t q_token(int64_t slot) const;  // -1 for padding
   Region region(int64_t i, int64_t& base) const;
-  int64_t k_slot_of(int64_t token) const { return k_inverse_[static_cast<size_t>(token)]; }  // kGrid only
+  // kGrid: the key slot of rank `rank` of region() (the token k_begin + rank).
+  int64_t k_slot_of(int64_t rank) const { return k_inverse_[static_cast<size_t>(rank)]; }
+  // True when the order holds only part of an axis (a sub-rectangle of the problem).
+  bool restricted() const { return restricted_; }
 
   static bool slots_are_identity(const std::vector<int32_t>& slots, int64_t n, int64_t tile);
   // Host bytes an order of this spec holds (its slots and lookup tables), before it is built.
@@ -60,6 +65,9 @@ class TokenOrder {
 
  private:
   void build_grid();
+  void restrict_to(const TokenRect& rect);
+  Region whole_region(int64_t i, int64_t& base) const;  // region() of the whole problem
+  int64_t group_of(int64_t token) const;  // tokens of one group share a region
 
   OrderSpec spec_;
   int64_t nq_, nk_, tm_, tn_;
@@ -68,21 +76,24 @@ class TokenOrder {
   std::vector<int32_t> q_slots_, k_slots_;
   std::vector<int64_t> kbase_;      // kClass: first key slot of each class
   int64_t run_stride_ = 0;          // kRun: key slots per whole segment
-  std::vector<int32_t> k_inverse_;  // kGrid: key token -> slot
+  std::vector<int32_t> k_inverse_;  // kGrid, or restricted: key token - k_begin -> slot
+  bool restricted_ = false;
+  int64_t k_begin_ = 0, k_end_ = 0;
 };
 
 // Token orders built during one compile, shared by the order choice (which samples
 // them) and the tables (a Hilbert order of a large grid is worth building once).
 class OrderCache {
  public:
-  OrderCache(const Shape& shape, int64_t tile_m, int64_t tile_n, LayoutBudget& budget)
-      : shape_(shape), tm_(tile_m), tn_(tile_n), budget_(budget) {}
+  OrderCache(const Shape& shape, int64_t tile_m, int64_t tile_n, const TokenRect& rect, LayoutBudget& budget)
+      : shape_(shape), tm_(tile_m), tn_(tile_n), rect_(rect), budget_(budget) {}
   const TokenOrder& get(const OrderSpec& spec);  // built orders are charged to the budget
   LayoutBudget& budget() { return budget_; }
 
  private:
   Shape shape_;
   int64_t tm_, tn_;
+  TokenRect rect_;
   LayoutBudget& budget_;
   std::vector<std::pair<OrderSpec, std::unique_ptr<TokenOrder>>> orders_;
 };

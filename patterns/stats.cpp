@@ -135,6 +135,10 @@ void for_each_tile_union(const NaturalTables& nt, const std::vector<std::pair<si
 LayoutStats layout_stats(const Pattern& pattern, const Layout& layout, int64_t head_dim) {
   SPATTN_REQUIRE(head_dim >= 1, "stats: head_dim must be >= 1 (got {})", head_dim);
   const Shape& shape = layout.shape;
+  SPATTN_REQUIRE(layout.rect == (TokenRect{0, shape.nq, 0, shape.nk}),
+                 "stats: the layout covers the rectangle of rows [{}, {}) and keys [{}, {}), not the whole problem; "
+                 "layout_stats describes whole-problem layouts (compile one without LayoutOptions::rect)",
+                 layout.rect.q_begin, layout.rect.q_end, layout.rect.k_begin, layout.rect.k_end);
   LayoutStats s;
   for (const BlockTable& t : layout.tables) {
     const int64_t heads = static_cast<int64_t>(t.heads.size());

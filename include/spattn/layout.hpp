@@ -28,11 +28,24 @@ enum class ScheduleOrder {
 const char* to_string(ScheduleOrder order);
 ScheduleOrder schedule_order_from_string(std::string_view name);  // throws kInvalidArgument
 
+// A sub-rectangle of a problem: query rows [q_begin, q_end) against keys [k_begin, k_end),
+// in the problem's own (global) token positions. An end of -1 means the end of the axis.
+// Sequence-parallel attention runs one rectangle per (query shard, key shard) pair.
+struct TokenRect {
+  int64_t q_begin = 0, q_end = -1;
+  int64_t k_begin = 0, k_end = -1;
+  bool operator==(const TokenRect&) const = default;
+};
+
 struct LayoutOptions {
   int64_t tile_m = 128;  // query tile (rows per work item)
   int64_t tile_n = 64;   // key tile
   bool permute = true;   // allow token permutations; false: natural order everywhere
   ScheduleOrder schedule = ScheduleOrder::kRowMajor;
+  // Only the pairs of this rectangle (default: the whole problem). Every predicate, causal
+  // alignment included, still sees the whole problem's shape and global token indices:
+  // the layout lists exactly the pattern's allowed pairs that lie in the rectangle.
+  TokenRect rect;
   // Budgets of the compile (never change results; patterns/README.md "Limits"). 0: from
   // SPATTN_LAYOUT_MAX_BYTES / SPATTN_LAYOUT_MAX_WORK, else half the physical memory (at
   // most 32 GiB) and ~10 s of host work.
@@ -107,12 +120,18 @@ struct LayoutStats {
 };
 
 struct Layout {
-  Shape shape;
+  Shape shape;  // the whole problem the predicates are evaluated on
+  // The rectangle of `shape` the tables cover, ends resolved (the whole problem unless
+  // LayoutOptions::rect said otherwise). Slots always hold global token indices; a table
+  // whose rectangle is not a whole axis lists that axis's slots explicitly (only tokens
+  // inside the rectangle, each group padded to whole tiles), so a kernel that indexes
+  // its inputs by token reads rows [q_begin, q_end) and [k_begin, k_end) only.
+  TokenRect rect;
   int64_t tile_m = 0;
   int64_t tile_n = 0;
   std::vector<LayoutPart> parts;
   std::vector<BlockTable> tables;
-  // True when every (head, query) is a row of at least one table; false means some rows
+  // True when every (head, query of the rectangle) is a row of at least one table; false means some rows
   // have no table (e.g. LongNet rows in no branch of their head) and the kernel must
   // write O = 0, LSE = -inf for them before (or instead of) running.
   bool covers_all_rows = true;
@@ -122,7 +141,7 @@ struct Layout {
 };
 
 // Compiles the layout. Throws kInvalidArgument for an invalid pattern/shape/tile (tiles
-// in [1, 4096], at most 2^31 tiles per table) and kUnsupported for adaptive patterns
+// in [1, 4096], at most 2^31 tiles per table, a rectangle that is empty or leaves the shape) and kUnsupported for adaptive patterns
 // (their tables are built on the GPU), sequences over 2^30 tokens, and layouts that
 // would need more host memory or work than the options' budgets allow (the message
 // says which, and how to raise it). Cost O(rows x row intervals + listed tiles) on one
@@ -139,7 +158,7 @@ Layout compile_layout(const Pattern& pattern, const Shape& shape, const LayoutOp
 
 // Exact statistics (pair counts from the layout's row ranges, not O(N^2) enumeration).
 // natural_block_density compiles the natural-order tables unless the layout is already
-// in natural order.
+// in natural order. Whole-problem layouts only (kInvalidArgument for a rectangle).
 LayoutStats layout_stats(const Pattern& pattern, const Layout& layout, int64_t head_dim = 128);
 
 // ASCII block picture in natural token order (like the seeds' visualize_pattern):
