@@ -194,7 +194,9 @@ spattn_status spattn_selective_scan_create(const char* options_json, spattn_sele
     for_each_option(options_json, [&](const std::string& key, const nlohmann::json& value) {
       if (key == "device") opts.device = value.get<int>();
       else if (key == "config") opts.config = spattn::ScanConfig::parse(value.get<std::string>());
-      else unknown_option(key, "device, config");
+      else if (key == "splits") opts.splits = value.get<int>();
+      else if (key == "use_tuning_db") opts.use_tuning_db = value.get<bool>();
+      else unknown_option(key, "device, config, splits, use_tuning_db");
     });
     *out = new spattn_selective_scan{spattn::SelectiveScan(opts)};
   });

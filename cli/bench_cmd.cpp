@@ -110,7 +110,7 @@ void register_scan_bench(CLI::App& bench) {
     int64_t seq = 65536, batch = 1, channels = 1536, state = 16;
     std::string dtype = "bf16", config, against;
     bool no_gate = false;
-    int reps = 20, against_head_dim = 128;
+    int reps = 20, against_head_dim = 128, splits = 0;
     double peak_gbps = 0;
   };
   auto args = std::make_shared<Args>();
@@ -122,6 +122,8 @@ void register_scan_bench(CLI::App& bench) {
   cmd->add_option("--dtype", args->dtype, "fp16 or bf16")->capture_default_str();
   cmd->add_flag("--no-gate", args->no_gate, "no z gate (y is not multiplied by silu(z))");
   cmd->add_option("--config", args->config, "force a scan config, e.g. 32x8x16 (default: heuristic)");
+  cmd->add_option("--splits", args->splits, "CTAs per sequence along time (default 0: chosen)")
+      ->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--reps", args->reps, "timed repetitions")->capture_default_str()->check(CLI::Range(3, 100000));
   auto* peak_opt = cmd->add_option(
       "--peak-gbps", args->peak_gbps,
@@ -137,6 +139,7 @@ void register_scan_bench(CLI::App& bench) {
     const int64_t B = args->batch, L = args->seq, C = args->channels, N = args->state;
     SelectiveScanOptions opts;
     if (!args->config.empty()) opts.config = ScanConfig::parse(args->config);
+    opts.splits = args->splits;
     // Validate the problem (the forward's own checks) before looking for a GPU.
     SelectiveScanArgs shape;
     shape.x = shape.delta = shape.y = TensorView::contiguous3(placeholder(), dtype, {B, L, C});

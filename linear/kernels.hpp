@@ -26,15 +26,32 @@ ScanConfig scan_heuristic(const ScanShape& shape, const runtime::DeviceInfo& dev
 // The scan kernel of a configuration loaded for a problem's state size and dtype on
 // `device` (its shared memory checked against the device's opt-in limit: kUnsupported),
 // and its launch: what SelectiveScan::forward runs and the autotuner times.
+// Sequence splits of a scan (CTAs along time, SpattnScanParams::splits): `requested` > 0
+// forces that many (at most one per chunk), else enough that B x channels x segments x
+// splits threads give each SM about 2048, each split at least 4 chunks. The split length
+// is a whole number of chunks and every split non-empty. `why` says how it was chosen.
+struct ScanSplits {
+  int splits = 1;
+  int64_t split_length = 0;  // steps per split (the sequence length when splits == 1)
+};
+ScanSplits scan_splits(const ScanConfig& config, const ScanShape& shape, const runtime::DeviceInfo& device,
+                       int requested = 0, std::string* why = nullptr);
+
 struct ScanKernel {
   ScanConfig config;
+  ScanSplits splits;
   int64_t state = 0;
   const engine::JitKernel* jit = nullptr;
   std::string program;  // generated program name
 
-  static ScanKernel load(const ScanConfig& config, const ScanShape& shape, const runtime::DeviceInfo& device);
+  static ScanKernel load(const ScanConfig& config, const ScanShape& shape, const runtime::DeviceInfo& device,
+                         int requested_splits = 0, std::string* splits_why = nullptr);
+  // Bytes of the workspace the launch needs for `shape` (0 without splits).
+  size_t workspace_bytes(const ScanShape& shape) const;
   // args as checked by check_selective_scan (which gave `shape`); asynchronous on `stream`.
-  void launch(const SelectiveScanArgs& args, const ScanShape& shape, CUstream stream) const;
+  // `workspace` grows to workspace_bytes(shape) when smaller (keep it across calls).
+  void launch(const SelectiveScanArgs& args, const ScanShape& shape, runtime::DeviceBuffer& workspace,
+              CUstream stream) const;
 };
 
 // Tuning-database bucket of a scan problem: "scan|bc<B x channels>|l<L>|n<state>|<dtype>",

@@ -331,8 +331,10 @@ class Bench {
     for (auto& set : sets_scan_)
       args.push_back(scan_args(scan_, {set[0].data(), set[1].data(), set[2].data(), set[3].data(), set[4].data(),
                                        set[5].data(), params_[0].data(), params_[1].data(), params_[2].data()}));
+    runtime::DeviceBuffer workspace(kern.workspace_bytes(scan_));
     autotune::time_with_events(setup_.warmup, setup_.reps,
-                               [&](size_t r) { kern.launch(args[r % args.size()], scan_, nullptr); }, flush_, out);
+                               [&](size_t r) { kern.launch(args[r % args.size()], scan_, workspace, nullptr); }, flush_,
+                               out);
     out["registers"] = kern.jit->registers;
     out["local_bytes"] = kern.jit->local_bytes;
     return out;

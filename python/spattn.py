@@ -221,12 +221,15 @@ class SelectiveScan:
     Layouts are time-major (not Mamba's [B, D, L]): x, delta, z [B, L, channels], b, c [B, L, N],
     one dtype (float16, bfloat16 or float32), last dim contiguous (other strides free, so x and z
     may be halves of one projection); a_log [channels, N], d and delta_bias [channels] float32
-    contiguous. config: "channels x segments x steps", e.g. "32x8x16" (default: the heuristic)."""
+    contiguous. config: "channels x segments x steps", e.g. "32x8x16" (default: the heuristic);
+    splits: CTAs per sequence along the time axis (default: chosen from the problem and the GPU)."""
 
-    def __init__(self, config=None, device=None):
+    def __init__(self, config=None, device=None, splits=None):
         options = {}
         if config is not None:
             options["config"] = str(config)
+        if splits is not None:
+            options["splits"] = int(splits)
         if device is not None:
             options["device"] = int(device)
         handle = ctypes.c_void_p()

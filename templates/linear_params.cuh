@@ -31,6 +31,14 @@ struct SpattnScanParams {
   int64_t c_stride_b, c_stride_l;
   int32_t batch, length, channels;
   int32_t delta_softplus;    // 1: Δ = softplus(Δ_raw + bias); 0: Δ = Δ_raw + bias
+  // Sequence splits (gridDim.y): split s covers steps [s * split_length, (s + 1) *
+  // split_length), split_length a multiple of the chunk. With splits > 1 the scan runs
+  // twice: with summarise = 1 each split writes its end state from h = 0 and its ΣΔ
+  // (split_h [B, splits, channels, state], split_dsum [B, splits, channels]); then with
+  // summarise = 0 each split starts from the composition of the splits before it.
+  int32_t splits, split_length, summarise;
+  float* split_h;
+  float* split_dsum;
 };
 
 // Performer (FAVOR+) helper kernels. Feature buffers are fp32 [B, H, N, m] (one row of m

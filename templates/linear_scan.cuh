@@ -19,7 +19,13 @@
 // Work per element is two state updates plus kSegments / kSteps for the combine; x and
 // Δ stay in registers between the passes, B and C of the chunk in shared memory.
 // kSegments == 1 is the plain sequential scan (one pass, no combine). Steps past the
-// sequence end are skipped (identity). Nothing here depends on the config's values for
+// sequence end are skipped (identity).
+//
+// Long sequences with few channels split the time axis over CTAs (gridDim.y, see
+// SpattnScanParams): a summarising launch walks each split from h = 0 with pass 1 and
+// the combine only (each chunk's end state is the last segment's start state composed
+// with its own segment), writing the split's end state and ΣΔ; the output launch starts
+// split s from the composition of splits 0..s-1 (serial, one exp per state and split). Nothing here depends on the config's values for
 // results beyond fp32 rounding order.
 #pragma once
 
@@ -53,10 +59,14 @@ __device__ void selective_scan(const SpattnScanParams& p) {
 
   const int tid = threadIdx.x;
   const int lane_ch = tid % C, seg = tid / C;
-  const int b = blockIdx.y;
+  const int b = blockIdx.z, split = blockIdx.y;
   const int ch = blockIdx.x * C + lane_ch;
   const bool active = ch < p.channels;
-  const int L = p.length;
+  const bool summarise = p.summarise != 0;
+  // This CTA's steps [l_begin, L): the split's (its end is a chunk boundary or the sequence's).
+  const int l_begin = p.splits > 1 ? split * p.split_length : 0;
+  const int L = p.splits > 1 ? min(p.length, l_begin + p.split_length) : p.length;
+  const int64_t split_row = ((int64_t)b * p.splits + split) * p.channels + ch;  // into split_dsum (x N: split_h)
 
   // A * log2(e) per state, finite (so that Δ = 0 gives exp(0) = 1 even for absurd A_log).
   float a2[N];
@@ -76,12 +86,26 @@ __device__ void selective_scan(const SpattnScanParams& p) {
   float h[N];  // the running state (kSegments == 1) or the segment's start state
 #pragma unroll
   for (int n = 0; n < N; ++n) h[n] = 0.f;
+  if (!summarise && split > 0 && active && (S == 1 || seg == 0)) {
+    // The state entering this split: splits 0..split-1 composed, each h <- exp(A ΣΔ) h + h_end.
+    const int64_t row0 = (int64_t)b * p.splits * p.channels + ch;
+    for (int s = 0; s < split; ++s) {
+      const float ds = p.split_dsum[row0 + (int64_t)s * p.channels];
+      const float* he = p.split_h + (row0 + (int64_t)s * p.channels) * N;
+#pragma unroll
+      for (int n = 0; n < N; ++n) h[n] = fast_exp2(ds * a2[n]) * h[n] + he[n];
+    }
+  }
+  float total_dsum = 0.f;  // ΣΔ over this CTA's steps (summarising launch; last segment's threads)
   if constexpr (S > 1) {
-    for (int k = tid; k < N * C; k += kThreads) s_carry[k] = 0.f;  // buffer 0: the carry into chunk 0
+    // Buffer 0: the carry into the first chunk (written by segment 0's threads).
+    if (seg == 0)
+#pragma unroll
+      for (int n = 0; n < N; ++n) s_carry[n * C + lane_ch] = h[n];
   }
 
   int parity = 0;
-  for (int l0 = 0; l0 < L; l0 += kChunk, parity ^= 1) {
+  for (int l0 = l_begin; l0 < L; l0 += kChunk, parity ^= 1) {
     __syncthreads();  // the previous chunk is done with s_b/s_c and has written its carry
     for (int k = tid; k < kChunk * N; k += kThreads) {
       const int t = k / N, n = k % N, l = l0 + t;
@@ -129,8 +153,22 @@ __device__ void selective_scan(const SpattnScanParams& p) {
       for (int n = 0; n < N; ++n) h[n] = carry[n * C + lane_ch];
       for (int s = 0; s < seg; ++s) {
         const float ds = s_dsum[s * C + lane_ch];
+        total_dsum += ds;
 #pragma unroll
         for (int n = 0; n < N; ++n) h[n] = fast_exp2(ds * a2[n]) * h[n] + s_hl[(s * N + n) * C + lane_ch];
+      }
+      if (summarise) {
+        // No outputs: the last segment's end state is the chunk's, the next chunk's carry.
+        if (seg == S - 1) {
+          total_dsum += dsum;
+          float* next = s_carry + (parity ^ 1) * N * C;
+#pragma unroll
+          for (int n = 0; n < N; ++n) {
+            h[n] = fast_exp2(dsum * a2[n]) * h[n] + hl[n];
+            next[n * C + lane_ch] = h[n];
+          }
+        }
+        continue;
       }
     }
 
@@ -148,7 +186,8 @@ __device__ void selective_scan(const SpattnScanParams& p) {
         h[n] = fast_exp2(dt * a2[n]) * h[n] + dx * bt[n];
         y += ct[n] * h[n];
       }
-      if (active) {
+      total_dsum += dt;  // (S == 1 here when summarising)
+      if (active && !summarise) {
         y += dskip * xs[t];
         if (p.z) {
           const float z = load_elem<Cfg::kDtype>(p.z, z_base + (int64_t)l * p.z_stride_l);
@@ -170,7 +209,15 @@ __device__ void selective_scan(const SpattnScanParams& p) {
     }
   }
 
-  if (p.final_state && active && seg == S - 1) {
+  if (summarise) {
+    if (active && seg == S - 1) {
+      p.split_dsum[split_row] = total_dsum;
+#pragma unroll
+      for (int n = 0; n < N; ++n) p.split_h[split_row * N + n] = h[n];
+    }
+    return;
+  }
+  if (p.final_state && active && seg == S - 1 && split == p.splits - 1) {
     // With S > 1, h is the end state of the last segment of the last chunk: steps past
     // the end are identities, so it is the state after step L - 1. (L >= 1.)
     float* out = p.final_state + ((int64_t)b * p.channels + ch) * N;

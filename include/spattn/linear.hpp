@@ -89,6 +89,9 @@ struct SelectiveScanOptions {
   // else the heuristic. explain() says which decided and why.
   std::optional<ScanConfig> config;
   bool use_tuning_db = true;         // consult the tuning database of this GPU
+  // CTAs per sequence along time (each scans a split, then the splits are composed);
+  // 0: chosen from the problem and the GPU (explain() says how many and why).
+  int splits = 0;
 };
 
 // What the last forward() ran.
@@ -97,6 +100,9 @@ struct ScanExplanation {
   std::string device, arch;
   ScanConfig config;
   std::string config_source;  // "forced", "tuning database (...)" or "heuristic (...)"
+  int splits = 1;              // CTAs per sequence along time
+  int64_t split_length = 0;    // steps per split
+  std::string splits_source;
   std::string kernel, cache_key;
   bool cache_hit = false;
   double compile_ms = 0;

@@ -82,7 +82,8 @@ spattn_status spattn_pattern_stats(const char* pattern_json, int64_t nq, int64_t
 typedef struct spattn_selective_scan* spattn_selective_scan_t;
 
 /* options_json may be NULL or an object with any of:
- *   "device": int, "config": "32x8x16" (channels x segments x steps; default: heuristic) */
+ *   "device": int, "config": "32x8x16" (channels x segments x steps; default: heuristic),
+ *   "splits": int (CTAs per sequence along time; 0 or absent: chosen), "use_tuning_db": bool */
 spattn_status spattn_selective_scan_create(const char* options_json, spattn_selective_scan_t* out);
 void spattn_selective_scan_destroy(spattn_selective_scan_t scan);
 

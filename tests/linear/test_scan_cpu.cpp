@@ -258,5 +258,51 @@ TEST(ScanHeuristic, PicksTableConfigsByParallelism) {
   EXPECT_GT(linear::scan_heuristic(ScanShape{1, 65536, 1536, 16}, h200).segments, 1);
 }
 
+// Splits of the time axis: whole chunks, every split non-empty, the sequence covered;
+// forced counts are capped by the chunks, chosen ones fill the GPU and stay 1 when the
+// channels alone do.
+TEST(ScanSplits, CoverTheSequenceInWholeChunks) {
+  runtime::DeviceInfo h200;
+  h200.sm_count = 132;
+  for (const ScanConfig& config : scan_configs()) {
+    const int64_t chunk = int64_t{config.segments} * config.steps;
+    for (int64_t length : {int64_t{1}, chunk - 1, chunk, chunk + 1, 4097 * chunk / 16, int64_t{65539}}) {
+      if (length < 1) continue;
+      for (int requested : {0, 1, 2, 3, 7, 100000}) {
+        const ScanShape shape{1, length, 64, 16};
+        std::string why;
+        const linear::ScanSplits s = linear::scan_splits(config, shape, h200, requested, &why);
+        SCOPED_TRACE(fmt::format("{} L={} requested {}: {} x {} ({})", config.to_string(), length, requested,
+                                 s.splits, s.split_length, why));
+        const int64_t chunks = (length + chunk - 1) / chunk;
+        ASSERT_GE(s.splits, 1);
+        EXPECT_LE(s.splits, chunks);
+        if (s.splits == 1) {
+          EXPECT_EQ(s.split_length, length);
+        } else {
+          EXPECT_EQ(s.split_length % chunk, 0);
+          EXPECT_LT(s.split_length * (s.splits - 1), length);  // the last split is not empty
+          EXPECT_GE(s.split_length * s.splits, length);
+        }
+        if (requested > 0) {
+          EXPECT_LE(s.splits, requested);
+          EXPECT_NE(why.find("forced"), std::string::npos);
+          // As many as asked for where the chunks allow (ceil rounding may merge a few).
+          if (requested <= chunks) EXPECT_GE(s.splits, (requested + 1) / 2);
+        } else {
+          EXPECT_LE(s.splits, std::max<int64_t>(1, chunks / 4));  // at least 4 chunks per split
+        }
+      }
+    }
+  }
+  // Few channels over a long sequence are split; enough channels fill the GPU unsplit.
+  const ScanConfig c{32, 8, 16};
+  EXPECT_GT(linear::scan_splits(c, ScanShape{1, 65536, 1536, 16}, h200).splits, 1);
+  EXPECT_EQ(linear::scan_splits(c, ScanShape{8, 65536, 65536, 16}, h200).splits, 1);
+  EXPECT_EQ(linear::scan_splits(c, ScanShape{1, 100, 64, 16}, h200).splits, 1);
+  expect_error([&] { linear::scan_splits(c, ScanShape{1, 100, 64, 16}, h200, -1); }, ErrorCode::kInvalidArgument,
+               "splits must be >= 0");
+}
+
 }  // namespace
 }  // namespace spattn

@@ -36,15 +36,18 @@ struct ScanCase {
   bool packed_xz = false;                 // x and z as halves of one [B, L, 2 channels] tensor
   float dt_lo = -4.f, dt_hi = 1.f;        // range of Δraw
   std::optional<ScanConfig> config;
+  int splits = 0;  // SelectiveScanOptions::splits (0: chosen)
 };
 
 std::string describe(const ScanCase& c) {
   return fmt::format("B={} L={} ch={} N={} {} gate={} skip={} bias={} softplus={} packed={} Δraw in [{}, {}] {}",
                      c.batch, c.length, c.channels, c.state, to_string(c.dtype), c.gate, c.skip, c.bias, c.softplus,
-                     c.packed_xz, c.dt_lo, c.dt_hi, c.config ? c.config->to_string() : "heuristic");
+                     c.packed_xz, c.dt_lo, c.dt_hi, c.config ? c.config->to_string() : "heuristic") +
+         (c.splits ? fmt::format(" splits={}", c.splits) : "");
 }
 
-void run_case(const ScanCase& c, uint64_t seed) {
+// Returns what the forward ran.
+ScanExplanation run_case(const ScanCase& c, uint64_t seed) {
   SCOPED_TRACE(describe(c));
   std::mt19937_64 rng(seed);
   const int64_t B = c.batch, L = c.length, D = c.channels, N = c.state;
@@ -108,9 +111,11 @@ void run_case(const ScanCase& c, uint64_t seed) {
 
   SelectiveScanOptions opts;
   opts.config = c.config;
+  opts.splits = c.splits;
   SelectiveScan scan(opts);
   scan.forward(a);
   runtime::synchronize();
+  const ScanExplanation ran = scan.prepare(ScanShape{B, L, D, N, dt});  // what forward() ran
 
   const std::vector<float> y = test::download_as(dy, B * L * D, dt);
   double max_ref = 0;
@@ -145,6 +150,7 @@ void run_case(const ScanCase& c, uint64_t seed) {
         ADD_FAILURE() << "final_state[" << k << "] = " << st[k] << ", reference " << ref_state[k];
     EXPECT_EQ(bad_st, 0);
   }
+  return ran;
 }
 
 TEST(ScanGpu, LengthsIncludingOneAndOdd) {
@@ -225,6 +231,42 @@ TEST(ScanGpu, LargeAndSmallDelta) {
       }
 }
 
+// The time axis split over CTAs (a summarising launch, then each split from the composed
+// state of the splits before it): forced counts that do and do not divide the chunks,
+// more splits than chunks, the plain sequential kernel and the segmented one, decaying
+// and near-identity Δ; the final state comes from the last split.
+TEST(ScanGpu, SequenceSplits) {
+  SPATTN_REQUIRE_GPU();
+  uint64_t seed = 600;
+  for (const char* config : {"32x1x16", "32x8x16", "64x4x8"})
+    for (int64_t length : {1, 129, 1000, 4097})
+      for (int splits : {1, 2, 3, 7, 1000}) {
+        ScanCase c;
+        c.length = length;
+        c.channels = 70;
+        c.config = ScanConfig::parse(config);
+        c.splits = splits;
+        c.dtype = DType::kBFloat16;
+        const ScanExplanation ran = run_case(c, seed++);
+        const int64_t chunk = int64_t{c.config->segments} * c.config->steps;
+        const int64_t chunks = (length + chunk - 1) / chunk;
+        // At most one split per chunk, each non-empty, covering the sequence.
+        EXPECT_GE(ran.splits, 1);
+        EXPECT_LE(ran.splits, std::min<int64_t>(splits, chunks)) << ran.to_string();
+        EXPECT_EQ(ran.split_length % chunk == 0 || ran.splits == 1, true) << ran.to_string();
+        EXPECT_GE(ran.split_length * ran.splits, length) << ran.to_string();
+        EXPECT_LT(ran.split_length * (ran.splits - 1), length) << ran.to_string();
+        if (chunks >= splits && splits > 1) EXPECT_GT(ran.splits, 1) << ran.to_string();
+      }
+  for (auto [lo, hi] : {std::pair{10.f, 40.f}, std::pair{-30.f, -10.f}}) {
+    ScanCase c;
+    c.length = 5000;
+    c.dt_lo = lo, c.dt_hi = hi;
+    c.splits = 5;
+    run_case(c, seed++);
+  }
+}
+
 TEST(ScanGpu, LongSequence) {
   SPATTN_REQUIRE_GPU();
   ScanCase c;
@@ -232,7 +274,9 @@ TEST(ScanGpu, LongSequence) {
   c.length = 65536 + 3;
   c.channels = 64;
   c.dtype = DType::kBFloat16;
-  run_case(c, 500);
+  // Few channels over a long sequence: the time axis is split to fill the GPU.
+  const ScanExplanation ran = run_case(c, 500);
+  EXPECT_GT(ran.splits, 1) << ran.to_string();
   const ScanShape shape{1, 65536, 1536, 16, DType::kBFloat16};
   SelectiveScan scan;
   const ScanExplanation ex = scan.prepare(shape);
