@@ -41,9 +41,11 @@ void write_parts(std::ostringstream& src, const std::vector<LayoutPart>& parts) 
 
 // Cfg's mask context and general predicate (spattn_generated::allowed must precede it).
 void write_mask_members(std::ostringstream& src) {
-  src << "  struct MaskCtx {\n    int nq, nk, heads;\n  };\n";
+  // nq, nk: the whole problem's; q_off, k_off: the tokens of local row 0 and key 0 (a
+  // sub-rectangle of the problem, SpattnFwdParams::q_offset), 0 for a whole problem.
+  src << "  struct MaskCtx {\n    int nq, nk, heads, q_off, k_off;\n  };\n";
   src << "  static __device__ __forceinline__ bool allowed(int part, int h, int i, int j, const MaskCtx& c) {\n";
-  src << "    return spattn_generated::allowed(part, h, i, j, c.nq, c.nk, c.heads);\n  }\n";
+  src << "    return spattn_generated::allowed(part, h, i + c.q_off, j + c.k_off, c.nq, c.nk, c.heads);\n  }\n";
 }
 
 // wgmma wrappers for the widths a spec needs: D(64 x N, fp32) = A(64 x 16) * B(16 x N)
@@ -141,7 +143,8 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   src << "  static __device__ __forceinline__ void row_bounds(int part, int h, int i, const MaskCtx& c, int& lo0, int& hi0,\n"
          "                                                  int& lo1, int& hi1) {\n";
   if (bounds)
-    src << "    spattn_generated::row_bounds(part, h, i, c.nq, c.nk, c.heads, lo0, hi0, lo1, hi1);\n";
+    src << "    spattn_generated::row_bounds(part, h, i + c.q_off, c.nq, c.nk, c.heads, lo0, hi0, lo1, hi1);\n"
+           "    lo0 -= c.k_off, hi0 -= c.k_off, lo1 -= c.k_off, hi1 -= c.k_off;\n";
   else
     src << "    (void)part; (void)h; (void)i; (void)c; lo0 = lo1 = 1; hi0 = hi1 = 0;\n";
   src << "  }\n";

@@ -11,9 +11,19 @@
 
 #include "common/check.hpp"
 
-namespace spattn::dist {
+namespace spattn {
 
-const char* to_string(Sharding s) { return s == Sharding::kZigzag ? "zigzag" : "contiguous"; }
+const char* to_string(RingSharding s) { return s == RingSharding::kZigzag ? "zigzag" : "contiguous"; }
+
+RingSharding ring_sharding_from_string(const std::string& name) {
+  if (name == "contiguous") return RingSharding::kContiguous;
+  if (name == "zigzag") return RingSharding::kZigzag;
+  SPATTN_FAIL(ErrorCode::kInvalidArgument, "unknown sharding '{}' (supported: contiguous, zigzag)", name);
+}
+
+}  // namespace spattn
+
+namespace spattn::dist {
 
 int64_t Shard::tokens() const {
   int64_t n = 0;

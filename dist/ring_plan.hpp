@@ -14,6 +14,7 @@
 #pragma once
 
 #include <spattn/pattern.hpp>
+#include <spattn/ring.hpp>
 #include <spattn/tensor.hpp>
 
 #include <cstdint>
@@ -23,8 +24,7 @@
 
 namespace spattn::dist {
 
-enum class Sharding { kContiguous, kZigzag };
-const char* to_string(Sharding s);
+using Sharding = RingSharding;  // spattn/ring.hpp
 
 // Token ranges [begin, end) of one rank's shard, ascending.
 struct Shard {

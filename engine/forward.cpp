@@ -115,17 +115,51 @@ void set_output(Params& params, const TensorView& o, const TensorView* lse) {
 
 }  // namespace
 
+void localise_slots(Layout& layout) {
+  const TokenRect& r = layout.rect;
+  const int64_t nq = r.q_end - r.q_begin, nk = r.k_end - r.k_begin;
+  // Explicit slots that are 0, 1, ..., n - 1 and then padding are the identity order.
+  auto localise = [](std::vector<int32_t>& slots, int64_t begin, int64_t n, const char* axis) {
+    if (slots.empty()) {
+      SPATTN_REQUIRE(begin == 0, "layout: an identity {} order of a rectangle starting at {}", axis, begin);
+      return;
+    }
+    bool identity = true;
+    for (size_t s = 0; s < slots.size(); ++s) {
+      if (slots[s] >= 0) slots[s] = static_cast<int32_t>(slots[s] - begin);
+      identity &= static_cast<int64_t>(s) < n ? slots[s] == static_cast<int32_t>(s) : slots[s] == -1;
+    }
+    if (identity) slots.clear();
+  };
+  for (BlockTable& t : layout.tables) {
+    localise(t.q_slots, r.q_begin, nq, "query");
+    localise(t.k_slots, r.k_begin, nk, "key");
+  }
+}
+
 ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config,
-                         int device)
+                         int device, const SubProblem* sub)
     : pattern_(pattern), problem_(problem), config_(config), device_(device) {
+  whole_ = sub ? sub->whole : problem.shape();
+  rect_ = sub ? sub->rect : TokenRect{0, problem.nq, 0, problem.nk};
+  SPATTN_REQUIRE(rect_.q_end - rect_.q_begin == problem.nq && rect_.k_end - rect_.k_begin == problem.nk &&
+                     whole_.heads == problem.heads,
+                 "sub-problem rows [{}, {}) x keys [{}, {}) of {} heads do not match the plan's {}", rect_.q_begin,
+                 rect_.q_end, rect_.k_begin, rect_.k_end, whole_.heads, problem.to_string());
   runtime::make_current(device);
   const runtime::DeviceInfo info = runtime::device_info(device);
   config.check(static_cast<int>(problem.head_dim), problem.dtype, info.arch(), info.smem_per_block_optin);
   sm_count_ = info.sm_count;
 
   const auto t0 = std::chrono::steady_clock::now();
-  layout_ = compile_layout(pattern, problem.shape(), config.layout_options());
-  stats_ = layout_stats(pattern, layout_, problem.head_dim);
+  LayoutOptions layout_options = config.layout_options();
+  layout_options.rect = rect_;
+  layout_ = compile_layout(pattern, whole_, layout_options);
+  if (sub) {
+    localise_slots(layout_);
+  } else {
+    stats_ = layout_stats(pattern, layout_, problem.head_dim);
+  }
   layout_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 
   rendered_ = render_kernel(layout_, config, problem, info.arch());
@@ -261,6 +295,10 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
     fp.part_lse = merge ? reinterpret_cast<float*>(part_lse_.get()) : nullptr;
     fp.write_parts = merge ? 1 : 0;
     fp.batch = static_cast<int32_t>(p.batch);
+    fp.q_offset = static_cast<int32_t>(rect_.q_begin);
+    fp.k_offset = static_cast<int32_t>(rect_.k_begin);
+    fp.mask_nq = static_cast<int32_t>(whole_.nq);
+    fp.mask_nk = static_cast<int32_t>(whole_.nk);
     copies_.gather(tables_.arena(), q, nullptr, k, v, p.batch, p.nq, p.nk, stream);
     launch_forward(fp, q, k, v, stream);
   }

@@ -84,10 +84,27 @@ void set_inputs(Params& params, const TensorView& q, const TensorView& k, const 
   params.v_stride_h = v.strides[2];
 }
 
+// A plan may cover a sub-rectangle of a larger problem (ring attention's shard pairs):
+// its tensors then hold query rows [rect.q_begin, rect.q_end) and keys [rect.k_begin,
+// rect.k_end) of `whole` (Problem::nq, nk are the rectangle's sizes), and the pattern's
+// predicate sees global token indices.
+struct SubProblem {
+  Shape whole;
+  TokenRect rect;  // ends resolved
+};
+
+// Turns a rectangle's layout (global token indices in its slots) into the plan's local
+// ones: slot tokens minus the rectangle's first row or key; slots that become 0 .. n-1
+// (then padding) become the identity order, which the kernels read without indirection.
+void localise_slots(Layout& layout);
+
 class ForwardPlan {
  public:
   // Compiles the layout and the kernels (through the cache) and uploads the tables.
-  ForwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config, int device);
+  // `sub`: the problem is that rectangle of a larger one (stats() are then left empty:
+  // layout_stats describes whole problems).
+  ForwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config, int device,
+              const SubProblem* sub = nullptr);
   ~ForwardPlan();
 
   // Launches on `stream` (asynchronous). `lse` may be null. scale <= 0 means 1/sqrt(D).
@@ -115,6 +132,8 @@ class ForwardPlan {
   Problem problem_;
   KernelConfig config_;
   int device_;
+  Shape whole_;     // the problem the predicate sees
+  TokenRect rect_;  // the plan's part of it
   Layout layout_;
   LayoutStats stats_;
   double layout_ms_ = 0;

@@ -54,6 +54,8 @@ namespace spattn::runtime {
   X(cuStreamCreate)                 \
   X(cuStreamDestroy)                \
   X(cuStreamSynchronize)            \
+  X(cuStreamWaitEvent)              \
+  X(cuMemcpyDtoDAsync)              \
   X(cuEventCreate)                  \
   X(cuEventDestroy)                 \
   X(cuEventRecord)                  \

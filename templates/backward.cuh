@@ -246,7 +246,7 @@ struct Backward {
     for (int nt = 0; nt < kNTilesD; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc_dk[nt][e] = acc_dv[nt][e] = 0.f;
-    typename Cfg::MaskCtx mask_ctx{p.nq, p.nk, p.heads};
+    typename Cfg::MaskCtx mask_ctx{p.nq, p.nk, p.heads, 0, 0};
 
     int it = 0, hi = 0;  // step x: query tile `it` of head heads[hi]
 #pragma unroll 1
@@ -481,7 +481,7 @@ struct BackwardDq {
     float acc_dq[kNTilesD][4];
 #pragma unroll
     for (int nt = 0; nt < kNTilesD; ++nt) acc_dq[nt][0] = acc_dq[nt][1] = acc_dq[nt][2] = acc_dq[nt][3] = 0.f;
-    typename Cfg::MaskCtx mask_ctx{p.nq, p.nk, p.heads};
+    typename Cfg::MaskCtx mask_ctx{p.nq, p.nk, p.heads, 0, 0};
     const int r0 = warp * 16 + lane / 4;  // this thread's rows r0 and r0 + 8
 
 #pragma unroll 1

@@ -290,7 +290,7 @@ struct Backward {
     // warpgroup's 64-key chunk.
     const int st_q = ((lane / 8) / 2) * 8 + lane % 8;
     const int st_unit = 2 * warp + (lane / 8) % 2;
-    typename Cfg::MaskCtx mask_ctx{p.nq, p.nk, p.heads};
+    typename Cfg::MaskCtx mask_ctx{p.nq, p.nk, p.heads, 0, 0};
 
     if (tma_kv) mbar_wait(bar.kv_full(), 0);
     const int* ktok = reinterpret_cast<const int*>(g + kOffKTok);

@@ -198,7 +198,7 @@ struct Forward {
       row_sum[mt][0] = row_sum[mt][1] = 0.f;
     }
 
-    typename Cfg::MaskCtx mask_ctx{p.nq, p.nk, p.heads};
+    typename Cfg::MaskCtx mask_ctx{p.mask_nq, p.mask_nk, p.heads, p.q_offset, p.k_offset};
 
     for (int n = 0; n < n_tiles; ++n) {
       const int stage = kStages == 2 ? (n & 1) : 0;

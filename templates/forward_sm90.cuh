@@ -178,7 +178,7 @@ struct Forward {
     const uint64_t q_desc = make_desc(base + cw * 64 * 128, 16, 1024);
     const uint64_t k_desc = make_desc(base + kOffK, 16, 1024);
     const uint64_t v_desc = make_desc(base + kOffV, BN * 128, 1024);
-    typename Cfg::MaskCtx mask_ctx{p.nq, p.nk, p.heads};
+    typename Cfg::MaskCtx mask_ctx{p.mask_nq, p.mask_nk, p.heads, p.q_offset, p.k_offset};
     const float ln2 = 0.6931471805599453f;
 
     int stage = 0;

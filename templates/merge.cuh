@@ -27,6 +27,17 @@ __device__ __forceinline__ unsigned short to_half_bits(float x) {
   return r;
 }
 
+template <bool kBf16>
+__device__ __forceinline__ float from_half_bits(unsigned short x) {
+  float r;
+  if constexpr (kBf16) {
+    r = __uint_as_float(static_cast<unsigned>(x) << 16);
+  } else {
+    asm("cvt.f32.f16 %0, %1;\n" : "=f"(r) : "h"(x));
+  }
+  return r;
+}
+
 // The (batch, head, query row) of this warp when one warp handles one row.
 struct WarpRow {
   bool valid;
@@ -70,7 +81,8 @@ __device__ void merge_parts(const SpattnMergeParams& p) {
         const float l = p.part_lse[(((int64_t)part * p.batch + b) * p.heads + h) * p.nq + i];
         if (l == neg_inf) continue;  // never read a part this row did not take part in
         const float w = __expf(l - lse);
-        acc += w * p.part_o[((((int64_t)part * p.batch + b) * p.nq + i) * p.heads + h) * p.head_dim + d];
+        const int64_t at = ((((int64_t)part * p.batch + b) * p.nq + i) * p.heads + h) * p.head_dim + d;
+        acc += w * (p.part_o16 ? from_half_bits<kBf16>(p.part_o16[at]) : p.part_o[at]);
       }
     }
     out[d] = to_half_bits<kBf16>(acc);

@@ -55,6 +55,11 @@ struct SpattnFwdParams {
   float* part_lse;
   int32_t write_parts;                // 0: write o/lse directly; 1: write part_o/part_lse
   int32_t batch;
+  // The tensors may hold a sub-rectangle of a larger problem (ring attention's shard
+  // pairs): local query row i is token i + q_offset and local key j token j + k_offset of
+  // a mask_nq x mask_nk problem, which is what the pattern's predicate sees. A whole
+  // problem has offsets 0 and mask_nq = nq, mask_nk = nk.
+  int32_t q_offset, k_offset, mask_nq, mask_nk;
 };
 
 // A TMA tensor map (the driver's CUtensorMap: 128 opaque bytes, 64-byte aligned),
@@ -218,6 +223,7 @@ struct SpattnSplitMergeParams {
 // LSE-weighted merge of part outputs into O and LSE.
 struct SpattnMergeParams {
   const float* part_o;
+  const unsigned short* part_o16;  // instead of part_o: 16-bit parts of the output's dtype
   const float* part_lse;
   void* o;
   float* lse;

@@ -288,7 +288,9 @@ TEST(ScanSplits, CoverTheSequenceInWholeChunks) {
           EXPECT_LE(s.splits, requested);
           EXPECT_NE(why.find("forced"), std::string::npos);
           // As many as asked for where the chunks allow (ceil rounding may merge a few).
-          if (requested <= chunks) EXPECT_GE(s.splits, (requested + 1) / 2);
+          if (requested <= chunks) {
+            EXPECT_GE(s.splits, (requested + 1) / 2);
+          }
         } else {
           EXPECT_LE(s.splits, std::max<int64_t>(1, chunks / 4));  // at least 4 chunks per split
         }

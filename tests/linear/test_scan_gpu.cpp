@@ -256,7 +256,9 @@ TEST(ScanGpu, SequenceSplits) {
         EXPECT_EQ(ran.split_length % chunk == 0 || ran.splits == 1, true) << ran.to_string();
         EXPECT_GE(ran.split_length * ran.splits, length) << ran.to_string();
         EXPECT_LT(ran.split_length * (ran.splits - 1), length) << ran.to_string();
-        if (chunks >= splits && splits > 1) EXPECT_GT(ran.splits, 1) << ran.to_string();
+        if (chunks >= splits && splits > 1) {
+          EXPECT_GT(ran.splits, 1) << ran.to_string();
+        }
       }
   for (auto [lo, hi] : {std::pair{10.f, 40.f}, std::pair{-30.f, -10.f}}) {
     ScanCase c;
