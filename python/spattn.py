@@ -458,3 +458,216 @@ class SparseAttention(_Module):
 
     def forward(self, q, k, v):
         return attention(q, k, v, self.pattern, self.scale, self.deterministic)
+
+
+# ---- spattn.nn: attention modules with torch.nn.MultiheadAttention's interface ------------
+
+def _need_torch(what):
+    try:
+        import torch
+    except ImportError:
+        raise SpattnError(1, f"{what} needs PyTorch (import torch failed)") from None
+    return torch
+
+
+def _rotary(x, offset, base, interleaved):
+    """Rotary embedding of x [B, N, heads, D] at positions offset .. offset + N - 1, as
+    include/spattn/modules.hpp's kernel: fp32 angles position * base^(-2i/D), pairs (i, i + D/2)
+    ("rotate_half") or (2i, 2i + 1) when interleaved, the result rounded to x's dtype."""
+    import torch
+    n, d = x.shape[1], x.shape[-1]
+    inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
+    position = torch.arange(n, device=x.device, dtype=torch.float32) + offset
+    angle = torch.outer(position, inv_freq)
+    cos, sin = angle.cos()[None, :, None, :], angle.sin()[None, :, None, :]
+    xf = x.float()
+    x1, x2 = (xf[..., 0::2], xf[..., 1::2]) if interleaved else (xf[..., : d // 2], xf[..., d // 2:])
+    r1, r2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+    out = torch.stack((r1, r2), dim=-1).flatten(-2) if interleaved else torch.cat((r1, r2), dim=-1)
+    return out.to(x.dtype)
+
+
+class MultiheadSparseAttention(_Module):
+    """torch.nn.MultiheadAttention(batch_first=True) with spattn's sparse attention.
+
+    The constructor takes torch's arguments in torch's order, then keyword-only extras:
+    pattern (dict, JSON text or preset name; default dense), kv_heads (GQA; default
+    num_heads), rotary / rotary_base / rotary_interleaved (rotary embedding on Q and K),
+    sub_layernorm / layernorm_eps (MAGNETO's LayerNorm before out_proj, parameters
+    inner_attn_ln.*), scale (softmax scale, default 1/sqrt(head_dim)) and deterministic
+    (bitwise reproducible gradients). Parameters and state_dict keys are torch's
+    (in_proj_weight [E + 2 kv_dim, E], in_proj_bias, out_proj.weight, out_proj.bias) and so
+    is their initialisation, in the same order of random draws: with kv_heads == num_heads
+    a torch.nn.MultiheadAttention state_dict loads, and the same torch seed gives the same
+    weights. Projections are torch ops and the attention is spattn.attention, so autograd
+    runs through all of it.
+
+    forward(query, key, value, key_padding_mask=None, need_weights=False, attn_mask=None,
+    average_attn_weights=True, is_causal=False) returns (out, None). query [B, Nq, E], key
+    and value [B, Nk, E] ([N, B, E] with batch_first=False); query is key is value is
+    self-attention (one fused projection). The attention weights are never formed
+    (need_weights=True is refused), the pattern replaces attn_mask / is_causal (write
+    {"causal": true} into it), key_padding_mask is not supported yet, and attention dropout
+    is refused in training mode (in eval mode it is inert, as in torch). Same as
+    C++ spattn::MultiheadAttention (include/spattn/modules.hpp), which is forward-only."""
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
+                 kdim=None, vdim=None, batch_first=True, device=None, dtype=None, *, pattern=None, kv_heads=None,
+                 rotary=False, rotary_base=10000.0, rotary_interleaved=False, sub_layernorm=False,
+                 layernorm_eps=1e-5, scale=None, deterministic=False):
+        torch = _need_torch("spattn.nn.MultiheadSparseAttention")
+        super().__init__()
+        kv_heads = num_heads if kv_heads is None else kv_heads
+        if embed_dim <= 0 or num_heads <= 0 or kv_heads <= 0:
+            raise SpattnError(1, f"embed_dim, num_heads and kv_heads must be > 0 (got {embed_dim}, {num_heads}, "
+                                 f"{kv_heads})")
+        if embed_dim % num_heads:
+            raise SpattnError(1, f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads}): each head "
+                                 f"gets embed_dim / num_heads features")
+        if num_heads % kv_heads:
+            raise SpattnError(1, f"num_heads ({num_heads}) must be a multiple of kv_heads ({kv_heads}) for GQA/MQA")
+        for flag, name in ((add_bias_kv, "add_bias_kv"), (add_zero_attn, "add_zero_attn")):
+            if flag:
+                raise SpattnError(2, f"{name}=True is not supported by spattn.nn.MultiheadSparseAttention")
+        for dim, name in ((kdim, "kdim"), (vdim, "vdim")):
+            if dim is not None and dim != embed_dim:
+                raise SpattnError(2, f"{name}={dim} is not supported: keys and values must have embed_dim "
+                                     f"({embed_dim}) features")
+        if not 0.0 <= dropout < 1.0:
+            raise SpattnError(1, f"dropout must be in [0, 1) (got {dropout})")
+        self.embed_dim, self.num_heads, self.kv_heads = embed_dim, num_heads, kv_heads
+        self.head_dim = embed_dim // num_heads
+        self.kv_dim = kv_heads * self.head_dim
+        self.kdim = self.vdim = embed_dim
+        self._qkv_same_embed_dim = True
+        self.dropout, self.batch_first = float(dropout), bool(batch_first)
+        self.bias_k = self.bias_v = None
+        self.add_zero_attn = False
+        self.pattern = _pattern_text(pattern if pattern is not None else {"type": "dense"})
+        self.rotary, self.rotary_base, self.rotary_interleaved = bool(rotary), float(rotary_base), bool(rotary_interleaved)
+        if self.rotary and (self.head_dim % 2 or not self.rotary_base > 1.0):
+            raise SpattnError(1, f"rotary embedding needs an even head dim and rotary_base > 1 (got head dim "
+                                 f"{self.head_dim}, base {rotary_base})")
+        self.scale, self.deterministic = scale, bool(deterministic)
+        factory = {"device": device, "dtype": dtype}
+        rows = embed_dim + 2 * self.kv_dim
+        # torch's order of creation and initialisation (the same random draws under one seed).
+        self.in_proj_weight = torch.nn.Parameter(torch.empty((rows, embed_dim), **factory))
+        self.register_parameter("q_proj_weight", None)
+        self.register_parameter("k_proj_weight", None)
+        self.register_parameter("v_proj_weight", None)
+        if bias:
+            self.in_proj_bias = torch.nn.Parameter(torch.empty(rows, **factory))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = torch.nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        self.inner_attn_ln = (torch.nn.LayerNorm(embed_dim, eps=layernorm_eps, **factory) if sub_layernorm
+                              else None)
+        self._reset_parameters()
+
+    def _reset_parameters(self):
+        import torch
+        torch.nn.init.xavier_uniform_(self.in_proj_weight)
+        if self.in_proj_bias is not None:
+            torch.nn.init.constant_(self.in_proj_bias, 0.0)
+            torch.nn.init.constant_(self.out_proj.bias, 0.0)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=False, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        import torch.nn.functional as F
+        if need_weights:
+            raise SpattnError(2, "need_weights=True is not supported: spattn never forms the attention matrix; "
+                                 "call with need_weights=False (the weights come back as None)")
+        if attn_mask is not None or is_causal:
+            raise SpattnError(2, "attn_mask / is_causal are not supported: the pattern is the mask; give it "
+                                 "\"causal\": true (e.g. pattern={\"type\": \"dense\", \"causal\": true})")
+        if key_padding_mask is not None:
+            raise SpattnError(2, "key_padding_mask is not supported yet (the key-padding tables built on the GPU "
+                                 "do not exist in this version); pass unpadded sequences, e.g. group the batch by "
+                                 "length")
+        if self.training and self.dropout > 0:
+            raise SpattnError(2, f"attention dropout ({self.dropout}) is not supported in training mode; construct "
+                                 "with dropout=0.0 (in eval mode it is inert)")
+        is_self, kv_same = query is key and key is value, key is value
+        if not self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        for x, name in ((query, "query"), (key, "key"), (value, "value")):
+            if x.dim() != 3 or x.shape[-1] != self.embed_dim:
+                raise SpattnError(1, f"{name} must be [B, N, {self.embed_dim}]"
+                                     f"{'' if self.batch_first else ' (batch_first=False: [N, B, E])'}; got "
+                                     f"{tuple(x.shape)}")
+        E, kv = self.embed_dim, self.kv_dim
+        w, b = self.in_proj_weight, self.in_proj_bias
+
+        def part(lo, hi):
+            return w[lo:hi], (b[lo:hi] if b is not None else None)
+
+        if is_self:
+            q, k, v = F.linear(query, w, b).split([E, kv, kv], dim=-1)
+        else:
+            q = F.linear(query, *part(0, E))
+            if kv_same:
+                k, v = F.linear(key, *part(E, E + 2 * kv)).split([kv, kv], dim=-1)
+            else:
+                k, v = F.linear(key, *part(E, E + kv)), F.linear(value, *part(E + kv, E + 2 * kv))
+        nq, nk = q.shape[1], k.shape[1]
+        q = q.unflatten(-1, (self.num_heads, self.head_dim))
+        k = k.unflatten(-1, (self.kv_heads, self.head_dim))
+        v = v.unflatten(-1, (self.kv_heads, self.head_dim))
+        if self.rotary:
+            q = _rotary(q, nk - nq, self.rotary_base, self.rotary_interleaved)
+            k = _rotary(k, 0, self.rotary_base, self.rotary_interleaved)
+        out = attention(q, k, v, self.pattern, self.scale, self.deterministic).flatten(-2)
+        if self.inner_attn_ln is not None:
+            out = self.inner_attn_ln(out)
+        out = self.out_proj(out)
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+class CrossMemoryAttention(_Module):
+    """Current features x [B, N, E] attend a memory bank [B, M, E] (the seeds' cross-memory
+    module): a = MultiheadSparseAttention(x, memory, memory), optionally under a pattern
+    over (N queries, M memory keys).
+
+    forward(x, memory, residual=True) is x + fusion_ratio * a (residual=False: a alone);
+    fuse_with_memory(x, memory, fusion_ratio=0.5) is (1 - r) x + r a (0: the features alone,
+    1: the memory read alone). Other keyword arguments go to the inner module (attn).
+    Same as C++ spattn::CrossMemoryAttention (MemoryFusion::kResidual / kInterpolate)."""
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, *, pattern=None, kv_heads=None,
+                 fusion_ratio=1.0, device=None, dtype=None, **kwargs):
+        _need_torch("spattn.nn.CrossMemoryAttention")
+        super().__init__()
+        self.attn = nn.MultiheadSparseAttention(embed_dim, num_heads, dropout, bias, device=device, dtype=dtype,
+                                                pattern=pattern, kv_heads=kv_heads, **kwargs)
+        self.fusion_ratio = float(fusion_ratio)
+
+    def _read(self, x, memory):
+        return self.attn(x, memory, memory, need_weights=False)[0]
+
+    def forward(self, x, memory, residual=True):
+        a = self._read(x, memory)
+        return x + self.fusion_ratio * a if residual else a
+
+    def fuse_with_memory(self, x, memory, fusion_ratio=0.5):
+        r = float(fusion_ratio)
+        return (1.0 - r) * x + r * self._read(x, memory)
+
+
+def _nn_namespace():
+    """spattn.nn as a module object (import spattn.nn, from spattn.nn import ... work in the
+    single-file package); its classes pickle under that name."""
+    import sys
+    import types
+    module = types.ModuleType(__name__ + ".nn", "Attention modules with torch.nn.MultiheadAttention's interface "
+                                                "(PyTorch needed to construct them).")
+    for cls in (MultiheadSparseAttention, CrossMemoryAttention):
+        cls.__module__ = module.__name__
+        setattr(module, cls.__name__, cls)
+    module.__all__ = ["MultiheadSparseAttention", "CrossMemoryAttention"]
+    sys.modules[module.__name__] = module
+    return module
+
+
+nn = _nn_namespace()
+del MultiheadSparseAttention, CrossMemoryAttention
