@@ -5,6 +5,7 @@
 
 #include <spattn/attention.hpp>
 #include <spattn/linear.hpp>
+#include <spattn/ring.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -23,6 +24,10 @@ struct spattn_selective_scan {
 
 struct spattn_performer {
   spattn::Performer performer;
+};
+
+struct spattn_ring {
+  spattn::RingAttention ring;
 };
 
 namespace {
@@ -288,6 +293,66 @@ spattn_status spattn_performer_explain(spattn_performer_t performer, char* buffe
   return guarded([&] {
     if (!performer) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "performer handle is NULL");
     copy_out(performer->performer.explain(), buffer, capacity, needed);
+  });
+}
+
+// ---- ring attention ----------------------------------------------------------------------
+
+spattn_status spattn_nccl_unique_id(char id[128]) {
+  return guarded([&] {
+    if (!id) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "id is NULL");
+    const spattn::NcclUniqueId u = spattn::nccl_unique_id();
+    std::memcpy(id, u.bytes.data(), u.bytes.size());
+  });
+}
+
+spattn_status spattn_ring_create(const char* pattern_json, const char* options_json, const char id[128], int rank,
+                                 int world, spattn_ring_t* out) {
+  return guarded([&] {
+    if (!out) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "out is NULL");
+    *out = nullptr;
+    if (!pattern_json) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "pattern_json is NULL");
+    if (!id) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "id is NULL");
+    spattn::RingOptions opts;
+    for_each_option(options_json, [&](const std::string& key, const nlohmann::json& value) {
+      if (key == "sharding") opts.sharding = spattn::ring_sharding_from_string(value.get<std::string>());
+      else if (key == "scale") opts.scale = value.get<float>();
+      else if (key == "device") opts.device = value.get<int>();
+      else if (key == "config") opts.config = spattn::KernelConfig::parse(value.get<std::string>());
+      else if (key == "timing") opts.timing = value.get<bool>();
+      else unknown_option(key, "sharding, scale, device, config, timing");
+    });
+    const spattn::Pattern pattern = spattn::Pattern::parse(pattern_json);
+    spattn::NcclUniqueId u;
+    std::memcpy(u.bytes.data(), id, u.bytes.size());
+    *out = new spattn_ring{spattn::RingAttention(pattern, spattn::nccl_transport(u, rank, world, opts.device), opts)};
+  });
+}
+
+void spattn_ring_destroy(spattn_ring_t ring) { delete ring; }
+
+spattn_status spattn_ring_forward(spattn_ring_t ring, const spattn_tensor* q, const spattn_tensor* k,
+                                  const spattn_tensor* v, const spattn_tensor* o, const spattn_tensor* lse,
+                                  void* stream) {
+  return guarded([&] {
+    if (!ring) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "ring handle is NULL");
+    const spattn::TensorView l = lse ? view_of(lse, "lse") : spattn::TensorView{};
+    ring->ring.forward(view_of(q, "q"), view_of(k, "k"), view_of(v, "v"), view_of(o, "o"), lse ? &l : nullptr,
+                       static_cast<CUstream>(stream));
+  });
+}
+
+spattn_status spattn_ring_explain(spattn_ring_t ring, char* buffer, size_t capacity, size_t* needed) {
+  return guarded([&] {
+    if (!ring) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "ring handle is NULL");
+    copy_out(ring->ring.explain(), buffer, capacity, needed);
+  });
+}
+
+spattn_status spattn_ring_timings(spattn_ring_t ring, char* buffer, size_t capacity, size_t* needed) {
+  return guarded([&] {
+    if (!ring) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "ring handle is NULL");
+    copy_out(ring->ring.timings().to_string(), buffer, capacity, needed);
   });
 }
 

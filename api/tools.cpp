@@ -107,6 +107,14 @@ TensorView DeviceTensor::view() const {
   return v;
 }
 
+Stream::Stream() { SPATTN_CU_CHECK(cuStreamCreate(&stream_, CU_STREAM_NON_BLOCKING)); }
+Stream::~Stream() {
+  if (stream_) runtime::driver().cuStreamDestroy(stream_);
+}
+void Stream::synchronize() const { SPATTN_CU_CHECK(cuStreamSynchronize(stream_)); }
+void make_current(int device) { runtime::make_current(device); }
+int current_device() { return runtime::current_device(); }
+
 struct Timer::Impl {
   runtime::Event start, stop;
 };

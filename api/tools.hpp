@@ -18,6 +18,8 @@
 #include <utility>
 #include <vector>
 
+typedef struct CUstream_st* CUstream;
+
 namespace spattn::tools {
 
 struct Toolchain {
@@ -60,6 +62,24 @@ class DeviceTensor {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// A CUDA stream of the current context (non-blocking), made current on any thread with
+// make_current() first (the virtual ranks of a loopback ring run one thread each).
+class Stream {
+ public:
+  Stream();
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  CUstream get() const { return stream_; }
+  void synchronize() const;
+
+ private:
+  CUstream stream_ = nullptr;
+};
+// Makes the current device of the calling thread's process current on this thread.
+void make_current(int device);
+int current_device();
 
 // CUDA events on the default stream.
 class Timer {

@@ -256,6 +256,9 @@ struct RingAttention::Impl {
                    "key rows)", p.nq, p.nk);
     SPATTN_REQUIRE(contiguous(k) && contiguous(v), "ring: K and V must be contiguous [B, n, Hkv, D] (they are sent "
                    "as they are); got K {}, V {}", k.describe(), v.describe());
+    SPATTN_REQUIRE(stream != nullptr || transport->world() == 1 || transport->name() != "loopback",
+                   "ring: virtual ranks of a loopback ring need a stream each (the default stream is shared by "
+                   "every thread, so one rank's wait for a transfer would stall the rank that sends it)");
     const int dev = options.device >= 0 ? options.device : runtime::current_device();
     const bool same = prepared && dev == device && p.batch == local.batch && p.nq == local.nq &&
                       p.heads == local.heads && p.kv_heads == local.kv_heads && p.head_dim == local.head_dim &&

@@ -117,7 +117,8 @@ class RingAttention {
   // q, o: [B, n, Hq, D], k, v: [B, n, Hkv, D] — this rank's shard (n = N / world tokens,
   // k and v contiguous: they are sent as they are); lse [B, Hq, n] fp32 or null. Every
   // rank calls it with the same shapes. Asynchronous on `stream` (the transport may
-  // block the host until the peers of a step have posted theirs).
+  // block the host until the peers of a step have posted theirs). Virtual ranks of a
+  // loopback ring each need their own stream (not the default one).
   void forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                const TensorView* lse = nullptr, CUstream stream = nullptr);
 

@@ -128,6 +128,26 @@ spattn_status spattn_performer_forward(spattn_performer_t performer, const spatt
 /* Text of what the last forward ran (as spattn_attention_explain). */
 spattn_status spattn_performer_explain(spattn_performer_t performer, char* buffer, size_t capacity, size_t* needed);
 
+/* ---- Ring attention (sequence parallel over NCCL), include/spattn/ring.hpp --------
+ * Each rank holds its shard of the sequence: q, o [B, n, Hq, D], k, v [B, n, Hkv, D]
+ * contiguous, lse [B, Hq, n] (optional), n = N / world (zigzag: chunk r, then chunk
+ * 2*world-1-r). Rank 0 makes a 128-byte NCCL unique id, every rank receives it (e.g.
+ * through torch.distributed) and creates its handle. NCCL is loaded at run time. */
+typedef struct spattn_ring* spattn_ring_t;
+spattn_status spattn_nccl_unique_id(char id[128]);
+/* options_json may be NULL or an object with any of: "sharding": "contiguous" or
+ * "zigzag", "scale": float, "device": int, "config": "128x64w4s2", "timing": bool */
+spattn_status spattn_ring_create(const char* pattern_json, const char* options_json, const char id[128], int rank,
+                                 int world, spattn_ring_t* out);
+void spattn_ring_destroy(spattn_ring_t ring);
+spattn_status spattn_ring_forward(spattn_ring_t ring, const spattn_tensor* q, const spattn_tensor* k,
+                                  const spattn_tensor* v, const spattn_tensor* o, const spattn_tensor* lse,
+                                  void* stream);
+/* The schedule of the last forward on this rank (explain), or its timings (needs
+ * "timing": true; waits for the forward to finish). */
+spattn_status spattn_ring_explain(spattn_ring_t ring, char* buffer, size_t capacity, size_t* needed);
+spattn_status spattn_ring_timings(spattn_ring_t ring, char* buffer, size_t capacity, size_t* needed);
+
 #ifdef __cplusplus
 }
 #endif

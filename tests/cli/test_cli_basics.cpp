@@ -209,6 +209,15 @@ TEST_F(CliBasics, RingPlanPrintsTheScheduleAndRefusesBadShapes) {
   const CommandResult bad = spattn(std::string("ring plan --pattern ") + kWindow + " --seq 1000 --world 3");
   EXPECT_EQ(bad.status, 2) << describe(bad);
   expect_one_line_reason(bad, {"multiple of 3"});
+  // The loopback benchmark checks the problem before it looks for a GPU.
+  const CommandResult bad_bench = spattn(std::string("ring bench --pattern ") + kWindow + " --seq 1000 --world 3");
+  EXPECT_EQ(bad_bench.status, 2) << describe(bad_bench);
+  expect_one_line_reason(bad_bench, {"multiple of 3"});
+  if (!runtime::has_gpu()) {
+    const CommandResult no_gpu = spattn(std::string("ring bench --pattern ") + kWindow + " --seq 4096 --world 2");
+    EXPECT_EQ(no_gpu.status, 3) << describe(no_gpu);
+    expect_one_line_reason(no_gpu, {"needs a GPU"});
+  }
 }
 
 TEST_F(CliBasics, CompileForAnUnsupportedArchNamesTheSupportedOnes) {

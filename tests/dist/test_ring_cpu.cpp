@@ -5,6 +5,7 @@
 
 #include <spattn/layout.hpp>
 #include <spattn/ring.hpp>
+#include <spattn/spattn.h>
 
 #include <algorithm>
 
@@ -66,7 +67,10 @@ TEST(RingApi, ConstructsWithoutAGpuAndValidatesBeforeRunning) {
   k_strided.strides[1] *= 2;
   expect_error([&] { ring.forward(q, k_strided, k_strided, o); }, ErrorCode::kInvalidArgument,
                "K and V must be contiguous");
-  if (!runtime::has_gpu()) expect_error([&] { ring.forward(q, k, k, o); }, ErrorCode::kNoGpu, "");
+  expect_error([&] { ring.forward(q, k, k, o); }, ErrorCode::kInvalidArgument, "need a stream each");
+  if (!runtime::has_gpu())
+    expect_error([&] { ring.forward(q, k, k, o, nullptr, reinterpret_cast<CUstream>(fake(9))); }, ErrorCode::kNoGpu,
+                 "");
   expect_error([] { nccl_transport_from_comm(nullptr); }, ErrorCode::kInvalidArgument, "communicator is null");
 }
 
@@ -100,6 +104,32 @@ TEST(RingSubProblem, LocalSlots) {
       }
     }
   }
+}
+
+// The C ABI's ring calls check their arguments and options before NCCL is needed.
+TEST(RingCApi, ArgumentsAndOptionsAreNamed) {
+  auto expect_status = [](spattn_status got, spattn_status want, const std::string& needle) {
+    EXPECT_EQ(got, want) << spattn_last_error();
+    EXPECT_NE(std::string(spattn_last_error()).find(needle), std::string::npos) << spattn_last_error();
+  };
+  const char id[128] = {};
+  spattn_ring_t ring = nullptr;
+  expect_status(spattn_ring_create("dense", nullptr, id, 0, 2, nullptr), SPATTN_ERROR_INVALID_ARGUMENT, "out is NULL");
+  expect_status(spattn_ring_create(nullptr, nullptr, id, 0, 2, &ring), SPATTN_ERROR_INVALID_ARGUMENT,
+                "pattern_json is NULL");
+  expect_status(spattn_ring_create(R"({"type":"dense"})", nullptr, nullptr, 0, 2, &ring),
+                SPATTN_ERROR_INVALID_ARGUMENT, "id is NULL");
+  expect_status(spattn_ring_create(R"({"type":"dense"})", R"({"shards": 2})", id, 0, 2, &ring),
+                SPATTN_ERROR_INVALID_ARGUMENT, "known: sharding, scale, device, config, timing");
+  expect_status(spattn_ring_create(R"({"type":"dense"})", R"({"sharding": "striped"})", id, 0, 2, &ring),
+                SPATTN_ERROR_INVALID_ARGUMENT, "contiguous, zigzag");
+  expect_status(spattn_ring_create(R"({"type":"dense"})", nullptr, id, 5, 2, &ring), SPATTN_ERROR_INVALID_ARGUMENT,
+                "rank 5 must be in [0, world 2)");
+  EXPECT_EQ(ring, nullptr);
+  expect_status(spattn_ring_forward(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr),
+                SPATTN_ERROR_INVALID_ARGUMENT, "ring handle is NULL");
+  expect_status(spattn_nccl_unique_id(nullptr), SPATTN_ERROR_INVALID_ARGUMENT, "id is NULL");
+  spattn_ring_destroy(nullptr);
 }
 
 }  // namespace

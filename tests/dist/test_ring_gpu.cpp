@@ -255,6 +255,8 @@ TEST(RingLoopbackGpu, RepeatedForwardOnOneRing) {
     threads.emplace_back([&, r] {
       try {
         runtime::make_current(device);
+        CUstream stream = nullptr;
+        SPATTN_CU_CHECK(cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING));
         RingOptions opts;
         opts.sharding = RingSharding::kZigzag;
         RingAttention ring(pattern, hub.transport(r), opts);
@@ -262,8 +264,10 @@ TEST(RingLoopbackGpu, RepeatedForwardOnOneRing) {
           return TensorView::contiguous(b.data(), DType::kBFloat16, {B, n, H, D});
         };
         // Q = K = V: self-attention of the shard's own rows.
-        for (int rep = 0; rep < 3; ++rep) ring.forward(t(q[r]), t(q[r]), t(q[r]), t(rep == 0 ? o0[r] : o1[r]));
-        runtime::synchronize();
+        for (int rep = 0; rep < 3; ++rep)
+          ring.forward(t(q[r]), t(q[r]), t(q[r]), t(rep == 0 ? o0[r] : o1[r]), nullptr, stream);
+        SPATTN_CU_CHECK(cuStreamSynchronize(stream));
+        runtime::driver().cuStreamDestroy(stream);
       } catch (...) {
         errors[r] = std::current_exception();
       }
