@@ -84,6 +84,13 @@ _lib.spattn_performer_features.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctype
                                            ctypes.POINTER(ctypes.c_size_t)]
 _lib.spattn_performer_forward.argtypes = [ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 4 + [ctypes.c_void_p]
 _lib.spattn_performer_explain.argtypes = _explain_args
+_lib.spattn_nccl_unique_id.argtypes = [ctypes.c_char_p]
+_lib.spattn_ring_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_int,
+                                    ctypes.POINTER(ctypes.c_void_p)]
+_lib.spattn_ring_destroy.argtypes = [ctypes.c_void_p]
+_lib.spattn_ring_forward.argtypes = [ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 5 + [ctypes.c_void_p]
+_lib.spattn_ring_explain.argtypes = _explain_args
+_lib.spattn_ring_timings.argtypes = _explain_args
 
 
 def _check(status):
@@ -366,6 +373,65 @@ class Performer:
 
     def explain(self):
         return _explain(_lib.spattn_performer_explain, self._handle)
+
+
+# ---- ring attention: sequence parallel over NCCL ---------------------------------------
+
+class RingAttention:
+    """Sequence-parallel sparse attention over the ranks of a torch.distributed group (one
+    process per GPU, NCCL underneath). Every rank passes its shard of the sequence:
+    q, out [B, n, Hq, D] and k, v [B, n, Hkv, D] contiguous, n = N / world; with
+    sharding="zigzag" a rank holds chunk r then chunk 2*world-1-r of 2*world chunks
+    (balances causal work). K/V shards move only where the pattern needs them.
+    The NCCL unique id is made on the group's first rank and broadcast through
+    torch.distributed (the group must be initialised)."""
+
+    def __init__(self, pattern, group=None, sharding="contiguous", config=None, scale=None, timing=False):
+        import torch
+        import torch.distributed as dist
+        if not dist.is_available() or not dist.is_initialized():
+            raise SpattnError(1, "spattn.RingAttention needs torch.distributed initialised (init_process_group)")
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        uid = ctypes.create_string_buffer(128)
+        if rank == 0:
+            _check(_lib.spattn_nccl_unique_id(uid))
+        box = [uid.raw if rank == 0 else None]
+        dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+        options = {"sharding": sharding, "timing": bool(timing), "device": torch.cuda.current_device()}
+        if config is not None:
+            options["config"] = config
+        if scale is not None:
+            options["scale"] = float(scale)
+        handle = ctypes.c_void_p()
+        _check(_lib.spattn_ring_create(_pattern_text(pattern).encode(), json.dumps(options).encode(),
+                                       ctypes.create_string_buffer(box[0], 128), rank, world, ctypes.byref(handle)))
+        self._handle = handle
+        self.rank, self.world = rank, world
+
+    def __del__(self):
+        if getattr(self, "_handle", None):
+            _lib.spattn_ring_destroy(self._handle)
+            self._handle = None
+
+    def forward(self, q, k, v, out=None, lse=None, stream=None):
+        import torch
+        if out is None:
+            out = torch.empty_like(q)
+        if stream is None:
+            stream = torch.cuda.current_stream(q.device).cuda_stream
+        views = [_view(q, "q"), _view(k, "k"), _view(v, "v"), _view(out, "out")]
+        lse_view = ctypes.pointer(_view(lse, "lse")) if lse is not None else None
+        _check(_lib.spattn_ring_forward(self._handle, *[ctypes.pointer(x) for x in views], lse_view,
+                                        ctypes.c_void_p(stream)))
+        return out
+
+    __call__ = forward
+
+    def explain(self):
+        return _explain(_lib.spattn_ring_explain, self._handle)
+
+    def timings(self):
+        return _explain(_lib.spattn_ring_timings, self._handle)
 
 
 # ---- autograd: a torch.library custom op -----------------------------------------------
