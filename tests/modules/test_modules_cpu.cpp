@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "modules/half.hpp"
+#include "tests/modules/module_reference.hpp"
 #include "tests/support/gpu.hpp"
 
 namespace spattn {
@@ -328,6 +329,86 @@ TEST(ModulesHalf, RoundToNearestEven) {
   EXPECT_TRUE(std::isnan(half_bits_to_float(float_to_half_bits(std::nanf(""), DType::kFloat16), DType::kFloat16)));
   EXPECT_TRUE(std::isnan(half_bits_to_float(float_to_half_bits(std::nanf(""), DType::kBFloat16), DType::kBFloat16)));
 }
+
+
+// --- the GPU tests' host reference, checked where its answer is known ------------------
+
+namespace reference_checks {
+
+// With one key every query reads that key's V: out = Wo concat_h(V[h / (H / Hkv)]) + bo,
+// whatever the rotary embedding and the softmax scale — this pins the reference's
+// indexing of heads, GQA groups, biases and the fused in_proj rows.
+TEST(ModulesReference, SingleKeyReadsItsValue) {
+  const DType dt = DType::kBFloat16;
+  const int64_t B = 2, Nq = 3, E = 64, H = 2, Hkv = 1, D = 32;
+  test::ModuleProblem p;
+  p.batch = B;
+  p.nq = Nq;
+  p.nk = 1;
+  p.embed = E;
+  p.heads = H;
+  p.kv_heads = Hkv;
+  p.options.rotary.enabled = true;
+  HostWeights w;
+  w.in_proj_weight = test::random_rounded((E + 2 * Hkv * D) * E, 0.3, 1, dt);
+  w.in_proj_bias = test::random_rounded(E + 2 * Hkv * D, 0.5, 2, dt);
+  w.out_proj_weight = test::random_rounded(E * E, 0.2, 3, dt);
+  w.out_proj_bias = test::random_rounded(E, 0.5, 4, dt);
+  const std::vector<float> x = test::random_rounded(B * Nq * E, 1.0, 5, dt);
+  const std::vector<float> memory = test::random_rounded(B * 1 * E, 1.0, 6, dt);
+  const std::vector<double> out = test::reference_module(Pattern(), p, w, x, memory, memory, {});
+  ASSERT_EQ(out.size(), static_cast<size_t>(B * Nq * E));
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<float> v(D);  // V of the one key (Hkv = 1), rounded as the module stores it
+    for (int64_t r = 0; r < D; ++r) {
+      double s = w.in_proj_bias[E + D + r];
+      for (int64_t c = 0; c < E; ++c) s += double(memory[b * E + c]) * w.in_proj_weight[(E + D + r) * E + c];
+      v[r] = modules::round_to(static_cast<float>(s), dt);
+    }
+    for (int64_t i = 0; i < Nq; ++i)
+      for (int64_t o = 0; o < E; ++o) {
+        double s = w.out_proj_bias[o];
+        for (int64_t c = 0; c < E; ++c) s += double(w.out_proj_weight[o * E + c]) * v[c % D];  // both heads read it
+        EXPECT_NEAR(out[(b * Nq + i) * E + o], s, 1e-9) << b << " " << i << " " << o;
+      }
+  }
+}
+
+// The rotary embedding turns pairs: with a pattern that lets each query see only its own
+// key (a window of 0) the softmax is 1 whatever the scores, so rotary, sub-LN and the
+// residual scales change the output only through V, the LayerNorm and the epilogue; and
+// a residual of 0 weight leaves the output as without one.
+TEST(ModulesReference, EveryOptionRunsAndResidualScalesCompose) {
+  const DType dt = DType::kFloat16;
+  test::ModuleProblem p;
+  p.nq = p.nk = 16;
+  p.embed = 64;
+  p.heads = 2;
+  p.kv_heads = 2;
+  p.options.dtype = dt;
+  p.options.rotary.enabled = true;
+  p.options.rotary.interleaved = true;
+  p.options.sub_layernorm = true;
+  const Pattern diagonal = Pattern::parse(R"({"type":"local_window","left":0,"right":0})");
+  MultiheadAttentionOptions init;
+  init.sub_layernorm = true;
+  const HostWeights w = MultiheadAttention::initial_weights(64, 2, 2, init);
+  const std::vector<float> x = test::random_rounded(16 * 64, 1.0, 7, dt);
+  const std::vector<float> r = test::random_rounded(16 * 64, 1.0, 8, dt);
+  const std::vector<double> plain = test::reference_module(diagonal, p, w, x, x, x, {});
+  p.options.rotary.enabled = false;  // rotary does not move V, and each query sees one key
+  const std::vector<double> no_rotary = test::reference_module(diagonal, p, w, x, x, x, {});
+  p.extras.residual_scale = 0.5f;
+  p.extras.attention_scale = 2.0f;  // biases are 0 here, so their rounding after scaling is exact
+  const std::vector<double> mixed = test::reference_module(diagonal, p, w, x, x, x, r);
+  for (size_t i = 0; i < plain.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(plain[i]));
+    EXPECT_NEAR(plain[i], no_rotary[i], 1e-12);
+    EXPECT_NEAR(mixed[i], 2.0 * no_rotary[i] + 0.5 * r[i], 1e-9);
+  }
+}
+
+}  // namespace reference_checks
 
 }  // namespace
 }  // namespace spattn
