@@ -140,9 +140,11 @@ ScanConfig scan_heuristic(const ScanShape& shape, const runtime::DeviceInfo& dev
     // Measured on an H200 (B=1, L=64k, 1536 channels, bf16): 4 segments with the
     // splits that fill the GPU 3.77 ms, 1 segment 3.93, 8 segments 3.90, 16 segments 4.52.
     constexpr int kSplitSegments = 4;
+    // Splits only where 16 segments would leave the GPU under a quarter full (B=8 x 1536
+    // channels: 16 segments unsplit 21.9 ms, 4 segments with 6 splits 31.0).
     const int64_t chunks = (shape.length + kSplitSegments * c.steps - 1) / (kSplitSegments * c.steps);
-    const int64_t needed = (target + channel_threads * kSplitSegments - 1) / (channel_threads * kSplitSegments);
-    if (chunks / 4 >= needed) {
+    const int64_t needed = target / (channel_threads * kSplitSegments);
+    if (channel_threads * 16 * 4 < target && needed >= 4 && chunks / 4 >= needed) {
       c.segments = kSplitSegments;
       reason = fmt::format("{} channel rows for {} SMs: {} time segments per chunk, the sequence split over CTAs",
                            channel_threads, device.sm_count, kSplitSegments);
@@ -178,11 +180,14 @@ ScanSplits scan_splits(const ScanConfig& config, const ScanShape& shape, const r
     reason = fmt::format("forced {}", requested);
   } else {
     const int64_t threads = shape.batch * ((shape.channels + config.channels - 1) / config.channels) * config.threads();
+    // Splits cost a second pass over the inputs (the summarising launch): only worth it
+    // for at least 4x the parallelism (H200, B=8 x 1536 channels, 32x16x16: 2 splits
+    // 35.7 ms, unsplit 21.9).
     const int64_t target = int64_t{std::max(device.sm_count, 1)} * 2048;
-    want = std::clamp<int64_t>((target + threads - 1) / threads, 1,
-                               std::max<int64_t>(1, std::min<int64_t>(chunks / 4, kMaxSplits)));
-    reason = fmt::format("{} threads per split for {} SMs, splits of at least 4 chunks of {} steps", threads,
-                         device.sm_count, chunk);
+    want = std::clamp<int64_t>(target / threads, 1, std::max<int64_t>(1, std::min<int64_t>(chunks / 4, kMaxSplits)));
+    if (want < 4) want = 1;
+    reason = fmt::format("{} threads per split for {} SMs, splits of at least 4 chunks of {} steps (none below 4)",
+                         threads, device.sm_count, chunk);
   }
   want = std::max<int64_t>(want, 1);
   ScanSplits out;
