@@ -51,6 +51,14 @@ if [ "$MODE" != "--bench-only" ]; then
     rc=$?; echo "$tool: exit $rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOGS/sanitizer-$tool.log" | tail -1)"
     [ $rc -eq 0 ] || status=1
   done
+  # Ring attention's loopback ranks (sub-rectangle plans, transfers, the 16-bit part merge).
+  for tool in memcheck racecheck; do
+    timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 $BUILD/tests/dist/spattn_tests_dist_gpu \
+      --gtest_filter='RingLoopbackGpu.SparsePatternsSkipShards:RingLoopbackGpu.RepeatedForwardOnOneRing' \
+      >"$LOGS/sanitizer-ring-$tool.log" 2>&1
+    rc=$?; echo "ring $tool: exit $rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOGS/sanitizer-ring-$tool.log" | tail -1)"
+    [ $rc -eq 0 ] || status=1
+  done
 fi
 if [ "$MODE" != "--tests-only" ]; then
   step demo
