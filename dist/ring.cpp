@@ -76,6 +76,7 @@ struct RingAttention::Impl {
   // One shard pair's rectangle: my query range a against the source's key range b.
   struct Job {
     int a = 0, b = 0;
+    int64_t key_row = 0;  // first row of the source's range b in its K/V tensors
     int slot = -1;  // part slot of range a (-1: writes O and LSE of range a directly)
     std::unique_ptr<engine::ForwardPlan> plan;
   };
@@ -99,7 +100,8 @@ struct RingAttention::Impl {
   std::string config_source;
   std::vector<std::pair<int64_t, int64_t>> ranges;  // my shard's global token ranges
   std::vector<int64_t> range_offset;                // their first local row
-  std::vector<int> slots;                           // part slots per range
+  std::vector<int> jobs;                            // shard pairs per range (1: written directly)
+  std::vector<int> slots;                           // part slots per range (0 unless jobs > 1)
   std::vector<int64_t> part_offset;                 // first slot of each range in the part buffers
   std::vector<Step> steps;
   const engine::JitKernel* merge = nullptr;
@@ -184,6 +186,7 @@ struct RingAttention::Impl {
             Job j;
             j.a = a;
             j.b = b;
+            for (int x = 0; x < b; ++x) j.key_row += src_ranges[x].second - src_ranges[x].first;
             j.plan = std::move(fp);
             s.jobs.push_back(std::move(j));
           }
@@ -195,15 +198,15 @@ struct RingAttention::Impl {
     for (const auto& st : plan.steps) add_step(st.offset, st.transfers);
 
     // Part slots: a range that gets one shard pair writes O and LSE directly.
-    std::vector<int> count(ranges.size(), 0);
+    jobs.assign(ranges.size(), 0);
     for (Step& s : steps)
-      for (Job& j : s.jobs) count[j.a]++;
+      for (Job& j : s.jobs) jobs[j.a]++;
     slots.assign(ranges.size(), 0);
     part_offset.assign(ranges.size(), 0);
     int64_t part_rows = 0;
     std::vector<int> next(ranges.size(), 0);
     for (size_t a = 0; a < ranges.size(); ++a) {
-      slots[a] = count[a] > 1 ? count[a] : 0;
+      slots[a] = jobs[a] > 1 ? jobs[a] : 0;
       part_offset[a] = part_rows;
       part_rows += int64_t{slots[a]} * (ranges[a].second - ranges[a].first);
     }
@@ -311,11 +314,8 @@ struct RingAttention::Impl {
       for (Job& j : s.jobs) {
         const int64_t rows = ranges[j.a].second - ranges[j.a].first;
         const int64_t keys = src_ranges[j.b].second - src_ranges[j.b].first;
-        // Key rows of range b in the source's tensors: its ranges are stored in order.
-        int64_t krow = 0;
-        for (int b = 0; b < j.b; ++b) krow += src_ranges[b].second - src_ranges[b].first;
         const TensorView qv = rows_of(q, range_offset[j.a], rows);
-        const TensorView kv = rows_of(*ks, krow, keys), vv = rows_of(*vs, krow, keys);
+        const TensorView kv = rows_of(*ks, j.key_row, keys), vv = rows_of(*vs, j.key_row, keys);
         if (j.slot < 0) {
           const TensorView ov = rows_of(o, range_offset[j.a], rows);
           TensorView lv;
@@ -342,23 +342,17 @@ struct RingAttention::Impl {
     ev->comm_done.record(comm->get());
 
     if (timed) ev->merge_begin.record(stream);
-    std::vector<int> jobs_of(ranges.size(), 0);
-    for (const Step& s : steps)
-      for (const Job& j : s.jobs) jobs_of[j.a]++;
     for (size_t a = 0; a < ranges.size(); ++a) {
       const int64_t rows = ranges[a].second - ranges[a].first;
       const TensorView ov = rows_of(o, range_offset[a], rows);
       TensorView lv;
       if (lse) lv = lse_cols(*lse, range_offset[a], rows);
-      if (jobs_of[a] == 1) continue;  // written directly
+      if (jobs[a] == 1) continue;  // written directly
       const int64_t warps = p.batch * p.heads * rows;
       const unsigned blocks = static_cast<unsigned>((warps + 7) / 8);
-      if (jobs_of[a] == 0) {  // no key anywhere: O = 0, LSE = -inf
+      if (jobs[a] == 0) {  // no key anywhere: O = 0, LSE = -inf
         SpattnFillParams f{};
-        f.o = ov.data;
-        f.o_stride_b = ov.strides[0], f.o_stride_n = ov.strides[1], f.o_stride_h = ov.strides[2];
-        f.lse = lse ? static_cast<float*>(lv.data) : nullptr;
-        f.lse_stride_b = lse ? lv.strides[0] : 0, f.lse_stride_h = lse ? lv.strides[1] : 0;
+        engine::set_output(f, ov, lse ? &lv : nullptr);
         f.batch = static_cast<int32_t>(p.batch), f.nq = static_cast<int32_t>(rows);
         f.heads = static_cast<int32_t>(p.heads), f.head_dim = static_cast<int32_t>(p.head_dim);
         void* args[] = {&f};
@@ -370,10 +364,7 @@ struct RingAttention::Impl {
                                                            part_offset[a] * p.batch * p.heads * p.head_dim *
                                                                static_cast<int64_t>(dtype_size(p.dtype)));
       m.part_lse = static_cast<const float*>(part_lse.data()) + part_offset[a] * p.batch * p.heads;
-      m.o = ov.data;
-      m.o_stride_b = ov.strides[0], m.o_stride_n = ov.strides[1], m.o_stride_h = ov.strides[2];
-      m.lse = lse ? static_cast<float*>(lv.data) : nullptr;
-      m.lse_stride_b = lse ? lv.strides[0] : 0, m.lse_stride_h = lse ? lv.strides[1] : 0;
+      engine::set_output(m, ov, lse ? &lv : nullptr);
       m.parts = slots[a];
       m.batch = static_cast<int32_t>(p.batch), m.nq = static_cast<int32_t>(rows);
       m.heads = static_cast<int32_t>(p.heads), m.head_dim = static_cast<int32_t>(p.head_dim);

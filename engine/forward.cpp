@@ -99,22 +99,6 @@ codegen::RenderedKernel render_kernel(const Layout& layout, const KernelConfig& 
   return codegen::render_forward(kernel_spec_for(layout, config, problem, arch));
 }
 
-namespace {
-
-// Every kernel of the forward pass that writes the final output takes it the same way.
-template <class Params>
-void set_output(Params& params, const TensorView& o, const TensorView* lse) {
-  params.o = o.data;
-  params.o_stride_b = o.strides[0];
-  params.o_stride_n = o.strides[1];
-  params.o_stride_h = o.strides[2];
-  params.lse = lse ? static_cast<float*>(lse->data) : nullptr;
-  params.lse_stride_b = lse ? lse->strides[0] : 0;
-  params.lse_stride_h = lse ? lse->strides[1] : 0;
-}
-
-}  // namespace
-
 void localise_slots(Layout& layout) {
   const TokenRect& r = layout.rect;
   const int64_t nq = r.q_end - r.q_begin, nk = r.k_end - r.k_begin;

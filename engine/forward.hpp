@@ -98,6 +98,19 @@ struct SubProblem {
 // (then padding) become the identity order, which the kernels read without indirection.
 void localise_slots(Layout& layout);
 
+// Every kernel of the forward pass that writes the final output (forward, fill, merges)
+// takes it the same way; `lse` may be null.
+template <class Params>
+void set_output(Params& params, const TensorView& o, const TensorView* lse) {
+  params.o = o.data;
+  params.o_stride_b = o.strides[0];
+  params.o_stride_n = o.strides[1];
+  params.o_stride_h = o.strides[2];
+  params.lse = lse ? static_cast<float*>(lse->data) : nullptr;
+  params.lse_stride_b = lse ? lse->strides[0] : 0;
+  params.lse_stride_h = lse ? lse->strides[1] : 0;
+}
+
 class ForwardPlan {
  public:
   // Compiles the layout and the kernels (through the cache) and uploads the tables.

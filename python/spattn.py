@@ -151,16 +151,7 @@ class Attention:
             self._handle = None
 
     def forward(self, q, k, v, out=None, lse=None, stream=None):
-        import torch
-        if out is None:
-            out = torch.empty_like(q)
-        if stream is None:
-            stream = torch.cuda.current_stream(q.device).cuda_stream
-        views = [_view(q), _view(k), _view(v), _view(out)]
-        lse_view = ctypes.pointer(_view(lse)) if lse is not None else None
-        _check(_lib.spattn_attention_forward(self._handle, *[ctypes.pointer(x) for x in views], lse_view,
-                                             ctypes.c_void_p(stream)))
-        return out
+        return _forward(_lib.spattn_attention_forward, self._handle, q, k, v, out, lse, stream)
 
     __call__ = forward
 
@@ -179,6 +170,19 @@ class Attention:
 
     def explain(self):
         return _explain(_lib.spattn_attention_explain, self._handle)
+
+
+def _forward(fn, handle, q, k, v, out, lse, stream):
+    """An attention forward of the C ABI (fn) over torch tensors; out is allocated like q if None."""
+    import torch
+    if out is None:
+        out = torch.empty_like(q)
+    if stream is None:
+        stream = torch.cuda.current_stream(q.device).cuda_stream
+    views = [_view(q, "q"), _view(k, "k"), _view(v, "v"), _view(out, "out")]
+    lse_view = ctypes.pointer(_view(lse, "lse")) if lse is not None else None
+    _check(fn(handle, *[ctypes.pointer(x) for x in views], lse_view, ctypes.c_void_p(stream)))
+    return out
 
 
 def _explain(fn, handle):
@@ -414,16 +418,7 @@ class RingAttention:
             self._handle = None
 
     def forward(self, q, k, v, out=None, lse=None, stream=None):
-        import torch
-        if out is None:
-            out = torch.empty_like(q)
-        if stream is None:
-            stream = torch.cuda.current_stream(q.device).cuda_stream
-        views = [_view(q, "q"), _view(k, "k"), _view(v, "v"), _view(out, "out")]
-        lse_view = ctypes.pointer(_view(lse, "lse")) if lse is not None else None
-        _check(_lib.spattn_ring_forward(self._handle, *[ctypes.pointer(x) for x in views], lse_view,
-                                        ctypes.c_void_p(stream)))
-        return out
+        return _forward(_lib.spattn_ring_forward, self._handle, q, k, v, out, lse, stream)
 
     __call__ = forward
 
