@@ -22,6 +22,10 @@ struct KernelSpec {
   // Whether some table gathers keys through a permutation (LongNet, strides, grids);
   // kernels without one compile the gather paths out.
   bool permuted_keys = true;
+  // Forward only: the tensors hold a sub-rectangle of a larger problem (ring attention's
+  // shard pairs), so the predicate adds SpattnFwdParams::q_offset / k_offset to local
+  // indices; whole problems compile the additions out.
+  bool token_offsets = false;
   // Backward only: the deterministic mode (no atomics; a separate dQ kernel).
   bool deterministic = false;
 };

@@ -40,12 +40,14 @@ void write_parts(std::ostringstream& src, const std::vector<LayoutPart>& parts) 
 }
 
 // Cfg's mask context and general predicate (spattn_generated::allowed must precede it).
-void write_mask_members(std::ostringstream& src) {
-  // nq, nk: the whole problem's; q_off, k_off: the tokens of local row 0 and key 0 (a
-  // sub-rectangle of the problem, SpattnFwdParams::q_offset), 0 for a whole problem.
+// nq, nk: the whole problem's; q_off, k_off: the tokens of local row 0 and key 0 (a
+// sub-rectangle of the problem, SpattnFwdParams::q_offset), read only with `offsets`
+// (KernelSpec::token_offsets): whole problems keep the predicate on raw indices.
+void write_mask_members(std::ostringstream& src, bool offsets) {
   src << "  struct MaskCtx {\n    int nq, nk, heads, q_off, k_off;\n  };\n";
   src << "  static __device__ __forceinline__ bool allowed(int part, int h, int i, int j, const MaskCtx& c) {\n";
-  src << "    return spattn_generated::allowed(part, h, i + c.q_off, j + c.k_off, c.nq, c.nk, c.heads);\n  }\n";
+  src << (offsets ? "    return spattn_generated::allowed(part, h, i + c.q_off, j + c.k_off, c.nq, c.nk, c.heads);\n  }\n"
+                  : "    return spattn_generated::allowed(part, h, i, j, c.nq, c.nk, c.heads);\n  }\n");
 }
 
 // wgmma wrappers for the widths a spec needs: D(64 x N, fp32) = A(64 x 16) * B(16 x N)
@@ -137,14 +139,16 @@ RenderedKernel render_forward(const KernelSpec& spec) {
     src << fmt::format("  using MmaS = spattn_generated::Wgmma{};  // S = Q K^T: N = tile_n\n", c.tile_n);
     src << fmt::format("  using MmaO = spattn_generated::Wgmma{};  // O += P V: N = head dim\n", spec.head_dim);
   }
-  write_mask_members(src);
+  write_mask_members(src, spec.token_offsets);
   // Partial tiles compare keys with per-row ranges when the predicate has that form.
   src << fmt::format("  static constexpr bool kIntervalMask = {};\n", bounds ? "true" : "false");
   src << "  static __device__ __forceinline__ void row_bounds(int part, int h, int i, const MaskCtx& c, int& lo0, int& hi0,\n"
          "                                                  int& lo1, int& hi1) {\n";
-  if (bounds)
+  if (bounds && spec.token_offsets)
     src << "    spattn_generated::row_bounds(part, h, i + c.q_off, c.nq, c.nk, c.heads, lo0, hi0, lo1, hi1);\n"
            "    lo0 -= c.k_off, hi0 -= c.k_off, lo1 -= c.k_off, hi1 -= c.k_off;\n";
+  else if (bounds)
+    src << "    spattn_generated::row_bounds(part, h, i, c.nq, c.nk, c.heads, lo0, hi0, lo1, hi1);\n";
   else
     src << "    (void)part; (void)h; (void)i; (void)c; lo0 = lo1 = 1; hi0 = hi1 = 0;\n";
   src << "  }\n";
@@ -221,7 +225,7 @@ RenderedKernel render_backward(const KernelSpec& spec) {
     src << fmt::format("  using MmaQ = spattn_generated::Wgmma{};  // dQ = dS K: N = head dim / warpgroups\n",
                        shape.dq_cols);
   }
-  write_mask_members(src);
+  write_mask_members(src, false);  // the backward runs whole problems
   src << "};\n\n";
   if (sm90) {
     src << "#include \"spattn/backward_sm90.cuh\"\n";

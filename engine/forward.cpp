@@ -91,6 +91,7 @@ codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& co
   spec.arch = arch;
   spec.permuted_keys = false;
   for (const BlockTable& t : layout.tables) spec.permuted_keys |= !t.k_slots.empty();
+  spec.token_offsets = !(layout.rect == TokenRect{0, layout.shape.nq, 0, layout.shape.nk});
   return spec;
 }
 

@@ -106,6 +106,28 @@ TEST(RingSubProblem, LocalSlots) {
   }
 }
 
+// Only kernels of a sub-rectangle add the token offsets in their predicate: whole
+// problems keep the predicate on raw indices (the additions cost partial tiles time).
+TEST(RingSubProblem, OnlyRectanglesCompileTokenOffsets) {
+  const Pattern p = Pattern::parse(R"({"type":"local_window","window":300,"causal":true})");
+  const Shape whole{4096, 4096, 2};
+  const KernelConfig config = KernelConfig::parse("sm90:128x128s2");
+  const engine::Problem problem{1, 4096, 4096, 2, 2, 128, DType::kBFloat16};
+  LayoutOptions o = config.layout_options();
+  const Layout full = compile_layout(p, whole, o);
+  o.rect = TokenRect{1024, 2048, 512, 2048};
+  Layout rect = compile_layout(p, whole, o);
+  engine::localise_slots(rect);
+  engine::Problem sub = problem;
+  sub.nq = 1024;
+  sub.nk = 1536;
+  const std::string a = engine::render_kernel(full, config, problem, "sm_90a").source;
+  const std::string b = engine::render_kernel(rect, config, sub, "sm_90a").source;
+  EXPECT_EQ(a.find("c.q_off"), std::string::npos);
+  EXPECT_NE(b.find("i + c.q_off"), std::string::npos);
+  EXPECT_NE(b.find("lo0 -= c.k_off"), std::string::npos);
+}
+
 // The C ABI's ring calls check their arguments and options before NCCL is needed.
 TEST(RingCApi, ArgumentsAndOptionsAreNamed) {
   auto expect_status = [](spattn_status got, spattn_status want, const std::string& needle) {
