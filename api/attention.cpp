@@ -30,6 +30,7 @@ std::string Explanation::to_string() const {
   s << fmt::format("tiles     {} active of {} ({} full, {} partial); density {:.4f}; {:.3g} useful FLOP per batch\n",
                    stats.active_tiles, stats.total_tiles, stats.full_tiles, stats.partial_tiles, stats.density,
                    stats.useful_flops);
+  if (!selection.empty()) s << "selection " << selection << "\n";
   return s.str();
 }
 
@@ -87,6 +88,7 @@ struct Attention::Impl {
       record(TunePass::kForward, p, info, choice.config);
     }
     engine::ForwardPlan& plan = *slot;
+    plan.reserve_batch(p.batch);
     last = Explanation{};
     last.pattern = pattern.to_json();
     last.problem = p.to_string();
@@ -103,6 +105,7 @@ struct Attention::Impl {
     last.parts = plan.layout().parts.size();
     last.tables = plan.layout().tables.size();
     last.work_items = plan.layout().schedule.size();
+    if (plan.adaptive()) last.selection = plan.adaptive()->describe();
     has_last = true;
     last_plan = &plan;
     last_device = device;
@@ -116,6 +119,10 @@ void Attention::backward(const TensorView& q, const TensorView& k, const TensorV
                          const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
                          const TensorView& dv, CUstream stream) {
   const engine::Problem p = engine::backward_problem_from_tensors(q, k, v, o, lse, d_o, dq, dk, dv);
+  if (is_adaptive(impl_->pattern))
+    SPATTN_FAIL(ErrorCode::kUnsupported,
+                "backward of adaptive patterns is not supported yet: their transposed tables would have to be built "
+                "on the GPU from each forward's chosen blocks (forward works; train with a static pattern)");
   std::lock_guard<std::mutex> lock(impl_->mu);
   const int device = impl_->options.device >= 0 ? impl_->options.device : runtime::current_device();
   // Training calls backward once per layer and step: as in forward(), a repeated problem
@@ -162,11 +169,12 @@ Attention::Attention(Attention&&) noexcept = default;
 Attention& Attention::operator=(Attention&&) noexcept = default;
 
 void Attention::forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
-                        const TensorView* lse, CUstream stream) {
+                        const TensorView* lse, CUstream stream, const AdaptiveInputs* adaptive) {
   const engine::Problem p = engine::problem_from_tensors(q, k, v, o, lse);
   std::lock_guard<std::mutex> lock(impl_->mu);
   engine::ForwardPlan& plan = impl_->plan_for(p);
-  plan.run(q, k, v, o, lse, impl_->options.scale, stream);
+  plan.run(q, k, v, o, lse, impl_->options.scale, stream, adaptive);
+  if (plan.adaptive()) impl_->last.selection = plan.adaptive()->describe();
 }
 
 Explanation Attention::prepare(int64_t batch, int64_t nq, int64_t nk, int64_t heads, int64_t kv_heads,

@@ -76,14 +76,15 @@ DeviceTensor::DeviceTensor(DType dtype, std::vector<int64_t> shape) : impl_(std:
                  shape.size());
   impl_->dtype = dtype;
   impl_->shape = std::move(shape);
-  impl_->buffer = runtime::DeviceBuffer(static_cast<size_t>(elements(impl_->shape)) * (dtype == DType::kFloat32 ? 4 : 2));
+  impl_->buffer = runtime::DeviceBuffer(static_cast<size_t>(elements(impl_->shape)) * dtype_size(dtype));
 }
 DeviceTensor::~DeviceTensor() = default;
 DeviceTensor::DeviceTensor(DeviceTensor&&) noexcept = default;
 DeviceTensor& DeviceTensor::operator=(DeviceTensor&&) noexcept = default;
 
 void DeviceTensor::fill_random(uint64_t seed, float scale) {
-  SPATTN_REQUIRE(impl_->dtype != DType::kFloat32, "random fill is for fp16/bf16 tensors");
+  SPATTN_REQUIRE(impl_->dtype == DType::kFloat16 || impl_->dtype == DType::kBFloat16,
+                 "random fill is for fp16/bf16 tensors (got {})", to_string(impl_->dtype));
   engine::fill_random(impl_->buffer.data(), elements(impl_->shape), impl_->dtype, seed, scale);
 }
 
@@ -94,6 +95,13 @@ void DeviceTensor::upload(const std::vector<float>& values) {
   SPATTN_REQUIRE(static_cast<int64_t>(values.size()) == elements(impl_->shape),
                  "upload: {} values for a tensor of {} elements", values.size(), elements(impl_->shape));
   impl_->buffer.upload(values.data(), values.size() * 4);
+}
+
+std::vector<int32_t> DeviceTensor::download_int32() const {
+  SPATTN_REQUIRE(impl_->dtype == DType::kInt32, "download_int32 is for int32 tensors (got {})", to_string(impl_->dtype));
+  std::vector<int32_t> out(static_cast<size_t>(elements(impl_->shape)));
+  impl_->buffer.download(out.data(), out.size() * 4);
+  return out;
 }
 
 TensorView DeviceTensor::view() const {

@@ -44,7 +44,7 @@ std::vector<Gpu> gpus();      // empty without a GPU
 Gpu current_gpu();            // throws kNoGpu without one
 void synchronize();           // the current context
 
-// A 16-bit (or fp32) device tensor, contiguous, of rank 1 to 4 ([B, N, H, D], [B, H, N]...).
+// A 16-bit (or fp32, int32) device tensor, contiguous, of rank 1 to 4 ([B, N, H, D], [B, H, N]...).
 class DeviceTensor {
  public:
   DeviceTensor(DType dtype, std::vector<int64_t> shape);
@@ -56,6 +56,8 @@ class DeviceTensor {
   void fill_bytes(uint8_t value);
   // Copies host values into an fp32 tensor (exactly as many as it has elements).
   void upload(const std::vector<float>& values);
+  // The contents of an int32 tensor (synchronous).
+  std::vector<int32_t> download_int32() const;
   TensorView view() const;
 
  private:

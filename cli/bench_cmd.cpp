@@ -4,8 +4,10 @@
 //   spattn bench scan ...         the Mamba selective scan, tokens/s and the fraction of the
 //                                 memory-bandwidth bound it reaches
 //   spattn bench performer ...    Performer (FAVOR+) attention, tokens/s and TFLOP/s
+//   spattn bench adaptive ...     adaptive top-k: selection overhead over the attention
 // scan and performer default to 64k tokens and take --against P to time sparse attention
 // of the same tokens and width in the same run.
+#include <spattn/adaptive.hpp>
 #include <spattn/attention.hpp>
 #include <spattn/linear.hpp>
 
@@ -329,6 +331,105 @@ void register_performer_bench(CLI::App& bench) {
 
 }  // namespace
 
+// Adaptive patterns: the forward with scores computed on the GPU (block means, TF32
+// GEMM, selection), with the caller's scores (selection only), and the attention alone:
+// a static custom pattern of exactly the blocks batch 0, head 0 chose, for every head, on
+// the same kernel configuration. The overheads are the differences to the attention alone.
+void register_adaptive_bench(CLI::App& bench) {
+  struct Args {
+    int64_t seq = 32768, heads = 16, batch = 1, block = 128, top_k = 8;
+    double keep_ratio = 0;
+    bool causal = false;
+    int head_dim = 128;
+    std::string dtype = "bf16";
+    int reps = 20;
+  };
+  auto args = std::make_shared<Args>();
+  auto* cmd = bench.add_subcommand("adaptive", "time adaptive top-k selection against the attention over its blocks");
+  cmd->add_option("--seq", args->seq, "tokens")->capture_default_str();
+  cmd->add_option("--heads", args->heads, "heads")->capture_default_str();
+  cmd->add_option("--batch", args->batch, "batch")->capture_default_str();
+  cmd->add_option("--head-dim", args->head_dim, "head dimension")->capture_default_str();
+  cmd->add_option("--block", args->block, "block size B")->capture_default_str();
+  cmd->add_option("--top-k", args->top_k, "key blocks per query block")->capture_default_str();
+  cmd->add_option("--keep-ratio", args->keep_ratio, "instead of --top-k: the fraction of allowed blocks kept");
+  cmd->add_flag("--causal", args->causal, "causal");
+  cmd->add_option("--dtype", args->dtype, "fp16 or bf16")->capture_default_str();
+  cmd->add_option("--reps", args->reps, "timed repetitions")->capture_default_str()->check(CLI::Range(3, 100000));
+  cmd->callback([args] {
+    nlohmann::json spec = {{"type", "adaptive"}, {"block", args->block}, {"causal", args->causal}};
+    if (args->keep_ratio > 0) spec["keep_ratio"] = args->keep_ratio;
+    else spec["top_k"] = args->top_k;
+    const Pattern pattern = Pattern::parse(spec.dump());
+    const DType dtype = bench_dtype(args->dtype);
+    if (!tools::has_gpu()) throw Error(ErrorCode::kNoGpu, "spattn bench adaptive needs a GPU: " + tools::no_gpu_reason());
+    const int64_t B = args->batch, N = args->seq, H = args->heads, D = args->head_dim;
+    Attention attn(pattern);
+    attn.prepare(B, N, N, H, H, D, dtype);
+    const AdaptiveGeometry g = adaptive_geometry(pattern, N, N);
+    std::vector<tools::DeviceTensor> q, k, v;
+    for (int s = 0; s < kSets; ++s) {
+      for (auto* set : {&q, &k, &v}) {
+        set->emplace_back(dtype, std::vector<int64_t>{B, N, H, D});
+        set->back().fill_random(7 * s + static_cast<uint64_t>(set == &k) + 2 * static_cast<uint64_t>(set == &v));
+      }
+    }
+    const tools::DeviceTensor o(dtype, {B, N, H, D});
+    const tools::DeviceTensor blocks(DType::kInt32, {B, H, g.nq_blocks, g.max_k});
+    tools::DeviceTensor scores(DType::kFloat32, {B, H, g.nq_blocks, g.nk_blocks});
+    {
+      std::vector<float> host(static_cast<size_t>(B * H * g.nq_blocks * g.nk_blocks));
+      uint32_t x = 12345;
+      for (float& f : host) f = static_cast<float>((x = x * 1664525u + 1013904223u) >> 8) / 16777216.f;
+      scores.upload(host);
+    }
+    const TensorView tb = blocks.view(), ts = scores.view();
+    const Timing computed = time_runs("timing adaptive (computed scores)", args->reps, [&](int r) {
+      attn.forward(q[r % kSets].view(), k[r % kSets].view(), v[r % kSets].view(), o.view());
+    });
+    const Explanation ex = attn.explanation();
+    AdaptiveInputs supplied_in;
+    supplied_in.scores = &ts;
+    const Timing supplied = time_runs("timing adaptive (supplied scores)", args->reps, [&](int r) {
+      attn.forward(q[r % kSets].view(), k[r % kSets].view(), v[r % kSets].view(), o.view(), nullptr, nullptr,
+                   &supplied_in);
+    });
+    // The blocks chosen for batch 0, head 0 as a static pattern of every head.
+    AdaptiveInputs out_in;
+    out_in.blocks = &tb;
+    attn.forward(q[0].view(), k[0].view(), v[0].view(), o.view(), nullptr, nullptr, &out_in);
+    const std::vector<int32_t> chosen = blocks.download_int32();
+    nlohmann::json pairs = nlohmann::json::array();
+    for (int64_t I = 0; I < g.nq_blocks; ++I)
+      for (int64_t x = 0; x < g.max_k; ++x)
+        if (const int32_t J = chosen[I * g.max_k + x]; J >= 0) pairs.push_back({I, J});
+    const nlohmann::json custom = {{"type", "custom"}, {"block", args->block}, {"pairs", pairs}, {"causal", args->causal}};
+    AttentionOptions fixed;
+    fixed.config = ex.config;
+    Attention stat(Pattern::parse(custom.dump()), fixed);
+    stat.prepare(B, N, N, H, H, D, dtype);
+    const Timing alone = time_runs("timing the same blocks as a static pattern", args->reps, [&](int r) {
+      stat.forward(q[r % kSets].view(), k[r % kSets].view(), v[r % kSets].view(), o.view());
+    });
+    const double base = alone.median();
+    const double flops = 4.0 * D * static_cast<double>(stat.explanation().stats.allowed_pairs_total) * B;
+    if (globals().json) {
+      print_json({{"pattern", ex.pattern}, {"problem", ex.problem}, {"device", ex.device},
+                  {"config", ex.config.to_string()}, {"computed_ms", computed.median()},
+                  {"supplied_ms", supplied.median()}, {"attention_ms", base},
+                  {"computed_overhead", computed.median() / base - 1}, {"supplied_overhead", supplied.median() / base - 1},
+                  {"attention_tflops", flops / base / 1e9}, {"reps", args->reps}});
+      return;
+    }
+    std::cout << attn.explain();
+    std::cout << fmt::format("computed  {} (+{:.1f}% over the attention alone)\n", computed.line(),
+                             100 * (computed.median() / base - 1));
+    std::cout << fmt::format("supplied  {} (+{:.1f}%)\n", supplied.line(), 100 * (supplied.median() / base - 1));
+    std::cout << fmt::format("attention {}; {:.1f} useful TFLOP/s (custom pattern of the blocks batch 0, head 0 chose)\n",
+                             alone.line(), flops / base / 1e9);
+  });
+}
+
 void register_bench(CLI::App& app) {
   struct Args {
     std::string pattern;
@@ -353,10 +454,11 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--reps", args->reps, "timed repetitions")->capture_default_str()->check(CLI::Range(3, 100000));
   register_scan_bench(*cmd);
   register_performer_bench(*cmd);
+  register_adaptive_bench(*cmd);
   cmd->callback([args, cmd] {
     if (!cmd->get_subcommands().empty()) return;  // `bench scan`, `bench performer` ran
     if (args->pattern.empty())
-      throw UsageError("spattn bench: --pattern is required (or a subcommand: scan, performer)");
+      throw UsageError("spattn bench: --pattern is required (or a subcommand: scan, performer, adaptive)");
     const Pattern pattern = load_pattern_arg(args->pattern);
     const int64_t nk = args->kv_seq > 0 ? args->kv_seq : args->seq;
     const int64_t hkv = args->kv_heads > 0 ? args->kv_heads : args->heads;

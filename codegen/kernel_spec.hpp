@@ -50,6 +50,8 @@ RenderedKernel render_forward(const KernelSpec& spec);
 RenderedKernel render_backward(const KernelSpec& spec);
 // The merge / fill / reference helper kernels (templates/merge.cuh, reference.cuh).
 RenderedKernel render_support_kernels();
+// The selection kernels of adaptive patterns (templates/adaptive.cuh).
+RenderedKernel render_adaptive_kernels();
 
 // The partial-tile predicate of `parts` as one C++ function
 //   bool <name>(int part, int h, int i, int j, int nq, int nk, int heads)

@@ -282,4 +282,17 @@ RenderedKernel render_support_kernels() {
   return out;
 }
 
+RenderedKernel render_adaptive_kernels() {
+  RenderedKernel out;
+  out.source =
+      "// spattn adaptive selection: block means, top-k key blocks, their tables.\n"
+      "#include \"spattn/adaptive.cuh\"\n";
+  out.kernel_name = "spattn_adaptive_select";
+  out.program_name = "spattn_adaptive.cu";
+  add_template(out, "spattn/params.cuh");
+  add_template(out, "spattn/adaptive.cuh");
+  out.threads = 128;
+  return out;
+}
+
 }  // namespace spattn::codegen

@@ -14,6 +14,7 @@ const char* to_string(DType dtype) {
     case DType::kFloat16: return "fp16";
     case DType::kBFloat16: return "bf16";
     case DType::kFloat32: return "fp32";
+    case DType::kInt32: return "int32";
   }
   return "?";
 }
@@ -22,10 +23,11 @@ DType dtype_from_string(std::string_view name) {
   if (name == "fp16" || name == "float16" || name == "half" || name == "f16") return DType::kFloat16;
   if (name == "bf16" || name == "bfloat16") return DType::kBFloat16;
   if (name == "fp32" || name == "float32" || name == "float" || name == "f32") return DType::kFloat32;
-  SPATTN_FAIL(ErrorCode::kInvalidArgument, "unknown dtype '{}'; supported: fp16, bf16 (fp32 for LSE only)", name);
+  if (name == "int32" || name == "i32") return DType::kInt32;
+  SPATTN_FAIL(ErrorCode::kInvalidArgument, "unknown dtype '{}'; supported: fp16, bf16 (fp32 for LSE, int32 for block indices)", name);
 }
 
-size_t dtype_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
+size_t dtype_size(DType dtype) { return dtype == DType::kFloat32 || dtype == DType::kInt32 ? 4 : 2; }
 
 TensorView TensorView::contiguous(void* data, DType dtype, std::array<int64_t, 4> shape) {
   TensorView t;

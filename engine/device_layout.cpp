@@ -255,9 +255,20 @@ DeviceBackwardLayout::DeviceBackwardLayout(const Layout& layout, const BackwardP
   upload(dq_work_, packed.dq_work);
 }
 
-DeviceLayout::DeviceLayout(const Layout& layout, WorkList work) : work_list_(std::move(work)) {
-  const PackedTables packed = pack_tables(layout);
+DeviceLayout::DeviceLayout(const Layout& layout, WorkList work, int64_t batch_copies)
+    : work_list_(std::move(work)) {
+  SPATTN_REQUIRE(batch_copies >= 1, "device layout: {} batch copies", batch_copies);
+  PackedTables packed = pack_tables(layout);
   for (const SpattnTable& t : packed.tables) slot_offsets_.push_back({t.q_slots, t.k_slots});
+  if (batch_copies > 1) {
+    const int64_t one = static_cast<int64_t>(packed.arena.size());
+    checked_i32(one * batch_copies, "table arena size of all batch copies");
+    arena_stride_ = static_cast<int32_t>(one);
+    packed.arena.reserve(static_cast<size_t>(one * batch_copies));
+    for (int64_t b = 1; b < batch_copies; ++b)
+      packed.arena.insert(packed.arena.end(), packed.arena.begin(), packed.arena.begin() + one);
+  }
+  batch_copies_ = batch_copies;
   upload(arena_, packed.arena);
   upload(tables_, packed.tables);
   upload(work_, work_list_.items);

@@ -99,8 +99,10 @@ class DeviceBackwardLayout {
 class DeviceLayout {
  public:
   DeviceLayout() = default;
-  // Packs and uploads to the current device.
-  DeviceLayout(const Layout& layout, WorkList work);
+  // Packs and uploads to the current device. `batch_copies` > 1 uploads that many copies
+  // of the arena one after another (tables the GPU rewrites per batch, see
+  // SpattnFwdParams::arena_stride_b).
+  DeviceLayout(const Layout& layout, WorkList work, int64_t batch_copies = 1);
 
   const int32_t* arena() const { return reinterpret_cast<const int32_t*>(arena_.get()); }
   const SpattnTable* tables() const { return reinterpret_cast<const SpattnTable*>(tables_.get()); }
@@ -108,12 +110,18 @@ class DeviceLayout {
   const int32_t* groups() const { return reinterpret_cast<const int32_t*>(groups_.get()); }
   const WorkList& work_list() const { return work_list_; }
   size_t device_bytes() const { return arena_.size() + tables_.size() + work_.size() + groups_.size(); }
+  // Elements between the batch copies of the arena (0: one copy shared by every batch).
+  int32_t arena_stride() const { return arena_stride_; }
+  int64_t batch_copies() const { return batch_copies_; }
+  int32_t* mutable_arena() { return reinterpret_cast<int32_t*>(arena_.get()); }
   // Per table, its slot lists' offsets into the arena (for plan_token_copies).
   const std::vector<SlotOffsets>& slot_offsets() const { return slot_offsets_; }
 
  private:
   WorkList work_list_;
   std::vector<SlotOffsets> slot_offsets_;
+  int32_t arena_stride_ = 0;
+  int64_t batch_copies_ = 1;
   runtime::DeviceBuffer arena_, tables_, work_, groups_;
 };
 

@@ -139,11 +139,18 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
   const auto t0 = std::chrono::steady_clock::now();
   LayoutOptions layout_options = config.layout_options();
   layout_options.rect = rect_;
-  layout_ = compile_layout(pattern, whole_, layout_options);
-  if (sub) {
-    localise_slots(layout_);
+  if (is_adaptive(pattern)) {
+    SPATTN_REQUIRE(sub == nullptr, "adaptive patterns choose blocks of whole problems; they do not run on "
+                                   "sub-rectangles (ring attention's shard pairs)");
+    layout_ = adaptive_layout(pattern, whole_, layout_options);
+    stats_ = adaptive_stats(layout_, problem.head_dim);
   } else {
-    stats_ = layout_stats(pattern, layout_, problem.head_dim);
+    layout_ = compile_layout(pattern, whole_, layout_options);
+    if (sub) {
+      localise_slots(layout_);
+    } else {
+      stats_ = layout_stats(pattern, layout_, problem.head_dim);
+    }
   }
   layout_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 
@@ -171,6 +178,8 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
       copies_ = RowCopies(std::move(plan), load_kernel(support, device, "spattn_gather_rows"), problem.dtype,
                           problem.head_dim);
   }
+  if (is_adaptive(pattern))
+    adaptive_ = std::make_unique<AdaptiveSelector>(pattern, problem, config.tile_m, config.tile_n, device);
   if (work_list().split_slots > 0)
     split_merge_ = &load_kernel(support, device,
                                 problem.dtype == DType::kBFloat16 ? "spattn_merge_splits_bf16" : "spattn_merge_splits_fp16");
@@ -220,13 +229,28 @@ void ForwardPlan::launch_forward(SpattnFwdParams& fp, const TensorView& q, const
 
 ForwardPlan::~ForwardPlan() = default;
 
+void ForwardPlan::reserve_batch(int64_t batch) {
+  if (!adaptive_ || tables_.batch_copies() >= batch) return;
+  runtime::make_current(device_);
+  tables_ = DeviceLayout(layout_, tables_.work_list(), batch);
+}
+
 void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
-                      const TensorView* lse, float scale, CUstream stream) {
+                      const TensorView* lse, float scale, CUstream stream, const AdaptiveInputs* adaptive) {
   const Problem p = problem_from_tensors(q, k, v, o, lse);
   SPATTN_REQUIRE(p.nq == problem_.nq && p.nk == problem_.nk && p.heads == problem_.heads &&
                      p.kv_heads == problem_.kv_heads && p.head_dim == problem_.head_dim && p.dtype == problem_.dtype,
                  "tensors ({}) do not match the plan ({})", p.to_string(), problem_.to_string());
+  SPATTN_REQUIRE(adaptive_ || adaptive == nullptr ||
+                     (!adaptive->scores && !adaptive->wq && !adaptive->wk && !adaptive->blocks),
+                 "adaptive inputs (scores, projections, chosen blocks) were given for a '{}' pattern; they belong to "
+                 "adaptive patterns only",
+                 pattern_.kind());
   runtime::make_current(device_);
+  if (adaptive_) {
+    reserve_batch(p.batch);
+    adaptive_->run(q, k, adaptive ? *adaptive : AdaptiveInputs{}, p.batch, tables_, stream);
+  }
   if (scale <= 0) scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
   const int parts = static_cast<int>(layout_.parts.size());
   const bool merge = layout_.needs_merge();
@@ -284,6 +308,7 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
     fp.k_offset = static_cast<int32_t>(rect_.k_begin);
     fp.mask_nq = static_cast<int32_t>(whole_.nq);
     fp.mask_nk = static_cast<int32_t>(whole_.nk);
+    fp.arena_stride_b = tables_.arena_stride();
     copies_.gather(tables_.arena(), q, nullptr, k, v, p.batch, p.nq, p.nk, stream);
     launch_forward(fp, q, k, v, stream);
   }

@@ -19,7 +19,10 @@
 #include <string>
 #include <vector>
 
+#include <spattn/adaptive.hpp>
+
 #include "codegen/kernel_spec.hpp"
+#include "engine/adaptive.hpp"
 #include "engine/device_layout.hpp"
 #include "engine/jit.hpp"
 #include "runtime/device.hpp"
@@ -121,8 +124,16 @@ class ForwardPlan {
   ~ForwardPlan();
 
   // Launches on `stream` (asynchronous). `lse` may be null. scale <= 0 means 1/sqrt(D).
+  // `adaptive`: the per-call inputs of an adaptive pattern (null: scores computed, no
+  // blocks returned); refused for other patterns. An adaptive plan first selects its
+  // blocks and writes this call's tables on the stream, then runs the same kernels.
   void run(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
-           const TensorView* lse, float scale, CUstream stream);
+           const TensorView* lse, float scale, CUstream stream, const AdaptiveInputs* adaptive = nullptr);
+  // Adaptive plans: allocates the tables for `batch` batches now (run() does it on
+  // first use otherwise), so that a later run can be captured in a CUDA graph.
+  void reserve_batch(int64_t batch);
+  // The selection of an adaptive plan (null for static patterns).
+  const AdaptiveSelector* adaptive() const { return adaptive_.get(); }
 
   const Layout& layout() const { return layout_; }
   const LayoutStats& stats() const { return stats_; }
@@ -159,6 +170,7 @@ class ForwardPlan {
   DeviceLayout tables_;
   runtime::DeviceBuffer part_o_, part_lse_, split_o_, split_lse_;
   RowCopies copies_;  // ":copy": the permuted rows in slot order (empty without)
+  std::unique_ptr<AdaptiveSelector> adaptive_;  // adaptive patterns: tables built per call
 };
 
 }  // namespace spattn::engine

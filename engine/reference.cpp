@@ -38,7 +38,14 @@ std::vector<uint32_t> build_masks(const Pattern& pattern, const Problem& problem
 
 ReferenceResult reference_forward(const Pattern& pattern, const Problem& problem, const TensorView& q,
                                   const TensorView& k, const TensorView& v, float scale) {
-  const std::vector<uint32_t> masks = build_masks(pattern, problem);
+  return reference_forward_masks(build_masks(pattern, problem), pattern.branch_count(), problem, q, k, v, scale);
+}
+
+ReferenceResult reference_forward_masks(const std::vector<uint32_t>& masks, int branches, const Problem& problem,
+                                        const TensorView& q, const TensorView& k, const TensorView& v, float scale) {
+  const size_t words = static_cast<size_t>((problem.nk + 31) / 32);
+  SPATTN_REQUIRE(masks.size() == static_cast<size_t>(branches * problem.heads * problem.nq) * words,
+                 "reference: {} mask words for {} branches of {}", masks.size(), branches, problem.to_string());
   runtime::DeviceBuffer dmask(masks.size() * 4);
   dmask.upload(masks.data(), masks.size() * 4);
   const size_t o_elems = static_cast<size_t>(problem.batch * problem.nq * problem.heads * problem.head_dim);
@@ -56,7 +63,7 @@ ReferenceResult reference_forward(const Pattern& pattern, const Problem& problem
   p.heads = static_cast<int32_t>(problem.heads);
   p.kv_group = static_cast<int32_t>(problem.heads / problem.kv_heads);
   p.head_dim = static_cast<int32_t>(problem.head_dim);
-  p.branches = pattern.branch_count();
+  p.branches = branches;
   p.words = static_cast<int32_t>((problem.nk + 31) / 32);
   p.bf16 = problem.dtype == DType::kBFloat16 ? 1 : 0;
   p.scale = scale > 0 ? scale : 1.0f / std::sqrt(static_cast<float>(problem.head_dim));

@@ -25,6 +25,10 @@ std::vector<uint32_t> build_masks(const Pattern& pattern, const Problem& problem
 // Runs the reference kernel on the current device over q/k/v (device tensors).
 ReferenceResult reference_forward(const Pattern& pattern, const Problem& problem, const TensorView& q,
                                   const TensorView& k, const TensorView& v, float scale);
+// The same over masks built by the caller ([branches][Hq][Nq][ceil(Nk/32)] words, shared
+// by every batch row): patterns whose allowed pairs depend on the data (adaptive).
+ReferenceResult reference_forward_masks(const std::vector<uint32_t>& masks, int branches, const Problem& problem,
+                                        const TensorView& q, const TensorView& k, const TensorView& v, float scale);
 
 }  // namespace spattn::engine
 

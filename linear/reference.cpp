@@ -104,6 +104,7 @@ LinearTolerance scan_tolerance(DType dtype) {
     case DType::kFloat32: return {1e-4, 1e-4};  // SFU exp2 at 2^-22 per decay over ~100 steps of memory
     case DType::kFloat16: return {std::ldexp(1.0, -11), 5e-4};
     case DType::kBFloat16: return {std::ldexp(1.0, -8), 4e-3};
+    case DType::kInt32: break;
   }
   SPATTN_FAIL(ErrorCode::kInternal, "unknown dtype");
 }
@@ -113,6 +114,7 @@ LinearTolerance performer_tolerance(DType dtype) {
     case DType::kFloat32: return {1e-4, 1e-4};
     case DType::kFloat16: return {std::ldexp(1.0, -11), 1e-3};
     case DType::kBFloat16: return {std::ldexp(1.0, -8), 8e-3};
+    case DType::kInt32: break;
   }
   SPATTN_FAIL(ErrorCode::kInternal, "unknown dtype");
 }

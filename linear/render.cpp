@@ -14,8 +14,9 @@ int dtype_code(DType dtype) {
     case DType::kFloat16: return 0;
     case DType::kBFloat16: return 1;
     case DType::kFloat32: return 2;
+    case DType::kInt32: break;
   }
-  SPATTN_FAIL(ErrorCode::kInternal, "unknown dtype");
+  SPATTN_FAIL(ErrorCode::kInvalidArgument, "linear attention takes fp16, bf16 or fp32 tensors; got {}", to_string(dtype));
 }
 
 void add_template(codegen::RenderedKernel& out, std::string_view name) {

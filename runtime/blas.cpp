@@ -110,8 +110,9 @@ int data_type(DType t) {
     case DType::kFloat16: return kR16F;
     case DType::kBFloat16: return kR16BF;
     case DType::kFloat32: return kR32F;
+    case DType::kInt32: break;
   }
-  SPATTN_FAIL(ErrorCode::kInternal, "unknown dtype");
+  SPATTN_FAIL(ErrorCode::kInvalidArgument, "GEMM operands are fp16, bf16 or fp32; got {}", to_string(t));
 }
 
 // One handle per device, created in its primary context, kept for the process; calls

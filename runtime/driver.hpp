@@ -62,6 +62,12 @@ namespace spattn::runtime {
   X(cuEventSynchronize)             \
   X(cuEventElapsedTime)             \
   X(cuPointerGetAttribute)           \
+  X(cuStreamBeginCapture)           \
+  X(cuStreamEndCapture)             \
+  X(cuGraphInstantiateWithFlags)    \
+  X(cuGraphLaunch)                  \
+  X(cuGraphExecDestroy)             \
+  X(cuGraphDestroy)                 \
   X(cuTensorMapEncodeTiled)
 
 struct DriverApi {

@@ -171,10 +171,11 @@ struct Forward {
 
     // This work item covers key tiles [work[3], work[4]) of the query tile's CSR row (a
     // long row may be split over several work items, merged afterwards by LSE).
-    const int row_begin = __ldg(p.arena + t.row_ptr + q_tile) + work[3];
+    const int32_t* rows = p.arena + (int64_t)b * p.arena_stride_b;  // this batch's CSR
+    const int row_begin = __ldg(rows + t.row_ptr + q_tile) + work[3];
     const int n_tiles = work[4] - work[3];
-    const int n_full = __ldg(p.arena + t.full_count + q_tile) - work[3];
-    const int32_t* cols = p.arena + t.cols + row_begin;
+    const int n_full = __ldg(rows + t.full_count + q_tile) - work[3];
+    const int32_t* cols = rows + t.cols + row_begin;
 
     // ---- Q tile and the first key tile
     load_tile(qbase, p.q_stride_n, qs, BM, qslot0, p.nq, qslots, nullptr, qtok);

@@ -98,9 +98,10 @@ struct Forward {
     it.n_tiles = __ldg(w + 4) - it.first;
     it.split_slot = __ldg(w + 5);
     it.t = p.tables[it.table];
-    const int row_begin = __ldg(p.arena + it.t.row_ptr + it.q_tile) + it.first;
-    it.n_full = __ldg(p.arena + it.t.full_count + it.q_tile) - it.first;
-    it.cols = p.arena + it.t.cols + row_begin;
+    const int32_t* rows = p.arena + (int64_t)it.b * p.arena_stride_b;  // this batch's CSR
+    const int row_begin = __ldg(rows + it.t.row_ptr + it.q_tile) + it.first;
+    it.n_full = __ldg(rows + it.t.full_count + it.q_tile) - it.first;
+    it.cols = rows + it.t.cols + row_begin;
     return it;
   }
 

@@ -60,6 +60,10 @@ struct SpattnFwdParams {
   // a mask_nq x mask_nk problem, which is what the pattern's predicate sees. A whole
   // problem has offsets 0 and mask_nq = nq, mask_nk = nk.
   int32_t q_offset, k_offset, mask_nq, mask_nk;
+  // Tables built on the GPU per call (adaptive patterns) hold one copy of their row
+  // offsets, full counts and columns per batch: batch b reads them at arena + b *
+  // arena_stride_b. 0 for tables shared by the whole batch.
+  int32_t arena_stride_b;
 };
 
 // A TMA tensor map (the driver's CUtensorMap: 128 opaque bytes, 64-byte aligned),
@@ -257,6 +261,36 @@ struct SpattnReferenceParams {
   int64_t v_stride_b, v_stride_n, v_stride_h;
   int32_t batch, nq, nk, heads, kv_group, head_dim, branches, words, bf16;
   float scale;
+};
+
+// Adaptive patterns (templates/adaptive.cuh): the mean of every block of `block` tokens
+// of a [B, N, H, D] tensor (the last block may be shorter), fp32 [B][heads][blocks][D].
+struct SpattnAdaptivePoolParams {
+  const void* src;
+  int64_t stride_b, stride_n, stride_h;
+  float* out;
+  int32_t batch, n, heads, block, blocks, head_dim;
+};
+
+// Adaptive patterns: per (batch, head, query block) the chosen key blocks from the
+// scores (fp32, last dim contiguous), written ascending to `chosen` ([B][H][nq_blocks]
+// [max_k], -1 past k), then expanded into the key tiles of every query tile of the block
+// in this batch's copy of the table arena (table h serves head h). k, diagonal and
+// allowed are the host's geometry per query block (spattn::AdaptiveGeometry).
+struct SpattnAdaptiveSelectParams {
+  const float* scores;
+  int64_t s_stride_b, s_stride_h, s_stride_row;
+  const int32_t* k;
+  const int32_t* diagonal;
+  const int32_t* allowed;
+  int32_t* chosen;
+  int64_t c_stride_b, c_stride_h, c_stride_row;
+  int32_t* arena;
+  const SpattnTable* tables;
+  int32_t arena_stride_b;
+  int32_t batch, heads, nq_blocks, nk_blocks, max_k;
+  int32_t q_tiles_per_block, k_tiles_per_block, tile_m, tile_n, num_q_tiles;
+  int32_t nq, nk, causal;
 };
 
 // Fills n 16-bit values with uniform random numbers in [-scale, scale) from a counter

@@ -11,6 +11,7 @@
 // explain() says which.
 #pragma once
 
+#include <spattn/adaptive.hpp>
 #include <spattn/config.hpp>
 #include <spattn/error.hpp>
 #include <spattn/layout.hpp>
@@ -57,6 +58,7 @@ struct Explanation {
   size_t parts = 0;
   size_t tables = 0;
   size_t work_items = 0;
+  std::string selection;      // adaptive patterns: what the last forward chose from and how ("" otherwise)
   std::string to_string() const;
 };
 
@@ -70,8 +72,13 @@ class Attention {
   // O = attention(Q, K, V) under the pattern; LSE optional ([B, Hq, Nq] fp32).
   // Asynchronous on `stream`. Throws spattn::Error on invalid input (naming the tensor
   // and the expected shape), unsupported dtype/head dim/arch, or a missing GPU.
+  // Adaptive patterns (spattn/adaptive.hpp) choose their blocks on the GPU in the same
+  // stream first; `adaptive` gives them supplied scores or projections and takes the
+  // chosen blocks (null: scores from block means, nothing returned). Other patterns
+  // refuse adaptive inputs. A call on a new problem shape or a larger batch allocates
+  // buffers; later calls of that shape can be captured in a CUDA graph.
   void forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
-               const TensorView* lse = nullptr, CUstream stream = nullptr);
+               const TensorView* lse = nullptr, CUstream stream = nullptr, const AdaptiveInputs* adaptive = nullptr);
 
   // Gradients of forward(q, k, v) -> (o, lse) for the output gradient d_o: writes dq
   // (like q), dk and dv (like k; GQA: summed over the query heads of a group). lse is

@@ -11,10 +11,11 @@
 
 namespace spattn {
 
-enum class DType { kFloat16, kBFloat16, kFloat32 };
+// kInt32 only for index tensors (the chosen blocks of adaptive patterns).
+enum class DType { kFloat16, kBFloat16, kFloat32, kInt32 };
 
 const char* to_string(DType dtype);
-DType dtype_from_string(std::string_view name);  // "fp16"/"float16"/"half", "bf16"/"bfloat16", "fp32"; throws
+DType dtype_from_string(std::string_view name);  // "fp16"/"float16"/"half", "bf16"/"bfloat16", "fp32", "int32"; throws
 size_t dtype_size(DType dtype);
 
 struct TensorView {

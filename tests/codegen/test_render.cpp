@@ -89,6 +89,17 @@ TEST(Render, SupportKernelsCompile) {
   EXPECT_GT(out.cubin.size(), 1000u);
 }
 
+// The adaptive selection kernels (pool, select) for both archs the families target,
+// without spills.
+TEST(Render, AdaptiveKernelsCompile) {
+  const auto r = codegen::render_adaptive_kernels();
+  for (const char* arch : {"sm_80", "sm_90a"}) {
+    const auto out = compile(r, arch);
+    EXPECT_GT(out.cubin.size(), 1000u) << arch;
+    EXPECT_LE(out.local_bytes, 0) << arch << " spills:\n" << out.log;
+  }
+}
+
 TEST(Render, NvrtcErrorsCarryTheLogAndNumberedSourceLines) {
   runtime::Program prog;
   prog.name = "broken.cu";
