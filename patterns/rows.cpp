@@ -107,7 +107,9 @@ std::optional<Node> resolve_rec(const Pattern& p, const Shape& shape, int64_t h,
   if (std::holds_alternative<Adaptive>(pn)) {
     SPATTN_FAIL(ErrorCode::kUnsupported,
                 "adaptive patterns choose their blocks from the data on the GPU; the host layout "
-                "compiler cannot build their tables (use a static pattern, or the GPU table builder)");
+                "compiler cannot build their tables (a lone adaptive pattern runs through "
+                "spattn::Attention, whose adaptive_layout the GPU fills per call; adaptive inside a "
+                "union, intersection, branches or head group is not supported yet)");
   }
   if (const auto* l = std::get_if<LongNet>(&pn)) {
     if (branch < 0 || branch >= static_cast<int>(l->segments.size())) return std::nullopt;

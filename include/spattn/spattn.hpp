@@ -1,6 +1,7 @@
 // Everything of spattn's C++ API in one include.
 #pragma once
 
+#include <spattn/adaptive.hpp>
 #include <spattn/attention.hpp>
 #include <spattn/autotune.hpp>
 #include <spattn/cache.hpp>
