@@ -3,6 +3,7 @@
 // boundary.
 #include <spattn/spattn.h>
 
+#include <spattn/adaptive.hpp>
 #include <spattn/attention.hpp>
 #include <spattn/linear.hpp>
 #include <spattn/ring.hpp>
@@ -57,20 +58,27 @@ spattn_status guarded(F&& f) {
   }
 }
 
-// min_rank: attention takes ranks 3 and 4; the scan's parameters are of rank 1 and 2 (the
-// library then checks the exact rank of each tensor).
+// min_rank: attention takes ranks 3 and 4; the scan's parameters and the adaptive
+// projections are of rank 1 and 2 (the library then checks the exact rank of each tensor).
+// SPATTN_INT32 is accepted here for every tensor; the library refuses it where it does not
+// belong (anything but the chosen blocks of adaptive patterns).
 spattn::TensorView view_of(const spattn_tensor* t, const char* name, int min_rank = 3) {
   if (!t) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, std::string(name) + " is NULL");
   if (t->rank < min_rank || t->rank > 4)
     throw spattn::Error(spattn::ErrorCode::kInvalidArgument,
                         std::string(name) + (min_rank == 3 ? ": rank must be 3 or 4" : ": rank must be 1 to 4") +
                             " (got " + std::to_string(t->rank) + ")");
-  if (t->dtype < SPATTN_FP16 || t->dtype > SPATTN_FP32)
-    throw spattn::Error(spattn::ErrorCode::kInvalidArgument, std::string(name) + ": unknown dtype code");
   spattn::TensorView v;
+  switch (t->dtype) {
+    case SPATTN_FP16: v.dtype = spattn::DType::kFloat16; break;
+    case SPATTN_BF16: v.dtype = spattn::DType::kBFloat16; break;
+    case SPATTN_FP32: v.dtype = spattn::DType::kFloat32; break;
+    case SPATTN_INT32: v.dtype = spattn::DType::kInt32; break;
+    default:
+      throw spattn::Error(spattn::ErrorCode::kInvalidArgument,
+                          std::string(name) + ": unknown dtype code " + std::to_string(static_cast<int>(t->dtype)));
+  }
   v.data = t->data;
-  v.dtype = t->dtype == SPATTN_FP16 ? spattn::DType::kFloat16
-            : t->dtype == SPATTN_BF16 ? spattn::DType::kBFloat16 : spattn::DType::kFloat32;
   v.rank = t->rank;
   for (int d = 0; d < 4; ++d) {
     v.shape[d] = d < t->rank ? t->shape[d] : 1;
@@ -149,6 +157,27 @@ spattn_status spattn_attention_forward(spattn_attention_t attn, const spattn_ten
   });
 }
 
+spattn_status spattn_attention_forward_adaptive(spattn_attention_t attn, const spattn_tensor* q,
+                                                const spattn_tensor* k, const spattn_tensor* v,
+                                                const spattn_tensor* o, const spattn_tensor* lse,
+                                                const spattn_tensor* scores, const spattn_tensor* wq,
+                                                const spattn_tensor* wk, const spattn_tensor* blocks, void* stream) {
+  return guarded([&] {
+    if (!attn) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "attention handle is NULL");
+    const spattn::TensorView l = lse ? view_of(lse, "lse") : spattn::TensorView{};
+    // Absent (NULL or a NULL data pointer) inputs stay null pointers in AdaptiveInputs.
+    const spattn::TensorView s = optional_view_of(scores, "scores"), pq = optional_view_of(wq, "wq"),
+                             pk = optional_view_of(wk, "wk"), c = optional_view_of(blocks, "blocks");
+    spattn::AdaptiveInputs in;
+    in.scores = s.data ? &s : nullptr;
+    in.wq = pq.data ? &pq : nullptr;
+    in.wk = pk.data ? &pk : nullptr;
+    in.blocks = c.data ? &c : nullptr;
+    attn->attn.forward(view_of(q, "q"), view_of(k, "k"), view_of(v, "v"), view_of(o, "o"), lse ? &l : nullptr,
+                       static_cast<CUstream>(stream), &in);
+  });
+}
+
 spattn_status spattn_attention_backward(spattn_attention_t attn, const spattn_tensor* q, const spattn_tensor* k,
                                         const spattn_tensor* v, const spattn_tensor* o, const spattn_tensor* lse,
                                         const spattn_tensor* d_o, const spattn_tensor* dq, const spattn_tensor* dk,
@@ -186,6 +215,17 @@ spattn_status spattn_pattern_stats(const char* pattern_json, int64_t nq, int64_t
                               {"full_tiles", s.full_tiles},     {"partial_tiles", s.partial_tiles},
                               {"useful_flops", s.useful_flops}, {"parts", s.parts}};
     copy_out(j.dump(), buffer, capacity, needed);
+  });
+}
+
+spattn_status spattn_adaptive_geometry(const char* pattern_json, int64_t nq, int64_t nk, int64_t* nq_blocks,
+                                       int64_t* nk_blocks, int64_t* max_k) {
+  return guarded([&] {
+    if (!pattern_json) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "pattern_json is NULL");
+    const spattn::AdaptiveGeometry g = spattn::adaptive_geometry(spattn::Pattern::parse(pattern_json), nq, nk);
+    if (nq_blocks) *nq_blocks = g.nq_blocks;
+    if (nk_blocks) *nk_blocks = g.nk_blocks;
+    if (max_k) *max_k = g.max_k;
   });
 }
 

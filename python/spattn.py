@@ -9,6 +9,14 @@ The library is found through $SPATTN_LIB, else beside this file (the package tha
     attn = spattn.Attention({"type": "local_window", "window": 1024})
     out = attn(q, k, v)
 
+Adaptive (content-based top-k block) patterns choose their key blocks per call on the GPU
+(include/spattn/adaptive.hpp); Attention.forward takes their per-call inputs and can
+return the blocks chosen:
+
+    attn = spattn.Attention({"type": "adaptive", "block": 64, "top_k": 4, "causal": True})
+    nq_blocks, nk_blocks, max_k = spattn.adaptive_geometry(attn.pattern, nq, nk)
+    out, blocks = attn(q, k, v, scores=scores, return_blocks=True)  # scores [B, Hq, nq_blocks, nk_blocks]
+
 The linear-time mixers (include/spattn/linear.hpp), forward only:
 
     y = spattn.selective_scan(x, delta, a_log, b, c, d=d, z=z, delta_bias=bias)  # Mamba S6
@@ -24,7 +32,7 @@ import ctypes
 import json
 import os
 
-_FP16, _BF16, _FP32 = 0, 1, 2
+_FP16, _BF16, _FP32, _INT32 = 0, 1, 2, 3
 
 
 class SpattnError(RuntimeError):
@@ -66,6 +74,10 @@ _lib.spattn_last_error.restype = ctypes.c_char_p
 _lib.spattn_attention_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
 _lib.spattn_attention_destroy.argtypes = [ctypes.c_void_p]
 _lib.spattn_attention_forward.argtypes = [ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 5 + [ctypes.c_void_p]
+_lib.spattn_attention_forward_adaptive.argtypes = ([ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 9 +
+                                                   [ctypes.c_void_p])
+_lib.spattn_adaptive_geometry.argtypes = ([ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64] +
+                                          [ctypes.POINTER(ctypes.c_int64)] * 3)
 _lib.spattn_attention_backward.argtypes = [ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 9 + [ctypes.c_void_p]
 _lib.spattn_attention_explain.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t,
                                           ctypes.POINTER(ctypes.c_size_t)]
@@ -111,7 +123,9 @@ def _view(t, name=None, supported="float16, bfloat16 (float32 for LSE)"):
     where = f"{name}: " if name else ""
     if not isinstance(t, torch.Tensor):
         raise SpattnError(1, f"{where}expected a torch.Tensor, got {type(t).__name__}")
-    codes = {torch.float16: _FP16, torch.bfloat16: _BF16, torch.float32: _FP32}
+    # int32 is for index outputs (the chosen blocks of adaptive patterns); the library
+    # refuses it anywhere else.
+    codes = {torch.float16: _FP16, torch.bfloat16: _BF16, torch.float32: _FP32, torch.int32: _INT32}
     if t.dtype not in codes:
         raise SpattnError(1, f"{where}unsupported tensor dtype {t.dtype}; supported: {supported}")
     if not t.is_cuda:
@@ -128,8 +142,24 @@ def _view(t, name=None, supported="float16, bfloat16 (float32 for LSE)"):
     return v
 
 
+def adaptive_geometry(pattern, nq, nk=None):
+    """The block grid of an adaptive pattern at nq queries x nk keys (default nk = nq), as
+    (nq_blocks, nk_blocks, max_k): blocks of the pattern's "block" tokens along each axis
+    (ceil(N / block)) and the most key blocks a query block keeps, the last dimension of
+    the chosen-blocks tensor [B, Hq, nq_blocks, max_k]. No GPU needed; SpattnError (status 1)
+    for a pattern that is not one adaptive pattern or an empty shape."""
+    nq_blocks, nk_blocks, max_k = ctypes.c_int64(), ctypes.c_int64(), ctypes.c_int64()
+    _check(_lib.spattn_adaptive_geometry(_pattern_text(pattern).encode(), int(nq), int(nq if nk is None else nk),
+                                         ctypes.byref(nq_blocks), ctypes.byref(nk_blocks), ctypes.byref(max_k)))
+    return nq_blocks.value, nk_blocks.value, max_k.value
+
+
 class Attention:
-    """Sparse attention with a pattern (dict, JSON text or preset name)."""
+    """Sparse attention with a pattern (dict, JSON text or preset name).
+
+    Adaptive patterns ({"type": "adaptive", "block": B, "top_k": k} or "keep_ratio": f,
+    optionally "causal": true; include/spattn/adaptive.hpp) choose their key blocks on the
+    GPU per call; see forward() for their inputs. They have no backward pass yet."""
 
     def __init__(self, pattern, config=None, scale=None, use_tuning_db=True, backward_config=None,
                  deterministic=False):
@@ -140,20 +170,72 @@ class Attention:
             options["backward_config"] = backward_config
         if scale is not None:
             options["scale"] = float(scale)
+        self.pattern = _pattern_text(pattern)
         handle = ctypes.c_void_p()
-        _check(_lib.spattn_attention_create(_pattern_text(pattern).encode(), json.dumps(options).encode(),
+        _check(_lib.spattn_attention_create(self.pattern.encode(), json.dumps(options).encode(),
                                             ctypes.byref(handle)))
         self._handle = handle
+        self._geometry = {}  # (nq, nk) -> adaptive_geometry
 
     def __del__(self):
         if getattr(self, "_handle", None):
             _lib.spattn_attention_destroy(self._handle)
             self._handle = None
 
-    def forward(self, q, k, v, out=None, lse=None, stream=None):
-        return _forward(_lib.spattn_attention_forward, self._handle, q, k, v, out, lse, stream)
+    def forward(self, q, k, v, out=None, lse=None, stream=None, *, scores=None, wq=None, wk=None,
+                return_blocks=False):
+        """O = attention(q, k, v) under the pattern, written into `out` (allocated like q if
+        None) and LSE into `lse` [B, Hq, Nq] float32 if given; returns out, or (out, blocks)
+        with return_blocks=True.
+
+        Adaptive patterns only (the others refuse these):
+          scores [B, Hq, nq_blocks, nk_blocks]: block scores to choose from instead of the
+            block means' products (converted to float32, last dim contiguous);
+          wq, wk: projections of the pooled blocks, [D, P] shared by every head or [Hq, D, P] /
+            [Hkv, D, P] per head (converted with .float().contiguous()); both or neither,
+            exclusive with scores;
+          return_blocks: also return the chosen key blocks, int32 [B, Hq, nq_blocks, max_k]
+            (see adaptive_geometry), ascending per row, -1 past the row's count.
+        Shapes are checked by the library (SpattnError with its message)."""
+        import torch
+        adaptive = None
+        if scores is not None or wq is not None or wk is not None or return_blocks:
+            temporaries = []
+
+            def as_f32(t, contiguous):
+                if not isinstance(t, torch.Tensor):
+                    return t  # _view names it
+                c = t if t.dtype == torch.float32 else t.float()
+                if contiguous or (c.dim() > 0 and c.stride(-1) != 1):
+                    c = c.contiguous()
+                if c is not t:
+                    temporaries.append(c)
+                return c
+
+            _same_device(("q", q), {"scores": scores, "wq": wq, "wk": wk})
+            scores = as_f32(scores, False) if scores is not None else None
+            wq = as_f32(wq, True) if wq is not None else None
+            wk = as_f32(wk, True) if wk is not None else None
+            blocks = None
+            if return_blocks:
+                blocks = self._blocks_for(q, k)
+            adaptive = (scores, wq, wk, blocks, temporaries)
+        out = _forward(_lib.spattn_attention_forward, self._handle, q, k, v, out, lse, stream, adaptive)
+        return (out, adaptive[3]) if return_blocks else out
 
     __call__ = forward
+
+    def _blocks_for(self, q, k):
+        """The chosen-blocks output of a forward over q, k (None where q or k is not 4-D: the
+        library then refuses them by name)."""
+        import torch
+        if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and q.dim() == 4 and k.dim() == 4):
+            return None
+        key = (q.shape[1], k.shape[1])
+        if key not in self._geometry:
+            self._geometry[key] = adaptive_geometry(self.pattern, *key)
+        nq_blocks, _, max_k = self._geometry[key]
+        return torch.empty((q.shape[0], q.shape[2], nq_blocks, max_k), dtype=torch.int32, device=q.device)
 
     def backward(self, q, k, v, out, lse, d_out, dq=None, dk=None, dv=None, stream=None):
         """Gradients of forward(q, k, v) -> (out, lse) for d_out; returns (dq, dk, dv)."""
@@ -172,16 +254,34 @@ class Attention:
         return _explain(_lib.spattn_attention_explain, self._handle)
 
 
-def _forward(fn, handle, q, k, v, out, lse, stream):
-    """An attention forward of the C ABI (fn) over torch tensors; out is allocated like q if None."""
+def _forward(fn, handle, q, k, v, out, lse, stream, adaptive=None):
+    """An attention forward of the C ABI (fn) over torch tensors; out is allocated like q if None.
+
+    adaptive: None, or (scores, wq, wk, blocks, temporaries) of an adaptive pattern's call
+    (tensors or None; temporaries: tensors made for this call, e.g. converted copies), which
+    then goes to spattn_attention_forward_adaptive instead of fn."""
     import torch
     if out is None:
         out = torch.empty_like(q)
-    if stream is None:
-        stream = torch.cuda.current_stream(q.device).cuda_stream
     views = [_view(q, "q"), _view(k, "k"), _view(v, "v"), _view(out, "out")]
     lse_view = ctypes.pointer(_view(lse, "lse")) if lse is not None else None
-    _check(fn(handle, *[ctypes.pointer(x) for x in views], lse_view, ctypes.c_void_p(stream)))
+    explicit_stream = stream is not None
+    if stream is None:
+        stream = torch.cuda.current_stream(q.device).cuda_stream
+    if adaptive is None:
+        _check(fn(handle, *[ctypes.pointer(x) for x in views], lse_view, ctypes.c_void_p(stream)))
+        return out
+    *inputs, temporaries = adaptive
+    extra = [ctypes.pointer(_view(t, name, "float32 (int32 for blocks)")) if t is not None else None
+             for t, name in zip(inputs, ("scores", "wq", "wk", "blocks"))]
+    _check(_lib.spattn_attention_forward_adaptive(handle, *[ctypes.pointer(x) for x in views], lse_view, *extra,
+                                                  ctypes.c_void_p(stream)))
+    if explicit_stream and temporaries and stream != torch.cuda.current_stream(q.device).cuda_stream:
+        # Copies made on the current stream are read on another: keep their memory from
+        # being reused before that stream's work is done.
+        side = torch.cuda.ExternalStream(stream, device=q.device)
+        for t in temporaries:
+            t.record_stream(side)
     return out
 
 
@@ -493,7 +593,11 @@ def attention(q, k, v, pattern, scale=None, deterministic=False):
     """Differentiable sparse attention: q [B, Nq, Hq, D], k/v [B, Nk, Hkv, D] (fp16/bf16, CUDA).
 
     scale defaults to 1/sqrt(D). The forward saves O and LSE; the backward runs spattn's
-    backward kernels (deterministic=True: bitwise reproducible gradients, no atomics)."""
+    backward kernels (deterministic=True: bitwise reproducible gradients, no atomics).
+    Adaptive patterns run forward only here (their block scores from the block means;
+    Attention.forward takes supplied scores or projections): their backward raises
+    SpattnError (status 2, unsupported) with the library's reason; train with a static
+    pattern."""
     out, _ = _register_ops().attention_forward(q, k, v, _pattern_text(pattern), float(scale or 0.0),
                                                bool(deterministic))
     return out

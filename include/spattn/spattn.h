@@ -6,6 +6,8 @@
  * opaque. Patterns are the JSON of DESIGN.md §8 (or a preset name). Tensors are device
  * pointers with shapes and strides in elements:
  *   Q [B, Nq, Hq, D], K/V [B, Nk, Hkv, D], O like Q, LSE [B, Hq, Nq] fp32 (optional).
+ * Adaptive patterns ({"type": "adaptive", ...}, include/spattn/adaptive.hpp) also take
+ * block scores, projections and a chosen-blocks output: spattn_attention_forward_adaptive.
  */
 #ifndef SPATTN_H_
 #define SPATTN_H_
@@ -29,12 +31,13 @@ typedef enum spattn_status {
   SPATTN_ERROR_INTERNAL = 8
 } spattn_status;
 
-typedef enum spattn_dtype { SPATTN_FP16 = 0, SPATTN_BF16 = 1, SPATTN_FP32 = 2 } spattn_dtype;
+/* SPATTN_INT32 only for index tensors (the chosen blocks of adaptive patterns). */
+typedef enum spattn_dtype { SPATTN_FP16 = 0, SPATTN_BF16 = 1, SPATTN_FP32 = 2, SPATTN_INT32 = 3 } spattn_dtype;
 
 typedef struct spattn_tensor {
   void* data;
   spattn_dtype dtype;
-  int32_t rank;        /* 4 for Q/K/V/O, 3 for LSE; 1 to 3 for the scan's tensors */
+  int32_t rank;        /* 4 for Q/K/V/O, 3 for LSE; 1 to 3 for the scan's tensors; 2 to 4 for adaptive inputs */
   int64_t shape[4];
   int64_t strides[4];  /* elements */
 } spattn_tensor;
@@ -58,6 +61,24 @@ spattn_status spattn_attention_forward(spattn_attention_t attn, const spattn_ten
                                        const spattn_tensor* v, const spattn_tensor* o, const spattn_tensor* lse,
                                        void* stream);
 
+/* The forward of an adaptive pattern (include/spattn/adaptive.hpp) with its per-call
+ * inputs, all optional (NULL, or a descriptor with a NULL data pointer: absent):
+ *   scores [B, Hq, nq_blocks, nk_blocks] fp32, last dimension contiguous: the block
+ *     scores to choose from instead of computing them from block means (exclusive with
+ *     wq / wk);
+ *   wq, wk: projections of the pooled blocks, fp32, contiguous: [D, P] shared by every
+ *     head, or [Hq, D, P] (wq) / [Hkv, D, P] (wk) per head; both or neither;
+ *   blocks [B, Hq, nq_blocks, max_k] SPATTN_INT32, contiguous: written with the chosen key
+ *     blocks, ascending per row, -1 past the row's count (the grid: spattn_adaptive_geometry).
+ * With all four absent it is spattn_attention_forward (scores from the block means, for
+ * adaptive patterns); other patterns refuse any adaptive input. Asynchronous on `stream`:
+ * the selection runs on the GPU in the same stream before the attention. */
+spattn_status spattn_attention_forward_adaptive(spattn_attention_t attn, const spattn_tensor* q,
+                                                const spattn_tensor* k, const spattn_tensor* v,
+                                                const spattn_tensor* o, const spattn_tensor* lse,
+                                                const spattn_tensor* scores, const spattn_tensor* wq,
+                                                const spattn_tensor* wk, const spattn_tensor* blocks, void* stream);
+
 /* Gradients of the forward pass: dq like q, dk and dv like k; lse (required) and o are
  * what forward wrote, d_o is like o. Asynchronous on `stream`. */
 spattn_status spattn_attention_backward(spattn_attention_t attn, const spattn_tensor* q, const spattn_tensor* k,
@@ -72,6 +93,14 @@ spattn_status spattn_attention_explain(spattn_attention_t attn, char* buffer, si
 /* Layout statistics as a JSON object (density, allowed_pairs, tiles, useful_flops...). */
 spattn_status spattn_pattern_stats(const char* pattern_json, int64_t nq, int64_t nk, int64_t heads, int64_t tile_m,
                                    int64_t tile_n, int64_t head_dim, char* buffer, size_t capacity, size_t* needed);
+
+/* The block grid of an adaptive pattern at Nq x Nk queries x keys (no GPU needed): the
+ * query and key block counts (ceil(N / block)) and max_k, the most blocks a query block
+ * keeps (the chosen-blocks tensor's last dimension). Any output pointer may be NULL.
+ * SPATTN_ERROR_INVALID_ARGUMENT for a pattern that is not one adaptive pattern or an empty
+ * shape. */
+spattn_status spattn_adaptive_geometry(const char* pattern_json, int64_t nq, int64_t nk, int64_t* nq_blocks,
+                                       int64_t* nk_blocks, int64_t* max_k);
 
 /* ---- Mamba selective scan (S6), include/spattn/linear.hpp ---------------------------
  * Sequence tensors x, delta, z, y [B, L, channels] and b, c [B, L, state] (rank 3, one

@@ -1,10 +1,12 @@
-// The C ABI of the selective scan and Performer (include/spattn/spattn.h) without a GPU:
-// handles, options, argument validation with the library's messages through
-// spattn_last_error(), the random features and their redraw, and "no GPU" (status 3)
-// for a valid call on a host without one. Descriptors carry fake device addresses: every
-// check here happens before anything touches the device.
+// The C ABI of the selective scan, Performer and adaptive attention patterns
+// (include/spattn/spattn.h) without a GPU: handles, options, argument validation with the
+// library's messages through spattn_last_error(), the random features and their redraw,
+// the block grid of adaptive patterns (spattn_adaptive_geometry, against the C++ API),
+// and "no GPU" (status 3) for a valid call on a host without one. Descriptors carry fake
+// device addresses: every check here happens before anything touches the device.
 #include <gtest/gtest.h>
 
+#include <spattn/adaptive.hpp>
 #include <spattn/linear.hpp>
 #include <spattn/spattn.h>
 
@@ -220,6 +222,130 @@ TEST(PerformerCApi, ForwardValidatesTensorsAndNeedsAGpu) {
   if (!spattn::runtime::has_gpu()) expect_status(spattn_performer_forward(p, &q, &k, &v, &o, nullptr), SPATTN_ERROR_NO_GPU, "");
   spattn_performer_destroy(causal);
   spattn_performer_destroy(p);
+}
+
+// ---- adaptive patterns ------------------------------------------------------------------
+
+TEST(AdaptiveCApi, GeometryIsTheBlockGridOfThePattern) {
+  int64_t nq_blocks = -1, nk_blocks = -1, max_k = -1;
+  ASSERT_EQ(spattn_adaptive_geometry(R"({"type":"adaptive","block":64,"top_k":4,"causal":true})", 1000, 1000,
+                                     &nq_blocks, &nk_blocks, &max_k),
+            SPATTN_OK)
+      << spattn_last_error();
+  EXPECT_EQ(nq_blocks, 16);
+  EXPECT_EQ(nk_blocks, 16);
+  EXPECT_EQ(max_k, 4);
+  EXPECT_STREQ(spattn_last_error(), "");
+  // The same numbers as the C++ API, for other shapes and selections (keep_ratio, Nq != Nk,
+  // a causal problem whose first query block sees nothing).
+  const struct {
+    const char* json;
+    int64_t nq, nk;
+  } cases[] = {{R"({"type":"adaptive","block":128,"keep_ratio":0.25})", 500, 1000},
+               {R"({"type":"adaptive","block":64,"top_k":3,"causal":true})", 100, 1000},
+               {R"({"type":"adaptive","block":64,"top_k":8,"causal":true})", 1000, 70},
+               {R"({"type":"adaptive","block":32,"keep_ratio":1.0,"causal":true})", 1, 1}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(std::string(c.json) + " Nq=" + std::to_string(c.nq) + " Nk=" + std::to_string(c.nk));
+    ASSERT_EQ(spattn_adaptive_geometry(c.json, c.nq, c.nk, &nq_blocks, &nk_blocks, &max_k), SPATTN_OK)
+        << spattn_last_error();
+    const spattn::AdaptiveGeometry g = spattn::adaptive_geometry(spattn::Pattern::parse(c.json), c.nq, c.nk);
+    EXPECT_EQ(nq_blocks, g.nq_blocks);
+    EXPECT_EQ(nk_blocks, g.nk_blocks);
+    EXPECT_EQ(max_k, g.max_k);
+  }
+  EXPECT_EQ(nq_blocks, 1);
+  // Every output is optional.
+  ASSERT_EQ(spattn_adaptive_geometry(R"({"type":"adaptive","block":64,"top_k":4})", 130, 1000, nullptr, nullptr,
+                                     &max_k),
+            SPATTN_OK)
+      << spattn_last_error();
+  EXPECT_EQ(max_k, 4);
+  ASSERT_EQ(spattn_adaptive_geometry(R"({"type":"adaptive","block":64,"top_k":4})", 130, 1000, nullptr, nullptr,
+                                     nullptr),
+            SPATTN_OK);
+}
+
+TEST(AdaptiveCApi, GeometryRefusesOtherPatternsAndEmptyShapes) {
+  int64_t nq_blocks = -1, nk_blocks = -1, max_k = -1;
+  expect_status(spattn_adaptive_geometry(R"({"type":"local_window","window":64})", 1000, 1000, &nq_blocks,
+                                         &nk_blocks, &max_k),
+                SPATTN_ERROR_INVALID_ARGUMENT, "'local_window' pattern");
+  EXPECT_EQ(nq_blocks, -1) << "outputs are not written on failure";
+  expect_status(spattn_adaptive_geometry(R"({"type":"dense","causal":true})", 1000, 1000, &nq_blocks, &nk_blocks,
+                                         &max_k),
+                SPATTN_ERROR_INVALID_ARGUMENT, "'dense' pattern");
+  expect_status(spattn_adaptive_geometry(R"({"type":"adaptive","block":64,"top_k":4})", 0, 1000, &nq_blocks,
+                                         &nk_blocks, &max_k),
+                SPATTN_ERROR_INVALID_ARGUMENT, "empty problem");
+  expect_status(spattn_adaptive_geometry(nullptr, 10, 10, &nq_blocks, &nk_blocks, &max_k),
+                SPATTN_ERROR_INVALID_ARGUMENT, "pattern_json is NULL");
+  EXPECT_NE(spattn_adaptive_geometry("{", 10, 10, &nq_blocks, &nk_blocks, &max_k), SPATTN_OK);
+  EXPECT_STRNE(spattn_last_error(), "");
+  EXPECT_EQ(nq_blocks, -1);
+}
+
+// The tensors of a valid adaptive forward: B=2, N=1000, H=4, D=64 bf16, block 64 top 4.
+struct AdaptiveTensors {
+  spattn_tensor q = tensor(SPATTN_BF16, {2, 1000, 4, 64}, 1), k = tensor(SPATTN_BF16, {2, 1000, 4, 64}, 2),
+                v = tensor(SPATTN_BF16, {2, 1000, 4, 64}, 3), o = tensor(SPATTN_BF16, {2, 1000, 4, 64}, 4),
+                lse = tensor(SPATTN_FP32, {2, 4, 1000}, 5), scores = tensor(SPATTN_FP32, {2, 4, 16, 16}, 6),
+                blocks = tensor(SPATTN_INT32, {2, 4, 16, 4}, 7), wq = tensor(SPATTN_FP32, {64, 16}, 8),
+                wk = tensor(SPATTN_FP32, {64, 16}, 9);
+  spattn_status forward(spattn_attention_t attn, const spattn_tensor* s, const spattn_tensor* pq,
+                        const spattn_tensor* pk, const spattn_tensor* c) const {
+    return spattn_attention_forward_adaptive(attn, &q, &k, &v, &o, &lse, s, pq, pk, c, nullptr);
+  }
+};
+
+TEST(AdaptiveCApi, ForwardValidatesDescriptorsAndNeedsAGpu) {
+  spattn_attention_t attn = nullptr;
+  ASSERT_EQ(spattn_attention_create(R"({"type":"adaptive","block":64,"top_k":4,"causal":true})", nullptr, &attn),
+            SPATTN_OK)
+      << spattn_last_error();
+  AdaptiveTensors t;
+  expect_status(t.forward(nullptr, &t.scores, nullptr, nullptr, &t.blocks), SPATTN_ERROR_INVALID_ARGUMENT,
+                "attention handle is NULL");
+  expect_status(spattn_attention_forward_adaptive(attn, nullptr, &t.k, &t.v, &t.o, nullptr, &t.scores, nullptr,
+                                                  nullptr, &t.blocks, nullptr),
+                SPATTN_ERROR_INVALID_ARGUMENT, "q is NULL");
+  {
+    spattn_tensor bad = t.scores;
+    bad.rank = 5;
+    expect_status(t.forward(attn, &bad, nullptr, nullptr, &t.blocks), SPATTN_ERROR_INVALID_ARGUMENT,
+                  "scores: rank must be 1 to 4 (got 5)");
+    bad = t.blocks;
+    bad.dtype = static_cast<spattn_dtype>(7);
+    expect_status(t.forward(attn, &t.scores, nullptr, nullptr, &bad), SPATTN_ERROR_INVALID_ARGUMENT,
+                  "blocks: unknown dtype code 7");
+    bad = t.wq;
+    bad.rank = 0;
+    expect_status(t.forward(attn, nullptr, &bad, &t.wk, nullptr), SPATTN_ERROR_INVALID_ARGUMENT,
+                  "wq: rank must be 1 to 4 (got 0)");
+  }
+  {
+    // SPATTN_INT32 is for the chosen blocks only: attention tensors of it are refused.
+    AdaptiveTensors u;
+    for (spattn_tensor* x : {&u.q, &u.k, &u.v, &u.o}) x->dtype = SPATTN_INT32;
+    EXPECT_NE(u.forward(attn, nullptr, nullptr, nullptr, nullptr), SPATTN_OK);
+    EXPECT_NE(std::string(spattn_last_error()).find("int32"), std::string::npos) << spattn_last_error();
+    AdaptiveTensors w;
+    w.lse.dtype = SPATTN_INT32;
+    expect_status(w.forward(attn, nullptr, nullptr, nullptr, nullptr), SPATTN_ERROR_INVALID_ARGUMENT, "LSE must be fp32");
+  }
+  if (!spattn::runtime::has_gpu()) {
+    // Valid calls: supplied scores and blocks; projections; all absent (as NULL and as a
+    // NULL data pointer). The shapes of the adaptive inputs are checked on the GPU side,
+    // once the plan (and with it the block grid of the problem) exists.
+    expect_status(t.forward(attn, &t.scores, nullptr, nullptr, &t.blocks), SPATTN_ERROR_NO_GPU, "");
+    EXPECT_STRNE(spattn_last_error(), "");
+    expect_status(t.forward(attn, nullptr, &t.wq, &t.wk, nullptr), SPATTN_ERROR_NO_GPU, "");
+    spattn_tensor absent = t.scores;
+    absent.data = nullptr;
+    expect_status(t.forward(attn, &absent, &absent, &absent, &absent), SPATTN_ERROR_NO_GPU, "");
+    expect_status(t.forward(attn, nullptr, nullptr, nullptr, nullptr), SPATTN_ERROR_NO_GPU, "");
+  }
+  spattn_attention_destroy(attn);
 }
 
 }  // namespace

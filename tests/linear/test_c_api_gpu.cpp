@@ -5,16 +5,24 @@
 // |out - ref| <= rtol |ref| + atol max|ref|, as the C++ API's tests:
 //   scan      fp32 (1e-4, 1e-4)   bf16 (2^-8, 4e-3)
 //   performer fp32 (1e-4, 1e-4)   bf16 (2^-8, 8e-3)
+// And an adaptive pattern through spattn_attention_forward_adaptive with supplied random
+// scores: the chosen blocks equal spattn::adaptive_select_reference per (batch, head), the
+// output matches the fp32 reference kernel over masks of those blocks (bf16: rel L2 1e-2,
+// max 3e-2, LSE 2e-3, as tests/engine/test_adaptive_gpu.cpp), and the adaptive inputs'
+// shapes are checked with the library's messages.
 #include <gtest/gtest.h>
 
+#include <spattn/adaptive.hpp>
 #include <spattn/linear.hpp>
 #include <spattn/spattn.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "engine/reference.hpp"
 #include "runtime/device.hpp"
 #include "tests/linear/linear_test_util.hpp"
 #include "tests/support/gpu.hpp"
@@ -23,7 +31,10 @@ namespace spattn {
 namespace {
 
 spattn_tensor describe(const runtime::DeviceBuffer& buf, DType dtype, std::vector<int64_t> shape) {
-  const spattn_dtype c = dtype == DType::kFloat16 ? SPATTN_FP16 : dtype == DType::kBFloat16 ? SPATTN_BF16 : SPATTN_FP32;
+  const spattn_dtype c = dtype == DType::kFloat16    ? SPATTN_FP16
+                         : dtype == DType::kBFloat16 ? SPATTN_BF16
+                         : dtype == DType::kInt32    ? SPATTN_INT32
+                                                     : SPATTN_FP32;
   return test::c_tensor(buf.data(), c, shape);
 }
 
@@ -134,6 +145,126 @@ TEST(PerformerCApiGpu, MatchesTheReferenceAndFollowsARedraw) {
   SPATTN_REQUIRE_GPU();
   for (DType dt : {DType::kFloat32, DType::kBFloat16})
     for (bool causal : {false, true}) performer_case(dt, causal);
+}
+
+TEST(AdaptiveCApiGpu, SuppliedScoresChooseTheReferenceBlocksAndAttendThem) {
+  SPATTN_REQUIRE_GPU();
+  const char* json = R"({"type":"adaptive","block":64,"top_k":4,"causal":true})";
+  const int64_t B = 2, N = 1000, H = 4, Hkv = 2, Dh = 64;
+  const DType dt = DType::kBFloat16;
+  int64_t nqb = 0, nkb = 0, max_k = 0;
+  ASSERT_EQ(spattn_adaptive_geometry(json, N, N, &nqb, &nkb, &max_k), SPATTN_OK) << spattn_last_error();
+  const AdaptiveGeometry g = adaptive_geometry(Pattern::parse(json), N, N);
+  ASSERT_EQ(nqb, g.nq_blocks);
+  ASSERT_EQ(nkb, g.nk_blocks);
+  ASSERT_EQ(max_k, g.max_k);
+
+  std::mt19937_64 rng(47);
+  std::vector<float> q = test::uniform(B * N * H * Dh, -1, 1, rng), k = test::uniform(B * N * Hkv * Dh, -1, 1, rng),
+                     v = test::uniform(B * N * Hkv * Dh, -1, 1, rng), scores = test::uniform(B * H * nqb * nkb, -1, 1, rng);
+  for (auto* x : {&q, &k, &v}) test::round_to(*x, dt);
+  const runtime::DeviceBuffer dq = test::upload_as(q, dt), dk = test::upload_as(k, dt), dv = test::upload_as(v, dt),
+                              ds = test::upload_as(scores, DType::kFloat32);
+  runtime::DeviceBuffer dout(B * N * H * Dh * 2), dlse(B * H * N * 4), dblocks(B * H * nqb * max_k * 4);
+  dout.fill_bytes(0xff);
+  dlse.fill_bytes(0xff);
+  dblocks.fill_bytes(0x7f);
+  const spattn_tensor tq = describe(dq, dt, {B, N, H, Dh}), tk = describe(dk, dt, {B, N, Hkv, Dh}),
+                      tv = describe(dv, dt, {B, N, Hkv, Dh}), to = describe(dout, dt, {B, N, H, Dh}),
+                      tl = describe(dlse, DType::kFloat32, {B, H, N}),
+                      ts = describe(ds, DType::kFloat32, {B, H, nqb, nkb}),
+                      tc = describe(dblocks, DType::kInt32, {B, H, nqb, max_k});
+
+  spattn_attention_t attn = nullptr;
+  ASSERT_EQ(spattn_attention_create(json, R"({"use_tuning_db": false})", &attn), SPATTN_OK) << spattn_last_error();
+  ASSERT_EQ(spattn_attention_forward_adaptive(attn, &tq, &tk, &tv, &to, &tl, &ts, nullptr, nullptr, &tc, nullptr),
+            SPATTN_OK)
+      << spattn_last_error();
+  runtime::synchronize();
+  size_t needed = 0;
+  ASSERT_EQ(spattn_attention_explain(attn, nullptr, 0, &needed), SPATTN_OK);
+  std::string text(needed, '\0');
+  ASSERT_EQ(spattn_attention_explain(attn, text.data(), text.size(), &needed), SPATTN_OK);
+  EXPECT_NE(text.find("supplied by the caller"), std::string::npos) << text;
+
+  std::vector<int32_t> got(B * H * nqb * max_k);
+  dblocks.download(got.data(), got.size() * 4);
+  for (int64_t bh = 0; bh < B * H; ++bh) {
+    const std::vector<int32_t> ref = adaptive_select_reference(g, scores.data() + bh * nqb * nkb);
+    for (int64_t I = 0; I < nqb; ++I)
+      EXPECT_TRUE(std::equal(ref.begin() + I * max_k, ref.begin() + (I + 1) * max_k,
+                             got.begin() + (bh * nqb + I) * max_k))
+          << "batch " << bh / H << " head " << bh % H << " block " << I;
+  }
+
+  // The output over the blocks chosen: the reference kernel over their masks, per batch.
+  const int64_t words = (N + 31) / 32;
+  engine::ReferenceResult ref;
+  const auto tq_view = TensorView::contiguous(dq.data(), dt, {B, N, H, Dh});
+  const auto tk_view = TensorView::contiguous(dk.data(), dt, {B, N, Hkv, Dh});
+  const auto tv_view = TensorView::contiguous(dv.data(), dt, {B, N, Hkv, Dh});
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<uint32_t> masks(H * N * words, 0u);
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < N; ++i) {
+        const int32_t* row = got.data() + ((b * H + h) * nqb + i / g.block) * max_k;
+        for (int64_t x = 0; x < max_k && row[x] >= 0; ++x)
+          for (int64_t j = row[x] * g.block; j < std::min(N, (row[x] + 1) * g.block); ++j)
+            if (j <= i) masks[(h * N + i) * words + j / 32] |= 1u << (j % 32);
+      }
+    const engine::Problem one{1, N, N, H, Hkv, Dh, dt};
+    auto at = [&](const TensorView& t) {
+      TensorView x = t;
+      x.data = static_cast<char*>(t.data) + b * t.strides[0] * 2;
+      x.shape[0] = 1;
+      return x;
+    };
+    const engine::ReferenceResult r =
+        engine::reference_forward_masks(masks, 1, one, at(tq_view), at(tk_view), at(tv_view), 0);
+    ref.o.insert(ref.o.end(), r.o.begin(), r.o.end());
+    ref.lse.insert(ref.lse.end(), r.lse.begin(), r.lse.end());
+  }
+  std::vector<uint16_t> out(B * N * H * Dh);
+  std::vector<float> lse(B * H * N);
+  dout.download(out.data(), out.size() * 2);
+  dlse.download(lse.data(), lse.size() * 4);
+  const auto cmp = engine::compare(out, dt, lse, ref);
+  EXPECT_EQ(cmp.nonfinite, 0) << cmp.to_string();
+  EXPECT_EQ(cmp.lse_mismatch, 0) << cmp.to_string();
+  EXPECT_LE(cmp.rel_l2_err, 1e-2) << cmp.to_string();
+  EXPECT_LE(cmp.max_abs_err, 3e-2) << cmp.to_string();
+  EXPECT_LE(cmp.max_lse_err, 2e-3) << cmp.to_string();
+
+  // The adaptive inputs' shapes, checked once the plan knows the block grid.
+  const spattn_tensor short_scores = describe(ds, DType::kFloat32, {B, H, nqb, nkb - 1}),
+                      wide_blocks = describe(dblocks, DType::kInt32, {B, H, nqb, max_k - 1}),
+                      float_blocks = describe(dblocks, DType::kFloat32, {B, H, nqb, max_k});
+  EXPECT_EQ(spattn_attention_forward_adaptive(attn, &tq, &tk, &tv, &to, &tl, &short_scores, nullptr, nullptr, &tc,
+                                              nullptr),
+            SPATTN_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(spattn_last_error()).find("adaptive scores"), std::string::npos) << spattn_last_error();
+  for (const spattn_tensor* bad : {&wide_blocks, &float_blocks}) {
+    EXPECT_EQ(spattn_attention_forward_adaptive(attn, &tq, &tk, &tv, &to, &tl, &ts, nullptr, nullptr, bad, nullptr),
+              SPATTN_ERROR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(spattn_last_error()).find("adaptive blocks output must be int32 [B, Hq, nq_blocks, max_k]"),
+              std::string::npos)
+        << spattn_last_error();
+  }
+  EXPECT_EQ(spattn_attention_forward_adaptive(attn, &tq, &tk, &tv, &to, &tl, &ts, &ts, &ts, nullptr, nullptr),
+            SPATTN_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(spattn_last_error()).find("exclude each other"), std::string::npos) << spattn_last_error();
+  spattn_attention_destroy(attn);
+
+  // Other patterns refuse adaptive inputs.
+  spattn_attention_t dense = nullptr;
+  ASSERT_EQ(spattn_attention_create(R"({"type":"dense","causal":true})", R"({"use_tuning_db": false})", &dense),
+            SPATTN_OK);
+  EXPECT_EQ(spattn_attention_forward_adaptive(dense, &tq, &tk, &tv, &to, &tl, &ts, nullptr, nullptr, nullptr, nullptr),
+            SPATTN_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(spattn_last_error()).find("they belong to adaptive patterns only"), std::string::npos)
+      << spattn_last_error();
+  runtime::synchronize();
+  spattn_attention_destroy(dense);
 }
 
 }  // namespace

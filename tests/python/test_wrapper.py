@@ -2,7 +2,10 @@
 it loads, reports the version, computes layout statistics, and turns errors into
 SpattnError with the library's message; the selective scan and Performer handles check
 their options, Performer's features are the seeded draw and follow a redraw, and the C
-ABI's scan validates its tensors before it needs a GPU."""
+ABI's scan validates its tensors before it needs a GPU; adaptive_geometry gives the block
+grid of adaptive patterns (and refuses other patterns by kind), and the C ABI's adaptive
+forward names bad descriptors."""
+import json
 import sys
 
 import spattn
@@ -89,6 +92,39 @@ message = spattn._lib.spattn_last_error().decode()
 assert status == 1 and message.startswith("delta: ") and "[2, 7, 5]" in message, (status, message)
 spattn._lib.spattn_selective_scan_destroy(handle)
 
+# Adaptive patterns: the block grid (no GPU needed).
+causal_top4 = {"type": "adaptive", "block": 64, "top_k": 4, "causal": True}
+assert spattn.adaptive_geometry(causal_top4, 1000, 1000) == (16, 16, 4), spattn.adaptive_geometry(causal_top4, 1000, 1000)
+assert spattn.adaptive_geometry(causal_top4, 1000) == (16, 16, 4)
+assert spattn.adaptive_geometry('{"type":"adaptive","block":128,"keep_ratio":0.25}', 500, 1000) == (4, 8, 2)
+assert spattn.adaptive_geometry(causal_top4, 100, 1000) == (2, 16, 4)
+for bad, needle in ((({"type": "local_window", "window": 64}, 1000, 1000), "'local_window' pattern"),
+                    (("dense", 1000, 1000), "'dense' pattern"),
+                    ((causal_top4, 0, 1000), "empty problem")):
+    try:
+        spattn.adaptive_geometry(*bad)
+    except spattn.SpattnError as e:
+        assert e.status == 1 and needle in str(e), (e.status, str(e))
+    else:
+        sys.exit(f"adaptive_geometry{bad} was accepted")
+a = spattn.Attention(causal_top4)
+assert json.loads(a.pattern) == causal_top4, a.pattern
+# The C ABI's adaptive forward: descriptors are checked by name before anything needs a GPU.
+handle = ctypes.c_void_p()
+assert spattn._lib.spattn_attention_create(json.dumps(causal_top4).encode(), None, ctypes.byref(handle)) == 0
+q4, k4, v4, o4 = (desc(bf16, [2, 1000, 4, 64], n) for n in (1, 2, 3, 4))
+scores_bad = desc(fp32, [2, 4, 16, 16], 5)
+scores_bad.contents.rank = 5
+blocks = desc(3, [2, 4, 16, 4], 6)  # SPATTN_INT32
+status = spattn._lib.spattn_attention_forward_adaptive(handle, q4, k4, v4, o4, None, scores_bad, None, None, blocks,
+                                                       None)
+message = spattn._lib.spattn_last_error().decode()
+assert status == 1 and "scores: rank must be 1 to 4 (got 5)" in message, (status, message)
+status = spattn._lib.spattn_attention_forward_adaptive(None, q4, k4, v4, o4, None, None, None, None, blocks, None)
+message = spattn._lib.spattn_last_error().decode()
+assert status == 1 and "attention handle is NULL" in message, (status, message)
+spattn._lib.spattn_attention_destroy(handle)
+
 # With PyTorch (still no GPU needed): tensors that are not on a CUDA device are refused by name.
 try:
     import torch
@@ -108,4 +144,12 @@ if torch is not None:
         assert e.status == 1 and "v: shape" in str(e), (e.status, str(e))
     else:
         sys.exit("a 3-D v was accepted by Performer")
+    # Adaptive inputs on CPU tensors are refused by name (before any conversion or launch).
+    t = torch.zeros(2, 1000, 4, 64, dtype=torch.bfloat16)
+    try:
+        a(t, t, t, scores=torch.zeros(2, 4, 16, 16), return_blocks=True)
+    except spattn.SpattnError as e:
+        assert e.status == 1 and "CUDA device" in str(e), (e.status, str(e))
+    else:
+        sys.exit("CPU tensors were accepted by an adaptive forward")
 print("ok")
