@@ -162,14 +162,20 @@ PatternBuild compile_pattern(const Pattern& pattern, const std::string& arch, in
   }
   autotune::check_config(pass, out.config, head_dim, dtype, arch, device.smem_per_block_optin);
   const auto t0 = std::chrono::steady_clock::now();
-  const Layout layout = compile_layout(pattern, problem.shape(), out.config.layout_options());
-  out.stats = layout_stats(pattern, layout, head_dim);
+  const Layout layout = engine::forward_layout(pattern, problem.shape(), out.config.layout_options());
+  out.stats = engine::forward_layout_stats(pattern, layout, head_dim);
   out.layout_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   codegen::KernelSpec spec = engine::kernel_spec_for(layout, out.config, problem, arch);
   spec.deterministic = pass == TunePass::kBackward && deterministic;
   const codegen::RenderedKernel main =
       pass == TunePass::kForward ? codegen::render_forward(spec) : codegen::render_backward(spec);
-  for (const codegen::RenderedKernel& r : {main, codegen::render_support_kernels()}) {
+  std::vector<codegen::RenderedKernel> programs{main};
+  if (pass == TunePass::kForward) {
+    for (codegen::RenderedKernel& r : engine::companion_kernels(pattern)) programs.push_back(std::move(r));
+  } else {
+    programs.push_back(codegen::render_support_kernels());
+  }
+  for (const codegen::RenderedKernel& r : programs) {
     const auto t = std::chrono::steady_clock::now();
     const CacheLookup found = engine::compile_cached(r, arch);
     KernelBuild b;

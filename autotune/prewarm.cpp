@@ -7,6 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <spattn/adaptive.hpp>
+
 #include <algorithm>
 #include <chrono>
 #include <map>
@@ -19,6 +21,7 @@
 #include "autotune/tuning_db.hpp"
 #include "common/check.hpp"
 #include "common/log.hpp"
+#include "engine/forward.hpp"
 #include "engine/jit.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/nvrtc.hpp"
@@ -326,7 +329,8 @@ std::vector<PlannedKernel> plan_prewarm(const Manifest& manifest, const PrewarmO
             n.selections.push_back(std::move(sel));
       }
       for (const Selection& sel : n.selections) {
-        const Layout layout = compile_layout(*n.pattern, n.problem.shape(), sel.config.layout_options());
+        const Layout layout = backward ? compile_layout(*n.pattern, n.problem.shape(), sel.config.layout_options())
+                                       : engine::forward_layout(*n.pattern, n.problem.shape(), sel.config.layout_options());
         codegen::KernelSpec spec = engine::kernel_spec_for(layout, sel.config, n.problem, n.arch);
         spec.deterministic = n.deterministic;
         n.rendered.push_back(backward ? codegen::render_backward(spec) : codegen::render_forward(spec));
@@ -346,6 +350,10 @@ std::vector<PlannedKernel> plan_prewarm(const Manifest& manifest, const PrewarmO
     if (!use.empty()) out[it->second].uses.push_back(use);
   };
   for (const std::string& arch : archs) add(arch, "", "support kernels", codegen::render_support_kernels(), "");
+  // Adaptive patterns' selection kernels, once per arch that runs one.
+  for (const Need& n : needs)
+    if (n.error.empty() && n.pass == TunePass::kForward && is_adaptive(*n.pattern))
+      add(n.arch, "", "adaptive selection kernels", codegen::render_adaptive_kernels(), n.label);
   for (Need& n : needs) {
     if (!n.error.empty())
       SPATTN_FAIL(ErrorCode::kInvalidArgument, "manifest {}: {}", n.label, n.error);

@@ -81,6 +81,20 @@ bool encode_tile_map(SpattnTensorMap& map, const TensorView& t, int rows) {
   return runtime::encode_tensor_map(&map, t.data, 4, dims, strides, box);
 }
 
+Layout forward_layout(const Pattern& pattern, const Shape& shape, const LayoutOptions& options) {
+  return is_adaptive(pattern) ? adaptive_layout(pattern, shape, options) : compile_layout(pattern, shape, options);
+}
+
+LayoutStats forward_layout_stats(const Pattern& pattern, const Layout& layout, int64_t head_dim) {
+  return is_adaptive(pattern) ? adaptive_stats(layout, head_dim) : layout_stats(pattern, layout, head_dim);
+}
+
+std::vector<codegen::RenderedKernel> companion_kernels(const Pattern& pattern) {
+  std::vector<codegen::RenderedKernel> out{codegen::render_support_kernels()};
+  if (is_adaptive(pattern)) out.push_back(codegen::render_adaptive_kernels());
+  return out;
+}
+
 codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& config, const Problem& problem,
                                     const std::string& arch) {
   codegen::KernelSpec spec;
@@ -139,18 +153,13 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
   const auto t0 = std::chrono::steady_clock::now();
   LayoutOptions layout_options = config.layout_options();
   layout_options.rect = rect_;
-  if (is_adaptive(pattern)) {
-    SPATTN_REQUIRE(sub == nullptr, "adaptive patterns choose blocks of whole problems; they do not run on "
-                                   "sub-rectangles (ring attention's shard pairs)");
-    layout_ = adaptive_layout(pattern, whole_, layout_options);
-    stats_ = adaptive_stats(layout_, problem.head_dim);
+  SPATTN_REQUIRE(!(sub && is_adaptive(pattern)), "adaptive patterns choose blocks of whole problems; they do not "
+                                                 "run on sub-rectangles (ring attention's shard pairs)");
+  layout_ = forward_layout(pattern, whole_, layout_options);
+  if (sub) {
+    localise_slots(layout_);
   } else {
-    layout_ = compile_layout(pattern, whole_, layout_options);
-    if (sub) {
-      localise_slots(layout_);
-    } else {
-      stats_ = layout_stats(pattern, layout_, problem.head_dim);
-    }
+    stats_ = forward_layout_stats(pattern, layout_, problem.head_dim);
   }
   layout_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 

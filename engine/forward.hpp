@@ -62,6 +62,16 @@ void check_tensor_4d(const TensorView& t, const char* name, int64_t b, int64_t n
 // then gathered with cp.async).
 bool encode_tile_map(SpattnTensorMap& map, const TensorView& t, int rows);
 
+// The layout a forward plan runs on: compile_layout(), or for adaptive patterns the host
+// part of their tables (adaptive_layout(), columns written on the GPU per call); and its
+// statistics (layout_stats() / adaptive_stats()). Every place that prepares a forward
+// kernel (plans, `spattn compile`, prewarm) asks these.
+Layout forward_layout(const Pattern& pattern, const Shape& shape, const LayoutOptions& options);
+LayoutStats forward_layout_stats(const Pattern& pattern, const Layout& layout, int64_t head_dim);
+// The programs a forward pass of `pattern` loads besides its own kernel: the support
+// kernels, and for adaptive patterns the selection kernels.
+std::vector<codegen::RenderedKernel> companion_kernels(const Pattern& pattern);
+
 // The spec the plan's kernel is generated from, and its rendered source. The layout
 // is compile_layout(pattern, problem.shape(), config.layout_options()).
 codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& config, const Problem& problem,

@@ -6,6 +6,7 @@
 #include <spattn/cache.hpp>
 
 #include <fstream>
+#include <map>
 #include <set>
 
 #include "api/select.hpp"
@@ -150,6 +151,31 @@ TEST(PrewarmPlan, OneKernelPerDistinctConfigurationPlusSupportPerArch) {
   PrewarmOptions other;
   other.archs = {"sm_86"};
   EXPECT_THROW(plan_prewarm(m, other, heuristic), Error);
+}
+
+// An adaptive pattern prewarms its forward kernel (on tiles that divide its block) and
+// the selection kernels of each arch, on a host without a GPU like every other pattern.
+TEST(PrewarmPlan, AdaptivePatternsAddTheirSelectionKernels) {
+  test::TempDir dir("pw");
+  test::ScopedEnv env("SPATTN_CACHE_DIR", dir.path().string());
+  const Manifest m = Manifest::parse(
+      R"({"archs":["sm_80","sm_90a"],"dtypes":["bf16"],"head_dims":[128],
+          "entries":[{"pattern":{"type":"adaptive","block":64,"top_k":8,"causal":true},"seq":[4096],"heads":4}]})");
+  const std::vector<PlannedKernel> plan = plan_prewarm(m, {}, heuristic);
+  std::map<std::string, int> per_arch_selection, per_arch_forward;
+  for (const PlannedKernel& k : plan) {
+    if (k.rendered.program_name == "spattn_adaptive.cu") ++per_arch_selection[k.arch];
+    if (!k.config.empty()) {
+      ++per_arch_forward[k.arch];
+      const KernelConfig c = KernelConfig::parse(k.config);
+      EXPECT_EQ(64 % c.tile_m, 0) << k.config;
+      EXPECT_EQ(64 % c.tile_n, 0) << k.config;
+    }
+  }
+  for (const char* arch : {"sm_80", "sm_90a"}) {
+    EXPECT_EQ(per_arch_selection[arch], 1) << arch;
+    EXPECT_GE(per_arch_forward[arch], 1) << arch;
+  }
 }
 
 TEST(PrewarmPlan, TuningDatabasesOfTheArchAddTheirConfigurations) {

@@ -154,6 +154,19 @@ TEST_F(CliBasics, CompileFillsTheCacheThenHits) {
   EXPECT_NE(ls.out.find(first["kernels"][0].value("key", "?")), std::string::npos) << describe(ls);
 }
 
+// `spattn compile` of an adaptive pattern: the forward kernel, the support kernels and
+// the selection kernels, no GPU needed.
+TEST_F(CliBasics, CompileAdaptivePatternBuildsItsSelectionKernels) {
+  const CommandResult r =
+      spattn(R"(compile --pattern '{"type":"adaptive","block":128,"top_k":8}' --seq 2048 --heads 2 --arch sm_80)");
+  ASSERT_EQ(r.status, 0) << describe(r);
+  EXPECT_NE(r.out.find("spattn_adaptive.cu"), std::string::npos) << describe(r);
+  EXPECT_NE(r.out.find("spattn_fwd_"), std::string::npos) << describe(r);
+  const CommandResult odd = spattn(R"(compile --pattern '{"type":"adaptive","block":48,"top_k":2}' --seq 2048)");
+  EXPECT_NE(odd.status, 0);
+  EXPECT_NE(odd.err.find("adaptive block 48 is not a multiple of 32"), std::string::npos) << describe(odd);
+}
+
 TEST_F(CliBasics, CompileOutWritesSourceCubinAndLogAndRefusesBadSizes) {
   const auto out = dir_.path() / "out";
   const CommandResult r = spattn(std::string("compile --pattern dense --seq 512 --heads 2 --arch sm_90a --config "
