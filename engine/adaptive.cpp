@@ -255,8 +255,18 @@ void AdaptiveSelector::run(const TensorView& q, const TensorView& k, const Adapt
   p.nq = i32(g.nq, "Nq");
   p.nk = i32(g.nk, "Nk");
   p.causal = g.causal ? 1 : 0;
+  // Rows of scores staged in shared memory: up to 4 warps per CTA within 48 KB; rows too
+  // long for one warp's 48 KB (over 12288 key blocks) are read from global memory.
+  const int64_t row_bytes = g.nk_blocks * 4;
+  const int64_t warps = std::clamp<int64_t>(48 * 1024 / row_bytes, 1, 4);
+  p.stage_row = row_bytes <= 48 * 1024 ? 1 : 0;
+  const int64_t rows_total = batch * heads_ * g.nq_blocks;
+  const int64_t ctas = p.stage_row ? (rows_total + warps - 1) / warps : (rows_total + 3) / 4;
+  SPATTN_REQUIRE(ctas <= 0x7fffffff, "adaptive: {} rows exceed the launch grid", rows_total);
+  const unsigned threads = p.stage_row ? static_cast<unsigned>(32 * warps) : 128u;
+  const unsigned smem = p.stage_row ? static_cast<unsigned>(warps * row_bytes) : 0u;
   void* args[] = {&p};
-  select_->kernel.launch({warp_blocks(batch * heads_ * g.nq_blocks)}, {128}, 0, stream, args);
+  select_->kernel.launch({static_cast<unsigned>(ctas)}, {threads}, smem, stream, args);
 }
 
 }  // namespace spattn::engine

@@ -205,6 +205,7 @@ KernelChoice adaptive_heuristic(const Pattern& pattern, const Problem& problem, 
     KernelChoice c = sm90(problem, device, false);
     if (block % c.config.tile_m != 0) c.config.tile_m = 64;
     if (block % c.config.tile_n != 0) c.config.tile_n = 64;
+    c.config.warps = c.config.threads() / 32;  // derived from tile_m in this family
     c.source.insert(c.source.size() - 1, fmt::format("; adaptive block {}: {}x{} tiles divide it", block,
                                                      c.config.tile_m, c.config.tile_n));
     return c;

@@ -84,6 +84,15 @@ __device__ void adaptive_select(const SpattnAdaptiveSelectParams& p) {
   const int diag = __ldg(p.diagonal + I);
   const int allowed = __ldg(p.allowed + I);
 
+  // The row once into shared memory (the rounds below read it k - 1 times).
+  extern __shared__ float staged_rows[];
+  float* srow = staged_rows + (threadIdx.x / 32) * p.nk_blocks;
+  if (p.stage_row) {
+    for (int j = lane; j < allowed; j += 32) srow[j] = rank_score(__ldg(s + j));
+    __syncwarp();
+  }
+  auto score = [&](int j) { return p.stage_row ? srow[j] : rank_score(__ldg(s + j)); };
+
   // 1. The diagonal block, then k - 1 rounds of "the best block ranking after the last
   //    pick": each round one pass over the row, no per-row state beyond the last pick.
   if (lane == 0 && k > 0) chosen[0] = diag;
@@ -94,7 +103,7 @@ __device__ void adaptive_select(const SpattnAdaptiveSelectParams& p) {
     int best_j = -1;
     for (int j = lane; j < allowed; j += 32) {
       if (j == diag) continue;
-      const float sj = rank_score(__ldg(s + j));
+      const float sj = score(j);
       if (!ranks_before(last_s, last_j, sj, j)) continue;  // already picked (or the last pick)
       if (best_j < 0 || ranks_before(sj, j, best_s, best_j)) {
         best_s = sj;

@@ -291,6 +291,9 @@ struct SpattnAdaptiveSelectParams {
   int32_t batch, heads, nq_blocks, nk_blocks, max_k;
   int32_t q_tiles_per_block, k_tiles_per_block, tile_m, tile_n, num_q_tiles;
   int32_t nq, nk, causal;
+  // 1: each warp first copies its row of scores into shared memory (nk_blocks floats per
+  // warp of dynamic shared memory), then selects from there; 0: from global memory.
+  int32_t stage_row;
 };
 
 // Fills n 16-bit values with uniform random numbers in [-scale, scale) from a counter
