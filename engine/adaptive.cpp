@@ -255,9 +255,9 @@ void AdaptiveSelector::run(const TensorView& q, const TensorView& k, const Adapt
   p.nq = i32(g.nq, "Nq");
   p.nk = i32(g.nk, "Nk");
   p.causal = g.causal ? 1 : 0;
-  // Rows of scores staged in shared memory: up to 4 warps per CTA within 48 KB; rows too
-  // long for one warp's 48 KB (over 12288 key blocks) are read from global memory.
-  const int64_t row_bytes = g.nk_blocks * 4;
+  // Rows of scores (and the picks) staged in shared memory: up to 4 warps per CTA within
+  // 48 KB; rows too long for one warp's 48 KB (about 12k key blocks) stay in global memory.
+  const int64_t row_bytes = (g.nk_blocks + g.max_k) * 4;
   const int64_t warps = std::clamp<int64_t>(48 * 1024 / row_bytes, 1, 4);
   p.stage_row = row_bytes <= 48 * 1024 ? 1 : 0;
   const int64_t rows_total = batch * heads_ * g.nq_blocks;

@@ -79,14 +79,17 @@ __device__ void adaptive_select(const SpattnAdaptiveSelectParams& p) {
   const int h = (row / p.nq_blocks) % p.heads;
   const int b = row / ((int64_t)p.nq_blocks * p.heads);
   const float* s = p.scores + b * p.s_stride_b + h * p.s_stride_h + I * p.s_stride_row;
-  int32_t* chosen = p.chosen + b * p.c_stride_b + h * p.c_stride_h + I * p.c_stride_row;
+  int32_t* out_row = p.chosen + b * p.c_stride_b + h * p.c_stride_h + I * p.c_stride_row;
   const int k = __ldg(p.k + I);
   const int diag = __ldg(p.diagonal + I);
   const int allowed = __ldg(p.allowed + I);
 
   // The row once into shared memory (the rounds below read it k - 1 times).
+  // Staged: each warp's scores and picks live in shared memory (nk_blocks floats, then
+  // max_k ints); the picks are copied out once sorted.
   extern __shared__ float staged_rows[];
-  float* srow = staged_rows + (threadIdx.x / 32) * p.nk_blocks;
+  float* srow = staged_rows + (threadIdx.x / 32) * (p.nk_blocks + p.max_k);
+  int32_t* chosen = p.stage_row ? reinterpret_cast<int32_t*>(srow + p.nk_blocks) : out_row;
   if (p.stage_row) {
     for (int j = lane; j < allowed; j += 32) srow[j] = rank_score(__ldg(s + j));
     __syncwarp();
@@ -155,6 +158,10 @@ __device__ void adaptive_select(const SpattnAdaptiveSelectParams& p) {
     }
   }
   __syncwarp();
+
+  if (p.stage_row) {
+    for (int x = lane; x < p.max_k; x += 32) out_row[x] = chosen[x];
+  }
 
   // 3. The key tiles of every query tile of the block: block J's tiles J * kpb ..
   //    (J + 1) * kpb - 1 in ascending order. A tile is full when every query of the

@@ -291,8 +291,9 @@ struct SpattnAdaptiveSelectParams {
   int32_t batch, heads, nq_blocks, nk_blocks, max_k;
   int32_t q_tiles_per_block, k_tiles_per_block, tile_m, tile_n, num_q_tiles;
   int32_t nq, nk, causal;
-  // 1: each warp first copies its row of scores into shared memory (nk_blocks floats per
-  // warp of dynamic shared memory), then selects from there; 0: from global memory.
+  // 1: each warp first copies its row of scores into shared memory and keeps its picks
+  // there ((nk_blocks + max_k) * 4 bytes per warp of dynamic shared memory); 0: both in
+  // global memory (rows too long for shared memory).
   int32_t stage_row;
 };
 
