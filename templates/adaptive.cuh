@@ -96,23 +96,35 @@ __device__ void adaptive_select(const SpattnAdaptiveSelectParams& p) {
   }
   auto score = [&](int j) { return p.stage_row ? srow[j] : rank_score(__ldg(s + j)); };
 
-  // 1. The diagonal block, then k - 1 rounds of "the best block ranking after the last
-  //    pick": each round one pass over the row, no per-row state beyond the last pick.
+  // 1. The diagonal block, then k - 1 rounds of "the best remaining block". Each lane
+  //    keeps the best two of its own blocks (j = lane + 32 m) that it has not given up
+  //    yet; a round takes the warp's best head, and only a lane whose two are used up
+  //    rescans its blocks (for those ranking after its last pick: the lane's picks come
+  //    in its own ranking order). One pass over the row, then about k reductions.
   if (lane == 0 && k > 0) chosen[0] = diag;
-  float last_s = __int_as_float(0x7f800000);  // +inf: nothing picked yet
-  int last_j = -1;
-  for (int r = 1; r < k; ++r) {
-    float best_s = 0.f;
-    int best_j = -1;
+  float s1 = 0.f, s2 = 0.f;
+  int j1 = -1, j2 = -1;
+  auto refill = [&](float bound_s, int bound_j) {
+    j1 = j2 = -1;
     for (int j = lane; j < allowed; j += 32) {
       if (j == diag) continue;
       const float sj = score(j);
-      if (!ranks_before(last_s, last_j, sj, j)) continue;  // already picked (or the last pick)
-      if (best_j < 0 || ranks_before(sj, j, best_s, best_j)) {
-        best_s = sj;
-        best_j = j;
+      if (bound_j >= 0 && !ranks_before(bound_s, bound_j, sj, j)) continue;  // given up already
+      if (j1 < 0 || ranks_before(sj, j, s1, j1)) {
+        s2 = s1;
+        j2 = j1;
+        s1 = sj;
+        j1 = j;
+      } else if (j2 < 0 || ranks_before(sj, j, s2, j2)) {
+        s2 = sj;
+        j2 = j;
       }
     }
+  };
+  if (k > 1) refill(0.f, -1);
+  for (int r = 1; r < k; ++r) {
+    float best_s = s1;
+    int best_j = j1;
 #pragma unroll
     for (int off = 16; off > 0; off /= 2) {
       const float os = __shfl_xor_sync(0xffffffffu, best_s, off);
@@ -123,8 +135,14 @@ __device__ void adaptive_select(const SpattnAdaptiveSelectParams& p) {
       }
     }
     if (lane == 0) chosen[r] = best_j;
-    last_s = best_s;
-    last_j = best_j;
+    if (j1 == best_j) {  // this lane's head was taken
+      const float taken_s = s1;
+      const int taken_j = j1;
+      s1 = s2;
+      j1 = j2;
+      j2 = -1;
+      if (j1 < 0) refill(taken_s, taken_j);
+    }
   }
   for (int r = max(k, 0) + lane; r < p.max_k; r += 32) chosen[r] = -1;
   __syncwarp();
