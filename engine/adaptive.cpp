@@ -64,10 +64,8 @@ AdaptiveSelector::AdaptiveSelector(const Pattern& pattern, const Problem& proble
       heads_(problem.heads),
       kv_heads_(problem.kv_heads),
       head_dim_(problem.head_dim),
-      dtype_(problem.dtype),
       tile_m_(tile_m),
-      tile_n_(tile_n),
-      device_(device) {
+      tile_n_(tile_n) {
   const codegen::RenderedKernel rendered = codegen::render_adaptive_kernels();
   select_ = &load_kernel(rendered, device, "spattn_adaptive_select");
   pool_ = &load_kernel(rendered, device,

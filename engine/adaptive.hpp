@@ -30,7 +30,6 @@ class AdaptiveSelector {
   void run(const TensorView& q, const TensorView& k, const AdaptiveInputs& inputs, int64_t batch,
            const DeviceLayout& tables, CUstream stream);
 
-  const AdaptiveGeometry& geometry() const { return geometry_; }
   // One line for explain(): the selection and where its scores came from.
   std::string describe() const;
 
@@ -44,9 +43,7 @@ class AdaptiveSelector {
 
   AdaptiveGeometry geometry_;
   int64_t heads_, kv_heads_, head_dim_;
-  DType dtype_;
   int64_t tile_m_, tile_n_;
-  int device_;
   const JitKernel* pool_ = nullptr;
   const JitKernel* select_ = nullptr;
   runtime::DeviceBuffer rows_;  // k, diagonal, allowed per query block (int32, 3 x nq_blocks)

@@ -113,7 +113,6 @@ class DeviceLayout {
   // Elements between the batch copies of the arena (0: one copy shared by every batch).
   int32_t arena_stride() const { return arena_stride_; }
   int64_t batch_copies() const { return batch_copies_; }
-  int32_t* mutable_arena() { return reinterpret_cast<int32_t*>(arena_.get()); }
   // Per table, its slot lists' offsets into the arena (for plan_token_copies).
   const std::vector<SlotOffsets>& slot_offsets() const { return slot_offsets_; }
 

@@ -79,6 +79,37 @@ KernelChoice sm80(const Problem& problem, const runtime::DeviceInfo& device, con
   return {c, "heuristic (sm80 family: " + why + "; " + why_not_sm90 + ")"};
 }
 
+// Adaptive patterns write whole blocks of tiles per chosen block, so both tiles divide
+// the block: the family's usual tile where it does, else the largest smaller one that
+// does (sm90 needs 64-row multiples; blocks of 32 run on sm80 with 32x32 tiles).
+KernelChoice adaptive_heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device) {
+  const int64_t block = std::get<Adaptive>(pattern.node()).block;
+  if (block % 32 != 0)
+    SPATTN_FAIL(ErrorCode::kUnsupported,
+                "adaptive block {} is not a multiple of 32: the kernels' tiles (32 to 128 tokens) must divide it", block);
+  std::string why_not;
+  const bool sm90_ok =
+      family_supports(KernelFamily::kSm90, static_cast<int>(problem.head_dim), problem.dtype, device.arch(), &why_not);
+  if (sm90_ok && block % 64 == 0) {
+    KernelChoice c = sm90(problem, device, false);
+    if (block % c.config.tile_m != 0) c.config.tile_m = 64;
+    if (block % c.config.tile_n != 0) c.config.tile_n = 64;
+    c.config.warps = c.config.threads() / 32;  // derived from tile_m in this family
+    c.source.insert(c.source.size() - 1, fmt::format("; adaptive block {}: {}x{} tiles divide it", block,
+                                                     c.config.tile_m, c.config.tile_n));
+    return c;
+  }
+  KernelChoice c = sm80(problem, device, sm90_ok ? fmt::format("not sm90: adaptive block {} is not a multiple of its "
+                                                               "64-row tiles", block)
+                                                 : "not sm90: " + why_not);
+  if (block % c.config.tile_m != 0) c.config.tile_m = block % 64 == 0 ? 64 : 32;
+  if (block % c.config.tile_n != 0) c.config.tile_n = 32;
+  if (c.config.tile_m == 32) c.config.warps = 2;
+  c.source.insert(c.source.size() - 1,
+                  fmt::format("; adaptive block {}: {}x{} tiles divide it", block, c.config.tile_m, c.config.tile_n));
+  return c;
+}
+
 }  // namespace
 
 // Work items launch longest first (most key tiles first): for uniform patterns this is
@@ -190,37 +221,6 @@ bool layout_permutes_or_false(const Pattern& pattern, const Problem& problem) {
 // are mostly partial stay on sm80, whose mask of partial tiles costs less: neighborhood
 // 256x256, window 13x13: 4.21 ms against 7.19 (inline) and 8.61 (copied). (The
 // autotuner tries all of them.)
-// Adaptive patterns write whole blocks of tiles per chosen block, so both tiles divide
-// the block: the family's usual tile where it does, else the largest smaller one that
-// does (sm90 needs 64-row multiples; blocks of 32 run on sm80 with 32x32 tiles).
-KernelChoice adaptive_heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device) {
-  const int64_t block = std::get<Adaptive>(pattern.node()).block;
-  if (block % 32 != 0)
-    SPATTN_FAIL(ErrorCode::kUnsupported,
-                "adaptive block {} is not a multiple of 32: the kernels' tiles (32 to 128 tokens) must divide it", block);
-  std::string why_not;
-  const bool sm90_ok =
-      family_supports(KernelFamily::kSm90, static_cast<int>(problem.head_dim), problem.dtype, device.arch(), &why_not);
-  if (sm90_ok && block % 64 == 0) {
-    KernelChoice c = sm90(problem, device, false);
-    if (block % c.config.tile_m != 0) c.config.tile_m = 64;
-    if (block % c.config.tile_n != 0) c.config.tile_n = 64;
-    c.config.warps = c.config.threads() / 32;  // derived from tile_m in this family
-    c.source.insert(c.source.size() - 1, fmt::format("; adaptive block {}: {}x{} tiles divide it", block,
-                                                     c.config.tile_m, c.config.tile_n));
-    return c;
-  }
-  KernelChoice c = sm80(problem, device, sm90_ok ? fmt::format("not sm90: adaptive block {} is not a multiple of its "
-                                                               "64-row tiles", block)
-                                                 : "not sm90: " + why_not);
-  if (block % c.config.tile_m != 0) c.config.tile_m = block % 64 == 0 ? 64 : 32;
-  if (block % c.config.tile_n != 0) c.config.tile_n = 32;
-  if (c.config.tile_m == 32) c.config.warps = 2;
-  c.source.insert(c.source.size() - 1,
-                  fmt::format("; adaptive block {}: {}x{} tiles divide it", block, c.config.tile_m, c.config.tile_n));
-  return c;
-}
-
 KernelChoice heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device) {
   if (is_adaptive(pattern)) return adaptive_heuristic(pattern, problem, device);
   std::string why;

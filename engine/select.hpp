@@ -50,11 +50,9 @@ LayoutTraits layout_traits_or_default(const Pattern& pattern, const Problem& pro
 // dim and dtype on the device's arch (permuted layouts with their rows copied first),
 // except permuted layouts whose tiles are mostly partial (grids); else sm80 — then its
 // configuration in that family.
-// Adaptive patterns take tiles that divide their block (adaptive_heuristic).
+// Adaptive patterns take tiles that divide their block: sm90 for multiples of 64, else
+// sm80 (multiples of 32); kUnsupported for other blocks.
 KernelChoice heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device);
-// Tiles that divide the adaptive block: sm90 for multiples of 64, else sm80 (multiples
-// of 32); kUnsupported for other blocks.
-KernelChoice adaptive_heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device);
 // The heuristic's configuration within one family; throws kUnsupported (naming what the
 // family supports) when it cannot run the problem on the device.
 KernelChoice heuristic_for(KernelFamily family, const Pattern& pattern, const Problem& problem,
