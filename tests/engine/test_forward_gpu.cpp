@@ -21,6 +21,7 @@
 #include <random>
 #include <span>
 
+#include "autotune/harness.hpp"
 #include "engine/reference.hpp"
 #include "engine/select.hpp"
 #include "runtime/device.hpp"
@@ -116,14 +117,13 @@ void run_case(const Case& c, uint64_t seed) {
   }
   lse.download(lse_out.data(), lse_out.size() * 4);
   const auto cmp = engine::compare(out, c.dtype, lse_out, ref);
-  const double tol_l2 = c.dtype == DType::kBFloat16 ? 1e-2 : 2e-3;
-  const double tol_abs = c.dtype == DType::kBFloat16 ? 3e-2 : 5e-3;
+  const autotune::Tolerance tol = autotune::tolerance_for(c.dtype);  // the forward tolerance, one place
   EXPECT_EQ(cmp.nonfinite, 0) << cmp.to_string();
   EXPECT_EQ(cmp.lse_mismatch, 0) << cmp.to_string();
-  EXPECT_LE(cmp.rel_l2_err, tol_l2) << cmp.to_string() << "\n" << attn.explain();
+  EXPECT_LE(cmp.rel_l2_err, tol.rel_l2) << cmp.to_string() << "\n" << attn.explain();
   if (config) EXPECT_EQ(attn.explanation().config, *config);
-  EXPECT_LE(cmp.max_abs_err, tol_abs) << cmp.to_string();
-  EXPECT_LE(cmp.max_lse_err, 2e-3) << cmp.to_string();
+  EXPECT_LE(cmp.max_abs_err, tol.max_abs) << cmp.to_string();
+  EXPECT_LE(cmp.max_lse_err, tol.lse) << cmp.to_string();
 
   if (c.host_check) {
     // The GPU reference against the host fp64 reference on the same (rounded) inputs.
