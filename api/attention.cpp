@@ -31,6 +31,7 @@ std::string Explanation::to_string() const {
                    stats.active_tiles, stats.total_tiles, stats.full_tiles, stats.partial_tiles, stats.density,
                    stats.useful_flops);
   if (!selection.empty()) s << "selection " << selection << "\n";
+  if (!documents.empty()) s << "documents " << documents << "\n";
   return s.str();
 }
 
@@ -41,6 +42,8 @@ struct Attention::Impl {
   using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int, std::string>;
   std::map<PlanKey, std::unique_ptr<engine::ForwardPlan>> plans;
   std::map<PlanKey, std::unique_ptr<engine::BackwardPlan>> backward_plans;
+  // Documents plans, by the longest document's shape (the tables are rebuilt per call).
+  std::map<PlanKey, std::unique_ptr<engine::ForwardPlan>> document_plans;
   Explanation last;
   bool has_last = false;
   engine::ForwardPlan* last_plan = nullptr;  // fast path for repeated calls on one problem
@@ -66,6 +69,43 @@ struct Attention::Impl {
 
   // The plan for a problem: looked up without any other work once it exists (forward()
   // is called per layer and step, so its host cost matters), built on first use.
+  // The plan of forward_varlen / forward_padded for documents up to p.nq x p.nk.
+  engine::ForwardPlan& documents_plan_for(const engine::Problem& p) {
+    const int device = options.device >= 0 ? options.device : runtime::current_device();
+    runtime::make_current(device);
+    const runtime::DeviceInfo info = runtime::device_info(device);
+    const api::Choice choice = options.config
+                                   ? api::Choice{*options.config, "forced by AttentionOptions::config"}
+                                   : api::choose(pattern, p, info, options.use_tuning_db);
+    const PlanKey key{device, p.nq, p.nk, p.heads, p.kv_heads, p.head_dim, static_cast<int>(p.dtype),
+                      choice.config.to_string()};
+    auto& slot = document_plans[key];
+    if (!slot) {
+      pattern.validate(p.shape());
+      slot = std::make_unique<engine::ForwardPlan>(pattern, p, choice.config, device, nullptr, true);
+    }
+    engine::ForwardPlan& plan = *slot;
+    last = Explanation{};
+    last.pattern = pattern.to_json();
+    last.problem = p.to_string() + " (the longest document)";
+    last.device = info.name;
+    last.arch = info.arch();
+    last.config = choice.config;
+    last.config_source = choice.source;
+    last.kernel = plan.rendered().program_name;
+    last.cache_key = plan.kernel().cache_key;
+    last.cache_hit = plan.kernel().cache_hit;
+    last.compile_ms = plan.kernel().compile_ms;
+    last.layout_ms = plan.layout_ms();
+    last.stats = plan.stats();
+    last.parts = plan.layout().parts.size();
+    last.tables = plan.layout().tables.size();
+    last.work_items = plan.work_list().num_items();
+    has_last = true;
+    last_plan = nullptr;  // the fast path of forward() is for its own plans
+    return plan;
+  }
+
   engine::ForwardPlan& plan_for(const engine::Problem& p) {
     const int device = options.device >= 0 ? options.device : runtime::current_device();
     if (last_plan && last_device == device && last_batch == p.batch && last_plan->problem().nq == p.nq && last_plan->problem().nk == p.nk &&
@@ -175,6 +215,100 @@ void Attention::forward(const TensorView& q, const TensorView& k, const TensorVi
   engine::ForwardPlan& plan = impl_->plan_for(p);
   plan.run(q, k, v, o, lse, impl_->options.scale, stream, adaptive);
   if (plan.adaptive()) impl_->last.selection = plan.adaptive()->describe();
+}
+
+namespace {
+
+// A device int32 vector of n entries.
+void check_lengths_tensor(const TensorView& t, const char* name, int64_t n, const char* what) {
+  SPATTN_REQUIRE(t.data != nullptr, "{} is a null pointer; it must be a device int32 [{}] ({})", name, n, what);
+  SPATTN_REQUIRE(t.dtype == DType::kInt32 && t.rank == 1 && t.shape[0] == n && (t.strides[0] == 1 || n == 1),
+                 "{} must be a contiguous device int32 [{}] ({}); got {}", name, n, what, t.describe());
+  SPATTN_REQUIRE(reinterpret_cast<uintptr_t>(t.data) % 4 == 0, "{} must be 4-byte aligned", name);
+}
+
+// A [N, H, D] view as [1, N, H, D] (and an LSE [H, N] as [1, H, N]).
+TensorView as_one_batch(const TensorView& t, const char* name, const char* layout) {
+  SPATTN_REQUIRE(t.rank == 3, "{} must have 3 dimensions {} for packed documents; got {}", name, layout,
+                 t.describe());
+  TensorView v = t;
+  v.rank = 4;
+  v.shape = {1, t.shape[0], t.shape[1], t.shape[2]};
+  v.strides = {t.shape[0] * t.strides[0], t.strides[0], t.strides[1], t.strides[2]};
+  return v;
+}
+
+TensorView lse_as_one_batch(const TensorView& t) {
+  SPATTN_REQUIRE(t.rank == 2, "LSE must have 2 dimensions [Hq, total_q] for packed documents; got {}", t.describe());
+  TensorView v = t;
+  v.rank = 3;
+  v.shape = {1, t.shape[0], t.shape[1], 0};
+  v.strides = {t.shape[0] * t.strides[0], t.strides[0], t.strides[1], 0};
+  return v;
+}
+
+}  // namespace
+
+void Attention::forward_varlen(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                               const TensorView* lse, const Documents& documents, CUstream stream) {
+  const TensorView q4 = as_one_batch(q, "Q", "[total_q, Hq, D]");
+  const TensorView k4 = as_one_batch(k, "K", "[total_k, Hkv, D]");
+  const TensorView v4 = as_one_batch(v, "V", "[total_k, Hkv, D]");
+  const TensorView o4 = as_one_batch(o, "O", "[total_q, Hq, D]");
+  TensorView l3;
+  if (lse) l3 = lse_as_one_batch(*lse);
+  engine::Problem p = engine::problem_from_tensors(q4, k4, v4, o4, lse ? &l3 : nullptr);
+  const int64_t docs = documents.cu_seqlens_q.rank == 1 ? documents.cu_seqlens_q.shape[0] - 1 : 0;
+  SPATTN_REQUIRE(docs >= 1, "cu_seqlens_q must be a device int32 [documents + 1] with at least one document; got {}",
+                 documents.cu_seqlens_q.describe());
+  check_lengths_tensor(documents.cu_seqlens_q, "cu_seqlens_q", docs + 1, "documents + 1 query offsets");
+  check_lengths_tensor(documents.cu_seqlens_k, "cu_seqlens_k", docs + 1,
+                       "documents + 1 key offsets, as many as cu_seqlens_q");
+  SPATTN_REQUIRE(documents.max_seqlen_q >= 0 && documents.max_seqlen_k >= 0,
+                 "max_seqlen_q and max_seqlen_k must be >= 0; got {} and {}", documents.max_seqlen_q,
+                 documents.max_seqlen_k);
+  engine::DocumentLengths lengths;
+  lengths.cu_q = static_cast<const int32_t*>(documents.cu_seqlens_q.data);
+  lengths.cu_k = static_cast<const int32_t*>(documents.cu_seqlens_k.data);
+  lengths.docs = docs;
+  lengths.nq = p.nq;
+  lengths.nk = p.nk;
+  // Bounds on a document's length; no document is longer than its tensor.
+  lengths.max_q = std::min(documents.max_seqlen_q, p.nq);
+  lengths.max_k = std::min(documents.max_seqlen_k, p.nk);
+  engine::Problem longest = p;
+  longest.nq = std::max<int64_t>(1, lengths.max_q);
+  longest.nk = std::max<int64_t>(1, lengths.max_k);
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  engine::ForwardPlan& plan = impl_->documents_plan_for(longest);
+  plan.run_documents(q4, k4, v4, o4, lse ? &l3 : nullptr, lengths, impl_->options.check_lengths,
+                     impl_->options.scale, stream);
+  impl_->last.problem = fmt::format("{} documents in {}; plan for {}", docs, p.to_string(), impl_->last.problem);
+  impl_->last.documents = plan.documents()->describe();
+}
+
+void Attention::forward_padded(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                               const TensorView* lse, const KeyPadding& padding, CUstream stream) {
+  const engine::Problem p = engine::problem_from_tensors(q, k, v, o, lse);
+  SPATTN_REQUIRE(padding.seqused_k.data != nullptr || padding.seqused_q.data != nullptr,
+                 "forward_padded needs seqused_k (device int32 [B]) and/or seqused_q; without padding call forward()");
+  if (padding.seqused_k.data) check_lengths_tensor(padding.seqused_k, "seqused_k", p.batch, "keys used per batch");
+  if (padding.seqused_q.data) check_lengths_tensor(padding.seqused_q, "seqused_q", p.batch, "queries used per batch");
+  engine::DocumentLengths lengths;
+  lengths.used_q = static_cast<const int32_t*>(padding.seqused_q.data);
+  lengths.used_k = static_cast<const int32_t*>(padding.seqused_k.data);
+  lengths.docs = p.batch;
+  lengths.nq = p.nq;
+  lengths.nk = p.nk;
+  lengths.max_q = p.nq;
+  lengths.max_k = p.nk;
+  engine::Problem longest = p;
+  longest.batch = 1;
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  engine::ForwardPlan& plan = impl_->documents_plan_for(longest);
+  plan.run_documents(q, k, v, o, lse, lengths, impl_->options.check_lengths, impl_->options.scale, stream);
+  impl_->last.problem = p.to_string() + " with padding";
+  impl_->last.documents = plan.documents()->describe();
 }
 
 Explanation Attention::prepare(int64_t batch, int64_t nq, int64_t nk, int64_t heads, int64_t kv_heads,

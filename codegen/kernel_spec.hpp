@@ -26,6 +26,11 @@ struct KernelSpec {
   // shard pairs), so the predicate adds SpattnFwdParams::q_offset / k_offset to local
   // indices; whole problems compile the additions out.
   bool token_offsets = false;
+  // Forward only: documents (spattn/varlen.hpp) on tables the GPU builds per call. The
+  // program then also holds the table builders spattn_varlen_docs and
+  // spattn_varlen_tables; the parts must have per-row key ranges (render_row_bounds)
+  // and the tables natural token order.
+  bool varlen = false;
   // Backward only: the deterministic mode (no atomics; a separate dQ kernel).
   bool deterministic = false;
 };

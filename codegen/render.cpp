@@ -111,6 +111,8 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   src << "#include \"spattn/params.cuh\"\n\n";
   const std::optional<std::string> bounds =
       render_row_bounds(spec.parts, "row_bounds", "__device__ __forceinline__");
+  SPATTN_REQUIRE(!spec.varlen || (bounds && !spec.token_offsets && !spec.permuted_keys),
+                 "documents need a pattern with per-row key ranges in natural token order (and a whole problem)");
   src << "namespace spattn_generated {\n";
   src << render_predicate(spec.parts, "allowed", "__device__ __forceinline__");
   if (bounds) src << *bounds;
@@ -129,6 +131,8 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   src << fmt::format("  static constexpr bool kBf16 = {};\n", spec.dtype == DType::kBFloat16 ? "true" : "false");
   src << fmt::format("  static constexpr int kSmemBytes = {};\n", smem);
   src << fmt::format("  static constexpr bool kPermutedKeys = {};\n", spec.permuted_keys ? "true" : "false");
+  src << fmt::format("  static constexpr bool kVarlen = {};  // documents (SpattnFwdParams::vl_tiles)\n",
+                     spec.varlen ? "true" : "false");
   if (sm90) {
     const Sm90Shape shape = sm90_shape(c, spec.head_dim);
     src << fmt::format("  static constexpr bool kStageO = {};  // outputs through shared memory\n",
@@ -164,6 +168,13 @@ RenderedKernel render_forward(const KernelSpec& spec) {
                        c.threads());
     src << "  spattn::Forward<Cfg>::run(p);\n}\n";
   }
+  if (spec.varlen) {
+    src << "\n#include \"spattn/varlen.cuh\"\n\n";
+    src << "extern \"C\" __global__ void __launch_bounds__(spattn::varlen::kDocsThreads) spattn_varlen_docs("
+           "const SpattnVarlenDocsParams p) {\n  spattn::varlen::varlen_docs(p);\n}\n";
+    src << "extern \"C\" __global__ void __launch_bounds__(spattn::varlen::kTablesThreads) spattn_varlen_tables("
+           "const SpattnVarlenTablesParams p) {\n  spattn::varlen::VarlenTables<Cfg>::run(p);\n}\n";
+  }
 
   RenderedKernel out;
   out.source = src.str();
@@ -173,6 +184,7 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   add_template(out, "spattn/ptx.cuh");
   if (sm90) add_template(out, "spattn/sm90.cuh");
   add_template(out, family.template_name);
+  if (spec.varlen) add_template(out, "spattn/varlen.cuh");
   out.threads = c.threads();
   out.smem_bytes = smem;
   return out;

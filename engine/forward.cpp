@@ -1,5 +1,7 @@
 #include "engine/forward.hpp"
 
+#include <spattn/varlen.hpp>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -96,7 +98,7 @@ std::vector<codegen::RenderedKernel> companion_kernels(const Pattern& pattern) {
 }
 
 codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& config, const Problem& problem,
-                                    const std::string& arch) {
+                                    const std::string& arch, bool documents) {
   codegen::KernelSpec spec;
   spec.parts = layout.parts;
   spec.config = config;
@@ -106,12 +108,13 @@ codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& co
   spec.permuted_keys = false;
   for (const BlockTable& t : layout.tables) spec.permuted_keys |= !t.k_slots.empty();
   spec.token_offsets = !(layout.rect == TokenRect{0, layout.shape.nq, 0, layout.shape.nk});
+  spec.varlen = documents;
   return spec;
 }
 
 codegen::RenderedKernel render_kernel(const Layout& layout, const KernelConfig& config, const Problem& problem,
-                                      const std::string& arch) {
-  return codegen::render_forward(kernel_spec_for(layout, config, problem, arch));
+                                      const std::string& arch, bool documents) {
+  return codegen::render_forward(kernel_spec_for(layout, config, problem, arch, documents));
 }
 
 void localise_slots(Layout& layout) {
@@ -137,7 +140,7 @@ void localise_slots(Layout& layout) {
 }
 
 ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config,
-                         int device, const SubProblem* sub)
+                         int device, const SubProblem* sub, bool documents)
     : pattern_(pattern), problem_(problem), config_(config), device_(device) {
   whole_ = sub ? sub->whole : problem.shape();
   rect_ = sub ? sub->rect : TokenRect{0, problem.nq, 0, problem.nk};
@@ -155,6 +158,12 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
   layout_options.rect = rect_;
   SPATTN_REQUIRE(!(sub && is_adaptive(pattern)), "adaptive patterns choose blocks of whole problems; they do not "
                                                  "run on sub-rectangles (ring attention's shard pairs)");
+  SPATTN_REQUIRE(!(sub && documents), "documents run whole problems, not sub-rectangles (internal)");
+  if (documents) {
+    std::string why;
+    if (!documents_supported(pattern, problem.heads, &why)) SPATTN_FAIL(ErrorCode::kUnsupported, "{}", why);
+    layout_options = documents_layout_options(layout_options);
+  }
   layout_ = forward_layout(pattern, whole_, layout_options);
   if (sub) {
     localise_slots(layout_);
@@ -163,7 +172,7 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
   }
   layout_ms_ = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 
-  rendered_ = render_kernel(layout_, config, problem, info.arch());
+  rendered_ = render_kernel(layout_, config, problem, info.arch(), documents);
   fwd_ = &load_kernel(rendered_, device);
   if (rendered_.smem_bytes > 48 * 1024) fwd_->kernel.set_max_dynamic_shared(rendered_.smem_bytes);
   const codegen::RenderedKernel support = codegen::render_support_kernels();
@@ -177,11 +186,12 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
   const int64_t kv_bytes = problem.nk * problem.head_dim * 2 * 2;
   const int64_t kv_heads_per_group = std::max<int64_t>(1, int64_t{info.l2_bytes} / 2 / std::max<int64_t>(1, kv_bytes));
   const bool copies = config.family == KernelFamily::kSm90 && config.gather == TokenGather::kCopy;
-  tables_ = DeviceLayout(layout_,
-                         build_work_list(layout_, int64_t{family.ctas_per_sm} * info.sm_count,
-                                         config.schedule == ScheduleOrder::kLongestFirst,
-                                         kv_heads_per_group * (problem.heads / problem.kv_heads)));
-  if (copies) {
+  if (!documents)  // documents build their tables per call
+    tables_ = DeviceLayout(layout_,
+                           build_work_list(layout_, int64_t{family.ctas_per_sm} * info.sm_count,
+                                           config.schedule == ScheduleOrder::kLongestFirst,
+                                           kv_heads_per_group * (problem.heads / problem.kv_heads)));
+  if (copies && !documents) {
     TokenCopyPlan plan = plan_token_copies(layout_, tables_.slot_offsets(), problem.heads / problem.kv_heads);
     if (!plan.empty())
       copies_ = RowCopies(std::move(plan), load_kernel(support, device, "spattn_gather_rows"), problem.dtype,
@@ -189,6 +199,7 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
   }
   if (is_adaptive(pattern))
     adaptive_ = std::make_unique<AdaptiveSelector>(pattern, problem, config.tile_m, config.tile_n, device);
+  if (documents) documents_ = std::make_unique<DocumentTables>(layout_, rendered_, device, problem.heads);
   if (work_list().split_slots > 0)
     split_merge_ = &load_kernel(support, device,
                                 problem.dtype == DType::kBFloat16 ? "spattn_merge_splits_bf16" : "spattn_merge_splits_fp16");
@@ -204,16 +215,17 @@ void ForwardPlan::launch_forward(SpattnFwdParams& fp, const TensorView& q, const
   const unsigned smem = static_cast<unsigned>(rendered_.smem_bytes);
   switch (config_.family) {
     case KernelFamily::kSm80: {
-      SPATTN_REQUIRE(fp.batch <= 65535, "batch {} exceeds the launch grid limit 65535", fp.batch);
+      // Documents carry their batch index: one CTA per work item of the whole call.
+      const unsigned batch = fp.vl_tiles ? 1u : static_cast<unsigned>(fp.batch);
+      SPATTN_REQUIRE(batch <= 65535, "batch {} exceeds the launch grid limit 65535", fp.batch);
       void* args[] = {&fp};
-      fwd_->kernel.launch({static_cast<unsigned>(fp.num_work), static_cast<unsigned>(fp.batch)}, {threads}, smem,
-                          stream, args);
+      fwd_->kernel.launch({static_cast<unsigned>(fp.num_work), batch}, {threads}, smem, stream, args);
       return;
     }
     case KernelFamily::kSm90: {
       SpattnFwd90Params p{};
       p.base = fp;
-      const int64_t total = int64_t{fp.num_work} * fp.batch;
+      const int64_t total = int64_t{fp.num_work} * (fp.vl_tiles ? 1 : fp.batch);
       SPATTN_REQUIRE(total <= std::numeric_limits<int32_t>::max(),
                      "{} work items x batch {} exceed the 32-bit work index of the sm90 kernel", fp.num_work,
                      fp.batch);
@@ -255,11 +267,31 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
                  "adaptive inputs (scores, projections, chosen blocks) were given for a '{}' pattern; they belong to "
                  "adaptive patterns only",
                  pattern_.kind());
+  SPATTN_REQUIRE(!documents_, "a documents plan runs through run_documents (internal)");
   runtime::make_current(device_);
   if (adaptive_) {
     reserve_batch(p.batch);
     adaptive_->run(q, k, adaptive ? *adaptive : AdaptiveInputs{}, p.batch, tables_, stream);
   }
+  execute(q, k, v, o, lse, p, scale, stream);
+}
+
+void ForwardPlan::run_documents(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                                const TensorView* lse, const DocumentLengths& lengths, bool check, float scale,
+                                CUstream stream) {
+  SPATTN_REQUIRE(documents_, "run_documents on a plan without documents (internal)");
+  const Problem p = problem_from_tensors(q, k, v, o, lse);
+  SPATTN_REQUIRE(p.heads == problem_.heads && p.kv_heads == problem_.kv_heads && p.head_dim == problem_.head_dim &&
+                     p.dtype == problem_.dtype,
+                 "tensors ({}) do not match the plan ({})", p.to_string(), problem_.to_string());
+  runtime::make_current(device_);
+  documents_->build(lengths, check, stream);
+  execute(q, k, v, o, lse, p, scale, stream);
+}
+
+void ForwardPlan::execute(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                          const TensorView* lse, const Problem& p, float scale, CUstream stream) {
+  const DeviceLayout& tables = device_layout();
   if (scale <= 0) scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
   const int parts = static_cast<int>(layout_.parts.size());
   const bool merge = layout_.needs_merge();
@@ -302,9 +334,9 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
     fp.heads = static_cast<int32_t>(p.heads);
     fp.kv_group = static_cast<int32_t>(p.heads / p.kv_heads);
     fp.scale_log2 = scale * 1.4426950408889634f;
-    fp.arena = tables_.arena();
-    fp.tables = tables_.tables();
-    fp.work = tables_.work();
+    fp.arena = tables.arena();
+    fp.tables = tables.tables();
+    fp.work = tables.work();
     fp.num_work = static_cast<int32_t>(num_work);
     fp.split_o = reinterpret_cast<float*>(split_o_.get());
     fp.split_lse = reinterpret_cast<float*>(split_lse_.get());
@@ -317,8 +349,12 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
     fp.k_offset = static_cast<int32_t>(rect_.k_begin);
     fp.mask_nq = static_cast<int32_t>(whole_.nq);
     fp.mask_nk = static_cast<int32_t>(whole_.nk);
-    fp.arena_stride_b = tables_.arena_stride();
-    copies_.gather(tables_.arena(), q, nullptr, k, v, p.batch, p.nq, p.nk, stream);
+    fp.arena_stride_b = tables.arena_stride();
+    if (documents_) {
+      fp.vl_tiles = documents_->tiles();
+      fp.vl_docs = documents_->docs();
+    }
+    copies_.gather(tables.arena(), q, nullptr, k, v, p.batch, p.nq, p.nk, stream);
     launch_forward(fp, q, k, v, stream);
   }
 
@@ -326,9 +362,9 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
     SpattnSplitMergeParams sm{};
     sm.split_o = reinterpret_cast<const float*>(split_o_.get());
     sm.split_lse = reinterpret_cast<const float*>(split_lse_.get());
-    sm.groups = tables_.groups();
-    sm.arena = tables_.arena();
-    sm.tables = tables_.tables();
+    sm.groups = tables.groups();
+    sm.arena = tables.arena();
+    sm.tables = tables.tables();
     set_output(sm, o, lse);
     sm.part_o = merge ? reinterpret_cast<float*>(part_o_.get()) : nullptr;
     sm.part_lse = merge ? reinterpret_cast<float*>(part_lse_.get()) : nullptr;

@@ -25,6 +25,7 @@
 #include "engine/adaptive.hpp"
 #include "engine/device_layout.hpp"
 #include "engine/jit.hpp"
+#include "engine/varlen.hpp"
 #include "runtime/device.hpp"
 #include "templates/params.cuh"
 
@@ -74,10 +75,11 @@ std::vector<codegen::RenderedKernel> companion_kernels(const Pattern& pattern);
 
 // The spec the plan's kernel is generated from, and its rendered source. The layout
 // is compile_layout(pattern, problem.shape(), config.layout_options()).
+// `documents`: the program of a documents plan (KernelSpec::varlen).
 codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& config, const Problem& problem,
-                                    const std::string& arch);
+                                    const std::string& arch, bool documents = false);
 codegen::RenderedKernel render_kernel(const Layout& layout, const KernelConfig& config, const Problem& problem,
-                                      const std::string& arch);
+                                      const std::string& arch, bool documents = false);
 
 // Fills the q/k/v pointers and strides of a kernel parameter struct (the forward and
 // the reference kernel take their inputs the same way).
@@ -128,9 +130,11 @@ class ForwardPlan {
  public:
   // Compiles the layout and the kernels (through the cache) and uploads the tables.
   // `sub`: the problem is that rectangle of a larger one (stats() are then left empty:
-  // layout_stats describes whole problems).
+  // layout_stats describes whole problems). `documents`: a documents plan (run_documents
+  // only): `problem` gives heads, head dim, dtype and the longest document (nq, nk), for
+  // which the layout and stats() are those of one document.
   ForwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config, int device,
-              const SubProblem* sub = nullptr);
+              const SubProblem* sub = nullptr, bool documents = false);
   ~ForwardPlan();
 
   // Launches on `stream` (asynchronous). `lse` may be null. scale <= 0 means 1/sqrt(D).
@@ -139,6 +143,12 @@ class ForwardPlan {
   // blocks and writes this call's tables on the stream, then runs the same kernels.
   void run(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
            const TensorView* lse, float scale, CUstream stream, const AdaptiveInputs* adaptive = nullptr);
+  // Documents plans: builds this call's tables from `lengths` on the stream, then runs the
+  // same kernels. The views are [B, N, H, D] (packed documents as one batch of all
+  // rows), `lse` [B, Hq, N]; with `check` the host waits for the lengths check.
+  void run_documents(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                     const TensorView* lse, const DocumentLengths& lengths, bool check, float scale, CUstream stream);
+  const DocumentTables* documents() const { return documents_.get(); }
   // Adaptive plans: allocates the tables for `batch` batches now (run() does it on
   // first use otherwise), so that a later run can be captured in a CUDA graph.
   void reserve_batch(int64_t batch);
@@ -152,8 +162,8 @@ class ForwardPlan {
   const codegen::RenderedKernel& rendered() const { return rendered_; }
   const JitKernel& kernel() const { return *fwd_; }
   double layout_ms() const { return layout_ms_; }
-  const WorkList& work_list() const { return tables_.work_list(); }
-  const DeviceLayout& device_layout() const { return tables_; }
+  const WorkList& work_list() const { return device_layout().work_list(); }
+  const DeviceLayout& device_layout() const { return documents_ ? documents_->tables() : tables_; }
   int device() const { return device_; }
 
  private:
@@ -161,6 +171,9 @@ class ForwardPlan {
   // family is an internal error, never a silent default).
   void launch_forward(SpattnFwdParams& params, const TensorView& q, const TensorView& k, const TensorView& v,
                       CUstream stream) const;
+  // Everything after the tables exist: part buffers, fill, forward, split and part merges.
+  void execute(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+               const TensorView* lse, const Problem& p, float scale, CUstream stream);
 
   Pattern pattern_;
   Problem problem_;
@@ -181,6 +194,7 @@ class ForwardPlan {
   runtime::DeviceBuffer part_o_, part_lse_, split_o_, split_lse_;
   RowCopies copies_;  // ":copy": the permuted rows in slot order (empty without)
   std::unique_ptr<AdaptiveSelector> adaptive_;  // adaptive patterns: tables built per call
+  std::unique_ptr<DocumentTables> documents_;   // documents: tables built per call from lengths
 };
 
 }  // namespace spattn::engine

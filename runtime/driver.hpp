@@ -64,6 +64,7 @@ namespace spattn::runtime {
   X(cuPointerGetAttribute)           \
   X(cuStreamBeginCapture)           \
   X(cuStreamEndCapture)             \
+  X(cuStreamIsCapturing)            \
   X(cuGraphInstantiateWithFlags)    \
   X(cuGraphLaunch)                  \
   X(cuGraphExecDestroy)             \

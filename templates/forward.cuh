@@ -150,6 +150,21 @@ struct Forward {
     const int split_slot = work[5];
     const SpattnTable t = p.tables[table_id];
     const int kvh = h / p.kv_group;
+    // Documents (Cfg::kVarlen): the tile's document gives the batch index, its first
+    // rows and its lengths; token indices below are relative to the document.
+    int ob = b, q_local = q_tile, nq = p.nq, nk = p.nk;
+    int64_t q_row0 = 0, k_row0 = 0;
+    if constexpr (Cfg::kVarlen) {
+      const int doc = __ldg(p.vl_tiles + 2 * q_tile);
+      if (doc < 0) return;  // capacity no document uses (uniform over the block)
+      q_local = __ldg(p.vl_tiles + 2 * q_tile + 1);
+      const int32_t* d = p.vl_docs + 5 * doc;
+      ob = __ldg(d);
+      q_row0 = __ldg(d + 1);
+      nq = __ldg(d + 2);
+      k_row0 = __ldg(d + 3);
+      nk = __ldg(d + 4);
+    }
 
     const int tid = threadIdx.x;
     const int warp = tid / 32;
@@ -161,13 +176,13 @@ struct Forward {
     const uint32_t k_frag = ((lane % 8 + (lane / 16) * 8) * kRow + ((lane / 8) % 2) * 8) * 2;
     const uint32_t v_frag = ((lane % 8 + ((lane / 8) % 2) * 8) * kRow + (lane / 16) * 8) * 2;
 
-    const elem* qbase = static_cast<const elem*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
-    const elem* kbase = static_cast<const elem*>(p.k) + b * p.k_stride_b + kvh * p.k_stride_h;
-    const elem* vbase = static_cast<const elem*>(p.v) + b * p.v_stride_b + kvh * p.v_stride_h;
+    const elem* qbase = static_cast<const elem*>(p.q) + ob * p.q_stride_b + q_row0 * p.q_stride_n + h * p.q_stride_h;
+    const elem* kbase = static_cast<const elem*>(p.k) + ob * p.k_stride_b + k_row0 * p.k_stride_n + kvh * p.k_stride_h;
+    const elem* vbase = static_cast<const elem*>(p.v) + ob * p.v_stride_b + k_row0 * p.v_stride_n + kvh * p.v_stride_h;
     const int32_t* qslots = t.q_slots >= 0 ? p.arena + t.q_slots : nullptr;
     // Kernels for layouts without key permutations compile the gather paths out.
     const int32_t* kslots = Cfg::kPermutedKeys && t.k_slots >= 0 ? p.arena + t.k_slots : nullptr;
-    const int qslot0 = q_tile * BM;
+    const int qslot0 = q_local * BM;
 
     // This work item covers key tiles [work[3], work[4]) of the query tile's CSR row (a
     // long row may be split over several work items, merged afterwards by LSE).
@@ -178,12 +193,12 @@ struct Forward {
     const int32_t* cols = rows + t.cols + row_begin;
 
     // ---- Q tile and the first key tile
-    load_tile(qbase, p.q_stride_n, qs, BM, qslot0, p.nq, qslots, nullptr, qtok);
+    load_tile(qbase, p.q_stride_n, qs, BM, qslot0, nq, qslots, nullptr, qtok);
     int col = n_tiles > 0 ? __ldg(cols) : 0;
     int col_next = n_tiles > 1 ? __ldg(cols + 1) : 0;
     if (n_tiles > 0) {
-      load_tile(kbase, p.k_stride_n, ks0, BN, col * BN, p.nk, kslots, nullptr, kslot0);
-      if constexpr (kStages == 2) load_tile(vbase, p.v_stride_n, vs0, BN, col * BN, p.nk, kslots, nullptr, nullptr);
+      load_tile(kbase, p.k_stride_n, ks0, BN, col * BN, nk, kslots, nullptr, kslot0);
+      if constexpr (kStages == 2) load_tile(vbase, p.v_stride_n, vs0, BN, col * BN, nk, kslots, nullptr, nullptr);
     }
     cp_async_commit();
     __syncthreads();  // qtok is read by other threads, also when the tile has no key tiles
@@ -199,7 +214,9 @@ struct Forward {
       row_sum[mt][0] = row_sum[mt][1] = 0.f;
     }
 
-    typename Cfg::MaskCtx mask_ctx{p.mask_nq, p.mask_nk, p.heads, p.q_offset, p.k_offset};
+    const typename Cfg::MaskCtx mask_ctx = Cfg::kVarlen ? typename Cfg::MaskCtx{nq, nk, p.heads, 0, 0}
+                                                        : typename Cfg::MaskCtx{p.mask_nq, p.mask_nk, p.heads,
+                                                                                p.q_offset, p.k_offset};
 
     for (int n = 0; n < n_tiles; ++n) {
       const int stage = kStages == 2 ? (n & 1) : 0;
@@ -214,13 +231,13 @@ struct Forward {
       if constexpr (kStages == 2) {
         if (n + 1 < n_tiles) {
           const int nxt = (n + 1) & 1;
-          load_tile(kbase, p.k_stride_n, ks0 + nxt * kKVElems * 2, BN, col_next * BN, p.nk, kslots, nullptr,
+          load_tile(kbase, p.k_stride_n, ks0 + nxt * kKVElems * 2, BN, col_next * BN, nk, kslots, nullptr,
                     kslot0 + nxt * BN);
-          load_tile(vbase, p.v_stride_n, vs0 + nxt * kKVElems * 2, BN, col_next * BN, p.nk, kslots, nullptr, nullptr);
+          load_tile(vbase, p.v_stride_n, vs0 + nxt * kKVElems * 2, BN, col_next * BN, nk, kslots, nullptr, nullptr);
         }
       } else {
         // V rows of this tile: their tokens are already in shared memory (from K's load).
-        load_tile(vbase, p.v_stride_n, vs, BN, col * BN, p.nk, nullptr, kslots ? kslot : nullptr, nullptr);
+        load_tile(vbase, p.v_stride_n, vs, BN, col * BN, nk, nullptr, kslots ? kslot : nullptr, nullptr);
       }
       cp_async_commit();
       // Permuted layouts, one stage: read the next K tile's slots now, so the gathered
@@ -372,7 +389,7 @@ struct Forward {
       __syncthreads();
       if constexpr (kStages == 1) {
         if (n + 1 < n_tiles)
-          load_tile(kbase, p.k_stride_n, ks0, BN, col_next * BN, p.nk, nullptr, kslots ? kslot_pre : nullptr, kslot0);
+          load_tile(kbase, p.k_stride_n, ks0, BN, col_next * BN, nk, nullptr, kslots ? kslot_pre : nullptr, kslot0);
         cp_async_commit();
       }
 
@@ -431,23 +448,23 @@ struct Forward {
           }
           if (lane % 4 == 0) p.split_lse[row] = lse;
         } else if (p.write_parts) {
-          float* out = p.part_o + ((((int64_t)t.part * p.batch + b) * p.nq + i) * p.heads + h) * D;
+          float* out = p.part_o + ((((int64_t)t.part * p.batch + ob) * p.nq + q_row0 + i) * p.heads + h) * D;
 #pragma unroll
           for (int nt = 0; nt < kNTilesO; ++nt) {
             const int col = nt * 8 + (lane % 4) * 2;
             *reinterpret_cast<float2*>(out + col) =
                 make_float2(acc_o[mt][nt][hr * 2] * inv, acc_o[mt][nt][hr * 2 + 1] * inv);
           }
-          if (lane % 4 == 0) p.part_lse[(((int64_t)t.part * p.batch + b) * p.heads + h) * p.nq + i] = lse;
+          if (lane % 4 == 0) p.part_lse[(((int64_t)t.part * p.batch + ob) * p.heads + h) * p.nq + q_row0 + i] = lse;
         } else {
-          elem* out = static_cast<elem*>(p.o) + b * p.o_stride_b + i * p.o_stride_n + h * p.o_stride_h;
+          elem* out = static_cast<elem*>(p.o) + ob * p.o_stride_b + (q_row0 + i) * p.o_stride_n + h * p.o_stride_h;
 #pragma unroll
           for (int nt = 0; nt < kNTilesO; ++nt) {
             const int col = nt * 8 + (lane % 4) * 2;
             *reinterpret_cast<uint32_t*>(out + col) =
                 pack2<kBf16>(acc_o[mt][nt][hr * 2] * inv, acc_o[mt][nt][hr * 2 + 1] * inv);
           }
-          if (p.lse && lane % 4 == 0) p.lse[b * p.lse_stride_b + h * p.lse_stride_h + i] = lse;
+          if (p.lse && lane % 4 == 0) p.lse[ob * p.lse_stride_b + h * p.lse_stride_h + q_row0 + i] = lse;
         }
       }
     }

@@ -80,16 +80,22 @@ struct Forward {
     __device__ uint32_t v_empty(int s) const { return at + 40 + s * 32; }
   };
 
+  // A work item. Documents (Cfg::kVarlen): q_tile is a tile of the tables, q_local its
+  // tile within its document, and the document gives ob (the batch index of inputs and
+  // outputs), the first query and key rows and the lengths; otherwise q_local = q_tile,
+  // ob = b, rows from 0 and the problem's lengths.
   struct Item {
     int table, q_tile, head, first, n_tiles, n_full, split_slot, b;
+    int ob, q_local, q_row0, k_row0, nq, nk;
     SpattnTable t;
     const int32_t* cols;
   };
 
   static __device__ __forceinline__ Item fetch(const SpattnFwdParams& p, int idx) {
     Item it;
-    const int item = idx / p.batch;
-    it.b = idx % p.batch;
+    // Documents carry their batch index: the work list is walked once, not per batch.
+    const int item = Cfg::kVarlen ? idx : idx / p.batch;
+    it.b = Cfg::kVarlen ? 0 : idx % p.batch;
     const int32_t* w = p.work + 6 * item;
     it.table = __ldg(w);
     it.q_tile = __ldg(w + 1);
@@ -102,6 +108,22 @@ struct Forward {
     const int row_begin = __ldg(rows + it.t.row_ptr + it.q_tile) + it.first;
     it.n_full = __ldg(rows + it.t.full_count + it.q_tile) - it.first;
     it.cols = rows + it.t.cols + row_begin;
+    it.ob = it.b, it.q_local = it.q_tile, it.q_row0 = 0, it.k_row0 = 0, it.nq = p.nq, it.nk = p.nk;
+    if constexpr (Cfg::kVarlen) {
+      const int doc = __ldg(p.vl_tiles + 2 * it.q_tile);
+      if (doc < 0) {  // capacity no document uses: no loads, no rows
+        it.n_tiles = 0;
+        it.nq = 0;
+      } else {
+        it.q_local = __ldg(p.vl_tiles + 2 * it.q_tile + 1);
+        const int32_t* d = p.vl_docs + 5 * doc;
+        it.ob = __ldg(d);
+        it.q_row0 = __ldg(d + 1);
+        it.nq = __ldg(d + 2);
+        it.k_row0 = __ldg(d + 3);
+        it.nk = __ldg(d + 4);
+      }
+    }
     return it;
   }
 
@@ -121,9 +143,9 @@ struct Forward {
       const Item it = fetch(p, idx);
       if (it.n_tiles <= 0) continue;
       const int kvh = it.head / p.kv_group;
-      const elem* qbase = static_cast<const elem*>(p.q) + it.b * p.q_stride_b + it.head * p.q_stride_h;
-      const elem* kbase = static_cast<const elem*>(p.k) + it.b * p.k_stride_b + kvh * p.k_stride_h;
-      const elem* vbase = static_cast<const elem*>(p.v) + it.b * p.v_stride_b + kvh * p.v_stride_h;
+      const elem* qbase = static_cast<const elem*>(p.q) + it.ob * p.q_stride_b + it.head * p.q_stride_h;
+      const elem* kbase = static_cast<const elem*>(p.k) + it.ob * p.k_stride_b + kvh * p.k_stride_h;
+      const elem* vbase = static_cast<const elem*>(p.v) + it.ob * p.v_stride_b + kvh * p.v_stride_h;
       const int32_t* qslots = it.t.q_slots >= 0 ? p.arena + it.t.q_slots : nullptr;
       const int32_t* kslots = it.t.k_slots >= 0 ? p.arena + it.t.k_slots : nullptr;
 
@@ -136,22 +158,26 @@ struct Forward {
 
       Loader::wait_free(q_empty, q_phase ^ 1, pending);
       Loader::load(base, q_full, q_copied || (P.tma_q && !qslots), q_copied ? P.tm_qc : P.tm_q, q_copied ? 0 : it.head,
-                   it.b, qbase, p.q_stride_n, BM, (q_copied ? q_copy : 0) + it.q_tile * BM, p.nq, qslots, pending);
+                   it.ob, qbase, p.q_stride_n, BM, (q_copied ? q_copy : 0) + it.q_row0 + it.q_local * BM,
+                   it.q_row0 + it.nq, qslots, pending);
       q_phase ^= 1;
       const bool tma_kv = kv_copied || (P.tma_kv && !kslots);
       const SpattnTensorMap& tm_k = kv_copied ? P.tm_kc : P.tm_k;
       const SpattnTensorMap& tm_v = kv_copied ? P.tm_vc : P.tm_v;
       const int map_kvh = kv_copied ? 0 : kvh;
-      const int kv_row0 = kv_copied ? kv_copy : 0;
+      // Rows of a document are addressed from the tensor's row 0 (TMA coordinates and
+      // gathers alike), so its first key row moves the start and the end together.
+      const int kv_row0 = kv_copied ? kv_copy : it.k_row0;
+      const int kv_limit = it.k_row0 + it.nk;
 #pragma unroll 1
       for (int n = 0; n < it.n_tiles; ++n) {
         const int col = __ldg(it.cols + n);
         Loader::wait_free(k_empty(stage), phase ^ 1, pending);
-        Loader::load(base + kOffK + stage * kKVBytes, k_full(stage), tma_kv, tm_k, map_kvh, it.b, kbase, p.k_stride_n,
-                     BN, kv_row0 + col * BN, p.nk, kslots, pending);
+        Loader::load(base + kOffK + stage * kKVBytes, k_full(stage), tma_kv, tm_k, map_kvh, it.ob, kbase, p.k_stride_n,
+                     BN, kv_row0 + col * BN, kv_limit, kslots, pending);
         Loader::wait_free(v_empty(stage), phase ^ 1, pending);
-        Loader::load(base + kOffV + stage * kKVBytes, v_full(stage), tma_kv, tm_v, map_kvh, it.b, vbase, p.v_stride_n,
-                     BN, kv_row0 + col * BN, p.nk, kslots, pending);
+        Loader::load(base + kOffV + stage * kKVBytes, v_full(stage), tma_kv, tm_v, map_kvh, it.ob, vbase, p.v_stride_n,
+                     BN, kv_row0 + col * BN, kv_limit, kslots, pending);
         if (++stage == kStages) {
           stage = 0;
           phase ^= 1;
@@ -191,15 +217,16 @@ struct Forward {
     for (int idx = blockIdx.x; idx < P.total_items; idx += gridDim.x) {
       const Item it = fetch(p, idx);
       const int h = it.head;
+      if constexpr (Cfg::kVarlen) mask_ctx = typename Cfg::MaskCtx{it.nq, it.nk, p.heads, 0, 0};
       const int32_t* qslots = it.t.q_slots >= 0 ? p.arena + it.t.q_slots : nullptr;
       // Key tokens of a gathered tile, for the masks of partial tiles (L1-resident slots).
       const int32_t* kslots = Cfg::kPermutedKeys && it.t.k_slots >= 0 ? p.arena + it.t.k_slots : nullptr;
       int qtok[2];
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr) {
-        const int slot = it.q_tile * BM + cw * 64 + row0 + 8 * hr;
+        const int slot = it.q_local * BM + cw * 64 + row0 + 8 * hr;
         const int token = qslots ? __ldg(qslots + slot) : slot;
-        qtok[hr] = token >= 0 && token < p.nq ? token : -1;
+        qtok[hr] = token >= 0 && token < it.nq ? token : -1;
       }
 
       float acc_o[kNO];
@@ -239,7 +266,7 @@ struct Forward {
           const int col = __ldg(it.cols + n);
           auto key = [&](int c) {
             const int j = kslots ? __ldg(kslots + col * BN + c) : col * BN + c;
-            return j < p.nk ? j : -1;  // slots of padding are -1
+            return j < it.nk ? j : -1;  // slots of padding are -1
           };
           if constexpr (Cfg::kIntervalMask) {
 #pragma unroll
@@ -413,8 +440,8 @@ struct Forward {
             out = p.split_o + row * D;
             lse_out = p.split_lse + row;
           } else {
-            out = p.part_o + ((((int64_t)it.t.part * p.batch + it.b) * p.nq + i) * p.heads + h) * D;
-            lse_out = p.part_lse + (((int64_t)it.t.part * p.batch + it.b) * p.heads + h) * p.nq + i;
+            out = p.part_o + ((((int64_t)it.t.part * p.batch + it.ob) * p.nq + it.q_row0 + i) * p.heads + h) * D;
+            lse_out = p.part_lse + (((int64_t)it.t.part * p.batch + it.ob) * p.heads + h) * p.nq + it.q_row0 + i;
           }
 #pragma unroll
           for (int jn = 0; jn < D / 8; ++jn)
@@ -427,9 +454,9 @@ struct Forward {
       if (p.lse && lane % 4 == 0) {
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr)
-          if (qtok[hr] >= 0) p.lse[it.b * p.lse_stride_b + h * p.lse_stride_h + qtok[hr]] = lse[hr];
+          if (qtok[hr] >= 0) p.lse[it.ob * p.lse_stride_b + h * p.lse_stride_h + it.q_row0 + qtok[hr]] = lse[hr];
       }
-      elem* obase = static_cast<elem*>(p.o) + it.b * p.o_stride_b + h * p.o_stride_h;
+      elem* obase = static_cast<elem*>(p.o) + it.ob * p.o_stride_b + (int64_t)it.q_row0 * p.o_stride_n + h * p.o_stride_h;
       if constexpr (Cfg::kStageO) {
         // Rows through shared memory, then 16-byte stores along each output row.
         elem* so = stage_o + cw * 64 * kORow;

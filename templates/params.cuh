@@ -64,6 +64,15 @@ struct SpattnFwdParams {
   // offsets, full counts and columns per batch: batch b reads them at arena + b *
   // arena_stride_b. 0 for tables shared by the whole batch.
   int32_t arena_stride_b;
+  // Documents (KernelSpec::varlen, spattn/varlen.hpp): the tables' query tiles are the
+  // tiles of every document one after another. vl_tiles[2 g], [2 g + 1]: the document of
+  // tile g (-1: capacity no document uses; the work item does nothing) and its tile
+  // within the document. vl_docs: 5 ints per document: batch index, first query row,
+  // query rows, first key row, key rows. Token indices are then relative to the
+  // document, the predicate sees its lengths as nq and nk, and outputs go to row first
+  // query row + i of batch index (O, LSE and part buffers alike). Null otherwise.
+  const int32_t* vl_tiles;
+  const int32_t* vl_docs;
 };
 
 // A TMA tensor map (the driver's CUtensorMap: 128 opaque bytes, 64-byte aligned),
@@ -295,6 +304,57 @@ struct SpattnAdaptiveSelectParams {
   // there ((nk_blocks + max_k) * 4 bytes per warp of dynamic shared memory); 0: both in
   // global memory (rows too long for shared memory).
   int32_t stage_row;
+};
+
+// Documents (templates/varlen.cuh), first kernel: the documents of a call from its
+// lengths and every table query tile's document. Packed documents (cu_q non-null):
+// document d holds query rows cu_q[d] .. cu_q[d + 1] and keys cu_k[d] .. cu_k[d + 1] of
+// batch 0. Padded batches (cu_q null): document b is batch b with used_q[b] (or nq)
+// queries and used_k[b] (or nk) keys, and document docs + b its query rows past
+// used_q[b] (no keys: O = 0, LSE = -inf). Lengths are checked (monotone offsets within
+// the tensors, lengths up to max_q / max_k, tiles within the capacity); on the first
+// violation status gets {code, document, value, limit} and every document is empty.
+enum SpattnVarlenError {
+  kSpattnVarlenOk = 0,
+  kSpattnVarlenQOutside = 1,     // cu_seqlens_q[document] = value outside [0, limit]
+  kSpattnVarlenKOutside = 2,     // cu_seqlens_k[document] = value outside [0, limit]
+  kSpattnVarlenQDecreasing = 3,  // cu_seqlens_q[document] = value < limit = the entry before
+  kSpattnVarlenKDecreasing = 4,
+  kSpattnVarlenQLonger = 5,      // document has value query rows > limit = max_seqlen_q
+  kSpattnVarlenKLonger = 6,
+  kSpattnVarlenUsedQ = 7,        // seqused_q[document] = value outside [0, limit]
+  kSpattnVarlenUsedK = 8,
+  kSpattnVarlenCapacity = 9,     // tiles past the capacity (an internal error)
+};
+struct SpattnVarlenDocsParams {
+  const int32_t* cu_q;
+  const int32_t* cu_k;
+  const int32_t* used_q;
+  const int32_t* used_k;
+  int32_t docs;                 // packed: documents; padded: the batch
+  int32_t nq, nk;               // packed: rows of the tensors; padded: their Nq, Nk
+  int32_t max_q, max_k;         // the longest document the capacity holds
+  int32_t tile_m;
+  int32_t tile_capacity;        // query tiles the tables hold
+  int32_t* vl_tiles;            // [tile_capacity][2]
+  int32_t* vl_docs;             // [doc entries][5]
+  int32_t* status;              // 4 ints, zeroed by the host before the launch
+};
+
+// Documents, second kernel (one CTA per table and query tile): each listed tile's key
+// tiles from the generated per-row key ranges on the document's shape, full tiles
+// first, into the table's CSR (row_ptr fixed at g * row_capacity), and the row's length
+// into the end key tile of each of its work items: table t's item for head index x and
+// tile g is item item_base[t] + x * tile_capacity + (tile_capacity - 1 - g) (the last
+// tiles first: under causal masks the longest rows start first).
+struct SpattnVarlenTablesParams {
+  const int32_t* vl_tiles;
+  const int32_t* vl_docs;
+  int32_t* arena;
+  const SpattnTable* tables;
+  const int32_t* table_info;    // 3 ints per table: first query head, heads, item_base
+  int32_t* work;
+  int32_t tile_capacity, row_capacity, heads;
 };
 
 // Fills n 16-bit values with uniform random numbers in [-scale, scale) from a counter

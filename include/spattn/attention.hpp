@@ -17,6 +17,7 @@
 #include <spattn/layout.hpp>
 #include <spattn/pattern.hpp>
 #include <spattn/tensor.hpp>
+#include <spattn/varlen.hpp>
 
 #include <memory>
 #include <optional>
@@ -39,6 +40,10 @@ struct AttentionOptions {
   // chosen; forward and backward) to this record file, for `spattn prewarm FILE` /
   // `spattn bundle --from-record FILE` elsewhere; "" means $SPATTN_RECORD (if set).
   std::string record;
+  // forward_varlen / forward_padded: wait for the GPU's check of the lengths and throw on
+  // bad ones (spattn/varlen.hpp). false: nothing waits (CUDA-graph capturable); bad
+  // lengths then leave the outputs unwritten.
+  bool check_lengths = true;
 };
 
 // What the last forward() ran, for logs and bug reports.
@@ -59,6 +64,7 @@ struct Explanation {
   size_t tables = 0;
   size_t work_items = 0;
   std::string selection;      // adaptive patterns: what the last forward chose from and how ("" otherwise)
+  std::string documents;      // forward_varlen / forward_padded: how the tables were built ("" otherwise)
   std::string to_string() const;
 };
 
@@ -79,6 +85,20 @@ class Attention {
   // buffers; later calls of that shape can be captured in a CUDA graph.
   void forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                const TensorView* lse = nullptr, CUstream stream = nullptr, const AdaptiveInputs* adaptive = nullptr);
+
+  // Packed variable-length documents (spattn/varlen.hpp): q [total_q, Hq, D], k and v
+  // [total_k, Hkv, D], o like q, lse [Hq, total_q] fp32 or null. Each document attends
+  // only inside itself, the pattern applied to it as to a problem of its own lengths.
+  // Asynchronous on `stream` except for the lengths check (AttentionOptions::check_lengths).
+  // Throws kUnsupported for patterns whose tables cannot be built from lengths
+  // (documents_supported() says why).
+  void forward_varlen(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                      const TensorView* lse, const Documents& documents, CUstream stream = nullptr);
+
+  // The batched layout of forward() with per-batch used lengths (spattn/varlen.hpp): keys
+  // past seqused_k[b] never attend; query rows past seqused_q[b] get O = 0, LSE = -inf.
+  void forward_padded(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                      const TensorView* lse, const KeyPadding& padding, CUstream stream = nullptr);
 
   // Gradients of forward(q, k, v) -> (o, lse) for the output gradient d_o: writes dq
   // (like q), dk and dv (like k; GQA: summed over the query heads of a group). lse is

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <spattn/adaptive.hpp>
+#include <spattn/varlen.hpp>
 #include <spattn/attention.hpp>
 #include <spattn/autotune.hpp>
 #include <spattn/cache.hpp>

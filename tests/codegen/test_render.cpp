@@ -1,6 +1,8 @@
 // Rendering and NVRTC compilation of the forward kernel (no GPU needed).
 #include <gtest/gtest.h>
 
+#include <regex>
+
 #include <spattn/config.hpp>
 #include <spattn/error.hpp>
 #include <spattn/pattern.hpp>
@@ -98,6 +100,51 @@ TEST(Render, AdaptiveKernelsCompile) {
     EXPECT_GT(out.cubin.size(), 1000u) << arch;
     EXPECT_LE(out.local_bytes, 0) << arch << " spills:\n" << out.log;
   }
+}
+
+// Documents programs (KernelSpec::varlen): the forward kernel and the two table
+// builders compile for both families' targets without spills, and the forward kernel
+// keeps the register budget of its config.
+TEST(Render, DocumentKernelsCompileForSm80AndSm90a) {
+  struct Case {
+    const char* json;
+    const char* arch;
+    const char* config;
+  };
+  const Case cases[] = {
+      {R"({"type":"dense","causal":true})", "sm_80", "sm80:128x64w4s1"},
+      {R"({"type":"local_window","window":256,"causal":true})", "sm_90a", "sm90:128x128s2"},
+      {R"({"type":"global_local","global":64,"window":128})", "sm_90a", "sm90:128x128s2"},
+      {R"({"type":"dense"})", "sm_80", "sm80:64x64w4s2"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(std::string(c.json) + " " + c.arch);
+    auto spec = spec_for(c.json, 128, DType::kBFloat16, c.arch, KernelConfig::parse(c.config));
+    spec.permuted_keys = false;
+    spec.varlen = true;
+    const auto r = codegen::render_forward(spec);
+    EXPECT_NE(r.source.find("kVarlen = true"), std::string::npos);
+    EXPECT_NE(r.source.find("spattn_varlen_docs"), std::string::npos);
+    EXPECT_NE(r.source.find("spattn_varlen_tables"), std::string::npos);
+    const auto out = compile(r, c.arch);
+    EXPECT_GT(out.cubin.size(), 1000u);
+    // ptxas reports each entry point: the builders without spills, the forward kernel
+    // within the tolerance of ForwardCompilesWithinRegisterBudgetForSm80AndSm90a.
+    for (const char* entry : {"spattn_varlen_docs", "spattn_varlen_tables", "spattn_fwd"}) {
+      const size_t at = out.log.find(std::string("entry function '") + entry + "'");
+      ASSERT_NE(at, std::string::npos) << entry << "\n" << out.log;
+      std::smatch m;
+      const std::string rest = out.log.substr(at, 400);
+      ASSERT_TRUE(std::regex_search(rest, m, std::regex(R"((\d+) bytes spill stores)"))) << rest;
+      EXPECT_LE(std::stoi(m[1]), std::string(entry) == "spattn_fwd" ? 160 : 0) << entry << "\n" << rest;
+      ASSERT_TRUE(std::regex_search(rest, m, std::regex(R"(Used (\d+) registers)"))) << rest;
+      EXPECT_LE(std::stoi(m[1]), std::string(entry) == "spattn_fwd" ? 255 : 64) << entry;
+    }
+  }
+  // Patterns without per-row key ranges cannot be built from lengths.
+  auto strided = spec_for(R"({"type":"strided","stride":16,"mode":"relative"})", 128, DType::kBFloat16, "sm_80");
+  strided.varlen = true;
+  EXPECT_THROW(codegen::render_forward(strided), Error);
 }
 
 TEST(Render, NvrtcErrorsCarryTheLogAndNumberedSourceLines) {

@@ -1,0 +1,72 @@
+// The run-time half of documents (spattn/varlen.hpp): per call, the documents and the
+// block tables built on the GPU from their lengths (templates/varlen.cuh), in the call's
+// stream. The tables have a fixed capacity (query tiles of every document one after
+// another x key tiles of the longest document) that grows when a call needs more;
+// calls within the capacity allocate nothing, so they can be captured in a CUDA graph
+// (with the lengths check off: it waits on the host).
+#pragma once
+
+#include <spattn/layout.hpp>
+#include <spattn/pattern.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/device_layout.hpp"
+#include "engine/jit.hpp"
+#include "runtime/device.hpp"
+
+typedef struct CUstream_st* CUstream;
+
+namespace spattn::engine {
+
+// A call's lengths, device int32 arrays. Packed documents: cu_q, cu_k of docs + 1
+// entries over tensors of nq, nk rows. Padded batches: used_q (optional), used_k of
+// `docs` (= the batch) entries over tensors of nq, nk rows per batch.
+struct DocumentLengths {
+  const int32_t* cu_q = nullptr;
+  const int32_t* cu_k = nullptr;
+  const int32_t* used_q = nullptr;
+  const int32_t* used_k = nullptr;
+  int64_t docs = 0;
+  int64_t nq = 0, nk = 0;
+  int64_t max_q = 0, max_k = 0;  // packed: the longest document (checked); padded: nq, nk
+  bool packed() const { return cu_q != nullptr; }
+};
+
+// The layout options of a documents plan: natural token order (the tables are key ranges).
+LayoutOptions documents_layout_options(LayoutOptions options);
+
+class DocumentTables {
+ public:
+  // `tmpl`: the pattern's natural-order layout at some shape (its parts and the heads of
+  // each table; the tables themselves are rebuilt per call). `program`: the plan's
+  // rendered forward program, which holds the two builder kernels.
+  DocumentTables(const Layout& tmpl, const codegen::RenderedKernel& program, int device, int64_t heads);
+
+  // This call's documents and tables on `stream`. With `check`, waits for the lengths
+  // check and throws kInvalidArgument naming the bad entry.
+  void build(const DocumentLengths& lengths, bool check, CUstream stream);
+
+  const DeviceLayout& tables() const { return tables_; }
+  const int32_t* tiles() const { return reinterpret_cast<const int32_t*>(vl_tiles_.get()); }
+  const int32_t* docs() const { return reinterpret_cast<const int32_t*>(vl_docs_.get()); }
+  std::string describe() const;
+
+ private:
+  void reserve(int64_t tile_capacity, int64_t row_capacity, int64_t entries);
+  [[noreturn]] void throw_status(const int32_t (&status)[4], const DocumentLengths& lengths) const;
+
+  Layout template_;
+  int64_t heads_;
+  int tile_m_, tile_n_;
+  const JitKernel* docs_kernel_ = nullptr;
+  const JitKernel* tables_kernel_ = nullptr;
+  int64_t tile_capacity_ = 0, row_capacity_ = 0, doc_capacity_ = 0;
+  DeviceLayout tables_;
+  runtime::DeviceBuffer vl_tiles_, vl_docs_, status_, table_info_;
+  std::string last_ = "not run yet";
+};
+
+}  // namespace spattn::engine

@@ -1,0 +1,53 @@
+// Documents: packed variable-length sequences and padded batches.
+//
+// Packed documents (FlashAttention's varlen convention): Q [total_q, Hq, D], K and V
+// [total_k, Hkv, D], O like Q, LSE [Hq, total_q] fp32. Document d holds query rows
+// cu_seqlens_q[d] .. cu_seqlens_q[d + 1] - 1 and key rows cu_seqlens_k[d] ..
+// cu_seqlens_k[d + 1] - 1 (device int32 [docs + 1], non-decreasing, within the tensors;
+// an empty document is allowed). Rows outside every document are left as they are.
+//
+// Padded batches, the layout [B, N, H, D] of Attention::forward with per-batch lengths:
+// batch b uses its first seqused_k[b] keys (the rest never attend) and its first
+// seqused_q[b] queries (default: all Nq); the query rows past seqused_q[b] get O = 0
+// and LSE = -inf.
+//
+// Every document is a problem of its own: the pattern sees positions relative to the
+// document's first row and the document's lengths as Nq and Nk (causal aligned
+// bottom-right per document, windows and global tokens per document, ...), exactly as
+// if the document ran alone.
+//
+// The tables are built on the GPU from the lengths in the call's stream, for patterns
+// whose rows are key ranges in natural token order (dense, causal, windows, global +
+// local, hierarchical levels, head groups, unions and intersections of those):
+// documents_supported() says which and why not. Lengths are checked on the GPU before
+// any row is read through them. With AttentionOptions::check_lengths (the default) the
+// host then waits for that check (one 16-byte copy) and throws kInvalidArgument naming
+// the bad entry; without it nothing waits (the call can be captured in a CUDA graph),
+// and bad lengths leave every output row unwritten — never an out-of-bounds access.
+#pragma once
+
+#include <spattn/pattern.hpp>
+#include <spattn/tensor.hpp>
+
+#include <cstdint>
+#include <string>
+
+namespace spattn {
+
+struct Documents {
+  TensorView cu_seqlens_q;   // int32 [docs + 1], device
+  TensorView cu_seqlens_k;   // int32 [docs + 1], device
+  int64_t max_seqlen_q = 0;  // the longest document's query rows (an upper bound; checked)
+  int64_t max_seqlen_k = 0;  // and key rows: the tables' row capacity
+};
+
+struct KeyPadding {
+  TensorView seqused_k;  // int32 [B], device: keys used per batch
+  TensorView seqused_q;  // int32 [B], device, or data == nullptr: every query row is used
+};
+
+// Whether documents can run `pattern` with `heads` query heads (tables from per-row key
+// ranges in natural order); if not, `why` says why and what is supported.
+bool documents_supported(const Pattern& pattern, int64_t heads, std::string* why = nullptr);
+
+}  // namespace spattn

@@ -1,0 +1,235 @@
+// Documents (spattn/varlen.hpp): the kernels that turn each call's lengths into the
+// block tables the forward kernel walks, on the GPU and in the call's stream.
+//  - varlen_docs (one CTA): checks the lengths, describes every document (batch index,
+//    first query row, query rows, first key row, key rows) and gives every query tile of
+//    the tables its document and its tile within it;
+//  - varlen_tables<Cfg> (one CTA per table and query tile): the tile's key tiles from
+//    the generated per-row key ranges (Cfg::row_bounds) on the document's own shape,
+//    full tiles first, and the row's length into its work items.
+// The generated translation unit defines Cfg and includes this file after the forward
+// template; its entry points are spattn_varlen_docs and spattn_varlen_tables.
+#pragma once
+
+#include "spattn/params.cuh"
+
+namespace spattn {
+namespace varlen {
+
+constexpr int kDocsThreads = 1024;
+constexpr int kTablesThreads = 128;
+constexpr int kEmpty = 0x7fffffff;  // lower end of an empty key range
+
+// The first violation wins; the host reads {code, document, value, limit}.
+__device__ __forceinline__ void fail(int32_t* status, int code, int doc, int value, int limit) {
+  if (atomicCAS(status, 0, code) == 0) {
+    status[1] = doc;
+    status[2] = value;
+    status[3] = limit;
+  }
+}
+
+// Exclusive prefix of `pred` over the block (blockDim.x = kThreads, a multiple of 32);
+// `total` gets the block's count. Every thread must call it.
+template <int kThreads>
+__device__ __forceinline__ int block_prefix(bool pred, int* warp_counts, int& total) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const unsigned ballot = __ballot_sync(0xffffffffu, pred);
+  if (lane == 0) warp_counts[warp] = __popc(ballot);
+  __syncthreads();
+  int before = 0;
+  total = 0;
+#pragma unroll
+  for (int w = 0; w < kThreads / 32; ++w) {
+    before += w < warp ? warp_counts[w] : 0;
+    total += warp_counts[w];
+  }
+  __syncthreads();
+  return before + __popc(ballot & ((1u << lane) - 1u));
+}
+
+// Document e of the call: {batch index, first query row, query rows, first key row, key rows}.
+__device__ __forceinline__ void describe(const SpattnVarlenDocsParams& p, int e, int (&d)[5]) {
+  if (p.cu_q) {
+    d[0] = 0;
+    d[1] = __ldg(p.cu_q + e);
+    d[2] = __ldg(p.cu_q + e + 1) - d[1];
+    d[3] = __ldg(p.cu_k + e);
+    d[4] = __ldg(p.cu_k + e + 1) - d[3];
+    return;
+  }
+  const int b = e < p.docs ? e : e - p.docs;
+  const int used_q = p.used_q ? __ldg(p.used_q + b) : p.nq;
+  d[0] = b;
+  if (e < p.docs) {
+    d[1] = 0;
+    d[2] = used_q;
+    d[3] = 0;
+    d[4] = p.used_k ? __ldg(p.used_k + b) : p.nk;
+  } else {
+    d[1] = used_q;  // the padded query rows: no keys, so O = 0 and LSE = -inf
+    d[2] = p.nq - used_q;
+    d[3] = 0;
+    d[4] = 0;
+  }
+}
+
+__device__ void varlen_docs(const SpattnVarlenDocsParams& p) {
+  __shared__ int warp_counts[kDocsThreads / 32];
+  const int tid = threadIdx.x;
+  const int entries = p.cu_q ? p.docs : 2 * p.docs;
+  // Check every length before anything reads rows through it.
+  for (int e = tid; e < p.docs; e += kDocsThreads) {
+    if (p.cu_q) {
+      const int q0 = __ldg(p.cu_q + e), q1 = __ldg(p.cu_q + e + 1);
+      const int k0 = __ldg(p.cu_k + e), k1 = __ldg(p.cu_k + e + 1);
+      if (e == 0 && (q0 < 0 || q0 > p.nq)) fail(p.status, kSpattnVarlenQOutside, 0, q0, p.nq);
+      if (e == 0 && (k0 < 0 || k0 > p.nk)) fail(p.status, kSpattnVarlenKOutside, 0, k0, p.nk);
+      if (q1 < q0) fail(p.status, kSpattnVarlenQDecreasing, e + 1, q1, q0);
+      if (k1 < k0) fail(p.status, kSpattnVarlenKDecreasing, e + 1, k1, k0);
+      if (q1 > p.nq || q1 < 0) fail(p.status, kSpattnVarlenQOutside, e + 1, q1, p.nq);
+      if (k1 > p.nk || k1 < 0) fail(p.status, kSpattnVarlenKOutside, e + 1, k1, p.nk);
+      if (q1 >= q0 && q1 - q0 > p.max_q) fail(p.status, kSpattnVarlenQLonger, e, q1 - q0, p.max_q);
+      if (k1 >= k0 && k1 - k0 > p.max_k) fail(p.status, kSpattnVarlenKLonger, e, k1 - k0, p.max_k);
+    } else {
+      const int uq = p.used_q ? __ldg(p.used_q + e) : p.nq;
+      const int uk = p.used_k ? __ldg(p.used_k + e) : p.nk;
+      if (uq < 0 || uq > p.nq) fail(p.status, kSpattnVarlenUsedQ, e, uq, p.nq);
+      if (uk < 0 || uk > p.nk) fail(p.status, kSpattnVarlenUsedK, e, uk, p.nk);
+    }
+  }
+  for (int g = tid; g < p.tile_capacity; g += kDocsThreads) {
+    p.vl_tiles[2 * g] = -1;
+    p.vl_tiles[2 * g + 1] = 0;
+  }
+  __syncthreads();
+  if (*static_cast<volatile int32_t*>(p.status) != 0) return;  // every document empty
+
+  // Tiles of the documents one after another: a running prefix over chunks of documents.
+  int first_tile = 0;
+  for (int e0 = 0; e0 < entries; e0 += kDocsThreads) {
+    const int e = e0 + tid;
+    int d[5] = {0, 0, 0, 0, 0};
+    if (e < entries) describe(p, e, d);
+    const int tiles = e < entries ? (d[2] + p.tile_m - 1) / p.tile_m : 0;
+    // Inclusive scan of the tile counts over the block (warp shuffles, then warp totals).
+    int incl = tiles;
+#pragma unroll
+    for (int s = 1; s < 32; s <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, s);
+      if (threadIdx.x % 32 >= s) incl += v;
+    }
+    if (threadIdx.x % 32 == 31) warp_counts[threadIdx.x / 32] = incl;
+    __syncthreads();
+    int before = 0, chunk_total = 0;
+    for (int w = 0; w < kDocsThreads / 32; ++w) {
+      before += w < tid / 32 ? warp_counts[w] : 0;
+      chunk_total += warp_counts[w];
+    }
+    __syncthreads();
+    const int first = first_tile + before + incl - tiles;
+    if (e < entries) {
+      int32_t* out = p.vl_docs + 5 * e;
+#pragma unroll
+      for (int x = 0; x < 5; ++x) out[x] = d[x];
+      if (first + tiles > p.tile_capacity) {
+        fail(p.status, kSpattnVarlenCapacity, e, first + tiles, p.tile_capacity);
+      } else {
+        for (int t = 0; t < tiles; ++t) {
+          p.vl_tiles[2 * (first + t)] = e;
+          p.vl_tiles[2 * (first + t) + 1] = t;
+        }
+      }
+    }
+    first_tile += chunk_total;
+  }
+  __syncthreads();
+  if (*static_cast<volatile int32_t*>(p.status) != 0)
+    for (int g = tid; g < p.tile_capacity; g += kDocsThreads) p.vl_tiles[2 * g] = -1;
+}
+
+template <class Cfg>
+struct VarlenTables {
+  static constexpr int BM = Cfg::kBlockM;
+  static constexpr int BN = Cfg::kBlockN;
+  static constexpr int kThreads = kTablesThreads;
+
+  // 0: no row of the tile reaches the key tile; 1: partial; 2: full (every row allows
+  // every key of the tile, and the tile lies inside the document).
+  static __device__ __forceinline__ int classify(int c, int rows, int nk, const int* lo0, const int* hi0,
+                                                 const int* lo1, const int* hi1) {
+    const int cs = c * BN, ce_all = cs + BN - 1;
+    const int ce = min(ce_all, nk - 1);
+    bool any = false, all = ce == ce_all;
+#pragma unroll 1
+    for (int r = 0; r < rows && (all || !any); ++r) {
+      const bool covers = (lo0[r] <= cs && ce_all <= hi0[r]) || (lo1[r] <= cs && ce_all <= hi1[r]);
+      const bool meets = (lo0[r] <= ce && hi0[r] >= cs) || (lo1[r] <= ce && hi1[r] >= cs);
+      any |= meets;
+      all &= covers;
+    }
+    return !any ? 0 : all ? 2 : 1;
+  }
+
+  static __device__ void run(const SpattnVarlenTablesParams& p) {
+    __shared__ int lo0[BM], hi0[BM], lo1[BM], hi1[BM];
+    __shared__ int warp_counts[kThreads / 32];
+    __shared__ int range[2];
+    const int g = blockIdx.x, table = blockIdx.y, tid = threadIdx.x;
+    const SpattnTable t = p.tables[table];
+    const int head0 = __ldg(p.table_info + 3 * table);
+    const int doc = __ldg(p.vl_tiles + 2 * g);
+    int count = 0, full = 0;
+    if (doc >= 0) {
+      const int tile = __ldg(p.vl_tiles + 2 * g + 1);
+      const int nq = __ldg(p.vl_docs + 5 * doc + 2), nk = __ldg(p.vl_docs + 5 * doc + 4);
+      const int r0 = tile * BM;
+      const int rows = min(BM, nq - r0);
+      if (tid == 0) range[0] = kEmpty, range[1] = -1;
+      __syncthreads();
+      const typename Cfg::MaskCtx ctx{nq, nk, p.heads, 0, 0};
+      for (int r = tid; r < BM; r += kThreads) {
+        int a0 = kEmpty, b0 = -1, a1 = kEmpty, b1 = -1;
+        if (r < rows && nk > 0) {
+          Cfg::row_bounds(t.part, head0, r0 + r, ctx, a0, b0, a1, b1);
+          a0 = max(a0, 0), b0 = min(b0, nk - 1), a1 = max(a1, 0), b1 = min(b1, nk - 1);
+          if (a0 > b0) a0 = kEmpty, b0 = -1;
+          if (a1 > b1) a1 = kEmpty, b1 = -1;
+          if (a0 != kEmpty && a1 != kEmpty && a1 <= b0 + 1 && a0 <= b1 + 1) {  // one range
+            a0 = min(a0, a1), b0 = max(b0, b1);
+            a1 = kEmpty, b1 = -1;
+          }
+          if (a0 == kEmpty && a1 != kEmpty) a0 = a1, b0 = b1, a1 = kEmpty, b1 = -1;
+          if (a0 != kEmpty) {
+            atomicMin(&range[0], min(a0, a1));
+            atomicMax(&range[1], max(b0, b1));
+          }
+        }
+        lo0[r] = a0, hi0[r] = b0, lo1[r] = a1, hi1[r] = b1;
+      }
+      __syncthreads();
+      if (range[1] >= 0) {
+        const int c_first = range[0] / BN, c_last = range[1] / BN;
+        int32_t* cols = p.arena + t.cols + (int64_t)g * p.row_capacity;
+        // Full tiles first, then partial ones, each ascending.
+        for (int want = 2; want >= 1; --want) {
+          for (int c0 = c_first; c0 <= c_last; c0 += kThreads) {
+            const int c = c0 + tid;
+            const bool pick = c <= c_last && classify(c, rows, nk, lo0, hi0, lo1, hi1) == want;
+            int chunk = 0;
+            const int at = block_prefix<kThreads>(pick, warp_counts, chunk);
+            if (pick) cols[count + at] = c;
+            count += chunk;
+          }
+          if (want == 2) full = count;
+        }
+      }
+    }
+    if (tid == 0) p.arena[t.full_count + g] = full;
+    const int heads = __ldg(p.table_info + 3 * table + 1), item_base = __ldg(p.table_info + 3 * table + 2);
+    for (int x = tid; x < heads; x += kThreads)
+      p.work[6 * (item_base + (int64_t)x * p.tile_capacity + (p.tile_capacity - 1 - g)) + 4] = count;
+  }
+};
+
+}  // namespace varlen
+}  // namespace spattn
