@@ -97,6 +97,13 @@ void DeviceTensor::upload(const std::vector<float>& values) {
   impl_->buffer.upload(values.data(), values.size() * 4);
 }
 
+void DeviceTensor::upload_int32(const std::vector<int32_t>& values) {
+  SPATTN_REQUIRE(impl_->dtype == DType::kInt32, "upload_int32 is for int32 tensors (got {})", to_string(impl_->dtype));
+  SPATTN_REQUIRE(static_cast<int64_t>(values.size()) == elements(impl_->shape),
+                 "upload_int32: {} values for a tensor of {} elements", values.size(), elements(impl_->shape));
+  impl_->buffer.upload(values.data(), values.size() * 4);
+}
+
 std::vector<int32_t> DeviceTensor::download_int32() const {
   SPATTN_REQUIRE(impl_->dtype == DType::kInt32, "download_int32 is for int32 tensors (got {})", to_string(impl_->dtype));
   std::vector<int32_t> out(static_cast<size_t>(elements(impl_->shape)));

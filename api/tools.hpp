@@ -56,6 +56,8 @@ class DeviceTensor {
   void fill_bytes(uint8_t value);
   // Copies host values into an fp32 tensor (exactly as many as it has elements).
   void upload(const std::vector<float>& values);
+  // Copies host values into an int32 tensor (exactly as many as it has elements).
+  void upload_int32(const std::vector<int32_t>& values);
   // The contents of an int32 tensor (synchronous).
   std::vector<int32_t> download_int32() const;
   TensorView view() const;

@@ -5,11 +5,14 @@
 //                                 memory-bandwidth bound it reaches
 //   spattn bench performer ...    Performer (FAVOR+) attention, tokens/s and TFLOP/s
 //   spattn bench adaptive ...     adaptive top-k: selection overhead over the attention
+//   spattn bench documents ...    packed variable-length documents against one sequence
+//                                 of the same work
 // scan and performer default to 64k tokens and take --against P to time sparse attention
 // of the same tokens and width in the same run.
 #include <spattn/adaptive.hpp>
 #include <spattn/attention.hpp>
 #include <spattn/linear.hpp>
+#include <spattn/varlen.hpp>
 
 #include <fmt/format.h>
 
@@ -18,6 +21,8 @@
 #include <functional>
 #include <iostream>
 #include <optional>
+#include <random>
+#include <set>
 
 #include "api/tools.hpp"
 #include "cli/cli.hpp"
@@ -430,6 +435,160 @@ void register_adaptive_bench(CLI::App& bench) {
   });
 }
 
+// Packed documents: forward_varlen over documents of the given lengths (total tokens
+// rotated over three input sets), with the lengths check off (timed) and on, against
+// the same pattern on one sequence whose useful FLOPs equal the documents' sum (found
+// by bisection on its length), and, when every document has the same length, against
+// the batched layout [documents, length] (exactly the same work).
+void register_documents_bench(CLI::App& bench) {
+  struct Args {
+    std::string pattern = R"({"type":"dense","causal":true})", lengths = "4096x16", config, dtype = "bf16";
+    int64_t heads = 16;
+    int head_dim = 128, reps = 20;
+    uint64_t seed = 1;
+  };
+  auto args = std::make_shared<Args>();
+  auto* cmd = bench.add_subcommand("documents", "time packed variable-length documents against one sequence of the same work");
+  cmd->add_option("-p,--pattern", args->pattern, "pattern of every document")->capture_default_str();
+  cmd->add_option("--lengths", args->lengths,
+                  "document lengths: L x COUNT (4096x16), a list (100,2000,37), or random:TOTAL:MIN-MAX")
+      ->capture_default_str();
+  cmd->add_option("--seed", args->seed, "seed of random lengths")->capture_default_str();
+  cmd->add_option("--heads", args->heads, "heads")->capture_default_str();
+  cmd->add_option("--head-dim", args->head_dim, "head dimension")->capture_default_str();
+  cmd->add_option("--dtype", args->dtype, "fp16 or bf16")->capture_default_str();
+  cmd->add_option("--config", args->config, "force a kernel config (default: database or heuristic)");
+  cmd->add_option("--reps", args->reps, "timed repetitions")->capture_default_str()->check(CLI::Range(3, 100000));
+  cmd->callback([args] {
+    const Pattern pattern = load_pattern_arg(args->pattern);
+    const DType dtype = bench_dtype(args->dtype);
+    // The lengths.
+    std::vector<int64_t> len;
+    const std::string& spec = args->lengths;
+    try {
+      if (spec.rfind("random:", 0) == 0) {
+        const size_t c = spec.find(':', 7), dash = spec.find('-', c == std::string::npos ? 0 : c);
+        if (c == std::string::npos || dash == std::string::npos) throw std::invalid_argument(spec);
+        const int64_t total = std::stoll(spec.substr(7, c - 7)), lo = std::stoll(spec.substr(c + 1, dash - c - 1)),
+                      hi = std::stoll(spec.substr(dash + 1));
+        if (total < 1 || lo < 0 || hi < lo) throw std::invalid_argument(spec);
+        std::mt19937_64 rng(args->seed);
+        int64_t sum = 0;
+        while (sum < total) {
+          const int64_t l = std::min<int64_t>(total - sum, lo + static_cast<int64_t>(rng() % (hi - lo + 1)));
+          len.push_back(l);
+          sum += l;
+        }
+      } else if (const size_t x = spec.find('x'); x != std::string::npos) {
+        const int64_t l = std::stoll(spec.substr(0, x)), count = std::stoll(spec.substr(x + 1));
+        if (l < 0 || count < 1) throw std::invalid_argument(spec);
+        len.assign(static_cast<size_t>(count), l);
+      } else {
+        for (size_t at = 0; at <= spec.size();) {
+          const size_t comma = std::min(spec.find(',', at), spec.size());
+          len.push_back(std::stoll(spec.substr(at, comma - at)));
+          if (len.back() < 0) throw std::invalid_argument(spec);
+          at = comma + 1;
+        }
+      }
+    } catch (const std::exception&) {
+      throw UsageError("--lengths: '" + spec + "' is not L x COUNT, a comma list of lengths or random:TOTAL:MIN-MAX");
+    }
+    const int64_t H = args->heads, D = args->head_dim;
+    int64_t total = 0, longest = 0;
+    for (int64_t l : len) total += l, longest = std::max(longest, l);
+    if (total < 1) throw UsageError("--lengths: the documents hold no tokens");
+    // Useful FLOPs: each distinct length's exact pair count.
+    auto pairs_at = [&](int64_t n) {
+      if (n == 0) return 0.0;
+      LayoutOptions lo;
+      lo.permute = false;
+      return static_cast<double>(layout_stats(pattern, compile_layout(pattern, Shape{n, n, H}, lo), D).allowed_pairs_total);
+    };
+    double doc_pairs = 0;
+    for (int64_t l : std::set<int64_t>(len.begin(), len.end()))
+      doc_pairs += pairs_at(l) * static_cast<double>(std::count(len.begin(), len.end(), l));
+    const double flops = 4.0 * D * doc_pairs;
+    // One sequence of the same work: the shortest length with at least as many pairs.
+    int64_t lo = 1, hi = std::max<int64_t>(total, 1);
+    while (pairs_at(hi) < doc_pairs) hi *= 2;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (pairs_at(mid) < doc_pairs) lo = mid + 1; else hi = mid;
+    }
+    const int64_t one = lo;
+    if (!tools::has_gpu()) throw Error(ErrorCode::kNoGpu, "spattn bench documents needs a GPU: " + tools::no_gpu_reason());
+    AttentionOptions opts;
+    if (!args->config.empty()) opts.config = KernelConfig::parse(args->config);
+    opts.check_lengths = false;
+    Attention attn(pattern, opts);
+    AttentionOptions checked_opts = opts;
+    checked_opts.check_lengths = true;
+    Attention checked(pattern, checked_opts);
+    std::vector<int32_t> cu{0};
+    for (int64_t l : len) cu.push_back(static_cast<int32_t>(cu.back() + l));
+    tools::DeviceTensor cu_t(DType::kInt32, {static_cast<int64_t>(cu.size())});
+    cu_t.upload_int32(cu);
+    Documents docs{cu_t.view(), cu_t.view(), longest, longest};
+    std::vector<tools::DeviceTensor> q, k, v;
+    for (int s = 0; s < kSets; ++s)
+      for (auto* set : {&q, &k, &v}) {
+        set->emplace_back(dtype, std::vector<int64_t>{total, H, D});
+        set->back().fill_random(11 * s + static_cast<uint64_t>(set == &k) + 2 * static_cast<uint64_t>(set == &v));
+      }
+    const tools::DeviceTensor o(dtype, {total, H, D});
+    const Timing varlen = time_runs("timing documents", args->reps, [&](int r) {
+      attn.forward_varlen(q[r % kSets].view(), k[r % kSets].view(), v[r % kSets].view(), o.view(), nullptr, docs);
+    });
+    const Explanation ex = attn.explanation();
+    const Timing with_check = time_runs("timing documents, lengths checked", args->reps, [&](int r) {
+      checked.forward_varlen(q[r % kSets].view(), k[r % kSets].view(), v[r % kSets].view(), o.view(), nullptr, docs);
+    });
+    auto time_batched = [&](int64_t batch, int64_t n, const char* label) {
+      Attention a(pattern, opts);
+      std::vector<tools::DeviceTensor> bq, bk, bv;
+      for (int s = 0; s < kSets; ++s)
+        for (auto* set : {&bq, &bk, &bv}) {
+          set->emplace_back(dtype, std::vector<int64_t>{batch, n, H, D});
+          set->back().fill_random(13 * s + static_cast<uint64_t>(set == &bk) + 2 * static_cast<uint64_t>(set == &bv));
+        }
+      const tools::DeviceTensor bo(dtype, {batch, n, H, D});
+      Timing t = time_runs(label, args->reps, [&](int r) {
+        a.forward(bq[r % kSets].view(), bk[r % kSets].view(), bv[r % kSets].view(), bo.view());
+      });
+      return std::pair{t, a.explanation().config.to_string()};
+    };
+    const auto [single, single_config] = time_batched(1, one, "timing one sequence of the same work");
+    const double single_flops = 4.0 * D * pairs_at(one);
+    const bool equal = std::count(len.begin(), len.end(), len.front()) == static_cast<long>(len.size()) && len.front() > 0;
+    std::optional<std::pair<Timing, std::string>> batched;
+    if (equal) batched = time_batched(static_cast<int64_t>(len.size()), len.front(), "timing the batched layout");
+    const double tf = flops / varlen.median() / 1e9, tf_single = single_flops / single.median() / 1e9;
+    if (globals().json) {
+      nlohmann::json j = {{"pattern", ex.pattern}, {"documents", len.size()}, {"total", total}, {"longest", longest},
+                          {"device", ex.device}, {"config", ex.config.to_string()}, {"varlen_ms", varlen.median()},
+                          {"varlen_checked_ms", with_check.median()}, {"varlen_tflops", tf},
+                          {"single_seq", one}, {"single_ms", single.median()}, {"single_tflops", tf_single},
+                          {"single_config", single_config}, {"throughput_vs_single", tf / tf_single}, {"reps", args->reps}};
+      if (batched) j["batched_ms"] = batched->first.median();
+      print_json(j);
+      return;
+    }
+    std::cout << attn.explain();
+    std::cout << fmt::format("documents {} of lengths {} .. {} ({} tokens), {:.4g} useful FLOP\n", len.size(),
+                             *std::min_element(len.begin(), len.end()), longest, total, flops);
+    std::cout << fmt::format("varlen    {}; {:.1f} useful TFLOP/s (lengths not checked)\n", varlen.line(), tf);
+    std::cout << fmt::format("checked   {} (+{:.1f}%: the host waits for the lengths check)\n", with_check.line(),
+                             100 * (with_check.median() / varlen.median() - 1));
+    std::cout << fmt::format("one seq   {} tokens ({}): {}; {:.1f} useful TFLOP/s; documents reach {:.1f}% of its rate\n",
+                             one, single_config, single.line(), tf_single, 100 * tf / tf_single);
+    if (batched)
+      std::cout << fmt::format("batched   [{}, {}] ({}): {}; documents take {:.2f}x its time\n", len.size(),
+                               len.front(), batched->second, batched->first.line(),
+                               varlen.median() / batched->first.median());
+  });
+}
+
 void register_bench(CLI::App& app) {
   struct Args {
     std::string pattern;
@@ -455,10 +614,11 @@ void register_bench(CLI::App& app) {
   register_scan_bench(*cmd);
   register_performer_bench(*cmd);
   register_adaptive_bench(*cmd);
+  register_documents_bench(*cmd);
   cmd->callback([args, cmd] {
     if (!cmd->get_subcommands().empty()) return;  // `bench scan`, `bench performer` ran
     if (args->pattern.empty())
-      throw UsageError("spattn bench: --pattern is required (or a subcommand: scan, performer, adaptive)");
+      throw UsageError("spattn bench: --pattern is required (or a subcommand: scan, performer, adaptive, documents)");
     const Pattern pattern = load_pattern_arg(args->pattern);
     const int64_t nk = args->kv_seq > 0 ? args->kv_seq : args->seq;
     const int64_t hkv = args->kv_heads > 0 ? args->kv_heads : args->heads;
