@@ -386,6 +386,26 @@ TEST(DocumentsGpu, GraphCaptureReplaysOnNewLengths) {
   o1.download(a.data(), a.size() * 2);
   o2.download(b.data(), b.size() * 2);
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 2)) << "the replay differs from a direct call";
+  // And both are the second call's documents, not the first's (nor untouched zeros).
+  {
+    const auto hq = download_half(q, T * H * D, dt), hk = download_half(k, T * H * D, dt),
+               hv = download_half(v, T * H * D, dt), ho = download_half(o1, T * H * D, dt);
+    const std::vector<float> no_lse(H * T, -INFINITY);
+    Errors err;
+    const Pattern causal = Pattern::parse(R"({"type":"dense","causal":true})");
+    for (size_t x = 0; x + 1 < second.size(); ++x) {
+      const int64_t n = second[x + 1] - second[x];
+      std::vector<double> ref_o(n * H * D, 0.0), ref_lse(H * n);
+      if (n == 0) continue;
+      reference_attention(causal, Shape{n, n, H}, 1, H, D, rows_of(hq, second[x], n, H, D).data(),
+                          rows_of(hk, second[x], n, H, D).data(), rows_of(hv, second[x], n, H, D).data(),
+                          1.0 / std::sqrt(double(D)), ref_o, ref_lse);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t h = 0; h < H; ++h)
+          err.add_row(ho.data() + ((second[x] + i) * H + h) * D, ref_o.data() + (i * H + h) * D, D);
+    }
+    err.expect_within(dt);
+  }
   // And the check, which waits on the host, refuses a capture with a clear message.
   AttentionOptions checked = opt;
   checked.check_lengths = true;
