@@ -1,5 +1,7 @@
 #include "api/tools.hpp"
 
+#include <spattn/varlen.hpp>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -144,7 +146,7 @@ float Timer::stop_ms() {
 
 PatternBuild compile_pattern(const Pattern& pattern, const std::string& arch, int64_t nq, int64_t heads, int head_dim,
                              DType dtype, const std::optional<KernelConfig>& config, TunePass pass,
-                             bool deterministic) {
+                             bool deterministic, bool documents) {
   runtime::check_arch(arch);
   engine::Problem problem;
   problem.nq = problem.nk = nq;
@@ -169,10 +171,15 @@ PatternBuild compile_pattern(const Pattern& pattern, const std::string& arch, in
   }
   autotune::check_config(pass, out.config, head_dim, dtype, arch, device.smem_per_block_optin);
   const auto t0 = std::chrono::steady_clock::now();
-  const Layout layout = engine::forward_layout(pattern, problem.shape(), out.config.layout_options());
+  SPATTN_REQUIRE(!documents || pass == TunePass::kForward, "documents have a forward pass only");
+  if (std::string why; documents && !documents_supported(pattern, heads, &why))
+    SPATTN_FAIL(ErrorCode::kUnsupported, "{}", why);
+  const LayoutOptions options = documents ? engine::documents_layout_options(out.config.layout_options())
+                                          : out.config.layout_options();
+  const Layout layout = engine::forward_layout(pattern, problem.shape(), options);
   out.stats = engine::forward_layout_stats(pattern, layout, head_dim);
   out.layout_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  codegen::KernelSpec spec = engine::kernel_spec_for(layout, out.config, problem, arch);
+  codegen::KernelSpec spec = engine::kernel_spec_for(layout, out.config, problem, arch, documents);
   spec.deterministic = pass == TunePass::kBackward && deterministic;
   const codegen::RenderedKernel main =
       pass == TunePass::kForward ? codegen::render_forward(spec) : codegen::render_backward(spec);

@@ -25,6 +25,7 @@ void register_compile(CLI::App& app) {
     std::string out;
     bool backward = false;
     bool deterministic = false;
+    bool documents = false;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("compile", "compile a pattern's kernels into the cache for an arch (no GPU needed)");
@@ -44,7 +45,12 @@ void register_compile(CLI::App& app) {
                 "compile the backward pass's kernel instead (--config then names a backward config, e.g. 64x128w8s1)");
   cmd->add_flag("--deterministic", args->deterministic,
                 "with --backward: the deterministic backward's kernels (AttentionOptions::deterministic)");
+  cmd->add_flag("--documents", args->documents,
+                "the program of packed documents / padded batches (Attention::forward_varlen, forward_padded; "
+                "--seq is then the longest document)");
   cmd->callback([args] {
+    if (args->documents && args->backward)
+      throw Error(ErrorCode::kInvalidArgument, "--documents has a forward pass only: drop --backward");
     if (args->deterministic && !args->backward)
       throw Error(ErrorCode::kInvalidArgument, "--deterministic applies to the backward pass: add --backward");
     const Pattern pattern = load_pattern_arg(args->pattern);
@@ -60,7 +66,7 @@ void register_compile(CLI::App& app) {
     const tools::PatternBuild build = tools::compile_pattern(pattern, args->arch, n, args->heads, args->head_dim,
                                                              dtype_from_string(args->dtype), forced,
                                                              args->backward ? TunePass::kBackward : TunePass::kForward,
-                                                             args->deterministic);
+                                                             args->deterministic, args->documents);
     const KernelConfig& config = build.config;
     progress.advance();
     nlohmann::json results = nlohmann::json::array();

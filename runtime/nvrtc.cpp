@@ -111,10 +111,14 @@ std::string error_context(const Program& program, const std::string& log) {
   return out;
 }
 
-int parse_first_int(const std::string& log, const char* pattern) {
-  std::smatch m;
-  if (std::regex_search(log, m, std::regex(pattern))) return std::stoi(m[1]);
-  return -1;
+// The largest value over every entry point ptxas reports (-1 if none): a program with
+// several kernels is as costly as its most demanding one.
+int parse_max_int(const std::string& log, const char* pattern) {
+  const std::regex re(pattern);
+  int best = -1;
+  for (auto it = std::sregex_iterator(log.begin(), log.end(), re); it != std::sregex_iterator(); ++it)
+    best = std::max(best, std::stoi((*it)[1]));
+  return best;
 }
 
 }  // namespace
@@ -171,10 +175,10 @@ CompiledProgram compile(const Program& program) {
     SPATTN_NVRTC_CHECK(nvrtcGetLoweredName(prog, expr.c_str(), &lowered));
     out.lowered_names[expr] = lowered;
   }
-  out.registers = parse_first_int(log, R"(Used (\d+) registers)");
-  out.shared_bytes = std::max(0, parse_first_int(log, R"((\d+) bytes smem)"));
-  out.local_bytes = parse_first_int(log, R"((\d+) bytes stack frame)");
-  const int spills = parse_first_int(log, R"((\d+) bytes spill stores)");
+  out.registers = parse_max_int(log, R"(Used (\d+) registers)");
+  out.shared_bytes = std::max(0, parse_max_int(log, R"((\d+) bytes smem)"));
+  out.local_bytes = parse_max_int(log, R"((\d+) bytes stack frame)");
+  const int spills = parse_max_int(log, R"((\d+) bytes spill stores)");
   if (spills > 0) out.local_bytes = std::max(out.local_bytes, spills);
   out.log = std::move(log);
   out.compile_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();

@@ -36,9 +36,10 @@ struct CompiledProgram {
   std::vector<char> cubin;
   std::string log;                                  // NVRTC log (warnings), may be empty
   std::map<std::string, std::string> lowered_names;  // name expression -> mangled name
-  int registers = -1;       // per thread, read from the CUBIN (-1 if unknown)
-  int shared_bytes = -1;    // static shared memory per block, from the CUBIN
-  int local_bytes = -1;     // stack frame / spills, from the CUBIN
+  // From ptxas's report, the most over the program's entry points:
+  int registers = -1;       // per thread (-1 if unknown)
+  int shared_bytes = -1;    // static shared memory per block
+  int local_bytes = -1;     // stack frame / spills
   double compile_ms = 0;
 };
 
