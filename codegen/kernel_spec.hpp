@@ -26,10 +26,10 @@ struct KernelSpec {
   // shard pairs), so the predicate adds SpattnFwdParams::q_offset / k_offset to local
   // indices; whole problems compile the additions out.
   bool token_offsets = false;
-  // Forward only: documents (spattn/varlen.hpp) on tables the GPU builds per call. The
-  // program then also holds the table builders spattn_varlen_docs and
-  // spattn_varlen_tables; the parts must have per-row key ranges (render_row_bounds)
-  // and the tables natural token order.
+  // Forward only: documents (spattn/varlen.hpp, SpattnFwdParams::vl_tiles) on tables in
+  // natural token order. Where the parts have per-row key ranges (render_row_bounds) the
+  // program also holds the builders of those tables on the GPU, spattn_varlen_docs and
+  // spattn_varlen_tables.
   bool varlen = false;
   // Backward only: the deterministic mode (no atomics; a separate dQ kernel).
   bool deterministic = false;

@@ -111,8 +111,8 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   src << "#include \"spattn/params.cuh\"\n\n";
   const std::optional<std::string> bounds =
       render_row_bounds(spec.parts, "row_bounds", "__device__ __forceinline__");
-  SPATTN_REQUIRE(!spec.varlen || (bounds && !spec.token_offsets && !spec.permuted_keys),
-                 "documents need a pattern with per-row key ranges in natural token order (and a whole problem)");
+  SPATTN_REQUIRE(!spec.varlen || (!spec.token_offsets && !spec.permuted_keys),
+                 "documents need tables in natural token order of whole problems (internal)");
   src << "namespace spattn_generated {\n";
   src << render_predicate(spec.parts, "allowed", "__device__ __forceinline__");
   if (bounds) src << *bounds;
@@ -168,7 +168,7 @@ RenderedKernel render_forward(const KernelSpec& spec) {
                        c.threads());
     src << "  spattn::Forward<Cfg>::run(p);\n}\n";
   }
-  if (spec.varlen) {
+  if (spec.varlen && bounds) {  // the table builders of documents need per-row key ranges
     src << "\n#include \"spattn/varlen.cuh\"\n\n";
     src << "extern \"C\" __global__ void __launch_bounds__(spattn::varlen::kDocsThreads) spattn_varlen_docs("
            "const SpattnVarlenDocsParams p) {\n  spattn::varlen::varlen_docs(p);\n}\n";
@@ -184,7 +184,7 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   add_template(out, "spattn/ptx.cuh");
   if (sm90) add_template(out, "spattn/sm90.cuh");
   add_template(out, family.template_name);
-  if (spec.varlen) add_template(out, "spattn/varlen.cuh");
+  if (spec.varlen && bounds) add_template(out, "spattn/varlen.cuh");
   out.threads = c.threads();
   out.smem_bytes = smem;
   return out;

@@ -178,7 +178,9 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
   const codegen::RenderedKernel support = codegen::render_support_kernels();
   if (layout_.needs_merge())
     merge_ = &load_kernel(support, device, problem.dtype == DType::kBFloat16 ? "spattn_merge_bf16" : "spattn_merge_fp16");
-  if (!layout_.covers_all_rows && !layout_.needs_merge()) fill_ = &load_kernel(support, device, "spattn_fill_empty");
+  // Documents whose tables come from the host may leave rows without a table call by call.
+  if ((!layout_.covers_all_rows || documents) && !layout_.needs_merge())
+    fill_ = &load_kernel(support, device, "spattn_fill_empty");
 
   // Rows are split against the number of work items the GPU runs at once; longest-first
   // orders heads in groups whose K and V fit in half the L2.
@@ -199,7 +201,7 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
   }
   if (is_adaptive(pattern))
     adaptive_ = std::make_unique<AdaptiveSelector>(pattern, problem, config.tile_m, config.tile_n, device);
-  if (documents) documents_ = std::make_unique<DocumentTables>(layout_, rendered_, device, problem.heads);
+  if (documents) documents_ = std::make_unique<DocumentTables>(pattern, layout_, rendered_, device, problem.heads);
   if (work_list().split_slots > 0)
     split_merge_ = &load_kernel(support, device,
                                 problem.dtype == DType::kBFloat16 ? "spattn_merge_splits_bf16" : "spattn_merge_splits_fp16");
@@ -306,7 +308,7 @@ void ForwardPlan::execute(const TensorView& q, const TensorView& k, const Tensor
   }
 
 
-  if (fill_) {
+  if (fill_ && (!documents_ || documents_->needs_fill())) {
     SpattnFillParams f{};
     set_output(f, o, lse);
     f.batch = static_cast<int32_t>(p.batch);

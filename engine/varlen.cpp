@@ -4,43 +4,28 @@
 #include <spattn/varlen.hpp>
 
 #include <algorithm>
+#include <array>
 #include <limits>
 
 #include "codegen/kernel_spec.hpp"
 #include "common/check.hpp"
+#include "patterns/limits.hpp"
 #include "runtime/driver.hpp"
 #include "templates/params.cuh"
 
 namespace spattn {
 
-namespace {
-constexpr const char* kSupported =
-    "documents run patterns whose rows are key ranges in natural token order: dense, causal, local windows, "
-    "global + local, hierarchical levels, head groups, and unions / intersections of those";
-}
-
 bool documents_supported(const Pattern& pattern, int64_t heads, std::string* why) {
-  auto no = [&](std::string reason) {
-    if (why) *why = std::move(reason);
+  if (is_adaptive(pattern)) {
+    if (why)
+      *why = "documents run static patterns: an adaptive pattern chooses its blocks from each problem's data "
+             "(run each document through Attention::forward instead)";
     return false;
-  };
-  if (is_adaptive(pattern))
-    return no(fmt::format("an adaptive pattern chooses its blocks from the data, not from lengths; {}", kSupported));
-  // Parts and the heads of each table do not depend on the shape in natural order; a
-  // small problem shows them.
-  const Shape shape{512, 512, std::max<int64_t>(heads, 1)};
-  try {
-    pattern.validate(shape);
-  } catch (const Error& e) {
-    return no(e.what());
   }
-  LayoutOptions options;
-  options.permute = false;
-  const Layout layout = compile_layout(pattern, shape, options);
-  if (!codegen::render_row_bounds(layout.parts, "row_bounds", "inline"))
-    return no(fmt::format("the rows of a '{}' pattern are not key ranges in natural order (tables of documents are "
-                          "built on the GPU from per-row key ranges); {}",
-                          pattern.kind(), kSupported));
+  if (heads < 1 || heads > limits::kMaxHeads) {
+    if (why) *why = fmt::format("documents: heads must be in [1, {}] (got {})", limits::kMaxHeads, heads);
+    return false;
+  }
   return true;
 }
 
@@ -66,12 +51,21 @@ LayoutOptions documents_layout_options(LayoutOptions options) {
   return options;
 }
 
-DocumentTables::DocumentTables(const Layout& tmpl, const codegen::RenderedKernel& program, int device, int64_t heads)
-    : template_(tmpl), heads_(heads), tile_m_(static_cast<int>(tmpl.tile_m)), tile_n_(static_cast<int>(tmpl.tile_n)) {
+DocumentTables::DocumentTables(const Pattern& pattern, const Layout& tmpl, const codegen::RenderedKernel& program,
+                               int device, int64_t heads)
+    : pattern_(pattern),
+      template_(tmpl),
+      heads_(heads),
+      tile_m_(static_cast<int>(tmpl.tile_m)),
+      tile_n_(static_cast<int>(tmpl.tile_n)) {
   for (const BlockTable& t : template_.tables)
     SPATTN_REQUIRE(t.q_slots.empty() && t.k_slots.empty(), "documents: a table with a token order (internal)");
-  docs_kernel_ = &load_kernel(program, device, "spattn_varlen_docs");
-  tables_kernel_ = &load_kernel(program, device, "spattn_varlen_tables");
+  // The program holds the builders exactly when the parts have per-row key ranges.
+  if (program.source.find("spattn_varlen_tables") != std::string::npos) {
+    docs_kernel_ = &load_kernel(program, device, "spattn_varlen_docs");
+    tables_kernel_ = &load_kernel(program, device, "spattn_varlen_tables");
+  }
+  needs_fill_ = !template_.covers_all_rows;
   status_ = runtime::DeviceBuffer(16);
 }
 
@@ -129,9 +123,17 @@ void DocumentTables::reserve(int64_t tile_capacity, int64_t row_capacity, int64_
 
 void DocumentTables::build(const DocumentLengths& d, bool check, CUstream stream) {
   SPATTN_REQUIRE(d.docs >= 1, "documents: at least one document (or batch) is needed; got {}", d.docs);
-  const bool packed = d.packed();
-  SPATTN_REQUIRE(packed ? d.cu_k != nullptr : d.used_k != nullptr || d.used_q != nullptr,
+  SPATTN_REQUIRE(d.packed() ? d.cu_k != nullptr : d.used_k != nullptr || d.used_q != nullptr,
                  "documents: lengths missing (internal)");
+  if (on_gpu()) {
+    build_on_gpu(d, check, stream);
+  } else {
+    build_on_host(d, stream);
+  }
+}
+
+void DocumentTables::build_on_gpu(const DocumentLengths& d, bool check, CUstream stream) {
+  const bool packed = d.packed();
   const int64_t tiles = packed ? ceil_div(d.nq, tile_m_) + d.docs : d.docs * (ceil_div(d.nq, tile_m_) + 1);
   const int64_t rows = std::max<int64_t>(1, ceil_div(packed ? d.max_k : d.nk, tile_n_));
   const int64_t entries = packed ? d.docs : 2 * d.docs;
@@ -187,6 +189,195 @@ void DocumentTables::build(const DocumentLengths& d, bool check, CUstream stream
   SPATTN_CU_CHECK(cuMemcpyDtoHAsync(status, status_.get(), sizeof status, stream));
   SPATTN_CU_CHECK(cuStreamSynchronize(stream));
   if (status[0] != kSpattnVarlenOk) throw_status(status, d);
+}
+
+namespace {
+
+// The device builder's checks (templates/varlen.cuh) on host copies of the lengths: the
+// first violation, as {code, document, value, limit}.
+std::array<int32_t, 4> check_on_host(const DocumentLengths& d, const std::vector<int32_t>& cu_q,
+                                     const std::vector<int32_t>& cu_k, const std::vector<int32_t>& used_q,
+                                     const std::vector<int32_t>& used_k) {
+  auto at = [](int code, int64_t doc, int64_t value, int64_t limit) {
+    return std::array<int32_t, 4>{code, static_cast<int32_t>(doc), static_cast<int32_t>(value),
+                                  static_cast<int32_t>(limit)};
+  };
+  for (int64_t e = 0; e < d.docs; ++e) {
+    if (d.packed()) {
+      const int64_t q0 = cu_q[e], q1 = cu_q[e + 1], k0 = cu_k[e], k1 = cu_k[e + 1];
+      if (e == 0 && (q0 < 0 || q0 > d.nq)) return at(kSpattnVarlenQOutside, 0, q0, d.nq);
+      if (e == 0 && (k0 < 0 || k0 > d.nk)) return at(kSpattnVarlenKOutside, 0, k0, d.nk);
+      if (q1 < q0) return at(kSpattnVarlenQDecreasing, e + 1, q1, q0);
+      if (k1 < k0) return at(kSpattnVarlenKDecreasing, e + 1, k1, k0);
+      if (q1 > d.nq) return at(kSpattnVarlenQOutside, e + 1, q1, d.nq);
+      if (k1 > d.nk) return at(kSpattnVarlenKOutside, e + 1, k1, d.nk);
+      if (q1 - q0 > d.max_q) return at(kSpattnVarlenQLonger, e, q1 - q0, d.max_q);
+      if (k1 - k0 > d.max_k) return at(kSpattnVarlenKLonger, e, k1 - k0, d.max_k);
+    } else {
+      const int64_t uq = used_q.empty() ? d.nq : used_q[e], uk = used_k.empty() ? d.nk : used_k[e];
+      if (uq < 0 || uq > d.nq) return at(kSpattnVarlenUsedQ, e, uq, d.nq);
+      if (uk < 0 || uk > d.nk) return at(kSpattnVarlenUsedK, e, uk, d.nk);
+    }
+  }
+  return {0, 0, 0, 0};
+}
+
+std::vector<int32_t> to_host(const int32_t* device, int64_t n, CUstream stream) {
+  std::vector<int32_t> out;
+  if (!device) return out;
+  out.resize(static_cast<size_t>(n));
+  SPATTN_CU_CHECK(cuMemcpyDtoHAsync(out.data(), reinterpret_cast<CUdeviceptr>(device), out.size() * 4, stream));
+  return out;
+}
+
+}  // namespace
+
+const Layout& DocumentTables::shape_layout(int64_t nq, int64_t nk, int64_t doc) {
+  const auto key = std::pair{nq, nk};
+  if (auto it = shapes_.find(key); it != shapes_.end()) return it->second;
+  if (shapes_.size() >= 1024) shapes_.clear();  // a bound on what many distinct lengths keep
+  LayoutOptions options;
+  options.tile_m = tile_m_;
+  options.tile_n = tile_n_;
+  options = documents_layout_options(options);
+  Layout layout;
+  try {
+    layout = compile_layout(pattern_, Shape{nq, nk, heads_}, options);
+  } catch (const Error& e) {
+    throw Error(e.code(), fmt::format("documents: document {} ({} queries x {} keys): {}", doc, nq, nk, e.what()));
+  }
+  // One kernel serves every document shape: their parts must be the template's.
+  bool same = layout.parts.size() == template_.parts.size();
+  for (size_t p = 0; same && p < layout.parts.size(); ++p)
+    same = layout.parts[p].branch == template_.parts[p].branch &&
+           layout.parts[p].pattern.to_json() == template_.parts[p].pattern.to_json() &&
+           layout.parts[p].exclude.size() == template_.parts[p].exclude.size();
+  if (!same)
+    SPATTN_FAIL(ErrorCode::kUnsupported,
+                "documents: a '{}' pattern decomposes into different parts at {} x {} than at the longest document; "
+                "run such documents one by one through Attention::forward",
+                pattern_.kind(), nq, nk);
+  return shapes_.emplace(key, std::move(layout)).first->second;
+}
+
+void DocumentTables::build_on_host(const DocumentLengths& d, CUstream stream) {
+  CUstreamCaptureStatus capturing = CU_STREAM_CAPTURE_STATUS_NONE;
+  SPATTN_CU_CHECK(cuStreamIsCapturing(stream, &capturing));
+  SPATTN_REQUIRE(capturing == CU_STREAM_CAPTURE_STATUS_NONE,
+                 "documents: the tables of a '{}' pattern are built on the host from the lengths, which waits for "
+                 "them; a stream under CUDA graph capture cannot (patterns whose rows are key ranges build their "
+                 "tables on the GPU and can be captured)",
+                 pattern_.kind());
+  const bool packed = d.packed();
+  const std::vector<int32_t> cu_q = to_host(d.cu_q, d.docs + 1, stream), cu_k = to_host(d.cu_k, d.docs + 1, stream),
+                             used_q = to_host(d.used_q, d.docs, stream), used_k = to_host(d.used_k, d.docs, stream);
+  SPATTN_CU_CHECK(cuStreamSynchronize(stream));
+  if (const std::array<int32_t, 4> status = check_on_host(d, cu_q, cu_k, used_q, used_k); status[0] != 0) {
+    int32_t s[4] = {status[0], status[1], status[2], status[3]};
+    throw_status(s, d);
+  }
+  // The documents (as the device builder describes them) and their query tiles.
+  std::vector<int32_t> docs, tiles;
+  const int64_t entries = packed ? d.docs : 2 * d.docs;
+  for (int64_t e = 0; e < entries; ++e) {
+    int32_t x[5];
+    if (packed) {
+      x[0] = 0, x[1] = cu_q[e], x[2] = cu_q[e + 1] - cu_q[e], x[3] = cu_k[e], x[4] = cu_k[e + 1] - cu_k[e];
+    } else {
+      const int64_t b = e < d.docs ? e : e - d.docs;
+      const int32_t uq = used_q.empty() ? static_cast<int32_t>(d.nq) : used_q[b];
+      const int32_t uk = used_k.empty() ? static_cast<int32_t>(d.nk) : used_k[b];
+      if (e < d.docs) x[0] = static_cast<int32_t>(b), x[1] = 0, x[2] = uq, x[3] = 0, x[4] = uk;
+      else x[0] = static_cast<int32_t>(b), x[1] = uq, x[2] = static_cast<int32_t>(d.nq) - uq, x[3] = 0, x[4] = 0;
+    }
+    docs.insert(docs.end(), x, x + 5);
+    for (int32_t t = 0; t < (x[2] + tile_m_ - 1) / tile_m_; ++t) tiles.insert(tiles.end(), {static_cast<int32_t>(e), t});
+  }
+  const int64_t G = static_cast<int64_t>(tiles.size() / 2);
+  // One table per (document shape, template table), over all G tiles: a tile of a
+  // document of that shape takes the shape's row, every other tile is empty. Documents
+  // with queries but no keys get an empty table's rows (O = 0, LSE = -inf).
+  Layout layout;
+  layout.tile_m = tile_m_;
+  layout.tile_n = tile_n_;
+  layout.parts = template_.parts;
+  std::map<std::pair<int64_t, int64_t>, int32_t> first_table;  // document shape -> its first table
+  std::vector<int32_t> work;
+  needs_fill_ = false;
+  std::vector<std::pair<int64_t, size_t>> order;  // (row length, item) for the longest-first order
+  auto table_for = [&](const Layout& shape, int64_t t) -> BlockTable {
+    BlockTable b;
+    b.part = shape.tables[t].part;
+    b.heads = shape.tables[t].heads;
+    b.num_q_tiles = G;
+    b.num_k_tiles = shape.tables[t].num_k_tiles;
+    b.row_ptr.assign(static_cast<size_t>(G + 1), 0);
+    b.full_count.assign(static_cast<size_t>(G), 0);
+    b.cols = shape.tables[t].cols;
+    b.row_ptr[G] = static_cast<int64_t>(b.cols.size());
+    return b;
+  };
+  int32_t empty_table = -1;
+  for (int64_t g = 0; g < G; ++g) {
+    const int32_t e = tiles[2 * g], local = tiles[2 * g + 1];
+    const int32_t nq = docs[5 * e + 2], nk = docs[5 * e + 4];
+    if (nk == 0) {
+      if (empty_table < 0) {
+        empty_table = static_cast<int32_t>(layout.tables.size());
+        BlockTable b;
+        b.part = 0;
+        for (int32_t h = 0; h < heads_; ++h) b.heads.push_back(h);
+        b.num_q_tiles = G;
+        b.num_k_tiles = 1;
+        b.row_ptr.assign(static_cast<size_t>(G + 1), 0);
+        b.full_count.assign(static_cast<size_t>(G), 0);
+        layout.tables.push_back(std::move(b));
+      }
+      for (int32_t h = 0; h < heads_; ++h) work.insert(work.end(), {empty_table, static_cast<int32_t>(g), h, 0, 0, -1});
+      continue;
+    }
+    const Layout& shape = shape_layout(nq, nk, e);
+    needs_fill_ |= !shape.covers_all_rows;
+    auto [it, fresh] = first_table.try_emplace({nq, nk}, static_cast<int32_t>(layout.tables.size()));
+    if (fresh)
+      for (size_t t = 0; t < shape.tables.size(); ++t) layout.tables.push_back(table_for(shape, static_cast<int64_t>(t)));
+    for (size_t t = 0; t < shape.tables.size(); ++t) {
+      const BlockTable& src = shape.tables[t];
+      if (local >= src.num_q_tiles) continue;
+      BlockTable& dst = layout.tables[it->second + t];
+      dst.row_ptr[g] = src.row_ptr[local];
+      dst.full_count[g] = src.full_count[local];
+      const int32_t len = static_cast<int32_t>(src.row_ptr[local + 1] - src.row_ptr[local]);
+      for (int32_t h : src.heads) {
+        order.emplace_back(len, work.size() / 6);
+        work.insert(work.end(), {it->second + static_cast<int32_t>(t), static_cast<int32_t>(g), h, 0, len, -1});
+      }
+    }
+  }
+  // Longest rows first (stable), so that the long causal rows do not finish last.
+  std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  WorkList list;
+  list.items.reserve(work.size());
+  std::vector<char> placed(work.size() / 6, 0);
+  for (const auto& [len, item] : order) {
+    list.items.insert(list.items.end(), work.begin() + 6 * item, work.begin() + 6 * item + 6);
+    placed[item] = 1;
+  }
+  for (size_t item = 0; item < placed.size(); ++item)
+    if (!placed[item]) list.items.insert(list.items.end(), work.begin() + 6 * item, work.begin() + 6 * item + 6);
+  i32(list.num_items(), "work items");
+  tables_ = DeviceLayout(layout, std::move(list));
+  auto upload = [](runtime::DeviceBuffer& buf, const std::vector<int32_t>& v) {
+    if (buf.size() < std::max<size_t>(4, v.size() * 4)) buf = runtime::DeviceBuffer(std::max<size_t>(4, v.size() * 4));
+    if (!v.empty()) buf.upload(v.data(), v.size() * 4);
+  };
+  upload(vl_tiles_, tiles);
+  upload(vl_docs_, docs);
+  tile_capacity_ = G;
+  last_ = fmt::format("documents: tables built on the host from {} ({} {}; {} document shape(s) this call, {} "
+                      "kept): the lengths are copied to the host, so the call waits for them",
+                      packed ? "cu_seqlens" : "seqused", d.docs, packed ? "documents" : "batches", first_table.size(),
+                      shapes_.size());
 }
 
 void DocumentTables::throw_status(const int32_t (&s)[4], const DocumentLengths& d) const {

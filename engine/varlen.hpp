@@ -1,15 +1,21 @@
-// The run-time half of documents (spattn/varlen.hpp): per call, the documents and the
-// block tables built on the GPU from their lengths (templates/varlen.cuh), in the call's
-// stream. The tables have a fixed capacity (query tiles of every document one after
-// another x key tiles of the longest document) that grows when a call needs more;
-// calls within the capacity allocate nothing, so they can be captured in a CUDA graph
-// (with the lengths check off: it waits on the host).
+// The run-time half of documents (spattn/varlen.hpp): per call, the documents and their
+// block tables, in natural token order, with the query tiles of every document one
+// after another.
+//  - On the GPU, for patterns whose rows are key ranges: built from the lengths in the
+//    call's stream (templates/varlen.cuh). The tables have a fixed capacity (query tiles
+//    x key tiles of the longest document) that grows when a call needs more; calls
+//    within it allocate nothing, so they can be captured in a CUDA graph (with the
+//    lengths check off: it waits on the host).
+//  - On the host, for every other pattern: the lengths are copied to the host (the call
+//    waits for them), each distinct document shape's layout is compiled once and kept,
+//    and the call's tables are assembled from them and uploaded.
 #pragma once
 
 #include <spattn/layout.hpp>
 #include <spattn/pattern.hpp>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -42,24 +48,37 @@ class DocumentTables {
  public:
   // `tmpl`: the pattern's natural-order layout at some shape (its parts and the heads of
   // each table; the tables themselves are rebuilt per call). `program`: the plan's
-  // rendered forward program, which holds the two builder kernels.
-  DocumentTables(const Layout& tmpl, const codegen::RenderedKernel& program, int device, int64_t heads);
+  // rendered forward program, which holds the builder kernels when the parts have
+  // per-row key ranges (then the tables are built on the GPU).
+  DocumentTables(const Pattern& pattern, const Layout& tmpl, const codegen::RenderedKernel& program, int device,
+                 int64_t heads);
 
   // This call's documents and tables on `stream`. With `check`, waits for the lengths
   // check and throws kInvalidArgument naming the bad entry.
   void build(const DocumentLengths& lengths, bool check, CUstream stream);
 
   const DeviceLayout& tables() const { return tables_; }
+  bool on_gpu() const { return docs_kernel_ != nullptr; }
+  // Whether the last call's tables leave some row of a document without a table (the
+  // plan then writes O = 0, LSE = -inf everywhere first).
+  bool needs_fill() const { return needs_fill_; }
   const int32_t* tiles() const { return reinterpret_cast<const int32_t*>(vl_tiles_.get()); }
   const int32_t* docs() const { return reinterpret_cast<const int32_t*>(vl_docs_.get()); }
   std::string describe() const;
 
  private:
+  void build_on_gpu(const DocumentLengths& lengths, bool check, CUstream stream);
+  void build_on_host(const DocumentLengths& lengths, CUstream stream);
   void reserve(int64_t tile_capacity, int64_t row_capacity, int64_t entries);
+  // The layout of one document shape (host path), compiled once.
+  const Layout& shape_layout(int64_t nq, int64_t nk, int64_t doc);
   [[noreturn]] void throw_status(const int32_t (&status)[4], const DocumentLengths& lengths) const;
 
+  Pattern pattern_;
   Layout template_;
   int64_t heads_;
+  std::map<std::pair<int64_t, int64_t>, Layout> shapes_;  // host path: layouts by document shape
+  bool needs_fill_ = false;
   int tile_m_, tile_n_;
   const JitKernel* docs_kernel_ = nullptr;
   const JitKernel* tables_kernel_ = nullptr;

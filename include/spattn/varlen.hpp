@@ -4,7 +4,8 @@
 // [total_k, Hkv, D], O like Q, LSE [Hq, total_q] fp32. Document d holds query rows
 // cu_seqlens_q[d] .. cu_seqlens_q[d + 1] - 1 and key rows cu_seqlens_k[d] ..
 // cu_seqlens_k[d + 1] - 1 (device int32 [docs + 1], non-decreasing, within the tensors;
-// an empty document is allowed). Rows outside every document are left as they are.
+// an empty document is allowed). Rows outside every document are left as they are
+// (but see below).
 //
 // Padded batches, the layout [B, N, H, D] of Attention::forward with per-batch lengths:
 // batch b uses its first seqused_k[b] keys (the rest never attend) and its first
@@ -16,14 +17,22 @@
 // bottom-right per document, windows and global tokens per document, ...), exactly as
 // if the document ran alone.
 //
-// The tables are built on the GPU from the lengths in the call's stream, for patterns
-// whose rows are key ranges in natural token order (dense, causal, windows, global +
-// local, hierarchical levels, head groups, unions and intersections of those):
-// documents_supported() says which and why not. Lengths are checked on the GPU before
-// any row is read through them. With AttentionOptions::check_lengths (the default) the
-// host then waits for that check (one 16-byte copy) and throws kInvalidArgument naming
-// the bad entry; without it nothing waits (the call can be captured in a CUDA graph),
-// and bad lengths leave every output row unwritten — never an out-of-bounds access.
+// Every static pattern runs (documents_supported() says why not for the others). The
+// tables, in natural token order, are built
+//  - on the GPU from the lengths in the call's stream, for patterns whose rows are key
+//    ranges (dense, causal, windows, global + local, hierarchical levels, head groups,
+//    unions and intersections of those). Lengths are checked there before any row is
+//    read through them. With AttentionOptions::check_lengths (the default) the host then
+//    waits for that check (one 16-byte copy) and throws kInvalidArgument naming the bad
+//    entry; without it nothing waits (the call can be captured in a CUDA graph), and bad
+//    lengths leave every output row unwritten — never an out-of-bounds access;
+//  - on the host for the others (LongNet, strides, grids, custom blocks, ...): the
+//    lengths are copied to the host (the call waits for them and cannot be captured),
+//    checked there, and the layout of each distinct document shape is compiled once and
+//    kept. A grid pattern needs every document to have its grid's length.
+// explain() says which path ran. Patterns whose rows some part leaves without a key
+// table (LongNet rows in no branch of their head) and multi-part patterns write O = 0,
+// LSE = -inf also into rows outside every document.
 #pragma once
 
 #include <spattn/pattern.hpp>
@@ -46,8 +55,7 @@ struct KeyPadding {
   TensorView seqused_q;  // int32 [B], device, or data == nullptr: every query row is used
 };
 
-// Whether documents can run `pattern` with `heads` query heads (tables from per-row key
-// ranges in natural order); if not, `why` says why and what is supported.
+// Whether documents can run `pattern` with `heads` query heads; if not, `why` says why.
 bool documents_supported(const Pattern& pattern, int64_t heads, std::string* why = nullptr);
 
 }  // namespace spattn

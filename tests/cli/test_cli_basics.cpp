@@ -4,6 +4,8 @@
 // `bench` (patterns, the selective scan, Performer) and `demo` on a host without a GPU.
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include <filesystem>
 
 #include <nlohmann/json.hpp>
@@ -165,6 +167,33 @@ TEST_F(CliBasics, CompileAdaptivePatternBuildsItsSelectionKernels) {
   const CommandResult odd = spattn(R"(compile --pattern '{"type":"adaptive","block":48,"top_k":2}' --seq 2048)");
   EXPECT_NE(odd.status, 0);
   EXPECT_NE(odd.err.find("adaptive block 48 is not a multiple of 32"), std::string::npos) << describe(odd);
+}
+
+// --documents: the forward_varlen program (with the table builders where rows are key
+// ranges), written out with --out so the source can be read.
+TEST_F(CliBasics, CompileDocumentsBuildsTheVarlenProgram) {
+  const auto out = dir_.path() / "docs";
+  const CommandResult r = spattn(std::string(R"(compile --documents --pattern '{"type":"dense","causal":true}' )"
+                                             "--seq 4096 --heads 2 --arch sm_90a --out ") + out.string());
+  ASSERT_EQ(r.status, 0) << describe(r);
+  std::string fwd;
+  for (const auto& e : std::filesystem::directory_iterator(out))
+    if (e.path().extension() == ".cu" && e.path().filename().string().rfind("spattn_fwd_", 0) == 0) {
+      std::ifstream f(e.path());
+      fwd.assign(std::istreambuf_iterator<char>(f), {});
+    }
+  EXPECT_NE(fwd.find("kVarlen = true"), std::string::npos);
+  EXPECT_NE(fwd.find("spattn_varlen_tables"), std::string::npos);
+  const CommandResult host =
+      spattn(R"(compile --documents --pattern '{"type":"strided","stride":8}' --seq 2048 --heads 2 --arch sm_80)");
+  EXPECT_EQ(host.status, 0) << describe(host);
+  const CommandResult bwd = spattn(R"(compile --documents --backward --pattern dense --seq 512)");
+  EXPECT_EQ(bwd.status, 2) << describe(bwd);
+  expect_one_line_reason(bwd, {"--documents", "forward"});
+  const CommandResult adaptive =
+      spattn(R"(compile --documents --pattern '{"type":"adaptive","block":64,"top_k":2}' --seq 512)");
+  EXPECT_NE(adaptive.status, 0);
+  EXPECT_NE(adaptive.err.find("documents run static patterns"), std::string::npos) << describe(adaptive);
 }
 
 TEST_F(CliBasics, CompileOutWritesSourceCubinAndLogAndRefusesBadSizes) {

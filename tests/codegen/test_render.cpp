@@ -141,10 +141,16 @@ TEST(Render, DocumentKernelsCompileForSm80AndSm90a) {
       EXPECT_LE(std::stoi(m[1]), std::string(entry) == "spattn_fwd" ? 255 : 64) << entry;
     }
   }
-  // Patterns without per-row key ranges cannot be built from lengths.
+  // Patterns without per-row key ranges: the forward kernel only (their tables come from
+  // the host); permuted tables are refused.
   auto strided = spec_for(R"({"type":"strided","stride":16,"mode":"relative"})", 128, DType::kBFloat16, "sm_80");
   strided.varlen = true;
   EXPECT_THROW(codegen::render_forward(strided), Error);
+  strided.permuted_keys = false;
+  const auto host = codegen::render_forward(strided);
+  EXPECT_NE(host.source.find("kVarlen = true"), std::string::npos);
+  EXPECT_EQ(host.source.find("spattn_varlen_tables"), std::string::npos);
+  EXPECT_GT(compile(host, "sm_80").cubin.size(), 1000u);
 }
 
 TEST(Render, NvrtcErrorsCarryTheLogAndNumberedSourceLines) {

@@ -115,6 +115,7 @@ struct PackedCase {
   int64_t heads = 4, kv_heads = 2, head_dim = 128;
   DType dtype = DType::kBFloat16;
   int64_t pad_rows = 5;  // rows after the last document (left untouched)
+  bool host_tables = false;
 };
 
 void run_packed(const PackedCase& c, const char* config, uint64_t seed) {
@@ -160,7 +161,9 @@ void run_packed(const PackedCase& c, const char* config, uint64_t seed) {
   vl.strides = {tq, 1, 0, 0};
   attn.forward_varlen(vq, vk, vv, vo, &vl, docs);
   SPATTN_CU_CHECK(cuCtxSynchronize());
-  EXPECT_NE(attn.explain().find("documents: tables built on the GPU from cu_seqlens"), std::string::npos)
+  EXPECT_NE(attn.explain().find(c.host_tables ? "documents: tables built on the host from cu_seqlens"
+                                              : "documents: tables built on the GPU from cu_seqlens"),
+            std::string::npos)
       << attn.explain();
 
   const auto hq = download_half(q, tq * H * D, c.dtype), hk = download_half(k, tk * HK * D, c.dtype),
@@ -336,14 +339,46 @@ TEST(DocumentsGpu, BadLengthsAreClearErrorsAndNeverReadOutOfBounds) {
         << e.what();
   }
   docs.cu_seqlens_k = i32_view(dcu, 3);
-  Attention strided(Pattern::parse(R"({"type":"strided","stride":16,"mode":"relative"})"));
+  Attention adaptive(Pattern::parse(R"({"type":"adaptive","block":64,"top_k":2})"));
   try {
-    strided.forward_varlen(view(q), view(k), view(v), view(o), nullptr, docs);
+    adaptive.forward_varlen(view(q), view(k), view(v), view(o), nullptr, docs);
     ADD_FAILURE();
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
-    EXPECT_NE(std::string(e.what()).find("not key ranges in natural order"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("documents run static patterns"), std::string::npos) << e.what();
   }
+  // Host-built tables check the lengths on the host, with the same messages.
+  std::vector<int32_t> decreasing{0, 200, 100};
+  runtime::DeviceBuffer dbad = upload_i32(decreasing);
+  Documents bad_docs{i32_view(dbad, 3), i32_view(dbad, 3), 256, 256};
+  Attention strided(Pattern::parse(R"({"type":"strided","stride":16,"mode":"relative"})"));
+  try {
+    strided.forward_varlen(view(q), view(k), view(v), view(o), nullptr, bad_docs);
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("cu_seqlens_q[2] = 100 is below cu_seqlens_q[1] = 200"), std::string::npos)
+        << e.what();
+  }
+}
+
+// Patterns without per-row key ranges: tables from the host, per document shape.
+TEST(DocumentsGpu, HostTablesForLongNetStridesAndCustomBlocks) {
+  SPATTN_REQUIRE_GPU();
+  const std::vector<int32_t> lengths{1, 0, 300, 77, 513, 300, 1024};
+  const char* patterns[] = {
+      R"({"type":"strided","stride":16,"mode":"relative"})",
+      R"({"type":"longnet","segments":[128,256],"rates":[1,2],"causal":true})",
+      R"({"type":"custom","block":64,"pairs":[[0,0],[1,0],[3,2],[2,2]]})",
+      R"({"union":[{"type":"strided","stride":32,"mode":"columns"},{"type":"local_window","window":64}]})",
+  };
+  uint64_t seed = 100;
+  for (const char* json : patterns)
+    for (const char* config : {"sm80:128x64w4s1", "sm90:128x128s2"}) {
+      PackedCase c{json, lengths};
+      c.host_tables = true;
+      run_packed(c, config, ++seed);
+    }
 }
 
 TEST(DocumentsGpu, GraphCaptureReplaysOnNewLengths) {
@@ -423,6 +458,20 @@ TEST(DocumentsGpu, GraphCaptureReplaysOnNewLengths) {
   drv.cuStreamEndCapture(stream, &aborted);
   if (aborted) drv.cuGraphDestroy(aborted);
   EXPECT_NE(message.find("check_lengths = false"), std::string::npos) << message;
+  // Tables from the host wait for the lengths: refused under capture, whatever the check.
+  Attention host(Pattern::parse(R"({"type":"strided","stride":16,"mode":"relative"})"), opt);
+  host.forward_varlen(view(q), view(k), view(v), view(o2), nullptr, docs, stream);
+  SPATTN_CU_CHECK(cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+  message.clear();
+  try {
+    host.forward_varlen(view(q), view(k), view(v), view(o2), nullptr, docs, stream);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  aborted = nullptr;
+  drv.cuStreamEndCapture(stream, &aborted);
+  if (aborted) drv.cuGraphDestroy(aborted);
+  EXPECT_NE(message.find("built on the host from the lengths"), std::string::npos) << message;
   drv.cuGraphExecDestroy(exec);
   drv.cuGraphDestroy(graph);
   drv.cuStreamDestroy(stream);
