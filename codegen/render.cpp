@@ -111,8 +111,7 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   src << "#include \"spattn/params.cuh\"\n\n";
   const std::optional<std::string> bounds =
       render_row_bounds(spec.parts, "row_bounds", "__device__ __forceinline__");
-  SPATTN_REQUIRE(!spec.varlen || (!spec.token_offsets && !spec.permuted_keys),
-                 "documents need tables in natural token order of whole problems (internal)");
+  SPATTN_REQUIRE(!spec.varlen || !spec.token_offsets, "documents run whole problems, not sub-rectangles (internal)");
   src << "namespace spattn_generated {\n";
   src << render_predicate(spec.parts, "allowed", "__device__ __forceinline__");
   if (bounds) src << *bounds;

@@ -109,6 +109,9 @@ codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& co
   for (const BlockTable& t : layout.tables) spec.permuted_keys |= !t.k_slots.empty();
   spec.token_offsets = !(layout.rect == TokenRect{0, layout.shape.nq, 0, layout.shape.nk});
   spec.varlen = documents;
+  // Documents of patterns without per-row key ranges take each document shape's layout,
+  // token orders included (DocumentTables' host path).
+  if (documents && !codegen::render_row_bounds(layout.parts, "row_bounds", "inline")) spec.permuted_keys = true;
   return spec;
 }
 

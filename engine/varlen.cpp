@@ -236,23 +236,28 @@ const Layout& DocumentTables::shape_layout(int64_t nq, int64_t nk, int64_t doc) 
   const auto key = std::pair{nq, nk};
   if (auto it = shapes_.find(key); it != shapes_.end()) return it->second;
   if (shapes_.size() >= 1024) shapes_.clear();  // a bound on what many distinct lengths keep
+  // One kernel serves every document shape: the parts must be the template's (its
+  // natural-order ones). The layout with token orders where they pay (compile_layout's
+  // choice) when its parts are those, else natural order.
+  auto same_parts = [&](const Layout& l) {
+    bool same = l.parts.size() == template_.parts.size();
+    for (size_t p = 0; same && p < l.parts.size(); ++p)
+      same = l.parts[p].branch == template_.parts[p].branch &&
+             l.parts[p].pattern.to_json() == template_.parts[p].pattern.to_json() &&
+             l.parts[p].exclude.size() == template_.parts[p].exclude.size();
+    return same;
+  };
   LayoutOptions options;
   options.tile_m = tile_m_;
   options.tile_n = tile_n_;
-  options = documents_layout_options(options);
   Layout layout;
   try {
     layout = compile_layout(pattern_, Shape{nq, nk, heads_}, options);
+    if (!same_parts(layout)) layout = compile_layout(pattern_, Shape{nq, nk, heads_}, documents_layout_options(options));
   } catch (const Error& e) {
     throw Error(e.code(), fmt::format("documents: document {} ({} queries x {} keys): {}", doc, nq, nk, e.what()));
   }
-  // One kernel serves every document shape: their parts must be the template's.
-  bool same = layout.parts.size() == template_.parts.size();
-  for (size_t p = 0; same && p < layout.parts.size(); ++p)
-    same = layout.parts[p].branch == template_.parts[p].branch &&
-           layout.parts[p].pattern.to_json() == template_.parts[p].pattern.to_json() &&
-           layout.parts[p].exclude.size() == template_.parts[p].exclude.size();
-  if (!same)
+  if (!same_parts(layout))
     SPATTN_FAIL(ErrorCode::kUnsupported,
                 "documents: a '{}' pattern decomposes into different parts at {} x {} than at the longest document; "
                 "run such documents one by one through Attention::forward",
@@ -291,7 +296,11 @@ void DocumentTables::build_on_host(const DocumentLengths& d, CUstream stream) {
       else x[0] = static_cast<int32_t>(b), x[1] = uq, x[2] = static_cast<int32_t>(d.nq) - uq, x[3] = 0, x[4] = 0;
     }
     docs.insert(docs.end(), x, x + 5);
-    for (int32_t t = 0; t < (x[2] + tile_m_ - 1) / tile_m_; ++t) tiles.insert(tiles.end(), {static_cast<int32_t>(e), t});
+    // A token order may pad a document's queries to more tiles than natural order.
+    int64_t count = (x[2] + tile_m_ - 1) / tile_m_;
+    if (x[2] > 0 && x[4] > 0)
+      for (const BlockTable& t : shape_layout(x[2], x[4], e).tables) count = std::max(count, t.num_q_tiles);
+    for (int32_t t = 0; t < count; ++t) tiles.insert(tiles.end(), {static_cast<int32_t>(e), t});
   }
   const int64_t G = static_cast<int64_t>(tiles.size() / 2);
   // One table per (document shape, template table), over all G tiles: a tile of a
@@ -311,6 +320,8 @@ void DocumentTables::build_on_host(const DocumentLengths& d, CUstream stream) {
     b.heads = shape.tables[t].heads;
     b.num_q_tiles = G;
     b.num_k_tiles = shape.tables[t].num_k_tiles;
+    b.q_slots = shape.tables[t].q_slots;
+    b.k_slots = shape.tables[t].k_slots;
     b.row_ptr.assign(static_cast<size_t>(G + 1), 0);
     b.full_count.assign(static_cast<size_t>(G), 0);
     b.cols = shape.tables[t].cols;

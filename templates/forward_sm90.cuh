@@ -156,28 +156,31 @@ struct Forward {
           P.kv_copy_row ? __ldg(P.kv_copy_row + it.table * (p.heads / p.kv_group) + kvh) : -1;
       const bool q_copied = q_copy >= 0, kv_copied = kv_copy >= 0;
 
+      // A document's rows: TMA addresses them from the tensor's row 0; gathers read its
+      // slots (tokens of the document) from its first row.
+      const bool tma_q = q_copied || (P.tma_q && !qslots);
       Loader::wait_free(q_empty, q_phase ^ 1, pending);
-      Loader::load(base, q_full, q_copied || (P.tma_q && !qslots), q_copied ? P.tm_qc : P.tm_q, q_copied ? 0 : it.head,
-                   it.ob, qbase, p.q_stride_n, BM, (q_copied ? q_copy : 0) + it.q_row0 + it.q_local * BM,
-                   it.q_row0 + it.nq, qslots, pending);
+      Loader::load(base, q_full, tma_q, q_copied ? P.tm_qc : P.tm_q, q_copied ? 0 : it.head, it.ob,
+                   qbase + (int64_t)it.q_row0 * p.q_stride_n, p.q_stride_n, BM,
+                   tma_q ? (q_copied ? q_copy : 0) + it.q_row0 + it.q_local * BM : it.q_local * BM, it.nq, qslots,
+                   pending);
       q_phase ^= 1;
       const bool tma_kv = kv_copied || (P.tma_kv && !kslots);
       const SpattnTensorMap& tm_k = kv_copied ? P.tm_kc : P.tm_k;
       const SpattnTensorMap& tm_v = kv_copied ? P.tm_vc : P.tm_v;
       const int map_kvh = kv_copied ? 0 : kvh;
-      // Rows of a document are addressed from the tensor's row 0 (TMA coordinates and
-      // gathers alike), so its first key row moves the start and the end together.
-      const int kv_row0 = kv_copied ? kv_copy : it.k_row0;
-      const int kv_limit = it.k_row0 + it.nk;
+      const int kv_row0 = kv_copied ? kv_copy : tma_kv ? it.k_row0 : 0;
+      const elem* kdoc = kbase + (int64_t)it.k_row0 * p.k_stride_n;
+      const elem* vdoc = vbase + (int64_t)it.k_row0 * p.v_stride_n;
 #pragma unroll 1
       for (int n = 0; n < it.n_tiles; ++n) {
         const int col = __ldg(it.cols + n);
         Loader::wait_free(k_empty(stage), phase ^ 1, pending);
-        Loader::load(base + kOffK + stage * kKVBytes, k_full(stage), tma_kv, tm_k, map_kvh, it.ob, kbase, p.k_stride_n,
-                     BN, kv_row0 + col * BN, kv_limit, kslots, pending);
+        Loader::load(base + kOffK + stage * kKVBytes, k_full(stage), tma_kv, tm_k, map_kvh, it.ob, kdoc, p.k_stride_n,
+                     BN, kv_row0 + col * BN, it.nk, kslots, pending);
         Loader::wait_free(v_empty(stage), phase ^ 1, pending);
-        Loader::load(base + kOffV + stage * kKVBytes, v_full(stage), tma_kv, tm_v, map_kvh, it.ob, vbase, p.v_stride_n,
-                     BN, kv_row0 + col * BN, kv_limit, kslots, pending);
+        Loader::load(base + kOffV + stage * kKVBytes, v_full(stage), tma_kv, tm_v, map_kvh, it.ob, vdoc, p.v_stride_n,
+                     BN, kv_row0 + col * BN, it.nk, kslots, pending);
         if (++stage == kStages) {
           stage = 0;
           phase ^= 1;

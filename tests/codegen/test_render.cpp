@@ -141,16 +141,24 @@ TEST(Render, DocumentKernelsCompileForSm80AndSm90a) {
       EXPECT_LE(std::stoi(m[1]), std::string(entry) == "spattn_fwd" ? 255 : 64) << entry;
     }
   }
-  // Patterns without per-row key ranges: the forward kernel only (their tables come from
-  // the host); permuted tables are refused.
+  // Patterns without per-row key ranges: the forward kernel only, with permuted keys
+  // (their tables come from the host, with each document shape's token orders).
   auto strided = spec_for(R"({"type":"strided","stride":16,"mode":"relative"})", 128, DType::kBFloat16, "sm_80");
   strided.varlen = true;
+  for (const char* arch : {"sm_80", "sm_90a"}) {
+    if (std::string(arch) == "sm_90a") {
+      strided.arch = arch;
+      strided.config = KernelConfig::parse("sm90:128x128s2");
+    }
+    const auto host = codegen::render_forward(strided);
+    EXPECT_NE(host.source.find("kVarlen = true"), std::string::npos);
+    EXPECT_NE(host.source.find("kPermutedKeys = true"), std::string::npos);
+    EXPECT_EQ(host.source.find("spattn_varlen_tables"), std::string::npos);
+    EXPECT_GT(compile(host, arch).cubin.size(), 1000u);
+  }
+  // Ring attention's sub-rectangles are not documents.
+  strided.token_offsets = true;
   EXPECT_THROW(codegen::render_forward(strided), Error);
-  strided.permuted_keys = false;
-  const auto host = codegen::render_forward(strided);
-  EXPECT_NE(host.source.find("kVarlen = true"), std::string::npos);
-  EXPECT_EQ(host.source.find("spattn_varlen_tables"), std::string::npos);
-  EXPECT_GT(compile(host, "sm_80").cubin.size(), 1000u);
 }
 
 TEST(Render, NvrtcErrorsCarryTheLogAndNumberedSourceLines) {

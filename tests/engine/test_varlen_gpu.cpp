@@ -178,10 +178,13 @@ void run_packed(const PackedCase& c, const char* config, uint64_t seed) {
                    rows_of(hk, cu_k[x], lk[x], HK, D), rows_of(hv, cu_k[x], lk[x], HK, D), ho, hl, cu_q[x], tq,
                    scale, err);
   err.expect_within(c.dtype);
-  // Rows after the last document keep the poison.
+  // Rows after the last document keep the poison; multi-part patterns and those whose
+  // rows some part leaves without a table may write O = 0 there (spattn/varlen.hpp).
   std::vector<uint16_t> bits(c.pad_rows * H * D);
   o.download(bits.data(), bits.size() * 2, cu_q.back() * H * D * 2);
-  for (uint16_t b : bits) ASSERT_EQ(b, 0x7e7e) << "a row outside every document was written";
+  const bool may_zero = c.host_tables || attn.explanation().parts > 1;
+  for (uint16_t b : bits)
+    ASSERT_TRUE(b == 0x7e7e || (may_zero && b == 0)) << "a row outside every document was written: " << b;
 }
 
 TEST(DocumentsGpu, PackedCausalAndWindowsMatchEachDocumentAlone) {
