@@ -69,14 +69,16 @@ struct Attention::Impl {
 
   // The plan for a problem: looked up without any other work once it exists (forward()
   // is called per layer and step, so its host cost matters), built on first use.
-  // The plan of forward_varlen / forward_padded for documents up to p.nq x p.nk.
-  engine::ForwardPlan& documents_plan_for(const engine::Problem& p) {
+  // The plan of forward_varlen / forward_padded for documents up to p.nq x p.nk; the
+  // configuration is chosen as for p.batch such documents (the call's work).
+  engine::ForwardPlan& documents_plan_for(engine::Problem p) {
     const int device = options.device >= 0 ? options.device : runtime::current_device();
     runtime::make_current(device);
     const runtime::DeviceInfo info = runtime::device_info(device);
     const api::Choice choice = options.config
                                    ? api::Choice{*options.config, "forced by AttentionOptions::config"}
                                    : api::choose(pattern, p, info, options.use_tuning_db);
+    p.batch = 1;
     const PlanKey key{device, p.nq, p.nk, p.heads, p.kv_heads, p.head_dim, static_cast<int>(p.dtype),
                       choice.config.to_string()};
     auto& slot = document_plans[key];
@@ -279,6 +281,7 @@ void Attention::forward_varlen(const TensorView& q, const TensorView& k, const T
   engine::Problem longest = p;
   longest.nq = std::max<int64_t>(1, lengths.max_q);
   longest.nk = std::max<int64_t>(1, lengths.max_k);
+  longest.batch = std::max<int64_t>(1, (p.nq + longest.nq - 1) / longest.nq);  // as much work as documents
   std::lock_guard<std::mutex> lock(impl_->mu);
   engine::ForwardPlan& plan = impl_->documents_plan_for(longest);
   plan.run_documents(q4, k4, v4, o4, lse ? &l3 : nullptr, lengths, impl_->options.check_lengths,
@@ -302,8 +305,7 @@ void Attention::forward_padded(const TensorView& q, const TensorView& k, const T
   lengths.nk = p.nk;
   lengths.max_q = p.nq;
   lengths.max_k = p.nk;
-  engine::Problem longest = p;
-  longest.batch = 1;
+  const engine::Problem& longest = p;
   std::lock_guard<std::mutex> lock(impl_->mu);
   engine::ForwardPlan& plan = impl_->documents_plan_for(longest);
   plan.run_documents(q, k, v, o, lse, lengths, impl_->options.check_lengths, impl_->options.scale, stream);
