@@ -1,12 +1,13 @@
-// The C ABI over spattn::Attention, spattn::SelectiveScan and spattn::Performer:
-// exceptions become status codes plus a thread-local message; nothing throws across the
-// boundary.
+// The C ABI over spattn::Attention (with its documents forwards), spattn::SelectiveScan,
+// spattn::Performer and spattn::RingAttention: exceptions become status codes plus a
+// thread-local message; nothing throws across the boundary.
 #include <spattn/spattn.h>
 
 #include <spattn/adaptive.hpp>
 #include <spattn/attention.hpp>
 #include <spattn/linear.hpp>
 #include <spattn/ring.hpp>
+#include <spattn/varlen.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -58,10 +59,11 @@ spattn_status guarded(F&& f) {
   }
 }
 
-// min_rank: attention takes ranks 3 and 4; the scan's parameters and the adaptive
-// projections are of rank 1 and 2 (the library then checks the exact rank of each tensor).
+// min_rank: attention takes ranks 3 and 4; the scan's parameters, the adaptive projections
+// and the tensors of packed documents (LSE [Hq, total_q], offsets and lengths) go down to
+// rank 1 (the library then checks the exact rank of each tensor, naming the layout).
 // SPATTN_INT32 is accepted here for every tensor; the library refuses it where it does not
-// belong (anything but the chosen blocks of adaptive patterns).
+// belong (anything but the chosen blocks of adaptive patterns and document lengths).
 spattn::TensorView view_of(const spattn_tensor* t, const char* name, int min_rank = 3) {
   if (!t) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, std::string(name) + " is NULL");
   if (t->rank < min_rank || t->rank > 4)
@@ -138,7 +140,9 @@ spattn_status spattn_attention_create(const char* pattern_json, const char* opti
       else if (key == "use_tuning_db") opts.use_tuning_db = value.get<bool>();
       else if (key == "deterministic") opts.deterministic = value.get<bool>();
       else if (key == "record") opts.record = value.get<std::string>();
-      else unknown_option(key, "scale, device, config, backward_config, use_tuning_db, deterministic, record");
+      else if (key == "check_lengths") opts.check_lengths = value.get<bool>();
+      else unknown_option(key, "scale, device, config, backward_config, use_tuning_db, deterministic, record, "
+                               "check_lengths");
     });
     *out = new spattn_attention{spattn::Attention(spattn::Pattern::parse(pattern_json), opts)};
   });
@@ -175,6 +179,42 @@ spattn_status spattn_attention_forward_adaptive(spattn_attention_t attn, const s
     in.blocks = c.data ? &c : nullptr;
     attn->attn.forward(view_of(q, "q"), view_of(k, "k"), view_of(v, "v"), view_of(o, "o"), lse ? &l : nullptr,
                        static_cast<CUstream>(stream), &in);
+  });
+}
+
+spattn_status spattn_attention_forward_varlen(spattn_attention_t attn, const spattn_tensor* q, const spattn_tensor* k,
+                                              const spattn_tensor* v, const spattn_tensor* o, const spattn_tensor* lse,
+                                              const spattn_tensor* cu_seqlens_q, const spattn_tensor* cu_seqlens_k,
+                                              int64_t max_seqlen_q, int64_t max_seqlen_k, void* stream) {
+  return guarded([&] {
+    if (!attn) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "attention handle is NULL");
+    // Any rank from 1 passes here: forward_varlen names the layout it wants ([total_q, Hq, D],
+    // [Hq, total_q], int32 [documents + 1]) better than a rank range would.
+    const spattn::TensorView l = lse ? view_of(lse, "lse", 1) : spattn::TensorView{};
+    spattn::Documents docs;
+    docs.cu_seqlens_q = view_of(cu_seqlens_q, "cu_seqlens_q", 1);
+    docs.cu_seqlens_k = view_of(cu_seqlens_k, "cu_seqlens_k", 1);
+    docs.max_seqlen_q = max_seqlen_q;
+    docs.max_seqlen_k = max_seqlen_k;
+    attn->attn.forward_varlen(view_of(q, "q", 1), view_of(k, "k", 1), view_of(v, "v", 1), view_of(o, "o", 1),
+                              lse ? &l : nullptr, docs, static_cast<CUstream>(stream));
+  });
+}
+
+spattn_status spattn_attention_forward_padded(spattn_attention_t attn, const spattn_tensor* q, const spattn_tensor* k,
+                                              const spattn_tensor* v, const spattn_tensor* o, const spattn_tensor* lse,
+                                              const spattn_tensor* seqused_q, const spattn_tensor* seqused_k,
+                                              void* stream) {
+  return guarded([&] {
+    if (!attn) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "attention handle is NULL");
+    const spattn::TensorView l = lse ? view_of(lse, "lse") : spattn::TensorView{};
+    // Absent lengths (NULL or a NULL data pointer) stay null pointers: forward_padded then
+    // uses every row of that side (and refuses a call with neither).
+    spattn::KeyPadding padding;
+    padding.seqused_q = optional_view_of(seqused_q, "seqused_q");
+    padding.seqused_k = optional_view_of(seqused_k, "seqused_k");
+    attn->attn.forward_padded(view_of(q, "q"), view_of(k, "k"), view_of(v, "v"), view_of(o, "o"), lse ? &l : nullptr,
+                              padding, static_cast<CUstream>(stream));
   });
 }
 

@@ -6,6 +6,8 @@
  * opaque. Patterns are the JSON of DESIGN.md §8 (or a preset name). Tensors are device
  * pointers with shapes and strides in elements:
  *   Q [B, Nq, Hq, D], K/V [B, Nk, Hkv, D], O like Q, LSE [B, Hq, Nq] fp32 (optional).
+ * Packed variable-length documents and padded batches (include/spattn/varlen.hpp):
+ * spattn_attention_forward_varlen and spattn_attention_forward_padded.
  * Adaptive patterns ({"type": "adaptive", ...}, include/spattn/adaptive.hpp) also take
  * block scores, projections and a chosen-blocks output: spattn_attention_forward_adaptive.
  */
@@ -31,13 +33,15 @@ typedef enum spattn_status {
   SPATTN_ERROR_INTERNAL = 8
 } spattn_status;
 
-/* SPATTN_INT32 only for index tensors (the chosen blocks of adaptive patterns). */
+/* SPATTN_INT32 only for index tensors (the chosen blocks of adaptive patterns, the offsets
+ * and lengths of documents). */
 typedef enum spattn_dtype { SPATTN_FP16 = 0, SPATTN_BF16 = 1, SPATTN_FP32 = 2, SPATTN_INT32 = 3 } spattn_dtype;
 
 typedef struct spattn_tensor {
   void* data;
   spattn_dtype dtype;
-  int32_t rank;        /* 4 for Q/K/V/O, 3 for LSE; 1 to 3 for the scan's tensors; 2 to 4 for adaptive inputs */
+  int32_t rank;        /* 4 for Q/K/V/O, 3 for LSE (3 and 2 for packed documents, 1 for their
+                        * offsets and lengths); 1 to 3 for the scan's tensors; 2 to 4 for adaptive inputs */
   int64_t shape[4];
   int64_t strides[4];  /* elements */
 } spattn_tensor;
@@ -52,7 +56,10 @@ const char* spattn_last_error(void);
  *   "scale": float (default 1/sqrt(D)), "device": int, "config": "128x64w4s2" or
  *   "sm90:128x128s2", "backward_config": "64x128w8s2", "use_tuning_db": bool,
  *   "deterministic": bool (bitwise reproducible backward), "record": "FILE" (append each
- *   new problem to a record file, as SPATTN_RECORD does) */
+ *   new problem to a record file, as SPATTN_RECORD does), "check_lengths": bool (default
+ *   true: forward_varlen / forward_padded wait for the GPU's check of the lengths and fail
+ *   on bad ones; false: nothing waits, the call can be captured in a CUDA graph, and bad
+ *   lengths leave the outputs unwritten) */
 spattn_status spattn_attention_create(const char* pattern_json, const char* options_json, spattn_attention_t* out);
 void spattn_attention_destroy(spattn_attention_t attn);
 
@@ -78,6 +85,33 @@ spattn_status spattn_attention_forward_adaptive(spattn_attention_t attn, const s
                                                 const spattn_tensor* o, const spattn_tensor* lse,
                                                 const spattn_tensor* scores, const spattn_tensor* wq,
                                                 const spattn_tensor* wk, const spattn_tensor* blocks, void* stream);
+
+/* Packed variable-length documents (FlashAttention's varlen convention): q [total_q, Hq, D],
+ * k and v [total_k, Hkv, D], o like q (rank 3), lse [Hq, total_q] fp32 (rank 2) or NULL;
+ * cu_seqlens_q and cu_seqlens_k SPATTN_INT32 [documents + 1] (rank 1, contiguous, device):
+ * non-decreasing offsets within the tensors, empty documents allowed. Document d is a
+ * problem of its own: query rows cu_seqlens_q[d] .. cu_seqlens_q[d + 1] - 1 attend key rows
+ * cu_seqlens_k[d] .. cu_seqlens_k[d + 1] - 1 under the pattern, positions relative to the
+ * document's first row; rows outside every document are not written. max_seqlen_q and
+ * max_seqlen_k bound the longest document (checked). The lengths are checked on the GPU:
+ * with "check_lengths" (the default) the call waits for that check and a bad entry is
+ * SPATTN_ERROR_INVALID_ARGUMENT naming it; without it nothing waits. Otherwise
+ * asynchronous on `stream`. SPATTN_ERROR_UNSUPPORTED for patterns whose tables cannot be
+ * built from lengths (their rows are not key ranges in natural order; the message says). */
+spattn_status spattn_attention_forward_varlen(spattn_attention_t attn, const spattn_tensor* q, const spattn_tensor* k,
+                                              const spattn_tensor* v, const spattn_tensor* o, const spattn_tensor* lse,
+                                              const spattn_tensor* cu_seqlens_q, const spattn_tensor* cu_seqlens_k,
+                                              int64_t max_seqlen_q, int64_t max_seqlen_k, void* stream);
+
+/* The batched layout of spattn_attention_forward with per-batch used lengths, SPATTN_INT32
+ * [B] (rank 1, contiguous, device): batch b uses its first seqused_k[b] keys (the others
+ * never attend) and its first seqused_q[b] queries; the query rows past seqused_q[b] get
+ * O = 0 and LSE = -inf. Either may be absent (NULL, or a NULL data pointer: every key /
+ * every query row used), not both. Lengths checked as in spattn_attention_forward_varlen. */
+spattn_status spattn_attention_forward_padded(spattn_attention_t attn, const spattn_tensor* q, const spattn_tensor* k,
+                                              const spattn_tensor* v, const spattn_tensor* o, const spattn_tensor* lse,
+                                              const spattn_tensor* seqused_q, const spattn_tensor* seqused_k,
+                                              void* stream);
 
 /* Gradients of the forward pass: dq like q, dk and dv like k; lse (required) and o are
  * what forward wrote, d_o is like o. Asynchronous on `stream`. */
