@@ -24,10 +24,19 @@ The linear-time mixers (include/spattn/linear.hpp), forward only:
     perf = spattn.Performer(head_dim=64, features=256, seed=0, causal=True)      # FAVOR+
     o = perf(q, k, v); perf.redraw(seed=1)
 
+Packed variable-length documents (FlashAttention's varlen convention) and padded batches
+(include/spattn/varlen.hpp), forward only:
+
+    out = spattn.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k,
+                                  {"type": "dense", "causal": True})   # q [total_q, Hq, D]
+    out = attn(q, k, v, key_padding_mask=mask)   # [B, N, H, D]; mask [B, Nk], True = padded
+    out = attn(q, k, v, seqused_k=lengths)       # int32 [B] on the GPU: keys used per batch
+
 For training, spattn.attention(q, k, v, pattern) is differentiable (a torch.library
 custom op with an autograd formula and a fake implementation, so torch.compile traces
 through it), and spattn.SparseAttention(pattern) is the same as an nn.Module.
 """
+import contextlib
 import ctypes
 import json
 import os
@@ -41,6 +50,14 @@ class SpattnError(RuntimeError):
     def __init__(self, status, message):
         super().__init__(message)
         self.status = status
+
+
+class ArgumentError(SpattnError, ValueError):
+    """An invalid argument (status 1, SPATTN_ERROR_INVALID_ARGUMENT), found by the wrapper
+    or by the library: a SpattnError that is also a ValueError."""
+
+    def __init__(self, message):
+        super().__init__(1, message)
 
 
 class _Tensor(ctypes.Structure):
@@ -78,6 +95,9 @@ _lib.spattn_attention_forward_adaptive.argtypes = ([ctypes.c_void_p] + [ctypes.P
                                                    [ctypes.c_void_p])
 _lib.spattn_adaptive_geometry.argtypes = ([ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64] +
                                           [ctypes.POINTER(ctypes.c_int64)] * 3)
+_lib.spattn_attention_forward_varlen.argtypes = ([ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 7 +
+                                                [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p])
+_lib.spattn_attention_forward_padded.argtypes = [ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 7 + [ctypes.c_void_p]
 _lib.spattn_attention_backward.argtypes = [ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 9 + [ctypes.c_void_p]
 _lib.spattn_attention_explain.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t,
                                           ctypes.POINTER(ctypes.c_size_t)]
@@ -106,6 +126,8 @@ _lib.spattn_ring_timings.argtypes = _explain_args
 
 
 def _check(status):
+    if status == 1:
+        raise ArgumentError(_lib.spattn_last_error().decode())
     if status != 0:
         raise SpattnError(status, _lib.spattn_last_error().decode())
 
@@ -122,16 +144,16 @@ def _view(t, name=None, supported="float16, bfloat16 (float32 for LSE)"):
     import torch
     where = f"{name}: " if name else ""
     if not isinstance(t, torch.Tensor):
-        raise SpattnError(1, f"{where}expected a torch.Tensor, got {type(t).__name__}")
-    # int32 is for index outputs (the chosen blocks of adaptive patterns); the library
-    # refuses it anywhere else.
+        raise ArgumentError(f"{where}expected a torch.Tensor, got {type(t).__name__}")
+    # int32 is for index tensors (the chosen blocks of adaptive patterns, document offsets
+    # and lengths); the library refuses it anywhere else.
     codes = {torch.float16: _FP16, torch.bfloat16: _BF16, torch.float32: _FP32, torch.int32: _INT32}
     if t.dtype not in codes:
-        raise SpattnError(1, f"{where}unsupported tensor dtype {t.dtype}; supported: {supported}")
+        raise ArgumentError(f"{where}unsupported tensor dtype {t.dtype}; supported: {supported}")
     if not t.is_cuda:
-        raise SpattnError(1, f"{where}tensors must be on a CUDA device (got {t.device})")
+        raise ArgumentError(f"{where}tensors must be on a CUDA device (got {t.device})")
     if t.dim() > 4:
-        raise SpattnError(1, f"{where}{t.dim()} dimensions; at most 4")
+        raise ArgumentError(f"{where}{t.dim()} dimensions; at most 4")
     v = _Tensor()
     v.data = t.data_ptr()
     v.dtype = codes[t.dtype]
@@ -159,11 +181,18 @@ class Attention:
 
     Adaptive patterns ({"type": "adaptive", "block": B, "top_k": k} or "keep_ratio": f,
     optionally "causal": true; include/spattn/adaptive.hpp) choose their key blocks on the
-    GPU per call; see forward() for their inputs. They have no backward pass yet."""
+    GPU per call; see forward() for their inputs. They have no backward pass yet.
+
+    Packed documents (forward_varlen) and padded batches (forward's seqused_k, seqused_q,
+    key_padding_mask) check their lengths on the GPU; with check_lengths=True (the default)
+    the call waits for that check and raises ArgumentError naming a bad entry; with False
+    nothing waits (the call can be captured in a CUDA graph) and bad lengths leave the
+    outputs unwritten."""
 
     def __init__(self, pattern, config=None, scale=None, use_tuning_db=True, backward_config=None,
-                 deterministic=False):
-        options = {"use_tuning_db": use_tuning_db, "deterministic": bool(deterministic)}
+                 deterministic=False, check_lengths=True):
+        options = {"use_tuning_db": use_tuning_db, "deterministic": bool(deterministic),
+                   "check_lengths": bool(check_lengths)}
         if config is not None:
             options["config"] = config
         if backward_config is not None:
@@ -183,10 +212,29 @@ class Attention:
             self._handle = None
 
     def forward(self, q, k, v, out=None, lse=None, stream=None, *, scores=None, wq=None, wk=None,
-                return_blocks=False):
+                return_blocks=False, seqused_k=None, seqused_q=None, key_padding_mask=None):
         """O = attention(q, k, v) under the pattern, written into `out` (allocated like q if
         None) and LSE into `lse` [B, Hq, Nq] float32 if given; returns out, or (out, blocks)
         with return_blocks=True.
+
+        Padded batches (include/spattn/varlen.hpp): batch b is a problem of its own used
+        lengths, the pattern applied to it as if it ran alone (causal aligned bottom-right
+        to those lengths, windows per batch):
+          seqused_k: int32 [B] on q's device, the keys used per batch: keys past
+            seqused_k[b] never attend;
+          seqused_q: int32 [B] on q's device, the query rows used per batch (default: all
+            Nq); the rows past seqused_q[b] get O = 0 and LSE = -inf;
+          key_padding_mask: instead of seqused_k, a bool [B, Nk] on q's device in
+            torch.nn.MultiheadAttention's convention: True = a padded key, ignored. The kept
+            keys of each row must come first (valid keys, then padding); a mask that is not
+            such a prefix is refused with ArgumentError (a ValueError). That check reads the
+            mask back, so the call waits for the GPU; to capture a CUDA graph, convert once
+            with seqused_from_key_padding_mask() and pass seqused_k. With Nq == Nk
+            (self-attention) and no seqused_q, the mask bounds the queries too, as torch's
+            causal and padding masks together place them: the valid rows match torch's, the
+            padded rows get O = 0 (torch gives them values nobody reads).
+          A batch without keys gets O = 0 and LSE = -inf (torch's attention gives NaN).
+        The padded forward takes no adaptive inputs.
 
         Adaptive patterns only (the others refuse these):
           scores [B, Hq, nq_blocks, nk_blocks]: block scores to choose from instead of the
@@ -198,6 +246,11 @@ class Attention:
             (see adaptive_geometry), ascending per row, -1 past the row's count.
         Shapes are checked by the library (SpattnError with its message)."""
         import torch
+        if seqused_k is not None or seqused_q is not None or key_padding_mask is not None:
+            if scores is not None or wq is not None or wk is not None or return_blocks:
+                raise ArgumentError("seqused_k / seqused_q / key_padding_mask do not combine with adaptive inputs "
+                                    "(scores, wq, wk, return_blocks)")
+            return self._forward_padded(q, k, v, out, lse, stream, seqused_k, seqused_q, key_padding_mask)
         adaptive = None
         if scores is not None or wq is not None or wk is not None or return_blocks:
             temporaries = []
@@ -224,6 +277,98 @@ class Attention:
         return (out, adaptive[3]) if return_blocks else out
 
     __call__ = forward
+
+    def _forward_padded(self, q, k, v, out, lse, stream, seqused_k, seqused_q, key_padding_mask):
+        import torch
+        _require_tensors({"q": q, "k": k, "v": v, "out": out, "lse": lse, "seqused_k": seqused_k,
+                          "seqused_q": seqused_q, "key_padding_mask": key_padding_mask})
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if t.dim() != 4:
+                raise ArgumentError(f"{name}: shape {tuple(t.shape)}; padded batches are [B, N, H, D]")
+        batch, nq, nk = q.shape[0], q.shape[1], k.shape[1]
+        _same_device(("q", q), {"k": k, "v": v, "out": out, "lse": lse, "seqused_k": seqused_k,
+                                "seqused_q": seqused_q, "key_padding_mask": key_padding_mask})
+        temporaries = []
+        if key_padding_mask is not None:
+            if seqused_k is not None:
+                raise ArgumentError("key_padding_mask and seqused_k both give the keys used; pass one of them")
+            if tuple(key_padding_mask.shape) != (batch, nk):
+                raise ArgumentError(f"key_padding_mask: shape {tuple(key_padding_mask.shape)}; expected [B, Nk] = "
+                                    f"[{batch}, {nk}]")
+            seqused_k = seqused_from_key_padding_mask(key_padding_mask)
+            temporaries.append(seqused_k)
+            if seqused_q is None and nq == nk:
+                seqused_q = seqused_k
+        for name, t in (("seqused_k", seqused_k), ("seqused_q", seqused_q)):
+            if t is not None:
+                _check_lengths_vector(name, t, batch, "[B]")
+        if out is None:
+            out = torch.empty_like(q)
+        views = [_view(t, name) for name, t in (("q", q), ("k", k), ("v", v), ("out", out))]
+        args = [ctypes.pointer(_view(t, name)) if t is not None else None
+                for name, t in (("lse", lse), ("seqused_q", seqused_q), ("seqused_k", seqused_k))]
+        with torch.cuda.device(q.device), _launch_stream(q.device, stream, temporaries) as handle:
+            _check(_lib.spattn_attention_forward_padded(self._handle, *[ctypes.pointer(x) for x in views], *args,
+                                                        ctypes.c_void_p(handle)))
+        return out
+
+    def forward_varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, out=None, lse=None,
+                       stream=None):
+        """Packed variable-length documents (FlashAttention's varlen convention): q
+        [total_q, Hq, D], k and v [total_k, Hkv, D] (float16 or bfloat16, head dim
+        contiguous), cu_seqlens_q and cu_seqlens_k int32 [documents + 1] on q's device
+        (non-decreasing offsets, empty documents allowed), max_seqlen_q / max_seqlen_k the
+        longest document's rows (an upper bound; checked). Document d, query rows
+        cu_seqlens_q[d] .. cu_seqlens_q[d + 1] - 1 and key rows cu_seqlens_k[d] ..
+        cu_seqlens_k[d + 1] - 1, is a problem of its own: the pattern sees positions from the
+        document's first row and its lengths, exactly as if it ran alone. Writes `out` (like
+        q; None: allocated with zeros) and `lse` [Hq, total_q] float32 if given; rows outside
+        every document are left as they are. Returns out. Lengths are checked as the
+        constructor's check_lengths says; patterns the documents forward cannot serve raise
+        SpattnError (status 2) with the reason."""
+        import torch
+        _require_tensors({"q": q, "k": k, "v": v, "cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k,
+                          "out": out, "lse": lse})
+        for name, t, layout in (("q", q, "[total_q, Hq, D]"), ("k", k, "[total_k, Hkv, D]"),
+                                ("v", v, "[total_k, Hkv, D]")):
+            if t.dim() != 3:
+                raise ArgumentError(f"{name}: shape {tuple(t.shape)}; packed documents are {layout}")
+        if tuple(v.shape) != tuple(k.shape):
+            raise ArgumentError(f"v: shape {tuple(v.shape)}; expected k's {tuple(k.shape)}")
+        if q.shape[2] != k.shape[2]:
+            raise ArgumentError(f"q has head dim {q.shape[2]} but k has {k.shape[2]}")
+        if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+            raise ArgumentError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+        for name, t in (("k", k), ("v", v)):
+            if t.dtype != q.dtype:
+                raise ArgumentError(f"{name}: dtype {t.dtype}, but q is {q.dtype}; q, k, v share one dtype")
+        if q.dtype not in (torch.float16, torch.bfloat16):
+            raise ArgumentError(f"q: dtype {q.dtype}; supported: float16, bfloat16")
+        if out is not None and (tuple(out.shape) != tuple(q.shape) or out.dtype != q.dtype):
+            raise ArgumentError(f"out: {out.dtype} {tuple(out.shape)}; expected q's {q.dtype} {tuple(q.shape)}")
+        if lse is not None and (tuple(lse.shape) != (q.shape[1], q.shape[0]) or lse.dtype != torch.float32):
+            raise ArgumentError(f"lse: {lse.dtype} {tuple(lse.shape)}; expected torch.float32 [Hq, total_q] = "
+                                f"[{q.shape[1]}, {q.shape[0]}]")
+        _check_lengths_vector("cu_seqlens_q", cu_seqlens_q, None, "[documents + 1]")
+        _check_lengths_vector("cu_seqlens_k", cu_seqlens_k, cu_seqlens_q.shape[0],
+                              "[documents + 1], as many as cu_seqlens_q")
+        if cu_seqlens_q.shape[0] < 2:
+            raise ArgumentError("cu_seqlens_q: one entry; [documents + 1] offsets need at least one document")
+        max_q, max_k = int(max_seqlen_q), int(max_seqlen_k)
+        if max_q < 0 or max_k < 0:
+            raise ArgumentError(f"max_seqlen_q and max_seqlen_k must be >= 0; got {max_q} and {max_k}")
+        _same_device(("q", q), {"k": k, "v": v, "cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k,
+                                "out": out, "lse": lse})
+        if out is None:
+            out = torch.zeros_like(q)
+        views = [_view(t, name) for name, t in (("q", q), ("k", k), ("v", v), ("out", out))]
+        lse_view = ctypes.pointer(_view(lse, "lse")) if lse is not None else None
+        cu = [ctypes.pointer(_view(t, name)) for name, t in (("cu_seqlens_q", cu_seqlens_q),
+                                                             ("cu_seqlens_k", cu_seqlens_k))]
+        with torch.cuda.device(q.device), _launch_stream(q.device, stream, []) as handle:
+            _check(_lib.spattn_attention_forward_varlen(self._handle, *[ctypes.pointer(x) for x in views], lse_view,
+                                                        *cu, max_q, max_k, ctypes.c_void_p(handle)))
+        return out
 
     def _blocks_for(self, q, k):
         """The chosen-blocks output of a forward over q, k (None where q or k is not 4-D: the
@@ -309,11 +454,76 @@ _LINEAR_DTYPES = "float16, bfloat16, float32"
 
 
 def _same_device(first, named):
-    """Raises SpattnError unless every tensor of `named` ({name: tensor or None}) is on first's device."""
+    """Raises ArgumentError unless first is on a CUDA device and every tensor of `named`
+    ({name: tensor or None}) is on its device."""
     name0, t0 = first
+    if hasattr(t0, "is_cuda") and not t0.is_cuda:
+        raise ArgumentError(f"{name0}: tensors must be on a CUDA device (got {t0.device})")
     for name, t in named.items():
         if t is not None and hasattr(t, "device") and t.device != t0.device:
-            raise SpattnError(1, f"{name}: on {t.device}, but {name0} is on {t0.device}; all tensors must be on one GPU")
+            raise ArgumentError(f"{name}: on {t.device}, but {name0} is on {t0.device}; all tensors must be on one GPU")
+
+
+def _require_tensors(named):
+    """Raises ArgumentError for any value of `named` ({name: value}) that is neither None nor a torch.Tensor."""
+    import torch
+    for name, t in named.items():
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise ArgumentError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+
+
+def _check_lengths_vector(name, t, n, layout):
+    """Document offsets or per-batch lengths: a contiguous int32 vector (of n entries unless n is None)."""
+    import torch
+    if t.dtype != torch.int32 or t.dim() != 1 or (n is not None and t.shape[0] != n):
+        want = f"{layout} = [{n}]" if n is not None else layout
+        raise ArgumentError(f"{name}: {t.dtype} {list(t.shape)}; expected torch.int32 {want}")
+    if t.shape[0] > 1 and t.stride(0) != 1:
+        raise ArgumentError(f"{name}: stride {t.stride(0)}; must be contiguous")
+
+
+@contextlib.contextmanager
+def _launch_stream(device, stream, temporaries):
+    """The handle of the stream a call launches on: `stream` (a CUstream / cudaStream_t handle)
+    or else the current stream. On another stream than the current one, the tensors made for
+    the call on the current stream (temporaries) are made ready for it and kept alive until
+    its work is done."""
+    import torch
+    current = torch.cuda.current_stream(device)
+    if stream is None or stream == current.cuda_stream:
+        yield current.cuda_stream
+        return
+    side = torch.cuda.ExternalStream(stream, device=device)
+    if temporaries:
+        side.wait_stream(current)
+    try:
+        yield stream
+    finally:
+        for t in temporaries:
+            t.record_stream(side)
+
+
+def seqused_from_key_padding_mask(key_padding_mask):
+    """The keys used per batch, int32 [B] on the mask's device, of a key-padding mask bool
+    [B, Nk] in torch.nn.MultiheadAttention's convention: True = a padded key, ignored.
+    The kept keys of every row must come first (valid keys, then padding), as
+    Attention.forward(seqused_k=...) reads them; ArgumentError (a ValueError) names the
+    first row that is not such a prefix. That check reads its verdict back, so this waits
+    for the GPU: convert once, outside a CUDA-graph capture."""
+    import torch
+    m = key_padding_mask
+    if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.dim() != 2:
+        got = f"{m.dtype} {list(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
+        raise ArgumentError(f"key_padding_mask: {got}; expected a torch.bool [B, Nk] tensor (True = padded key)")
+    used = (~m).sum(dim=1, dtype=torch.int32)
+    prefix = torch.arange(m.shape[1], device=m.device).unsqueeze(0) >= used.unsqueeze(1)
+    bad = (prefix != m).any(dim=1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ArgumentError(f"key_padding_mask row {row} is not valid keys followed by padding (True = padded, as in "
+                            "torch.nn.MultiheadAttention): padded batches use the first seqused_k[b] keys of each "
+                            "batch; put the padding at the end, or pack the sequences for attention_varlen")
+    return used
 
 
 def _no_grad_needed(op, tensors):
@@ -531,13 +741,14 @@ class RingAttention:
 
 # ---- autograd: a torch.library custom op -----------------------------------------------
 
-_attentions = {}  # (pattern text, scale, deterministic) -> Attention; plans are kept per problem inside
+_attentions = {}  # (pattern text, scale, deterministic, check_lengths) -> Attention; plans are kept inside
 
 
-def _attention_for(pattern, scale, deterministic=False):
-    key = (pattern, scale, deterministic)
+def _attention_for(pattern, scale, deterministic=False, check_lengths=True):
+    key = (pattern, scale, deterministic, check_lengths)
     if key not in _attentions:
-        _attentions[key] = Attention(pattern, scale=scale if scale > 0 else None, deterministic=deterministic)
+        _attentions[key] = Attention(pattern, scale=scale if scale > 0 else None, deterministic=deterministic,
+                                     check_lengths=check_lengths)
     return _attentions[key]
 
 
@@ -601,6 +812,34 @@ def attention(q, k, v, pattern, scale=None, deterministic=False):
     out, _ = _register_ops().attention_forward(q, k, v, _pattern_text(pattern), float(scale or 0.0),
                                                bool(deterministic))
     return out
+
+
+def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, pattern, scale=None, out=None,
+                     lse=None, check_lengths=True, *, return_lse=False, stream=None):
+    """Sparse attention over packed variable-length documents, forward only (FlashAttention's
+    varlen convention): q [total_q, Hq, D], k and v [total_k, Hkv, D] (float16 or bfloat16,
+    CUDA), cu_seqlens_q and cu_seqlens_k int32 [documents + 1] on q's device, max_seqlen_q /
+    max_seqlen_k the longest document's query and key rows. Each document attends only
+    inside itself, the pattern applied to it as to a problem of its own lengths (see
+    Attention.forward_varlen). scale defaults to 1/sqrt(D).
+
+    Returns out ([total_q, Hq, D] like q, written into `out` if given, else zero-filled
+    first), or (out, lse) with return_lse=True: lse [Hq, total_q] float32 (written into
+    `lse` if given, which is also filled without return_lse; allocated as -inf if None, so
+    rows outside every document read -inf). check_lengths=False: nothing waits for the
+    check of the lengths (CUDA-graph capturable) and bad lengths leave the outputs
+    unwritten; with True a bad entry raises ArgumentError (a ValueError) naming it. Uses
+    one cached Attention per (pattern, scale, check_lengths). There is no backward pass:
+    inputs that require grad are refused (SpattnError, status 2)."""
+    import torch
+    _require_tensors({"q": q, "k": k, "v": v})
+    _no_grad_needed("spattn.attention_varlen", [q, k, v])
+    if return_lse and lse is None and q.dim() == 3:
+        lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
+    attn = _attention_for(_pattern_text(pattern), float(scale or 0.0), check_lengths=bool(check_lengths))
+    out = attn.forward_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, out=out, lse=lse,
+                              stream=stream)
+    return (out, lse) if return_lse else out
 
 
 try:

@@ -4,7 +4,10 @@ SpattnError with the library's message; the selective scan and Performer handles
 their options, Performer's features are the seeded draw and follow a redraw, and the C
 ABI's scan validates its tensors before it needs a GPU; adaptive_geometry gives the block
 grid of adaptive patterns (and refuses other patterns by kind), and the C ABI's adaptive
-forward names bad descriptors."""
+forward names bad descriptors. Documents: the check_lengths option, the C ABI's varlen and
+padded forwards naming bad descriptors (ArgumentError: a SpattnError and a ValueError),
+and with PyTorch attention_varlen's and the padded forward's argument checks on CPU
+tensors and the key-padding mask's conversion to lengths (prefix masks only)."""
 import json
 import sys
 
@@ -28,7 +31,16 @@ handle = ctypes.c_void_p()
 status = spattn._lib.spattn_attention_create(b"dense", b'{"record": "/tmp/unused.record", "nope": 1}',
                                              ctypes.byref(handle))
 message = spattn._lib.spattn_last_error().decode()
-assert status != 0 and "nope" in message and "deterministic, record" in message, (status, message)
+assert status != 0 and "nope" in message and "deterministic, record, check_lengths" in message, (status, message)
+a = spattn.Attention("dense", check_lengths=False)
+del a
+assert issubclass(spattn.ArgumentError, spattn.SpattnError) and issubclass(spattn.ArgumentError, ValueError)
+try:
+    spattn.Attention("dense", config="7x7")
+except ValueError as e:  # the library's invalid argument, as an ArgumentError
+    assert isinstance(e, spattn.SpattnError) and e.status == 1, (type(e), str(e))
+else:
+    sys.exit("a bad config was accepted")
 
 # The selective scan: options are checked when the handle is made.
 scan = spattn.SelectiveScan(config="32x8x16")
@@ -125,6 +137,32 @@ message = spattn._lib.spattn_last_error().decode()
 assert status == 1 and "attention handle is NULL" in message, (status, message)
 spattn._lib.spattn_attention_destroy(handle)
 
+# The C ABI's documents forwards: descriptors checked by name before anything needs a GPU.
+handle = ctypes.c_void_p()
+assert spattn._lib.spattn_attention_create(b'{"type":"dense","causal":true}', b'{"check_lengths": false}',
+                                           ctypes.byref(handle)) == 0, spattn._lib.spattn_last_error()
+q3, k3, v3, o3 = (desc(bf16, [300, 4, 64], n) for n in (1, 2, 3, 4))
+cu_q, cu_k, cu_f32 = desc(3, [3], 5), desc(3, [3], 6), desc(fp32, [3], 7)
+for args, needle in (((None, q3, k3, v3, o3, None, cu_q, cu_k, 200, 200, None), "attention handle is NULL"),
+                     ((handle, q3, k3, v3, o3, None, cu_f32, cu_k, 200, 200, None),
+                      "cu_seqlens_q must be a contiguous device int32 [3]"),
+                     ((handle, q3, k3, v3, o3, None, cu_q, desc(3, [4], 6), 200, 200, None),
+                      "cu_seqlens_k must be a contiguous device int32 [3]"),
+                     ((handle, q4, k3, v3, o3, None, cu_q, cu_k, 200, 200, None),
+                      "Q must have 3 dimensions [total_q, Hq, D]"),
+                     ((handle, q3, k3, v3, o3, desc(fp32, [1, 4, 300], 8), cu_q, cu_k, 200, 200, None),
+                      "LSE must have 2 dimensions [Hq, total_q]")):
+    status = spattn._lib.spattn_attention_forward_varlen(*args)
+    message = spattn._lib.spattn_last_error().decode()
+    assert status == 1 and needle in message, (status, message, needle)
+status = spattn._lib.spattn_attention_forward_padded(handle, q4, k4, v4, o4, None, None, None, None)
+message = spattn._lib.spattn_last_error().decode()
+assert status == 1 and "needs seqused_k" in message, (status, message)
+status = spattn._lib.spattn_attention_forward_padded(handle, q4, k4, v4, o4, None, None, desc(3, [3], 5), None)
+message = spattn._lib.spattn_last_error().decode()
+assert status == 1 and "seqused_k must be a contiguous device int32 [2]" in message, (status, message)
+spattn._lib.spattn_attention_destroy(handle)
+
 # With PyTorch (still no GPU needed): tensors that are not on a CUDA device are refused by name.
 try:
     import torch
@@ -152,4 +190,62 @@ if torch is not None:
         assert e.status == 1 and "CUDA device" in str(e), (e.status, str(e))
     else:
         sys.exit("CPU tensors were accepted by an adaptive forward")
+
+    # Documents: the wrapper's own checks, cheap and before any launch (CPU tensors reach
+    # the device check last).
+    def expect_value_error(what, fn, needle):
+        try:
+            fn()
+        except ValueError as e:
+            assert isinstance(e, spattn.SpattnError) and e.status == 1, (what, type(e), str(e))
+            assert needle in str(e), (what, str(e), needle)
+        else:
+            sys.exit(f"{what} was accepted")
+
+    causal = {"type": "dense", "causal": True}
+    q, kv = torch.zeros(300, 4, 64, dtype=torch.bfloat16), torch.zeros(300, 2, 64, dtype=torch.bfloat16)
+    cu = torch.tensor([0, 100, 300], dtype=torch.int32)
+
+    def varlen(**kw):
+        a = dict(q=q, k=kv, v=kv, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=200, max_seqlen_k=200,
+                 pattern=causal)
+        a.update(kw)
+        return spattn.attention_varlen(**a)
+
+    expect_value_error("a 4-D q", lambda: varlen(q=q.unsqueeze(0)), "packed documents are [total_q, Hq, D]")
+    expect_value_error("v unlike k", lambda: varlen(v=kv[:299]), "expected k's")
+    expect_value_error("3 query heads over 2", lambda: varlen(q=q[:, :3]), "multiple of key/value heads")
+    expect_value_error("fp16 k", lambda: varlen(k=kv.half()), "share one dtype")
+    expect_value_error("fp32 q", lambda: varlen(q=q.float(), k=kv.float(), v=kv.float()), "float16, bfloat16")
+    expect_value_error("int64 offsets", lambda: varlen(cu_seqlens_q=cu.long()), "expected torch.int32")
+    expect_value_error("offsets of two counts", lambda: varlen(cu_seqlens_k=cu[:2]), "as many as cu_seqlens_q")
+    expect_value_error("no document", lambda: varlen(cu_seqlens_q=cu[:1], cu_seqlens_k=cu[:1]), "at least one")
+    expect_value_error("negative max_seqlen", lambda: varlen(max_seqlen_k=-1), "must be >= 0")
+    expect_value_error("lse of the batched layout", lambda: varlen(lse=torch.zeros(1, 4, 300)), "[Hq, total_q]")
+    expect_value_error("offsets as a list", lambda: varlen(cu_seqlens_q=[0, 100, 300]), "expected a torch.Tensor")
+    expect_value_error("CPU tensors", lambda: varlen(), "CUDA device")
+    try:
+        varlen(q=q.clone().requires_grad_())
+    except spattn.SpattnError as e:
+        assert e.status == 2 and "no backward" in str(e), str(e)
+    else:
+        sys.exit("attention_varlen accepted inputs that require grad")
+
+    # Key-padding masks (True = padded key): prefix masks become lengths; others are refused.
+    mask = torch.tensor([[False, False, True, True], [False, False, False, False], [True, True, True, True]])
+    used = spattn.seqused_from_key_padding_mask(mask)
+    assert used.dtype == torch.int32 and used.tolist() == [2, 4, 0], used
+    expect_value_error("a mask with a gap", lambda: spattn.seqused_from_key_padding_mask(
+        torch.tensor([[False, True, True], [False, True, False]])), "key_padding_mask row 1 is not valid keys")
+    expect_value_error("a left-padded mask", lambda: spattn.seqused_from_key_padding_mask(
+        torch.tensor([[True, False]])), "row 0")
+    expect_value_error("a float mask", lambda: spattn.seqused_from_key_padding_mask(torch.zeros(2, 4)),
+                       "expected a torch.bool [B, Nk]")
+    dense = spattn.Attention(causal)
+    q4t, k4t = torch.zeros(2, 4, 4, 64, dtype=torch.bfloat16), torch.zeros(2, 4, 2, 64, dtype=torch.bfloat16)
+    expect_value_error("padding with adaptive inputs", lambda: dense(q4t, k4t, k4t, seqused_k=used[:2],
+                                                                     return_blocks=True), "do not combine")
+    expect_value_error("a packed q padded", lambda: dense(q4t[0], k4t, k4t, seqused_k=used[:2]),
+                       "padded batches are [B, N, H, D]")
+    expect_value_error("CPU tensors padded", lambda: dense(q4t, k4t, k4t, key_padding_mask=mask[:2]), "CUDA device")
 print("ok")
