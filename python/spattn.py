@@ -477,7 +477,7 @@ def _check_lengths_vector(name, t, n, layout):
     import torch
     if t.dtype != torch.int32 or t.dim() != 1 or (n is not None and t.shape[0] != n):
         want = f"{layout} = [{n}]" if n is not None else layout
-        raise ArgumentError(f"{name}: {t.dtype} {list(t.shape)}; expected torch.int32 {want}")
+        raise ArgumentError(f"{name}: {t.dtype} {tuple(t.shape)}; expected torch.int32 {want}")
     if t.shape[0] > 1 and t.stride(0) != 1:
         raise ArgumentError(f"{name}: stride {t.stride(0)}; must be contiguous")
 
@@ -513,7 +513,7 @@ def seqused_from_key_padding_mask(key_padding_mask):
     import torch
     m = key_padding_mask
     if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.dim() != 2:
-        got = f"{m.dtype} {list(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
+        got = f"{m.dtype} {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
         raise ArgumentError(f"key_padding_mask: {got}; expected a torch.bool [B, Nk] tensor (True = padded key)")
     used = (~m).sum(dim=1, dtype=torch.int32)
     prefix = torch.arange(m.shape[1], device=m.device).unsqueeze(0) >= used.unsqueeze(1)
