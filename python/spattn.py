@@ -911,7 +911,8 @@ class MultiheadSparseAttention(_Module):
     and value [B, Nk, E] ([N, B, E] with batch_first=False); query is key is value is
     self-attention (one fused projection). The attention weights are never formed
     (need_weights=True is refused), the pattern replaces attn_mask / is_causal (write
-    {"causal": true} into it), key_padding_mask is not supported yet, and attention dropout
+    {"causal": true} into it), key_padding_mask is not supported yet (the padded forward,
+    Attention.forward(key_padding_mask=...), has no backward pass), and attention dropout
     is refused in training mode (in eval mode it is inert, as in torch). Same as
     C++ spattn::MultiheadAttention (include/spattn/modules.hpp), which is forward-only."""
 
@@ -986,9 +987,10 @@ class MultiheadSparseAttention(_Module):
             raise SpattnError(2, "attn_mask / is_causal are not supported: the pattern is the mask; give it "
                                  "\"causal\": true (e.g. pattern={\"type\": \"dense\", \"causal\": true})")
         if key_padding_mask is not None:
-            raise SpattnError(2, "key_padding_mask is not supported yet (the key-padding tables built on the GPU "
-                                 "do not exist in this version); pass unpadded sequences, e.g. group the batch by "
-                                 "length")
+            raise SpattnError(2, "key_padding_mask is not supported yet by this module: spattn's padded forward "
+                                 "(spattn.Attention.forward(..., key_padding_mask=...)) has no backward pass; pass "
+                                 "unpadded sequences (e.g. group the batch by length), or for inference run that "
+                                 "forward on the projected heads")
         if self.training and self.dropout > 0:
             raise SpattnError(2, f"attention dropout ({self.dropout}) is not supported in training mode; construct "
                                  "with dropout=0.0 (in eval mode it is inert)")
