@@ -369,19 +369,35 @@ TEST(DocumentsGpu, BadLengthsAreClearErrorsAndNeverReadOutOfBounds) {
 TEST(DocumentsGpu, HostTablesForLongNetStridesAndCustomBlocks) {
   SPATTN_REQUIRE_GPU();
   const std::vector<int32_t> lengths{1, 0, 300, 77, 513, 300, 1024};
-  const char* patterns[] = {
-      R"({"type":"strided","stride":16,"mode":"relative"})",
-      R"({"type":"longnet","segments":[128,256],"rates":[1,2],"causal":true})",
-      R"({"type":"custom","block":64,"pairs":[[0,0],[1,0],[3,2],[2,2]]})",
-      R"({"union":[{"type":"strided","stride":32,"mode":"columns"},{"type":"local_window","window":64}]})",
+  // A custom block list needs documents that hold its blocks (a shorter one is a clear
+  // error naming the document, as a problem that short is for Attention::forward).
+  const std::vector<int32_t> blocks{256, 320, 0, 512, 1024};
+  const std::pair<const char*, const std::vector<int32_t>*> cases[] = {
+      {R"({"type":"strided","stride":16,"mode":"relative"})", &lengths},
+      {R"({"type":"longnet","segments":[128,256],"rates":[1,2],"causal":true})", &lengths},
+      {R"({"type":"custom","block":64,"pairs":[[0,0],[1,0],[3,2],[2,2]]})", &blocks},
+      {R"({"union":[{"type":"strided","stride":32,"mode":"columns"},{"type":"local_window","window":64}]})", &lengths},
   };
   uint64_t seed = 100;
-  for (const char* json : patterns)
+  for (const auto& [json, lens] : cases)
     for (const char* config : {"sm80:128x64w4s1", "sm90:128x128s2"}) {
-      PackedCase c{json, lengths};
+      PackedCase c{json, *lens};
       c.host_tables = true;
       run_packed(c, config, ++seed);
     }
+  Attention custom(Pattern::parse(cases[2].first));
+  const int64_t T = 600, H = 4, D = 128;
+  runtime::DeviceBuffer x(T * H * D * 2);
+  const auto view = TensorView::contiguous3(x.data(), DType::kBFloat16, {T, H, D});
+  const std::vector<int32_t> short_docs{0, 100, 600};
+  runtime::DeviceBuffer cu = upload_i32(short_docs);
+  try {
+    custom.forward_varlen(view, view, view, view, nullptr, Documents{i32_view(cu, 3), i32_view(cu, 3), 500, 500});
+    ADD_FAILURE() << "expected an error for a document shorter than the custom blocks";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("documents: document 0 (100 queries x 100 keys)"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(DocumentsGpu, GraphCaptureReplaysOnNewLengths) {
