@@ -95,9 +95,10 @@ def document_mask_mod(name, cu):
     pair = flex_pair_mod(name)
     if pair is None:
         raise RuntimeError(f"skipped: no FlexAttention formulation of '{name}' here")
-    starts = cu[:-1].long()
+    # int32 captures: FlexAttention's FLASH backend (CuTe DSL) refuses int64 ones in a mask_mod.
+    starts = cu[:-1].to(torch.int32)
     lengths = (cu[1:] - cu[:-1]).long()
-    document = torch.repeat_interleave(torch.arange(len(lengths), device=cu.device), lengths)
+    document = torch.repeat_interleave(torch.arange(len(lengths), device=cu.device, dtype=torch.int32), lengths)
 
     def mask_mod(b, h, q_idx, kv_idx):
         dq, dk = document[q_idx], document[kv_idx]
