@@ -54,7 +54,8 @@ struct Attention::Impl {
   std::mutex mu;
 
   // The record file (AttentionOptions::record, $SPATTN_RECORD), for each new plan.
-  void record(TunePass pass, const engine::Problem& p, const runtime::DeviceInfo& info, const KernelConfig& config) {
+  void record(TunePass pass, const engine::Problem& p, const runtime::DeviceInfo& info, const KernelConfig& config,
+              bool documents = false) {
     const std::string path = autotune::record_path(options.record);
     if (path.empty()) return;
     autotune::RecordedProblem r;
@@ -64,6 +65,7 @@ struct Attention::Impl {
     r.problem = p;
     r.config = config;
     r.deterministic = pass == TunePass::kBackward && options.deterministic;
+    r.documents = documents;
     autotune::record_problem(path, r);
   }
 
@@ -78,6 +80,7 @@ struct Attention::Impl {
     const api::Choice choice = options.config
                                    ? api::Choice{*options.config, "forced by AttentionOptions::config"}
                                    : api::choose(pattern, p, info, options.use_tuning_db);
+    const engine::Problem chosen_for = p;
     p.batch = 1;
     const PlanKey key{device, p.nq, p.nk, p.heads, p.kv_heads, p.head_dim, static_cast<int>(p.dtype),
                       choice.config.to_string()};
@@ -85,6 +88,7 @@ struct Attention::Impl {
     if (!slot) {
       pattern.validate(p.shape());
       slot = std::make_unique<engine::ForwardPlan>(pattern, p, choice.config, device, nullptr, true);
+      record(TunePass::kForward, chosen_for, info, choice.config, true);
     }
     engine::ForwardPlan& plan = *slot;
     last = Explanation{};

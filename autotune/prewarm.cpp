@@ -1,5 +1,7 @@
 #include "autotune/prewarm.hpp"
 
+#include <spattn/varlen.hpp>
+
 #include "common/json.hpp"
 
 #include <fmt/format.h>
@@ -152,7 +154,7 @@ Manifest Manifest::parse(std::string_view text) {
     const std::string path = fmt::format("{}.entries[{}]", root, e);
     const json& ej = entries[e];
     if (!ej.is_object()) bad(path, "must be an object with pattern, seq, heads, kv_heads");
-    only_fields(ej, path, {"pattern", "seq", "kv_seq", "heads", "kv_heads", "batch"});
+    only_fields(ej, path, {"pattern", "seq", "kv_seq", "heads", "kv_heads", "batch", "documents"});
     ManifestEntry entry;
     const json& pj = require(ej, "pattern", path);
     if (pj.is_string()) entry.pattern = Pattern::parse(pj.get<std::string>(), path + ".pattern");
@@ -172,6 +174,12 @@ Manifest Manifest::parse(std::string_view text) {
     if (entry.heads % entry.kv_heads != 0)
       bad(path + ".kv_heads", fmt::format("must divide heads ({}) (got {})", entry.heads, entry.kv_heads));
     if (ej.contains("batch")) entry.batch = positive_int(ej["batch"], path + ".batch", 65536);
+    if (ej.contains("documents")) {
+      if (!ej["documents"].is_boolean()) bad(path + ".documents", "must be true or false (got " + ej["documents"].dump() + ")");
+      entry.documents = ej["documents"].get<bool>();
+      if (std::string why; entry.documents && !documents_supported(entry.pattern, entry.heads, &why))
+        bad(path + ".documents", why);
+    }
     for (size_t s = 0; s < entry.seq.size(); ++s) {
       try {
         entry.pattern.validate(Shape{entry.seq[s], entry.kv_seq[s], entry.heads});
@@ -194,6 +202,7 @@ struct Need {
   const Pattern* pattern = nullptr;
   TunePass pass = TunePass::kForward;
   bool deterministic = false;
+  bool documents = false;
   std::optional<Selection> fixed;  // a recorded problem: the configuration it ran with
   std::string arch;
   std::string label;
@@ -275,9 +284,11 @@ std::vector<PlannedKernel> plan_prewarm(const Manifest& manifest, const PrewarmO
         for (int head_dim : manifest.head_dims)
           for (const std::string& arch : archs)
             for (TunePass pass : manifest.passes) {
+              if (entry.documents && pass != TunePass::kForward) continue;  // documents: forward only
               Need n;
               n.pattern = &entry.pattern;
               n.pass = pass;
+              n.documents = entry.documents;
               n.arch = arch;
               n.problem.batch = entry.batch;
               n.problem.nq = entry.seq[s];
@@ -287,7 +298,7 @@ std::vector<PlannedKernel> plan_prewarm(const Manifest& manifest, const PrewarmO
               n.problem.head_dim = head_dim;
               n.problem.dtype = dtype;
               n.label = need_label(e, entry, s, dtype, head_dim, arch) +
-                        (pass == TunePass::kBackward ? " backward" : "");
+                        (pass == TunePass::kBackward ? " backward" : "") + (entry.documents ? " documents" : "");
               needs.push_back(std::move(n));
             }
   }
@@ -298,11 +309,13 @@ std::vector<PlannedKernel> plan_prewarm(const Manifest& manifest, const PrewarmO
     n.pattern = &r.pattern;
     n.pass = r.pass;
     n.deterministic = r.deterministic;
+    n.documents = r.documents;
     n.arch = r.arch;
     n.problem = r.problem;
     n.fixed = Selection{r.config, "recorded"};
-    n.label = fmt::format("record[{}] {} {} hd{} {}{}", k, r.problem.to_string(), to_string(r.problem.dtype),
-                          r.problem.head_dim, r.arch, r.pass == TunePass::kBackward ? " backward" : "");
+    n.label = fmt::format("record[{}] {} {} hd{} {}{}{}", k, r.problem.to_string(), to_string(r.problem.dtype),
+                          r.problem.head_dim, r.arch, r.pass == TunePass::kBackward ? " backward" : "",
+                          r.documents ? " documents" : "");
     needs.push_back(std::move(n));
   }
 
@@ -329,9 +342,11 @@ std::vector<PlannedKernel> plan_prewarm(const Manifest& manifest, const PrewarmO
             n.selections.push_back(std::move(sel));
       }
       for (const Selection& sel : n.selections) {
-        const Layout layout = backward ? compile_layout(*n.pattern, n.problem.shape(), sel.config.layout_options())
-                                       : engine::forward_layout(*n.pattern, n.problem.shape(), sel.config.layout_options());
-        codegen::KernelSpec spec = engine::kernel_spec_for(layout, sel.config, n.problem, n.arch);
+        const LayoutOptions options = n.documents ? engine::documents_layout_options(sel.config.layout_options())
+                                                  : sel.config.layout_options();
+        const Layout layout = backward ? compile_layout(*n.pattern, n.problem.shape(), options)
+                                       : engine::forward_layout(*n.pattern, n.problem.shape(), options);
+        codegen::KernelSpec spec = engine::kernel_spec_for(layout, sel.config, n.problem, n.arch, n.documents);
         spec.deterministic = n.deterministic;
         n.rendered.push_back(backward ? codegen::render_backward(spec) : codegen::render_forward(spec));
       }

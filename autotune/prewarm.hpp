@@ -48,6 +48,9 @@ struct ManifestEntry {
   int64_t heads = 16;
   int64_t kv_heads = 16;
   int64_t batch = 1;
+  // "documents": true — the program of Attention::forward_varlen / forward_padded (forward
+  // only); seq is then the longest document and batch the documents per call.
+  bool documents = false;
 };
 
 struct Manifest {

@@ -29,7 +29,7 @@ namespace {
 
 constexpr const char* kFields[] = {"spattn_record", "pass",  "arch",     "pattern",  "batch", "seq",
                                    "kv_seq",        "heads", "kv_heads", "head_dim", "dtype", "config",
-                                   "deterministic"};
+                                   "deterministic", "documents"};
 
 [[noreturn]] void bad(const std::string& where, const std::string& what) {
   SPATTN_FAIL(ErrorCode::kInvalidArgument, "{}: {}", where, what);
@@ -96,6 +96,11 @@ RecordedProblem parse_line(const json& j, const std::string& where) {
     if (!j["deterministic"].is_boolean()) bad(where + ".deterministic", "must be true or false");
     r.deterministic = j["deterministic"].get<bool>();
   }
+  if (j.contains("documents")) {
+    if (!j["documents"].is_boolean()) bad(where + ".documents", "must be true or false");
+    r.documents = j["documents"].get<bool>();
+    if (r.documents && r.pass != TunePass::kForward) bad(where + ".documents", "documents have a forward pass only");
+  }
   return r;
 }
 
@@ -149,6 +154,7 @@ std::string RecordedProblem::to_line() const {
             {"dtype", to_string(problem.dtype)},
             {"config", config.to_string()},
             {"deterministic", deterministic}};
+  if (documents) j["documents"] = true;  // absent otherwise: records of whole problems keep their lines
   return j.dump();
 }
 

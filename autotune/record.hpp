@@ -34,6 +34,7 @@ struct RecordedProblem {
   engine::Problem problem;
   KernelConfig config;
   bool deterministic = false;  // backward only
+  bool documents = false;      // forward_varlen / forward_padded (forward only): nq, nk the longest document
 
   std::string to_line() const;  // one JSON object, no newline; canonical (equal problems, equal lines)
 };

@@ -7,6 +7,8 @@
 
 #include <spattn/cache.hpp>
 
+#include <nlohmann/json.hpp>
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -85,6 +87,63 @@ TEST(Record, LinesRoundTripAndAreCheckedStrictly) {
   EXPECT_NE(error_of(with("config", "sm90:128x128s2")).find("rec:2"), std::string::npos) << "not an sm_80 config";
   EXPECT_NE(error_of(a.to_line() + "\n{not json\n").find("rec:2"), std::string::npos);
   EXPECT_NE(error_of("\n\n").find("no records"), std::string::npos);
+}
+
+// Documents (forward_varlen / forward_padded) record their own program: the line says so
+// (and only then: records of whole problems keep their lines), a record of documents
+// prewarms the documents program, and documents of a backward pass are refused.
+TEST(Record, DocumentsRecordAndPrewarmTheirProgram) {
+  test::TempDir dir("rec");
+  test::ScopedEnv env("SPATTN_CACHE_DIR", dir.path().string());
+  RecordedProblem a = problem_of(R"({"type":"dense","causal":true})", 2048, TunePass::kForward, "64x64w4s2");
+  const RecordedProblem plain = a;
+  a.documents = true;
+  EXPECT_EQ(plain.to_line().find("documents"), std::string::npos);
+  EXPECT_NE(a.to_line().find("\"documents\":true"), std::string::npos);
+  const std::vector<RecordedProblem> got = parse_record(a.to_line() + "\n" + plain.to_line() + "\n", "rec");
+  ASSERT_EQ(got.size(), 2u) << "documents and the whole problem are different problems";
+  EXPECT_TRUE(got[0].documents);
+  EXPECT_FALSE(got[1].documents);
+  nlohmann::json j = nlohmann::json::parse(a.to_line());
+  j["pass"] = "backward";
+  try {
+    (void)parse_record(j.dump(), "rec");
+    ADD_FAILURE() << "documents of a backward pass accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rec:1.documents: documents have a forward pass only"), std::string::npos)
+        << e.what();
+  }
+  const Manifest m = Manifest::parse(a.to_line() + "\n" + plain.to_line() + "\n");
+  int documents = 0, whole = 0;
+  for (const PlannedKernel& k : plan_prewarm(m, {}, heuristic)) {
+    if (k.config.empty()) continue;
+    const bool varlen = k.rendered.source.find("kVarlen = true") != std::string::npos;
+    documents += varlen;
+    whole += !varlen;
+    if (varlen) EXPECT_NE(k.rendered.source.find("spattn_varlen_tables"), std::string::npos);
+  }
+  EXPECT_EQ(documents, 1);
+  EXPECT_EQ(whole, 1);
+  // A hand-written manifest's entries say "documents": true.
+  const Manifest hand = Manifest::parse(
+      R"({"archs":["sm_80"],"dtypes":["bf16"],"head_dims":[64],"passes":["forward","backward"],
+          "entries":[{"pattern":{"type":"local_window","window":128},"seq":[1024],"heads":2,"batch":8,
+                      "documents":true}]})");
+  int varlen = 0, backward = 0;
+  for (const PlannedKernel& k : plan_prewarm(hand, {}, heuristic)) {
+    varlen += k.rendered.source.find("kVarlen = true") != std::string::npos;
+    backward += k.rendered.program_name.rfind("spattn_bwd_", 0) == 0;
+  }
+  EXPECT_EQ(varlen, 1);
+  EXPECT_EQ(backward, 0) << "documents have no backward kernels";
+  try {
+    (void)Manifest::parse(
+        R"({"archs":["sm_80"],"dtypes":["bf16"],"head_dims":[64],
+            "entries":[{"pattern":{"type":"adaptive","block":64,"top_k":2},"seq":[1024],"documents":true}]})");
+    ADD_FAILURE() << "adaptive documents accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("entries[0].documents"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Record, SeveralProcessesRecordIntoOneFileWithoutLossOrDuplicates) {
