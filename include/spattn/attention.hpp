@@ -89,9 +89,9 @@ class Attention {
   // Packed variable-length documents (spattn/varlen.hpp): q [total_q, Hq, D], k and v
   // [total_k, Hkv, D], o like q, lse [Hq, total_q] fp32 or null. Each document attends
   // only inside itself, the pattern applied to it as to a problem of its own lengths.
-  // Asynchronous on `stream` except for the lengths check (AttentionOptions::check_lengths).
-  // Throws kUnsupported for patterns whose tables cannot be built from lengths
-  // (documents_supported() says why).
+  // Asynchronous on `stream` except for the lengths check (AttentionOptions::check_lengths)
+  // and, for patterns whose tables come from the host, the copy of the lengths
+  // (spattn/varlen.hpp). Throws kUnsupported for adaptive patterns (documents_supported()).
   void forward_varlen(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                       const TensorView* lse, const Documents& documents, CUstream stream = nullptr);
 
