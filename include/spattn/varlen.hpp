@@ -25,7 +25,11 @@
 //    read through them. With AttentionOptions::check_lengths (the default) the host then
 //    waits for that check (one 16-byte copy) and throws kInvalidArgument naming the bad
 //    entry; without it nothing waits (the call can be captured in a CUDA graph), and bad
-//    lengths leave every output row unwritten — never an out-of-bounds access;
+//    lengths leave every output row unwritten — never an out-of-bounds access. The
+//    tables' capacity (query tiles of all documents, key tiles of the longest) grows
+//    when a call needs more, which reallocates it: capture after a call at least as
+//    large as those the graph will replay (more rows, documents or a longer max_seqlen_k
+//    than any call before the capture need a new capture);
 //  - on the host for the others (LongNet, strides, grids, custom blocks, ...): the
 //    lengths are copied to the host (the call waits for them and cannot be captured),
 //    checked there, and the layout of each distinct document shape is compiled once and
