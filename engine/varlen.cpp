@@ -188,7 +188,7 @@ void DocumentTables::build_on_gpu(const DocumentLengths& d, bool check, CUstream
   int32_t status[4] = {0, 0, 0, 0};
   SPATTN_CU_CHECK(cuMemcpyDtoHAsync(status, status_.get(), sizeof status, stream));
   SPATTN_CU_CHECK(cuStreamSynchronize(stream));
-  if (status[0] != kSpattnVarlenOk) throw_status(status, d);
+  if (status[0] != kSpattnVarlenOk) throw_length_error(status, d.docs);
 }
 
 namespace {
@@ -265,22 +265,15 @@ const Layout& DocumentTables::shape_layout(int64_t nq, int64_t nk, int64_t doc) 
   return shapes_.emplace(key, std::move(layout)).first->second;
 }
 
-void DocumentTables::build_on_host(const DocumentLengths& d, CUstream stream) {
-  CUstreamCaptureStatus capturing = CU_STREAM_CAPTURE_STATUS_NONE;
-  SPATTN_CU_CHECK(cuStreamIsCapturing(stream, &capturing));
-  SPATTN_REQUIRE(capturing == CU_STREAM_CAPTURE_STATUS_NONE,
-                 "documents: the tables of a '{}' pattern are built on the host from the lengths, which waits for "
-                 "them; a stream under CUDA graph capture cannot (patterns whose rows are key ranges build their "
-                 "tables on the GPU and can be captured)",
-                 pattern_.kind());
-  const bool packed = d.packed();
-  const std::vector<int32_t> cu_q = to_host(d.cu_q, d.docs + 1, stream), cu_k = to_host(d.cu_k, d.docs + 1, stream),
-                             used_q = to_host(d.used_q, d.docs, stream), used_k = to_host(d.used_k, d.docs, stream);
-  SPATTN_CU_CHECK(cuStreamSynchronize(stream));
+HostDocumentTables assemble_document_tables(const DocumentLengths& d, const HostLengths& h, int tile_m, int tile_n,
+                                            int64_t heads, const std::vector<LayoutPart>& parts,
+                                            const ShapeLayoutFn& shape_layout) {
+  const std::vector<int32_t>&cu_q = h.cu_q, &cu_k = h.cu_k, &used_q = h.used_q, &used_k = h.used_k;
   if (const std::array<int32_t, 4> status = check_on_host(d, cu_q, cu_k, used_q, used_k); status[0] != 0) {
     int32_t s[4] = {status[0], status[1], status[2], status[3]};
-    throw_status(s, d);
+    throw_length_error(s, d.docs);
   }
+  const bool packed = d.packed();
   // The documents (as the device builder describes them) and their query tiles.
   std::vector<int32_t> docs, tiles;
   const int64_t entries = packed ? d.docs : 2 * d.docs;
@@ -297,7 +290,7 @@ void DocumentTables::build_on_host(const DocumentLengths& d, CUstream stream) {
     }
     docs.insert(docs.end(), x, x + 5);
     // A token order may pad a document's queries to more tiles than natural order.
-    int64_t count = (x[2] + tile_m_ - 1) / tile_m_;
+    int64_t count = (x[2] + tile_m - 1) / tile_m;
     if (x[2] > 0 && x[4] > 0)
       for (const BlockTable& t : shape_layout(x[2], x[4], e).tables) count = std::max(count, t.num_q_tiles);
     for (int32_t t = 0; t < count; ++t) tiles.insert(tiles.end(), {static_cast<int32_t>(e), t});
@@ -307,12 +300,12 @@ void DocumentTables::build_on_host(const DocumentLengths& d, CUstream stream) {
   // document of that shape takes the shape's row, every other tile is empty. Documents
   // with queries but no keys get an empty table's rows (O = 0, LSE = -inf).
   Layout layout;
-  layout.tile_m = tile_m_;
-  layout.tile_n = tile_n_;
-  layout.parts = template_.parts;
+  layout.tile_m = tile_m;
+  layout.tile_n = tile_n;
+  layout.parts = parts;
   std::map<std::pair<int64_t, int64_t>, int32_t> first_table;  // document shape -> its first table
   std::vector<int32_t> work;
-  needs_fill_ = false;
+  bool needs_fill = false;
   std::vector<std::pair<int64_t, size_t>> order;  // (row length, item) for the longest-first order
   auto table_for = [&](const Layout& shape, int64_t t) -> BlockTable {
     BlockTable b;
@@ -337,18 +330,18 @@ void DocumentTables::build_on_host(const DocumentLengths& d, CUstream stream) {
         empty_table = static_cast<int32_t>(layout.tables.size());
         BlockTable b;
         b.part = 0;
-        for (int32_t h = 0; h < heads_; ++h) b.heads.push_back(h);
+        for (int32_t h = 0; h < heads; ++h) b.heads.push_back(h);
         b.num_q_tiles = G;
         b.num_k_tiles = 1;
         b.row_ptr.assign(static_cast<size_t>(G + 1), 0);
         b.full_count.assign(static_cast<size_t>(G), 0);
         layout.tables.push_back(std::move(b));
       }
-      for (int32_t h = 0; h < heads_; ++h) work.insert(work.end(), {empty_table, static_cast<int32_t>(g), h, 0, 0, -1});
+      for (int32_t h = 0; h < heads; ++h) work.insert(work.end(), {empty_table, static_cast<int32_t>(g), h, 0, 0, -1});
       continue;
     }
     const Layout& shape = shape_layout(nq, nk, e);
-    needs_fill_ |= !shape.covers_all_rows;
+    needs_fill |= !shape.covers_all_rows;
     auto [it, fresh] = first_table.try_emplace({nq, nk}, static_cast<int32_t>(layout.tables.size()));
     if (fresh)
       for (size_t t = 0; t < shape.tables.size(); ++t) layout.tables.push_back(table_for(shape, static_cast<int64_t>(t)));
@@ -377,21 +370,50 @@ void DocumentTables::build_on_host(const DocumentLengths& d, CUstream stream) {
   for (size_t item = 0; item < placed.size(); ++item)
     if (!placed[item]) list.items.insert(list.items.end(), work.begin() + 6 * item, work.begin() + 6 * item + 6);
   i32(list.num_items(), "work items");
-  tables_ = DeviceLayout(layout, std::move(list));
+  HostDocumentTables out;
+  out.layout = std::move(layout);
+  out.work = std::move(list);
+  out.tiles = std::move(tiles);
+  out.docs = std::move(docs);
+  out.needs_fill = needs_fill;
+  out.shapes = first_table.size();
+  return out;
+}
+
+void DocumentTables::build_on_host(const DocumentLengths& d, CUstream stream) {
+  CUstreamCaptureStatus capturing = CU_STREAM_CAPTURE_STATUS_NONE;
+  SPATTN_CU_CHECK(cuStreamIsCapturing(stream, &capturing));
+  SPATTN_REQUIRE(capturing == CU_STREAM_CAPTURE_STATUS_NONE,
+                 "documents: the tables of a '{}' pattern are built on the host from the lengths, which waits for "
+                 "them; a stream under CUDA graph capture cannot (patterns whose rows are key ranges build their "
+                 "tables on the GPU and can be captured)",
+                 pattern_.kind());
+  const bool packed = d.packed();
+  HostLengths h;
+  h.cu_q = to_host(d.cu_q, d.docs + 1, stream);
+  h.cu_k = to_host(d.cu_k, d.docs + 1, stream);
+  h.used_q = to_host(d.used_q, d.docs, stream);
+  h.used_k = to_host(d.used_k, d.docs, stream);
+  SPATTN_CU_CHECK(cuStreamSynchronize(stream));
+  HostDocumentTables t = assemble_document_tables(
+      d, h, tile_m_, tile_n_, heads_, template_.parts,
+      [this](int64_t nq, int64_t nk, int64_t doc) -> const Layout& { return shape_layout(nq, nk, doc); });
+  needs_fill_ = t.needs_fill;
+  tables_ = DeviceLayout(t.layout, std::move(t.work));
   auto upload = [](runtime::DeviceBuffer& buf, const std::vector<int32_t>& v) {
     if (buf.size() < std::max<size_t>(4, v.size() * 4)) buf = runtime::DeviceBuffer(std::max<size_t>(4, v.size() * 4));
     if (!v.empty()) buf.upload(v.data(), v.size() * 4);
   };
-  upload(vl_tiles_, tiles);
-  upload(vl_docs_, docs);
-  tile_capacity_ = G;
+  upload(vl_tiles_, t.tiles);
+  upload(vl_docs_, t.docs);
+  tile_capacity_ = static_cast<int64_t>(t.tiles.size() / 2);
   last_ = fmt::format("documents: tables built on the host from {} ({} {}; {} document shape(s) this call, {} "
                       "kept): the lengths are copied to the host, so the call waits for them",
-                      packed ? "cu_seqlens" : "seqused", d.docs, packed ? "documents" : "batches", first_table.size(),
+                      packed ? "cu_seqlens" : "seqused", d.docs, packed ? "documents" : "batches", t.shapes,
                       shapes_.size());
 }
 
-void DocumentTables::throw_status(const int32_t (&s)[4], const DocumentLengths& d) const {
+void throw_length_error(const int32_t (&s)[4], int64_t documents) {
   const int doc = s[1], value = s[2], limit = s[3];
   switch (s[0]) {
     case kSpattnVarlenQOutside:
@@ -421,7 +443,7 @@ void DocumentTables::throw_status(const int32_t (&s)[4], const DocumentLengths& 
                   s[0] == kSpattnVarlenUsedQ ? "Nq" : "Nk");
     default:
       SPATTN_FAIL(ErrorCode::kInternal, "documents: table builder status {} (document {}, {} of {}) for {} entries",
-                  s[0], doc, value, limit, d.docs);
+                  s[0], doc, value, limit, documents);
   }
 }
 

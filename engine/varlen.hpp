@@ -15,6 +15,7 @@
 #include <spattn/pattern.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -44,6 +45,32 @@ struct DocumentLengths {
 // The layout options of a documents plan: natural token order (the tables are key ranges).
 LayoutOptions documents_layout_options(LayoutOptions options);
 
+// Throws kInvalidArgument for the status {code, document, value, limit} of a lengths check
+// (SpattnVarlenError), naming the entry; kInternal for a code that is no length error.
+[[noreturn]] void throw_length_error(const int32_t (&status)[4], int64_t documents);
+
+// The host path's tables of one call. HostLengths: host copies of the call's lengths
+// (the arrays DocumentLengths points at; empty where it has none). The tables cover every
+// document's query tiles one after another (vl_tiles / vl_docs as the GPU builder writes
+// them): one table per (document shape, table of that shape's layout), where a tile of a
+// document of that shape has the shape's row and every other tile is empty, plus an empty
+// table for documents with queries but no keys; the work list has every (table, tile,
+// head) with keys once, longest rows first. Checks the lengths as the GPU does.
+struct HostLengths {
+  std::vector<int32_t> cu_q, cu_k, used_q, used_k;
+};
+struct HostDocumentTables {
+  Layout layout;
+  WorkList work;
+  std::vector<int32_t> tiles, docs;
+  bool needs_fill = false;  // some document shape leaves rows without a table
+  size_t shapes = 0;        // distinct document shapes
+};
+using ShapeLayoutFn = std::function<const Layout&(int64_t nq, int64_t nk, int64_t doc)>;
+HostDocumentTables assemble_document_tables(const DocumentLengths& lengths, const HostLengths& host, int tile_m,
+                                            int tile_n, int64_t heads, const std::vector<LayoutPart>& parts,
+                                            const ShapeLayoutFn& shape_layout);
+
 class DocumentTables {
  public:
   // `tmpl`: the pattern's natural-order layout at some shape (its parts and the heads of
@@ -72,7 +99,6 @@ class DocumentTables {
   void reserve(int64_t tile_capacity, int64_t row_capacity, int64_t entries);
   // The layout of one document shape (host path), compiled once.
   const Layout& shape_layout(int64_t nq, int64_t nk, int64_t doc);
-  [[noreturn]] void throw_status(const int32_t (&status)[4], const DocumentLengths& lengths) const;
 
   Pattern pattern_;
   Layout template_;
