@@ -69,17 +69,43 @@ struct Attention::Impl {
     autotune::record_problem(path, r);
   }
 
-  // The plan for a problem: looked up without any other work once it exists (forward()
-  // is called per layer and step, so its host cost matters), built on first use.
+  // The configuration for a problem: forced, from the tuning database, or the heuristic's.
+  api::Choice choose(const engine::Problem& p, const runtime::DeviceInfo& info) const {
+    return options.config ? api::Choice{*options.config, "forced by AttentionOptions::config"}
+                          : api::choose(pattern, p, info, options.use_tuning_db);
+  }
+
+  // `last` for a forward plan about to run `problem` (its description) with `choice`.
+  void explain_plan(const engine::ForwardPlan& plan, const runtime::DeviceInfo& info, const api::Choice& choice,
+                    std::string problem) {
+    last = Explanation{};
+    last.pattern = pattern.to_json();
+    last.problem = std::move(problem);
+    last.device = info.name;
+    last.arch = info.arch();
+    last.config = choice.config;
+    last.config_source = choice.source;
+    last.kernel = plan.rendered().program_name;
+    last.cache_key = plan.kernel().cache_key;
+    last.cache_hit = plan.kernel().cache_hit;
+    last.compile_ms = plan.kernel().compile_ms;
+    last.layout_ms = plan.layout_ms();
+    last.stats = plan.stats();
+    last.parts = plan.layout().parts.size();
+    last.tables = plan.layout().tables.size();
+    // Documents: the capacity of their per-call work list; else the layout's schedule.
+    last.work_items = plan.documents() ? static_cast<size_t>(plan.work_list().num_items()) : plan.layout().schedule.size();
+    if (plan.adaptive()) last.selection = plan.adaptive()->describe();
+    has_last = true;
+  }
+
   // The plan of forward_varlen / forward_padded for documents up to p.nq x p.nk; the
   // configuration is chosen as for p.batch such documents (the call's work).
   engine::ForwardPlan& documents_plan_for(engine::Problem p) {
     const int device = options.device >= 0 ? options.device : runtime::current_device();
     runtime::make_current(device);
     const runtime::DeviceInfo info = runtime::device_info(device);
-    const api::Choice choice = options.config
-                                   ? api::Choice{*options.config, "forced by AttentionOptions::config"}
-                                   : api::choose(pattern, p, info, options.use_tuning_db);
+    const api::Choice choice = choose(p, info);
     const engine::Problem chosen_for = p;
     p.batch = 1;
     const PlanKey key{device, p.nq, p.nk, p.heads, p.kv_heads, p.head_dim, static_cast<int>(p.dtype),
@@ -91,27 +117,13 @@ struct Attention::Impl {
       record(TunePass::kForward, chosen_for, info, choice.config, true);
     }
     engine::ForwardPlan& plan = *slot;
-    last = Explanation{};
-    last.pattern = pattern.to_json();
-    last.problem = p.to_string() + " (the longest document)";
-    last.device = info.name;
-    last.arch = info.arch();
-    last.config = choice.config;
-    last.config_source = choice.source;
-    last.kernel = plan.rendered().program_name;
-    last.cache_key = plan.kernel().cache_key;
-    last.cache_hit = plan.kernel().cache_hit;
-    last.compile_ms = plan.kernel().compile_ms;
-    last.layout_ms = plan.layout_ms();
-    last.stats = plan.stats();
-    last.parts = plan.layout().parts.size();
-    last.tables = plan.layout().tables.size();
-    last.work_items = plan.work_list().num_items();
-    has_last = true;
+    explain_plan(plan, info, choice, p.to_string() + " (the longest document)");
     last_plan = nullptr;  // the fast path of forward() is for its own plans
     return plan;
   }
 
+  // The plan for a problem: looked up without any other work once it exists (forward()
+  // is called per layer and step, so its host cost matters), built on first use.
   engine::ForwardPlan& plan_for(const engine::Problem& p) {
     const int device = options.device >= 0 ? options.device : runtime::current_device();
     if (last_plan && last_device == device && last_batch == p.batch && last_plan->problem().nq == p.nq && last_plan->problem().nk == p.nk &&
@@ -121,9 +133,7 @@ struct Attention::Impl {
     pattern.validate(p.shape());
     runtime::make_current(device);
     const runtime::DeviceInfo info = runtime::device_info(device);
-    const api::Choice choice = options.config
-                                   ? api::Choice{*options.config, "forced by AttentionOptions::config"}
-                                   : api::choose(pattern, p, info, options.use_tuning_db);
+    const api::Choice choice = choose(p, info);
     const PlanKey key{device, p.nq, p.nk, p.heads, p.kv_heads, p.head_dim, static_cast<int>(p.dtype),
                       choice.config.to_string()};
     auto& slot = plans[key];
@@ -135,24 +145,7 @@ struct Attention::Impl {
     }
     engine::ForwardPlan& plan = *slot;
     plan.reserve_batch(p.batch);
-    last = Explanation{};
-    last.pattern = pattern.to_json();
-    last.problem = p.to_string();
-    last.device = info.name;
-    last.arch = info.arch();
-    last.config = choice.config;
-    last.config_source = choice.source;
-    last.kernel = plan.rendered().program_name;
-    last.cache_key = plan.kernel().cache_key;
-    last.cache_hit = plan.kernel().cache_hit;
-    last.compile_ms = plan.kernel().compile_ms;
-    last.layout_ms = plan.layout_ms();
-    last.stats = plan.stats();
-    last.parts = plan.layout().parts.size();
-    last.tables = plan.layout().tables.size();
-    last.work_items = plan.layout().schedule.size();
-    if (plan.adaptive()) last.selection = plan.adaptive()->describe();
-    has_last = true;
+    explain_plan(plan, info, choice, p.to_string());
     last_plan = &plan;
     last_device = device;
     last_batch = p.batch;
