@@ -92,12 +92,13 @@ spattn_status spattn_attention_forward_adaptive(spattn_attention_t attn, const s
  * non-decreasing offsets within the tensors, empty documents allowed. Document d is a
  * problem of its own: query rows cu_seqlens_q[d] .. cu_seqlens_q[d + 1] - 1 attend key rows
  * cu_seqlens_k[d] .. cu_seqlens_k[d + 1] - 1 under the pattern, positions relative to the
- * document's first row; rows outside every document are not written. max_seqlen_q and
- * max_seqlen_k bound the longest document (checked). The lengths are checked on the GPU:
+ * document's first row; rows outside every document are not written (multi-part patterns
+ * may write O = 0 there; varlen.hpp). max_seqlen_q and max_seqlen_k bound the longest
+ * document (checked). Patterns whose rows are key ranges check the lengths on the GPU:
  * with "check_lengths" (the default) the call waits for that check and a bad entry is
- * SPATTN_ERROR_INVALID_ARGUMENT naming it; without it nothing waits. Otherwise
- * asynchronous on `stream`. SPATTN_ERROR_UNSUPPORTED for patterns whose tables cannot be
- * built from lengths (their rows are not key ranges in natural order; the message says). */
+ * SPATTN_ERROR_INVALID_ARGUMENT naming it; without it nothing waits. Other static patterns
+ * copy the lengths to the host (the call waits for them) and check them there. Otherwise
+ * asynchronous on `stream`. SPATTN_ERROR_UNSUPPORTED for adaptive patterns. */
 spattn_status spattn_attention_forward_varlen(spattn_attention_t attn, const spattn_tensor* q, const spattn_tensor* k,
                                               const spattn_tensor* v, const spattn_tensor* o, const spattn_tensor* lse,
                                               const spattn_tensor* cu_seqlens_q, const spattn_tensor* cu_seqlens_k,
