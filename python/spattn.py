@@ -323,8 +323,9 @@ class Attention:
         cu_seqlens_k[d + 1] - 1, is a problem of its own: the pattern sees positions from the
         document's first row and its lengths, exactly as if it ran alone. Writes `out` (like
         q; None: allocated with zeros) and `lse` [Hq, total_q] float32 if given; rows outside
-        every document are left as they are. Returns out. Lengths are checked as the
-        constructor's check_lengths says; patterns the documents forward cannot serve raise
+        every document are left as they are (multi-part patterns may write zeros there).
+        Returns out. Lengths are checked as the constructor's check_lengths says (patterns
+        whose tables come from the host always check them there); adaptive patterns raise
         SpattnError (status 2) with the reason."""
         import torch
         _require_tensors({"q": q, "k": k, "v": v, "cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k,
