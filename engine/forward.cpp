@@ -111,7 +111,7 @@ codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& co
   spec.varlen = documents;
   // Documents of patterns without per-row key ranges take each document shape's layout,
   // token orders included (DocumentTables' host path).
-  if (documents && !codegen::render_row_bounds(layout.parts, "row_bounds", "inline")) spec.permuted_keys = true;
+  if (documents && !document_tables_on_gpu(layout.parts)) spec.permuted_keys = true;
   return spec;
 }
 

@@ -51,6 +51,21 @@ LayoutOptions documents_layout_options(LayoutOptions options) {
   return options;
 }
 
+bool document_tables_on_gpu(const std::vector<LayoutPart>& parts) {
+  return codegen::render_row_bounds(parts, "row_bounds", "inline").has_value();
+}
+
+namespace {
+
+// Refuses a stream under CUDA graph capture for work that must wait on the host.
+void require_not_capturing(CUstream stream, const std::string& why) {
+  CUstreamCaptureStatus capturing = CU_STREAM_CAPTURE_STATUS_NONE;
+  SPATTN_CU_CHECK(cuStreamIsCapturing(stream, &capturing));
+  SPATTN_REQUIRE(capturing == CU_STREAM_CAPTURE_STATUS_NONE, "{}", why);
+}
+
+}  // namespace
+
 DocumentTables::DocumentTables(const Pattern& pattern, const Layout& tmpl, const codegen::RenderedKernel& program,
                                int device, int64_t heads)
     : pattern_(pattern),
@@ -60,8 +75,7 @@ DocumentTables::DocumentTables(const Pattern& pattern, const Layout& tmpl, const
       tile_n_(static_cast<int>(tmpl.tile_n)) {
   for (const BlockTable& t : template_.tables)
     SPATTN_REQUIRE(t.q_slots.empty() && t.k_slots.empty(), "documents: a table with a token order (internal)");
-  // The program holds the builders exactly when the parts have per-row key ranges.
-  if (program.source.find("spattn_varlen_tables") != std::string::npos) {
+  if (document_tables_on_gpu(template_.parts)) {
     docs_kernel_ = &load_kernel(program, device, "spattn_varlen_docs");
     tables_kernel_ = &load_kernel(program, device, "spattn_varlen_tables");
   }
@@ -135,7 +149,7 @@ void DocumentTables::build(const DocumentLengths& d, bool check, CUstream stream
 void DocumentTables::build_on_gpu(const DocumentLengths& d, bool check, CUstream stream) {
   const bool packed = d.packed();
   const int64_t tiles = packed ? ceil_div(d.nq, tile_m_) + d.docs : d.docs * (ceil_div(d.nq, tile_m_) + 1);
-  const int64_t rows = std::max<int64_t>(1, ceil_div(packed ? d.max_k : d.nk, tile_n_));
+  const int64_t rows = std::max<int64_t>(1, ceil_div(d.max_k, tile_n_));
   const int64_t entries = packed ? d.docs : 2 * d.docs;
   reserve(tiles, rows, entries);
 
@@ -147,8 +161,8 @@ void DocumentTables::build_on_gpu(const DocumentLengths& d, bool check, CUstream
   dp.docs = i32(d.docs, "documents");
   dp.nq = i32(d.nq, "query rows");
   dp.nk = i32(d.nk, "key rows");
-  dp.max_q = i32(packed ? d.max_q : d.nq, "max_seqlen_q");
-  dp.max_k = i32(packed ? d.max_k : d.nk, "max_seqlen_k");
+  dp.max_q = i32(d.max_q, "max_seqlen_q");
+  dp.max_k = i32(d.max_k, "max_seqlen_k");
   dp.tile_m = tile_m_;
   dp.tile_capacity = static_cast<int32_t>(tile_capacity_);
   dp.vl_tiles = reinterpret_cast<int32_t*>(vl_tiles_.get());
@@ -179,14 +193,12 @@ void DocumentTables::build_on_gpu(const DocumentLengths& d, bool check, CUstream
                       packed ? "cu_seqlens" : "seqused", d.docs, packed ? "documents" : "batches", tile_capacity_,
                       row_capacity_, check ? "checked (the host waits for the check)" : "not checked on the host");
   if (!check) return;
-  CUstreamCaptureStatus capturing = CU_STREAM_CAPTURE_STATUS_NONE;
-  SPATTN_CU_CHECK(cuStreamIsCapturing(stream, &capturing));
-  SPATTN_REQUIRE(capturing == CU_STREAM_CAPTURE_STATUS_NONE,
-                 "documents: the lengths check waits on the host, which a stream under CUDA graph capture cannot; "
-                 "set AttentionOptions::check_lengths = false to capture (bad lengths then leave the outputs "
-                 "unwritten)");
-  int32_t status[4] = {0, 0, 0, 0};
-  SPATTN_CU_CHECK(cuMemcpyDtoHAsync(status, status_.get(), sizeof status, stream));
+  require_not_capturing(stream,
+                        "documents: the lengths check waits on the host, which a stream under CUDA graph capture "
+                        "cannot; set AttentionOptions::check_lengths = false to capture (bad lengths then leave the "
+                        "outputs unwritten)");
+  std::array<int32_t, 4> status{};
+  SPATTN_CU_CHECK(cuMemcpyDtoHAsync(status.data(), status_.get(), sizeof status, stream));
   SPATTN_CU_CHECK(cuStreamSynchronize(stream));
   if (status[0] != kSpattnVarlenOk) throw_length_error(status, d.docs);
 }
@@ -269,10 +281,8 @@ HostDocumentTables assemble_document_tables(const DocumentLengths& d, const Host
                                             int64_t heads, const std::vector<LayoutPart>& parts,
                                             const ShapeLayoutFn& shape_layout) {
   const std::vector<int32_t>&cu_q = h.cu_q, &cu_k = h.cu_k, &used_q = h.used_q, &used_k = h.used_k;
-  if (const std::array<int32_t, 4> status = check_on_host(d, cu_q, cu_k, used_q, used_k); status[0] != 0) {
-    int32_t s[4] = {status[0], status[1], status[2], status[3]};
-    throw_length_error(s, d.docs);
-  }
+  if (const std::array<int32_t, 4> status = check_on_host(d, cu_q, cu_k, used_q, used_k); status[0] != 0)
+    throw_length_error(status, d.docs);
   const bool packed = d.packed();
   // The documents (as the device builder describes them) and their query tiles.
   std::vector<int32_t> docs, tiles;
@@ -304,9 +314,8 @@ HostDocumentTables assemble_document_tables(const DocumentLengths& d, const Host
   layout.tile_n = tile_n;
   layout.parts = parts;
   std::map<std::pair<int64_t, int64_t>, int32_t> first_table;  // document shape -> its first table
-  std::vector<int32_t> work;
+  std::vector<std::array<int32_t, 6>> work;  // SpattnFwdParams::work items
   bool needs_fill = false;
-  std::vector<std::pair<int64_t, size_t>> order;  // (row length, item) for the longest-first order
   auto table_for = [&](const Layout& shape, int64_t t) -> BlockTable {
     BlockTable b;
     b.part = shape.tables[t].part;
@@ -337,7 +346,7 @@ HostDocumentTables assemble_document_tables(const DocumentLengths& d, const Host
         b.full_count.assign(static_cast<size_t>(G), 0);
         layout.tables.push_back(std::move(b));
       }
-      for (int32_t h = 0; h < heads; ++h) work.insert(work.end(), {empty_table, static_cast<int32_t>(g), h, 0, 0, -1});
+      for (int32_t h = 0; h < heads; ++h) work.push_back({empty_table, static_cast<int32_t>(g), h, 0, 0, -1});
       continue;
     }
     const Layout& shape = shape_layout(nq, nk, e);
@@ -352,23 +361,14 @@ HostDocumentTables assemble_document_tables(const DocumentLengths& d, const Host
       dst.row_ptr[g] = src.row_ptr[local];
       dst.full_count[g] = src.full_count[local];
       const int32_t len = static_cast<int32_t>(src.row_ptr[local + 1] - src.row_ptr[local]);
-      for (int32_t h : src.heads) {
-        order.emplace_back(len, work.size() / 6);
-        work.insert(work.end(), {it->second + static_cast<int32_t>(t), static_cast<int32_t>(g), h, 0, len, -1});
-      }
+      for (int32_t h : src.heads) work.push_back({it->second + static_cast<int32_t>(t), static_cast<int32_t>(g), h, 0, len, -1});
     }
   }
-  // Longest rows first (stable), so that the long causal rows do not finish last.
-  std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  // Longest rows (end key tile) first, stable, so that the long causal rows do not finish last.
+  std::stable_sort(work.begin(), work.end(), [](const auto& a, const auto& b) { return a[4] > b[4]; });
   WorkList list;
-  list.items.reserve(work.size());
-  std::vector<char> placed(work.size() / 6, 0);
-  for (const auto& [len, item] : order) {
-    list.items.insert(list.items.end(), work.begin() + 6 * item, work.begin() + 6 * item + 6);
-    placed[item] = 1;
-  }
-  for (size_t item = 0; item < placed.size(); ++item)
-    if (!placed[item]) list.items.insert(list.items.end(), work.begin() + 6 * item, work.begin() + 6 * item + 6);
+  list.items.reserve(6 * work.size());
+  for (const auto& item : work) list.items.insert(list.items.end(), item.begin(), item.end());
   i32(list.num_items(), "work items");
   HostDocumentTables out;
   out.layout = std::move(layout);
@@ -381,13 +381,11 @@ HostDocumentTables assemble_document_tables(const DocumentLengths& d, const Host
 }
 
 void DocumentTables::build_on_host(const DocumentLengths& d, CUstream stream) {
-  CUstreamCaptureStatus capturing = CU_STREAM_CAPTURE_STATUS_NONE;
-  SPATTN_CU_CHECK(cuStreamIsCapturing(stream, &capturing));
-  SPATTN_REQUIRE(capturing == CU_STREAM_CAPTURE_STATUS_NONE,
-                 "documents: the tables of a '{}' pattern are built on the host from the lengths, which waits for "
-                 "them; a stream under CUDA graph capture cannot (patterns whose rows are key ranges build their "
-                 "tables on the GPU and can be captured)",
-                 pattern_.kind());
+  require_not_capturing(stream, fmt::format("documents: the tables of a '{}' pattern are built on the host from the "
+                                            "lengths, which waits for them; a stream under CUDA graph capture cannot "
+                                            "(patterns whose rows are key ranges build their tables on the GPU and "
+                                            "can be captured)",
+                                            pattern_.kind()));
   const bool packed = d.packed();
   HostLengths h;
   h.cu_q = to_host(d.cu_q, d.docs + 1, stream);
@@ -413,7 +411,7 @@ void DocumentTables::build_on_host(const DocumentLengths& d, CUstream stream) {
                       shapes_.size());
 }
 
-void throw_length_error(const int32_t (&s)[4], int64_t documents) {
+void throw_length_error(const std::array<int32_t, 4>& s, int64_t documents) {
   const int doc = s[1], value = s[2], limit = s[3];
   switch (s[0]) {
     case kSpattnVarlenQOutside:

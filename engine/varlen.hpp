@@ -14,6 +14,7 @@
 #include <spattn/layout.hpp>
 #include <spattn/pattern.hpp>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -45,9 +46,14 @@ struct DocumentLengths {
 // The layout options of a documents plan: natural token order (the tables are key ranges).
 LayoutOptions documents_layout_options(LayoutOptions options);
 
+// Whether documents of a layout with these parts build their tables on the GPU: exactly
+// when the parts have per-row key ranges (codegen::render_row_bounds); otherwise the
+// tables come from the host, with each document shape's token orders.
+bool document_tables_on_gpu(const std::vector<LayoutPart>& parts);
+
 // Throws kInvalidArgument for the status {code, document, value, limit} of a lengths check
 // (SpattnVarlenError), naming the entry; kInternal for a code that is no length error.
-[[noreturn]] void throw_length_error(const int32_t (&status)[4], int64_t documents);
+[[noreturn]] void throw_length_error(const std::array<int32_t, 4>& status, int64_t documents);
 
 // The host path's tables of one call. HostLengths: host copies of the call's lengths
 // (the arrays DocumentLengths points at; empty where it has none). The tables cover every
@@ -75,8 +81,8 @@ class DocumentTables {
  public:
   // `tmpl`: the pattern's natural-order layout at some shape (its parts and the heads of
   // each table; the tables themselves are rebuilt per call). `program`: the plan's
-  // rendered forward program, which holds the builder kernels when the parts have
-  // per-row key ranges (then the tables are built on the GPU).
+  // rendered forward program, which holds the builder kernels when the tables are built
+  // on the GPU (document_tables_on_gpu).
   DocumentTables(const Pattern& pattern, const Layout& tmpl, const codegen::RenderedKernel& program, int device,
                  int64_t heads);
 
