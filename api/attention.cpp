@@ -42,8 +42,13 @@ struct Attention::Impl {
   using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int, std::string>;
   std::map<PlanKey, std::unique_ptr<engine::ForwardPlan>> plans;
   std::map<PlanKey, std::unique_ptr<engine::BackwardPlan>> backward_plans;
-  // Documents plans, by the longest document's shape (the tables are rebuilt per call).
+  // Documents plans, by the longest document's shape (the tables are rebuilt per call),
+  // and the configuration chosen for each documents problem met (device, longest
+  // document, heads, head dim, dtype, documents per call): forward_varlen runs per layer
+  // and step, and choosing builds layouts, so a problem seen before does not choose again.
   std::map<PlanKey, std::unique_ptr<engine::ForwardPlan>> document_plans;
+  using ChoiceKey = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int, int64_t>;
+  std::map<ChoiceKey, api::Choice> document_choices;
   Explanation last;
   bool has_last = false;
   engine::ForwardPlan* last_plan = nullptr;  // fast path for repeated calls on one problem
@@ -105,7 +110,13 @@ struct Attention::Impl {
     const int device = options.device >= 0 ? options.device : runtime::current_device();
     runtime::make_current(device);
     const runtime::DeviceInfo info = runtime::device_info(device);
-    const api::Choice choice = choose(p, info);
+    const ChoiceKey choice_key{device, p.nq, p.nk, p.heads, p.kv_heads, p.head_dim, static_cast<int>(p.dtype), p.batch};
+    auto found = document_choices.find(choice_key);
+    if (found == document_choices.end()) {
+      if (document_choices.size() >= 4096) document_choices.clear();  // many distinct lengths: a bound
+      found = document_choices.emplace(choice_key, choose(p, info)).first;
+    }
+    const api::Choice choice = found->second;
     const engine::Problem chosen_for = p;
     p.batch = 1;
     const PlanKey key{device, p.nq, p.nk, p.heads, p.kv_heads, p.head_dim, static_cast<int>(p.dtype),
