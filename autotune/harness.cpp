@@ -196,14 +196,6 @@ std::string resources(const Plan& plan) {
   return "";
 }
 
-std::vector<float> to_float(const runtime::DeviceBuffer& b, size_t n, DType dtype) {
-  std::vector<uint16_t> bits(n);
-  b.download(bits.data(), n * 2);
-  std::vector<float> out(n);
-  for (size_t x = 0; x < n; ++x) out[x] = engine::half_bits_to_float(bits[x], dtype);
-  return out;
-}
-
 }  // namespace
 
 struct Bench::Impl {
@@ -254,9 +246,12 @@ struct Bench::Impl {
       runtime::synchronize();
       const size_t qe = static_cast<size_t>(c.batch * c.nq * c.heads * c.head_dim);
       const size_t ke = static_cast<size_t>(c.batch * c.nk * c.kv_heads * c.head_dim);
+      using engine::download_values;
       reference_attention_backward(setup.pattern, c.shape(), c.batch, c.kv_heads, c.head_dim,
-                                   to_float(check->q, qe, c.dtype).data(), to_float(check->k, ke, c.dtype).data(),
-                                   to_float(check->v, ke, c.dtype).data(), to_float(check_bwd->d_o, qe, c.dtype).data(),
+                                   download_values(check->q, qe, c.dtype).data(),
+                                   download_values(check->k, ke, c.dtype).data(),
+                                   download_values(check->v, ke, c.dtype).data(),
+                                   download_values(check_bwd->d_o, qe, c.dtype).data(),
                                    1.0 / std::sqrt(static_cast<double>(c.head_dim)), ref_dq, ref_dk, ref_dv);
     }
 
@@ -305,7 +300,7 @@ struct Bench::Impl {
       std::string errors;
       for (const auto& [name, buf, ref, n] :
            {std::tuple{"dQ", &b.dq, &ref_dq, qe}, {"dK", &b.dk, &ref_dk, ke}, {"dV", &b.dv, &ref_dv, ke}}) {
-        const GradientError e = gradient_error(to_float(*buf, n, c.dtype), *ref);
+        const GradientError e = gradient_error(engine::download_values(*buf, n, c.dtype), *ref);
         nonfinite += e.nonfinite;
         max_abs = std::max(max_abs, e.max_abs);
         worst = std::max(worst, e.rel_l2);

@@ -99,6 +99,18 @@ void fill_random(void* data, int64_t n, DType dtype, uint64_t seed, float scale,
   kern.kernel.launch({static_cast<unsigned>(std::max<int64_t>(blocks, 1))}, {256}, 0, stream, args);
 }
 
+std::vector<float> download_values(const runtime::DeviceBuffer& buf, size_t n, DType dtype) {
+  std::vector<float> out(n);
+  if (dtype == DType::kFloat32) {
+    buf.download(out.data(), n * 4);
+  } else {
+    std::vector<uint16_t> bits(n);
+    buf.download(bits.data(), n * 2);
+    for (size_t k = 0; k < n; ++k) out[k] = half_bits_to_float(bits[k], dtype);
+  }
+  return out;
+}
+
 float half_bits_to_float(uint16_t bits, DType dtype) {
   if (dtype == DType::kBFloat16) {
     uint32_t u = static_cast<uint32_t>(bits) << 16;

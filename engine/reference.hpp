@@ -51,5 +51,8 @@ struct Comparison {
 Comparison compare(const std::vector<uint16_t>& out, DType dtype, const std::vector<float>& lse,
                    const ReferenceResult& ref);
 float half_bits_to_float(uint16_t bits, DType dtype);
+// The first n values of a device buffer in `dtype` (16-bit or fp32) as host floats
+// (synchronous).
+std::vector<float> download_values(const runtime::DeviceBuffer& buf, size_t n, DType dtype);
 
 }  // namespace spattn::engine

@@ -193,18 +193,6 @@ runtime::DeviceBuffer upload(const std::vector<float>& v, DType dtype) {
   return buf;
 }
 
-std::vector<float> download(const runtime::DeviceBuffer& buf, size_t n, DType dtype) {
-  std::vector<float> out(n);
-  if (dtype == DType::kFloat32) {
-    buf.download(out.data(), n * 4);
-  } else {
-    std::vector<uint16_t> bits(n);
-    buf.download(bits.data(), n * 2);
-    for (size_t k = 0; k < n; ++k) out[k] = engine::half_bits_to_float(bits[k], dtype);
-  }
-  return out;
-}
-
 // Uniform values in [lo, hi) rounded to what `dtype` stores.
 std::vector<float> uniform(size_t n, float lo, float hi, DType dtype, std::mt19937_64& rng) {
   std::uniform_real_distribution<float> dist(lo, hi);
@@ -322,7 +310,7 @@ class Bench {
                                  check_out_.data(), in[5].data(), in[6].data(), in[7].data()}));
       runtime::synchronize();
       const LinearCheck chk =
-          check_output(download(check_out_, scan_ref_.size(), c.dtype), scan_ref_, scan_tolerance(c.dtype));
+          check_output(engine::download_values(check_out_, scan_ref_.size(), c.dtype), scan_ref_, scan_tolerance(c.dtype));
       if (!chk.ok()) return wrong(chk, setup_.check);
       out["check_worst"] = chk.worst;
     }
@@ -395,7 +383,7 @@ class Bench {
                    view(check_out_, c.heads));
       runtime::synchronize();
       const LinearCheck chk =
-          check_output(download(check_out_, perf_ref_.size(), c.dtype), perf_ref_, performer_tolerance(c.dtype));
+          check_output(engine::download_values(check_out_, perf_ref_.size(), c.dtype), perf_ref_, performer_tolerance(c.dtype));
       if (!chk.ok()) return wrong(chk, setup_.check);
       out["check_worst"] = chk.worst;
     }

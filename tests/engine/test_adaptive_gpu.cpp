@@ -46,13 +46,7 @@ std::string describe(const Case& c) {
                      c.config ? std::string(" config ") + c.config : "");
 }
 
-std::vector<float> download_f(const runtime::DeviceBuffer& buf, int64_t n, DType dtype) {
-  std::vector<uint16_t> bits(n);
-  buf.download(bits.data(), n * 2);
-  std::vector<float> f(n);
-  for (int64_t x = 0; x < n; ++x) f[x] = engine::half_bits_to_float(bits[x], dtype);
-  return f;
-}
+using test::download_as;
 
 // Block means of a [B, N, H, D] tensor in fp64: [B][H][blocks][D].
 std::vector<double> pool(const std::vector<float>& x, int64_t batch, int64_t n, int64_t heads, int64_t d,
@@ -170,7 +164,7 @@ void run_case(const Case& c, uint64_t seed) {
   if (c.scores == Scores::kSupplied) {
     std::copy(host_scores.begin(), host_scores.end(), ref_scores.begin());
   } else {
-    const std::vector<float> fq = download_f(q, q_elems, c.dtype), fk = download_f(k, kv_elems, c.dtype);
+    const std::vector<float> fq = download_as(q, q_elems, c.dtype), fk = download_as(k, kv_elems, c.dtype);
     std::vector<double> pq = pool(fq, c.batch, c.nq, c.heads, c.head_dim, g.block);
     std::vector<double> pk = pool(fk, c.batch, c.nk, c.kv_heads, c.head_dim, g.block);
     int64_t dim = c.head_dim;

@@ -33,29 +33,9 @@ namespace {
 
 constexpr const char* kConfigs[] = {"sm80:128x64w4s1", "sm80:64x64w4s2", "sm90:128x128s2", "sm90:128x64s2"};
 
-std::vector<float> download_half(const runtime::DeviceBuffer& buf, int64_t n, DType dtype) {
-  std::vector<uint16_t> bits(n);
-  buf.download(bits.data(), n * 2);
-  std::vector<float> f(n);
-  for (int64_t x = 0; x < n; ++x) f[x] = engine::half_bits_to_float(bits[x], dtype);
-  return f;
-}
-
-runtime::DeviceBuffer upload_i32(const std::vector<int32_t>& v) {
-  runtime::DeviceBuffer b(std::max<size_t>(4, v.size() * 4));
-  if (!v.empty()) b.upload(v.data(), v.size() * 4);
-  return b;
-}
-
-TensorView i32_view(const runtime::DeviceBuffer& b, int64_t n) {
-  TensorView t;
-  t.data = b.data();
-  t.dtype = DType::kInt32;
-  t.rank = 1;
-  t.shape = {n, 0, 0, 0};
-  t.strides = {1, 0, 0, 0};
-  return t;
-}
+using test::download_as;
+using test::i32_view;
+using test::upload_i32;
 
 // Rows [r0, r0 + n) of a [rows, heads, d] host array as a contiguous [n, heads, d] one.
 std::vector<float> rows_of(const std::vector<float>& x, int64_t r0, int64_t n, int64_t heads, int64_t d) {
@@ -166,8 +146,8 @@ void run_packed(const PackedCase& c, const char* config, uint64_t seed) {
             std::string::npos)
       << attn.explain();
 
-  const auto hq = download_half(q, tq * H * D, c.dtype), hk = download_half(k, tk * HK * D, c.dtype),
-             hv = download_half(v, tk * HK * D, c.dtype), ho = download_half(o, tq * H * D, c.dtype);
+  const auto hq = download_as(q, tq * H * D, c.dtype), hk = download_as(k, tk * HK * D, c.dtype),
+             hv = download_as(v, tk * HK * D, c.dtype), ho = download_as(o, tq * H * D, c.dtype);
   std::vector<float> hl(H * tq);
   lse.download(hl.data(), hl.size() * 4);
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
@@ -253,8 +233,8 @@ TEST(DocumentsGpu, PaddedBatchesIgnorePaddedKeysAndZeroPaddedQueries) {
       attn.forward_padded(tq, tk, tv, to, &tl, pad);
       SPATTN_CU_CHECK(cuCtxSynchronize());
       EXPECT_NE(attn.explain().find("from seqused"), std::string::npos) << attn.explain();
-      const auto hq = download_half(q, B * N * H * D, dt), hk = download_half(k, B * N * HK * D, dt),
-                 hv = download_half(v, B * N * HK * D, dt), ho = download_half(o, B * N * H * D, dt);
+      const auto hq = download_as(q, B * N * H * D, dt), hk = download_as(k, B * N * HK * D, dt),
+                 hv = download_as(v, B * N * HK * D, dt), ho = download_as(o, B * N * H * D, dt);
       std::vector<float> hl(B * H * N);
       lse.download(hl.data(), hl.size() * 4);
       Errors err;
@@ -442,8 +422,8 @@ TEST(DocumentsGpu, GraphCaptureReplaysOnNewLengths) {
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 2)) << "the replay differs from a direct call";
   // And both are the second call's documents, not the first's (nor untouched zeros).
   {
-    const auto hq = download_half(q, T * H * D, dt), hk = download_half(k, T * H * D, dt),
-               hv = download_half(v, T * H * D, dt), ho = download_half(o1, T * H * D, dt);
+    const auto hq = download_as(q, T * H * D, dt), hk = download_as(k, T * H * D, dt),
+               hv = download_as(v, T * H * D, dt), ho = download_as(o1, T * H * D, dt);
     const std::vector<float> no_lse(H * T, -INFINITY);
     Errors err;
     const Pattern causal = Pattern::parse(R"({"type":"dense","causal":true})");

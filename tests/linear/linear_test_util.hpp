@@ -17,6 +17,7 @@
 
 #include "engine/reference.hpp"
 #include "runtime/device.hpp"
+#include "tests/support/gpu.hpp"
 
 namespace spattn::test {
 
@@ -59,19 +60,6 @@ inline runtime::DeviceBuffer upload_as(const std::vector<float>& v, DType dtype)
   return buf;
 }
 
-// Host values of a device buffer of n elements in a dtype.
-inline std::vector<float> download_as(const runtime::DeviceBuffer& buf, size_t n, DType dtype) {
-  std::vector<float> out(n);
-  if (dtype == DType::kFloat32) {
-    buf.download(out.data(), n * 4);
-  } else {
-    std::vector<uint16_t> bits(n);
-    buf.download(bits.data(), n * 2);
-    for (size_t k = 0; k < n; ++k) out[k] = engine::half_bits_to_float(bits[k], dtype);
-  }
-  return out;
-}
-
 inline std::vector<float> uniform(size_t n, float lo, float hi, std::mt19937_64& rng) {
   std::uniform_real_distribution<float> dist(lo, hi);
   std::vector<float> v(n);
@@ -92,6 +80,29 @@ inline spattn_tensor c_tensor(void* data, spattn_dtype dtype, const std::vector<
     stride *= shape[d];
   }
   return t;
+}
+
+// A fake, aligned device address: argument validation reads only shapes, strides and
+// alignment, so C ABI calls that must fail before any GPU work can take it.
+inline void* fake_address(uintptr_t n) { return reinterpret_cast<void*>(uintptr_t{1} << 32 | n << 8); }
+inline spattn_tensor fake_tensor(spattn_dtype dtype, const std::vector<int64_t>& shape, uintptr_t id) {
+  return c_tensor(fake_address(id), dtype, shape);
+}
+
+// Expects status `want` with a last-error message containing `needle`.
+inline void expect_status(spattn_status got, spattn_status want, const std::string& needle) {
+  const std::string message = spattn_last_error();
+  EXPECT_EQ(got, want) << message;
+  EXPECT_NE(message.find(needle), std::string::npos) << "message: " << message << "\nexpected: " << needle;
+}
+
+// spattn_attention_explain's text (asserting success).
+inline std::string explain_text(spattn_attention_t attn) {
+  size_t needed = 0;
+  EXPECT_EQ(spattn_attention_explain(attn, nullptr, 0, &needed), SPATTN_OK);
+  std::string text(needed, '\0');
+  EXPECT_EQ(spattn_attention_explain(attn, text.data(), text.size(), &needed), SPATTN_OK);
+  return text;
 }
 
 // Every ptxas "N bytes spill stores/loads" line of a log (one per kernel) reads 0.

@@ -19,27 +19,16 @@
 
 namespace {
 
-// A fake, aligned device address: validation reads only shapes, strides and alignment.
-void* fake(uintptr_t n) { return reinterpret_cast<void*>(uintptr_t{1} << 32 | n << 8); }
-
-spattn_tensor tensor(spattn_dtype dtype, std::vector<int64_t> shape, uintptr_t id) {
-  return spattn::test::c_tensor(fake(id), dtype, shape);
-}
-
-// Expects `status` with a last-error message containing `needle`.
-void expect_status(spattn_status got, spattn_status want, const std::string& needle) {
-  const std::string message = spattn_last_error();
-  EXPECT_EQ(got, want) << message;
-  EXPECT_NE(message.find(needle), std::string::npos) << "message: " << message << "\nexpected: " << needle;
-}
+using spattn::test::expect_status;
+using spattn::test::fake_tensor;
 
 // The tensors of a valid scan: B=2, L=7, channels=5, state=16, bf16.
 struct ScanTensors {
-  spattn_tensor x = tensor(SPATTN_BF16, {2, 7, 5}, 1), delta = tensor(SPATTN_BF16, {2, 7, 5}, 2),
-                a_log = tensor(SPATTN_FP32, {5, 16}, 3), b = tensor(SPATTN_BF16, {2, 7, 16}, 4),
-                c = tensor(SPATTN_BF16, {2, 7, 16}, 5), d = tensor(SPATTN_FP32, {5}, 6),
-                bias = tensor(SPATTN_FP32, {5}, 7), z = tensor(SPATTN_BF16, {2, 7, 5}, 8),
-                y = tensor(SPATTN_BF16, {2, 7, 5}, 9), state = tensor(SPATTN_FP32, {2, 5, 16}, 10);
+  spattn_tensor x = fake_tensor(SPATTN_BF16, {2, 7, 5}, 1), delta = fake_tensor(SPATTN_BF16, {2, 7, 5}, 2),
+                a_log = fake_tensor(SPATTN_FP32, {5, 16}, 3), b = fake_tensor(SPATTN_BF16, {2, 7, 16}, 4),
+                c = fake_tensor(SPATTN_BF16, {2, 7, 16}, 5), d = fake_tensor(SPATTN_FP32, {5}, 6),
+                bias = fake_tensor(SPATTN_FP32, {5}, 7), z = fake_tensor(SPATTN_BF16, {2, 7, 5}, 8),
+                y = fake_tensor(SPATTN_BF16, {2, 7, 5}, 9), state = fake_tensor(SPATTN_FP32, {2, 5, 16}, 10);
   spattn_status forward(spattn_selective_scan_t scan) const {
     return spattn_selective_scan_forward(scan, &x, &delta, &a_log, &b, &c, &d, &bias, &z, &y, &state, 1, nullptr);
   }
@@ -105,7 +94,7 @@ TEST_F(ScanCApi, ShapesDtypesAndRanksAreValidated) {
   }
   {
     ScanTensors t;
-    t.a_log = tensor(SPATTN_FP32, {5, 12}, 3);
+    t.a_log = fake_tensor(SPATTN_FP32, {5, 12}, 3);
     expect_status(t.forward(scan_), SPATTN_ERROR_UNSUPPORTED, "state size 12 is not supported; supported: 4, 8, 16, 32");
   }
   {
@@ -115,7 +104,7 @@ TEST_F(ScanCApi, ShapesDtypesAndRanksAreValidated) {
   }
   {
     ScanTensors t;
-    t.state = tensor(SPATTN_FP32, {2, 16, 5}, 10);
+    t.state = fake_tensor(SPATTN_FP32, {2, 16, 5}, 10);
     expect_status(t.forward(scan_), SPATTN_ERROR_INVALID_ARGUMENT, "final_state: ");
   }
   {
@@ -202,8 +191,8 @@ TEST(PerformerCApi, ForwardValidatesTensorsAndNeedsAGpu) {
   spattn_performer_t p = nullptr, causal = nullptr;
   ASSERT_EQ(spattn_performer_create(64, R"({"features": 64})", &p), SPATTN_OK) << spattn_last_error();
   ASSERT_EQ(spattn_performer_create(64, R"({"features": 64, "causal": true})", &causal), SPATTN_OK);
-  const spattn_tensor q = tensor(SPATTN_FP16, {1, 9, 4, 64}, 1), k = tensor(SPATTN_FP16, {1, 11, 2, 64}, 2),
-                      v = tensor(SPATTN_FP16, {1, 11, 2, 64}, 3), o = tensor(SPATTN_FP16, {1, 9, 4, 64}, 4);
+  const spattn_tensor q = fake_tensor(SPATTN_FP16, {1, 9, 4, 64}, 1), k = fake_tensor(SPATTN_FP16, {1, 11, 2, 64}, 2),
+                      v = fake_tensor(SPATTN_FP16, {1, 11, 2, 64}, 3), o = fake_tensor(SPATTN_FP16, {1, 9, 4, 64}, 4);
   expect_status(spattn_performer_forward(nullptr, &q, &k, &v, &o, nullptr), SPATTN_ERROR_INVALID_ARGUMENT,
                 "performer handle is NULL");
   expect_status(spattn_performer_forward(p, &q, nullptr, &v, &o, nullptr), SPATTN_ERROR_INVALID_ARGUMENT,
@@ -211,12 +200,12 @@ TEST(PerformerCApi, ForwardValidatesTensorsAndNeedsAGpu) {
   spattn_tensor bad = v;
   bad.dtype = SPATTN_BF16;
   expect_status(spattn_performer_forward(p, &q, &k, &bad, &o, nullptr), SPATTN_ERROR_INVALID_ARGUMENT, "v: ");
-  bad = tensor(SPATTN_FP16, {1, 9, 3, 64}, 1);
+  bad = fake_tensor(SPATTN_FP16, {1, 9, 3, 64}, 1);
   expect_status(spattn_performer_forward(p, &bad, &k, &v, &o, nullptr), SPATTN_ERROR_INVALID_ARGUMENT,
                 "not a multiple of the 2 heads of k");
   expect_status(spattn_performer_forward(causal, &q, &k, &v, &o, nullptr), SPATTN_ERROR_INVALID_ARGUMENT,
                 "causal performer needs as many queries as keys (q has 9, k has 11)");
-  const spattn_tensor q32 = tensor(SPATTN_FP16, {1, 9, 4, 32}, 1), k32 = tensor(SPATTN_FP16, {1, 11, 2, 32}, 2);
+  const spattn_tensor q32 = fake_tensor(SPATTN_FP16, {1, 9, 4, 32}, 1), k32 = fake_tensor(SPATTN_FP16, {1, 11, 2, 32}, 2);
   expect_status(spattn_performer_forward(p, &q32, &k32, &v, &o, nullptr), SPATTN_ERROR_INVALID_ARGUMENT,
                 "head dim 32 but this Performer was made for head dim 64");
   if (!spattn::runtime::has_gpu()) expect_status(spattn_performer_forward(p, &q, &k, &v, &o, nullptr), SPATTN_ERROR_NO_GPU, "");
@@ -287,11 +276,11 @@ TEST(AdaptiveCApi, GeometryRefusesOtherPatternsAndEmptyShapes) {
 
 // The tensors of a valid adaptive forward: B=2, N=1000, H=4, D=64 bf16, block 64 top 4.
 struct AdaptiveTensors {
-  spattn_tensor q = tensor(SPATTN_BF16, {2, 1000, 4, 64}, 1), k = tensor(SPATTN_BF16, {2, 1000, 4, 64}, 2),
-                v = tensor(SPATTN_BF16, {2, 1000, 4, 64}, 3), o = tensor(SPATTN_BF16, {2, 1000, 4, 64}, 4),
-                lse = tensor(SPATTN_FP32, {2, 4, 1000}, 5), scores = tensor(SPATTN_FP32, {2, 4, 16, 16}, 6),
-                blocks = tensor(SPATTN_INT32, {2, 4, 16, 4}, 7), wq = tensor(SPATTN_FP32, {64, 16}, 8),
-                wk = tensor(SPATTN_FP32, {64, 16}, 9);
+  spattn_tensor q = fake_tensor(SPATTN_BF16, {2, 1000, 4, 64}, 1), k = fake_tensor(SPATTN_BF16, {2, 1000, 4, 64}, 2),
+                v = fake_tensor(SPATTN_BF16, {2, 1000, 4, 64}, 3), o = fake_tensor(SPATTN_BF16, {2, 1000, 4, 64}, 4),
+                lse = fake_tensor(SPATTN_FP32, {2, 4, 1000}, 5), scores = fake_tensor(SPATTN_FP32, {2, 4, 16, 16}, 6),
+                blocks = fake_tensor(SPATTN_INT32, {2, 4, 16, 4}, 7), wq = fake_tensor(SPATTN_FP32, {64, 16}, 8),
+                wk = fake_tensor(SPATTN_FP32, {64, 16}, 9);
   spattn_status forward(spattn_attention_t attn, const spattn_tensor* s, const spattn_tensor* pq,
                         const spattn_tensor* pk, const spattn_tensor* c) const {
     return spattn_attention_forward_adaptive(attn, &q, &k, &v, &o, &lse, s, pq, pk, c, nullptr);

@@ -182,10 +182,7 @@ TEST(AdaptiveCApiGpu, SuppliedScoresChooseTheReferenceBlocksAndAttendThem) {
             SPATTN_OK)
       << spattn_last_error();
   runtime::synchronize();
-  size_t needed = 0;
-  ASSERT_EQ(spattn_attention_explain(attn, nullptr, 0, &needed), SPATTN_OK);
-  std::string text(needed, '\0');
-  ASSERT_EQ(spattn_attention_explain(attn, text.data(), text.size(), &needed), SPATTN_OK);
+  const std::string text = test::explain_text(attn);
   EXPECT_NE(text.find("supplied by the caller"), std::string::npos) << text;
 
   std::vector<int32_t> got(B * H * nqb * max_k);

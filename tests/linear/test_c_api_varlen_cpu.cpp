@@ -17,18 +17,8 @@
 
 namespace {
 
-// A fake, aligned device address: validation reads only shapes, strides and alignment.
-void* fake(uintptr_t n) { return reinterpret_cast<void*>(uintptr_t{1} << 32 | n << 8); }
-
-spattn_tensor tensor(spattn_dtype dtype, std::vector<int64_t> shape, uintptr_t id) {
-  return spattn::test::c_tensor(fake(id), dtype, shape);
-}
-
-void expect_status(spattn_status got, spattn_status want, const std::string& needle) {
-  const std::string message = spattn_last_error();
-  EXPECT_EQ(got, want) << message;
-  EXPECT_NE(message.find(needle), std::string::npos) << "message: " << message << "\nexpected: " << needle;
-}
+using spattn::test::expect_status;
+using spattn::test::fake_tensor;
 
 class DocumentsCApi : public ::testing::Test {
  protected:
@@ -42,10 +32,10 @@ class DocumentsCApi : public ::testing::Test {
 
 // A valid packed call: 2 documents in 300 rows, Hq=4, Hkv=2, D=64 bf16.
 struct Packed {
-  spattn_tensor q = tensor(SPATTN_BF16, {300, 4, 64}, 1), k = tensor(SPATTN_BF16, {300, 2, 64}, 2),
-                v = tensor(SPATTN_BF16, {300, 2, 64}, 3), o = tensor(SPATTN_BF16, {300, 4, 64}, 4),
-                lse = tensor(SPATTN_FP32, {4, 300}, 5), cu_q = tensor(SPATTN_INT32, {3}, 6),
-                cu_k = tensor(SPATTN_INT32, {3}, 7);
+  spattn_tensor q = fake_tensor(SPATTN_BF16, {300, 4, 64}, 1), k = fake_tensor(SPATTN_BF16, {300, 2, 64}, 2),
+                v = fake_tensor(SPATTN_BF16, {300, 2, 64}, 3), o = fake_tensor(SPATTN_BF16, {300, 4, 64}, 4),
+                lse = fake_tensor(SPATTN_FP32, {4, 300}, 5), cu_q = fake_tensor(SPATTN_INT32, {3}, 6),
+                cu_k = fake_tensor(SPATTN_INT32, {3}, 7);
   int64_t max_q = 200, max_k = 200;
   spattn_status forward(spattn_attention_t attn, bool with_lse = true) const {
     return spattn_attention_forward_varlen(attn, &q, &k, &v, &o, with_lse ? &lse : nullptr, &cu_q, &cu_k, max_q,
@@ -55,10 +45,10 @@ struct Packed {
 
 // A valid padded call: B=2, N=300, Hq=4, Hkv=2, D=64 bf16.
 struct Padded {
-  spattn_tensor q = tensor(SPATTN_BF16, {2, 300, 4, 64}, 1), k = tensor(SPATTN_BF16, {2, 300, 2, 64}, 2),
-                v = tensor(SPATTN_BF16, {2, 300, 2, 64}, 3), o = tensor(SPATTN_BF16, {2, 300, 4, 64}, 4),
-                lse = tensor(SPATTN_FP32, {2, 4, 300}, 5), used_q = tensor(SPATTN_INT32, {2}, 6),
-                used_k = tensor(SPATTN_INT32, {2}, 7);
+  spattn_tensor q = fake_tensor(SPATTN_BF16, {2, 300, 4, 64}, 1), k = fake_tensor(SPATTN_BF16, {2, 300, 2, 64}, 2),
+                v = fake_tensor(SPATTN_BF16, {2, 300, 2, 64}, 3), o = fake_tensor(SPATTN_BF16, {2, 300, 4, 64}, 4),
+                lse = fake_tensor(SPATTN_FP32, {2, 4, 300}, 5), used_q = fake_tensor(SPATTN_INT32, {2}, 6),
+                used_k = fake_tensor(SPATTN_INT32, {2}, 7);
   spattn_status forward(spattn_attention_t attn, const spattn_tensor* uq, const spattn_tensor* uk) const {
     return spattn_attention_forward_padded(attn, &q, &k, &v, &o, &lse, uq, uk, nullptr);
   }
@@ -98,28 +88,28 @@ TEST_F(DocumentsCApi, VarlenNullHandleAndTensors) {
 TEST_F(DocumentsCApi, VarlenLayoutsAreTheirOwn) {
   {
     Packed t;  // the batched layout is refused by name
-    t.q = tensor(SPATTN_BF16, {1, 300, 4, 64}, 1);
+    t.q = fake_tensor(SPATTN_BF16, {1, 300, 4, 64}, 1);
     expect_status(t.forward(attn_), SPATTN_ERROR_INVALID_ARGUMENT,
                   "Q must have 3 dimensions [total_q, Hq, D] for packed documents");
   }
   {
     Packed t;
-    t.v = tensor(SPATTN_BF16, {300, 2}, 3);
+    t.v = fake_tensor(SPATTN_BF16, {300, 2}, 3);
     expect_status(t.forward(attn_), SPATTN_ERROR_INVALID_ARGUMENT,
                   "V must have 3 dimensions [total_k, Hkv, D] for packed documents");
   }
   {
     Packed t;
-    t.lse = tensor(SPATTN_FP32, {1, 4, 300}, 5);
+    t.lse = fake_tensor(SPATTN_FP32, {1, 4, 300}, 5);
     expect_status(t.forward(attn_), SPATTN_ERROR_INVALID_ARGUMENT,
                   "LSE must have 2 dimensions [Hq, total_q] for packed documents");
-    t.lse = tensor(SPATTN_FP32, {4, 299}, 5);
+    t.lse = fake_tensor(SPATTN_FP32, {4, 299}, 5);
     expect_status(t.forward(attn_), SPATTN_ERROR_INVALID_ARGUMENT, "LSE must have shape [1, 4, 300]");
   }
   {
     Packed t;
-    t.k = tensor(SPATTN_BF16, {300, 3, 64}, 2);
-    t.v = tensor(SPATTN_BF16, {300, 3, 64}, 3);
+    t.k = fake_tensor(SPATTN_BF16, {300, 3, 64}, 2);
+    t.v = fake_tensor(SPATTN_BF16, {300, 3, 64}, 3);
     expect_status(t.forward(attn_), SPATTN_ERROR_INVALID_ARGUMENT, "multiple of key/value heads");
   }
   {
@@ -136,10 +126,10 @@ TEST_F(DocumentsCApi, VarlenOffsetsMustBeInt32VectorsOfOneCount) {
     expect_status(t.forward(attn_), SPATTN_ERROR_INVALID_ARGUMENT, "cu_seqlens_q: rank must be 1 to 4 (got 0)");
     t.cu_q.rank = 5;
     expect_status(t.forward(attn_), SPATTN_ERROR_INVALID_ARGUMENT, "cu_seqlens_q: rank must be 1 to 4 (got 5)");
-    t.cu_q = tensor(SPATTN_INT32, {1, 3}, 6);
+    t.cu_q = fake_tensor(SPATTN_INT32, {1, 3}, 6);
     expect_status(t.forward(attn_), SPATTN_ERROR_INVALID_ARGUMENT,
                   "cu_seqlens_q must be a device int32 [documents + 1] with at least one document");
-    t.cu_q = tensor(SPATTN_INT32, {1}, 6);  // no document
+    t.cu_q = fake_tensor(SPATTN_INT32, {1}, 6);  // no document
     expect_status(t.forward(attn_), SPATTN_ERROR_INVALID_ARGUMENT, "with at least one document");
   }
   {
@@ -152,11 +142,11 @@ TEST_F(DocumentsCApi, VarlenOffsetsMustBeInt32VectorsOfOneCount) {
   }
   {
     Packed t;
-    t.cu_k = tensor(SPATTN_INT32, {4}, 7);
+    t.cu_k = fake_tensor(SPATTN_INT32, {4}, 7);
     expect_status(t.forward(attn_), SPATTN_ERROR_INVALID_ARGUMENT,
                   "cu_seqlens_k must be a contiguous device int32 [3] (documents + 1 key offsets, as many as "
                   "cu_seqlens_q)");
-    t.cu_k = tensor(SPATTN_INT32, {3}, 7);
+    t.cu_k = fake_tensor(SPATTN_INT32, {3}, 7);
     t.cu_k.strides[0] = 2;
     expect_status(t.forward(attn_), SPATTN_ERROR_INVALID_ARGUMENT, "cu_seqlens_k must be a contiguous device int32");
   }
@@ -176,7 +166,7 @@ TEST_F(DocumentsCApi, PaddedValidatesArguments) {
   spattn_tensor absent = t.used_k;
   absent.data = nullptr;
   expect_status(t.forward(attn_, &absent, &absent), SPATTN_ERROR_INVALID_ARGUMENT, "forward_padded needs seqused_k");
-  const spattn_tensor three = tensor(SPATTN_INT32, {3}, 7);
+  const spattn_tensor three = fake_tensor(SPATTN_INT32, {3}, 7);
   expect_status(t.forward(attn_, nullptr, &three), SPATTN_ERROR_INVALID_ARGUMENT,
                 "seqused_k must be a contiguous device int32 [2] (keys used per batch)");
   spattn_tensor f32 = t.used_q;
@@ -187,10 +177,10 @@ TEST_F(DocumentsCApi, PaddedValidatesArguments) {
   rank0.rank = 0;
   expect_status(t.forward(attn_, nullptr, &rank0), SPATTN_ERROR_INVALID_ARGUMENT, "seqused_k: rank must be 1 to 4");
   Padded packed;  // the packed layout is refused: padded batches are [B, N, H, D]
-  packed.q = tensor(SPATTN_BF16, {300, 4, 64}, 1);
+  packed.q = fake_tensor(SPATTN_BF16, {300, 4, 64}, 1);
   expect_status(packed.forward(attn_, nullptr, &packed.used_k), SPATTN_ERROR_INVALID_ARGUMENT,
                 "Q must be [B, Nq, Hq, D]");
-  packed.q = tensor(SPATTN_BF16, {300, 64}, 1);
+  packed.q = fake_tensor(SPATTN_BF16, {300, 64}, 1);
   expect_status(packed.forward(attn_, nullptr, &packed.used_k), SPATTN_ERROR_INVALID_ARGUMENT,
                 "q: rank must be 3 or 4 (got 2)");
 }

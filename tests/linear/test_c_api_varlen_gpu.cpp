@@ -25,21 +25,8 @@
 namespace spattn {
 namespace {
 
-runtime::DeviceBuffer upload_i32(const std::vector<int32_t>& v) {
-  runtime::DeviceBuffer b(std::max<size_t>(4, v.size() * 4));
-  b.upload(v.data(), v.size() * 4);
-  return b;
-}
-
-TensorView i32_view(const runtime::DeviceBuffer& b, int64_t n) {
-  TensorView t;
-  t.data = b.data();
-  t.dtype = DType::kInt32;
-  t.rank = 1;
-  t.shape = {n, 1, 1, 1};
-  t.strides = {1, 1, 1, 1};
-  return t;
-}
+using test::i32_view;
+using test::upload_i32;
 
 std::vector<uint8_t> bytes_of(const runtime::DeviceBuffer& b) {
   std::vector<uint8_t> h(b.size());
@@ -98,10 +85,7 @@ TEST(DocumentsCApiGpu, VarlenWritesTheBitsOfTheCppApi) {
               SPATTN_OK)
         << spattn_last_error();
     runtime::synchronize();
-    size_t needed = 0;
-    ASSERT_EQ(spattn_attention_explain(attn, nullptr, 0, &needed), SPATTN_OK);
-    std::string text(needed, '\0');
-    ASSERT_EQ(spattn_attention_explain(attn, text.data(), text.size(), &needed), SPATTN_OK);
+    const std::string text = test::explain_text(attn);
     EXPECT_NE(text.find("documents"), std::string::npos) << text;
     spattn_attention_destroy(attn);
 
