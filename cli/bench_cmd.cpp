@@ -79,9 +79,10 @@ struct Against {
   Timing timing;
 };
 std::optional<Against> time_against(const std::optional<Pattern>& pattern, int64_t batch, int64_t seq, int64_t heads,
-                                    int64_t head_dim, DType dtype, int reps) {
+                                    int64_t head_dim, DType dtype, int reps, const AttentionOptions& options = {},
+                                    const std::string& label = "timing sparse attention") {
   if (!pattern) return std::nullopt;
-  Attention attn(*pattern);
+  Attention attn(*pattern, options);
   attn.prepare(batch, seq, seq, heads, heads, head_dim, dtype);
   std::vector<tools::DeviceTensor> q, k, v;
   for (int s = 0; s < kSets; ++s) {
@@ -92,7 +93,7 @@ std::optional<Against> time_against(const std::optional<Pattern>& pattern, int64
   }
   const tools::DeviceTensor o(dtype, {batch, seq, heads, head_dim});
   Against a;
-  a.timing = time_runs("timing sparse attention", reps, [&](int r) {
+  a.timing = time_runs(label, reps, [&](int r) {
     attn.forward(q[r % kSets].view(), k[r % kSets].view(), v[r % kSets].view(), o.view());
   });
   a.pattern = attn.explanation().pattern;
@@ -544,24 +545,16 @@ void register_documents_bench(CLI::App& bench) {
     const Timing with_check = time_runs("timing documents, lengths checked", args->reps, [&](int r) {
       checked.forward_varlen(q[r % kSets].view(), k[r % kSets].view(), v[r % kSets].view(), o.view(), nullptr, docs);
     });
+    // The yardsticks: the same pattern on the batched layout, timed as --against is.
     auto time_batched = [&](int64_t batch, int64_t n, const char* label) {
-      Attention a(pattern, opts);
-      std::vector<tools::DeviceTensor> bq, bk, bv;
-      for (int s = 0; s < kSets; ++s)
-        for (auto* set : {&bq, &bk, &bv}) {
-          set->emplace_back(dtype, std::vector<int64_t>{batch, n, H, D});
-          set->back().fill_random(13 * s + static_cast<uint64_t>(set == &bk) + 2 * static_cast<uint64_t>(set == &bv));
-        }
-      const tools::DeviceTensor bo(dtype, {batch, n, H, D});
-      Timing t = time_runs(label, args->reps, [&](int r) {
-        a.forward(bq[r % kSets].view(), bk[r % kSets].view(), bv[r % kSets].view(), bo.view());
-      });
-      return std::pair{t, a.explanation().config.to_string()};
+      return *time_against(pattern, batch, n, H, D, dtype, args->reps, opts, label);
     };
-    const auto [single, single_config] = time_batched(1, one, "timing one sequence of the same work");
+    const Against one_seq = time_batched(1, one, "timing one sequence of the same work");
+    const Timing& single = one_seq.timing;
+    const std::string& single_config = one_seq.config;
     const double single_flops = 4.0 * D * pairs_at(one);
     const bool equal = std::count(len.begin(), len.end(), len.front()) == static_cast<long>(len.size()) && len.front() > 0;
-    std::optional<std::pair<Timing, std::string>> batched;
+    std::optional<Against> batched;
     if (equal) batched = time_batched(static_cast<int64_t>(len.size()), len.front(), "timing the batched layout");
     const double tf = flops / varlen.median() / 1e9, tf_single = single_flops / single.median() / 1e9;
     if (globals().json) {
@@ -570,7 +563,7 @@ void register_documents_bench(CLI::App& bench) {
                           {"varlen_checked_ms", with_check.median()}, {"varlen_tflops", tf},
                           {"single_seq", one}, {"single_ms", single.median()}, {"single_tflops", tf_single},
                           {"single_config", single_config}, {"throughput_vs_single", tf / tf_single}, {"reps", args->reps}};
-      if (batched) j["batched_ms"] = batched->first.median();
+      if (batched) j["batched_ms"] = batched->timing.median();
       print_json(j);
       return;
     }
@@ -584,8 +577,8 @@ void register_documents_bench(CLI::App& bench) {
                              one, single_config, single.line(), tf_single, 100 * tf / tf_single);
     if (batched)
       std::cout << fmt::format("batched   [{}, {}] ({}): {}; documents take {:.2f}x its time\n", len.size(),
-                               len.front(), batched->second, batched->first.line(),
-                               varlen.median() / batched->first.median());
+                               len.front(), batched->config, batched->timing.line(),
+                               varlen.median() / batched->timing.median());
   });
 }
 
