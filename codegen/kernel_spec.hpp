@@ -26,10 +26,12 @@ struct KernelSpec {
   // shard pairs), so the predicate adds SpattnFwdParams::q_offset / k_offset to local
   // indices; whole problems compile the additions out.
   bool token_offsets = false;
-  // Forward only: documents (spattn/varlen.hpp, SpattnFwdParams::vl_tiles). Where the
-  // parts have per-row key ranges (render_row_bounds) the program also holds the
-  // builders of their tables on the GPU, spattn_varlen_docs and spattn_varlen_tables;
-  // otherwise the tables come from the host, with each document shape's token orders.
+  // Documents (spattn/varlen.hpp, SpattnFwdParams::vl_tiles, SpattnBwdParams::vl_ktiles).
+  // Forward: where the parts have per-row key ranges (render_row_bounds) the program also
+  // holds the builders of their tables on the GPU, spattn_varlen_docs and
+  // spattn_varlen_tables; otherwise the tables come from the host, with each document
+  // shape's token orders. Backward: the parts must have per-row key ranges; the program
+  // holds those builders and spattn_varlen_transpose at the backward tiles.
   bool varlen = false;
   // Backward only: the deterministic mode (no atomics; a separate dQ kernel).
   bool deterministic = false;

@@ -87,6 +87,34 @@ std::string render_wgmma(int n, DType dtype) {
   return s;
 }
 
+// Cfg::row_bounds: the parts' per-row key ranges (render_row_bounds) where they have that
+// form (`bounds`), else empty ranges; sub-rectangles shift them by the token offsets.
+void write_row_bounds_member(std::ostringstream& src, bool bounds, bool token_offsets) {
+  src << "  static __device__ __forceinline__ void row_bounds(int part, int h, int i, const MaskCtx& c, int& lo0, int& hi0,\n"
+         "                                                  int& lo1, int& hi1) {\n";
+  if (bounds && token_offsets)
+    src << "    spattn_generated::row_bounds(part, h, i + c.q_off, c.nq, c.nk, c.heads, lo0, hi0, lo1, hi1);\n"
+           "    lo0 -= c.k_off, hi0 -= c.k_off, lo1 -= c.k_off, hi1 -= c.k_off;\n";
+  else if (bounds)
+    src << "    spattn_generated::row_bounds(part, h, i, c.nq, c.nk, c.heads, lo0, hi0, lo1, hi1);\n";
+  else
+    src << "    (void)part; (void)h; (void)i; (void)c; lo0 = lo1 = 1; hi0 = hi1 = 0;\n";
+  src << "  }\n";
+}
+
+// The entry points of the documents' table builders (templates/varlen.cuh) at the
+// program's tiles; backward programs add the transposed tables' builder.
+void write_document_builders(std::ostringstream& src, bool backward) {
+  src << "\n#include \"spattn/varlen.cuh\"\n\n";
+  src << "extern \"C\" __global__ void __launch_bounds__(spattn::varlen::kDocsThreads) spattn_varlen_docs("
+         "const SpattnVarlenDocsParams p) {\n  spattn::varlen::varlen_docs(p);\n}\n";
+  src << "extern \"C\" __global__ void __launch_bounds__(spattn::varlen::kTablesThreads) spattn_varlen_tables("
+         "const SpattnVarlenTablesParams p) {\n  spattn::varlen::VarlenTables<Cfg>::run(p);\n}\n";
+  if (backward)
+    src << "extern \"C\" __global__ void __launch_bounds__(spattn::varlen::kTablesThreads) spattn_varlen_transpose("
+           "const SpattnVarlenTransposeParams p) {\n  spattn::varlen::varlen_transpose(p);\n}\n";
+}
+
 }  // namespace
 
 RenderedKernel render_forward(const KernelSpec& spec) {
@@ -145,16 +173,7 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   write_mask_members(src, spec.token_offsets);
   // Partial tiles compare keys with per-row ranges when the predicate has that form.
   src << fmt::format("  static constexpr bool kIntervalMask = {};\n", bounds ? "true" : "false");
-  src << "  static __device__ __forceinline__ void row_bounds(int part, int h, int i, const MaskCtx& c, int& lo0, int& hi0,\n"
-         "                                                  int& lo1, int& hi1) {\n";
-  if (bounds && spec.token_offsets)
-    src << "    spattn_generated::row_bounds(part, h, i + c.q_off, c.nq, c.nk, c.heads, lo0, hi0, lo1, hi1);\n"
-           "    lo0 -= c.k_off, hi0 -= c.k_off, lo1 -= c.k_off, hi1 -= c.k_off;\n";
-  else if (bounds)
-    src << "    spattn_generated::row_bounds(part, h, i, c.nq, c.nk, c.heads, lo0, hi0, lo1, hi1);\n";
-  else
-    src << "    (void)part; (void)h; (void)i; (void)c; lo0 = lo1 = 1; hi0 = hi1 = 0;\n";
-  src << "  }\n";
+  write_row_bounds_member(src, bounds.has_value(), spec.token_offsets);
   src << "};\n\n";
   src << fmt::format("#include \"{}\"\n\n", family.template_name);
   if (sm90) {
@@ -167,13 +186,7 @@ RenderedKernel render_forward(const KernelSpec& spec) {
                        c.threads());
     src << "  spattn::Forward<Cfg>::run(p);\n}\n";
   }
-  if (spec.varlen && bounds) {  // the table builders of documents need per-row key ranges
-    src << "\n#include \"spattn/varlen.cuh\"\n\n";
-    src << "extern \"C\" __global__ void __launch_bounds__(spattn::varlen::kDocsThreads) spattn_varlen_docs("
-           "const SpattnVarlenDocsParams p) {\n  spattn::varlen::varlen_docs(p);\n}\n";
-    src << "extern \"C\" __global__ void __launch_bounds__(spattn::varlen::kTablesThreads) spattn_varlen_tables("
-           "const SpattnVarlenTablesParams p) {\n  spattn::varlen::VarlenTables<Cfg>::run(p);\n}\n";
-  }
+  if (spec.varlen && bounds) write_document_builders(src, false);  // they need per-row key ranges
 
   RenderedKernel out;
   out.source = src.str();
@@ -206,8 +219,14 @@ RenderedKernel render_backward(const KernelSpec& spec) {
                      c.stages, spec.head_dim, to_string(spec.dtype), spec.arch,
                      spec.permuted_keys ? ", permuted keys" : "", spec.deterministic ? ", deterministic" : "");
   src << "#include \"spattn/params.cuh\"\n\n";
+  // Documents build their tables on the GPU from the parts' per-row key ranges.
+  const std::optional<std::string> bounds =
+      spec.varlen ? render_row_bounds(spec.parts, "row_bounds", "__device__ __forceinline__") : std::nullopt;
+  SPATTN_REQUIRE(!spec.varlen || bounds,
+                 "the backward pass over documents needs a pattern whose rows are key ranges (internal)");
   src << "namespace spattn_generated {\n";
   src << render_predicate(spec.parts, "allowed", "__device__ __forceinline__");
+  if (bounds) src << *bounds;
   if (sm90) {
     // Sᵀ and dPᵀ: N = tile_m; dV and dK: N = head dim; dQ: N = head dim / warpgroups.
     std::vector<int> widths;
@@ -236,7 +255,10 @@ RenderedKernel render_backward(const KernelSpec& spec) {
     src << fmt::format("  using MmaQ = spattn_generated::Wgmma{};  // dQ = dS K: N = head dim / warpgroups\n",
                        shape.dq_cols);
   }
+  src << fmt::format("  static constexpr bool kVarlen = {};  // documents (SpattnBwdParams::vl_ktiles)\n",
+                     spec.varlen ? "true" : "false");
   write_mask_members(src, false);  // the backward runs whole problems
+  if (bounds) write_row_bounds_member(src, true, false);
   src << "};\n\n";
   if (sm90) {
     src << "#include \"spattn/backward_sm90.cuh\"\n";
@@ -258,6 +280,7 @@ RenderedKernel render_backward(const KernelSpec& spec) {
                        c.tile_m / 16 * 32);
     src << "  spattn::bwd::BackwardDq<Cfg>::run(p);\n}\n";
   }
+  if (bounds) write_document_builders(src, true);
   RenderedKernel out;
   out.source = src.str();
   out.kernel_name = "spattn_bwd";
@@ -269,6 +292,7 @@ RenderedKernel render_backward(const KernelSpec& spec) {
     add_template(out, "spattn/backward_sm90.cuh");
   }
   if (!sm90 || spec.deterministic) add_template(out, "spattn/backward.cuh");
+  if (bounds) add_template(out, "spattn/varlen.cuh");
   out.threads = threads;
   out.smem_bytes = smem;
   if (spec.deterministic) {

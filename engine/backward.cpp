@@ -1,5 +1,7 @@
 #include "engine/backward.hpp"
 
+#include <spattn/varlen.hpp>
+
 #include <cmath>
 
 #include "common/check.hpp"
@@ -21,14 +23,28 @@ Problem backward_problem_from_tensors(const TensorView& q, const TensorView& k, 
 }
 
 BackwardPlan::BackwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config, int device,
-                           bool deterministic)
+                           bool deterministic, bool documents)
     : problem_(problem), config_(config), device_(device), deterministic_(deterministic) {
   runtime::make_current(device);
   const runtime::DeviceInfo info = runtime::device_info(device);
   check_backward_config(config, static_cast<int>(problem.head_dim), problem.dtype, info.arch(),
                         info.smem_per_block_optin);
-  layout_ = compile_layout(pattern, problem.shape(), config.layout_options());
-  codegen::KernelSpec spec = kernel_spec_for(layout_, config, problem, info.arch());
+  LayoutOptions layout_options = config.layout_options();
+  if (documents) {
+    std::string why;
+    if (!documents_supported(pattern, problem.heads, &why)) SPATTN_FAIL(ErrorCode::kUnsupported, "{}", why);
+    layout_options = documents_layout_options(layout_options);
+  }
+  layout_ = compile_layout(pattern, problem.shape(), layout_options);
+  if (documents && !document_tables_on_gpu(layout_.parts))
+    SPATTN_FAIL(ErrorCode::kUnsupported,
+                "backward over documents of a '{}' pattern is not supported yet: its document tables are built on the "
+                "host (it has no per-row key ranges), and the backward pass builds them on the GPU only. Patterns "
+                "whose rows are key ranges (dense, causal, windows, global + local, hierarchical, head groups and "
+                "their unions / intersections) train on documents; run other patterns per document through "
+                "Attention::backward",
+                pattern.kind());
+  codegen::KernelSpec spec = kernel_spec_for(layout_, config, problem, info.arch(), documents);
   spec.deterministic = deterministic;
   rendered_ = codegen::render_backward(spec);
   bwd_ = &load_kernel(rendered_, device);
@@ -41,6 +57,14 @@ BackwardPlan::BackwardPlan(const Pattern& pattern, const Problem& problem, const
   const bool bf16 = problem.dtype == DType::kBFloat16;
   prep_ = &load_kernel(support, device, bf16 ? "spattn_backward_prep_bf16" : "spattn_backward_prep_fp16");
   convert_ = &load_kernel(support, device, bf16 ? "spattn_backward_convert_bf16" : "spattn_backward_convert_fp16");
+  if (documents) {
+    documents_ = std::make_unique<DocumentBackwardTables>(layout_, rendered_, device, problem.heads,
+                                                          problem.heads / problem.kv_heads, deterministic);
+    log::debug("backward plan {} | {}{} | documents (tables built per call) | kernel {} ({})", problem.to_string(),
+               config.to_string(), deterministic ? " deterministic" : "", rendered_.program_name,
+               bwd_->cache_hit ? "cache hit" : "compiled");
+    return;
+  }
   BackwardPacking packing;
   packing.deterministic = deterministic;
   packing.kv_group = problem.heads / problem.kv_heads;
@@ -56,15 +80,42 @@ BackwardPlan::BackwardPlan(const Pattern& pattern, const Problem& problem, const
              tables_.num_dq_items(), rendered_.program_name, bwd_->cache_hit ? "cache hit" : "compiled");
 }
 
+BackwardPlan::~BackwardPlan() = default;
+
 void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                        const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
                        const TensorView& dv, float scale, CUstream stream) {
+  SPATTN_REQUIRE(!documents_, "a documents backward plan runs through run_documents (internal)");
   const Problem p = backward_problem_from_tensors(q, k, v, o, lse, d_o, dq, dk, dv);
   SPATTN_REQUIRE(p.nq == problem_.nq && p.nk == problem_.nk && p.heads == problem_.heads &&
                      p.kv_heads == problem_.kv_heads && p.head_dim == problem_.head_dim && p.dtype == problem_.dtype,
                  "tensors ({}) do not match the backward plan ({})", p.to_string(), problem_.to_string());
   SPATTN_REQUIRE(p.batch <= 65535, "batch {} exceeds the launch grid limit 65535", p.batch);
   runtime::make_current(device_);
+  execute(q, k, v, o, lse, d_o, dq, dk, dv, p, scale, stream);
+}
+
+void BackwardPlan::run_documents(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                                 const TensorView& lse, const TensorView& d_o, const TensorView& dq,
+                                 const TensorView& dk, const TensorView& dv, const DocumentLengths& lengths,
+                                 bool check, float scale, CUstream stream) {
+  SPATTN_REQUIRE(documents_, "run_documents on a backward plan without documents (internal)");
+  const Problem p = backward_problem_from_tensors(q, k, v, o, lse, d_o, dq, dk, dv);
+  SPATTN_REQUIRE(p.heads == problem_.heads && p.kv_heads == problem_.kv_heads && p.head_dim == problem_.head_dim &&
+                     p.dtype == problem_.dtype,
+                 "tensors ({}) do not match the documents backward plan ({})", p.to_string(), problem_.to_string());
+  SPATTN_REQUIRE(lengths.max_q <= problem_.nq && lengths.max_k <= problem_.nk,
+                 "documents up to {} x {} on a backward plan for {} x {} (internal)", lengths.max_q, lengths.max_k,
+                 problem_.nq, problem_.nk);
+  runtime::make_current(device_);
+  documents_->build(lengths, check, stream);
+  execute(q, k, v, o, lse, d_o, dq, dk, dv, p, scale, stream);
+}
+
+void BackwardPlan::execute(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                           const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
+                           const TensorView& dv, const Problem& p, float scale, CUstream stream) {
+  const DeviceBackwardLayout& tables = device_tables();
   if (scale <= 0) scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
   const size_t rows = static_cast<size_t>(p.batch * p.heads * p.nq);
   const size_t q_elems = static_cast<size_t>(p.batch * p.nq * p.heads * p.head_dim);
@@ -78,11 +129,21 @@ void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorVie
     return reinterpret_cast<uintptr_t>(t.data) % 4 == 0 && t.strides[0] % 2 == 0 && t.strides[1] % 2 == 0 &&
            t.strides[2] % 2 == 0;
   };
-  const bool direct_kv =
-      tables_.num_items() > 0 && tables_.sole_key_writer() && pairs_aligned(dk) && pairs_aligned(dv);
+  // Documents: rows outside every document and key tiles no query tile attends have no
+  // writer; the outputs are cleared first (which needs them contiguous).
+  auto dense = [&](const TensorView& t) {
+    return t.strides[3] == 1 && t.strides[2] == p.head_dim && t.strides[1] == p.kv_heads * p.head_dim &&
+           t.strides[0] == p.nk * p.kv_heads * p.head_dim;
+  };
+  const bool direct_kv = tables.num_items() > 0 && tables.sole_key_writer() && pairs_aligned(dk) &&
+                         pairs_aligned(dv) && (!documents_ || (dense(dk) && dense(dv)));
   ensure(dsum_, rows * 4);
   ensure(dq_acc_, q_elems * 4);
   SPATTN_CU_CHECK(cuMemsetD32Async(dq_acc_.get(), 0, q_elems, stream));
+  if (direct_kv && documents_) {
+    SPATTN_CU_CHECK(cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(dk.data), 0, k_elems * 2, stream));
+    SPATTN_CU_CHECK(cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(dv.data), 0, k_elems * 2, stream));
+  }
   if (!direct_kv) {
     ensure(dk_acc_, k_elems * 4);
     ensure(dv_acc_, k_elems * 4);
@@ -108,7 +169,7 @@ void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorVie
     void* args[] = {&pp};
     prep_->kernel.launch({static_cast<unsigned>((rows + 7) / 8)}, {256}, 0, stream, args);
   }
-  if (tables_.num_items() > 0) {
+  if (tables.num_items() > 0) {
     SpattnBwdParams bp{};
     set_inputs(bp, q, k, v);
     bp.d_o = d_o.data;
@@ -139,8 +200,13 @@ void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorVie
     bp.batch = static_cast<int32_t>(p.batch);
     bp.scale = scale;
     bp.scale_log2 = scale * 1.4426950408889634f;
-    bp.arena = tables_.arena();
-    bp.tables = tables_.tables();
+    bp.arena = tables.arena();
+    bp.tables = tables.tables();
+    if (documents_) {
+      bp.vl_tiles = documents_->tiles();
+      bp.vl_ktiles = documents_->key_tiles();
+      bp.vl_docs = documents_->docs();
+    }
     // The key-tile kernel's parameters by family: the common ones (sm80), or those with
     // tensor maps of Q, dO (query tiles) and K, V (key tiles) (sm90).
     SpattnBwd90Params bp90{};
@@ -151,7 +217,7 @@ void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorVie
         bp90.tma_q = encode_tile_map(bp90.tm_q, q, config_.tile_m) && encode_tile_map(bp90.tm_do, d_o, config_.tile_m);
         bp90.tma_kv = encode_tile_map(bp90.tm_k, k, config_.tile_n) && encode_tile_map(bp90.tm_v, v, config_.tile_n);
         if (!copies_.empty()) {
-          copies_.gather(tables_.arena(), q, &d_o, k, v, p.batch, p.nq, p.nk, stream);
+          copies_.gather(tables.arena(), q, &d_o, k, v, p.batch, p.nq, p.nk, stream);
           const RowCopies::Maps m = copies_.encode(bp90.tm_qc, &bp90.tm_doc, bp90.tm_kc, bp90.tm_vc, config_.tile_m,
                                                    config_.tile_n, p.batch);
           bp90.q_copy_row = m.q_row;
@@ -166,23 +232,25 @@ void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorVie
     // launch of that kernel.
     auto launch = [&](bool key_tiles, int64_t first, int64_t last) {
       if (last <= first) return;
-      bp.work = (key_tiles ? tables_.work() : tables_.dq_work()) + 4 * first;
+      bp.work = (key_tiles ? tables.work() : tables.dq_work()) + 4 * first;
       bp.num_work = static_cast<int32_t>(last - first);
       bp90.base = bp;
       void* args[] = {key_tiles ? key_arg : &bp};
       const int threads = key_tiles ? rendered_.threads : rendered_.dq_threads;
       const int smem = key_tiles ? rendered_.smem_bytes : rendered_.dq_smem_bytes;
-      (key_tiles ? bwd_ : dq_)->kernel.launch({static_cast<unsigned>(last - first), static_cast<unsigned>(p.batch)},
+      // Documents carry their batch index: one CTA per work item of the whole call.
+      const unsigned batches = documents_ ? 1u : static_cast<unsigned>(p.batch);
+      (key_tiles ? bwd_ : dq_)->kernel.launch({static_cast<unsigned>(last - first), batches},
                                               {static_cast<unsigned>(threads)}, static_cast<unsigned>(smem), stream,
                                               args);
     };
     if (!deterministic_) {
-      launch(true, 0, tables_.num_items());
+      launch(true, 0, tables.num_items());
     } else {
       // One launch per table and kernel, in table order: within a launch every
       // accumulator row has one writer, and launches add in a fixed order.
-      const auto& wb = tables_.work_begin();
-      const auto& qb = tables_.dq_begin();
+      const auto& wb = tables.work_begin();
+      const auto& qb = tables.dq_begin();
       for (size_t t = 0; t + 1 < wb.size(); ++t) {
         launch(true, wb[t], wb[t + 1]);
         launch(false, qb[t], qb[t + 1]);

@@ -206,6 +206,7 @@ PackedBackwardTables pack_backward_tables(const Layout& layout, const BackwardPa
     std::sort(heads.begin(), heads.end());
     d.heads = arena.append(heads);
     d.row_ptr = d.row_full = d.cols = -1;
+    d.col_len = d.row_len = -1;  // lengths from the offsets
     out.work_begin.push_back(out.num_items());
     out.dq_begin.push_back(out.num_dq_items());
     if (packing.deterministic) {
@@ -243,8 +244,10 @@ PackedBackwardTables pack_backward_tables(const Layout& layout, const BackwardPa
   return out;
 }
 
-DeviceBackwardLayout::DeviceBackwardLayout(const Layout& layout, const BackwardPacking& packing) {
-  const PackedBackwardTables packed = pack_backward_tables(layout, packing);
+DeviceBackwardLayout::DeviceBackwardLayout(const Layout& layout, const BackwardPacking& packing)
+    : DeviceBackwardLayout(pack_backward_tables(layout, packing)) {}
+
+DeviceBackwardLayout::DeviceBackwardLayout(const PackedBackwardTables& packed) {
   work_begin_ = packed.work_begin;
   dq_begin_ = packed.dq_begin;
   sole_key_writer_ = packed.sole_key_writer;

@@ -78,6 +78,9 @@ class DeviceBackwardLayout {
  public:
   DeviceBackwardLayout() = default;
   DeviceBackwardLayout(const Layout& layout, const BackwardPacking& packing);
+  // Uploads tables packed elsewhere (the documents' capacity tables, which kernels then
+  // rewrite per call).
+  explicit DeviceBackwardLayout(const PackedBackwardTables& packed);
   const int32_t* arena() const { return reinterpret_cast<const int32_t*>(arena_.get()); }
   const SpattnBwdTable* tables() const { return reinterpret_cast<const SpattnBwdTable*>(tables_.get()); }
   const int32_t* work() const { return reinterpret_cast<const int32_t*>(work_.get()); }

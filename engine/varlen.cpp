@@ -86,7 +86,7 @@ DocumentTables::DocumentTables(const Pattern& pattern, const Layout& tmpl, const
 void DocumentTables::reserve(int64_t tile_capacity, int64_t row_capacity, int64_t entries) {
   if (entries > doc_capacity_) {
     doc_capacity_ = std::max(entries, 2 * doc_capacity_);
-    vl_docs_ = runtime::DeviceBuffer(static_cast<size_t>(doc_capacity_) * 5 * 4);
+    vl_docs_ = runtime::DeviceBuffer(static_cast<size_t>(doc_capacity_) * kSpattnDocInts * 4);
   }
   if (tile_capacity <= tile_capacity_ && row_capacity <= row_capacity_) return;
   // Grow with headroom: lengths change from call to call, reallocation should not.
@@ -153,29 +153,11 @@ void DocumentTables::build_on_gpu(const DocumentLengths& d, bool check, CUstream
   const int64_t entries = packed ? d.docs : 2 * d.docs;
   reserve(tiles, rows, entries);
 
-  SpattnVarlenDocsParams dp{};
-  dp.cu_q = d.cu_q;
-  dp.cu_k = d.cu_k;
-  dp.used_q = d.used_q;
-  dp.used_k = d.used_k;
-  dp.docs = i32(d.docs, "documents");
-  dp.nq = i32(d.nq, "query rows");
-  dp.nk = i32(d.nk, "key rows");
-  dp.max_q = i32(d.max_q, "max_seqlen_q");
-  dp.max_k = i32(d.max_k, "max_seqlen_k");
-  dp.tile_m = tile_m_;
-  dp.tile_capacity = static_cast<int32_t>(tile_capacity_);
-  dp.vl_tiles = reinterpret_cast<int32_t*>(vl_tiles_.get());
-  dp.vl_docs = reinterpret_cast<int32_t*>(vl_docs_.get());
-  dp.status = reinterpret_cast<int32_t*>(status_.get());
-  SPATTN_CU_CHECK(cuMemsetD32Async(status_.get(), 0, 4, stream));
-  {
-    void* args[] = {&dp};
-    docs_kernel_->kernel.launch({1}, {1024}, 0, stream, args);
-  }
+  launch_documents_kernel(*docs_kernel_, d, tile_m_, tile_capacity_, reinterpret_cast<int32_t*>(vl_tiles_.get()),
+                          reinterpret_cast<int32_t*>(vl_docs_.get()), status_, {}, stream);
   SpattnVarlenTablesParams tp{};
-  tp.vl_tiles = dp.vl_tiles;
-  tp.vl_docs = dp.vl_docs;
+  tp.vl_tiles = reinterpret_cast<const int32_t*>(vl_tiles_.get());
+  tp.vl_docs = reinterpret_cast<const int32_t*>(vl_docs_.get());
   tp.arena = const_cast<int32_t*>(tables_.arena());
   tp.tables = tables_.tables();
   tp.table_info = reinterpret_cast<const int32_t*>(table_info_.get());
@@ -186,21 +168,50 @@ void DocumentTables::build_on_gpu(const DocumentLengths& d, bool check, CUstream
   {
     void* args[] = {&tp};
     tables_kernel_->kernel.launch({static_cast<unsigned>(tile_capacity_), static_cast<unsigned>(template_.tables.size())},
-                                  {128}, 0, stream, args);
+                                  {kSpattnVarlenTablesThreads}, 0, stream, args);
   }
   last_ = fmt::format("documents: tables built on the GPU from {} ({} {}), {} query tiles x {} key tiles of "
                       "capacity; lengths {}",
                       packed ? "cu_seqlens" : "seqused", d.docs, packed ? "documents" : "batches", tile_capacity_,
                       row_capacity_, check ? "checked (the host waits for the check)" : "not checked on the host");
-  if (!check) return;
+  if (check) check_document_lengths(status_, d.docs, stream);
+}
+
+void launch_documents_kernel(const JitKernel& kernel, const DocumentLengths& d, int tile_m, int64_t tile_capacity,
+                             int32_t* tiles, int32_t* docs, const runtime::DeviceBuffer& status,
+                             const DocumentKeyTiles& keys, CUstream stream) {
+  SpattnVarlenDocsParams dp{};
+  dp.cu_q = d.cu_q;
+  dp.cu_k = d.cu_k;
+  dp.used_q = d.used_q;
+  dp.used_k = d.used_k;
+  dp.docs = i32(d.docs, "documents");
+  dp.nq = i32(d.nq, "query rows");
+  dp.nk = i32(d.nk, "key rows");
+  dp.max_q = i32(d.max_q, "max_seqlen_q");
+  dp.max_k = i32(d.max_k, "max_seqlen_k");
+  dp.tile_m = tile_m;
+  dp.tile_capacity = i32(tile_capacity, "query tiles");
+  dp.vl_tiles = tiles;
+  dp.vl_docs = docs;
+  dp.status = reinterpret_cast<int32_t*>(status.get());
+  dp.vl_ktiles = keys.tiles;
+  dp.tile_n = keys.tile_n;
+  dp.ktile_capacity = i32(keys.capacity, "key tiles");
+  SPATTN_CU_CHECK(cuMemsetD32Async(status.get(), 0, 4, stream));
+  void* args[] = {&dp};
+  kernel.kernel.launch({1}, {kSpattnVarlenDocsThreads}, 0, stream, args);
+}
+
+void check_document_lengths(const runtime::DeviceBuffer& status_buffer, int64_t docs, CUstream stream) {
   require_not_capturing(stream,
                         "documents: the lengths check waits on the host, which a stream under CUDA graph capture "
                         "cannot; set AttentionOptions::check_lengths = false to capture (bad lengths then leave the "
                         "outputs unwritten)");
   std::array<int32_t, 4> status{};
-  SPATTN_CU_CHECK(cuMemcpyDtoHAsync(status.data(), status_.get(), sizeof status, stream));
+  SPATTN_CU_CHECK(cuMemcpyDtoHAsync(status.data(), status_buffer.get(), sizeof status, stream));
   SPATTN_CU_CHECK(cuStreamSynchronize(stream));
-  if (status[0] != kSpattnVarlenOk) throw_length_error(status, d.docs);
+  if (status[0] != kSpattnVarlenOk) throw_length_error(status, docs);
 }
 
 namespace {
@@ -288,7 +299,8 @@ HostDocumentTables assemble_document_tables(const DocumentLengths& d, const Host
   std::vector<int32_t> docs, tiles;
   const int64_t entries = packed ? d.docs : 2 * d.docs;
   for (int64_t e = 0; e < entries; ++e) {
-    int32_t x[5];
+    int32_t x[kSpattnDocInts] = {};  // kSpattnDocInts: the host path maps no key tiles
+    x[5] = static_cast<int32_t>(tiles.size() / 2);
     if (packed) {
       x[0] = 0, x[1] = cu_q[e], x[2] = cu_q[e + 1] - cu_q[e], x[3] = cu_k[e], x[4] = cu_k[e + 1] - cu_k[e];
     } else {
@@ -298,7 +310,7 @@ HostDocumentTables assemble_document_tables(const DocumentLengths& d, const Host
       if (e < d.docs) x[0] = static_cast<int32_t>(b), x[1] = 0, x[2] = uq, x[3] = 0, x[4] = uk;
       else x[0] = static_cast<int32_t>(b), x[1] = uq, x[2] = static_cast<int32_t>(d.nq) - uq, x[3] = 0, x[4] = 0;
     }
-    docs.insert(docs.end(), x, x + 5);
+    docs.insert(docs.end(), x, x + kSpattnDocInts);
     // A token order may pad a document's queries to more tiles than natural order.
     int64_t count = (x[2] + tile_m - 1) / tile_m;
     if (x[2] > 0 && x[4] > 0)
@@ -333,7 +345,7 @@ HostDocumentTables assemble_document_tables(const DocumentLengths& d, const Host
   int32_t empty_table = -1;
   for (int64_t g = 0; g < G; ++g) {
     const int32_t e = tiles[2 * g], local = tiles[2 * g + 1];
-    const int32_t nq = docs[5 * e + 2], nk = docs[5 * e + 4];
+    const int32_t nq = docs[kSpattnDocInts * e + 2], nk = docs[kSpattnDocInts * e + 4];
     if (nk == 0) {
       if (empty_table < 0) {
         empty_table = static_cast<int32_t>(layout.tables.size());

@@ -51,6 +51,22 @@ LayoutOptions documents_layout_options(LayoutOptions options);
 // tables come from the host, with each document shape's token orders.
 bool document_tables_on_gpu(const std::vector<LayoutPart>& parts);
 
+// The documents kernel (templates/varlen.cuh, spattn_varlen_docs) for a call on `stream`,
+// after zeroing `status` (4 ints): the documents into `docs` (kSpattnDocInts ints each),
+// their query tiles of tile_m rows into `tiles` (tile_capacity pairs), and where `keys`
+// has tiles (the backward pass) their key tiles of keys.tile_n keys too.
+struct DocumentKeyTiles {
+  int32_t* tiles = nullptr;
+  int tile_n = 0;
+  int64_t capacity = 0;
+};
+void launch_documents_kernel(const JitKernel& kernel, const DocumentLengths& lengths, int tile_m,
+                             int64_t tile_capacity, int32_t* tiles, int32_t* docs, const runtime::DeviceBuffer& status,
+                             const DocumentKeyTiles& keys, CUstream stream);
+// Waits for the documents kernel's status and throws the length error it names (refusing
+// a stream under CUDA graph capture, which cannot wait).
+void check_document_lengths(const runtime::DeviceBuffer& status, int64_t docs, CUstream stream);
+
 // Throws kInvalidArgument for the status {code, document, value, limit} of a lengths check
 // (SpattnVarlenError), naming the entry; kInternal for a code that is no length error.
 [[noreturn]] void throw_length_error(const std::array<int32_t, 4>& status, int64_t documents);
@@ -117,6 +133,48 @@ class DocumentTables {
   int64_t tile_capacity_ = 0, row_capacity_ = 0, doc_capacity_ = 0;
   DeviceLayout tables_;
   runtime::DeviceBuffer vl_tiles_, vl_docs_, status_, table_info_;
+  std::string last_ = "not run yet";
+};
+
+// The backward pass's tables of one documents call, built on the GPU from the lengths
+// (patterns whose rows are key ranges, document_tables_on_gpu): the documents and their
+// query and key tiles, the forward CSR at the backward tiles (spattn_varlen_tables, for
+// the transposition and deterministic mode's dQ pass), and its transposition per key
+// tile (spattn_varlen_transpose), into one arena of fixed capacity that grows when a call
+// needs more. The work lists cover the capacity (items of unused tiles do nothing); with
+// one table per query head and no GQA every key row has one work item.
+class DocumentBackwardTables {
+ public:
+  // `tmpl`: the pattern's natural-order layout at the backward tiles (its parts and the
+  // heads of each table); `program`: the rendered backward program of documents, which
+  // holds the builders.
+  DocumentBackwardTables(const Layout& tmpl, const codegen::RenderedKernel& program, int device, int64_t heads,
+                         int64_t kv_group, bool deterministic);
+
+  // This call's tables on `stream`; with `check`, waits for the lengths check and throws
+  // kInvalidArgument naming the bad entry.
+  void build(const DocumentLengths& lengths, bool check, CUstream stream);
+
+  const DeviceBackwardLayout& tables() const { return tables_; }
+  const int32_t* tiles() const { return reinterpret_cast<const int32_t*>(vl_tiles_.get()); }
+  const int32_t* key_tiles() const { return reinterpret_cast<const int32_t*>(vl_ktiles_.get()); }
+  const int32_t* docs() const { return reinterpret_cast<const int32_t*>(vl_docs_.get()); }
+  std::string describe() const { return last_; }
+
+ private:
+  void reserve(int64_t tiles, int64_t rows, int64_t key_tiles, int64_t cols, int64_t entries);
+
+  Layout template_;
+  int64_t heads_, kv_group_;
+  bool deterministic_;
+  int tile_m_, tile_n_;
+  const JitKernel* docs_kernel_ = nullptr;
+  const JitKernel* tables_kernel_ = nullptr;
+  const JitKernel* transpose_kernel_ = nullptr;
+  int64_t tile_capacity_ = 0, row_capacity_ = 0, ktile_capacity_ = 0, col_capacity_ = 0, doc_capacity_ = 0;
+  int32_t row_len_ = 0;  // arena offset of every table's row lengths (table t at + t * tile capacity)
+  DeviceBackwardLayout tables_;
+  runtime::DeviceBuffer fwd_tables_, table_info_, vl_tiles_, vl_ktiles_, vl_docs_, status_;
   std::string last_ = "not run yet";
 };
 

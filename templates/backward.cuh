@@ -187,10 +187,20 @@ struct Backward {
     float* lse2_0 = reinterpret_cast<float*>(qtok0 + kStages * BM);
     float* dsum0 = lse2_0 + kStages * BM;
 
-    const int b = blockIdx.y;
     const int32_t* work = p.work + 4 * blockIdx.x;
     const SpattnBwdTable t = p.tables[work[0]];
     const int k_tile = work[1];
+    // Documents (Cfg::kVarlen): the key tile's document gives the batch index, first rows
+    // and lengths; token indices below are relative to it.
+    int k_local = k_tile;
+    DocRows doc = DocRows::whole(blockIdx.y, p.nq, p.nk);
+    if constexpr (Cfg::kVarlen) {
+      const int d = __ldg(p.vl_ktiles + 2 * k_tile);
+      if (d < 0) return;  // capacity no document uses (uniform over the block)
+      k_local = __ldg(p.vl_ktiles + 2 * k_tile + 1);
+      doc = DocRows::of(p.vl_docs, d);
+    }
+    const int b = doc.b;
     const int32_t* heads = p.arena + t.heads + work[2];
     const int n_heads = work[3];
     const int kvh = __ldg(heads) / p.kv_group;
@@ -201,14 +211,17 @@ struct Backward {
     const int32_t* qslots = t.q_slots >= 0 ? p.arena + t.q_slots : nullptr;
     const int32_t* kslots = Cfg::kPermutedKeys && t.k_slots >= 0 ? p.arena + t.k_slots : nullptr;
     const int begin = __ldg(p.arena + t.col_ptr + k_tile);
-    const int n_tiles = __ldg(p.arena + t.col_ptr + k_tile + 1) - begin;
+    const int n_tiles = t.col_len >= 0 ? __ldg(p.arena + t.col_len + k_tile)
+                                       : __ldg(p.arena + t.col_ptr + k_tile + 1) - begin;
     const int n_full = __ldg(p.arena + t.full_count + k_tile);
     const int32_t* q_list = p.arena + t.rows + begin;
-    if (n_tiles <= 0) return;  // the work list holds only key tiles that some query tile attends
+    // The work list holds only key tiles that some query tile attends, or (documents)
+    // the dK, dV outputs are zero where none does.
+    if (n_tiles <= 0) return;
     const int n_steps = n_tiles * n_heads;  // query tiles of the first head, then of the next
 
-    const elem* kbase = static_cast<const elem*>(p.k) + b * p.k_stride_b + kvh * p.k_stride_h;
-    const elem* vbase = static_cast<const elem*>(p.v) + b * p.v_stride_b + kvh * p.v_stride_h;
+    const elem* kbase = static_cast<const elem*>(p.k) + b * p.k_stride_b + doc.k_row0 * p.k_stride_n + kvh * p.k_stride_h;
+    const elem* vbase = static_cast<const elem*>(p.v) + b * p.v_stride_b + doc.k_row0 * p.v_stride_n + kvh * p.v_stride_h;
 
     // Query tile `it` of head `h` into stage s: Q and dO by cp.async (one group), this
     // thread's row of LSE and row sum into registers (stored into shared memory by the
@@ -216,21 +229,22 @@ struct Backward {
     RowStats next;
     auto issue_step = [&](int q_tile, int h, int s) {
       const uint32_t qs = qs0 + s * kStageBytes;
-      const elem* qbase = static_cast<const elem*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
-      const elem* dobase = static_cast<const elem*>(p.d_o) + b * p.do_stride_b + h * p.do_stride_h;
-      T::template load_rows<kThreads, BM>(qbase, p.q_stride_n, qs, q_tile * BM, p.nq, qslots, qtok0 + s * BM);
-      T::template load_rows<kThreads, BM>(dobase, p.do_stride_n, qs + kQElems * 2, q_tile * BM, p.nq, qslots,
+      const elem* qbase = static_cast<const elem*>(p.q) + b * p.q_stride_b + doc.q_row0 * p.q_stride_n + h * p.q_stride_h;
+      const elem* dobase =
+          static_cast<const elem*>(p.d_o) + b * p.do_stride_b + doc.q_row0 * p.do_stride_n + h * p.do_stride_h;
+      T::template load_rows<kThreads, BM>(qbase, p.q_stride_n, qs, q_tile * BM, doc.nq, qslots, qtok0 + s * BM);
+      T::template load_rows<kThreads, BM>(dobase, p.do_stride_n, qs + kQElems * 2, q_tile * BM, doc.nq, qslots,
                                           nullptr);
       cp_async_commit();
       if (tid < BM) {
         const int token = qslots ? __ldg(qslots + q_tile * BM + tid) : q_tile * BM + tid;
-        next = RowStats::of(p.lse + b * p.lse_stride_b + h * p.lse_stride_h,
-                            p.dsum + ((int64_t)b * p.heads + h) * p.nq, token, p.nq);
+        next = RowStats::of(p.lse + b * p.lse_stride_b + h * p.lse_stride_h + doc.q_row0,
+                            p.dsum + ((int64_t)b * p.heads + h) * p.nq + doc.q_row0, token, doc.nq);
       }
     };
 
-    T::template load_rows<kThreads, BN>(kbase, p.k_stride_n, ks, k_tile * BN, p.nk, kslots, ktok);
-    T::template load_rows<kThreads, BN>(vbase, p.v_stride_n, vs, k_tile * BN, p.nk, kslots, nullptr);
+    T::template load_rows<kThreads, BN>(kbase, p.k_stride_n, ks, k_local * BN, doc.nk, kslots, ktok);
+    T::template load_rows<kThreads, BN>(vbase, p.v_stride_n, vs, k_local * BN, doc.nk, kslots, nullptr);
     cp_async_commit();
     int h = __ldg(heads);
     issue_step(__ldg(q_list), h, 0);
@@ -246,7 +260,7 @@ struct Backward {
     for (int nt = 0; nt < kNTilesD; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc_dk[nt][e] = acc_dv[nt][e] = 0.f;
-    typename Cfg::MaskCtx mask_ctx{p.nq, p.nk, p.heads, 0, 0};
+    typename Cfg::MaskCtx mask_ctx{doc.nq, doc.nk, p.heads, 0, 0};
 
     int it = 0, hi = 0;  // step x: query tile `it` of head heads[hi]
 #pragma unroll 1
@@ -363,7 +377,8 @@ struct Backward {
               mma_16816<kBf16>(acc_q[mt][1], a, bf[2], bf[3]);
             }
           }
-          float* dq_base = p.dq_acc + ((int64_t)b * p.nq * p.heads + h) * D + chunk * 16 + (lane % 4) * 2;
+          float* dq_base =
+              p.dq_acc + (((int64_t)b * p.nq + doc.q_row0) * p.heads + h) * D + chunk * 16 + (lane % 4) * 2;
           const int64_t dq_row = (int64_t)p.heads * D;
 #pragma unroll
           for (int mt = 0; mt < BM / 16; ++mt) {
@@ -393,8 +408,9 @@ struct Backward {
     // only writer, else into the fp32 accumulators
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-      const int j = ktok[warp * 16 + lane / 4 + hr * 8];
-      if (j < 0) continue;
+      const int jl = ktok[warp * 16 + lane / 4 + hr * 8];
+      if (jl < 0) continue;
+      const int j = static_cast<int>(doc.k_row0) + jl;  // the row in the tensors
       const int col = (lane % 4) * 2;
       float* dk = p.dk_acc + (((int64_t)b * p.nk + j) * (p.heads / p.kv_group) + kvh) * D + col;
       float* dv = p.dv_acc + (((int64_t)b * p.nk + j) * (p.heads / p.kv_group) + kvh) * D + col;
@@ -442,10 +458,19 @@ struct BackwardDq {
     float* lse2 = reinterpret_cast<float*>(qtok + BM);
     float* dsum = lse2 + BM;
 
-    const int b = blockIdx.y;
     const int32_t* work = p.work + 4 * blockIdx.x;
     const SpattnBwdTable t = p.tables[work[0]];
     const int q_tile = work[1];
+    // Documents: the query tile's document (as in the key-tile pass).
+    int q_local = q_tile;
+    DocRows doc = DocRows::whole(blockIdx.y, p.nq, p.nk);
+    if constexpr (Cfg::kVarlen) {
+      const int d = __ldg(p.vl_tiles + 2 * q_tile);
+      if (d < 0) return;
+      q_local = __ldg(p.vl_tiles + 2 * q_tile + 1);
+      doc = DocRows::of(p.vl_docs, d);
+    }
+    const int b = doc.b;
     const int h = __ldg(p.arena + t.heads + work[2]);
     const int kvh = h / p.kv_group;
     const int tid = threadIdx.x;
@@ -455,22 +480,24 @@ struct BackwardDq {
     const int32_t* qslots = t.q_slots >= 0 ? p.arena + t.q_slots : nullptr;
     const int32_t* kslots = Cfg::kPermutedKeys && t.k_slots >= 0 ? p.arena + t.k_slots : nullptr;
     const int begin = __ldg(p.arena + t.row_ptr + q_tile);
-    const int n_tiles = __ldg(p.arena + t.row_ptr + q_tile + 1) - begin;
+    const int n_tiles = t.row_len >= 0 ? __ldg(p.arena + t.row_len + q_tile)
+                                       : __ldg(p.arena + t.row_ptr + q_tile + 1) - begin;
     const int n_full = __ldg(p.arena + t.row_full + q_tile);
     const int32_t* k_list = p.arena + t.cols + begin;
     if (n_tiles <= 0) return;
 
-    const elem* qbase = static_cast<const elem*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
-    const elem* dobase = static_cast<const elem*>(p.d_o) + b * p.do_stride_b + h * p.do_stride_h;
-    const elem* kbase = static_cast<const elem*>(p.k) + b * p.k_stride_b + kvh * p.k_stride_h;
-    const elem* vbase = static_cast<const elem*>(p.v) + b * p.v_stride_b + kvh * p.v_stride_h;
-    T::template load_rows<kThreads, BM>(qbase, p.q_stride_n, qs, q_tile * BM, p.nq, qslots, qtok);
-    T::template load_rows<kThreads, BM>(dobase, p.do_stride_n, dos, q_tile * BM, p.nq, qslots, nullptr);
+    const elem* qbase = static_cast<const elem*>(p.q) + b * p.q_stride_b + doc.q_row0 * p.q_stride_n + h * p.q_stride_h;
+    const elem* dobase =
+        static_cast<const elem*>(p.d_o) + b * p.do_stride_b + doc.q_row0 * p.do_stride_n + h * p.do_stride_h;
+    const elem* kbase = static_cast<const elem*>(p.k) + b * p.k_stride_b + doc.k_row0 * p.k_stride_n + kvh * p.k_stride_h;
+    const elem* vbase = static_cast<const elem*>(p.v) + b * p.v_stride_b + doc.k_row0 * p.v_stride_n + kvh * p.v_stride_h;
+    T::template load_rows<kThreads, BM>(qbase, p.q_stride_n, qs, q_local * BM, doc.nq, qslots, qtok);
+    T::template load_rows<kThreads, BM>(dobase, p.do_stride_n, dos, q_local * BM, doc.nq, qslots, nullptr);
     cp_async_commit();
     if (tid < BM) {
-      const int token = qslots ? __ldg(qslots + q_tile * BM + tid) : q_tile * BM + tid;
-      const RowStats r = RowStats::of(p.lse + b * p.lse_stride_b + h * p.lse_stride_h,
-                                      p.dsum + ((int64_t)b * p.heads + h) * p.nq, token, p.nq);
+      const int token = qslots ? __ldg(qslots + q_local * BM + tid) : q_local * BM + tid;
+      const RowStats r = RowStats::of(p.lse + b * p.lse_stride_b + h * p.lse_stride_h + doc.q_row0,
+                                      p.dsum + ((int64_t)b * p.heads + h) * p.nq + doc.q_row0, token, doc.nq);
       lse2[tid] = r.lse2;
       dsum[tid] = r.dsum;
     }
@@ -481,14 +508,14 @@ struct BackwardDq {
     float acc_dq[kNTilesD][4];
 #pragma unroll
     for (int nt = 0; nt < kNTilesD; ++nt) acc_dq[nt][0] = acc_dq[nt][1] = acc_dq[nt][2] = acc_dq[nt][3] = 0.f;
-    typename Cfg::MaskCtx mask_ctx{p.nq, p.nk, p.heads, 0, 0};
+    typename Cfg::MaskCtx mask_ctx{doc.nq, doc.nk, p.heads, 0, 0};
     const int r0 = warp * 16 + lane / 4;  // this thread's rows r0 and r0 + 8
 
 #pragma unroll 1
     for (int it = 0; it < n_tiles; ++it) {
       const int k_tile = __ldg(k_list + it);
-      T::template load_rows<kThreads, BN>(kbase, p.k_stride_n, ks, k_tile * BN, p.nk, kslots, ktok);
-      T::template load_rows<kThreads, BN>(vbase, p.v_stride_n, vs, k_tile * BN, p.nk, kslots, nullptr);
+      T::template load_rows<kThreads, BN>(kbase, p.k_stride_n, ks, k_tile * BN, doc.nk, kslots, ktok);
+      T::template load_rows<kThreads, BN>(vbase, p.v_stride_n, vs, k_tile * BN, doc.nk, kslots, nullptr);
       cp_async_commit();
       cp_async_wait_all();
       __syncthreads();
@@ -532,7 +559,7 @@ struct BackwardDq {
     for (int hr = 0; hr < 2; ++hr) {
       const int i = qtok[r0 + hr * 8];
       if (i < 0) continue;
-      float* out = p.dq_acc + (((int64_t)b * p.nq + i) * p.heads + h) * D + (lane % 4) * 2;
+      float* out = p.dq_acc + (((int64_t)b * p.nq + doc.q_row0 + i) * p.heads + h) * D + (lane % 4) * 2;
 #pragma unroll
       for (int nt = 0; nt < kNTilesD; ++nt)
         accumulate2<false>(out + nt * 8, p.scale * acc_dq[nt][hr * 2], p.scale * acc_dq[nt][hr * 2 + 1]);

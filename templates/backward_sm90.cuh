@@ -88,9 +88,12 @@ struct Backward {
     __device__ uint32_t q_empty(int s) const { return at + 16 + s * 16; }
   };
 
+  // A work item. Documents (Cfg::kVarlen): k_tile is a key tile of the tables, k_local
+  // its tile within the document `doc` describes, and query tiles are the document's.
   struct Item {
     SpattnBwdTable t;
-    int table, k_tile, n_tiles, n_full, n_heads, kvh;
+    int table, k_tile, k_local, n_tiles, n_full, n_heads, kvh;
+    DocRows doc;
     const int32_t* q_list;
     const int32_t* heads;
   };
@@ -104,8 +107,20 @@ struct Backward {
     it.heads = p.arena + it.t.heads + __ldg(w + 2);
     it.n_heads = __ldg(w + 3);
     it.kvh = __ldg(it.heads) / p.kv_group;
+    it.k_local = it.k_tile;
+    it.doc = DocRows::whole(blockIdx.y, p.nq, p.nk);
+    if constexpr (Cfg::kVarlen) {
+      const int d = __ldg(p.vl_ktiles + 2 * it.k_tile);
+      if (d < 0) {  // capacity no document uses: nothing to do
+        it.n_tiles = 0;
+        return it;
+      }
+      it.k_local = __ldg(p.vl_ktiles + 2 * it.k_tile + 1);
+      it.doc = DocRows::of(p.vl_docs, d);
+    }
     const int begin = __ldg(p.arena + it.t.col_ptr + it.k_tile);
-    it.n_tiles = __ldg(p.arena + it.t.col_ptr + it.k_tile + 1) - begin;
+    it.n_tiles = it.t.col_len >= 0 ? __ldg(p.arena + it.t.col_len + it.k_tile)
+                                   : __ldg(p.arena + it.t.col_ptr + it.k_tile + 1) - begin;
     it.n_full = __ldg(p.arena + it.t.full_count + it.k_tile);
     it.q_list = p.arena + it.t.rows + begin;
     return it;
@@ -141,19 +156,20 @@ struct Backward {
     const SpattnBwdParams& p = P.base;
     const Barriers bar{base + kOffBar};
     const int lane = threadIdx.x % 32;
-    const int b = blockIdx.y;
+    const int b = it.doc.b;
     const int q_tile = __ldg(it.q_list + y % it.n_tiles);
     const int h = __ldg(it.heads + y / it.n_tiles);
     const int32_t* qslots = it.t.q_slots >= 0 ? p.arena + it.t.q_slots : nullptr;
     float* lse2 = lse2_of(g, s);
+    const int64_t q_row0 = it.doc.q_row0;
 #pragma unroll
     for (int r = lane; r < BM; r += 32) {
       const int token = qslots ? __ldg(qslots + q_tile * BM + r) : q_tile * BM + r;
-      const bool valid = token >= 0 && token < p.nq;
+      const bool valid = token >= 0 && token < it.doc.nq;
       // +inf LSE for padding rows: their P is 0.
-      lse2[r] = valid ? __ldg(p.lse + b * p.lse_stride_b + h * p.lse_stride_h + token) * 1.4426950408889634f
+      lse2[r] = valid ? __ldg(p.lse + b * p.lse_stride_b + h * p.lse_stride_h + q_row0 + token) * 1.4426950408889634f
                       : __int_as_float(0x7f800000);
-      lse2[BM + r] = valid ? __ldg(p.dsum + ((int64_t)b * p.heads + h) * p.nq + token) : 0.f;
+      lse2[BM + r] = valid ? __ldg(p.dsum + ((int64_t)b * p.heads + h) * p.nq + q_row0 + token) : 0.f;
       reinterpret_cast<int*>(lse2)[2 * BM + r] = valid ? token : -1;
     }
     const uint32_t q_dst = base + kOffQ + s * kQBytes, do_dst = base + kOffDo + s * kQBytes;
@@ -163,7 +179,7 @@ struct Backward {
       if (lane == 0) {
         const int copy = P.q_copy_row ? __ldg(P.q_copy_row + it.table * p.heads + h) : -1;
         const bool copied = copy >= 0;
-        const int row = (copied ? copy : 0) + q_tile * BM, map_h = copied ? 0 : h;
+        const int row = (copied ? copy : static_cast<int>(q_row0)) + q_tile * BM, map_h = copied ? 0 : h;
         mbar_arrive_expect_tx(bar.q_full(s), 2 * kQBytes);
 #pragma unroll
         for (int c = 0; c < kChunks; ++c) {
@@ -175,10 +191,11 @@ struct Backward {
       }
       return;
     }
-    const elem* qbase = static_cast<const elem*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
-    const elem* dobase = static_cast<const elem*>(p.d_o) + b * p.do_stride_b + h * p.do_stride_h;
-    gather(q_dst, qbase, p.q_stride_n, BM, q_tile * BM, p.nq, qslots, lane, 32);
-    gather(do_dst, dobase, p.do_stride_n, BM, q_tile * BM, p.nq, qslots, lane, 32);
+    const elem* qbase = static_cast<const elem*>(p.q) + b * p.q_stride_b + q_row0 * p.q_stride_n + h * p.q_stride_h;
+    const elem* dobase =
+        static_cast<const elem*>(p.d_o) + b * p.do_stride_b + q_row0 * p.do_stride_n + h * p.do_stride_h;
+    gather(q_dst, qbase, p.q_stride_n, BM, q_tile * BM, it.doc.nq, qslots, lane, 32);
+    gather(do_dst, dobase, p.do_stride_n, BM, q_tile * BM, it.doc.nq, qslots, lane, 32);
     cp_async_commit();
   }
 
@@ -205,19 +222,19 @@ struct Backward {
                                                  unsigned char* g, bool tma) {
     const SpattnBwdParams& p = P.base;
     const int tid = threadIdx.x;
-    const int b = blockIdx.y;
+    const int b = it.doc.b;
     const int32_t* kslots = Cfg::kPermutedKeys && it.t.k_slots >= 0 ? p.arena + it.t.k_slots : nullptr;
     int* ktok = reinterpret_cast<int*>(g + kOffKTok);
     for (int r = tid; r < BN; r += kThreads) {
-      const int token = kslots ? __ldg(kslots + it.k_tile * BN + r) : it.k_tile * BN + r;
-      ktok[r] = token >= 0 && token < p.nk ? token : -1;
+      const int token = kslots ? __ldg(kslots + it.k_local * BN + r) : it.k_local * BN + r;
+      ktok[r] = token >= 0 && token < it.doc.nk ? token : -1;
     }
     if (tma) {
       if (tid == 0) {
         const uint32_t full = Barriers{base + kOffBar}.kv_full();
         const int copy = kv_copy(P, it);
         const bool copied = copy >= 0;
-        const int row = (copied ? copy : 0) + it.k_tile * BN, map_h = copied ? 0 : it.kvh;
+        const int row = (copied ? copy : static_cast<int>(it.doc.k_row0)) + it.k_local * BN, map_h = copied ? 0 : it.kvh;
         mbar_arrive_expect_tx(full, 2 * kKVBytes);
 #pragma unroll
         for (int c = 0; c < kChunks; ++c) {
@@ -227,10 +244,11 @@ struct Backward {
       }
       return;
     }
-    const elem* kbase = static_cast<const elem*>(p.k) + b * p.k_stride_b + it.kvh * p.k_stride_h;
-    const elem* vbase = static_cast<const elem*>(p.v) + b * p.v_stride_b + it.kvh * p.v_stride_h;
-    gather(base, kbase, p.k_stride_n, BN, it.k_tile * BN, p.nk, kslots, tid, kThreads);
-    gather(base + kOffV, vbase, p.v_stride_n, BN, it.k_tile * BN, p.nk, kslots, tid, kThreads);
+    const int64_t k_row0 = it.doc.k_row0;
+    const elem* kbase = static_cast<const elem*>(p.k) + b * p.k_stride_b + k_row0 * p.k_stride_n + it.kvh * p.k_stride_h;
+    const elem* vbase = static_cast<const elem*>(p.v) + b * p.v_stride_b + k_row0 * p.v_stride_n + it.kvh * p.v_stride_h;
+    gather(base, kbase, p.k_stride_n, BN, it.k_local * BN, it.doc.nk, kslots, tid, kThreads);
+    gather(base + kOffV, vbase, p.v_stride_n, BN, it.k_local * BN, it.doc.nk, kslots, tid, kThreads);
     cp_async_commit();
     cp_async_wait_all();
     fence_proxy_async();
@@ -269,7 +287,7 @@ struct Backward {
     const int tid = threadIdx.x - 128 * cw;
     const int warp = tid / 32;
     const int lane = tid % 32;
-    const int b = blockIdx.y;
+    const int b = it.doc.b;
     const int kv_heads = p.heads / p.kv_group;
 
     // Descriptors (stage 0, dS buffer 0, k-step 0; offsets are added per use):
@@ -290,7 +308,7 @@ struct Backward {
     // warpgroup's 64-key chunk.
     const int st_q = ((lane / 8) / 2) * 8 + lane % 8;
     const int st_unit = 2 * warp + (lane / 8) % 2;
-    typename Cfg::MaskCtx mask_ctx{p.nq, p.nk, p.heads, 0, 0};
+    typename Cfg::MaskCtx mask_ctx{it.doc.nq, it.doc.nk, p.heads, 0, 0};
 
     if (tma_kv) mbar_wait(bar.kv_full(), 0);
     const int* ktok = reinterpret_cast<const int*>(g + kOffKTok);
@@ -425,7 +443,8 @@ struct Backward {
         const int q_rows[2] = {qtok[warp * 16 + lane / 4], qtok[warp * 16 + lane / 4 + 8]};
         mbar_arrive(bar.q_empty(stage));
         refill(P, it, base, g, x, n_steps, stage, phase, tma_q, cw * 4 + warp);
-        float* dq_base = p.dq_acc + (int64_t)b * p.nq * p.heads * D + h * D + cw * kDqCols + (lane % 4) * 2;
+        float* dq_base =
+            p.dq_acc + ((int64_t)b * p.nq + it.doc.q_row0) * p.heads * D + h * D + cw * kDqCols + (lane % 4) * 2;
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
           const int q = q_rows[hr];
@@ -457,8 +476,9 @@ struct Backward {
     // only writer, else into the fp32 accumulators
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-      const int j = ktok[key_row + hr * 8];
-      if (j < 0) continue;
+      const int jl = ktok[key_row + hr * 8];
+      if (jl < 0) continue;
+      const int j = static_cast<int>(it.doc.k_row0) + jl;  // the row in the tensors
       const int col = (lane % 4) * 2;
       const int64_t row = (((int64_t)b * p.nk + j) * kv_heads + it.kvh) * D + col;
       elem* dk = static_cast<elem*>(key_grad_row(p.dk_out, p.dk_stride_b, p.dk_stride_n, p.dk_stride_h, b, j, it.kvh, col));

@@ -158,7 +158,7 @@ struct Forward {
       const int doc = __ldg(p.vl_tiles + 2 * q_tile);
       if (doc < 0) return;  // capacity no document uses (uniform over the block)
       q_local = __ldg(p.vl_tiles + 2 * q_tile + 1);
-      const int32_t* d = p.vl_docs + 5 * doc;
+      const int32_t* d = p.vl_docs + kSpattnDocInts * doc;
       ob = __ldg(d);
       q_row0 = __ldg(d + 1);
       nq = __ldg(d + 2);

@@ -116,7 +116,7 @@ struct Forward {
         it.nq = 0;
       } else {
         it.q_local = __ldg(p.vl_tiles + 2 * it.q_tile + 1);
-        const int32_t* d = p.vl_docs + 5 * doc;
+        const int32_t* d = p.vl_docs + kSpattnDocInts * doc;
         it.ob = __ldg(d);
         it.q_row0 = __ldg(d + 1);
         it.nq = __ldg(d + 2);

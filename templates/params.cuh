@@ -12,6 +12,12 @@ typedef unsigned long long uint64_t;
 #include <cstdint>
 #endif
 
+// Documents (spattn/varlen.hpp): a document's description in the vl_docs array of the
+// kernels that take documents, kSpattnDocInts ints: batch index, first query row, query
+// rows, first key row, key rows, its first query tile and first key tile among the
+// tables' tiles (the tiles of every document one after another), unused.
+constexpr int kSpattnDocInts = 8;
+
 // One block table on the device (see spattn::BlockTable). Offsets index the int32 arena.
 struct SpattnTable {
   int32_t part;         // softmax part: selects the predicate and the partial-output slot
@@ -67,10 +73,10 @@ struct SpattnFwdParams {
   // Documents (KernelSpec::varlen, spattn/varlen.hpp): the tables' query tiles are the
   // tiles of every document one after another. vl_tiles[2 g], [2 g + 1]: the document of
   // tile g (-1: capacity no document uses; the work item does nothing) and its tile
-  // within the document. vl_docs: 5 ints per document: batch index, first query row,
-  // query rows, first key row, key rows. Token indices are then relative to the
-  // document, the predicate sees its lengths as nq and nk, and outputs go to row first
-  // query row + i of batch index (O, LSE and part buffers alike). Null otherwise.
+  // within the document. vl_docs: kSpattnDocInts ints per document (above). Token
+  // indices are then relative to the document, the predicate sees its lengths as nq and
+  // nk, and outputs go to row first query row + i of batch index (O, LSE and part
+  // buffers alike). Null otherwise.
   const int32_t* vl_tiles;
   const int32_t* vl_docs;
 };
@@ -136,6 +142,12 @@ struct SpattnBwdTable {
   int32_t row_ptr;      // deterministic mode, the forward CSR for the dQ pass: row offsets,
   int32_t row_full;     //   counts of leading full key tiles, key tile indices
   int32_t cols;         //   (arena offsets; -1 otherwise)
+  // Tables built on the GPU per call (documents) give every key tile, and every query
+  // tile of the forward CSR, a fixed capacity: their lengths are then read from these
+  // arena offsets (col_len[k_tile], row_len[q_tile]) instead of col_ptr / row_ptr
+  // differences (-1).
+  int32_t col_len;
+  int32_t row_len;
 };
 
 // dQ, dK, dV of attention over a layout (FlashAttention-2's algorithm per key tile).
@@ -176,6 +188,16 @@ struct SpattnBwdParams {
   // index into the table's heads, number of heads (consecutive, of one KV head).
   const int32_t* work;
   int32_t num_work;
+  // Documents (KernelSpec::varlen): the tables' key tiles are the key tiles of every
+  // document one after another, and their query tiles those of SpattnFwdParams::vl_tiles.
+  // vl_ktiles[2 k], [2 k + 1]: the document of key tile k (-1: capacity no document
+  // uses) and its tile within the document; vl_tiles the same for the forward CSR's query
+  // tiles (the dQ pass); vl_docs as in SpattnFwdParams. A key tile's column lists query
+  // tiles within its document. Tokens are relative to the document, whose lengths the
+  // predicate sees; rows go to the document's first rows of its batch. Null otherwise.
+  const int32_t* vl_tiles;
+  const int32_t* vl_ktiles;
+  const int32_t* vl_docs;
 };
 
 // The sm90 family's backward kernel: the common parameters and tensor maps for TMA
@@ -326,6 +348,8 @@ enum SpattnVarlenError {
   kSpattnVarlenUsedK = 8,
   kSpattnVarlenCapacity = 9,     // tiles past the capacity (an internal error)
 };
+constexpr int kSpattnVarlenDocsThreads = 1024;   // the documents kernel: one CTA of these
+constexpr int kSpattnVarlenTablesThreads = 128;  // the tables and transpose kernels' CTAs
 struct SpattnVarlenDocsParams {
   const int32_t* cu_q;
   const int32_t* cu_k;
@@ -337,8 +361,13 @@ struct SpattnVarlenDocsParams {
   int32_t tile_m;
   int32_t tile_capacity;        // query tiles the tables hold
   int32_t* vl_tiles;            // [tile_capacity][2]
-  int32_t* vl_docs;             // [doc entries][5]
+  int32_t* vl_docs;             // [doc entries][kSpattnDocInts]
   int32_t* status;              // 4 ints, zeroed by the host before the launch
+  // The backward pass's key tiles too (null: none): [ktile_capacity][2] as vl_tiles, of
+  // tile_n keys.
+  int32_t* vl_ktiles;
+  int32_t tile_n;
+  int32_t ktile_capacity;
 };
 
 // Documents, second kernel (one CTA per table and query tile): each listed tile's key
@@ -353,8 +382,22 @@ struct SpattnVarlenTablesParams {
   int32_t* arena;
   const SpattnTable* tables;
   const int32_t* table_info;    // 3 ints per table: first query head, heads, item_base
-  int32_t* work;
+  int32_t* work;                // null: no forward work list (the backward's tables)
+  int32_t* row_len;             // non-null: each row's length at [table * tile_capacity + g]
   int32_t tile_capacity, row_capacity, heads;
+};
+
+// Documents, backward (one CTA per table and key tile of the capacity): the transposed
+// tables from the forward CSR that spattn_varlen_tables wrote into the same arena (the
+// SpattnBwdTable's row_ptr, row_full, cols, row_len): for key tile k of document d, the
+// document's query tiles (within the document, ascending) whose rows list it, full ones
+// first, at rows + k * col_capacity; the counts into full_count and col_len.
+struct SpattnVarlenTransposeParams {
+  const int32_t* vl_ktiles;
+  const int32_t* vl_docs;
+  int32_t* arena;
+  const SpattnBwdTable* tables;
+  int32_t col_capacity, tile_m;
 };
 
 // Fills n 16-bit values with uniform random numbers in [-scale, scale) from a counter

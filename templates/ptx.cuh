@@ -97,6 +97,19 @@ __device__ __forceinline__ void write_key_grad2(void* out, float* acc, float a, 
     accumulate2<kAtomic>(acc, a, b);
 }
 
+// The rows a work item sees: of its document (KernelSpec::varlen; SpattnFwdParams::
+// vl_docs): batch index, first query and key rows, lengths; of a whole problem: batch b,
+// rows from 0, the tensors' lengths.
+struct DocRows {
+  int b, nq, nk;
+  int64_t q_row0, k_row0;
+  static __device__ __forceinline__ DocRows whole(int b, int nq, int nk) { return DocRows{b, nq, nk, 0, 0}; }
+  static __device__ __forceinline__ DocRows of(const int32_t* vl_docs, int doc) {
+    const int32_t* d = vl_docs + kSpattnDocInts * doc;
+    return DocRows{__ldg(d), __ldg(d + 2), __ldg(d + 4), __ldg(d + 1), __ldg(d + 3)};
+  }
+};
+
 // Element `col` of the 16-bit gradient row (batch b, key token j, KV head kvh) of an
 // output with the given strides; null when out is (the accumulators are used).
 __device__ __forceinline__ void* key_grad_row(void* out, int64_t stride_b, int64_t stride_n, int64_t stride_h, int b,

@@ -1,13 +1,16 @@
 // Documents (spattn/varlen.hpp): the kernels that turn each call's lengths into the
-// block tables the forward kernel walks, on the GPU and in the call's stream.
+// block tables the forward and backward kernels walk, on the GPU and in the call's stream.
 //  - varlen_docs (one CTA): checks the lengths, describes every document (batch index,
 //    first query row, query rows, first key row, key rows) and gives every query tile of
 //    the tables its document and its tile within it;
 //  - varlen_tables<Cfg> (one CTA per table and query tile): the tile's key tiles from
 //    the generated per-row key ranges (Cfg::row_bounds) on the document's own shape,
-//    full tiles first, and the row's length into its work items.
+//    full tiles first, and the row's length into its work items;
+//  - varlen_transpose (backward pass; one CTA per table and key tile): the key tile's
+//    column of query tiles from those rows.
 // The generated translation unit defines Cfg and includes this file after the forward
-// template; its entry points are spattn_varlen_docs and spattn_varlen_tables.
+// or backward template; its entry points are spattn_varlen_docs, spattn_varlen_tables
+// and (backward programs) spattn_varlen_transpose.
 #pragma once
 
 #include "spattn/params.cuh"
@@ -15,8 +18,8 @@
 namespace spattn {
 namespace varlen {
 
-constexpr int kDocsThreads = 1024;
-constexpr int kTablesThreads = 128;
+constexpr int kDocsThreads = kSpattnVarlenDocsThreads;
+constexpr int kTablesThreads = kSpattnVarlenTablesThreads;
 constexpr int kEmpty = 0x7fffffff;  // lower end of an empty key range
 
 // The first violation wins; the host reads {code, document, value, limit}.
@@ -45,6 +48,27 @@ __device__ __forceinline__ int block_prefix(bool pred, int* warp_counts, int& to
   }
   __syncthreads();
   return before + __popc(ballot & ((1u << lane) - 1u));
+}
+
+// Exclusive prefix sum of `value` over the block (blockDim.x = kDocsThreads); `total`
+// gets the block's sum. Every thread must call it.
+__device__ __forceinline__ int block_exclusive_sum(int value, int* warp_counts, int& total) {
+  int incl = value;
+#pragma unroll
+  for (int s = 1; s < 32; s <<= 1) {
+    const int v = __shfl_up_sync(0xffffffffu, incl, s);
+    if (threadIdx.x % 32 >= s) incl += v;
+  }
+  if (threadIdx.x % 32 == 31) warp_counts[threadIdx.x / 32] = incl;
+  __syncthreads();
+  int before = 0;
+  total = 0;
+  for (int w = 0; w < kDocsThreads / 32; ++w) {
+    before += w < static_cast<int>(threadIdx.x) / 32 ? warp_counts[w] : 0;
+    total += warp_counts[w];
+  }
+  __syncthreads();
+  return before + incl - value;
 }
 
 // Document e of the call: {batch index, first query row, query rows, first key row, key rows}.
@@ -101,36 +125,33 @@ __device__ void varlen_docs(const SpattnVarlenDocsParams& p) {
     p.vl_tiles[2 * g] = -1;
     p.vl_tiles[2 * g + 1] = 0;
   }
+  if (p.vl_ktiles)
+    for (int g = tid; g < p.ktile_capacity; g += kDocsThreads) {
+      p.vl_ktiles[2 * g] = -1;
+      p.vl_ktiles[2 * g + 1] = 0;
+    }
   __syncthreads();
   if (*static_cast<volatile int32_t*>(p.status) != 0) return;  // every document empty
 
-  // Tiles of the documents one after another: a running prefix over chunks of documents.
-  int first_tile = 0;
+  // Tiles of the documents one after another: running prefixes over chunks of documents,
+  // of query tiles and (for the backward pass) of key tiles.
+  int first_tile = 0, first_ktile = 0;
   for (int e0 = 0; e0 < entries; e0 += kDocsThreads) {
     const int e = e0 + tid;
     int d[5] = {0, 0, 0, 0, 0};
     if (e < entries) describe(p, e, d);
     const int tiles = e < entries ? (d[2] + p.tile_m - 1) / p.tile_m : 0;
-    // Inclusive scan of the tile counts over the block (warp shuffles, then warp totals).
-    int incl = tiles;
-#pragma unroll
-    for (int s = 1; s < 32; s <<= 1) {
-      const int v = __shfl_up_sync(0xffffffffu, incl, s);
-      if (threadIdx.x % 32 >= s) incl += v;
-    }
-    if (threadIdx.x % 32 == 31) warp_counts[threadIdx.x / 32] = incl;
-    __syncthreads();
-    int before = 0, chunk_total = 0;
-    for (int w = 0; w < kDocsThreads / 32; ++w) {
-      before += w < tid / 32 ? warp_counts[w] : 0;
-      chunk_total += warp_counts[w];
-    }
-    __syncthreads();
-    const int first = first_tile + before + incl - tiles;
+    const int ktiles = e < entries && p.vl_ktiles ? (d[4] + p.tile_n - 1) / p.tile_n : 0;
+    int chunk_tiles = 0, chunk_ktiles = 0;
+    const int first = first_tile + block_exclusive_sum(tiles, warp_counts, chunk_tiles);
+    const int kfirst = first_ktile + block_exclusive_sum(ktiles, warp_counts, chunk_ktiles);
     if (e < entries) {
-      int32_t* out = p.vl_docs + 5 * e;
+      int32_t* out = p.vl_docs + kSpattnDocInts * e;
 #pragma unroll
       for (int x = 0; x < 5; ++x) out[x] = d[x];
+      out[5] = first;
+      out[6] = kfirst;
+      out[7] = 0;
       if (first + tiles > p.tile_capacity) {
         fail(p.status, kSpattnVarlenCapacity, e, first + tiles, p.tile_capacity);
       } else {
@@ -139,12 +160,24 @@ __device__ void varlen_docs(const SpattnVarlenDocsParams& p) {
           p.vl_tiles[2 * (first + t) + 1] = t;
         }
       }
+      if (kfirst + ktiles > p.ktile_capacity && ktiles > 0) {
+        fail(p.status, kSpattnVarlenCapacity, e, kfirst + ktiles, p.ktile_capacity);
+      } else {
+        for (int t = 0; t < ktiles; ++t) {
+          p.vl_ktiles[2 * (kfirst + t)] = e;
+          p.vl_ktiles[2 * (kfirst + t) + 1] = t;
+        }
+      }
     }
-    first_tile += chunk_total;
+    first_tile += chunk_tiles;
+    first_ktile += chunk_ktiles;
   }
   __syncthreads();
-  if (*static_cast<volatile int32_t*>(p.status) != 0)
+  if (*static_cast<volatile int32_t*>(p.status) != 0) {
     for (int g = tid; g < p.tile_capacity; g += kDocsThreads) p.vl_tiles[2 * g] = -1;
+    if (p.vl_ktiles)
+      for (int g = tid; g < p.ktile_capacity; g += kDocsThreads) p.vl_ktiles[2 * g] = -1;
+  }
 }
 
 template <class Cfg>
@@ -224,12 +257,66 @@ struct VarlenTables {
         }
       }
     }
-    if (tid == 0) p.arena[t.full_count + g] = full;
+    if (tid == 0) {
+      p.arena[t.full_count + g] = full;
+      if (p.row_len) p.row_len[(int64_t)table * p.tile_capacity + g] = count;
+    }
+    if (!p.work) return;
     const int heads = __ldg(p.table_info + 3 * table + 1), item_base = __ldg(p.table_info + 3 * table + 2);
     for (int x = tid; x < heads; x += kThreads)
       p.work[6 * (item_base + (int64_t)x * p.tile_capacity + (p.tile_capacity - 1 - g)) + 4] = count;
   }
 };
+
+// Whether the ascending list [first, first + n) holds `value`.
+__device__ __forceinline__ bool holds(const int32_t* first, int n, int value) {
+  int lo = 0, hi = n;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (__ldg(first + mid) < value) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < n && __ldg(first + lo) == value;
+}
+
+// The backward pass's columns (SpattnVarlenTransposeParams): per key tile of a
+// document, its query tiles whose forward rows hold it, in ascending order within the
+// full ones and within the partial ones (the forward rows list both ascending).
+__device__ void varlen_transpose(const SpattnVarlenTransposeParams& p) {
+  __shared__ int warp_counts[kTablesThreads / 32];
+  const int k = blockIdx.x, table = blockIdx.y, tid = threadIdx.x;
+  const SpattnBwdTable t = p.tables[table];
+  const int doc = __ldg(p.vl_ktiles + 2 * k);
+  int count = 0, full = 0;
+  if (doc >= 0) {
+    const int local = __ldg(p.vl_ktiles + 2 * k + 1);
+    const int32_t* d = p.vl_docs + kSpattnDocInts * doc;
+    const int q_tiles = (__ldg(d + 2) + p.tile_m - 1) / p.tile_m, g0 = __ldg(d + 5);
+    int32_t* rows = p.arena + t.rows + (int64_t)k * p.col_capacity;
+    for (int want_full = 1; want_full >= 0; --want_full) {
+      for (int i0 = 0; i0 < q_tiles; i0 += kTablesThreads) {
+        const int i = i0 + tid;
+        bool pick = false;
+        if (i < q_tiles) {
+          const int g = g0 + i;
+          const int begin = __ldg(p.arena + t.row_ptr + g), n_full = __ldg(p.arena + t.row_full + g);
+          const int len = __ldg(p.arena + t.row_len + g);
+          pick = want_full ? holds(p.arena + t.cols + begin, n_full, local)
+                           : holds(p.arena + t.cols + begin + n_full, len - n_full, local);
+        }
+        int chunk = 0;
+        const int at = block_prefix<kTablesThreads>(pick, warp_counts, chunk);
+        if (pick) rows[count + at] = i;
+        count += chunk;
+      }
+      if (want_full) full = count;
+    }
+  }
+  if (tid == 0) {
+    p.arena[t.full_count + k] = full;
+    p.arena[t.col_len + k] = count;
+  }
+}
 
 }  // namespace varlen
 }  // namespace spattn

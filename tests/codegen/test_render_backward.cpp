@@ -10,6 +10,7 @@
 #include <spattn/pattern.hpp>
 
 #include <functional>
+#include <regex>
 
 #include "engine/forward.hpp"
 #include "runtime/nvrtc.hpp"
@@ -24,15 +25,17 @@ runtime::CompiledProgram compile_for(const codegen::RenderedKernel& r, const std
 }
 
 codegen::RenderedKernel render(const char* json, int64_t n, int head_dim, DType dtype, const KernelConfig& c,
-                               const std::string& arch, bool deterministic = false) {
+                               const std::string& arch, bool deterministic = false, bool documents = false) {
   const Pattern pattern = Pattern::parse(json);
   engine::Problem p;
   p.nq = p.nk = n;
   p.heads = p.kv_heads = 4;
   p.head_dim = head_dim;
   p.dtype = dtype;
-  const Layout layout = compile_layout(pattern, p.shape(), c.layout_options());
-  codegen::KernelSpec spec = engine::kernel_spec_for(layout, c, p, arch);
+  LayoutOptions options = c.layout_options();
+  if (documents) options = engine::documents_layout_options(options);
+  const Layout layout = compile_layout(pattern, p.shape(), options);
+  codegen::KernelSpec spec = engine::kernel_spec_for(layout, c, p, arch, documents);
   spec.deterministic = deterministic;
   return codegen::render_backward(spec);
 }
@@ -104,6 +107,50 @@ TEST(RenderBackward, Sm90FamilyCompilesWithoutSpillsAndShowsWgmmaInSass) {
   EXPECT_NE(sass.find("STSM"), std::string::npos) << "no stmatrix for dS";
   EXPECT_NE(sass.find("REDG.E.ADD.F32x2"), std::string::npos) << "no vector reductions for dQ";
   EXPECT_EQ(sass.find(" HMMA"), std::string::npos) << "the sm90 backward still uses mma.sync";
+}
+
+// Documents: the backward program holds the key-tile kernel with the document
+// indirection and the three table builders (documents, forward rows at the backward
+// tiles, their transposition), for both families and both modes; the builders do not
+// spill, and the kernels stay within the budgets of the whole-problem kernels above.
+TEST(RenderBackward, DocumentProgramsHoldTheirTableBuilders) {
+  struct V {
+    const char* json;
+    const char* arch;
+    const char* config;
+    bool deterministic;
+  };
+  for (const V& v : {V{R"({"type":"dense","causal":true})", "sm_80", "64x128w8s1", false},
+                     V{R"({"type":"local_window","window":256,"causal":true})", "sm_90a", "sm90:64x128s2", false},
+                     V{R"({"type":"global_local","global":64,"window":128})", "sm_90a", "sm90:64x128s2", true},
+                     V{R"({"type":"dense"})", "sm_80", "64x64w4s2", true}}) {
+    SCOPED_TRACE(std::string(v.json) + " " + v.config);
+    const auto r = render(v.json, 2048, 128, DType::kBFloat16, KernelConfig::parse(v.config), v.arch, v.deterministic,
+                          true);
+    EXPECT_NE(r.source.find("kVarlen = true"), std::string::npos);
+    const auto out = compile_for(r, v.arch);
+    std::vector<std::string> entries = {"spattn_varlen_docs", "spattn_varlen_tables", "spattn_varlen_transpose",
+                                        "spattn_bwd"};
+    if (v.deterministic) entries.push_back("spattn_bwd_dq");
+    for (const std::string& entry : entries) {
+      const size_t at = out.log.find("entry function '" + entry + "'");
+      ASSERT_NE(at, std::string::npos) << entry << "\n" << out.log;
+      std::smatch m;
+      const std::string rest = out.log.substr(at, 400);
+      ASSERT_TRUE(std::regex_search(rest, m, std::regex(R"((\d+) bytes spill stores)"))) << rest;
+      const bool sm90_kernel = std::string(v.arch) == "sm_90a" && entry == "spattn_bwd";
+      EXPECT_LE(std::stoi(m[1]), entry.rfind("spattn_varlen", 0) == 0 || sm90_kernel ? 0 : 128) << entry << "\n" << rest;
+    }
+  }
+  // Whole problems compile without the indirection.
+  const auto plain = render(R"({"type":"dense","causal":true})", 2048, 128, DType::kBFloat16,
+                            KernelConfig::parse("64x128w8s1"), "sm_80");
+  EXPECT_NE(plain.source.find("kVarlen = false"), std::string::npos);
+  EXPECT_EQ(plain.source.find("spattn_varlen"), std::string::npos);
+  // Patterns without per-row key ranges have no documents backward program.
+  EXPECT_THROW(render(R"({"type":"strided","stride":16,"mode":"relative"})", 2048, 128, DType::kBFloat16,
+                      KernelConfig::parse("64x128w8s1"), "sm_80", false, true),
+               Error);
 }
 
 TEST(RenderBackward, HeadDimsDtypesAndTilesCompile) {

@@ -49,12 +49,12 @@ void check_assembly(const char* json, const std::vector<int32_t>& lengths, int64
       assemble_document_tables(d, h, 128, 64, heads, tmpl.parts, [&](int64_t nq, int64_t nk, int64_t doc) -> const Layout& {
         return shapes(nq, nk, doc);
       });
-  ASSERT_EQ(t.docs.size(), 5 * lengths.size());
+  ASSERT_EQ(t.docs.size(), kSpattnDocInts * lengths.size());
   // Every document's tiles, in order, then the next document's.
   std::vector<std::pair<int32_t, int32_t>> expect_tiles;
   for (size_t e = 0; e < lengths.size(); ++e) {
-    EXPECT_EQ(t.docs[5 * e + 1], h.cu_q[e]);
-    EXPECT_EQ(t.docs[5 * e + 2], lengths[e]);
+    EXPECT_EQ(t.docs[kSpattnDocInts * e + 1], h.cu_q[e]);
+    EXPECT_EQ(t.docs[kSpattnDocInts * e + 2], lengths[e]);
     int64_t count = (lengths[e] + 127) / 128;
     if (lengths[e] > 0)
       for (const BlockTable& b : shapes(lengths[e], lengths[e], 0).tables) count = std::max(count, b.num_q_tiles);
