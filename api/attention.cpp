@@ -47,7 +47,8 @@ struct Attention::Impl {
   // document, heads, head dim, dtype, documents per call): forward_varlen runs per layer
   // and step, and choosing builds layouts, so a problem seen before does not choose again.
   std::map<PlanKey, std::unique_ptr<engine::ForwardPlan>> document_plans;
-  using ChoiceKey = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int, int64_t>;
+  std::map<PlanKey, std::unique_ptr<engine::BackwardPlan>> document_backward_plans;
+  using ChoiceKey = std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int, int64_t>;  // pass first
   std::map<ChoiceKey, api::Choice> document_choices;
   Explanation last;
   bool has_last = false;
@@ -106,17 +107,52 @@ struct Attention::Impl {
 
   // The plan of forward_varlen / forward_padded for documents up to p.nq x p.nk; the
   // configuration is chosen as for p.batch such documents (the call's work).
+  // The configuration of a documents problem of `pass` (chosen once per problem).
+  api::Choice document_choice(TunePass pass, int device, const engine::Problem& p, const runtime::DeviceInfo& info) {
+    const ChoiceKey choice_key{static_cast<int>(pass), device, p.nq, p.nk, p.heads, p.kv_heads, p.head_dim,
+                               static_cast<int>(p.dtype), p.batch};
+    auto found = document_choices.find(choice_key);
+    if (found == document_choices.end()) {
+      if (document_choices.size() >= 4096) document_choices.clear();  // many distinct lengths: a bound
+      found = document_choices.emplace(choice_key, pass == TunePass::kForward ? choose(p, info) : choose_backward(p, info))
+                  .first;
+    }
+    return found->second;
+  }
+
+  api::Choice choose_backward(const engine::Problem& p, const runtime::DeviceInfo& info) const {
+    return options.backward_config
+               ? api::Choice{*options.backward_config, "forced by AttentionOptions::backward_config"}
+               : api::choose_backward(pattern, p, info, options.use_tuning_db);
+  }
+
+  // The backward plan of backward_varlen / backward_padded, as documents_plan_for.
+  engine::BackwardPlan& documents_backward_plan_for(engine::Problem p) {
+    const int device = options.device >= 0 ? options.device : runtime::current_device();
+    runtime::make_current(device);
+    const runtime::DeviceInfo info = runtime::device_info(device);
+    const api::Choice choice = document_choice(TunePass::kBackward, device, p, info);
+    const engine::Problem chosen_for = p;
+    p.batch = 1;
+    const PlanKey key{device, p.nq, p.nk, p.heads, p.kv_heads, p.head_dim, static_cast<int>(p.dtype),
+                      choice.config.to_string() + (options.deterministic ? " deterministic" : "")};
+    auto& slot = document_backward_plans[key];
+    if (!slot) {
+      pattern.validate(p.shape());
+      slot = std::make_unique<engine::BackwardPlan>(pattern, p, choice.config, device, options.deterministic, true);
+      record(TunePass::kBackward, chosen_for, info, choice.config, true);
+      log::debug("attention backward: documents up to {} | {} | {}", p.to_string(), choice.config.to_string(),
+                 choice.source);
+    }
+    last_backward = nullptr;  // the fast path of backward() is for its own plans
+    return *slot;
+  }
+
   engine::ForwardPlan& documents_plan_for(engine::Problem p) {
     const int device = options.device >= 0 ? options.device : runtime::current_device();
     runtime::make_current(device);
     const runtime::DeviceInfo info = runtime::device_info(device);
-    const ChoiceKey choice_key{device, p.nq, p.nk, p.heads, p.kv_heads, p.head_dim, static_cast<int>(p.dtype), p.batch};
-    auto found = document_choices.find(choice_key);
-    if (found == document_choices.end()) {
-      if (document_choices.size() >= 4096) document_choices.clear();  // many distinct lengths: a bound
-      found = document_choices.emplace(choice_key, choose(p, info)).first;
-    }
-    const api::Choice choice = found->second;
+    const api::Choice choice = document_choice(TunePass::kForward, device, p, info);
     const engine::Problem chosen_for = p;
     p.batch = 1;
     const PlanKey key{device, p.nq, p.nk, p.heads, p.kv_heads, p.head_dim, static_cast<int>(p.dtype),
@@ -189,10 +225,7 @@ void Attention::backward(const TensorView& q, const TensorView& k, const TensorV
   impl_->pattern.validate(p.shape());
   runtime::make_current(device);
   const runtime::DeviceInfo info = runtime::device_info(device);
-  const engine::KernelChoice choice =
-      impl_->options.backward_config
-          ? engine::KernelChoice{*impl_->options.backward_config, "forced by AttentionOptions::backward_config"}
-          : api::choose_backward(impl_->pattern, p, info, impl_->options.use_tuning_db);
+  const engine::KernelChoice choice = impl_->choose_backward(p, info);
   const Impl::PlanKey key{device, p.nq, p.nk, p.heads, p.kv_heads, p.head_dim, static_cast<int>(p.dtype),
                           choice.config.to_string()};
   auto& slot = impl_->backward_plans[key];
@@ -257,6 +290,75 @@ TensorView lse_as_one_batch(const TensorView& t) {
   return v;
 }
 
+// A documents call: the lengths over tensors of p.nq query and p.nk key rows, and the
+// longest document as the problem its plan is for, with as much work as the documents.
+struct DocumentsCall {
+  engine::DocumentLengths lengths;
+  engine::Problem longest;
+};
+
+// Packed documents over p (the tensors as one batch); checks the offset tensors.
+DocumentsCall packed_call(const Documents& documents, const engine::Problem& p) {
+  const int64_t docs = documents.cu_seqlens_q.rank == 1 ? documents.cu_seqlens_q.shape[0] - 1 : 0;
+  SPATTN_REQUIRE(docs >= 1, "cu_seqlens_q must be a device int32 [documents + 1] with at least one document; got {}",
+                 documents.cu_seqlens_q.describe());
+  check_lengths_tensor(documents.cu_seqlens_q, "cu_seqlens_q", docs + 1, "documents + 1 query offsets");
+  check_lengths_tensor(documents.cu_seqlens_k, "cu_seqlens_k", docs + 1,
+                       "documents + 1 key offsets, as many as cu_seqlens_q");
+  SPATTN_REQUIRE(documents.max_seqlen_q >= 0 && documents.max_seqlen_k >= 0,
+                 "max_seqlen_q and max_seqlen_k must be >= 0; got {} and {}", documents.max_seqlen_q,
+                 documents.max_seqlen_k);
+  DocumentsCall c;
+  engine::DocumentLengths& lengths = c.lengths;
+  lengths.cu_q = static_cast<const int32_t*>(documents.cu_seqlens_q.data);
+  lengths.cu_k = static_cast<const int32_t*>(documents.cu_seqlens_k.data);
+  lengths.docs = docs;
+  lengths.nq = p.nq;
+  lengths.nk = p.nk;
+  // Bounds on a document's length; no document is longer than its tensor.
+  lengths.max_q = std::min(documents.max_seqlen_q, p.nq);
+  lengths.max_k = std::min(documents.max_seqlen_k, p.nk);
+  c.longest = p;
+  c.longest.nq = std::max<int64_t>(1, lengths.max_q);
+  c.longest.nk = std::max<int64_t>(1, lengths.max_k);
+  c.longest.batch = std::max<int64_t>(1, (p.nq + c.longest.nq - 1) / c.longest.nq);  // as much work as documents
+  return c;
+}
+
+// Padded batches of p; `call` names the API call in messages.
+DocumentsCall padded_call(const KeyPadding& padding, const engine::Problem& p, const char* call) {
+  SPATTN_REQUIRE(padding.seqused_k.data != nullptr || padding.seqused_q.data != nullptr,
+                 "{} needs seqused_k (device int32 [B]) and/or seqused_q; without padding call {}", call,
+                 std::string(call).rfind("forward", 0) == 0 ? "forward()" : "backward()");
+  if (padding.seqused_k.data) check_lengths_tensor(padding.seqused_k, "seqused_k", p.batch, "keys used per batch");
+  if (padding.seqused_q.data) check_lengths_tensor(padding.seqused_q, "seqused_q", p.batch, "queries used per batch");
+  DocumentsCall c;
+  c.lengths.used_q = static_cast<const int32_t*>(padding.seqused_q.data);
+  c.lengths.used_k = static_cast<const int32_t*>(padding.seqused_k.data);
+  c.lengths.docs = p.batch;
+  c.lengths.nq = p.nq;
+  c.lengths.nk = p.nk;
+  c.lengths.max_q = p.nq;
+  c.lengths.max_k = p.nk;
+  c.longest = p;
+  return c;
+}
+
+// The packed views of a documents backward call ([N, H, D] as [1, N, H, D], LSE [H, N]
+// as [1, H, N]).
+struct PackedViews {
+  TensorView q, k, v, o, lse, d_o, dq, dk, dv;
+};
+PackedViews packed_views(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                         const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
+                         const TensorView& dv) {
+  return PackedViews{as_one_batch(q, "Q", "[total_q, Hq, D]"),     as_one_batch(k, "K", "[total_k, Hkv, D]"),
+                     as_one_batch(v, "V", "[total_k, Hkv, D]"),    as_one_batch(o, "O", "[total_q, Hq, D]"),
+                     lse_as_one_batch(lse),                        as_one_batch(d_o, "dO", "[total_q, Hq, D]"),
+                     as_one_batch(dq, "dQ", "[total_q, Hq, D]"),   as_one_batch(dk, "dK", "[total_k, Hkv, D]"),
+                     as_one_batch(dv, "dV", "[total_k, Hkv, D]")};
+}
+
 }  // namespace
 
 void Attention::forward_varlen(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
@@ -267,58 +369,51 @@ void Attention::forward_varlen(const TensorView& q, const TensorView& k, const T
   const TensorView o4 = as_one_batch(o, "O", "[total_q, Hq, D]");
   TensorView l3;
   if (lse) l3 = lse_as_one_batch(*lse);
-  engine::Problem p = engine::problem_from_tensors(q4, k4, v4, o4, lse ? &l3 : nullptr);
-  const int64_t docs = documents.cu_seqlens_q.rank == 1 ? documents.cu_seqlens_q.shape[0] - 1 : 0;
-  SPATTN_REQUIRE(docs >= 1, "cu_seqlens_q must be a device int32 [documents + 1] with at least one document; got {}",
-                 documents.cu_seqlens_q.describe());
-  check_lengths_tensor(documents.cu_seqlens_q, "cu_seqlens_q", docs + 1, "documents + 1 query offsets");
-  check_lengths_tensor(documents.cu_seqlens_k, "cu_seqlens_k", docs + 1,
-                       "documents + 1 key offsets, as many as cu_seqlens_q");
-  SPATTN_REQUIRE(documents.max_seqlen_q >= 0 && documents.max_seqlen_k >= 0,
-                 "max_seqlen_q and max_seqlen_k must be >= 0; got {} and {}", documents.max_seqlen_q,
-                 documents.max_seqlen_k);
-  engine::DocumentLengths lengths;
-  lengths.cu_q = static_cast<const int32_t*>(documents.cu_seqlens_q.data);
-  lengths.cu_k = static_cast<const int32_t*>(documents.cu_seqlens_k.data);
-  lengths.docs = docs;
-  lengths.nq = p.nq;
-  lengths.nk = p.nk;
-  // Bounds on a document's length; no document is longer than its tensor.
-  lengths.max_q = std::min(documents.max_seqlen_q, p.nq);
-  lengths.max_k = std::min(documents.max_seqlen_k, p.nk);
-  engine::Problem longest = p;
-  longest.nq = std::max<int64_t>(1, lengths.max_q);
-  longest.nk = std::max<int64_t>(1, lengths.max_k);
-  longest.batch = std::max<int64_t>(1, (p.nq + longest.nq - 1) / longest.nq);  // as much work as documents
+  const engine::Problem p = engine::problem_from_tensors(q4, k4, v4, o4, lse ? &l3 : nullptr);
+  const DocumentsCall c = packed_call(documents, p);
   std::lock_guard<std::mutex> lock(impl_->mu);
-  engine::ForwardPlan& plan = impl_->documents_plan_for(longest);
-  plan.run_documents(q4, k4, v4, o4, lse ? &l3 : nullptr, lengths, impl_->options.check_lengths,
+  engine::ForwardPlan& plan = impl_->documents_plan_for(c.longest);
+  plan.run_documents(q4, k4, v4, o4, lse ? &l3 : nullptr, c.lengths, impl_->options.check_lengths,
                      impl_->options.scale, stream);
-  impl_->last.problem = fmt::format("{} documents in {}; plan for {}", docs, p.to_string(), impl_->last.problem);
+  impl_->last.problem = fmt::format("{} documents in {}; plan for {}", c.lengths.docs, p.to_string(), impl_->last.problem);
   impl_->last.documents = plan.documents()->describe();
 }
 
 void Attention::forward_padded(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                                const TensorView* lse, const KeyPadding& padding, CUstream stream) {
   const engine::Problem p = engine::problem_from_tensors(q, k, v, o, lse);
-  SPATTN_REQUIRE(padding.seqused_k.data != nullptr || padding.seqused_q.data != nullptr,
-                 "forward_padded needs seqused_k (device int32 [B]) and/or seqused_q; without padding call forward()");
-  if (padding.seqused_k.data) check_lengths_tensor(padding.seqused_k, "seqused_k", p.batch, "keys used per batch");
-  if (padding.seqused_q.data) check_lengths_tensor(padding.seqused_q, "seqused_q", p.batch, "queries used per batch");
-  engine::DocumentLengths lengths;
-  lengths.used_q = static_cast<const int32_t*>(padding.seqused_q.data);
-  lengths.used_k = static_cast<const int32_t*>(padding.seqused_k.data);
-  lengths.docs = p.batch;
-  lengths.nq = p.nq;
-  lengths.nk = p.nk;
-  lengths.max_q = p.nq;
-  lengths.max_k = p.nk;
-  const engine::Problem& longest = p;
+  const DocumentsCall c = padded_call(padding, p, "forward_padded");
   std::lock_guard<std::mutex> lock(impl_->mu);
-  engine::ForwardPlan& plan = impl_->documents_plan_for(longest);
-  plan.run_documents(q, k, v, o, lse, lengths, impl_->options.check_lengths, impl_->options.scale, stream);
+  engine::ForwardPlan& plan = impl_->documents_plan_for(c.longest);
+  plan.run_documents(q, k, v, o, lse, c.lengths, impl_->options.check_lengths, impl_->options.scale, stream);
   impl_->last.problem = p.to_string() + " with padding";
   impl_->last.documents = plan.documents()->describe();
+}
+
+void Attention::backward_varlen(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                                const TensorView& lse, const TensorView& d_o, const TensorView& dq,
+                                const TensorView& dk, const TensorView& dv, const Documents& documents,
+                                CUstream stream) {
+  const PackedViews x = packed_views(q, k, v, o, lse, d_o, dq, dk, dv);
+  const engine::Problem p =
+      engine::backward_problem_from_tensors(x.q, x.k, x.v, x.o, x.lse, x.d_o, x.dq, x.dk, x.dv);
+  const DocumentsCall c = packed_call(documents, p);
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  engine::BackwardPlan& plan = impl_->documents_backward_plan_for(c.longest);
+  plan.run_documents(x.q, x.k, x.v, x.o, x.lse, x.d_o, x.dq, x.dk, x.dv, c.lengths, impl_->options.check_lengths,
+                     impl_->options.scale, stream);
+}
+
+void Attention::backward_padded(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                                const TensorView& lse, const TensorView& d_o, const TensorView& dq,
+                                const TensorView& dk, const TensorView& dv, const KeyPadding& padding,
+                                CUstream stream) {
+  const engine::Problem p = engine::backward_problem_from_tensors(q, k, v, o, lse, d_o, dq, dk, dv);
+  const DocumentsCall c = padded_call(padding, p, "backward_padded");
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  engine::BackwardPlan& plan = impl_->documents_backward_plan_for(c.longest);
+  plan.run_documents(q, k, v, o, lse, d_o, dq, dk, dv, c.lengths, impl_->options.check_lengths, impl_->options.scale,
+                     stream);
 }
 
 Explanation Attention::prepare(int64_t batch, int64_t nq, int64_t nk, int64_t heads, int64_t kv_heads,

@@ -284,7 +284,6 @@ std::vector<PlannedKernel> plan_prewarm(const Manifest& manifest, const PrewarmO
         for (int head_dim : manifest.head_dims)
           for (const std::string& arch : archs)
             for (TunePass pass : manifest.passes) {
-              if (entry.documents && pass != TunePass::kForward) continue;  // documents: forward only
               Need n;
               n.pattern = &entry.pattern;
               n.pass = pass;
@@ -341,15 +340,23 @@ std::vector<PlannedKernel> plan_prewarm(const Manifest& manifest, const PrewarmO
                            [&](const Selection& x) { return x.config == sel.config; }))
             n.selections.push_back(std::move(sel));
       }
+      bool runs = true;
       for (const Selection& sel : n.selections) {
         const LayoutOptions options = n.documents ? engine::documents_layout_options(sel.config.layout_options())
                                                   : sel.config.layout_options();
         const Layout layout = backward ? compile_layout(*n.pattern, n.problem.shape(), options)
                                        : engine::forward_layout(*n.pattern, n.problem.shape(), options);
+        // The backward pass over documents runs for patterns whose document tables are
+        // built on the GPU (engine::BackwardPlan); others have no kernel to prewarm.
+        if (backward && n.documents && !engine::document_tables_on_gpu(layout.parts)) {
+          runs = false;
+          break;
+        }
         codegen::KernelSpec spec = engine::kernel_spec_for(layout, sel.config, n.problem, n.arch, n.documents);
         spec.deterministic = n.deterministic;
         n.rendered.push_back(backward ? codegen::render_backward(spec) : codegen::render_forward(spec));
       }
+      if (!runs) n.selections.clear(), n.rendered.clear();
     } catch (const Error& e) {
       n.error = e.what();
     }

@@ -99,7 +99,6 @@ RecordedProblem parse_line(const json& j, const std::string& where) {
   if (j.contains("documents")) {
     if (!j["documents"].is_boolean()) bad(where + ".documents", "must be true or false");
     r.documents = j["documents"].get<bool>();
-    if (r.documents && r.pass != TunePass::kForward) bad(where + ".documents", "documents have a forward pass only");
   }
   return r;
 }

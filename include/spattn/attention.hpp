@@ -109,6 +109,21 @@ class Attention {
                 const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
                 const TensorView& dv, CUstream stream = nullptr);
 
+  // Gradients of forward_varlen / forward_padded with the same documents (or padding):
+  // tensors as those calls take them (lse required: [Hq, total_q] for packed documents,
+  // [B, Hq, Nq] for padded batches), dq like q, dk and dv like k. Rows outside every
+  // document (padding) get zero gradients. The tables are built on the GPU from the
+  // lengths, for patterns whose rows are key ranges (dense, causal, windows, global +
+  // local, hierarchical, head groups and their unions / intersections); other patterns
+  // throw kUnsupported. The lengths check and graph capture as for the forward calls
+  // (AttentionOptions::check_lengths); deterministic mode as for backward().
+  void backward_varlen(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                       const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
+                       const TensorView& dv, const Documents& documents, CUstream stream = nullptr);
+  void backward_padded(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
+                       const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
+                       const TensorView& dv, const KeyPadding& padding, CUstream stream = nullptr);
+
   // Prepares (layout + kernel) for a problem without running it: returns what forward would use.
   Explanation prepare(int64_t batch, int64_t nq, int64_t nk, int64_t heads, int64_t kv_heads, int64_t head_dim,
                       DType dtype);

@@ -89,9 +89,10 @@ TEST(Record, LinesRoundTripAndAreCheckedStrictly) {
   EXPECT_NE(error_of("\n\n").find("no records"), std::string::npos);
 }
 
-// Documents (forward_varlen / forward_padded) record their own program: the line says so
-// (and only then: records of whole problems keep their lines), a record of documents
-// prewarms the documents program, and documents of a backward pass are refused.
+// Documents (forward_varlen / forward_padded, their backward calls) record their own
+// program: the line says so (and only then: records of whole problems keep their lines), a
+// record of documents prewarms the documents program of its pass, and a manifest's
+// documents entries add the backward documents program where the pattern has one.
 TEST(Record, DocumentsRecordAndPrewarmTheirProgram) {
   test::TempDir dir("rec");
   test::ScopedEnv env("SPATTN_CACHE_DIR", dir.path().string());
@@ -104,15 +105,17 @@ TEST(Record, DocumentsRecordAndPrewarmTheirProgram) {
   ASSERT_EQ(got.size(), 2u) << "documents and the whole problem are different problems";
   EXPECT_TRUE(got[0].documents);
   EXPECT_FALSE(got[1].documents);
-  nlohmann::json j = nlohmann::json::parse(a.to_line());
-  j["pass"] = "backward";
-  try {
-    (void)parse_record(j.dump(), "rec");
-    ADD_FAILURE() << "documents of a backward pass accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("rec:1.documents: documents have a forward pass only"), std::string::npos)
-        << e.what();
-  }
+  RecordedProblem back = problem_of(R"({"type":"dense","causal":true})", 2048, TunePass::kBackward, "64x128w8s1");
+  back.documents = true;
+  const std::vector<RecordedProblem> got_back = parse_record(back.to_line(), "rec");
+  ASSERT_EQ(got_back.size(), 1u);
+  EXPECT_TRUE(got_back[0].documents);
+  EXPECT_EQ(got_back[0].pass, TunePass::kBackward);
+  int backward_documents = 0;
+  for (const PlannedKernel& k : plan_prewarm(Manifest::parse(back.to_line() + "\n"), {}, heuristic))
+    backward_documents += k.rendered.program_name.rfind("spattn_bwd_", 0) == 0 &&
+                          k.rendered.source.find("spattn_varlen_transpose") != std::string::npos;
+  EXPECT_EQ(backward_documents, 1);
   const Manifest m = Manifest::parse(a.to_line() + "\n" + plain.to_line() + "\n");
   int documents = 0, whole = 0;
   for (const PlannedKernel& k : plan_prewarm(m, {}, heuristic)) {
@@ -134,8 +137,20 @@ TEST(Record, DocumentsRecordAndPrewarmTheirProgram) {
     varlen += k.rendered.source.find("kVarlen = true") != std::string::npos;
     backward += k.rendered.program_name.rfind("spattn_bwd_", 0) == 0;
   }
-  EXPECT_EQ(varlen, 1);
-  EXPECT_EQ(backward, 0) << "documents have no backward kernels";
+  EXPECT_EQ(varlen, 2) << "the forward and backward documents programs";
+  EXPECT_EQ(backward, 1);
+  // A pattern whose document tables come from the host has no backward documents program.
+  const Manifest host = Manifest::parse(
+      R"({"archs":["sm_80"],"dtypes":["bf16"],"head_dims":[64],"passes":["forward","backward"],
+          "entries":[{"pattern":{"type":"strided","stride":16,"mode":"relative"},"seq":[1024],"heads":2,
+                      "documents":true}]})");
+  int host_backward = 0, host_forward = 0;
+  for (const PlannedKernel& k : plan_prewarm(host, {}, heuristic)) {
+    host_backward += k.rendered.program_name.rfind("spattn_bwd_", 0) == 0;
+    host_forward += k.rendered.source.find("kVarlen = true") != std::string::npos;
+  }
+  EXPECT_EQ(host_forward, 1);
+  EXPECT_EQ(host_backward, 0);
   try {
     (void)Manifest::parse(
         R"({"archs":["sm_80"],"dtypes":["bf16"],"head_dims":[64],
