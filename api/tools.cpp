@@ -13,6 +13,7 @@
 #include "autotune/search_space.hpp"
 #include "autotune/tuning_db.hpp"
 #include "common/check.hpp"
+#include "engine/backward.hpp"
 #include "engine/forward.hpp"
 #include "engine/jit.hpp"
 #include "engine/reference.hpp"
@@ -171,12 +172,12 @@ PatternBuild compile_pattern(const Pattern& pattern, const std::string& arch, in
   }
   autotune::check_config(pass, out.config, head_dim, dtype, arch, device.smem_per_block_optin);
   const auto t0 = std::chrono::steady_clock::now();
-  SPATTN_REQUIRE(!documents || pass == TunePass::kForward, "documents have a forward pass only");
   if (std::string why; documents && !documents_supported(pattern, heads, &why))
     SPATTN_FAIL(ErrorCode::kUnsupported, "{}", why);
   const LayoutOptions options = documents ? engine::documents_layout_options(out.config.layout_options())
                                           : out.config.layout_options();
   const Layout layout = engine::forward_layout(pattern, problem.shape(), options);
+  if (documents && pass == TunePass::kBackward) engine::check_documents_backward(pattern, layout);
   out.stats = engine::forward_layout_stats(pattern, layout, head_dim);
   out.layout_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   codegen::KernelSpec spec = engine::kernel_spec_for(layout, out.config, problem, arch, documents);

@@ -118,7 +118,8 @@ struct PatternBuild {
 // heuristic's choice for a GPU of that arch (the local one if it is of that arch, else a
 // typical one), and the support kernels, compiled through the cache (no GPU needed).
 // Throws kUnsupported for a config the target cannot run. `documents`: the program of
-// Attention::forward_varlen / forward_padded (forward only; nq is the longest document).
+// Attention::forward_varlen / forward_padded or of their backward calls (nq is the
+// longest document).
 PatternBuild compile_pattern(const Pattern& pattern, const std::string& arch, int64_t nq, int64_t heads, int head_dim,
                              DType dtype, const std::optional<KernelConfig>& config,
                              TunePass pass = TunePass::kForward, bool deterministic = false, bool documents = false);

@@ -46,11 +46,9 @@ void register_compile(CLI::App& app) {
   cmd->add_flag("--deterministic", args->deterministic,
                 "with --backward: the deterministic backward's kernels (AttentionOptions::deterministic)");
   cmd->add_flag("--documents", args->documents,
-                "the program of packed documents / padded batches (Attention::forward_varlen, forward_padded; "
-                "--seq is then the longest document)");
+                "the program of packed documents / padded batches (Attention::forward_varlen, forward_padded, "
+                "with --backward backward_varlen, backward_padded; --seq is then the longest document)");
   cmd->callback([args] {
-    if (args->documents && args->backward)
-      throw Error(ErrorCode::kInvalidArgument, "--documents has a forward pass only: drop --backward");
     if (args->deterministic && !args->backward)
       throw Error(ErrorCode::kInvalidArgument, "--deterministic applies to the backward pass: add --backward");
     const Pattern pattern = load_pattern_arg(args->pattern);

@@ -22,6 +22,17 @@ Problem backward_problem_from_tensors(const TensorView& q, const TensorView& k, 
   return p;
 }
 
+void check_documents_backward(const Pattern& pattern, const Layout& layout) {
+  if (!document_tables_on_gpu(layout.parts))
+    SPATTN_FAIL(ErrorCode::kUnsupported,
+                "backward over documents of a '{}' pattern is not supported yet: its document tables are built on the "
+                "host (it has no per-row key ranges), and the backward pass builds them on the GPU only. Patterns "
+                "whose rows are key ranges (dense, causal, windows, global + local, hierarchical, head groups and "
+                "their unions / intersections) train on documents; run other patterns per document through "
+                "Attention::backward",
+                pattern.kind());
+}
+
 BackwardPlan::BackwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config, int device,
                            bool deterministic, bool documents)
     : problem_(problem), config_(config), device_(device), deterministic_(deterministic) {
@@ -36,14 +47,7 @@ BackwardPlan::BackwardPlan(const Pattern& pattern, const Problem& problem, const
     layout_options = documents_layout_options(layout_options);
   }
   layout_ = compile_layout(pattern, problem.shape(), layout_options);
-  if (documents && !document_tables_on_gpu(layout_.parts))
-    SPATTN_FAIL(ErrorCode::kUnsupported,
-                "backward over documents of a '{}' pattern is not supported yet: its document tables are built on the "
-                "host (it has no per-row key ranges), and the backward pass builds them on the GPU only. Patterns "
-                "whose rows are key ranges (dense, causal, windows, global + local, hierarchical, head groups and "
-                "their unions / intersections) train on documents; run other patterns per document through "
-                "Attention::backward",
-                pattern.kind());
+  if (documents) check_documents_backward(pattern, layout_);
   codegen::KernelSpec spec = kernel_spec_for(layout_, config, problem, info.arch(), documents);
   spec.deterministic = deterministic;
   rendered_ = codegen::render_backward(spec);

@@ -25,6 +25,11 @@ Problem backward_problem_from_tensors(const TensorView& q, const TensorView& k, 
                                       const TensorView& o, const TensorView& lse, const TensorView& d_o,
                                       const TensorView& dq, const TensorView& dk, const TensorView& dv);
 
+// Throws kUnsupported unless the backward pass runs over documents of `pattern`, whose
+// natural-order layout is `layout`: its document tables must be built on the GPU
+// (document_tables_on_gpu).
+void check_documents_backward(const Pattern& pattern, const Layout& layout);
+
 class BackwardPlan {
  public:
   // deterministic: bitwise reproducible (see SpattnBwdParams); throws kUnsupported for a
