@@ -230,6 +230,44 @@ spattn_status spattn_attention_backward(spattn_attention_t attn, const spattn_te
   });
 }
 
+spattn_status spattn_attention_backward_varlen(spattn_attention_t attn, const spattn_tensor* q,
+                                               const spattn_tensor* k, const spattn_tensor* v, const spattn_tensor* o,
+                                               const spattn_tensor* lse, const spattn_tensor* d_o,
+                                               const spattn_tensor* dq, const spattn_tensor* dk,
+                                               const spattn_tensor* dv, const spattn_tensor* cu_seqlens_q,
+                                               const spattn_tensor* cu_seqlens_k, int64_t max_seqlen_q,
+                                               int64_t max_seqlen_k, void* stream) {
+  return guarded([&] {
+    if (!attn) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "attention handle is NULL");
+    spattn::Documents docs;
+    docs.cu_seqlens_q = view_of(cu_seqlens_q, "cu_seqlens_q", 1);
+    docs.cu_seqlens_k = view_of(cu_seqlens_k, "cu_seqlens_k", 1);
+    docs.max_seqlen_q = max_seqlen_q;
+    docs.max_seqlen_k = max_seqlen_k;
+    // Ranks as in spattn_attention_forward_varlen: backward_varlen names the layouts.
+    attn->attn.backward_varlen(view_of(q, "q", 1), view_of(k, "k", 1), view_of(v, "v", 1), view_of(o, "o", 1),
+                               view_of(lse, "lse", 1), view_of(d_o, "d_o", 1), view_of(dq, "dq", 1),
+                               view_of(dk, "dk", 1), view_of(dv, "dv", 1), docs, static_cast<CUstream>(stream));
+  });
+}
+
+spattn_status spattn_attention_backward_padded(spattn_attention_t attn, const spattn_tensor* q,
+                                               const spattn_tensor* k, const spattn_tensor* v, const spattn_tensor* o,
+                                               const spattn_tensor* lse, const spattn_tensor* d_o,
+                                               const spattn_tensor* dq, const spattn_tensor* dk,
+                                               const spattn_tensor* dv, const spattn_tensor* seqused_q,
+                                               const spattn_tensor* seqused_k, void* stream) {
+  return guarded([&] {
+    if (!attn) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "attention handle is NULL");
+    spattn::KeyPadding padding;
+    padding.seqused_q = optional_view_of(seqused_q, "seqused_q");
+    padding.seqused_k = optional_view_of(seqused_k, "seqused_k");
+    attn->attn.backward_padded(view_of(q, "q"), view_of(k, "k"), view_of(v, "v"), view_of(o, "o"), view_of(lse, "lse"),
+                               view_of(d_o, "d_o"), view_of(dq, "dq"), view_of(dk, "dk"), view_of(dv, "dv"), padding,
+                               static_cast<CUstream>(stream));
+  });
+}
+
 spattn_status spattn_attention_explain(spattn_attention_t attn, char* buffer, size_t capacity, size_t* needed) {
   return guarded([&] {
     if (!attn) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "attention handle is NULL");

@@ -7,7 +7,8 @@
  * pointers with shapes and strides in elements:
  *   Q [B, Nq, Hq, D], K/V [B, Nk, Hkv, D], O like Q, LSE [B, Hq, Nq] fp32 (optional).
  * Packed variable-length documents and padded batches (include/spattn/varlen.hpp):
- * spattn_attention_forward_varlen and spattn_attention_forward_padded.
+ * spattn_attention_forward_varlen and spattn_attention_forward_padded, and their gradients
+ * spattn_attention_backward_varlen and spattn_attention_backward_padded.
  * Adaptive patterns ({"type": "adaptive", ...}, include/spattn/adaptive.hpp) also take
  * block scores, projections and a chosen-blocks output: spattn_attention_forward_adaptive.
  */
@@ -120,6 +121,26 @@ spattn_status spattn_attention_backward(spattn_attention_t attn, const spattn_te
                                         const spattn_tensor* v, const spattn_tensor* o, const spattn_tensor* lse,
                                         const spattn_tensor* d_o, const spattn_tensor* dq, const spattn_tensor* dk,
                                         const spattn_tensor* dv, void* stream);
+
+/* Gradients of spattn_attention_forward_varlen / _padded with the same lengths: tensors
+ * as those calls take them (lse required: [Hq, total_q], or [B, Hq, Nq] for padded
+ * batches), dq like q, dk and dv like k. Rows outside every document (padding) get zero
+ * gradients. The lengths check as for the forward calls. SPATTN_ERROR_UNSUPPORTED for
+ * patterns whose document tables are not built on the GPU (their rows are not key
+ * ranges: strided, LongNet, grids, custom blocks) and for adaptive patterns. */
+spattn_status spattn_attention_backward_varlen(spattn_attention_t attn, const spattn_tensor* q,
+                                               const spattn_tensor* k, const spattn_tensor* v, const spattn_tensor* o,
+                                               const spattn_tensor* lse, const spattn_tensor* d_o,
+                                               const spattn_tensor* dq, const spattn_tensor* dk,
+                                               const spattn_tensor* dv, const spattn_tensor* cu_seqlens_q,
+                                               const spattn_tensor* cu_seqlens_k, int64_t max_seqlen_q,
+                                               int64_t max_seqlen_k, void* stream);
+spattn_status spattn_attention_backward_padded(spattn_attention_t attn, const spattn_tensor* q,
+                                               const spattn_tensor* k, const spattn_tensor* v, const spattn_tensor* o,
+                                               const spattn_tensor* lse, const spattn_tensor* d_o,
+                                               const spattn_tensor* dq, const spattn_tensor* dk,
+                                               const spattn_tensor* dv, const spattn_tensor* seqused_q,
+                                               const spattn_tensor* seqused_k, void* stream);
 
 /* Text of what the last forward ran. Writes at most `capacity` bytes (NUL-terminated)
  * and sets *needed to the full length + 1. */

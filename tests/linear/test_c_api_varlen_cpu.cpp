@@ -1,5 +1,5 @@
-// The documents forwards of the C ABI (spattn_attention_forward_varlen / _padded,
-// include/spattn/spattn.h) without a GPU: the "check_lengths" option, and every argument
+// The documents calls of the C ABI (spattn_attention_forward_varlen / _padded and their
+// backward calls, include/spattn/spattn.h) without a GPU: the "check_lengths" option, and every argument
 // error found before any GPU work (NULL handle and tensors, ranks, dtypes and counts of
 // the offsets and lengths, the packed layouts) as SPATTN_ERROR_INVALID_ARGUMENT with the
 // library's message; a valid call on a host without a GPU is "no GPU" (status 3).
@@ -198,6 +198,53 @@ TEST_F(DocumentsCApi, ValidCallsNeedAGpu) {
   expect_status(p.forward(attn_, nullptr, &p.used_k), SPATTN_ERROR_NO_GPU, "");
   expect_status(p.forward(attn_, &absent, &p.used_k), SPATTN_ERROR_NO_GPU, "");
   expect_status(p.forward(attn_, &p.used_q, nullptr), SPATTN_ERROR_NO_GPU, "");
+}
+
+// The gradients of documents (spattn_attention_backward_varlen / _padded): the same
+// layouts with the gradients named, LSE required, lengths as the forward calls take them.
+struct PackedBackward : Packed {
+  spattn_tensor d_o = fake_tensor(SPATTN_BF16, {300, 4, 64}, 8), dq = fake_tensor(SPATTN_BF16, {300, 4, 64}, 9),
+                dk = fake_tensor(SPATTN_BF16, {300, 2, 64}, 10), dv = fake_tensor(SPATTN_BF16, {300, 2, 64}, 11);
+  spattn_status backward(spattn_attention_t attn, const spattn_tensor* l) const {
+    return spattn_attention_backward_varlen(attn, &q, &k, &v, &o, l, &d_o, &dq, &dk, &dv, &cu_q, &cu_k, max_q, max_k,
+                                            nullptr);
+  }
+};
+struct PaddedBackward : Padded {
+  spattn_tensor d_o = fake_tensor(SPATTN_BF16, {2, 300, 4, 64}, 8), dq = fake_tensor(SPATTN_BF16, {2, 300, 4, 64}, 9),
+                dk = fake_tensor(SPATTN_BF16, {2, 300, 2, 64}, 10), dv = fake_tensor(SPATTN_BF16, {2, 300, 2, 64}, 11);
+  spattn_status backward(spattn_attention_t attn, const spattn_tensor* uq, const spattn_tensor* uk) const {
+    return spattn_attention_backward_padded(attn, &q, &k, &v, &o, &lse, &d_o, &dq, &dk, &dv, uq, uk, nullptr);
+  }
+};
+
+TEST_F(DocumentsCApi, BackwardValidatesArguments) {
+  PackedBackward t;
+  expect_status(t.backward(nullptr, &t.lse), SPATTN_ERROR_INVALID_ARGUMENT, "attention handle is NULL");
+  expect_status(t.backward(attn_, nullptr), SPATTN_ERROR_INVALID_ARGUMENT, "lse is NULL");
+  {
+    PackedBackward u;
+    u.dq = fake_tensor(SPATTN_BF16, {1, 300, 4, 64}, 9);
+    expect_status(u.backward(attn_, &u.lse), SPATTN_ERROR_INVALID_ARGUMENT,
+                  "dQ must have 3 dimensions [total_q, Hq, D] for packed documents");
+    u.dq = fake_tensor(SPATTN_BF16, {300, 4, 64}, 9);
+    u.dk = fake_tensor(SPATTN_BF16, {300, 4, 64}, 10);
+    expect_status(u.backward(attn_, &u.lse), SPATTN_ERROR_INVALID_ARGUMENT, "dK must have shape [1, 300, 2, 64]");
+    u.dk = fake_tensor(SPATTN_BF16, {300, 2, 64}, 10);
+    u.cu_k = fake_tensor(SPATTN_INT32, {4}, 7);
+    expect_status(u.backward(attn_, &u.lse), SPATTN_ERROR_INVALID_ARGUMENT,
+                  "cu_seqlens_k must be a contiguous device int32 [3]");
+  }
+  PaddedBackward p;
+  expect_status(p.backward(attn_, nullptr, nullptr), SPATTN_ERROR_INVALID_ARGUMENT,
+                "backward_padded needs seqused_k (device int32 [B]) and/or seqused_q; without padding call backward()");
+  p.dv = fake_tensor(SPATTN_FP16, {2, 300, 2, 64}, 11);
+  expect_status(p.backward(attn_, nullptr, &p.used_k), SPATTN_ERROR_INVALID_ARGUMENT, "dV has dtype");
+  if (!spattn::runtime::has_gpu()) {
+    expect_status(t.backward(attn_, &t.lse), SPATTN_ERROR_NO_GPU, "");
+    PaddedBackward ok;
+    expect_status(ok.backward(attn_, nullptr, &ok.used_k), SPATTN_ERROR_NO_GPU, "");
+  }
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
-// The documents forwards of the C ABI on the GPU: spattn_attention_forward_varlen and
-// spattn_attention_forward_padded write the same bits as spattn::Attention's
-// forward_varlen / forward_padded on the same inputs (O and LSE, poisoned alike first,
+// The documents calls of the C ABI on the GPU: spattn_attention_forward_varlen and
+// spattn_attention_forward_padded (and their backward calls) write the same bits as
+// spattn::Attention's on the same inputs (O and LSE, poisoned alike first,
 // so rows a call leaves alone are compared too). Their results against the reference are
 // tests/engine/test_varlen_gpu.cpp's; here only the boundary is in question. And bad
 // offsets come back as SPATTN_ERROR_INVALID_ARGUMENT naming the entry (with
@@ -151,6 +151,84 @@ TEST(DocumentsCApiGpu, PaddedWritesTheBitsOfTheCppApi) {
     expect_same_bits(o_c, o_cpp, "O");
     expect_same_bits(lse_c, lse_cpp, "LSE");
   }
+}
+
+// The gradients of documents: spattn_attention_backward_varlen / _padded write the bits
+// of Attention::backward_varlen / backward_padded (deterministic mode on both sides, so
+// the bits do not depend on the order of atomics).
+TEST(DocumentsCApiGpu, BackwardWritesTheBitsOfTheCppApi) {
+  SPATTN_REQUIRE_GPU();
+  const std::vector<int32_t> lengths{1, 0, 200, 77, 513};
+  std::vector<int32_t> cu{0};
+  for (int32_t n : lengths) cu.push_back(cu.back() + n);
+  const int64_t T = cu.back() + 3, H = 4, HK = 2, D = 128, docs = static_cast<int64_t>(cu.size());
+  const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+  const DType dt = DType::kBFloat16;
+  const int64_t qe = T * H * D, ke = T * HK * D;
+  runtime::DeviceBuffer q(qe * 2), k(ke * 2), v(ke * 2), o(qe * 2), d_o(qe * 2), lse(H * T * 4);
+  engine::fill_random(q.data(), qe, dt, 81);
+  engine::fill_random(k.data(), ke, dt, 82);
+  engine::fill_random(v.data(), ke, dt, 83);
+  engine::fill_random(d_o.data(), qe, dt, 84);
+  const runtime::DeviceBuffer dcu = upload_i32(cu);
+  const char* json = R"({"type":"dense","causal":true})";
+  AttentionOptions opt = cpp_options();
+  opt.deterministic = true;
+  Attention cpp(Pattern::parse(json), opt);
+  TensorView l;  // [Hq, total_q]
+  l.data = lse.data();
+  l.dtype = DType::kFloat32;
+  l.rank = 2;
+  l.shape = {H, T, 1, 1};
+  l.strides = {T, 1, 1, 1};
+  const Documents d{i32_view(dcu, docs), i32_view(dcu, docs), longest, longest};
+  auto qv = [&](const runtime::DeviceBuffer& b) { return TensorView::contiguous3(b.data(), dt, {T, H, D}); };
+  auto kv = [&](const runtime::DeviceBuffer& b) { return TensorView::contiguous3(b.data(), dt, {T, HK, D}); };
+  cpp.forward_varlen(qv(q), kv(k), kv(v), qv(o), &l, d);
+  runtime::DeviceBuffer dq_c(qe * 2), dk_c(ke * 2), dv_c(ke * 2), dq_cpp(qe * 2), dk_cpp(ke * 2), dv_cpp(ke * 2);
+  for (auto* b : {&dq_c, &dk_c, &dv_c, &dq_cpp, &dk_cpp, &dv_cpp}) b->fill_bytes(0xff);
+  cpp.backward_varlen(qv(q), kv(k), kv(v), qv(o), l, qv(d_o), qv(dq_cpp), kv(dk_cpp), kv(dv_cpp), d);
+
+  spattn_attention_t attn = nullptr;
+  ASSERT_EQ(spattn_attention_create(json, R"({"use_tuning_db": false, "deterministic": true})", &attn), SPATTN_OK)
+      << spattn_last_error();
+  auto qt = [&](const runtime::DeviceBuffer& b) { return test::c_tensor(b.data(), SPATTN_BF16, {T, H, D}); };
+  auto kt = [&](const runtime::DeviceBuffer& b) { return test::c_tensor(b.data(), SPATTN_BF16, {T, HK, D}); };
+  const spattn_tensor tq = qt(q), tk = kt(k), tv = kt(v), to = qt(o), tdo = qt(d_o), tdq = qt(dq_c), tdk = kt(dk_c),
+                      tdv = kt(dv_c), tl = test::c_tensor(lse.data(), SPATTN_FP32, {H, T}),
+                      tcu = test::c_tensor(dcu.data(), SPATTN_INT32, {docs});
+  ASSERT_EQ(spattn_attention_backward_varlen(attn, &tq, &tk, &tv, &to, &tl, &tdo, &tdq, &tdk, &tdv, &tcu, &tcu,
+                                             longest, longest, nullptr),
+            SPATTN_OK)
+      << spattn_last_error();
+  // Padded: one batch of all rows with seqused_k, both ways.
+  const runtime::DeviceBuffer used = upload_i32({static_cast<int32_t>(T - 7)});
+  KeyPadding pad;
+  pad.seqused_k = i32_view(used, 1);
+  auto q4 = [&](const runtime::DeviceBuffer& b) { return TensorView::contiguous(b.data(), dt, {1, T, H, D}); };
+  auto k4 = [&](const runtime::DeviceBuffer& b) { return TensorView::contiguous(b.data(), dt, {1, T, HK, D}); };
+  runtime::DeviceBuffer plse(H * T * 4), pq_c(qe * 2), pk_c(ke * 2), pv_c(ke * 2), pq_cpp(qe * 2), pk_cpp(ke * 2),
+      pv_cpp(ke * 2);
+  const auto tl4 = TensorView::contiguous3(plse.data(), DType::kFloat32, {1, H, T});
+  cpp.forward_padded(q4(q), k4(k), k4(v), q4(o), &tl4, pad);
+  cpp.backward_padded(q4(q), k4(k), k4(v), q4(o), tl4, q4(d_o), q4(pq_cpp), k4(pk_cpp), k4(pv_cpp), pad);
+  auto q4t = [&](const runtime::DeviceBuffer& b) { return test::c_tensor(b.data(), SPATTN_BF16, {1, T, H, D}); };
+  auto k4t = [&](const runtime::DeviceBuffer& b) { return test::c_tensor(b.data(), SPATTN_BF16, {1, T, HK, D}); };
+  const spattn_tensor pq = q4t(q), pk = k4t(k), pv = k4t(v), po = q4t(o), pdo = q4t(d_o), pdq = q4t(pq_c),
+                      pdk = k4t(pk_c), pdv = k4t(pv_c), pl = test::c_tensor(plse.data(), SPATTN_FP32, {1, H, T}),
+                      pu = test::c_tensor(used.data(), SPATTN_INT32, {1});
+  ASSERT_EQ(spattn_attention_backward_padded(attn, &pq, &pk, &pv, &po, &pl, &pdo, &pdq, &pdk, &pdv, nullptr, &pu,
+                                             nullptr),
+            SPATTN_OK)
+      << spattn_last_error();
+  runtime::synchronize();
+  spattn_attention_destroy(attn);
+  expect_same_bits(dq_c, dq_cpp, "dQ (packed)");
+  expect_same_bits(dk_c, dk_cpp, "dK (packed)");
+  expect_same_bits(dv_c, dv_cpp, "dV (packed)");
+  expect_same_bits(pq_c, pq_cpp, "dQ (padded)");
+  expect_same_bits(pk_c, pk_cpp, "dK (padded)");
+  expect_same_bits(pv_c, pv_cpp, "dV (padded)");
 }
 
 TEST(DocumentsCApiGpu, BadOffsetsAreInvalidArgumentsNamingTheEntry) {
