@@ -101,6 +101,30 @@ std::optional<Against> time_against(const std::optional<Pattern>& pattern, int64
   return a;
 }
 
+// The backward pass of `pattern` on the batched layout [batch, seq] (after one forward
+// for O and LSE), timed as time_against times the forward.
+Against time_backward_against(const Pattern& pattern, int64_t batch, int64_t seq, int64_t heads, int64_t head_dim,
+                              DType dtype, int reps, const AttentionOptions& options, const std::string& label) {
+  Attention attn(pattern, options);
+  auto tensor = [&](uint64_t seed) {
+    tools::DeviceTensor t(dtype, {batch, seq, heads, head_dim});
+    t.fill_random(seed);
+    return t;
+  };
+  const tools::DeviceTensor q = tensor(201), k = tensor(202), v = tensor(203), d_o = tensor(204), o = tensor(205);
+  const tools::DeviceTensor lse(DType::kFloat32, {batch, heads, seq}), dq = tensor(206), dk = tensor(207),
+      dv = tensor(208);
+  const TensorView l = lse.view();
+  attn.forward(q.view(), k.view(), v.view(), o.view(), &l);
+  Against a;
+  a.timing = time_runs(label, reps, [&](int) {
+    attn.backward(q.view(), k.view(), v.view(), o.view(), l, d_o.view(), dq.view(), dk.view(), dv.view());
+  });
+  a.pattern = attn.explanation().pattern;
+  a.config = options.backward_config ? options.backward_config->to_string() : "backward heuristic";
+  return a;
+}
+
 void print_against(const std::optional<Against>& a, double ms, const std::string& what, nlohmann::json* j) {
   if (!a) return;
   const double ratio = a->timing.median() / ms;
@@ -447,9 +471,13 @@ void register_documents_bench(CLI::App& bench) {
     int64_t heads = 16;
     int head_dim = 128, reps = 20;
     uint64_t seed = 1;
+    bool backward = false;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = bench.add_subcommand("documents", "time packed variable-length documents against one sequence of the same work");
+  cmd->add_flag("--backward", args->backward,
+                "time the backward pass (Attention::backward_varlen after one forward) against the backward pass of "
+                "the same yardsticks");
   cmd->add_option("-p,--pattern", args->pattern, "pattern of every document")->capture_default_str();
   cmd->add_option("--lengths", args->lengths,
                   "document lengths: L x COUNT (4096x16), a list (100,2000,37), or random:TOTAL:MIN-MAX")
@@ -538,6 +566,50 @@ void register_documents_bench(CLI::App& bench) {
         set->back().fill_random(11 * s + static_cast<uint64_t>(set == &k) + 2 * static_cast<uint64_t>(set == &v));
       }
     const tools::DeviceTensor o(dtype, {total, H, D});
+    if (args->backward) {
+      // The backward pass over the documents against that of the same yardsticks.
+      const tools::DeviceTensor lse(DType::kFloat32, {H, total}), dq(dtype, {total, H, D}), dk(dtype, {total, H, D}),
+          dv(dtype, {total, H, D});
+      tools::DeviceTensor d_o(dtype, {total, H, D});
+      d_o.fill_random(77);
+      TensorView l = lse.view();
+      l.rank = 2;
+      l.shape = {H, total, 0, 0};
+      l.strides = {total, 1, 0, 0};
+      attn.forward_varlen(q[0].view(), k[0].view(), v[0].view(), o.view(), &l, docs);
+      const Timing bwd = time_runs("timing the documents' backward pass", args->reps, [&](int) {
+        attn.backward_varlen(q[0].view(), k[0].view(), v[0].view(), o.view(), l, d_o.view(), dq.view(), dk.view(),
+                             dv.view(), docs);
+      });
+      const Against one_seq = time_backward_against(pattern, 1, one, H, D, dtype, args->reps, opts,
+                                                    "timing the backward pass of one sequence of the same work");
+      const bool equal = std::count(len.begin(), len.end(), len.front()) == static_cast<long>(len.size());
+      std::optional<Against> batched;
+      if (equal && len.front() > 0)
+        batched = time_backward_against(pattern, static_cast<int64_t>(len.size()), len.front(), H, D, dtype,
+                                        args->reps, opts, "timing the backward pass of the batched layout");
+      // 2.5x the forward's FLOPs: the five products of the backward against the forward's two.
+      const double tf = 2.5 * flops / bwd.median() / 1e9, tf_one = 2.5 * 4.0 * D * pairs_at(one) / one_seq.timing.median() / 1e9;
+      if (globals().json) {
+        nlohmann::json j = {{"pattern", pattern.to_json()}, {"documents", len.size()}, {"total", total},
+                            {"longest", longest}, {"backward_ms", bwd.median()}, {"backward_tflops", tf},
+                            {"single_seq", one}, {"single_backward_ms", one_seq.timing.median()},
+                            {"single_backward_tflops", tf_one}, {"throughput_vs_single", tf / tf_one},
+                            {"reps", args->reps}};
+        if (batched) j["batched_backward_ms"] = batched->timing.median();
+        print_json(j);
+        return;
+      }
+      std::cout << fmt::format("documents {} of lengths {} .. {} ({} tokens), backward {:.4g} useful FLOP\n", len.size(),
+                               *std::min_element(len.begin(), len.end()), longest, total, 2.5 * flops);
+      std::cout << fmt::format("backward  {}; {:.1f} useful TFLOP/s (lengths not checked)\n", bwd.line(), tf);
+      std::cout << fmt::format("one seq   {} tokens: {}; {:.1f} useful TFLOP/s; documents reach {:.1f}% of its rate\n",
+                               one, one_seq.timing.line(), tf_one, 100 * tf / tf_one);
+      if (batched)
+        std::cout << fmt::format("batched   [{}, {}]: {}; documents take {:.2f}x its time\n", len.size(), len.front(),
+                                 batched->timing.line(), bwd.median() / batched->timing.median());
+      return;
+    }
     const Timing varlen = time_runs("timing documents", args->reps, [&](int r) {
       attn.forward_varlen(q[r % kSets].view(), k[r % kSets].view(), v[r % kSets].view(), o.view(), nullptr, docs);
     });
