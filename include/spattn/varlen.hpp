@@ -37,6 +37,15 @@
 // explain() says which path ran. Patterns whose rows some part leaves without a key
 // table (LongNet rows in no branch of their head) and multi-part patterns write O = 0,
 // LSE = -inf also into rows outside every document.
+//
+// Gradients (Attention::backward_varlen / backward_padded, the same lengths and tensors
+// as the forward call, with its LSE): for patterns whose tables are built on the GPU, the
+// documents, the forward rows at the backward kernel's tiles and their transposition
+// (the query tiles of each key tile) are built from the lengths in the call's stream,
+// checked and capturable as above; every document is again a problem of its own, and
+// rows outside every document (padding) get zero gradients — with the check off, bad
+// lengths give zero gradients everywhere. Patterns whose tables come from the host throw
+// kUnsupported (run them per document through Attention::backward).
 #pragma once
 
 #include <spattn/pattern.hpp>
