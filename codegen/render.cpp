@@ -103,7 +103,8 @@ void write_row_bounds_member(std::ostringstream& src, bool bounds, bool token_of
 }
 
 // The entry points of the documents' table builders (templates/varlen.cuh) at the
-// program's tiles; backward programs add the transposed tables' builder.
+// program's tiles; forward programs add the work list's order, backward programs the
+// transposed tables' builder.
 void write_document_builders(std::ostringstream& src, bool backward) {
   src << "\n#include \"spattn/varlen.cuh\"\n\n";
   src << "extern \"C\" __global__ void __launch_bounds__(spattn::varlen::kDocsThreads) spattn_varlen_docs("
@@ -113,6 +114,9 @@ void write_document_builders(std::ostringstream& src, bool backward) {
   if (backward)
     src << "extern \"C\" __global__ void __launch_bounds__(spattn::varlen::kTablesThreads) spattn_varlen_transpose("
            "const SpattnVarlenTransposeParams p) {\n  spattn::varlen::varlen_transpose(p);\n}\n";
+  else
+    src << "extern \"C\" __global__ void __launch_bounds__(spattn::varlen::kDocsThreads) spattn_varlen_order("
+           "const SpattnVarlenOrderParams p) {\n  spattn::varlen::varlen_order(p);\n}\n";
 }
 
 }  // namespace

@@ -26,6 +26,11 @@ void upload(runtime::DeviceBuffer& buf, const std::vector<T>& v) {
 
 }  // namespace
 
+int64_t longest_first_heads_per_group(int64_t l2_bytes, int64_t nk, int64_t head_dim, int64_t kv_group) {
+  const int64_t kv_bytes = nk * head_dim * 2 * 2;
+  return std::max<int64_t>(1, l2_bytes / 2 / std::max<int64_t>(1, kv_bytes)) * kv_group;
+}
+
 WorkList build_work_list(const Layout& layout, int64_t concurrent, bool longest_first, int64_t heads_per_group) {
   struct Piece {
     int32_t table, q_tile, head, begin, end, slot;

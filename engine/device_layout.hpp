@@ -34,6 +34,9 @@ struct WorkList {
 // stay in L2, instead of streaming every head's from memory (causal rows sorted by
 // length across all heads would mix every head at once).
 WorkList build_work_list(const Layout& layout, int64_t concurrent, bool longest_first, int64_t heads_per_group = 0);
+// The query heads of such a group: those whose keys and values (nk rows of head_dim,
+// 16-bit K and V) fit in half the L2, times the query heads per KV head.
+int64_t longest_first_heads_per_group(int64_t l2_bytes, int64_t nk, int64_t head_dim, int64_t kv_group);
 
 // Host form of the tables: the arena (slots, CSR offsets, full counts, columns) and one
 // SpattnTable per table with offsets into it. Throws kUnsupported when a table does not

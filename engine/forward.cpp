@@ -188,14 +188,13 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
   // Rows are split against the number of work items the GPU runs at once; longest-first
   // orders heads in groups whose K and V fit in half the L2.
   const KernelFamilyInfo& family = kernel_family_info(config.family);
-  const int64_t kv_bytes = problem.nk * problem.head_dim * 2 * 2;
-  const int64_t kv_heads_per_group = std::max<int64_t>(1, int64_t{info.l2_bytes} / 2 / std::max<int64_t>(1, kv_bytes));
   const bool copies = config.family == KernelFamily::kSm90 && config.gather == TokenGather::kCopy;
   if (!documents)  // documents build their tables per call
     tables_ = DeviceLayout(layout_,
                            build_work_list(layout_, int64_t{family.ctas_per_sm} * info.sm_count,
                                            config.schedule == ScheduleOrder::kLongestFirst,
-                                           kv_heads_per_group * (problem.heads / problem.kv_heads)));
+                                           longest_first_heads_per_group(info.l2_bytes, problem.nk, problem.head_dim,
+                                                                         problem.heads / problem.kv_heads)));
   if (copies && !documents) {
     TokenCopyPlan plan = plan_token_copies(layout_, tables_.slot_offsets(), problem.heads / problem.kv_heads);
     if (!plan.empty())
@@ -204,7 +203,9 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
   }
   if (is_adaptive(pattern))
     adaptive_ = std::make_unique<AdaptiveSelector>(pattern, problem, config.tile_m, config.tile_n, device);
-  if (documents) documents_ = std::make_unique<DocumentTables>(pattern, layout_, rendered_, device, problem.heads);
+  if (documents)
+    documents_ = std::make_unique<DocumentTables>(pattern, layout_, rendered_, device, problem.heads,
+                                                  problem.heads / problem.kv_heads, problem.head_dim, info.l2_bytes);
   if (work_list().split_slots > 0)
     split_merge_ = &load_kernel(support, device,
                                 problem.dtype == DType::kBFloat16 ? "spattn_merge_splits_bf16" : "spattn_merge_splits_fp16");
@@ -341,7 +342,7 @@ void ForwardPlan::execute(const TensorView& q, const TensorView& k, const Tensor
     fp.scale_log2 = scale * 1.4426950408889634f;
     fp.arena = tables.arena();
     fp.tables = tables.tables();
-    fp.work = tables.work();
+    fp.work = documents_ ? documents_->work() : tables.work();
     fp.num_work = static_cast<int32_t>(num_work);
     fp.split_o = reinterpret_cast<float*>(split_o_.get());
     fp.split_lse = reinterpret_cast<float*>(split_lse_.get());

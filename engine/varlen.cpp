@@ -67,10 +67,13 @@ void require_not_capturing(CUstream stream, const std::string& why) {
 }  // namespace
 
 DocumentTables::DocumentTables(const Pattern& pattern, const Layout& tmpl, const codegen::RenderedKernel& program,
-                               int device, int64_t heads)
+                               int device, int64_t heads, int64_t kv_group, int64_t head_dim, int64_t l2_bytes)
     : pattern_(pattern),
       template_(tmpl),
       heads_(heads),
+      kv_group_(kv_group),
+      head_dim_(head_dim),
+      l2_bytes_(l2_bytes),
       tile_m_(static_cast<int>(tmpl.tile_m)),
       tile_n_(static_cast<int>(tmpl.tile_n)) {
   for (const BlockTable& t : template_.tables)
@@ -78,6 +81,7 @@ DocumentTables::DocumentTables(const Pattern& pattern, const Layout& tmpl, const
   if (document_tables_on_gpu(template_.parts)) {
     docs_kernel_ = &load_kernel(program, device, "spattn_varlen_docs");
     tables_kernel_ = &load_kernel(program, device, "spattn_varlen_tables");
+    order_kernel_ = &load_kernel(program, device, "spattn_varlen_order");
   }
   needs_fill_ = !template_.covers_all_rows;
   status_ = runtime::DeviceBuffer(16);
@@ -128,6 +132,7 @@ void DocumentTables::reserve(int64_t tile_capacity, int64_t row_capacity, int64_
   i32(items, "work items");
   work.max_piece = rows;
   tables_ = DeviceLayout(layout, std::move(work));
+  ordered_work_ = runtime::DeviceBuffer(static_cast<size_t>(std::max<int64_t>(items, 1)) * 6 * 4);
   table_info_ = runtime::DeviceBuffer(info.size() * 4);
   table_info_.upload(info.data(), info.size() * 4);
   vl_tiles_ = runtime::DeviceBuffer(static_cast<size_t>(tiles) * 2 * 4);
@@ -170,8 +175,25 @@ void DocumentTables::build_on_gpu(const DocumentLengths& d, bool check, CUstream
     tables_kernel_->kernel.launch({static_cast<unsigned>(tile_capacity_), static_cast<unsigned>(template_.tables.size())},
                                   {kSpattnVarlenTablesThreads}, 0, stream, args);
   }
+  {
+    // Longest rows first within head groups sized for the longest document's keys.
+    SpattnVarlenOrderParams op{};
+    op.work_in = tables_.work();
+    op.work_out = reinterpret_cast<int32_t*>(ordered_work_.get());
+    op.num_items = static_cast<int32_t>(tables_.work_list().num_items());
+    op.row_capacity = static_cast<int32_t>(row_capacity_);
+    op.heads_per_group = static_cast<int32_t>(
+        std::min<int64_t>(heads_, longest_first_heads_per_group(l2_bytes_, d.max_k, head_dim_, kv_group_)));
+    op.groups = static_cast<int32_t>(ceil_div(heads_, op.heads_per_group));
+    const size_t bins = static_cast<size_t>(op.groups) * static_cast<size_t>(row_capacity_ + 1);
+    if (order_bins_.size() < bins * 4) order_bins_ = runtime::DeviceBuffer(bins * 4);
+    op.bins = reinterpret_cast<int32_t*>(order_bins_.get());
+    SPATTN_CU_CHECK(cuMemsetD32Async(order_bins_.get(), 0, bins, stream));
+    void* args[] = {&op};
+    order_kernel_->kernel.launch({1}, {kSpattnVarlenDocsThreads}, 0, stream, args);
+  }
   last_ = fmt::format("documents: tables built on the GPU from {} ({} {}), {} query tiles x {} key tiles of "
-                      "capacity; lengths {}",
+                      "capacity, longest rows first; lengths {}",
                       packed ? "cu_seqlens" : "seqused", d.docs, packed ? "documents" : "batches", tile_capacity_,
                       row_capacity_, check ? "checked (the host waits for the check)" : "not checked on the host");
   if (check) check_document_lengths(status_, d.docs, stream);

@@ -99,14 +99,21 @@ class DocumentTables {
   // each table; the tables themselves are rebuilt per call). `program`: the plan's
   // rendered forward program, which holds the builder kernels when the tables are built
   // on the GPU (document_tables_on_gpu).
+  // `kv_group`, `head_dim`, `l2_bytes`: for the work list's order on the GPU (longest
+  // rows first within groups of heads whose keys and values share the L2).
   DocumentTables(const Pattern& pattern, const Layout& tmpl, const codegen::RenderedKernel& program, int device,
-                 int64_t heads);
+                 int64_t heads, int64_t kv_group, int64_t head_dim, int64_t l2_bytes);
 
   // This call's documents and tables on `stream`. With `check`, waits for the lengths
   // check and throws kInvalidArgument naming the bad entry.
   void build(const DocumentLengths& lengths, bool check, CUstream stream);
 
   const DeviceLayout& tables() const { return tables_; }
+  // The work list the forward kernel walks: the tables' (host path), or its reordering
+  // longest rows first (GPU path).
+  const int32_t* work() const {
+    return on_gpu() ? reinterpret_cast<const int32_t*>(ordered_work_.get()) : tables_.work();
+  }
   bool on_gpu() const { return docs_kernel_ != nullptr; }
   // Whether the last call's tables leave some row of a document without a table (the
   // plan then writes O = 0, LSE = -inf everywhere first).
@@ -124,15 +131,16 @@ class DocumentTables {
 
   Pattern pattern_;
   Layout template_;
-  int64_t heads_;
+  int64_t heads_, kv_group_, head_dim_, l2_bytes_;
   std::map<std::pair<int64_t, int64_t>, Layout> shapes_;  // host path: layouts by document shape
   bool needs_fill_ = false;
   int tile_m_, tile_n_;
   const JitKernel* docs_kernel_ = nullptr;
   const JitKernel* tables_kernel_ = nullptr;
+  const JitKernel* order_kernel_ = nullptr;
   int64_t tile_capacity_ = 0, row_capacity_ = 0, doc_capacity_ = 0;
   DeviceLayout tables_;
-  runtime::DeviceBuffer vl_tiles_, vl_docs_, status_, table_info_;
+  runtime::DeviceBuffer vl_tiles_, vl_docs_, status_, table_info_, ordered_work_, order_bins_;
   std::string last_ = "not run yet";
 };
 

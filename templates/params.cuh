@@ -387,6 +387,18 @@ struct SpattnVarlenTablesParams {
   int32_t tile_capacity, row_capacity, heads;
 };
 
+// Documents, third kernel (one CTA of kSpattnVarlenDocsThreads): the work list the
+// tables kernel completed, reordered longest row first within groups of heads_per_group
+// consecutive heads (the heads whose keys and values share the L2), into work_out:
+// persistent CTAs take items round-robin, so equal lengths side by side keep them
+// balanced. `bins` (groups * (row_capacity + 1) ints) is zeroed by the host first.
+struct SpattnVarlenOrderParams {
+  const int32_t* work_in;
+  int32_t* work_out;
+  int32_t* bins;
+  int32_t num_items, row_capacity, heads_per_group, groups;
+};
+
 // Documents, backward (one CTA per table and key tile of the capacity): the transposed
 // tables from the forward CSR that spattn_varlen_tables wrote into the same arena (the
 // SpattnBwdTable's row_ptr, row_full, cols, row_len): for key tile k of document d, the

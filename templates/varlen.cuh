@@ -6,11 +6,12 @@
 //  - varlen_tables<Cfg> (one CTA per table and query tile): the tile's key tiles from
 //    the generated per-row key ranges (Cfg::row_bounds) on the document's own shape,
 //    full tiles first, and the row's length into its work items;
+//  - varlen_order (forward; one CTA): the work list longest rows first per head group;
 //  - varlen_transpose (backward pass; one CTA per table and key tile): the key tile's
 //    column of query tiles from those rows.
 // The generated translation unit defines Cfg and includes this file after the forward
-// or backward template; its entry points are spattn_varlen_docs, spattn_varlen_tables
-// and (backward programs) spattn_varlen_transpose.
+// or backward template; its entry points are spattn_varlen_docs, spattn_varlen_tables,
+// spattn_varlen_order (forward programs) and spattn_varlen_transpose (backward programs).
 #pragma once
 
 #include "spattn/params.cuh"
@@ -267,6 +268,40 @@ struct VarlenTables {
       p.work[6 * (item_base + (int64_t)x * p.tile_capacity + (p.tile_capacity - 1 - g)) + 4] = count;
   }
 };
+
+// SpattnVarlenOrderParams: a counting sort of the items by (head group, row length
+// descending). Items of equal key (equal lengths) may land in any order among themselves:
+// each writes rows of its own, so the outputs do not depend on it.
+__device__ void varlen_order(const SpattnVarlenOrderParams& p) {
+  __shared__ int warp_counts[kDocsThreads / 32];
+  const int tid = threadIdx.x;
+  const int per_group = p.row_capacity + 1;
+  auto bin_of = [&](int item) {
+    const int32_t* w = p.work_in + 6 * item;
+    const int len = min(max(__ldg(w + 4), 0), p.row_capacity);
+    return min(__ldg(w + 2) / p.heads_per_group, p.groups - 1) * per_group + (p.row_capacity - len);
+  };
+  for (int i = tid; i < p.num_items; i += kDocsThreads) atomicAdd(p.bins + bin_of(i), 1);
+  __syncthreads();
+  // The bins' counts into their first positions (an exclusive scan, chunk by chunk).
+  const int bins = p.groups * per_group;
+  int before = 0;
+  for (int b0 = 0; b0 < bins; b0 += kDocsThreads) {
+    const int b = b0 + tid;
+    const int count = b < bins ? __ldcg(p.bins + b) : 0;  // counted by atomics (in L2)
+    int chunk = 0;
+    const int at = before + block_exclusive_sum(count, warp_counts, chunk);
+    if (b < bins) p.bins[b] = at;
+    before += chunk;
+  }
+  __syncthreads();
+  for (int i = tid; i < p.num_items; i += kDocsThreads) {
+    const int to = atomicAdd(p.bins + bin_of(i), 1);
+    const int32_t* w = p.work_in + 6 * i;
+#pragma unroll
+    for (int x = 0; x < 6; ++x) p.work_out[6 * to + x] = __ldg(w + x);
+  }
+}
 
 // Whether the ascending list [first, first + n) holds `value`.
 __device__ __forceinline__ bool holds(const int32_t* first, int n, int value) {

@@ -130,7 +130,7 @@ TEST(Render, DocumentKernelsCompileForSm80AndSm90a) {
     EXPECT_GT(out.cubin.size(), 1000u);
     // ptxas reports each entry point: the builders without spills, the forward kernel
     // within the tolerance of ForwardCompilesWithinRegisterBudgetForSm80AndSm90a.
-    for (const char* entry : {"spattn_varlen_docs", "spattn_varlen_tables", "spattn_fwd"}) {
+    for (const char* entry : {"spattn_varlen_docs", "spattn_varlen_tables", "spattn_varlen_order", "spattn_fwd"}) {
       const size_t at = out.log.find(std::string("entry function '") + entry + "'");
       ASSERT_NE(at, std::string::npos) << entry << "\n" << out.log;
       std::smatch m;

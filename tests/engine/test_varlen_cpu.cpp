@@ -136,14 +136,17 @@ TEST(DocumentTables, DocumentsWithoutKeysAndPaddedBatches) {
     }
   }
   EXPECT_EQ(empty, 2 * 2) << "two tiles x two heads";
-  // Padded batches: batch b's used rows, then its padded query rows as a document of no keys.
+  // Padded batches: batch b's used rows, then its padded query rows as a document of no keys
+  // (kSpattnDocInts ints each: batch, first query row, rows, first key row, keys, first
+  // query tile among the tables' tiles, no key tiles on the host path, unused).
   HostLengths p{{}, {}, {300, 5}, {300, 17}};
   DocumentLengths pd;
   pd.used_q = pd.used_k = reinterpret_cast<const int32_t*>(8);
   pd.docs = 2;
   pd.nq = pd.nk = pd.max_q = pd.max_k = 300;
   t = assemble_document_tables(pd, p, 128, 64, 2, tmpl.parts, layout_of);
-  const std::vector<int32_t> expect{0, 0, 300, 0, 300, 1, 0, 5, 0, 17, 0, 300, 0, 0, 0, 1, 5, 295, 0, 0};
+  const std::vector<int32_t> expect{0, 0, 300, 0, 300, 0, 0, 0,  1, 0, 5, 0, 17, 3, 0, 0,
+                                    0, 300, 0, 0, 0, 4, 0, 0,  1, 5, 295, 0, 0, 4, 0, 0};
   EXPECT_EQ(t.docs, expect);
 }
 
