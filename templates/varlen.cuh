@@ -215,7 +215,8 @@ struct VarlenTables {
     int count = 0, full = 0;
     if (doc >= 0) {
       const int tile = __ldg(p.vl_tiles + 2 * g + 1);
-      const int nq = __ldg(p.vl_docs + 5 * doc + 2), nk = __ldg(p.vl_docs + 5 * doc + 4);
+      const int32_t* d = p.vl_docs + kSpattnDocInts * doc;
+      const int nq = __ldg(d + 2), nk = __ldg(d + 4);
       const int r0 = tile * BM;
       const int rows = min(BM, nq - r0);
       if (tid == 0) range[0] = kEmpty, range[1] = -1;
