@@ -25,7 +25,7 @@ The linear-time mixers (include/spattn/linear.hpp), forward only:
     o = perf(q, k, v); perf.redraw(seed=1)
 
 Packed variable-length documents (FlashAttention's varlen convention) and padded batches
-(include/spattn/varlen.hpp), forward only:
+(include/spattn/varlen.hpp):
 
     out = spattn.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_q, max_k,
                                   {"type": "dense", "causal": True})   # q [total_q, Hq, D]
@@ -34,7 +34,11 @@ Packed variable-length documents (FlashAttention's varlen convention) and padded
 
 For training, spattn.attention(q, k, v, pattern) is differentiable (a torch.library
 custom op with an autograd formula and a fake implementation, so torch.compile traces
-through it), and spattn.SparseAttention(pattern) is the same as an nn.Module.
+through it), also over padded batches (seqused_k=, seqused_q=, key_padding_mask=), and
+so is spattn.attention_varlen over packed documents for patterns whose rows are key
+ranges (dense, causal, windows, global + local, ...); spattn.SparseAttention(pattern) is
+attention() as an nn.Module. Attention.backward / backward_varlen are the gradients
+without autograd.
 """
 import contextlib
 import ctypes
@@ -99,6 +103,10 @@ _lib.spattn_attention_forward_varlen.argtypes = ([ctypes.c_void_p] + [ctypes.POI
                                                 [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p])
 _lib.spattn_attention_forward_padded.argtypes = [ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 7 + [ctypes.c_void_p]
 _lib.spattn_attention_backward.argtypes = [ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 9 + [ctypes.c_void_p]
+_lib.spattn_attention_backward_varlen.argtypes = ([ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 11 +
+                                                 [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p])
+_lib.spattn_attention_backward_padded.argtypes = ([ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 11 +
+                                                 [ctypes.c_void_p])
 _lib.spattn_attention_explain.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t,
                                           ctypes.POINTER(ctypes.c_size_t)]
 _lib.spattn_pattern_stats.argtypes = [ctypes.c_char_p] + [ctypes.c_int64] * 6 + [
@@ -187,7 +195,11 @@ class Attention:
     key_padding_mask) check their lengths on the GPU; with check_lengths=True (the default)
     the call waits for that check and raises ArgumentError naming a bad entry; with False
     nothing waits (the call can be captured in a CUDA graph) and bad lengths leave the
-    outputs unwritten."""
+    outputs unwritten.
+
+    Gradients without autograd: backward() (whole problems and padded batches) and
+    backward_varlen() (packed documents) take the forward's tensors and LSE; spattn.attention
+    and spattn.attention_varlen are the differentiable forms."""
 
     def __init__(self, pattern, config=None, scale=None, use_tuning_db=True, backward_config=None,
                  deterministic=False, check_lengths=True):
@@ -280,28 +292,9 @@ class Attention:
 
     def _forward_padded(self, q, k, v, out, lse, stream, seqused_k, seqused_q, key_padding_mask):
         import torch
-        _require_tensors({"q": q, "k": k, "v": v, "out": out, "lse": lse, "seqused_k": seqused_k,
-                          "seqused_q": seqused_q, "key_padding_mask": key_padding_mask})
-        for name, t in (("q", q), ("k", k), ("v", v)):
-            if t.dim() != 4:
-                raise ArgumentError(f"{name}: shape {tuple(t.shape)}; padded batches are [B, N, H, D]")
-        batch, nq, nk = q.shape[0], q.shape[1], k.shape[1]
-        _same_device(("q", q), {"k": k, "v": v, "out": out, "lse": lse, "seqused_k": seqused_k,
-                                "seqused_q": seqused_q, "key_padding_mask": key_padding_mask})
-        temporaries = []
-        if key_padding_mask is not None:
-            if seqused_k is not None:
-                raise ArgumentError("key_padding_mask and seqused_k both give the keys used; pass one of them")
-            if tuple(key_padding_mask.shape) != (batch, nk):
-                raise ArgumentError(f"key_padding_mask: shape {tuple(key_padding_mask.shape)}; expected [B, Nk] = "
-                                    f"[{batch}, {nk}]")
-            seqused_k = seqused_from_key_padding_mask(key_padding_mask)
-            temporaries.append(seqused_k)
-            if seqused_q is None and nq == nk:
-                seqused_q = seqused_k
-        for name, t in (("seqused_k", seqused_k), ("seqused_q", seqused_q)):
-            if t is not None:
-                _check_lengths_vector(name, t, batch, "[B]")
+        seqused_k, seqused_q, temporaries = _padded_lengths(q, k, v, seqused_k, seqused_q, key_padding_mask)
+        _require_tensors({"out": out, "lse": lse})
+        _same_device(("q", q), {"k": k, "v": v, "out": out, "lse": lse})
         if out is None:
             out = torch.empty_like(q)
         views = [_view(t, name) for name, t in (("q", q), ("k", k), ("v", v), ("out", out))]
@@ -383,17 +376,54 @@ class Attention:
         nq_blocks, _, max_k = self._geometry[key]
         return torch.empty((q.shape[0], q.shape[2], nq_blocks, max_k), dtype=torch.int32, device=q.device)
 
-    def backward(self, q, k, v, out, lse, d_out, dq=None, dk=None, dv=None, stream=None):
-        """Gradients of forward(q, k, v) -> (out, lse) for d_out; returns (dq, dk, dv)."""
+    def backward(self, q, k, v, out, lse, d_out, dq=None, dk=None, dv=None, stream=None, *, seqused_k=None,
+                 seqused_q=None, key_padding_mask=None):
+        """Gradients of forward(q, k, v) -> (out, lse) for d_out; returns (dq, dk, dv), written
+        into the given buffers (allocated like q, k and v if None). lse [B, Hq, Nq] float32 is
+        required: the forward's. seqused_k, seqused_q, key_padding_mask: the padded batch of
+        the forward (the same arguments it took, with the same meaning, key_padding_mask
+        checked and converted as there); the gradients of rows past the used lengths are
+        zero. Shapes and dtypes are checked by the library (ArgumentError naming the tensor);
+        static patterns whose rows are not key ranges (strided, LongNet, grids, custom blocks)
+        and adaptive patterns have no padded backward yet (SpattnError, status 2)."""
         import torch
-        dq = torch.empty_like(q) if dq is None else dq
-        dk = torch.empty_like(k) if dk is None else dk
-        dv = torch.empty_like(v) if dv is None else dv
-        if stream is None:
-            stream = torch.cuda.current_stream(q.device).cuda_stream
-        views = [_view(t) for t in (q, k, v, out, lse, d_out, dq, dk, dv)]
-        _check(_lib.spattn_attention_backward(self._handle, *[ctypes.pointer(x) for x in views],
-                                              ctypes.c_void_p(stream)))
+        padded = seqused_k is not None or seqused_q is not None or key_padding_mask is not None
+        temporaries = []
+        if padded:
+            seqused_k, seqused_q, temporaries = _padded_lengths(q, k, v, seqused_k, seqused_q, key_padding_mask)
+        named = {"q": q, "k": k, "v": v, "out": out, "lse": lse, "d_out": d_out, "dq": dq, "dk": dk, "dv": dv}
+        dq, dk, dv = _gradient_buffers(named)
+        views = [ctypes.pointer(_view(t, name)) for name, t in named.items()]
+        with torch.cuda.device(q.device), _launch_stream(q.device, stream, temporaries) as handle:
+            if padded:
+                lengths = [ctypes.pointer(_view(t, name, "int32")) if t is not None else None
+                           for name, t in (("seqused_q", seqused_q), ("seqused_k", seqused_k))]
+                _check(_lib.spattn_attention_backward_padded(self._handle, *views, *lengths, ctypes.c_void_p(handle)))
+            else:
+                _check(_lib.spattn_attention_backward(self._handle, *views, ctypes.c_void_p(handle)))
+        return dq, dk, dv
+
+    def backward_varlen(self, q, k, v, out, lse, d_out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                        dq=None, dk=None, dv=None, stream=None):
+        """Gradients of forward_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+        max_seqlen_k) -> (out, lse) for d_out ([total_q, Hq, D] like q); returns (dq, dk, dv),
+        written into the given buffers (allocated like q, k and v if None). lse [Hq, total_q]
+        float32 is required: what the forward wrote. The documents are the forward's; rows
+        outside every document get zero gradients. Lengths are checked as for forward_varlen
+        (check_lengths); shapes and dtypes by the library (ArgumentError naming the tensor).
+        Patterns whose rows are not key ranges (strided, LongNet, grids, custom blocks) and
+        adaptive patterns have no backward over documents yet (SpattnError, status 2)."""
+        import torch
+        named = {"q": q, "k": k, "v": v, "out": out, "lse": lse, "d_out": d_out, "dq": dq, "dk": dk, "dv": dv}
+        _require_tensors({"cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k})
+        dq, dk, dv = _gradient_buffers(named)
+        _same_device(("q", q), {"cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k})
+        views = [ctypes.pointer(_view(t, name)) for name, t in named.items()]
+        cu = [ctypes.pointer(_view(t, name, "int32")) for name, t in (("cu_seqlens_q", cu_seqlens_q),
+                                                                     ("cu_seqlens_k", cu_seqlens_k))]
+        with torch.cuda.device(q.device), _launch_stream(q.device, stream, []) as handle:
+            _check(_lib.spattn_attention_backward_varlen(self._handle, *views, *cu, int(max_seqlen_q),
+                                                         int(max_seqlen_k), ctypes.c_void_p(handle)))
         return dq, dk, dv
 
     def explain(self):
@@ -483,6 +513,53 @@ def _check_lengths_vector(name, t, n, layout):
         raise ArgumentError(f"{name}: stride {t.stride(0)}; must be contiguous")
 
 
+def _padded_lengths(q, k, v, seqused_k, seqused_q, key_padding_mask):
+    """The per-batch lengths of a padded batch (q [B, Nq, Hq, D], k and v [B, Nk, Hkv, D]) as
+    (seqused_k, seqused_q, temporaries), for its forward and its backward alike: a
+    key_padding_mask becomes seqused_k, and with Nq == Nk and no seqused_q also seqused_q
+    (self-attention: the padded positions are padded queries too); temporaries holds the
+    tensors made here. Refuses, naming them, lengths that are not int32 [B] on q's device and
+    masks that are not bool [B, Nk] valid keys then padding."""
+    _require_tensors({"q": q, "k": k, "v": v, "seqused_k": seqused_k, "seqused_q": seqused_q,
+                      "key_padding_mask": key_padding_mask})
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ArgumentError(f"{name}: shape {tuple(t.shape)}; padded batches are [B, N, H, D]")
+    batch, nq, nk = q.shape[0], q.shape[1], k.shape[1]
+    temporaries = []
+    if key_padding_mask is not None:
+        if seqused_k is not None:
+            raise ArgumentError("key_padding_mask and seqused_k both give the keys used; pass one of them")
+        if tuple(key_padding_mask.shape) != (batch, nk):
+            raise ArgumentError(f"key_padding_mask: shape {tuple(key_padding_mask.shape)}; expected [B, Nk] = "
+                                f"[{batch}, {nk}]")
+        seqused_k = seqused_from_key_padding_mask(key_padding_mask)
+        temporaries.append(seqused_k)
+        if seqused_q is None and nq == nk:
+            seqused_q = seqused_k
+    for name, t in (("seqused_k", seqused_k), ("seqused_q", seqused_q)):
+        if t is not None:
+            _check_lengths_vector(name, t, batch, "[B]")
+    _same_device(("q", q), {"key_padding_mask": key_padding_mask, "seqused_k": seqused_k, "seqused_q": seqused_q})
+    return seqused_k, seqused_q, temporaries
+
+
+def _gradient_buffers(named):
+    """(dq, dk, dv) of a backward call whose tensors are named ({"q": q, ..., "dq": dq or None,
+    ...}): every value checked to be a tensor on q's GPU (the gradients may be None), the
+    missing gradients allocated like q, k and v and put into named."""
+    import torch
+    for name, t in named.items():
+        if t is None and name not in ("dq", "dk", "dv"):
+            raise ArgumentError(f"{name}: expected a torch.Tensor, got None (the backward needs it)")
+    _require_tensors(named)
+    _same_device(("q", named["q"]), named)
+    for grad, like in (("dq", "q"), ("dk", "k"), ("dv", "v")):
+        if named[grad] is None:
+            named[grad] = torch.empty_like(named[like])
+    return named["dq"], named["dk"], named["dv"]
+
+
 @contextlib.contextmanager
 def _launch_stream(device, stream, temporaries):
     """The handle of the stream a call launches on: `stream` (a CUstream / cudaStream_t handle)
@@ -527,9 +604,13 @@ def seqused_from_key_padding_mask(key_padding_mask):
     return used
 
 
-def _no_grad_needed(op, tensors):
+def _grad_needed(tensors):
     import torch
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _no_grad_needed(op, tensors):
+    if _grad_needed(tensors):
         raise SpattnError(2, f"{op} has no backward pass yet (forward only); call it under torch.no_grad() "
                              "or pass detached tensors")
 
@@ -740,12 +821,16 @@ class RingAttention:
         return _explain(_lib.spattn_ring_timings, self._handle)
 
 
-# ---- autograd: a torch.library custom op -----------------------------------------------
+# ---- autograd: torch.library custom ops ------------------------------------------------
 
 _attentions = {}  # (pattern text, scale, deterministic, check_lengths) -> Attention; plans are kept inside
 
 
 def _attention_for(pattern, scale, deterministic=False, check_lengths=True):
+    """The ops' Attention of a (pattern, scale, deterministic, check_lengths). The forward ops
+    ask with deterministic=False whatever the call's mode: the option chooses backward
+    kernels only, so one object's forward plans serve both modes; the backward ops ask with
+    the call's mode."""
     key = (pattern, scale, deterministic, check_lengths)
     if key not in _attentions:
         _attentions[key] = Attention(pattern, scale=scale if scale > 0 else None, deterministic=deterministic,
@@ -757,72 +842,152 @@ _ops = None
 
 
 def _register_ops():
+    """Registers the ops once: spattn::attention_forward / attention_backward (q [B, Nq, Hq, D],
+    whole problems or padded batches: seqused_k and seqused_q None or int32 [B]) and
+    spattn::attention_varlen_forward / attention_varlen_backward (packed documents), each with
+    a fake implementation for torch.compile, the forward ops with their autograd formulas.
+    LSE is an output of the forwards for their backward; it carries no gradient."""
     global _ops
     if _ops is not None:
         return _ops
     import torch
+    from typing import Optional
+
     from torch import Tensor
 
     @torch.library.custom_op("spattn::attention_forward", mutates_args=())
-    def attention_forward(q: Tensor, k: Tensor, v: Tensor, pattern: str, scale: float,
-                          deterministic: bool) -> tuple[Tensor, Tensor]:
+    def attention_forward(q: Tensor, k: Tensor, v: Tensor, seqused_k: Optional[Tensor], seqused_q: Optional[Tensor],
+                          pattern: str, scale: float, deterministic: bool) -> tuple[Tensor, Tensor]:
         out = torch.empty_like(q)
         lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), device=q.device, dtype=torch.float32)
-        _attention_for(pattern, scale).forward(q, k, v, out=out, lse=lse)
+        _attention_for(pattern, scale).forward(q, k, v, out=out, lse=lse, seqused_k=seqused_k, seqused_q=seqused_q)
         return out, lse
 
     @attention_forward.register_fake
-    def _(q, k, v, pattern, scale, deterministic):
+    def _(q, k, v, seqused_k, seqused_q, pattern, scale, deterministic):
         return torch.empty_like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
 
     @torch.library.custom_op("spattn::attention_backward", mutates_args=())
-    def attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, d_out: Tensor, pattern: str,
-                           scale: float, deterministic: bool) -> tuple[Tensor, Tensor, Tensor]:
-        return _attention_for(pattern, scale, deterministic).backward(q, k, v, out, lse, d_out.contiguous())
+    def attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, d_out: Tensor,
+                           seqused_k: Optional[Tensor], seqused_q: Optional[Tensor], pattern: str, scale: float,
+                           deterministic: bool) -> tuple[Tensor, Tensor, Tensor]:
+        return _attention_for(pattern, scale, deterministic).backward(q, k, v, out, lse, d_out.contiguous(),
+                                                                      seqused_k=seqused_k, seqused_q=seqused_q)
 
     @attention_backward.register_fake
-    def _(q, k, v, out, lse, d_out, pattern, scale, deterministic):
+    def _(q, k, v, out, lse, d_out, seqused_k, seqused_q, pattern, scale, deterministic):
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
     def setup_context(ctx, inputs, output):
-        q, k, v, pattern, scale, deterministic = inputs
+        q, k, v, seqused_k, seqused_q, pattern, scale, deterministic = inputs
         out, lse = output
-        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(q, k, v, out, lse, seqused_k, seqused_q)
         ctx.pattern, ctx.scale, ctx.deterministic = pattern, scale, deterministic
 
     def backward(ctx, d_out, d_lse):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = torch.ops.spattn.attention_backward(q, k, v, out, lse, d_out, ctx.pattern, ctx.scale,
-                                                         ctx.deterministic)
-        return dq, dk, dv, None, None, None
+        q, k, v, out, lse, seqused_k, seqused_q = ctx.saved_tensors
+        dq, dk, dv = torch.ops.spattn.attention_backward(q, k, v, out, lse, d_out, seqused_k, seqused_q, ctx.pattern,
+                                                         ctx.scale, ctx.deterministic)
+        return dq, dk, dv, None, None, None, None, None
 
     attention_forward.register_autograd(backward, setup_context=setup_context)
+
+    @torch.library.custom_op("spattn::attention_varlen_forward", mutates_args=())
+    def attention_varlen_forward(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                                 max_seqlen_q: int, max_seqlen_k: int, pattern: str, scale: float, deterministic: bool,
+                                 check_lengths: bool) -> tuple[Tensor, Tensor]:
+        return _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, pattern, scale,
+                               check_lengths, None, None, None, True)
+
+    @attention_varlen_forward.register_fake
+    def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, pattern, scale, deterministic,
+          check_lengths):
+        return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+    @torch.library.custom_op("spattn::attention_varlen_backward", mutates_args=())
+    def attention_varlen_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, d_out: Tensor,
+                                  cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int,
+                                  pattern: str, scale: float, deterministic: bool,
+                                  check_lengths: bool) -> tuple[Tensor, Tensor, Tensor]:
+        attn = _attention_for(pattern, scale, deterministic, check_lengths)
+        return attn.backward_varlen(q, k, v, out, lse, d_out.contiguous(), cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                    max_seqlen_k)
+
+    @attention_varlen_backward.register_fake
+    def _(q, k, v, out, lse, d_out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, pattern, scale,
+          deterministic, check_lengths):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def varlen_setup_context(ctx, inputs, output):
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, pattern, scale, deterministic, \
+            check_lengths = inputs
+        out, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
+        ctx.max_seqlen = (max_seqlen_q, max_seqlen_k)
+        ctx.pattern, ctx.scale, ctx.deterministic, ctx.check_lengths = pattern, scale, deterministic, check_lengths
+
+    def varlen_backward(ctx, d_out, d_lse):
+        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
+        dq, dk, dv = torch.ops.spattn.attention_varlen_backward(q, k, v, out, lse, d_out, cu_seqlens_q, cu_seqlens_k,
+                                                                *ctx.max_seqlen, ctx.pattern, ctx.scale,
+                                                                ctx.deterministic, ctx.check_lengths)
+        return dq, dk, dv, None, None, None, None, None, None, None, None
+
+    attention_varlen_forward.register_autograd(varlen_backward, setup_context=varlen_setup_context)
     _ops = torch.ops.spattn
     return _ops
 
 
-def attention(q, k, v, pattern, scale=None, deterministic=False):
+def attention(q, k, v, pattern, scale=None, deterministic=False, *, seqused_k=None, seqused_q=None,
+              key_padding_mask=None):
     """Differentiable sparse attention: q [B, Nq, Hq, D], k/v [B, Nk, Hkv, D] (fp16/bf16, CUDA).
 
     scale defaults to 1/sqrt(D). The forward saves O and LSE; the backward runs spattn's
     backward kernels (deterministic=True: bitwise reproducible gradients, no atomics).
+
+    Padded batches take Attention.forward's seqused_k, seqused_q or key_padding_mask (bool
+    [B, Nk], True = padded key, valid keys then padding; with Nq == Nk and no seqused_q it
+    bounds the queries too): batch b is a problem of its own used lengths, the rows past them
+    get O = 0 and zero gradients. The mask is checked and converted here, once (that reads
+    the GPU's verdict back); the backward takes the same lengths. Padded backward passes run
+    the patterns whose rows are key ranges (dense, causal, windows, global + local, ...); the
+    others (strided, LongNet, grids, custom blocks) run forward, and their backward raises
+    SpattnError (status 2).
+
     Adaptive patterns run forward only here (their block scores from the block means;
     Attention.forward takes supplied scores or projections): their backward raises
     SpattnError (status 2, unsupported) with the library's reason; train with a static
     pattern."""
-    out, _ = _register_ops().attention_forward(q, k, v, _pattern_text(pattern), float(scale or 0.0),
-                                               bool(deterministic))
+    if seqused_k is not None or seqused_q is not None or key_padding_mask is not None:
+        seqused_k, seqused_q, _ = _padded_lengths(q, k, v, seqused_k, seqused_q, key_padding_mask)
+    out, _ = _register_ops().attention_forward(q, k, v, seqused_k, seqused_q, _pattern_text(pattern),
+                                               float(scale or 0.0), bool(deterministic))
     return out
 
 
+def _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, pattern, scale, check_lengths,
+                    out, lse, stream, want_lse):
+    """attention_varlen's forward as (out, lse): into the given buffers, lse allocated as -inf
+    when wanted and not given (None otherwise)."""
+    import torch
+    if want_lse and lse is None and q.dim() == 3:
+        lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
+    attn = _attention_for(pattern, scale, check_lengths=check_lengths)
+    out = attn.forward_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, out=out, lse=lse,
+                              stream=stream)
+    return out, lse
+
+
 def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, pattern, scale=None, out=None,
-                     lse=None, check_lengths=True, *, return_lse=False, stream=None):
-    """Sparse attention over packed variable-length documents, forward only (FlashAttention's
-    varlen convention): q [total_q, Hq, D], k and v [total_k, Hkv, D] (float16 or bfloat16,
-    CUDA), cu_seqlens_q and cu_seqlens_k int32 [documents + 1] on q's device, max_seqlen_q /
-    max_seqlen_k the longest document's query and key rows. Each document attends only
-    inside itself, the pattern applied to it as to a problem of its own lengths (see
-    Attention.forward_varlen). scale defaults to 1/sqrt(D).
+                     lse=None, check_lengths=True, *, return_lse=False, stream=None, deterministic=False):
+    """Differentiable sparse attention over packed variable-length documents
+    (FlashAttention's varlen convention): q [total_q, Hq, D], k and v [total_k, Hkv, D]
+    (float16 or bfloat16, CUDA), cu_seqlens_q and cu_seqlens_k int32 [documents + 1] on q's
+    device, max_seqlen_q / max_seqlen_k the longest document's query and key rows. Each
+    document attends only inside itself, the pattern applied to it as to a problem of its own
+    lengths (see Attention.forward_varlen). scale defaults to 1/sqrt(D).
 
     Returns out ([total_q, Hq, D] like q, written into `out` if given, else zero-filled
     first), or (out, lse) with return_lse=True: lse [Hq, total_q] float32 (written into
@@ -830,16 +995,35 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     rows outside every document read -inf). check_lengths=False: nothing waits for the
     check of the lengths (CUDA-graph capturable) and bad lengths leave the outputs
     unwritten; with True a bad entry raises ArgumentError (a ValueError) naming it. Uses
-    one cached Attention per (pattern, scale, check_lengths). There is no backward pass:
-    inputs that require grad are refused (SpattnError, status 2)."""
-    import torch
-    _require_tensors({"q": q, "k": k, "v": v})
-    _no_grad_needed("spattn.attention_varlen", [q, k, v])
-    if return_lse and lse is None and q.dim() == 3:
-        lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
-    attn = _attention_for(_pattern_text(pattern), float(scale or 0.0), check_lengths=bool(check_lengths))
-    out = attn.forward_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, out=out, lse=lse,
-                              stream=stream)
+    cached Attention objects per (pattern, scale, check_lengths, and for the backward
+    deterministic).
+
+    Without out, lse and stream the call is a torch.library op (torch.compile traces it)
+    with an autograd formula: gradients flow to q, k and v (the offsets and lengths take
+    none; lse carries none), through spattn's backward over documents (deterministic=True:
+    bitwise reproducible), and rows outside every document get zero gradients. That
+    backward runs the patterns whose rows are key ranges (dense, causal, windows, global +
+    local, ...); for the others (strided, LongNet, grids, custom blocks) and adaptive
+    patterns it raises SpattnError (status 2). out=, lse= and stream= are for calls that
+    need no gradient: with q, k or v requiring grad they are refused (ArgumentError), since
+    the differentiable path allocates its outputs and runs on the current stream (choose it
+    with torch.cuda.stream)."""
+    _require_tensors({"q": q, "k": k, "v": v, "cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k,
+                      "out": out, "lse": lse})
+    pattern, scale = _pattern_text(pattern), float(scale or 0.0)
+    if out is None and lse is None and stream is None:
+        out, lse = _register_ops().attention_varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
+                                                            int(max_seqlen_k), pattern, scale, bool(deterministic),
+                                                            bool(check_lengths))
+        return (out, lse) if return_lse else out
+    if _grad_needed([q, k, v]):
+        given = " and ".join(name + "=" for name, x in (("out", out), ("lse", lse), ("stream", stream))
+                             if x is not None)
+        raise ArgumentError(f"attention_varlen: {given} given while q, k or v requires grad; the differentiable path "
+                            "allocates its outputs (out, lse) and runs on the current stream (torch.cuda.stream "
+                            f"chooses it): drop {given}, or call under torch.no_grad() to write into buffers")
+    out, lse = _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, pattern, scale,
+                               bool(check_lengths), out, lse, stream, return_lse)
     return (out, lse) if return_lse else out
 
 
@@ -847,9 +1031,15 @@ try:
     import torch as _torch
     _Module = _torch.nn.Module
 except ImportError:  # the C ABI wrapper works without PyTorch; the op and the module need it
+    _torch = None
+
     class _Module:
         def __init__(self, *args, **kwargs):
             raise SpattnError(1, "spattn.SparseAttention needs PyTorch (import torch failed)")
+if _torch is not None:
+    # At import, not at the first call: torch.compile cannot trace the registration, so a
+    # first call inside a compiled function would break its graph.
+    _register_ops()
 
 
 class SparseAttention(_Module):
@@ -912,10 +1102,25 @@ class MultiheadSparseAttention(_Module):
     and value [B, Nk, E] ([N, B, E] with batch_first=False); query is key is value is
     self-attention (one fused projection). The attention weights are never formed
     (need_weights=True is refused), the pattern replaces attn_mask / is_causal (write
-    {"causal": true} into it), key_padding_mask is not supported yet (the padded forward,
-    Attention.forward(key_padding_mask=...), has no backward pass), and attention dropout
-    is refused in training mode (in eval mode it is inert, as in torch). Same as
-    C++ spattn::MultiheadAttention (include/spattn/modules.hpp), which is forward-only."""
+    {"causal": true} into it), and attention dropout is refused in training mode (in eval
+    mode it is inert, as in torch).
+
+    key_padding_mask: bool [B, S] (batch first whatever batch_first says, as in torch), True =
+    a padded key position, ignored; each row must be valid keys then padding (ArgumentError,
+    a ValueError, otherwise: a row with padding in the middle or in front is no prefix of
+    keys). The attention runs as spattn.attention over the padded batch, differentiable. In
+    self-attention (query is key is value) a padded position is a padded query too: its
+    attention output is 0, so the module returns out_proj(0) there, i.e. out_proj.bias (0
+    without biases; with sub_layernorm out_proj(inner_attn_ln(0))), and no gradient flows
+    from it. torch.nn.MultiheadAttention computes those positions from the valid keys
+    instead (values nobody reads); every valid position is the same as torch's, and so are
+    the gradients of a loss that ignores the padded positions. In cross-attention the mask
+    masks keys only, as in torch: every query position attends its batch's valid keys. A
+    row without valid keys gives attention output 0 (torch gives NaN). Float (additive)
+    masks are not taken.
+
+    The same module in C++ is spattn::MultiheadAttention (include/spattn/modules.hpp),
+    forward only and without key_padding_mask."""
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
                  kdim=None, vdim=None, batch_first=True, device=None, dtype=None, *, pattern=None, kv_heads=None,
@@ -987,11 +1192,6 @@ class MultiheadSparseAttention(_Module):
         if attn_mask is not None or is_causal:
             raise SpattnError(2, "attn_mask / is_causal are not supported: the pattern is the mask; give it "
                                  "\"causal\": true (e.g. pattern={\"type\": \"dense\", \"causal\": true})")
-        if key_padding_mask is not None:
-            raise SpattnError(2, "key_padding_mask is not supported yet by this module: spattn's padded forward "
-                                 "(spattn.Attention.forward(..., key_padding_mask=...)) has no backward pass; pass "
-                                 "unpadded sequences (e.g. group the batch by length), or for inference run that "
-                                 "forward on the projected heads")
         if self.training and self.dropout > 0:
             raise SpattnError(2, f"attention dropout ({self.dropout}) is not supported in training mode; construct "
                                  "with dropout=0.0 (in eval mode it is inert)")
@@ -1003,6 +1203,16 @@ class MultiheadSparseAttention(_Module):
                 raise SpattnError(1, f"{name} must be [B, N, {self.embed_dim}]"
                                      f"{'' if self.batch_first else ' (batch_first=False: [N, B, E])'}; got "
                                      f"{tuple(x.shape)}")
+        seqused_k = seqused_q = None
+        if key_padding_mask is not None:
+            seqused_k = seqused_from_key_padding_mask(key_padding_mask)
+            if tuple(key_padding_mask.shape) != tuple(key.shape[:2]):
+                raise ArgumentError(f"key_padding_mask: shape {tuple(key_padding_mask.shape)}; expected [B, S] = "
+                                    f"{list(key.shape[:2])} (batch, key positions), batch first as in torch")
+            if key_padding_mask.device != query.device:
+                raise ArgumentError(f"key_padding_mask: on {key_padding_mask.device}, but query is on {query.device}")
+            if is_self:
+                seqused_q = seqused_k
         E, kv = self.embed_dim, self.kv_dim
         w, b = self.in_proj_weight, self.in_proj_bias
 
@@ -1024,7 +1234,8 @@ class MultiheadSparseAttention(_Module):
         if self.rotary:
             q = _rotary(q, nk - nq, self.rotary_base, self.rotary_interleaved)
             k = _rotary(k, 0, self.rotary_base, self.rotary_interleaved)
-        out = attention(q, k, v, self.pattern, self.scale, self.deterministic).flatten(-2)
+        out = attention(q, k, v, self.pattern, self.scale, self.deterministic, seqused_k=seqused_k,
+                        seqused_q=seqused_q).flatten(-2)
         if self.inner_attn_ln is not None:
             out = self.inner_attn_ln(out)
         out = self.out_proj(out)

@@ -2,7 +2,7 @@
 and its classes say they need it; with PyTorch (CPU is enough) the parameters, their names,
 shapes and initialisation are torch.nn.MultiheadAttention's (a state_dict loads both ways,
 one seed gives the same weights) and unsupported arguments are refused with the reason
-before any attention runs."""
+before any attention runs, key-padding masks that are not valid keys then padding too."""
 import sys
 
 import spattn
@@ -57,8 +57,16 @@ refused(lambda: MultiheadSparseAttention(256, 4, kdim=128), 2, "kdim=128")
 x = torch.zeros(1, 8, 256)
 refused(lambda: ours(x, x, x, need_weights=True), 2, "need_weights=True")
 refused(lambda: ours(x, x, x, attn_mask=torch.zeros(8, 8, dtype=torch.bool)), 2, "attn_mask", "causal")
-refused(lambda: ours(x, x, x, key_padding_mask=torch.zeros(1, 8, dtype=torch.bool)), 2, "key_padding_mask",
-        "not supported yet")
+# key_padding_mask: bool [B, S], valid keys then padding (True = padded), as in torch.
+holes = torch.zeros(1, 8, dtype=torch.bool)
+holes[0, 2] = True
+refused(lambda: ours(x, x, x, key_padding_mask=holes), 1, "key_padding_mask row 0 is not valid keys followed by "
+        "padding")
+refused(lambda: ours(x, x, x, key_padding_mask=torch.zeros(1, 8)), 1, "key_padding_mask", "torch.bool [B, Nk]")
+refused(lambda: ours(x, x, x, key_padding_mask=torch.zeros(1, 7, dtype=torch.bool)), 1,
+        "key_padding_mask: shape (1, 7); expected [B, S] = [1, 8]")
+padded = torch.arange(8).view(1, 8) >= 5
+refused(lambda: ours(x, x, x, key_padding_mask=padded), 1, "CUDA device")  # accepted: reaches the attention
 refused(lambda: ours(torch.zeros(1, 8, 128), x, x), 1, "query must be [B, N, 256]")
 d = MultiheadSparseAttention(256, 4, dropout=0.1)
 refused(lambda: d(x, x, x), 2, "dropout")

@@ -5,9 +5,12 @@ their options, Performer's features are the seeded draw and follow a redraw, and
 ABI's scan validates its tensors before it needs a GPU; adaptive_geometry gives the block
 grid of adaptive patterns (and refuses other patterns by kind), and the C ABI's adaptive
 forward names bad descriptors. Documents: the check_lengths option, the C ABI's varlen and
-padded forwards naming bad descriptors (ArgumentError: a SpattnError and a ValueError),
-and with PyTorch attention_varlen's and the padded forward's argument checks on CPU
-tensors and the key-padding mask's conversion to lengths (prefix masks only)."""
+padded forwards and backwards naming bad descriptors (ArgumentError: a SpattnError and a
+ValueError), and with PyTorch attention_varlen's and the padded forward's argument checks
+on CPU tensors, the key-padding mask's conversion to lengths (prefix masks only), the
+gradients' calls (Attention.backward with padding, backward_varlen, attention with a
+mask) refusing bad arguments by name, and the differentiable attention_varlen refusing
+out= / lse= / stream= buffers."""
 import json
 import sys
 
@@ -161,6 +164,47 @@ assert status == 1 and "needs seqused_k" in message, (status, message)
 status = spattn._lib.spattn_attention_forward_padded(handle, q4, k4, v4, o4, None, None, desc(3, [3], 5), None)
 message = spattn._lib.spattn_last_error().decode()
 assert status == 1 and "seqused_k must be a contiguous device int32 [2]" in message, (status, message)
+
+# The C ABI's documents backwards: declared to ctypes, and their descriptors checked by name
+# before anything needs a GPU.
+for name, count in (("spattn_attention_backward_varlen", 15), ("spattn_attention_backward_padded", 13)):
+    fn = getattr(spattn._lib, name)
+    assert len(fn.argtypes) == count, (name, fn.argtypes)
+lse3 = desc(fp32, [4, 300], 8)
+k3b, v3b = desc(bf16, [300, 2, 64], 2), desc(bf16, [300, 2, 64], 3)
+do3, dq3, dk3, dv3 = desc(bf16, [300, 4, 64], 9), desc(bf16, [300, 4, 64], 10), desc(bf16, [300, 2, 64], 11), \
+    desc(bf16, [300, 2, 64], 12)
+
+
+def varlen_grads(**kw):
+    a = dict(attn=handle, q=q3, k=k3b, v=v3b, o=o3, lse=lse3, d_o=do3, dq=dq3, dk=dk3, dv=dv3, cu_q=cu_q, cu_k=cu_k,
+             max_q=200, max_k=200)
+    a.update(kw)
+    status = spattn._lib.spattn_attention_backward_varlen(*a.values(), None)
+    return status, spattn._lib.spattn_last_error().decode()
+
+
+for kw, needle in (({"attn": None}, "attention handle is NULL"),
+                   ({"lse": None}, "lse is NULL"),
+                   ({"lse": desc(fp32, [1, 4, 300], 8)}, "LSE must have 2 dimensions [Hq, total_q]"),
+                   ({"q": q4}, "Q must have 3 dimensions [total_q, Hq, D]"),
+                   ({"dq": desc(bf16, [299, 4, 64], 10)}, "dQ must have shape"),
+                   ({"dk": desc(bf16, [300, 4, 64], 11)}, "dK must have shape"),
+                   ({"d_o": desc(0, [300, 4, 64], 9)}, "dO has dtype fp16 but Q has bf16"),
+                   ({"cu_q": cu_f32}, "cu_seqlens_q must be a contiguous device int32 [3]"),
+                   ({"cu_k": desc(3, [4], 6)}, "cu_seqlens_k must be a contiguous device int32 [3]"),
+                   ({"max_q": -1}, "max_seqlen_q and max_seqlen_k must be >= 0")):
+    status, message = varlen_grads(**kw)
+    assert status == 1 and needle in message, (kw, status, message, needle)
+l4 = desc(fp32, [2, 4, 1000], 5)
+do4, dq4, dk4, dv4 = (desc(bf16, [2, 1000, 4, 64], n) for n in (6, 7, 8, 9))
+for lengths, needle in (((None, None), "backward_padded needs seqused_k"),
+                        ((None, desc(3, [3], 10)), "seqused_k must be a contiguous device int32 [2]"),
+                        ((desc(3, [3], 10), None), "seqused_q must be a contiguous device int32 [2]")):
+    status = spattn._lib.spattn_attention_backward_padded(handle, q4, k4, v4, o4, l4, do4, dq4, dk4, dv4, *lengths,
+                                                          None)
+    message = spattn._lib.spattn_last_error().decode()
+    assert status == 1 and needle in message, (status, message, needle)
 spattn._lib.spattn_attention_destroy(handle)
 
 # With PyTorch (still no GPU needed): tensors that are not on a CUDA device are refused by name.
@@ -224,12 +268,32 @@ if torch is not None:
     expect_value_error("lse of the batched layout", lambda: varlen(lse=torch.zeros(1, 4, 300)), "[Hq, total_q]")
     expect_value_error("offsets as a list", lambda: varlen(cu_seqlens_q=[0, 100, 300]), "expected a torch.Tensor")
     expect_value_error("CPU tensors", lambda: varlen(), "CUDA device")
-    try:
-        varlen(q=q.clone().requires_grad_())
-    except spattn.SpattnError as e:
-        assert e.status == 2 and "no backward" in str(e), str(e)
-    else:
-        sys.exit("attention_varlen accepted inputs that require grad")
+    # The differentiable path: inputs that require grad reach the op (and the device check);
+    # buffers and a stream are for calls without gradients.
+    leaf = q.clone().requires_grad_()
+    expect_value_error("CPU tensors that require grad", lambda: varlen(q=leaf), "CUDA device")
+    expect_value_error("CPU offsets for the op", lambda: varlen(q=leaf, cu_seqlens_k=[0, 100, 300]),
+                       "cu_seqlens_k: expected a torch.Tensor")
+    for kw in ({"out": torch.empty_like(q)}, {"lse": torch.empty(4, 300)}, {"stream": 0}):
+        expect_value_error(f"{list(kw)} with grad", lambda: varlen(q=leaf, **kw), "differentiable path allocates")
+        with torch.no_grad():  # accepted without grad: reaches the device check
+            expect_value_error(f"{list(kw)} without grad", lambda: varlen(q=leaf, **kw), "CUDA device")
+
+    # Gradients without autograd: the wrapper names what it checks before any launch.
+    grads_of = spattn.Attention(causal)
+    out3, lse3 = torch.zeros_like(q), torch.zeros(4, 300)
+
+    def varlen_backward(**kw):
+        a = dict(q=q, k=kv, v=kv, out=out3, lse=lse3, d_out=out3, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=200,
+                 max_seqlen_k=200)
+        a.update(kw)
+        return grads_of.backward_varlen(**a)
+
+    expect_value_error("backward_varlen without lse", lambda: varlen_backward(lse=None), "lse: expected a torch.Tensor")
+    expect_value_error("backward_varlen offsets as a list", lambda: varlen_backward(cu_seqlens_q=[0, 100, 300]),
+                       "cu_seqlens_q: expected a torch.Tensor")
+    expect_value_error("backward_varlen dq as an array", lambda: varlen_backward(dq=1.0), "dq: expected a torch.Tensor")
+    expect_value_error("backward_varlen on CPU", lambda: varlen_backward(), "CUDA device")
 
     # Key-padding masks (True = padded key): prefix masks become lengths; others are refused.
     mask = torch.tensor([[False, False, True, True], [False, False, False, False], [True, True, True, True]])
@@ -248,4 +312,28 @@ if torch is not None:
     expect_value_error("a packed q padded", lambda: dense(q4t[0], k4t, k4t, seqused_k=used[:2]),
                        "padded batches are [B, N, H, D]")
     expect_value_error("CPU tensors padded", lambda: dense(q4t, k4t, k4t, key_padding_mask=mask[:2]), "CUDA device")
+
+    # The padded backward and the differentiable padded attention check the padding as the
+    # forward does (the mask's conversion needs no GPU).
+    holes = torch.tensor([[False, False, False, False], [False, True, False, True]])
+
+    def padded_backward(**kw):
+        return dense.backward(q4t, k4t, k4t, q4t, torch.zeros(2, 4, 4), q4t, **kw)
+
+    for what, fn in (("Attention.backward", padded_backward),
+                     ("attention", lambda **kw: spattn.attention(q4t, k4t, k4t, causal, **kw))):
+        expect_value_error(f"{what}: a mask with a hole", lambda: fn(key_padding_mask=holes),
+                           "key_padding_mask row 1 is not valid keys followed by padding")
+        expect_value_error(f"{what}: a mask of another length", lambda: fn(key_padding_mask=mask),
+                           "key_padding_mask: shape (3, 4); expected [B, Nk] = [2, 4]")
+        expect_value_error(f"{what}: mask and seqused_k", lambda: fn(key_padding_mask=mask[:2], seqused_k=used[:2]),
+                           "pass one of them")
+        expect_value_error(f"{what}: int64 lengths", lambda: fn(seqused_k=used[:2].long()),
+                           "seqused_k: torch.int64 (2,); expected torch.int32 [B] = [2]")
+        expect_value_error(f"{what}: lengths of three batches", lambda: fn(seqused_q=used), "seqused_q")
+        expect_value_error(f"{what}: on CPU", lambda: fn(key_padding_mask=mask[:2]), "CUDA device")
+    expect_value_error("a packed q with padded gradients", lambda: dense.backward(
+        q4t[0], k4t, k4t, q4t, torch.zeros(2, 4, 4), q4t, seqused_k=used[:2]), "padded batches are [B, N, H, D]")
+    expect_value_error("gradients without lse", lambda: dense.backward(q4t, k4t, k4t, q4t, None, q4t),
+                       "lse: expected a torch.Tensor")
 print("ok")
