@@ -1,6 +1,8 @@
 """spattn.nn on the GPU. MultiheadSparseAttention with a dense pattern against
 torch.nn.MultiheadAttention holding the same weights (forward and the gradients of the
-input and of every parameter), self- and cross-attention; with LongNet, GQA, rotary and
+input and of every parameter), self- and cross-attention, also with a key_padding_mask
+(self-attention dense and causal, sequence-first, cross-attention; padded query positions
+give out_proj.bias); with LongNet, GQA, rotary and
 sub-LN against the same module built from torch ops with a masked fp32 attention over
 the LongNet multiset (an oracle written here from DESIGN.md §3); CrossMemoryAttention's
 fusions. Exits 77 (ctest: skipped) without PyTorch or a CUDA GPU."""
@@ -68,6 +70,59 @@ for dtype in (torch.bfloat16, torch.float16):
         names = [n for n, _ in ours.named_parameters()] + ["d_query"] + (["d_memory"] if cross else [])
         pairs += [(n, a, b) for n, a, b in zip(names, grads(ours, xs), grads(ref, xr))]
         check("dense vs torch.nn.MultiheadAttention" + (" (cross, Nq != Nk)" if cross else ""), dtype, pairs)
+
+
+# 1b. key_padding_mask against torch.nn.MultiheadAttention with the same mask: self-attention
+# (dense, and causal against torch's causal attn_mask; batch_first=False too), where padded
+# positions are padded queries (spattn: out_proj.bias there; torch: values nobody reads), so
+# the outputs are compared at the valid positions and the loss ignores the padded ones;
+# cross-attention (Nq != Nk, and Nq == Nk with query apart from key), where the mask masks
+# keys only and every query position is compared.
+for dtype in (torch.bfloat16, torch.float16):
+    for case in ("self", "self causal", "self seq-first", "cross", "cross Nq == Nk"):
+        torch.manual_seed(3)
+        causal = case == "self causal"
+        batch_first = case != "self seq-first"
+        pattern = {"type": "dense", "causal": True} if causal else {"type": "dense"}
+        ours = spattn.nn.MultiheadSparseAttention(256, 4, device="cuda", dtype=dtype, pattern=pattern,
+                                                  batch_first=batch_first)
+        with torch.no_grad():
+            ours.in_proj_bias.uniform_(-0.5, 0.5)
+            ours.out_proj.bias.uniform_(-0.5, 0.5)
+            ours.in_proj_weight.mul_(2)
+        ref = torch.nn.MultiheadAttention(256, 4, batch_first=batch_first, device="cuda", dtype=torch.float32)
+        ref.load_state_dict({k: v.float() for k, v in ours.state_dict().items()})
+        cross = case.startswith("cross")
+        nq, nk = 200, (330 if case == "cross" else 200)
+        keep = torch.tensor([nk, 77] if not cross else [nk - 9, 101], device="cuda")
+        mask = torch.arange(nk, device="cuda").view(1, nk) >= keep.view(2, 1)
+        x = torch.randn(2, nq, 256, device="cuda").to(dtype)
+        m = torch.randn(2, nk, 256, device="cuda").to(dtype) if cross else x
+        valid = (torch.ones(2, nq, dtype=torch.bool, device="cuda") if cross
+                 else torch.arange(nq, device="cuda").view(1, nq) < keep.view(2, 1))
+        d_out = torch.randn(2, nq, 256, device="cuda").to(dtype) * valid[..., None]
+
+        def seq(t):  # batch-first [B, N, E] in the module's layout
+            return t if batch_first else t.transpose(0, 1)
+
+        xs = [x.clone().requires_grad_()] + ([m.clone().requires_grad_()] if cross else [])
+        xr = [t.detach().float().requires_grad_() for t in xs]
+        q_in = seq(xs[0])
+        kv_in = seq(xs[-1]) if cross else q_in  # self-attention: one tensor, as `query is key is value` sees it
+        out, _ = ours(q_in, kv_in, kv_in, key_padding_mask=mask)
+        out = seq(out)
+        out.backward(d_out)
+        causal_mask = torch.triu(torch.ones(nq, nk, dtype=torch.bool, device="cuda"), 1) if causal else None
+        q_r, kv_r = seq(xr[0]), seq(xr[-1])
+        out_r, _ = ref(q_r, kv_r, kv_r, key_padding_mask=mask, attn_mask=causal_mask, need_weights=False)
+        out_r = seq(out_r)
+        out_r.backward(d_out.float())
+        pairs = [("out at valid positions", out[valid], out_r[valid])]
+        names = [n for n, _ in ours.named_parameters()] + ["d_query"] + (["d_memory"] if cross else [])
+        pairs += [(n, a, b) for n, a, b in zip(names, grads(ours, xs), grads(ref, xr))]
+        check(f"key_padding_mask {case} vs torch.nn.MultiheadAttention", dtype, pairs)
+        if not cross and not torch.equal(out[~valid], ours.out_proj.bias.detach().expand(int((~valid).sum()), 256)):
+            failures.append(f"key_padding_mask {case} {dtype}: padded positions are not out_proj.bias")
 
 
 # 2. LongNet, GQA, rotary, sub-LN against torch ops with an fp32 multiset-softmax oracle.
