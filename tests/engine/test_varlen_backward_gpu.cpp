@@ -4,8 +4,9 @@
 //  - packed documents of lengths 1, 0, not a multiple of any tile, longer than a tile
 //    row, Nq != Nk per document, with and without GQA (fp32 accumulators, or dK and dV
 //    stored straight into the outputs);
-//  - rows outside every document and keys no query attends get zero gradients (the
-//    outputs start as NaN, so every element must be written);
+//  - rows outside every document, queries of documents without keys and keys of
+//    documents without queries get zero gradients (the outputs start as NaN, so every
+//    element must be written);
 //  - padded batches: gradients of padded queries and keys are zero;
 //  - deterministic mode is bitwise reproducible run to run;
 //  - patterns whose document tables come from the host are kUnsupported with the reason,
@@ -58,9 +59,22 @@ void reference_document(const Pattern& pattern, int64_t nq, int64_t nk, int64_t 
   std::copy(dv.begin(), dv.end(), rdv.begin() + k0 * kv_heads * d);
 }
 
+// Rows with no gradient by construction: queries outside every document or of a document
+// without keys (zero_q, per query row), keys outside every document or of a document
+// without queries (zero_k, per key row).
+struct ZeroRows {
+  std::vector<char> q, k;
+  ZeroRows(int64_t nq, int64_t nk) : q(static_cast<size_t>(nq), 1), k(static_cast<size_t>(nk), 1) {}
+  void document(int64_t q0, int64_t nq, int64_t k0, int64_t nk) {
+    if (nq == 0 || nk == 0) return;
+    std::fill(q.begin() + q0, q.begin() + q0 + nq, 0);
+    std::fill(k.begin() + k0, k.begin() + k0 + nk, 0);
+  }
+};
+
 void expect_gradients(const std::vector<float>& dq, const std::vector<float>& dk, const std::vector<float>& dv,
                       const std::vector<double>& rdq, const std::vector<double>& rdk, const std::vector<double>& rdv,
-                      DType dtype) {
+                      const ZeroRows& zero, DType dtype) {
   const double tol = autotune::backward_tolerance_for(dtype);
   const autotune::GradientError gq = autotune::gradient_error(dq, rdq), gk = autotune::gradient_error(dk, rdk),
                                 gv = autotune::gradient_error(dv, rdv);
@@ -68,13 +82,14 @@ void expect_gradients(const std::vector<float>& dq, const std::vector<float>& dk
   EXPECT_LE(gq.rel_l2, tol) << "dQ";
   EXPECT_LE(gk.rel_l2, tol) << "dK";
   EXPECT_LE(gv.rel_l2, tol) << "dV";
-  // Exact zeros where the reference has them (rows outside documents, keys no query sees).
-  for (size_t x = 0; x < rdq.size(); x += 7)
-    if (rdq[x] == 0) ASSERT_EQ(dq[x], 0.f) << "dQ element " << x;
-  for (size_t x = 0; x < rdk.size(); x += 7)
-    if (rdk[x] == 0 && rdv[x] == 0) {
-      ASSERT_EQ(dk[x], 0.f) << "dK element " << x;
-      ASSERT_EQ(dv[x], 0.f) << "dV element " << x;
+  // Exact zeros in the rows without a gradient (the outputs started as NaN).
+  const size_t q_row = dq.size() / zero.q.size(), k_row = dk.size() / zero.k.size();
+  for (size_t x = 0; x < dq.size(); ++x)
+    if (zero.q[x / q_row]) ASSERT_EQ(dq[x], 0.f) << "dQ of query row " << x / q_row;
+  for (size_t x = 0; x < dk.size(); ++x)
+    if (zero.k[x / k_row]) {
+      ASSERT_EQ(dk[x], 0.f) << "dK of key row " << x / k_row;
+      ASSERT_EQ(dv[x], 0.f) << "dV of key row " << x / k_row;
     }
 }
 
@@ -150,10 +165,13 @@ void run_packed(const PackedCase& c, const std::string& config, uint64_t seed) {
              hdo = download_as(d_o, qe, c.dtype);
   std::vector<double> rdq(qe, 0.0), rdk(ke, 0.0), rdv(ke, 0.0);
   const Pattern pattern = Pattern::parse(c.json);
-  for (size_t x = 0; x < c.lq.size(); ++x)
+  ZeroRows zero(tq, tk);
+  for (size_t x = 0; x < c.lq.size(); ++x) {
     reference_document(pattern, c.lq[x], lk[x], H, HK, D, hq, hk, hv, hdo, cu_q[x], cu_k[x], rdq, rdk, rdv);
+    zero.document(cu_q[x], c.lq[x], cu_k[x], lk[x]);
+  }
   expect_gradients(download_as(dq, qe, c.dtype), download_as(dk, ke, c.dtype), download_as(dv, ke, c.dtype), rdq,
-                   rdk, rdv, c.dtype);
+                   rdk, rdv, zero, c.dtype);
 }
 
 TEST(DocumentsBackwardGpu, PackedDocumentsMatchEachDocumentAlone) {
@@ -176,7 +194,7 @@ TEST(DocumentsBackwardGpu, PackedDocumentsMatchEachDocumentAlone) {
     }
 }
 
-TEST(DocumentsBackwardGpu, CrossLengthsDtypesHeadDimsAndDeterministicMode) {
+TEST(DocumentsBackwardGpu, CrossLengthsDtypesAndHeadDims) {
   SPATTN_REQUIRE_GPU();
   // Nq != Nk per document (both ways; queries without keys and keys without queries).
   PackedCase cross{R"({"type":"dense","causal":true})", {100, 300, 1, 64, 0, 50}, {300, 100, 40, 0, 30, 50}};
@@ -187,6 +205,10 @@ TEST(DocumentsBackwardGpu, CrossLengthsDtypesHeadDimsAndDeterministicMode) {
   fp16.dtype = DType::kFloat16;
   fp16.head_dim = 64;
   for (const std::string& config : backward_configs(64)) run_packed(fp16, config, 32);
+}
+
+TEST(DocumentsBackwardGpu, DeterministicModeIsBitwiseReproducible) {
+  SPATTN_REQUIRE_GPU();
   PackedCase det{R"({"type":"dense","causal":true})", {1, 0, 200, 77, 513, 3}};
   det.heads = 4;
   det.kv_heads = 2;
@@ -228,9 +250,13 @@ TEST(DocumentsBackwardGpu, PaddedBatchesGiveZeroGradientsToPadding) {
                  hdo = download_as(d_o, qe, dt);
       std::vector<double> rdq(qe, 0.0), rdk(ke, 0.0), rdv(ke, 0.0);
       const Pattern pattern = Pattern::parse(json);
-      for (int64_t b = 0; b < B; ++b)
+      ZeroRows zero(B * N, B * N);
+      for (int64_t b = 0; b < B; ++b) {
         reference_document(pattern, used_q[b], used_k[b], H, HK, D, hq, hk, hv, hdo, b * N, b * N, rdq, rdk, rdv);
-      expect_gradients(download_as(dq, qe, dt), download_as(dk, ke, dt), download_as(dv, ke, dt), rdq, rdk, rdv, dt);
+        zero.document(b * N, used_q[b], b * N, used_k[b]);
+      }
+      expect_gradients(download_as(dq, qe, dt), download_as(dk, ke, dt), download_as(dv, ke, dt), rdq, rdk, rdv,
+                       zero, dt);
     }
 }
 
