@@ -245,6 +245,14 @@ TEST_P(BackwardGpu, DeterministicModeIsBitwiseReproducible) {
   d128.nq = d128.nk = 517;
   d128.deterministic = true;
   run_case(d128, 41);
+  // Head dim 128 with GQA: items of two query heads over two warpgroups (sm90).
+  Case gqa128 = make(R"({"type":"dense","causal":true})");
+  gqa128.head_dim = 128;
+  gqa128.heads = 4;
+  gqa128.kv_heads = 2;
+  gqa128.nq = gqa128.nk = 517;
+  gqa128.deterministic = true;
+  run_case(gqa128, 42);
 }
 
 }  // namespace
