@@ -128,7 +128,7 @@ void run_packed(const PackedCase& c, const std::string& config, uint64_t seed) {
   docs.max_seqlen_k = *std::max_element(lk.begin(), lk.end());
   AttentionOptions opt;
   opt.use_tuning_db = false;
-  opt.backward_config = KernelConfig::parse(config);
+  if (!config.empty()) opt.backward_config = KernelConfig::parse(config);
   opt.deterministic = c.deterministic;
   Attention attn(Pattern::parse(c.json), opt);
   auto qv = [&](const runtime::DeviceBuffer& b) { return TensorView::contiguous3(b.data(), c.dtype, {tq, H, D}); };
@@ -207,13 +207,24 @@ TEST(DocumentsBackwardGpu, CrossLengthsDtypesAndHeadDims) {
   for (const std::string& config : backward_configs(64)) run_packed(fp16, config, 32);
 }
 
+// Deterministic mode runs on the sm80 family (the heuristic takes it); the sm90 family's
+// deterministic backward over documents is refused with the reason.
 TEST(DocumentsBackwardGpu, DeterministicModeIsBitwiseReproducible) {
   SPATTN_REQUIRE_GPU();
   PackedCase det{R"({"type":"dense","causal":true})", {1, 0, 200, 77, 513, 3}};
   det.heads = 4;
   det.kv_heads = 2;
   det.deterministic = true;
-  for (const std::string& config : backward_configs(128)) run_packed(det, config, 33);
+  run_packed(det, "64x128w8s2", 33);
+  run_packed(det, "", 34);  // the heuristic's choice
+  if (runtime::device_info(0).arch() != "sm_90a") return;
+  try {
+    run_packed(det, "sm90:64x128s2", 35);
+    ADD_FAILURE() << "the sm90 family's deterministic backward over documents was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("runs on the sm80 family only"), std::string::npos) << e.what();
+  }
 }
 
 TEST(DocumentsBackwardGpu, PaddedBatchesGiveZeroGradientsToPadding) {
