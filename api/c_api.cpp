@@ -182,6 +182,30 @@ spattn_status spattn_attention_forward_adaptive(spattn_attention_t attn, const s
   });
 }
 
+namespace {
+
+// The lengths of packed documents, as the varlen calls take them.
+spattn::Documents documents_of(const spattn_tensor* cu_seqlens_q, const spattn_tensor* cu_seqlens_k,
+                               int64_t max_seqlen_q, int64_t max_seqlen_k) {
+  spattn::Documents docs;
+  docs.cu_seqlens_q = view_of(cu_seqlens_q, "cu_seqlens_q", 1);
+  docs.cu_seqlens_k = view_of(cu_seqlens_k, "cu_seqlens_k", 1);
+  docs.max_seqlen_q = max_seqlen_q;
+  docs.max_seqlen_k = max_seqlen_k;
+  return docs;
+}
+
+// The used lengths of padded batches: absent ones (NULL or a NULL data pointer) stay null
+// pointers, so that side uses every row (and a call with neither is refused).
+spattn::KeyPadding padding_of(const spattn_tensor* seqused_q, const spattn_tensor* seqused_k) {
+  spattn::KeyPadding padding;
+  padding.seqused_q = optional_view_of(seqused_q, "seqused_q");
+  padding.seqused_k = optional_view_of(seqused_k, "seqused_k");
+  return padding;
+}
+
+}  // namespace
+
 spattn_status spattn_attention_forward_varlen(spattn_attention_t attn, const spattn_tensor* q, const spattn_tensor* k,
                                               const spattn_tensor* v, const spattn_tensor* o, const spattn_tensor* lse,
                                               const spattn_tensor* cu_seqlens_q, const spattn_tensor* cu_seqlens_k,
@@ -191,11 +215,7 @@ spattn_status spattn_attention_forward_varlen(spattn_attention_t attn, const spa
     // Any rank from 1 passes here: forward_varlen names the layout it wants ([total_q, Hq, D],
     // [Hq, total_q], int32 [documents + 1]) better than a rank range would.
     const spattn::TensorView l = lse ? view_of(lse, "lse", 1) : spattn::TensorView{};
-    spattn::Documents docs;
-    docs.cu_seqlens_q = view_of(cu_seqlens_q, "cu_seqlens_q", 1);
-    docs.cu_seqlens_k = view_of(cu_seqlens_k, "cu_seqlens_k", 1);
-    docs.max_seqlen_q = max_seqlen_q;
-    docs.max_seqlen_k = max_seqlen_k;
+    const spattn::Documents docs = documents_of(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
     attn->attn.forward_varlen(view_of(q, "q", 1), view_of(k, "k", 1), view_of(v, "v", 1), view_of(o, "o", 1),
                               lse ? &l : nullptr, docs, static_cast<CUstream>(stream));
   });
@@ -208,11 +228,7 @@ spattn_status spattn_attention_forward_padded(spattn_attention_t attn, const spa
   return guarded([&] {
     if (!attn) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "attention handle is NULL");
     const spattn::TensorView l = lse ? view_of(lse, "lse") : spattn::TensorView{};
-    // Absent lengths (NULL or a NULL data pointer) stay null pointers: forward_padded then
-    // uses every row of that side (and refuses a call with neither).
-    spattn::KeyPadding padding;
-    padding.seqused_q = optional_view_of(seqused_q, "seqused_q");
-    padding.seqused_k = optional_view_of(seqused_k, "seqused_k");
+    const spattn::KeyPadding padding = padding_of(seqused_q, seqused_k);
     attn->attn.forward_padded(view_of(q, "q"), view_of(k, "k"), view_of(v, "v"), view_of(o, "o"), lse ? &l : nullptr,
                               padding, static_cast<CUstream>(stream));
   });
@@ -239,11 +255,7 @@ spattn_status spattn_attention_backward_varlen(spattn_attention_t attn, const sp
                                                int64_t max_seqlen_k, void* stream) {
   return guarded([&] {
     if (!attn) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "attention handle is NULL");
-    spattn::Documents docs;
-    docs.cu_seqlens_q = view_of(cu_seqlens_q, "cu_seqlens_q", 1);
-    docs.cu_seqlens_k = view_of(cu_seqlens_k, "cu_seqlens_k", 1);
-    docs.max_seqlen_q = max_seqlen_q;
-    docs.max_seqlen_k = max_seqlen_k;
+    const spattn::Documents docs = documents_of(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k);
     // Ranks as in spattn_attention_forward_varlen: backward_varlen names the layouts.
     attn->attn.backward_varlen(view_of(q, "q", 1), view_of(k, "k", 1), view_of(v, "v", 1), view_of(o, "o", 1),
                                view_of(lse, "lse", 1), view_of(d_o, "d_o", 1), view_of(dq, "dq", 1),
@@ -259,9 +271,7 @@ spattn_status spattn_attention_backward_padded(spattn_attention_t attn, const sp
                                                const spattn_tensor* seqused_k, void* stream) {
   return guarded([&] {
     if (!attn) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "attention handle is NULL");
-    spattn::KeyPadding padding;
-    padding.seqused_q = optional_view_of(seqused_q, "seqused_q");
-    padding.seqused_k = optional_view_of(seqused_k, "seqused_k");
+    const spattn::KeyPadding padding = padding_of(seqused_q, seqused_k);
     attn->attn.backward_padded(view_of(q, "q"), view_of(k, "k"), view_of(v, "v"), view_of(o, "o"), view_of(lse, "lse"),
                                view_of(d_o, "d_o"), view_of(dq, "dq"), view_of(dk, "dk"), view_of(dv, "dv"), padding,
                                static_cast<CUstream>(stream));
