@@ -12,7 +12,6 @@ FlashAttention-2 backward: S recomputed, dP, dV, dK, dQ); ratios are peer ms / s
     python3 bench/compare_backward.py --table F
 """
 import argparse
-import json
 import os
 import sys
 
@@ -63,15 +62,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="dense@16384,causal@16384,window@65536,global_local@65536,longnet@65536,strided@65536")
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--rows", help="append each row (a JSON line) to this file as it is measured")
-    ap.add_argument("--table", help="only print the table of the rows in this file")
+    peer_cases.add_row_options(ap)
     ap.add_argument("--backward-config", help="force spattn's backward config (e.g. 64x128w8s1)")
     ap.add_argument("--deterministic", action="store_true", help="spattn's deterministic backward")
     ap.add_argument("--no-peers", action="store_true")
     args = ap.parse_args()
     if args.table:
-        with open(args.table) as f:
-            print_table([json.loads(line) for line in f if line.strip()])
+        print_table(peer_cases.read_rows(args.table))
         return
     gpu = torch.cuda.get_device_name()
     rows = []
@@ -102,11 +99,7 @@ def main():
                     row[f"{which}_ms"] = time_ms(fn, args.reps)
             except Exception as e:
                 row[f"{which}_error"] = str(e).splitlines()[0][:120]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.rows:
-            with open(args.rows, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        peer_cases.report_row(row, rows, args.rows)
         del q, k, v, d_out
         torch.cuda.empty_cache()
     print_table(rows)

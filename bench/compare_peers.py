@@ -131,13 +131,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="16k only, fewer repetitions")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--runs", help="explicit case@seq list instead of --cases x --seqs")
-    ap.add_argument("--rows", help="append each row (a JSON line) to this file as it is measured")
-    ap.add_argument("--table", help="only print the table of the rows in this file (from --rows)")
+    peer_cases.add_row_options(ap)
     ap.add_argument("--json", help="write the rows to this file")
     args = ap.parse_args()
     if args.table:
-        with open(args.table) as f:
-            print_table([json.loads(line) for line in f if line.strip()])
+        print_table(peer_cases.read_rows(args.table))
         return
     seqs = [16384] if args.quick else [int(s) for s in args.seqs.split(",")]
     reps = 10 if args.quick else args.reps
@@ -204,11 +202,7 @@ def main():
                     row["flexflash_ms"] = time_ms(fn, reps)
                 except Exception as e:
                     row["flexflash_error"] = str(e).splitlines()[0][:80]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.rows:
-            with open(args.rows, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        peer_cases.report_row(row, rows, args.rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 import spattn  # noqa: E402
 
+import peer_cases  # noqa: E402
 from peer_cases import CASES, DT, FA4_CASES, H, D, time_ms  # noqa: E402
 
 
@@ -268,13 +269,11 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-fa4", action="store_true")
-    ap.add_argument("--rows", help="append each row (a JSON line) to this file as it is measured")
-    ap.add_argument("--table", help="only print the table of the rows in this file (from --rows)")
+    peer_cases.add_row_options(ap)
     ap.add_argument("--json", help="write the rows to this file")
     args = ap.parse_args()
     if args.table:
-        with open(args.table) as f:
-            print_table([json.loads(line) for line in f if line.strip()])
+        print_table(peer_cases.read_rows(args.table))
         return
     name, pattern = pattern_of(args.pattern)
     gpu = torch.cuda.get_device_name()
@@ -282,11 +281,7 @@ def main():
     for case in args.cases.split(","):
         lengths = document_lengths(case, args.total, args.seed, args.min_len, args.max_len)
         row = measure(case, lengths, name, pattern, args, gpu)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.rows:
-            with open(args.rows, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        peer_cases.report_row(row, rows, args.rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

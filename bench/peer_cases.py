@@ -1,6 +1,8 @@
-"""What bench/compare_peers.py (forward) and bench/compare_backward.py share: the problem
-(bf16, head dim 128, 16 heads), the named patterns, FlashAttention-4's own masks for
-them, CUDA-event timing and the table of results."""
+"""What bench/compare_peers.py (forward), bench/compare_backward.py and
+bench/compare_varlen.py share: the problem (bf16, head dim 128, 16 heads), the named
+patterns, FlashAttention-4's own masks for them, CUDA-event timing, the rows of results
+(JSON lines, --rows / --table) and their table."""
+import json
 import statistics
 
 import torch
@@ -23,6 +25,28 @@ CASES = {
 # FlashAttention-4's own masks: (causal, window_size) per case; absent where it has none.
 FA4_CASES = {"dense": (False, (None, None)), "causal": (True, (None, None)), "window": (False, (512, 512)),
              "causal_window": (False, (1024, 0))}
+
+
+def add_row_options(ap):
+    """--rows FILE (each row appended as it is measured, so a run cut short keeps what it
+    measured) and --table FILE (only print the table of such a file)."""
+    ap.add_argument("--rows", help="append each row (a JSON line) to this file as it is measured")
+    ap.add_argument("--table", help="only print the table of the rows in this file (from --rows)")
+
+
+def read_rows(path):
+    """The rows of a --rows file."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def report_row(row, rows, path):
+    """A measured row: kept in `rows`, printed as a JSON line, appended to `path` if given."""
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 def time_ms(fn, reps, warmup=3):
