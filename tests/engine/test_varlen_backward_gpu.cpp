@@ -106,11 +106,9 @@ void run_packed(const PackedCase& c, const std::string& config, uint64_t seed) {
                            c.kv_heads, c.head_dim, to_string(c.dtype), c.deterministic ? " deterministic" : "",
                            c.lq.size()));
   const std::vector<int32_t>& lk = c.lk.empty() ? c.lq : c.lk;
-  std::vector<int32_t> cu_q{0}, cu_k{0};
-  for (size_t x = 0; x < c.lq.size(); ++x) {
-    cu_q.push_back(cu_q.back() + c.lq[x]);
-    cu_k.push_back(cu_k.back() + lk[x]);
-  }
+  const test::DeviceDocuments documents(c.lq, lk);
+  const std::vector<int32_t>&cu_q = documents.cu_q, &cu_k = documents.cu_k;
+  const Documents& docs = documents.docs;
   const int64_t pad = 5;  // rows after the last document
   const int64_t tq = cu_q.back() + pad, tk = cu_k.back() + pad, H = c.heads, HK = c.kv_heads, D = c.head_dim;
   const int64_t qe = tq * H * D, ke = tk * HK * D;
@@ -120,12 +118,6 @@ void run_packed(const PackedCase& c, const std::string& config, uint64_t seed) {
   engine::fill_random(k.data(), ke, c.dtype, seed * 5 + 2);
   engine::fill_random(v.data(), ke, c.dtype, seed * 5 + 3);
   engine::fill_random(d_o.data(), qe, c.dtype, seed * 5 + 4);
-  runtime::DeviceBuffer dcq = upload_i32(cu_q), dck = upload_i32(cu_k);
-  Documents docs;
-  docs.cu_seqlens_q = i32_view(dcq, static_cast<int64_t>(cu_q.size()));
-  docs.cu_seqlens_k = i32_view(dck, static_cast<int64_t>(cu_k.size()));
-  docs.max_seqlen_q = *std::max_element(c.lq.begin(), c.lq.end());
-  docs.max_seqlen_k = *std::max_element(lk.begin(), lk.end());
   AttentionOptions opt;
   opt.use_tuning_db = false;
   if (!config.empty()) opt.backward_config = KernelConfig::parse(config);
@@ -133,12 +125,7 @@ void run_packed(const PackedCase& c, const std::string& config, uint64_t seed) {
   Attention attn(Pattern::parse(c.json), opt);
   auto qv = [&](const runtime::DeviceBuffer& b) { return TensorView::contiguous3(b.data(), c.dtype, {tq, H, D}); };
   auto kv = [&](const runtime::DeviceBuffer& b) { return TensorView::contiguous3(b.data(), c.dtype, {tk, HK, D}); };
-  TensorView vl;
-  vl.data = lse.data();
-  vl.dtype = DType::kFloat32;
-  vl.rank = 2;
-  vl.shape = {H, tq, 0, 0};
-  vl.strides = {tq, 1, 0, 0};
+  const TensorView vl = test::packed_lse_view(lse, H, tq);
   o.fill_bytes(0);  // rows outside documents: O = 0 as a caller's zeroed output
   attn.forward_varlen(qv(q), kv(k), kv(v), qv(o), &vl, docs);
   auto backward = [&] {
@@ -280,12 +267,7 @@ TEST(DocumentsBackwardGpu, HostTablePatternsAndBadLengthsAreClearErrors) {
   auto view = [&](int x) {
     return TensorView::contiguous3(static_cast<char*>(buf.data()) + x * T * H * D * 2, dt, {T, H, D});
   };
-  TensorView vl;
-  vl.data = lse.data();
-  vl.dtype = DType::kFloat32;
-  vl.rank = 2;
-  vl.shape = {H, T, 0, 0};
-  vl.strides = {T, 1, 0, 0};
+  const TensorView vl = test::packed_lse_view(lse, H, T);
   runtime::DeviceBuffer cu = upload_i32({0, 100, 256}), bad = upload_i32({0, 200, 150});
   Documents docs;
   docs.cu_seqlens_q = docs.cu_seqlens_k = i32_view(cu, 3);

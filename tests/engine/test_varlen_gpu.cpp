@@ -102,11 +102,9 @@ void run_packed(const PackedCase& c, const char* config, uint64_t seed) {
   SCOPED_TRACE(fmt::format("{} config {} {} D={} documents {}", c.json, config, to_string(c.dtype), c.head_dim,
                            c.lq.size()));
   const std::vector<int32_t>& lk = c.lk.empty() ? c.lq : c.lk;
-  std::vector<int32_t> cu_q{0}, cu_k{0};
-  for (size_t x = 0; x < c.lq.size(); ++x) {
-    cu_q.push_back(cu_q.back() + c.lq[x]);
-    cu_k.push_back(cu_k.back() + lk[x]);
-  }
+  const test::DeviceDocuments documents(c.lq, lk);
+  const std::vector<int32_t>&cu_q = documents.cu_q, &cu_k = documents.cu_k;
+  const Documents& docs = documents.docs;
   const int64_t tq = cu_q.back() + c.pad_rows, tk = cu_k.back() + c.pad_rows;
   const int64_t H = c.heads, HK = c.kv_heads, D = c.head_dim;
   runtime::DeviceBuffer q(tq * H * D * 2), k(tk * HK * D * 2), v(tk * HK * D * 2), o(tq * H * D * 2),
@@ -116,12 +114,6 @@ void run_packed(const PackedCase& c, const char* config, uint64_t seed) {
   engine::fill_random(v.data(), tk * HK * D, c.dtype, seed * 3 + 3);
   o.fill_bytes(0x7e);  // a finite poison value
   lse.fill_bytes(0x7e);
-  runtime::DeviceBuffer dq = upload_i32(cu_q), dk = upload_i32(cu_k);
-  Documents docs;
-  docs.cu_seqlens_q = i32_view(dq, static_cast<int64_t>(cu_q.size()));
-  docs.cu_seqlens_k = i32_view(dk, static_cast<int64_t>(cu_k.size()));
-  docs.max_seqlen_q = *std::max_element(c.lq.begin(), c.lq.end());
-  docs.max_seqlen_k = *std::max_element(lk.begin(), lk.end());
 
   AttentionOptions opt;
   opt.config = KernelConfig::parse(config);
@@ -133,12 +125,7 @@ void run_packed(const PackedCase& c, const char* config, uint64_t seed) {
   };
   const TensorView vq = view3(q, c.dtype, tq, H, D), vk = view3(k, c.dtype, tk, HK, D),
                    vv = view3(v, c.dtype, tk, HK, D), vo = view3(o, c.dtype, tq, H, D);
-  TensorView vl;
-  vl.data = lse.data();
-  vl.dtype = DType::kFloat32;
-  vl.rank = 2;
-  vl.shape = {H, tq, 0, 0};
-  vl.strides = {tq, 1, 0, 0};
+  const TensorView vl = test::packed_lse_view(lse, H, tq);
   attn.forward_varlen(vq, vk, vv, vo, &vl, docs);
   SPATTN_CU_CHECK(cuCtxSynchronize());
   EXPECT_NE(attn.explain().find(c.host_tables ? "documents: tables built on the host from cu_seqlens"

@@ -90,12 +90,7 @@ TEST(DocumentsCApiGpu, VarlenWritesTheBitsOfTheCppApi) {
     spattn_attention_destroy(attn);
 
     Attention cpp(Pattern::parse(json), cpp_options());
-    TensorView l;  // [Hq, total_q]
-    l.data = lse_cpp.data();
-    l.dtype = DType::kFloat32;
-    l.rank = 2;
-    l.shape = {H, T, 1, 1};
-    l.strides = {T, 1, 1, 1};
+    const TensorView l = test::packed_lse_view(lse_cpp, H, T);
     const Documents d{i32_view(dcu, docs), i32_view(dcu, docs), longest, longest};
     cpp.forward_varlen(TensorView::contiguous3(q.data(), dt, {T, H, D}), TensorView::contiguous3(k.data(), dt, {T, HK, D}),
                        TensorView::contiguous3(v.data(), dt, {T, HK, D}),
@@ -175,12 +170,7 @@ TEST(DocumentsCApiGpu, BackwardWritesTheBitsOfTheCppApi) {
   AttentionOptions opt = cpp_options();
   opt.deterministic = true;
   Attention cpp(Pattern::parse(json), opt);
-  TensorView l;  // [Hq, total_q]
-  l.data = lse.data();
-  l.dtype = DType::kFloat32;
-  l.rank = 2;
-  l.shape = {H, T, 1, 1};
-  l.strides = {T, 1, 1, 1};
+  const TensorView l = test::packed_lse_view(lse, H, T);
   const Documents d{i32_view(dcu, docs), i32_view(dcu, docs), longest, longest};
   auto qv = [&](const runtime::DeviceBuffer& b) { return TensorView::contiguous3(b.data(), dt, {T, H, D}); };
   auto kv = [&](const runtime::DeviceBuffer& b) { return TensorView::contiguous3(b.data(), dt, {T, HK, D}); };
