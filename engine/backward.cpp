@@ -1,7 +1,5 @@
 #include "engine/backward.hpp"
 
-#include <spattn/varlen.hpp>
-
 #include <cmath>
 
 #include "common/check.hpp"
@@ -47,11 +45,7 @@ BackwardPlan::BackwardPlan(const Pattern& pattern, const Problem& problem, const
   check_backward_config(config, static_cast<int>(problem.head_dim), problem.dtype, info.arch(),
                         info.smem_per_block_optin);
   LayoutOptions layout_options = config.layout_options();
-  if (documents) {
-    std::string why;
-    if (!documents_supported(pattern, problem.heads, &why)) SPATTN_FAIL(ErrorCode::kUnsupported, "{}", why);
-    layout_options = documents_layout_options(layout_options);
-  }
+  if (documents) layout_options = documents_plan_options(pattern, problem.heads, layout_options);
   layout_ = compile_layout(pattern, problem.shape(), layout_options);
   if (documents) check_documents_backward(pattern, layout_);
   if (const std::string why = documents && deterministic ? documents_deterministic_refusal(config) : "";

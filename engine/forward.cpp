@@ -1,7 +1,5 @@
 #include "engine/forward.hpp"
 
-#include <spattn/varlen.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -162,11 +160,7 @@ ForwardPlan::ForwardPlan(const Pattern& pattern, const Problem& problem, const K
   SPATTN_REQUIRE(!(sub && is_adaptive(pattern)), "adaptive patterns choose blocks of whole problems; they do not "
                                                  "run on sub-rectangles (ring attention's shard pairs)");
   SPATTN_REQUIRE(!(sub && documents), "documents run whole problems, not sub-rectangles (internal)");
-  if (documents) {
-    std::string why;
-    if (!documents_supported(pattern, problem.heads, &why)) SPATTN_FAIL(ErrorCode::kUnsupported, "{}", why);
-    layout_options = documents_layout_options(layout_options);
-  }
+  if (documents) layout_options = documents_plan_options(pattern, problem.heads, layout_options);
   layout_ = forward_layout(pattern, whole_, layout_options);
   if (sub) {
     localise_slots(layout_);

@@ -51,6 +51,12 @@ LayoutOptions documents_layout_options(LayoutOptions options) {
   return options;
 }
 
+LayoutOptions documents_plan_options(const Pattern& pattern, int64_t heads, LayoutOptions options) {
+  std::string why;
+  if (!documents_supported(pattern, heads, &why)) SPATTN_FAIL(ErrorCode::kUnsupported, "{}", why);
+  return documents_layout_options(options);
+}
+
 bool document_tables_on_gpu(const std::vector<LayoutPart>& parts) {
   return codegen::render_row_bounds(parts, "row_bounds", "inline").has_value();
 }

@@ -45,6 +45,9 @@ struct DocumentLengths {
 
 // The layout options of a documents plan: natural token order (the tables are key ranges).
 LayoutOptions documents_layout_options(LayoutOptions options);
+// The same for a plan of `pattern` with `heads` query heads; throws kUnsupported with the
+// reason where documents cannot run it (documents_supported()).
+LayoutOptions documents_plan_options(const Pattern& pattern, int64_t heads, LayoutOptions options);
 
 // Whether documents of a layout with these parts build their tables on the GPU: exactly
 // when the parts have per-row key ranges (codegen::render_row_bounds); otherwise the
