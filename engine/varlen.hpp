@@ -170,7 +170,6 @@ class DocumentBackwardTables {
   const int32_t* tiles() const { return reinterpret_cast<const int32_t*>(vl_tiles_.get()); }
   const int32_t* key_tiles() const { return reinterpret_cast<const int32_t*>(vl_ktiles_.get()); }
   const int32_t* docs() const { return reinterpret_cast<const int32_t*>(vl_docs_.get()); }
-  std::string describe() const { return last_; }
 
  private:
   void reserve(int64_t tiles, int64_t rows, int64_t key_tiles, int64_t cols, int64_t entries);
@@ -186,7 +185,6 @@ class DocumentBackwardTables {
   int32_t row_len_ = 0;  // arena offset of every table's row lengths (table t at + t * tile capacity)
   DeviceBackwardLayout tables_;
   runtime::DeviceBuffer fwd_tables_, table_info_, vl_tiles_, vl_ktiles_, vl_docs_, status_;
-  std::string last_ = "not run yet";
 };
 
 }  // namespace spattn::engine

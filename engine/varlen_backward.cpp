@@ -180,11 +180,6 @@ void DocumentBackwardTables::build(const DocumentLengths& d, bool check, CUstrea
     transpose_kernel_->kernel.launch({static_cast<unsigned>(ktile_capacity_), n_tables},
                                      {kSpattnVarlenTablesThreads}, 0, stream, args);
   }
-  last_ = fmt::format("documents backward: tables built on the GPU from {} ({} {}), {} query tiles x {} key tiles "
-                      "and {} key tiles x {} query tiles of capacity; lengths {}",
-                      packed ? "cu_seqlens" : "seqused", d.docs, packed ? "documents" : "batches", tile_capacity_,
-                      row_capacity_, ktile_capacity_, col_capacity_,
-                      check ? "checked (the host waits for the check)" : "not checked on the host");
   if (check) check_document_lengths(status_, d.docs, stream);
 }
 
