@@ -225,12 +225,20 @@ std::vector<Candidate> enumerate_candidates(const Pattern& pattern, const engine
         if (!permute && !permutes) continue;
         tile.schedule = order;
         tile.permute = permute;
-        tile.gather = TokenGather::kInline;
-        configs.push_back(tile);
-        // sm90 kernels of permuted layouts also try their rows copied first.
-        if (permute && permutes && tile.family == KernelFamily::kSm90) {
-          tile.gather = TokenGather::kCopy;
-          configs.push_back(tile);
+        // sm90 kernels of permuted layouts also try their rows copied first, and forward
+        // kernels of two or three consumer warpgroups also try them taking turns (in the
+        // longest-first order only: turns do not change which order is best).
+        const bool copies = permute && permutes && tile.family == KernelFamily::kSm90;
+        const bool turns = !backward && tile.family == KernelFamily::kSm90 && tile.tile_m >= 128 &&
+                           order == ScheduleOrder::kLongestFirst;
+        for (TokenGather gather : {TokenGather::kInline, TokenGather::kCopy}) {
+          if (gather == TokenGather::kCopy && !copies) continue;
+          for (bool turn : {false, true}) {
+            if (turn && !turns) continue;
+            tile.gather = gather;
+            tile.turns = turn;
+            configs.push_back(tile);
+          }
         }
       }
     }

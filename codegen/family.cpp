@@ -148,6 +148,25 @@ void check_gather(const KernelConfig& c) {
                 c.to_string(), kernel_family_info(c.family).name);
 }
 
+// ':turns' is an option of the sm90 forward kernel with two or three consumer warpgroups.
+void check_turns(const KernelConfig& c, bool backward) {
+  if (!c.turns) return;
+  if (backward)
+    SPATTN_FAIL(ErrorCode::kInvalidArgument,
+                "backward config {}: ':turns' (consumer warpgroups taking turns) is an option of the sm90 forward "
+                "kernel; the backward kernels do not take it",
+                c.to_string());
+  if (c.family != KernelFamily::kSm90)
+    SPATTN_FAIL(ErrorCode::kInvalidArgument,
+                "config {}: ':turns' (consumer warpgroups taking turns) is an sm90 option; the {} kernel has no "
+                "warpgroups",
+                c.to_string(), kernel_family_info(c.family).name);
+  if (c.tile_m < 128)
+    SPATTN_FAIL(ErrorCode::kInvalidArgument,
+                "config {}: ':turns' needs two or three consumer warpgroups (tile_m 128 or 192); tile_m {} has one",
+                c.to_string(), c.tile_m);
+}
+
 void check_sm80_backward(const KernelConfig& c, int head_dim) {
   if (!contains(backward_head_dims(), head_dim))
     SPATTN_FAIL(ErrorCode::kUnsupported, "the sm80 backward kernel supports head dims {} (not {})",
@@ -209,6 +228,7 @@ void check_backward_config(const KernelConfig& c, int head_dim, DType dtype, std
   if (!family_supports(c.family, head_dim, dtype, arch, &why))
     SPATTN_FAIL(ErrorCode::kUnsupported, "backward config {}: {}", c.to_string(), why);
   check_gather(c);
+  check_turns(c, true);
   switch (c.family) {
     case KernelFamily::kSm80: check_sm80_backward(c, head_dim); break;
     case KernelFamily::kSm90: check_sm90_backward(c, head_dim); break;
@@ -272,6 +292,7 @@ void KernelConfig::validate(int head_dim) const {
                      schedule == ScheduleOrder::kLongestFirst,
                  "config.schedule is not a known order");
   check_gather(*this);
+  check_turns(*this, false);
   if (family == KernelFamily::kSm90) {
     SPATTN_REQUIRE(tile_m == 64 || tile_m == 128 || tile_m == 192,
                    "sm90 config.tile_m must be 64, 128 or 192 (64 rows per consumer warpgroup); got {}", tile_m);
@@ -366,6 +387,7 @@ std::string KernelConfig::to_string() const {
   if (schedule == ScheduleOrder::kHilbert) s += ":hilbert";
   if (schedule == ScheduleOrder::kLongestFirst) s += ":longest";
   if (gather == TokenGather::kCopy) s += ":copy";
+  if (turns) s += ":turns";
   return s;
 }
 
@@ -390,7 +412,7 @@ KernelConfig KernelConfig::parse(std::string_view text) {
   const auto bad = [&]() -> KernelConfig {
     SPATTN_FAIL(ErrorCode::kInvalidArgument,
                 "config '{}' is not of the form <tile_m>x<tile_n>w<warps>s<stages> (sm80, e.g. 128x64w4s1) or "
-                "sm90:<tile_m>x<tile_n>s<stages> (e.g. sm90:128x128s2), followed by [:noperm][:hilbert|:longest][:copy]",
+                "sm90:<tile_m>x<tile_n>s<stages> (e.g. sm90:128x128s2), followed by [:noperm][:hilbert|:longest][:copy][:turns]",
                 text);
   };
   for (const KernelFamilyInfo& f : kernel_families()) {
@@ -431,9 +453,12 @@ KernelConfig KernelConfig::parse(std::string_view text) {
                                       : ScheduleOrder::kRowMajor;
     } else if (opt == "copy" || opt == "inline") {
       c.gather = opt == "copy" ? TokenGather::kCopy : TokenGather::kInline;
+    } else if (opt == "turns" || opt == "noturns") {
+      c.turns = opt == "turns";
     } else {
       SPATTN_FAIL(ErrorCode::kInvalidArgument,
-                  "config '{}': unknown option '{}'; known: noperm, perm, hilbert, longest, rowmajor, copy, inline", text,
+                  "config '{}': unknown option '{}'; known: noperm, perm, hilbert, longest, rowmajor, copy, inline, turns, noturns",
+                  text,
                   opt);
     }
     p = next;

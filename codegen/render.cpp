@@ -171,6 +171,8 @@ RenderedKernel render_forward(const KernelSpec& spec) {
     src << fmt::format("  static constexpr int kProducerRegs = {};  // setmaxnreg (0: keep the launch's)\n",
                        shape.producer_regs);
     src << fmt::format("  static constexpr int kConsumerRegs = {};\n", shape.consumer_regs);
+    src << fmt::format("  static constexpr bool kTurns = {};  // consumers take turns issuing products\n",
+                       c.turns ? "true" : "false");
     src << fmt::format("  using MmaS = spattn_generated::Wgmma{};  // S = Q K^T: N = tile_n\n", c.tile_n);
     src << fmt::format("  using MmaO = spattn_generated::Wgmma{};  // O += P V: N = head dim\n", spec.head_dim);
   }

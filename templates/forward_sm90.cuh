@@ -19,6 +19,9 @@
 //          key tile: S = Q Kᵀ (wgmma, both operands in shared memory), release K, mask
 //          (partial tiles), online softmax in registers, O += P V (wgmma, P from
 //          registers, V in shared memory), release V. Epilogue through shared memory.
+//          With Cfg::kTurns (two or three consumers) they take turns issuing their
+//          products (named barriers, FlashAttention-3's warpgroup ping-pong): while one
+//          warpgroup's products run on the tensor cores the next one computes its softmax.
 // Shared-memory tiles use sm90.cuh's swizzled chunk layout.
 #pragma once
 
@@ -46,6 +49,11 @@ struct Forward {
   static constexpr int kNO = D / 2;                      // O accumulators per thread (64 x D per warpgroup)
   static constexpr int kSWords = (kNS + 31) / 32;        // mask words of a general-predicate partial tile
   static constexpr int kORow = D + 8;                    // staged output row (elements), 16 bytes of padding
+  // Named barriers: 1 + c stages consumer c's outputs; kTurnBar + c is consumer c's turn
+  // to issue matrix instructions (Cfg::kTurns).
+  static constexpr bool kTurns = Cfg::kTurns;
+  static constexpr int kTurnBar = 4;
+  static_assert(!kTurns || kConsumers >= 2, "turns need two or three consumer warpgroups");
 
   static_assert(BM % 64 == 0 && kConsumers >= 1 && kConsumers <= 3, "tile_m must be 64, 128 or 192");
   static_assert(BN % 16 == 0 && BN >= 16 && BN <= 256, "tile_n must be a multiple of 16 up to 256");
@@ -211,6 +219,18 @@ struct Forward {
     typename Cfg::MaskCtx mask_ctx{p.mask_nq, p.mask_nk, p.heads, p.q_offset, p.k_offset};
     const float ln2 = 0.6931471805599453f;
 
+    // Turns: wait for this warpgroup's, issue, pass it to the next consumer. A barrier of
+    // 256 threads completes with this warpgroup's wait and the previous one's pass; every
+    // consumer walks the same items and takes the same number of turns.
+    auto turn_wait = [&] {
+      if constexpr (kTurns) bar_sync(kTurnBar + cw, 256);
+    };
+    auto turn_pass = [&] {
+      if constexpr (kTurns) bar_arrive(kTurnBar + (cw + 1) % kConsumers, 256);
+    };
+    if constexpr (kTurns)
+      if (cw == 0) bar_arrive(kTurnBar, 256);  // the first turn is consumer 0's
+
     int stage = 0;
     uint32_t phase = 0, q_phase = 0;
     float acc_s[kNS];
@@ -373,8 +393,10 @@ struct Forward {
       if (it.n_tiles > 0) {
         float scale_o[2];
         mbar_wait(k_full(stage), phase);
+        turn_wait();
         wgmma_fence();
         issue_qk(stage);
+        turn_pass();
         wgmma_wait_all();
         fence_operands(acc_s);
         release_k(stage, 0);
@@ -392,9 +414,11 @@ struct Forward {
         float scale_o[2];
         mbar_wait(k_full(stage), phase);
         mbar_wait(v_full(prev), prev_phase);
+        turn_wait();
         wgmma_fence();
         issue_qk(stage);
         issue_pv(prev, pf);
+        turn_pass();
         wgmma_wait_one();
         fence_operands(acc_s);
         release_k(stage, n);
@@ -413,8 +437,10 @@ struct Forward {
       }
       if (it.n_tiles > 0) {
         mbar_wait(v_full(prev), prev_phase);
+        turn_wait();
         wgmma_fence();
         issue_pv(prev, pf);
+        turn_pass();
         wgmma_wait_all();
         fence_operands(acc_o);
         release_v(prev);

@@ -114,6 +114,11 @@ __device__ __forceinline__ void bar_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+// Arrival at a named barrier among `threads` threads, without waiting for it.
+__device__ __forceinline__ void bar_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // Stores four 8x8 matrices of 16-bit values transposed (stmatrix .trans): the register
 // r[m] holds a thread's two values of matrix m in the mma accumulator layout (row
 // lane / 4, columns 2 (lane % 4) and + 1); lane l gives the address of row l % 8 of

@@ -45,6 +45,10 @@ struct KernelConfig {
   bool permute = true;  // token permutations for token-level patterns (LongNet, strides, grids)
   ScheduleOrder schedule = ScheduleOrder::kRowMajor;  // launch order of work items
   TokenGather gather = TokenGather::kInline;  // sm90 only: ":copy" copies permuted rows first
+  // sm90 forward with two or three consumer warpgroups (tile_m 128 or 192) only: ":turns"
+  // makes the consumers take turns issuing their matrix instructions (named barriers), so
+  // that one warpgroup's softmax runs while the next one's products use the tensor cores.
+  bool turns = false;
 
   // The family's own rules (tile shape, warps, stages, register budgets for this head
   // dim, supported head dims). Throws kInvalidArgument / kUnsupported naming the field
@@ -60,7 +64,7 @@ struct KernelConfig {
   // The layout this config runs on: its tile shape, permutation and launch order.
   LayoutOptions layout_options() const;
   // sm80: "128x64w4s2"; sm90: "sm90:128x128s2"; plus ":noperm", ":hilbert"/":longest" and
-  // (sm90) ":copy" when not the default. (sm80 configs carry no prefix, so tuning databases and
+  // (sm90) ":copy", ":turns" when not the default. (sm80 configs carry no prefix, so tuning databases and
   // scripts written before the sm90 family keep their meaning; parse() accepts "sm80:".)
   std::string to_string() const;
   // Inverse of to_string(); throws kInvalidArgument.

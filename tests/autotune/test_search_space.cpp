@@ -98,8 +98,15 @@ TEST(SearchSpace, HeuristicFirstDeduplicatedAndExpandedOverSchedules) {
     EXPECT_TRUE(cands[k].config.permute) << "a window layout has no permutation to switch off";
     EXPECT_TRUE(cands[k].pruned.empty()) << cands[k].config.to_string() << ": " << cands[k].pruned;
   }
-  const size_t tiles = table_configs("sm_90a", DType::kBFloat16, 128).size();
-  EXPECT_EQ(cands.size(), tiles * schedule_orders().size());  // the heuristic is one of them
+  const std::vector<KernelConfig> table = table_configs("sm_90a", DType::kBFloat16, 128);
+  // sm90 forward tiles of two or three consumer warpgroups also take turns, longest-first.
+  const auto with_turns = std::count_if(table.begin(), table.end(), [](const KernelConfig& c) {
+    return c.family == KernelFamily::kSm90 && c.tile_m >= 128;
+  });
+  EXPECT_GT(with_turns, 0);
+  EXPECT_EQ(cands.size(), table.size() * schedule_orders().size() + with_turns);  // the heuristic is one of them
+  for (const Candidate& c : cands)
+    if (c.config.turns) EXPECT_EQ(c.config.schedule, ScheduleOrder::kLongestFirst) << c.config.to_string();
   for (ScheduleOrder o : schedule_orders())
     EXPECT_TRUE(std::any_of(cands.begin(), cands.end(), [&](const Candidate& c) { return c.config.schedule == o; }));
 }

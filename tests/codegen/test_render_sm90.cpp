@@ -119,6 +119,48 @@ TEST(RenderSm90, SassShowsWgmmaAndTma) {
   EXPECT_EQ(sass80.find("HGMMA"), std::string::npos);
 }
 
+// ":turns": the consumer warpgroups take turns issuing their products through named
+// barriers (bar.sync on its own turn, bar.arrive on the next one's); without it the
+// kernel has no bar.arrive, and the option is refused where it cannot apply.
+TEST(RenderSm90, TurnsAreNamedBarriersBetweenConsumers) {
+  const KernelConfig turns = KernelConfig::parse("sm90:128x128s2:longest:turns");
+  EXPECT_TRUE(turns.turns);
+  EXPECT_EQ(turns.to_string(), "sm90:128x128s2:longest:turns");
+  EXPECT_EQ(KernelConfig::parse(turns.to_string()), turns);
+  EXPECT_FALSE(KernelConfig::parse("sm90:128x128s2:turns:noturns").turns);
+  EXPECT_NO_THROW(turns.check(128, DType::kBFloat16, "sm_90a", 227 * 1024));
+  EXPECT_NO_THROW(KernelConfig::parse("sm90:192x128s2:turns").validate(64));
+  auto expect_error = [](const std::function<void()>& f, const char* needle) {
+    try {
+      f();
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error([] { KernelConfig::parse("sm90:64x128s2:turns").validate(128); }, "tile_m 64 has one");
+  expect_error([] { KernelConfig::parse("128x64w4s1:turns").validate(128); }, "':turns' (consumer warpgroups taking turns) is an sm90 option");
+  expect_error([] { check_backward_config(KernelConfig::parse("sm90:128x128s2:turns"), 128, DType::kBFloat16, "sm_90a", 0); },
+               "the backward kernels do not take it");
+
+  const engine::Problem p = problem_of(4096, 4, 128);
+  const codegen::RenderedKernel with = render(R"({"type":"dense","causal":true})", p, turns);
+  const codegen::RenderedKernel without =
+      render(R"({"type":"dense","causal":true})", p, KernelConfig::parse("sm90:128x128s2:longest"));
+  EXPECT_NE(with.source.find("kTurns = true"), std::string::npos);
+  EXPECT_NE(without.source.find("kTurns = false"), std::string::npos);
+  EXPECT_NE(with.program_name, without.program_name) << "the option must change the cached program";
+  const auto a = compile(with, "sm_90a"), b = compile(without, "sm_90a");
+  expect_clean(a);
+  const std::string tool = test::find_cuobjdump();
+  if (tool.empty()) GTEST_SKIP() << "no cuobjdump: not in the CUDA toolkit, not fetched by scripts/setup.sh, not on PATH";
+  test::TempDir dir("sass-turns");
+  const std::string sa = test::sass_of(tool, a.cubin, dir.path()), sb = test::sass_of(tool, b.cubin, dir.path());
+  EXPECT_NE(sa.find("BAR.ARV"), std::string::npos) << "no named-barrier arrival in the kernel with turns";
+  EXPECT_EQ(sb.find("BAR.ARV"), std::string::npos) << "a named-barrier arrival in the kernel without turns";
+}
+
 TEST(KernelFamilies, TableAnswersWhatEachFamilySupports) {
   EXPECT_STREQ(to_string(KernelFamily::kSm90), "sm90");
   EXPECT_EQ(kernel_family_from_string("sm80"), KernelFamily::kSm80);

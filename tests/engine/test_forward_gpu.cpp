@@ -229,6 +229,8 @@ TEST_P(ForwardGpu, DtypesHeadDimsAndConfigs) {
       {DType::kBFloat16, 64, "sm90:128x160s2"},  {DType::kFloat16, 256, "sm90:64x64s2"},
       {DType::kBFloat16, 128, "sm90:128x80s2"},  {DType::kBFloat16, 128, "sm90:128x128s2:copy"},
       {DType::kFloat16, 64, "sm90:64x128s2:copy"}, {DType::kBFloat16, 128, "sm90:192x64s3:copy"},
+      {DType::kBFloat16, 128, "sm90:128x128s2:turns"}, {DType::kFloat16, 64, "sm90:192x64s3:copy:turns"},
+      {DType::kBFloat16, 128, "sm90:128x128s2:longest:copy:turns"},
   };
   uint64_t seed = 500;
   for (const auto& v : sm90() ? std::span<const V>(variants90) : std::span<const V>(variants)) {
