@@ -338,8 +338,7 @@ DocumentsCall padded_call(const KeyPadding& padding, const engine::Problem& p, c
   SPATTN_REQUIRE(padding.seqused_k.data != nullptr || padding.seqused_q.data != nullptr,
                  "{} needs seqused_k (device int32 [B]) and/or seqused_q; without padding call {}", call,
                  std::string(call).rfind("forward", 0) == 0 ? "forward()" : "backward()");
-  if (padding.seqused_k.data) check_lengths_tensor(padding.seqused_k, "seqused_k", p.batch, "keys used per batch");
-  if (padding.seqused_q.data) check_lengths_tensor(padding.seqused_q, "seqused_q", p.batch, "queries used per batch");
+  check_key_padding(padding, p.batch);
   DocumentsCall c;
   c.lengths.used_q = static_cast<const int32_t*>(padding.seqused_q.data);
   c.lengths.used_k = static_cast<const int32_t*>(padding.seqused_k.data);
@@ -368,6 +367,13 @@ PackedViews packed_views(const TensorView& q, const TensorView& k, const TensorV
 }
 
 }  // namespace
+
+void check_key_padding(const KeyPadding& padding, int64_t batch) {
+  SPATTN_REQUIRE(padding.seqused_k.data != nullptr || padding.seqused_q.data != nullptr,
+                 "padding needs seqused_k (device int32 [{}]) and/or seqused_q; both are null", batch);
+  if (padding.seqused_k.data) check_lengths_tensor(padding.seqused_k, "seqused_k", batch, "keys used per batch");
+  if (padding.seqused_q.data) check_lengths_tensor(padding.seqused_q, "seqused_q", batch, "queries used per batch");
+}
 
 void Attention::forward_varlen(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                                const TensorView* lse, const Documents& documents, CUstream stream) {

@@ -149,10 +149,6 @@ void MultiheadAttention::forward(const TensorView& query, const TensorView& key,
   Impl& m = *impl_;
   const Dims& d = m.dims;
   const DType dtype = m.options.dtype;
-  if (extras.key_padding_mask)
-    throw Error(ErrorCode::kUnsupported,
-                "MultiheadAttention: key_padding_mask is not supported yet (the key-padding tables built on the GPU do "
-                "not exist in this version); pass unpadded sequences, e.g. group the batch by length");
 
   // --- everything is checked before the first GPU call --------------------------------
   const Rows q = check_activation(query, "query", -1, -1, d.embed, dtype);
@@ -178,6 +174,16 @@ void MultiheadAttention::forward(const TensorView& query, const TensorView& key,
   }
   const bool self = same_view(query, key) && same_view(key, value);
   const bool fused_kv = !self && same_view(key, value);
+  KeyPadding padding;
+  if (extras.padding) {
+    padding = *extras.padding;
+    if (!padding.seqused_q.data && Nq == Nk) padding.seqused_q = padding.seqused_k;
+    try {
+      check_key_padding(padding, B);
+    } catch (const Error& e) {
+      throw Error(e.code(), fmt::format("MultiheadAttention: padding: {}", e.what()));
+    }
+  }
 
   // --- workspace: projections (Q/K/V), attention output, scaled output bias ------------
   const int64_t Tq = B * Nq, Tk = B * Nk;
@@ -266,7 +272,10 @@ void MultiheadAttention::forward(const TensorView& query, const TensorView& key,
   const TensorView kv = head_view(kvbuf, Nk, d.kv_heads, kv_ld);
   const TensorView vv = head_view(offset(kvbuf, d.kv_dim), Nk, d.kv_heads, kv_ld);
   const TensorView ov = TensorView::contiguous(attn, dtype, {B, Nq, d.heads, d.head_dim});
-  m.attention.forward(qv, kv, vv, ov, nullptr, stream);
+  if (extras.padding)
+    m.attention.forward_padded(qv, kv, vv, ov, nullptr, padding, stream);
+  else
+    m.attention.forward(qv, kv, vv, ov, nullptr, stream);
 
   // --- sub-LayerNorm, output projection (bias, residual in the epilogue) ---------------
   try {
@@ -297,11 +306,13 @@ void MultiheadAttention::forward(const TensorView& query, const TensorView& key,
   m.gemm.run(a, bf16, s);
 
   m.last = fmt::format(
-      "MultiheadAttention E={} H={} Hkv={} D={} {} {}{}{}; B={} Nq={} Nk={}\nprojections (m x n x k) {}{}\n", d.embed,
+      "MultiheadAttention E={} H={} Hkv={} D={} {} {}{}{}; B={} Nq={} Nk={}{}\nprojections (m x n x k) {}{}\n", d.embed,
       d.heads, d.kv_heads, d.head_dim, to_string(dtype),
       self ? "self-attention (fused QKV)" : fused_kv ? "cross-attention (Q, fused KV)" : "cross-attention (Q, K, V)",
       rot.enabled ? (rot.interleaved ? ", rotary (interleaved)" : ", rotary") : "",
-      m.options.sub_layernorm ? ", sub-LayerNorm" : "", B, Nq, Nk, m.gemm.last_shapes(),
+      m.options.sub_layernorm ? ", sub-LayerNorm" : "", B, Nq, Nk,
+      extras.padding ? (padding.seqused_q.data ? " (padded: seqused_k, seqused_q)" : " (padded: seqused_k)") : "",
+      m.gemm.last_shapes(),
       extras.residual ? fmt::format(", residual x {} + attention x {}", extras.residual_scale, extras.attention_scale)
                       : "");
 }

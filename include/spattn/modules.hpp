@@ -25,6 +25,7 @@
 #include <spattn/attention.hpp>
 #include <spattn/pattern.hpp>
 #include <spattn/tensor.hpp>
+#include <spattn/varlen.hpp>
 
 #include <cstdint>
 #include <memory>
@@ -86,9 +87,15 @@ struct MultiheadAttentionOptions {
 
 // Optional parts of a forward() call.
 struct ForwardExtras {
-  // torch's key_padding_mask ([B, Nk], true = ignore the key). Not supported yet: the
-  // key-padding tables built on the GPU do not exist, so a mask is refused (kUnsupported).
-  const TensorView* key_padding_mask = nullptr;
+  // Padded batches (spattn/varlen.hpp): batch b attends its first seqused_k[b] keys, the
+  // lengths form of torch's key_padding_mask (valid keys first, then padding). Its query
+  // rows past seqused_q[b] get a zero attention output (out = the output projection's
+  // bias, plus the residual). With Nq == Nk and no seqused_q, seqused_k serves the
+  // queries too (as spattn.attention's key_padding_mask does), so that the pattern sees
+  // each batch as a sequence of seqused_k[b] tokens (causal aligned at its start, as
+  // torch's is with a mask); pass seqused_q to choose otherwise. The tensors are device
+  // int32 [B], read in the call's stream.
+  const KeyPadding* padding = nullptr;
   // out = attention_scale * MHA(query, key, value) + residual_scale * residual, fused into
   // the output projection's epilogue. residual: [B, Nq, E] like out; it may be out itself
   // (same view) for an in-place update.

@@ -68,6 +68,12 @@ struct KeyPadding {
   TensorView seqused_q;  // int32 [B], device, or data == nullptr: every query row is used
 };
 
+// The checks Attention::forward_padded / backward_padded make of `padding` for a batch of
+// `batch` before any GPU work: at least one of the two tensors, each a contiguous,
+// 4-byte aligned device int32 [batch]. Throws kInvalidArgument naming the tensor. (The
+// values are checked on the GPU, as above.)
+void check_key_padding(const KeyPadding& padding, int64_t batch);
+
 // Whether documents can run `pattern` with `heads` query heads; if not, `why` says why.
 bool documents_supported(const Pattern& pattern, int64_t heads, std::string* why = nullptr);
 

@@ -105,8 +105,9 @@ TEST(SearchSpace, HeuristicFirstDeduplicatedAndExpandedOverSchedules) {
   });
   EXPECT_GT(with_turns, 0);
   EXPECT_EQ(cands.size(), table.size() * schedule_orders().size() + with_turns);  // the heuristic is one of them
-  for (const Candidate& c : cands)
+  for (const Candidate& c : cands) {
     if (c.config.turns) EXPECT_EQ(c.config.schedule, ScheduleOrder::kLongestFirst) << c.config.to_string();
+  }
   for (ScheduleOrder o : schedule_orders())
     EXPECT_TRUE(std::any_of(cands.begin(), cands.end(), [&](const Candidate& c) { return c.config.schedule == o; }));
 }

@@ -134,14 +134,38 @@ TEST(ModulesArgs, OwnWeightsWithoutGpuSayNoGpu) {
   expect_error([] { MultiheadAttention(256, 4, 4, Pattern()); }, ErrorCode::kNoGpu, {"GPU"});
 }
 
-TEST(ModulesForward, KeyPaddingMaskIsNotSupportedYet) {
+// Padded batches are lengths (int32 [B] per batch), checked before any GPU work.
+TEST(ModulesForward, PaddingIsChecked) {
   MultiheadAttention mha(256, 4, 4, Pattern(), caller_weights());
-  const TensorView x = act(10, 2, 64, 256);
-  const TensorView mask = TensorView::contiguous3(fake(20), DType::kBFloat16, {2, 64, 1});
-  ForwardExtras extras;
-  extras.key_padding_mask = &mask;
-  expect_error([&] { mha.forward(x, x, x, act(11, 2, 64, 256), extras); }, ErrorCode::kUnsupported,
-               {"key_padding_mask", "not supported yet"});
+  const TensorView x = act(10, 2, 64, 256), out = act(11, 2, 64, 256);
+  auto lengths = [](uintptr_t slot, int64_t n, DType dtype = DType::kInt32) {
+    TensorView t;
+    t.data = fake(slot);
+    t.dtype = dtype;
+    t.rank = 1;
+    t.shape = {n, 0, 0, 0};
+    t.strides = {1, 0, 0, 0};
+    return t;
+  };
+  ForwardExtras e;
+  KeyPadding none;
+  e.padding = &none;
+  expect_error([&] { mha.forward(x, x, x, out, e); }, ErrorCode::kInvalidArgument,
+               {"MultiheadAttention: padding", "seqused_k", "both are null"});
+  KeyPadding short_k;
+  short_k.seqused_k = lengths(20, 3);
+  e.padding = &short_k;
+  expect_error([&] { mha.forward(x, x, x, out, e); }, ErrorCode::kInvalidArgument, {"seqused_k", "int32 [2]"});
+  KeyPadding float_q;
+  float_q.seqused_k = lengths(20, 2);
+  float_q.seqused_q = lengths(21, 2, DType::kFloat32);
+  e.padding = &float_q;
+  expect_error([&] { mha.forward(x, x, x, out, e); }, ErrorCode::kInvalidArgument, {"seqused_q", "int32 [2]"});
+  if (runtime::has_gpu()) return;  // the fake pointers would be read
+  KeyPadding good;
+  good.seqused_k = lengths(20, 2);
+  e.padding = &good;
+  expect_error([&] { mha.forward(x, x, x, out, e); }, ErrorCode::kNoGpu, {"GPU"});
 }
 
 TEST(ModulesForward, TensorsAreChecked) {

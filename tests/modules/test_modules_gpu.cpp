@@ -467,5 +467,67 @@ TEST(ModulesGpu, CrossMemoryFusions) {
   }
 }
 
+// Padded batches (ForwardExtras::padding, self-attention: seqused_k serves the queries
+// too): the rows of batch b before seqused_k[b] equal the module run on that batch's
+// first seqused_k[b] tokens alone (the reference of a batch of one, Nq = Nk = length);
+// the rows after it have a zero attention output, so out = the output bias.
+TEST(ModulesGpu, PaddedBatchesMatchEachBatchAlone) {
+  SPATTN_REQUIRE_GPU();
+  const int64_t B = 3, N = 160, E = 256, H = 4;
+  const std::vector<int32_t> used = {160, 77, 1};
+  uint64_t seed = 900;
+  for (const char* json : {R"({"type":"dense","causal":true})", R"({"type":"local_window","window":48})", kLongNet}) {
+    for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+      SCOPED_TRACE(fmt::format("{} {}", json, to_string(dt)));
+      const Pattern pattern = Pattern::parse(json);
+      CallerWeights w = make_weights(E, H, H, true, false, dt, seed * 13);
+      MultiheadAttentionOptions o;
+      o.dtype = dt;
+      o.weights = w.device;
+      o.attention.use_tuning_db = false;
+      MultiheadAttention mha(E, H, H, pattern, o);
+      const std::vector<float> x = test::random_rounded(B * N * E, 1.0, seed++, dt);
+      auto x_mem = upload(x, dt);
+      DeviceMem o_mem(B * N * E * 2), len_mem(used.size() * 4);
+      CUDA_OK(cudaMemset(o_mem.get(), 0xff, o_mem.bytes()));  // NaN: every row must be written
+      CUDA_OK(cudaMemcpy(len_mem.get(), used.data(), used.size() * 4, cudaMemcpyHostToDevice));
+      const TensorView xv = TensorView::contiguous3(x_mem->get(), dt, {B, N, E});
+      const TensorView ov = TensorView::contiguous3(o_mem.get(), dt, {B, N, E});
+      KeyPadding padding;
+      padding.seqused_k.data = len_mem.get();
+      padding.seqused_k.dtype = DType::kInt32;
+      padding.seqused_k.rank = 1;
+      padding.seqused_k.shape = {B, 0, 0, 0};
+      padding.seqused_k.strides = {1, 0, 0, 0};
+      ForwardExtras extras;
+      extras.padding = &padding;
+      mha.forward(xv, xv, xv, ov, extras);
+      CUDA_OK(cudaDeviceSynchronize());
+      EXPECT_NE(mha.explain().find("padded"), std::string::npos) << mha.explain();
+      const std::vector<uint16_t> got = download(ov.data, B * N * E);
+      for (int64_t b = 0; b < B; ++b) {
+        SCOPED_TRACE(fmt::format("batch {} of {} tokens used", b, used[b]));
+        const int64_t L = used[b];
+        const std::vector<float> xb(x.begin() + b * N * E, x.begin() + (b * N + L) * E);
+        ModuleProblem p;
+        p.batch = 1;
+        p.nq = p.nk = L;
+        p.embed = E;
+        p.heads = p.kv_heads = H;
+        p.options = mha.options();
+        const std::vector<double> ref = test::reference_module(pattern, p, w.host, xb, xb, xb, {});
+        const std::vector<uint16_t> rows(got.begin() + b * N * E, got.begin() + (b * N + L) * E);
+        const test::ModuleError err = test::compare_output(rows, dt, ref);
+        EXPECT_TRUE(err.within(test::module_tolerance(dt))) << err.to_string();
+        // Padded rows: out = b_o, exactly the rounded bias.
+        for (int64_t r = L; r < N; ++r)
+          for (int64_t e = 0; e < E; ++e)
+            ASSERT_EQ(got[(b * N + r) * E + e], modules::float_to_half_bits(w.host.out_proj_bias[e], dt))
+                << "padded row " << r << " feature " << e;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace spattn
