@@ -37,11 +37,24 @@ CrossMemoryAttention& CrossMemoryAttention::operator=(CrossMemoryAttention&&) no
 
 void CrossMemoryAttention::forward(const TensorView& x, const TensorView& memory, const TensorView& out,
                                    CUstream stream) {
+  fuse(x, memory, nullptr, out, stream);
+}
+
+void CrossMemoryAttention::forward(const TensorView& x, const TensorView& memory, const TensorView& memory_used,
+                                   const TensorView& out, CUstream stream) {
+  KeyPadding padding;
+  padding.seqused_k = memory_used;
+  fuse(x, memory, &padding, out, stream);
+}
+
+void CrossMemoryAttention::fuse(const TensorView& x, const TensorView& memory, const KeyPadding* padding,
+                                const TensorView& out, CUstream stream) {
   // The fusion is the output projection's epilogue: out = r * MHA(x, memory) + c * x.
   ForwardExtras extras;
   extras.residual = &x;
   extras.attention_scale = ratio_;
   extras.residual_scale = fusion_ == MemoryFusion::kResidual ? 1.0f : 1.0f - ratio_;
+  extras.padding = padding;
   attention_.forward(x, memory, memory, out, extras, stream);
 }
 

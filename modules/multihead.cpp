@@ -177,7 +177,7 @@ void MultiheadAttention::forward(const TensorView& query, const TensorView& key,
   KeyPadding padding;
   if (extras.padding) {
     padding = *extras.padding;
-    if (!padding.seqused_q.data && Nq == Nk) padding.seqused_q = padding.seqused_k;
+    if (!padding.seqused_q.data && self) padding.seqused_q = padding.seqused_k;
     try {
       check_key_padding(padding, B);
     } catch (const Error& e) {

@@ -90,11 +90,12 @@ struct ForwardExtras {
   // Padded batches (spattn/varlen.hpp): batch b attends its first seqused_k[b] keys, the
   // lengths form of torch's key_padding_mask (valid keys first, then padding). Its query
   // rows past seqused_q[b] get a zero attention output (out = the output projection's
-  // bias, plus the residual). With Nq == Nk and no seqused_q, seqused_k serves the
-  // queries too (as spattn.attention's key_padding_mask does), so that the pattern sees
-  // each batch as a sequence of seqused_k[b] tokens (causal aligned at its start, as
-  // torch's is with a mask); pass seqused_q to choose otherwise. The tensors are device
-  // int32 [B], read in the call's stream.
+  // bias, plus the residual). In self-attention (query, key and value one tensor) without
+  // seqused_q, seqused_k serves the queries too: the padded positions are padded queries,
+  // and the pattern sees each batch as a sequence of seqused_k[b] tokens (causal aligned
+  // at its start, as torch's is with a mask); pass seqused_q to choose otherwise. In
+  // cross-attention only the keys are padded unless seqused_q is given. The tensors are
+  // device int32 [B], read in the call's stream.
   const KeyPadding* padding = nullptr;
   // out = attention_scale * MHA(query, key, value) + residual_scale * residual, fused into
   // the output projection's epilogue. residual: [B, Nq, E] like out; it may be out itself
@@ -184,6 +185,11 @@ class CrossMemoryAttention {
 
   // x and out [B, N, E] (out may be x: an in-place update), memory [B, M, E].
   void forward(const TensorView& x, const TensorView& memory, const TensorView& out, CUstream stream = nullptr);
+  // The same over a padded memory bank: batch b reads its first memory_used[b] memory
+  // tokens (device int32 [B]); a batch with none gets out = the fusion of x with the
+  // output bias alone.
+  void forward(const TensorView& x, const TensorView& memory, const TensorView& memory_used, const TensorView& out,
+               CUstream stream = nullptr);
 
   float fusion_ratio() const;
   void set_fusion_ratio(float ratio);  // kInvalidArgument unless finite
@@ -191,6 +197,8 @@ class CrossMemoryAttention {
   MultiheadAttention& attention();
 
  private:
+  void fuse(const TensorView& x, const TensorView& memory, const KeyPadding* padding, const TensorView& out,
+            CUstream stream);
   MultiheadAttention attention_;
   float ratio_;
   MemoryFusion fusion_;

@@ -529,5 +529,64 @@ TEST(ModulesGpu, PaddedBatchesMatchEachBatchAlone) {
   }
 }
 
+// A padded memory bank: batch b reads its first used[b] memory tokens; every query row is
+// used (cross-attention pads only the keys). A batch without memory gets out = x + r b_o.
+TEST(ModulesGpu, CrossMemoryOverAPaddedBank) {
+  SPATTN_REQUIRE_GPU();
+  const DType dt = DType::kBFloat16;
+  const int64_t B = 3, N = 64, M = 96, E = 256, H = 4;
+  const std::vector<int32_t> used = {96, 33, 0};
+  CallerWeights w = make_weights(E, H, H, true, false, dt, 40);
+  CrossMemoryOptions o;
+  o.fusion_ratio = 0.5f;
+  o.attention.dtype = dt;
+  o.attention.weights = w.device;
+  o.attention.attention.use_tuning_db = false;
+  CrossMemoryAttention fuse(E, H, H, Pattern(), o);
+  const std::vector<float> x = test::random_rounded(B * N * E, 1.0, 41, dt);
+  const std::vector<float> memory = test::random_rounded(B * M * E, 1.0, 42, dt);
+  auto x_mem = upload(x, dt), m_mem = upload(memory, dt);
+  DeviceMem o_mem(B * N * E * 2), len_mem(used.size() * 4);
+  CUDA_OK(cudaMemset(o_mem.get(), 0xff, o_mem.bytes()));
+  CUDA_OK(cudaMemcpy(len_mem.get(), used.data(), used.size() * 4, cudaMemcpyHostToDevice));
+  TensorView lengths;
+  lengths.data = len_mem.get();
+  lengths.dtype = DType::kInt32;
+  lengths.rank = 1;
+  lengths.shape = {B, 0, 0, 0};
+  lengths.strides = {1, 0, 0, 0};
+  const TensorView xv = TensorView::contiguous3(x_mem->get(), dt, {B, N, E});
+  const TensorView mv = TensorView::contiguous3(m_mem->get(), dt, {B, M, E});
+  const TensorView ov = TensorView::contiguous3(o_mem.get(), dt, {B, N, E});
+  fuse.forward(xv, mv, lengths, ov);
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<uint16_t> got = download(ov.data, B * N * E);
+  for (int64_t b = 0; b < B; ++b) {
+    SCOPED_TRACE(fmt::format("batch {} with {} memory tokens", b, used[b]));
+    const std::vector<float> xb(x.begin() + b * N * E, x.begin() + (b + 1) * N * E);
+    const std::vector<uint16_t> rows(got.begin() + b * N * E, got.begin() + (b + 1) * N * E);
+    std::vector<double> ref;
+    if (used[b] > 0) {
+      const std::vector<float> mb(memory.begin() + b * M * E, memory.begin() + (b * M + used[b]) * E);
+      ModuleProblem p;
+      p.batch = 1;
+      p.nq = N;
+      p.nk = used[b];
+      p.embed = E;
+      p.heads = p.kv_heads = H;
+      p.options = fuse.attention().options();
+      p.extras.attention_scale = 0.5f;
+      p.extras.residual_scale = 1.0f;
+      ref = test::reference_module(Pattern(), p, w.host, xb, mb, mb, xb);
+    } else {
+      ref.resize(xb.size());
+      for (int64_t r = 0; r < N; ++r)
+        for (int64_t e = 0; e < E; ++e) ref[r * E + e] = xb[r * E + e] + 0.5 * w.host.out_proj_bias[e];
+    }
+    const test::ModuleError err = test::compare_output(rows, dt, ref);
+    EXPECT_TRUE(err.within(test::module_tolerance(dt))) << err.to_string();
+  }
+}
+
 }  // namespace
 }  // namespace spattn
