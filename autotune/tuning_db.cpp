@@ -43,6 +43,43 @@ T field(const json& j, const char* name, const std::string& where) {
   }
 }
 
+// An optional field: `fallback` when absent, else its value of type T (kCorrupt naming the
+// field's path when it has another type).
+template <typename T>
+T optional_field(const json& j, const char* name, const std::string& where, T fallback) {
+  if (!j.is_object() || !j.contains(name)) return fallback;
+  return field<T>(j, name, where);
+}
+
+// A measured time: a finite number of milliseconds, > 0 (or >= 0 where 0 means "not measured").
+double checked_ms(double ms, const char* name, const std::string& where, bool zero_ok) {
+  if (!std::isfinite(ms) || ms < 0 || (!zero_ok && ms == 0))
+    SPATTN_FAIL(ErrorCode::kCorrupt, "{}.{} must be a finite number of milliseconds {} 0 (got {})", where, name,
+                zero_ok ? ">=" : ">", ms);
+  return ms;
+}
+
+// The fields TunedEntry and LinearEntry share: times, the heuristic's, candidates, the
+// problem's description, when, and the bucket.
+template <typename Entry>
+void read_common(const json& j, const std::string& where, Entry& e) {
+  e.median_ms = checked_ms(field<double>(j, "median_ms", where), "median_ms", where, false);
+  e.p20_ms = checked_ms(optional_field(j, "p20_ms", where, 0.0), "p20_ms", where, true);
+  e.p80_ms = checked_ms(optional_field(j, "p80_ms", where, 0.0), "p80_ms", where, true);
+  if (j.contains("heuristic") && j["heuristic"].is_object()) {
+    const std::string h = where + ".heuristic";
+    e.heuristic_config = optional_field<std::string>(j["heuristic"], "config", h, "");
+    e.heuristic_ms = checked_ms(optional_field(j["heuristic"], "median_ms", h, 0.0), "median_ms", h, true);
+  }
+  e.candidates = optional_field(j, "candidates", where, 0);
+  if (e.candidates < 0) SPATTN_FAIL(ErrorCode::kCorrupt, "{}.candidates must be >= 0 (got {})", where, e.candidates);
+  e.problem = optional_field<std::string>(j, "problem", where, "");
+  e.tuned_at = optional_field<std::string>(j, "tuned_at", where, "");
+  e.bucket = optional_field(j, "bucket", where, json::object());  // null when the writer had none
+  if (!e.bucket.is_null() && !e.bucket.is_object())
+    SPATTN_FAIL(ErrorCode::kCorrupt, "{}.bucket is not an object ({})", where, e.bucket.dump());
+}
+
 }  // namespace
 
 // --- fingerprint ---------------------------------------------------------------------
@@ -202,19 +239,9 @@ TunedEntry TunedEntry::from_json(const json& j) {
     if (err.code() == ErrorCode::kCorrupt) throw;
     SPATTN_FAIL(ErrorCode::kCorrupt, "entry.config: {}", err.what());
   }
-  e.median_ms = field<double>(j, "median_ms", where);
-  e.p20_ms = j.value("p20_ms", 0.0);
-  e.p80_ms = j.value("p80_ms", 0.0);
-  e.tflops = j.value("tflops", 0.0);
-  if (j.contains("heuristic") && j["heuristic"].is_object()) {
-    e.heuristic_config = j["heuristic"].value("config", "");
-    e.heuristic_ms = j["heuristic"].value("median_ms", 0.0);
-  }
-  e.candidates = j.value("candidates", 0);
-  e.problem = j.value("problem", "");
-  e.pattern = j.value("pattern", "");
-  e.tuned_at = j.value("tuned_at", "");
-  e.bucket = j.value("bucket", json::object());
+  read_common(j, where, e);
+  e.tflops = optional_field(j, "tflops", where, 0.0);
+  e.pattern = optional_field<std::string>(j, "pattern", where, "");
   return e;
 }
 
@@ -249,17 +276,7 @@ LinearEntry LinearEntry::from_json(const json& j) {
   if (!form || !digit)
     SPATTN_FAIL(ErrorCode::kCorrupt, "entry.config \"{}\" is not a linear kernel configuration (numbers joined by "
                 "'x', such as 32x8x16)", e.config);
-  e.median_ms = field<double>(j, "median_ms", where);
-  e.p20_ms = j.value("p20_ms", 0.0);
-  e.p80_ms = j.value("p80_ms", 0.0);
-  if (j.contains("heuristic") && j["heuristic"].is_object()) {
-    e.heuristic_config = j["heuristic"].value("config", "");
-    e.heuristic_ms = j["heuristic"].value("median_ms", 0.0);
-  }
-  e.candidates = j.value("candidates", 0);
-  e.problem = j.value("problem", "");
-  e.tuned_at = j.value("tuned_at", "");
-  e.bucket = j.value("bucket", json::object());
+  read_common(j, where, e);
   return e;
 }
 

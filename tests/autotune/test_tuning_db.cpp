@@ -186,6 +186,41 @@ TEST(TuningDbFile, MismatchedFingerprintIsIgnored) {
   EXPECT_NE(copied.source.find("ignored"), std::string::npos) << copied.source;
 }
 
+// Optional fields of the wrong type are corrupt files too (kCorrupt naming the entry and
+// the field), never another exception out of load() or parse().
+TEST(TuningDbFile, OptionalFieldsOfTheWrongTypeAreCorrupt) {
+  test::TempDir dir("tdb");
+  const Fingerprint f = Fingerprint::of(h200());
+  const fs::path file = TuningDb::file_for(dir.path(), f);
+  const std::pair<const char*, nlohmann::json> cases[] = {
+      {"candidates", {{"config", "64x64w4s1"}, {"median_ms", 1}, {"candidates", "many"}}},
+      {"p20_ms", {{"config", "64x64w4s1"}, {"median_ms", 1}, {"p20_ms", "fast"}}},
+      {"heuristic.config", {{"config", "64x64w4s1"}, {"median_ms", 1}, {"heuristic", {{"config", 3}}}}},
+      {"tuned_at", {{"config", "64x64w4s1"}, {"median_ms", 1}, {"tuned_at", 5}}},
+      {"bucket", {{"config", "64x64w4s1"}, {"median_ms", 1}, {"bucket", 7}}},
+      {"median_ms", {{"config", "64x64w4s1"}, {"median_ms", -1}}},
+  };
+  for (const auto& [field, value] : cases) {
+    SCOPED_TRACE(field);
+    for (const char* key : {"a|d2^-4|n16384|hd128|bf16|gqa1", "scan|k"}) {
+      nlohmann::json entry = value;
+      if (std::string(key).starts_with("scan|")) entry["config"] = "32x8";
+      const std::string text =
+          nlohmann::json{{"format", 1}, {"fingerprint", f.to_json()}, {"entries", {{key, entry}}}}.dump();
+      { std::ofstream(file) << text; }
+      const TuningDb db = TuningDb::load(file, &f);
+      EXPECT_EQ(db.state, DbState::kCorrupt) << key;
+      EXPECT_NE(db.problem.find(field), std::string::npos) << db.problem;
+      try {
+        TuningDb::parse(text, "archived");
+        ADD_FAILURE() << "parsed " << text;
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::kCorrupt) << e.what();
+      }
+    }
+  }
+}
+
 TEST(TuningDbFile, CorruptFileIsIgnoredThenKeptAside) {
   test::TempDir dir("tdb");
   const Fingerprint f = Fingerprint::of(h200());
