@@ -1,5 +1,6 @@
 #include <spattn/attention.hpp>
 
+#include <cmath>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -251,6 +252,8 @@ void Attention::backward(const TensorView& q, const TensorView& k, const TensorV
 }
 
 Attention::Attention(Pattern pattern, AttentionOptions options) : impl_(std::make_unique<Impl>()) {
+  SPATTN_REQUIRE(std::isfinite(options.scale),
+                 "AttentionOptions::scale must be a finite number (<= 0 for 1/sqrt(head_dim)); got {}", options.scale);
   impl_->pattern = std::move(pattern);
   impl_->options = std::move(options);
 }

@@ -101,7 +101,14 @@ void for_each_option(const char* options_json, F&& on) {
   if (!options_json || !*options_json) return;
   const auto j = nlohmann::json::parse(options_json);
   if (!j.is_object()) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "options must be a JSON object");
-  for (const auto& [key, value] : j.items()) on(key, value);
+  for (const auto& [key, value] : j.items()) {
+    try {
+      on(key, value);
+    } catch (const nlohmann::json::type_error&) {
+      throw spattn::Error(spattn::ErrorCode::kInvalidArgument,
+                          "options." + key + ": a value of the wrong type (" + value.dump() + ")");
+    }
+  }
 }
 
 [[noreturn]] void unknown_option(const std::string& key, const char* known) {

@@ -53,7 +53,7 @@ TEST(ScanCApiCreate, OptionsAreCheckedAndNamed) {
   expect_status(spattn_selective_scan_create(R"({"config": "32x3x16"})", &scan), SPATTN_ERROR_INVALID_ARGUMENT,
                 "segments");
   expect_status(spattn_selective_scan_create(R"({"config": 7})", &scan), SPATTN_ERROR_INVALID_ARGUMENT,
-                "invalid options JSON");
+                "options.config: a value of the wrong type (7)");
   ASSERT_EQ(spattn_selective_scan_create(R"({"config": "32x8x16", "device": 0})", &scan), SPATTN_OK)
       << spattn_last_error();
   EXPECT_STREQ(spattn_last_error(), "") << "a successful call clears the last error";
@@ -148,7 +148,7 @@ TEST(PerformerCApi, CreateChecksHeadDimFeaturesAndOptions) {
                 "options.feature: unknown option; known: features, seed, causal, device, config, tf32");
   expect_status(spattn_performer_create(64, R"({"config": "24x32"})", &p), SPATTN_ERROR_INVALID_ARGUMENT, "chunk");
   expect_status(spattn_performer_create(64, R"({"causal": "yes"})", &p), SPATTN_ERROR_INVALID_ARGUMENT,
-                "invalid options JSON");
+                "options.causal: a value of the wrong type (\"yes\")");
   ASSERT_EQ(spattn_performer_create(64, R"({"features": 32, "seed": 18446744073709551615, "causal": true,
                                             "config": "16x32", "tf32": true, "device": 0})",
                                     &p),

@@ -61,7 +61,11 @@ TEST(DocumentsCApiCreate, CheckLengthsIsAnOption) {
   spattn_attention_destroy(attn);
   attn = nullptr;
   expect_status(spattn_attention_create("dense", R"({"check_lengths": "no"})", &attn), SPATTN_ERROR_INVALID_ARGUMENT,
-                "invalid options JSON");
+                "options.check_lengths: a value of the wrong type (\"no\")");
+  EXPECT_EQ(attn, nullptr);
+  // A scale that is not a finite float (1e300 does not fit one) would turn every output into NaN.
+  expect_status(spattn_attention_create("dense", R"({"scale": 1e300})", &attn), SPATTN_ERROR_INVALID_ARGUMENT,
+                "AttentionOptions::scale must be a finite number");
   EXPECT_EQ(attn, nullptr);
   expect_status(spattn_attention_create("dense", R"({"check_length": true})", &attn), SPATTN_ERROR_INVALID_ARGUMENT,
                 "options.check_length: unknown option; known: scale, device, config, backward_config, use_tuning_db, "
