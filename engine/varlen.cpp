@@ -9,6 +9,7 @@
 
 #include "codegen/kernel_spec.hpp"
 #include "common/check.hpp"
+#include "patterns/arith.hpp"
 #include "patterns/limits.hpp"
 #include "runtime/driver.hpp"
 #include "templates/params.cuh"
@@ -41,7 +42,7 @@ int32_t i32(int64_t v, const char* what) {
   return static_cast<int32_t>(v);
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+using detail::ceil_div;
 
 }  // namespace
 

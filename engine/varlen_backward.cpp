@@ -4,6 +4,7 @@
 
 #include "common/check.hpp"
 #include "engine/varlen.hpp"
+#include "patterns/arith.hpp"
 #include "runtime/driver.hpp"
 #include "templates/params.cuh"
 
@@ -11,7 +12,7 @@ namespace spattn::engine {
 
 namespace {
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+using detail::ceil_div;
 
 }  // namespace
 

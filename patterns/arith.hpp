@@ -1,4 +1,4 @@
-// Integer helpers shared by the pattern compiler (internal to patterns/).
+// Integer helpers of the pattern compiler, also used by the engine (internal to the library).
 #pragma once
 
 #include <cstdint>
