@@ -1249,8 +1249,10 @@ class CrossMemoryAttention(_Module):
 
     forward(x, memory, residual=True) is x + fusion_ratio * a (residual=False: a alone);
     fuse_with_memory(x, memory, fusion_ratio=0.5) is (1 - r) x + r a (0: the features alone,
-    1: the memory read alone). Other keyword arguments go to the inner module (attn).
-    Same as C++ spattn::CrossMemoryAttention (MemoryFusion::kResidual / kInterpolate)."""
+    1: the memory read alone). Both take memory_key_padding_mask, a bool [B, M] (True = a
+    padded memory slot, valid slots first), the key_padding_mask of the inner read. Other
+    keyword arguments go to the inner module (attn). Same as C++ spattn::CrossMemoryAttention
+    (MemoryFusion::kResidual / kInterpolate; its padded bank takes the slots used per batch)."""
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, *, pattern=None, kv_heads=None,
                  fusion_ratio=1.0, device=None, dtype=None, **kwargs):
@@ -1260,16 +1262,16 @@ class CrossMemoryAttention(_Module):
                                                 pattern=pattern, kv_heads=kv_heads, **kwargs)
         self.fusion_ratio = float(fusion_ratio)
 
-    def _read(self, x, memory):
-        return self.attn(x, memory, memory, need_weights=False)[0]
+    def _read(self, x, memory, memory_key_padding_mask):
+        return self.attn(x, memory, memory, key_padding_mask=memory_key_padding_mask, need_weights=False)[0]
 
-    def forward(self, x, memory, residual=True):
-        a = self._read(x, memory)
+    def forward(self, x, memory, residual=True, memory_key_padding_mask=None):
+        a = self._read(x, memory, memory_key_padding_mask)
         return x + self.fusion_ratio * a if residual else a
 
-    def fuse_with_memory(self, x, memory, fusion_ratio=0.5):
+    def fuse_with_memory(self, x, memory, fusion_ratio=0.5, memory_key_padding_mask=None):
         r = float(fusion_ratio)
-        return (1.0 - r) * x + r * self._read(x, memory)
+        return (1.0 - r) * x + r * self._read(x, memory, memory_key_padding_mask)
 
 
 def _nn_namespace():

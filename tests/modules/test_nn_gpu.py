@@ -191,6 +191,19 @@ with torch.no_grad():
         ("no residual", fuse(x, memory, residual=False), a),
         ("fuse_with_memory", fuse.fuse_with_memory(x, memory, 0.25), 0.75 * x.float() + 0.25 * a)])
 
+# A padded memory bank: batch 0 uses 96 slots, batch 1 the first 40; the read equals the
+# inner module over each batch's used slots alone.
+pad = torch.zeros(2, 96, dtype=torch.bool, device="cuda")
+pad[1, 40:] = True
+with torch.no_grad():
+    got = fuse(x, memory, memory_key_padding_mask=pad)
+    ref = torch.cat([fuse(x[:1], memory[:1, :96]), fuse(x[1:], memory[1:, :40])]).float()
+    check("cross-memory, padded bank", torch.bfloat16, [("residual", got, ref)])
+    got = fuse.fuse_with_memory(x, memory, 0.5, memory_key_padding_mask=pad)
+    ref = torch.cat([fuse.fuse_with_memory(x[:1], memory[:1], 0.5),
+                     fuse.fuse_with_memory(x[1:], memory[1:, :40], 0.5)]).float()
+    check("cross-memory, padded bank", torch.bfloat16, [("fuse_with_memory", got, ref)])
+
 if failures:
     print("FAILED:\n  " + "\n  ".join(failures))
     sys.exit(1)
