@@ -417,20 +417,9 @@ Prepared prepare(const Pattern& pattern, const engine::Problem& problem, const A
       r.detail = "the budget ran out before it was compiled";
       continue;
     }
-    const CacheLookup& timed = jobs[jobs_of[k].front()].found;  // the timed problem's kernel
-    r.registers = timed.kernel.registers;
-    r.local_bytes = timed.kernel.local_bytes;
-    r.cache_hit = timed.hit;
-    r.compile_ms = timed.kernel.compile_ms;
-    const int threads = r.config.warps * 32;
-    if (std::string why = prune_after_compile(r.registers, r.local_bytes, threads, r.heuristic, device,
-                                              options.max_local_bytes);
-        !why.empty()) {
-      r.status = "pruned";
-      r.detail = std::move(why);
-      continue;
-    }
-    runnable.push_back(k);
+    // The timed problem's kernel.
+    if (take_compiled(r, jobs[jobs_of[k].front()].found, r.config.threads(), device, options.max_local_bytes))
+      runnable.push_back(k);
   }
   // The baseline first: it is timed whatever the budget says.
   std::stable_sort(runnable.begin(), runnable.end(),

@@ -93,6 +93,23 @@ void compile_jobs(std::vector<CompileJob>& jobs, const std::string& arch, int th
 std::string prune_after_compile(int registers, int local_bytes, int threads, bool heuristic,
                                 const runtime::DeviceInfo& device, int max_local_bytes);
 
+// Records what compiling a candidate gave (registers, local memory, cache hit, NVRTC time)
+// in its report (CandidateReport, LinearCandidateReport) and whether it can be timed:
+// false, with status "pruned" and prune_after_compile()'s reason, when it cannot.
+template <class Report, class Lookup>
+bool take_compiled(Report& r, const Lookup& found, int threads, const runtime::DeviceInfo& device,
+                   int max_local_bytes) {
+  r.registers = found.kernel.registers;
+  r.local_bytes = found.kernel.local_bytes;
+  r.cache_hit = found.hit;
+  r.compile_ms = found.kernel.compile_ms;
+  std::string why = prune_after_compile(r.registers, r.local_bytes, threads, r.heuristic, device, max_local_bytes);
+  if (why.empty()) return true;
+  r.status = "pruned";
+  r.detail = std::move(why);
+  return false;
+}
+
 // Runs one candidate's check and timing (in its worker), turning the library's errors into
 // its result: kCuda "fault" (and a fresh worker), kUnsupported "resources", else "error".
 nlohmann::json measure_guarded(const std::function<nlohmann::json()>& measure);

@@ -503,19 +503,7 @@ LinearTuneReport Autotuner::tune_linear(const LinearProblem& problem) const {
       r.detail = job.error.substr(0, job.error.find('\n'));
       continue;
     }
-    r.registers = job.found.kernel.registers;
-    r.local_bytes = job.found.kernel.local_bytes;
-    r.cache_hit = job.found.hit;
-    r.compile_ms = job.found.kernel.compile_ms;
-    const int threads = cands[k].threads;
-    if (std::string why = autotune::prune_after_compile(r.registers, r.local_bytes, threads, r.heuristic, device,
-                                                        options.max_local_bytes);
-        !why.empty()) {
-      r.status = "pruned";
-      r.detail = std::move(why);
-      continue;
-    }
-    runnable.push_back(k);
+    if (autotune::take_compiled(r, job.found, cands[k].threads, device, options.max_local_bytes)) runnable.push_back(k);
   }
   std::stable_sort(runnable.begin(), runnable.end(),
                    [&](size_t a, size_t b) { return cands[a].heuristic > cands[b].heuristic; });
