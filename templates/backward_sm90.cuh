@@ -159,12 +159,12 @@ struct Backward {
     const int b = it.doc.b;
     const int q_tile = __ldg(it.q_list + y % it.n_tiles);
     const int h = __ldg(it.heads + y / it.n_tiles);
-    const int32_t* qslots = it.t.q_slots >= 0 ? p.arena + it.t.q_slots : nullptr;
+    const bool permuted = it.t.q_slots >= 0;
     float* lse2 = lse2_of(g, s);
     const int64_t q_row0 = it.doc.q_row0;
 #pragma unroll
     for (int r = lane; r < BM; r += 32) {
-      const int token = qslots ? __ldg(qslots + q_tile * BM + r) : q_tile * BM + r;
+      const int token = permuted ? __ldg(p.arena + it.t.q_slots + q_tile * BM + r) : q_tile * BM + r;
       const bool valid = token >= 0 && token < it.doc.nq;
       // +inf LSE for padding rows: their P is 0.
       lse2[r] = valid ? __ldg(p.lse + b * p.lse_stride_b + h * p.lse_stride_h + q_row0 + token) * 1.4426950408889634f
@@ -194,6 +194,7 @@ struct Backward {
     const elem* qbase = static_cast<const elem*>(p.q) + b * p.q_stride_b + q_row0 * p.q_stride_n + h * p.q_stride_h;
     const elem* dobase =
         static_cast<const elem*>(p.d_o) + b * p.do_stride_b + q_row0 * p.do_stride_n + h * p.do_stride_h;
+    const int32_t* qslots = permuted ? p.arena + it.t.q_slots : nullptr;
     gather(q_dst, qbase, p.q_stride_n, BM, q_tile * BM, it.doc.nq, qslots, lane, 32);
     gather(do_dst, dobase, p.do_stride_n, BM, q_tile * BM, it.doc.nq, qslots, lane, 32);
     cp_async_commit();
