@@ -1120,7 +1120,8 @@ class MultiheadSparseAttention(_Module):
     masks are not taken.
 
     The same module in C++ is spattn::MultiheadAttention (include/spattn/modules.hpp),
-    forward only and without key_padding_mask."""
+    forward only; its padded batches take the lengths (ForwardExtras::padding) that a
+    key_padding_mask stands for."""
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
                  kdim=None, vdim=None, batch_first=True, device=None, dtype=None, *, pattern=None, kv_heads=None,
