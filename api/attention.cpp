@@ -133,14 +133,7 @@ struct Attention::Impl {
     const int device = options.device >= 0 ? options.device : runtime::current_device();
     runtime::make_current(device);
     const runtime::DeviceInfo info = runtime::device_info(device);
-    api::Choice choice = document_choice(TunePass::kBackward, device, p, info);
-    // The deterministic backward over documents takes the sm80 family (a forced config
-    // is left as it is: the plan names what it cannot run).
-    if (const std::string why = options.deterministic && !options.backward_config
-                                    ? engine::documents_deterministic_refusal(choice.config)
-                                    : "";
-        !why.empty())
-      choice = engine::backward_heuristic(pattern, p, info, why);
+    const api::Choice choice = document_choice(TunePass::kBackward, device, p, info);
     const engine::Problem chosen_for = p;
     p.batch = 1;
     const PlanKey key{device, p.nq, p.nk, p.heads, p.kv_heads, p.head_dim, static_cast<int>(p.dtype),

@@ -31,12 +31,6 @@ void check_documents_backward(const Pattern& pattern, const Layout& layout) {
                 pattern.kind());
 }
 
-std::string documents_deterministic_refusal(const KernelConfig& config) {
-  if (config.family != KernelFamily::kSm90) return {};
-  return "the deterministic backward over documents runs on the sm80 family only (the sm90 family's is not "
-         "supported yet); use an sm80 backward config such as 64x128w8s2, or leave backward_config unset";
-}
-
 BackwardPlan::BackwardPlan(const Pattern& pattern, const Problem& problem, const KernelConfig& config, int device,
                            bool deterministic, bool documents)
     : problem_(problem), config_(config), device_(device), deterministic_(deterministic) {
@@ -48,9 +42,6 @@ BackwardPlan::BackwardPlan(const Pattern& pattern, const Problem& problem, const
   if (documents) layout_options = documents_plan_options(pattern, problem.heads, layout_options);
   layout_ = compile_layout(pattern, problem.shape(), layout_options);
   if (documents) check_documents_backward(pattern, layout_);
-  if (const std::string why = documents && deterministic ? documents_deterministic_refusal(config) : "";
-      !why.empty())
-    SPATTN_FAIL(ErrorCode::kUnsupported, "{}", why);
   codegen::KernelSpec spec = kernel_spec_for(layout_, config, problem, info.arch(), documents);
   spec.deterministic = deterministic;
   rendered_ = codegen::render_backward(spec);

@@ -29,9 +29,6 @@ Problem backward_problem_from_tensors(const TensorView& q, const TensorView& k, 
 // natural-order layout is `layout`: its document tables must be built on the GPU
 // (document_tables_on_gpu).
 void check_documents_backward(const Pattern& pattern, const Layout& layout);
-// Why the deterministic backward over documents cannot take `config` ("" if it can): the
-// sm90 family's is not supported yet (it faults on the GPU); the sm80 family's runs.
-std::string documents_deterministic_refusal(const KernelConfig& config);
 
 class BackwardPlan {
  public:

@@ -137,8 +137,7 @@ KernelChoice heuristic_for(KernelFamily family, const Pattern& pattern, const Pr
 // 64k: 8.8 ms on sm80, 8.5 copied on sm90). Otherwise the sm80
 // family: 128 keys per CTA (8 warps) and two query-tile buffers where they fit, then one
 // buffer, then 64 keys per CTA.
-KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device,
-                                const std::string& sm90_reason) {
+KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device) {
   const int d = static_cast<int>(problem.head_dim);
   const int limit = device.smem_per_block_optin;
   // Both kernels of a config (key tiles, deterministic dQ pass) within the device's limit.
@@ -146,9 +145,7 @@ KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, 
     return limit <= 0 || std::max(backward_smem_bytes(c, d), backward_dq_smem_bytes(c, d)) <= limit;
   };
   std::string why_not;
-  if (!sm90_reason.empty()) {
-    why_not = "not sm90: " + sm90_reason;
-  } else if (!family_supports(KernelFamily::kSm90, d, problem.dtype, device.arch(), &why_not)) {
+  if (!family_supports(KernelFamily::kSm90, d, problem.dtype, device.arch(), &why_not)) {
     why_not = "not sm90: " + why_not;
   } else if (d != 128) {
     why_not = fmt::format("not sm90: its backward is measured faster at head dim 128 only (not {})", d);

@@ -23,9 +23,7 @@ struct KernelChoice {
 // dim 128 for natural-order layouts the sm90 family (sm90:64x128s2); otherwise the sm80
 // family, FlashAttention-2's 128 keys per CTA (8 warps of 16) and 64 queries per step
 // where the shared memory allows, else 64 keys (4 warps).
-// `sm90_reason`: non-empty where the caller cannot take the sm90 family (it says why).
-KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device,
-                                const std::string& sm90_reason = {});
+KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, const runtime::DeviceInfo& device);
 
 // The heuristic of a pass: heuristic() for the forward kernel, backward_heuristic() for
 // the backward kernel.

@@ -116,8 +116,7 @@ class Attention {
   // lengths, for patterns whose rows are key ranges (dense, causal, windows, global +
   // local, hierarchical, head groups and their unions / intersections); other patterns
   // throw kUnsupported. The lengths check and graph capture as for the forward calls
-  // (AttentionOptions::check_lengths); deterministic mode as for backward(), on the sm80
-  // family (the sm90 family's deterministic backward over documents is kUnsupported).
+  // (AttentionOptions::check_lengths); deterministic mode as for backward().
   void backward_varlen(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                        const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
                        const TensorView& dv, const Documents& documents, CUstream stream = nullptr);

@@ -275,14 +275,6 @@ TEST(SearchSpace, BackwardHeuristicChoosesTheFamilyByArchHeadDimAndLayout) {
   for (const engine::KernelChoice* c : {&hopper, &permuted, &partial, &d64, &ampere})
     EXPECT_NO_THROW(check_backward_config(c->config, c == &d64 ? 64 : 128, DType::kBFloat16,
                                           c == &ampere ? "sm_80" : "sm_90a", 0));
-  // A caller that cannot take the sm90 family (the deterministic backward over documents)
-  // gets the sm80 choice, with its reason in the source.
-  const std::string refusal = engine::documents_deterministic_refusal(hopper.config);
-  EXPECT_NE(refusal.find("runs on the sm80 family only"), std::string::npos) << refusal;
-  EXPECT_EQ(engine::documents_deterministic_refusal(ampere.config), "");
-  const engine::KernelChoice sm80 = engine::backward_heuristic(window, problem_of(16384), h200, refusal);
-  EXPECT_EQ(sm80.config.to_string(), "64x128w8s2") << sm80.source;
-  EXPECT_NE(sm80.source.find("not sm90: the deterministic backward over documents"), std::string::npos) << sm80.source;
 }
 
 }  // namespace

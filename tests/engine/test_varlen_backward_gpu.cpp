@@ -194,8 +194,7 @@ TEST(DocumentsBackwardGpu, CrossLengthsDtypesAndHeadDims) {
   for (const std::string& config : backward_configs(64)) run_packed(fp16, config, 32);
 }
 
-// Deterministic mode runs on the sm80 family (the heuristic takes it); the sm90 family's
-// deterministic backward over documents is refused with the reason.
+// Deterministic mode over documents on both families (and the heuristic's choice).
 TEST(DocumentsBackwardGpu, DeterministicModeIsBitwiseReproducible) {
   SPATTN_REQUIRE_GPU();
   PackedCase det{R"({"type":"dense","causal":true})", {1, 0, 200, 77, 513, 3}};
@@ -204,14 +203,7 @@ TEST(DocumentsBackwardGpu, DeterministicModeIsBitwiseReproducible) {
   det.deterministic = true;
   run_packed(det, "64x128w8s2", 33);
   run_packed(det, "", 34);  // the heuristic's choice
-  if (runtime::device_info(0).arch() != "sm_90a") return;
-  try {
-    run_packed(det, "sm90:64x128s2", 35);
-    ADD_FAILURE() << "the sm90 family's deterministic backward over documents was accepted";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
-    EXPECT_NE(std::string(e.what()).find("runs on the sm80 family only"), std::string::npos) << e.what();
-  }
+  if (runtime::device_info(0).arch() == "sm_90a") run_packed(det, "sm90:64x128s2", 35);
 }
 
 TEST(DocumentsBackwardGpu, PaddedBatchesGiveZeroGradientsToPadding) {
