@@ -72,13 +72,15 @@ namespace {
 // estimated on a sample of query tiles of each. A permutation costs gathers and
 // padding, so it has to save at least 10%.
 bool permutation_pays(const Node& n, const OrderSpec& spec, const Shape& shape, OrderCache& cache) {
-  constexpr int kSamples = 48;
-  RowGen gen(n, {}, shape, &cache.budget());
-  const TokenOrder& permuted = cache.get(spec);
-  const TokenOrder& natural = cache.get(OrderSpec{});
-  const double p = TableBuilder(gen, permuted, cache.budget()).estimate_listed_tiles(kSamples);
-  const double q = TableBuilder(gen, natural, cache.budget()).estimate_listed_tiles(kSamples);
-  return p < 0.9 * q;
+  return cache.permutation_pays(n.key(), spec, [&] {
+    constexpr int kSamples = 48;
+    RowGen gen(n, {}, shape, &cache.budget());
+    const TokenOrder& permuted = cache.get(spec);
+    const TokenOrder& natural = cache.get(OrderSpec{});
+    const double p = TableBuilder(gen, permuted, cache.budget()).estimate_listed_tiles(kSamples);
+    const double q = TableBuilder(gen, natural, cache.budget()).estimate_listed_tiles(kSamples);
+    return p < 0.9 * q;
+  });
 }
 
 // Slots an order needs for n tokens: its groups (classes, segment runs) are each padded
@@ -616,10 +618,20 @@ bool TableBuilder::row_tiles(int64_t i, const Region& rg, int64_t base) {
   if (gen_.progression_rows() && order_.spec().kind == OrderSpec::kIdentity) {
     const Progression p = gen_.row_progression(i, rg);
     pairs_ = p.count;
+    const int64_t first = p.first + base;
+    // A period of whole tiles maps rows whose first key lies in one tile, with as many
+    // keys, to the same key tiles: those of the row before (a stride class's rows in a
+    // query tile), left in rt_ / rf_ or with the caller.
+    if (p.count > 0 && p.step > 1 && tn_ > 1 && p.step % tn_ == 0 && have_row_ && p.step == last_prog_.step &&
+        p.count == last_prog_.count && tile_of(first) == tile_of(last_prog_.first)) {
+      return false;
+    }
+    have_row_ = p.count > 0;
+    last_prog_ = Progression{first, p.step, p.count};
     rt_.clear();
     rf_.clear();
     if (p.count == 0) return true;
-    const int64_t first = p.first + base, last = first + (p.count - 1) * p.step;
+    const int64_t last = first + (p.count - 1) * p.step;
     if (p.step == 1 || tn_ == 1) {
       if (p.step == 1) {
         row_.assign(1, Iv{first, last + 1});

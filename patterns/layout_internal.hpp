@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include <spattn/layout.hpp>
@@ -89,8 +91,21 @@ class OrderCache {
       : shape_(shape), tm_(tile_m), tn_(tile_n), rect_(rect), budget_(budget) {}
   const TokenOrder& get(const OrderSpec& spec);  // built orders are charged to the budget
   LayoutBudget& budget() { return budget_; }
+  // Whether `spec` lists fewer tiles than natural order for the predicate `node_key`
+  // (Node::key()): `estimate` once per pair, remembered (splitting unions into parts
+  // and planning the tables both ask).
+  template <typename Estimate>
+  bool permutation_pays(const std::string& node_key, const OrderSpec& spec, Estimate&& estimate) {
+    for (const auto& [k, s, pays] : pays_) {
+      if (k == node_key && s == spec) return pays;
+    }
+    const bool pays = estimate();
+    pays_.emplace_back(node_key, spec, pays);
+    return pays;
+  }
 
  private:
+  std::vector<std::tuple<std::string, OrderSpec, bool>> pays_;
   Shape shape_;
   int64_t tm_, tn_;
   TokenRect rect_;
@@ -132,6 +147,7 @@ class TableBuilder {
   std::vector<int64_t> tile_count_, tiles_;  // reduce_grid: allowed keys per key tile
   int64_t pairs_ = 0;
   int64_t last_base_ = 0;
+  Progression last_prog_;  // row_tiles: the last progression row (first key slot, step, count)
   bool have_row_ = false;
 };
 

@@ -209,8 +209,11 @@ Progression rank_progression(const Region& rg, int64_t a0, int64_t q, int64_t a,
   // k * step = a0 - start (mod q): a progression of ranks with period m.
   int64_t k0, m;
   if (rg.step == 1) {
-    m = q;
-    k0 = pos_mod(a0 - rg.start, q);
+    // Natural order: ranks are tokens - start (no divisions by the step).
+    const int64_t klo = a - rg.start, khi = b - rg.start;
+    const int64_t first = klo + pos_mod(a0 - rg.start - klo, q);
+    if (first >= khi) return {};
+    return Progression{first, q, (khi - 1 - first) / q + 1};
   } else {
     const int64_t g = std::gcd(rg.step, q);
     const int64_t rhs = pos_mod(a0 - rg.start, q);
