@@ -669,19 +669,29 @@ bool TableBuilder::row_tiles(int64_t i, const Region& rg, int64_t base) {
 // the set's slots below a bound that grows with the row, so that the tile's touched
 // tiles are those of its last row and its full tiles those of its first. False when the
 // tile does not qualify (rows not ascending, or keys that differ).
-bool TableBuilder::reduce_uniform(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs) {
+// The first and last real rows of query tile qt and their count, when the rows ascend
+// and share the positive leaf's key set (RowGen::uniform_keys).
+bool TableBuilder::uniform_rows(int64_t qt, int64_t& i0, int64_t& i1, int64_t& rows) const {
   const OrderSpec::Kind kind = order_.spec().kind;
-  if (!gen_.single_leaf() || kind == OrderSpec::kGrid) return false;
   const int64_t tm = order_.tile_m();
-  int64_t i0 = -1, i1 = -1;
+  i0 = -1, i1 = -1, rows = 0;
   for (int64_t s = qt * tm; s < (qt + 1) * tm; ++s) {
     const int64_t i = order_.q_token(s);
     if (i < 0) continue;
     if (i <= i1) return false;
     if (i0 < 0) i0 = i;
     i1 = i;
+    ++rows;
   }
-  if (i0 < 0 || !gen_.uniform_keys(i0, i1, kind == OrderSpec::kRun || kind == OrderSpec::kClass)) return false;
+  return i0 >= 0 && gen_.uniform_keys(i0, i1, kind == OrderSpec::kRun || kind == OrderSpec::kClass);
+}
+
+bool TableBuilder::reduce_uniform(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs) {
+  const OrderSpec::Kind kind = order_.spec().kind;
+  if (!gen_.single_leaf() || kind == OrderSpec::kGrid) return false;
+  const int64_t tm = order_.tile_m();
+  int64_t i0 = -1, i1 = -1, rows = 0;
+  if (!uniform_rows(qt, i0, i1, rows)) return false;
   int64_t base = 0;
   const Region rg = order_.region(i0, base);
   const Ivs& set = gen_.unclipped_row(i0, rg);
@@ -717,6 +727,61 @@ bool TableBuilder::reduce_uniform(int64_t qt, Ivs& touched, Ivs& full, int64_t& 
   tiles_below(bound(i1), false, touched);
   tiles_below(bound(i0), true, full);
   have_row_ = false;
+  return true;
+}
+
+// Rows that share the positive leaf's key set S as in reduce_uniform, each losing keys
+// to the excluded nodes (a union's later part: a stride class less the band of the
+// part before it), without causal: per key tile of S's hull, S's keys times the rows
+// less the lost ones. A tile is listed when a key is left, full when S covers it and no
+// row loses a key in it.
+bool TableBuilder::reduce_uniform_holes(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs) {
+  const NodeKind pk = gen_.positive().kind;
+  if (!gen_.has_excludes() || gen_.causal() || order_.spec().kind == OrderSpec::kGrid || pk == NodeKind::kUnion ||
+      pk == NodeKind::kIntersect) {
+    return false;
+  }
+  int64_t i0 = -1, i1 = -1, rows = 0;
+  if (!uniform_rows(qt, i0, i1, rows)) return false;
+  int64_t base = 0;
+  const Region rg = order_.region(i0, base);
+  set_ = gen_.positive_row(i0, rg);
+  touched.clear();
+  full.clear();
+  have_row_ = false;
+  pairs = 0;
+  if (set_.empty()) return true;
+  const int64_t t0 = tile_of(set_.front().lo + base), t1 = tile_of(set_.back().hi - 1 + base) + 1;
+  const size_t n = static_cast<size_t>(t1 - t0);
+  budget_.spend(n + set_.size());
+  // Keys of [lo, hi) (ranks) per key tile, into counts.
+  auto count = [&](int64_t lo, int64_t hi, std::vector<int64_t>& counts) {
+    for (int64_t t = tile_of(lo + base); t <= tile_of(hi - 1 + base); ++t)
+      counts[t - t0] += std::min(hi + base, (t + 1) * tn_) - std::max(lo + base, t * tn_);
+  };
+  set_keys_.assign(n, 0);
+  lost_keys_.assign(n, 0);
+  for (const Iv& iv : set_) count(iv.lo, iv.hi, set_keys_);
+  int64_t lost = 0;
+  for (int64_t s = qt * order_.tile_m(); s < (qt + 1) * order_.tile_m(); ++s) {
+    const int64_t i = order_.q_token(s);
+    if (i < 0) continue;
+    const Ivs& taken = gen_.excluded(i, rg, set_.front().lo, set_.back().hi);
+    if (taken.empty()) continue;
+    iv_intersect(set_, taken, lost_set_);
+    budget_.spend(taken.size() + lost_set_.size());
+    for (const Iv& iv : lost_set_) {
+      lost += iv.hi - iv.lo;
+      count(iv.lo, iv.hi, lost_keys_);
+    }
+  }
+  pairs = rows * iv_size(set_) - lost;
+  bool unsorted = false;
+  for (size_t k = 0; k < n; ++k) {
+    const int64_t t = t0 + static_cast<int64_t>(k);
+    if (rows * set_keys_[k] > lost_keys_[k]) append_range(touched, t, t + 1, unsorted);
+    if (set_keys_[k] == tn_ && lost_keys_[k] == 0) append_range(full, t, t + 1, unsorted);
+  }
   return true;
 }
 
@@ -802,7 +867,10 @@ int64_t TableBuilder::reduce(int64_t qt, Ivs& touched, Ivs& full) {
   budget_.spend(static_cast<uint64_t>(tm));  // the tile's rows are visited at least once
   if (order_.spec().kind == OrderSpec::kGrid) return reduce_grid(qt, touched, full);
   int64_t pairs = 0;
-  if (reduce_uniform(qt, touched, full, pairs) || reduce_band(qt, touched, full, pairs)) return pairs;
+  if (reduce_uniform(qt, touched, full, pairs) || reduce_uniform_holes(qt, touched, full, pairs) ||
+      reduce_band(qt, touched, full, pairs)) {
+    return pairs;
+  }
   touched.clear();
   full.clear();
   bool any_row = false, full_dead = false, have_prev = false, unsorted = false;

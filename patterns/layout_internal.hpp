@@ -134,6 +134,8 @@ class TableBuilder {
   int64_t reduce(int64_t qt, Ivs& touched, Ivs& full);
   bool row_tiles(int64_t i, const Region& region, int64_t base);
   bool reduce_uniform(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs);
+  bool reduce_uniform_holes(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs);
+  bool uniform_rows(int64_t qt, int64_t& i0, int64_t& i1, int64_t& rows) const;
   int64_t reduce_grid(int64_t qt, Ivs& touched, Ivs& full);
   bool reduce_band(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs);
   int64_t tile_of(int64_t slot) const { return shift_ >= 0 ? slot >> shift_ : slot / tn_; }
@@ -145,6 +147,8 @@ class TableBuilder {
   int shift_ = -1;  // log2(tile_n) when it is a power of two
   Ivs row_, rt_, rf_, prev_t_, prev_f_, tmp_;
   std::vector<int64_t> tile_count_, tiles_;  // reduce_grid: allowed keys per key tile
+  Ivs set_, lost_set_;                         // reduce_uniform_holes: the shared set, a row's losses
+  std::vector<int64_t> set_keys_, lost_keys_;  // ... and their keys per key tile
   int64_t pairs_ = 0;
   int64_t last_base_ = 0;
   Progression last_prog_;  // row_tiles: the last progression row (first key slot, step, count)

@@ -424,7 +424,9 @@ inline bool leaf_key(const Node& n, int64_t i, int64_t& key) {
 
 bool RowGen::uniform_keys(int64_t i0, int64_t i1, bool grouped) const {
   int64_t k0 = 0, k1 = 0;
-  if (!single_leaf_ || !leaf_key(positive_, i0, k0) || !leaf_key(positive_, i1, k1) || k0 != k1) return false;
+  if (!is_leaf(positive_.kind) || !leaf_key(positive_, i0, k0) || !leaf_key(positive_, i1, k1) || k0 != k1) {
+    return false;
+  }
   switch (positive_.kind) {
     case NodeKind::kStrided:
       return std::get<Strided>(*positive_.leaf).mode == StrideMode::kColumns || grouped;
@@ -513,6 +515,25 @@ const Ivs& RowGen::row(int64_t i, const Region& region) {
   } else {
     while (!out_.empty() && out_.back().lo >= kb) out_.pop_back();
     if (!out_.empty() && out_.back().hi > kb) out_.back().hi = kb;
+  }
+  return out_;
+}
+
+const Ivs& RowGen::positive_row(int64_t i, const Region& region) {
+  have_last_ = false;  // the memo's buffers are reused below
+  last_.clear();
+  if (region.count > 0) gen(positive_, i, region, 0, region.count, last_, 0);
+  return last_;
+}
+
+const Ivs& RowGen::excluded(int64_t i, const Region& region, int64_t lo, int64_t hi) {
+  out_.clear();
+  for (const Node& e : excludes_) {
+    gen(e, i, region, lo, hi, tmp_, 0);
+    if (tmp_.empty()) continue;
+    charge(out_.size() + tmp_.size());
+    iv_union(out_, tmp_, tmp2_);
+    out_.swap(tmp2_);
   }
   return out_;
 }

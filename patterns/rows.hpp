@@ -139,10 +139,17 @@ class RowGen {
   bool causal() const { return hoisted_causal_; }
   // Whether every row between tokens i0 < i1 that a tile holds has the key of i0 (keys
   // that are monotone in the token; `grouped`: the tile's rows are one stride class or
-  // one LongNet run).
+  // one LongNet run), for a positive node that is one leaf (excluded nodes aside).
   bool uniform_keys(int64_t i0, int64_t i1, bool grouped) const;
   // The key set of row i before the causal clip.
   const Ivs& unclipped_row(int64_t i, const Region& region);
+  bool has_excludes() const { return !excludes_.empty(); }
+  // The positive leaf's keys of row i (no excludes, no causal clip); the reference
+  // stays valid until the next call of row() or positive_row().
+  const Ivs& positive_row(int64_t i, const Region& region);
+  // The keys the excluded nodes take from row i inside ranks [lo, hi) (their union);
+  // valid until the next call of row() or excluded().
+  const Ivs& excluded(int64_t i, const Region& region, int64_t lo, int64_t hi);
   int64_t causal_rank(int64_t i, const Region& region) const { return causal_bound(i, region); }
 
   // Charges `units` row operations (intervals produced, keys visited) to the budget.

@@ -61,6 +61,12 @@ TEST(Layout, Compositions) {
       P(R"({"union":[{"type":"strided","stride":8,"mode":"columns"},{"type":"local_window","window":16}],"causal":true})"),
       cross);
   check_all_tiles(P(R"({"intersect":[{"type":"local_window","window":64},{"type":"strided","stride":4}]})"), cross);
+  // Stride classes of whole tiles in their own order, less the band of the part before
+  // (rows sharing one class, each losing its band's keys).
+  check_all_tiles(P(R"({"union":[{"type":"strided","stride":32},{"type":"local_window","window":24}]})"),
+                  Shape{1024, 1024, 2});
+  check_all_tiles(P(R"({"union":[{"type":"local_window","left":40,"right":3},{"type":"strided","stride":64}]})"),
+                  Shape{900, 1100, 2});
   check_all_tiles(P(R"({"intersect":[{"type":"neighborhood","grid":[16,16],"window":[7,7]},{"type":"dense","causal":true}]})"),
                   self);
   check_all_tiles(P(R"({"branches":[{"type":"local_window","window":32},{"type":"global_local","global":8,"window":0}]})"),
