@@ -862,13 +862,66 @@ bool TableBuilder::reduce_band(int64_t qt, Ivs& touched, Ivs& full, int64_t& pai
   return true;
 }
 
+// Global + local in natural order, for query tiles without global rows whose causal
+// bound (if any) leaves the global keys G = [0, g) whole: row i allows G and its band
+// B_i, which moves as a window's does. Its tiles are G's and the band's range (as in
+// reduce_band); a tile is full when it lies in G, or when what it holds past G lies in
+// every row's band.
+bool TableBuilder::reduce_global_band(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs) {
+  if (!gen_.single_leaf() || gen_.positive().kind != NodeKind::kGlobalLocal ||
+      order_.spec().kind != OrderSpec::kIdentity || order_.restricted()) {
+    return false;
+  }
+  const auto& p = std::get<GlobalLocal>(*gen_.positive().leaf);
+  const int64_t nk = gen_.nk(), shift = gen_.nk() - gen_.nq(), tm = order_.tile_m();
+  const int64_t g = std::min(p.global, nk);
+  const int64_t first = qt * tm, last = std::min(gen_.nq(), (qt + 1) * tm) - 1;
+  if (first > last || first < p.global) return false;  // global rows: the general path
+  if (gen_.causal() && first + shift + 1 < g) return false;  // causal cuts into G
+  int64_t first_lo = -1, last_hi = -1, max_lo = 0, min_hi = nk;
+  bool empty_band = false;
+  pairs = 0;
+  for (int64_t i = first; i <= last; ++i) {
+    const int64_t lo = std::max<int64_t>(0, i - p.left);
+    int64_t hi = std::min(nk, i + p.right + 1);
+    if (gen_.causal()) hi = std::min(hi, i + shift + 1);
+    pairs += g;
+    if (lo >= hi) {
+      empty_band = true;
+      continue;
+    }
+    pairs += hi - lo - std::max<int64_t>(0, std::min(g, hi) - lo);  // the band less its part in G
+    if (first_lo < 0) first_lo = lo;
+    last_hi = hi;
+    max_lo = std::max(max_lo, lo);
+    min_hi = std::min(min_hi, hi);
+  }
+  touched.clear();
+  full.clear();
+  have_row_ = false;
+  bool unsorted = false;
+  if (g > 0) append_range(touched, 0, tile_of(g - 1) + 1, unsorted);
+  if (first_lo >= 0) append_range(touched, tile_of(first_lo), tile_of(last_hi - 1) + 1, unsorted);
+  if (unsorted) iv_normalize(touched);
+  const int64_t whole = tile_of(g);  // tiles [0, whole) lie in G
+  if (whole > 0) full.push_back({0, whole});
+  if (first_lo >= 0 && !empty_band && max_lo < min_hi) {
+    // Tile t >= whole holds [max(t tn, g), (t + 1) tn) outside G: full from the first
+    // tile whose part outside G starts at max_lo or later, up to min_hi.
+    const int64_t from = g >= max_lo ? whole : std::max(whole, tile_of(max_lo + tn_ - 1));
+    const int64_t to = tile_of(min_hi);
+    if (from < to) append_range(full, from, to, unsorted);
+  }
+  return true;
+}
+
 int64_t TableBuilder::reduce(int64_t qt, Ivs& touched, Ivs& full) {
   const int64_t tm = order_.tile_m();
   budget_.spend(static_cast<uint64_t>(tm));  // the tile's rows are visited at least once
   if (order_.spec().kind == OrderSpec::kGrid) return reduce_grid(qt, touched, full);
   int64_t pairs = 0;
   if (reduce_uniform(qt, touched, full, pairs) || reduce_uniform_holes(qt, touched, full, pairs) ||
-      reduce_band(qt, touched, full, pairs)) {
+      reduce_band(qt, touched, full, pairs) || reduce_global_band(qt, touched, full, pairs)) {
     return pairs;
   }
   touched.clear();

@@ -138,6 +138,7 @@ class TableBuilder {
   bool uniform_rows(int64_t qt, int64_t& i0, int64_t& i1, int64_t& rows) const;
   int64_t reduce_grid(int64_t qt, Ivs& touched, Ivs& full);
   bool reduce_band(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs);
+  bool reduce_global_band(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs);
   int64_t tile_of(int64_t slot) const { return shift_ >= 0 ? slot >> shift_ : slot / tn_; }
 
   RowGen& gen_;

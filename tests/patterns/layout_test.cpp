@@ -37,6 +37,9 @@ TEST(Layout, EveryKindAtEveryTile) {
   check_all_tiles(P(R"({"type":"local_window","window":40})"), cross);
   check_all_tiles(P(R"({"type":"local_window","left":50,"right":0,"causal":true})"), self);
   check_all_tiles(P(R"({"type":"global_local","global":20,"window":30})"), cross);
+  check_all_tiles(P(R"({"type":"global_local","global":37,"window":50,"causal":true})"), self);
+  check_all_tiles(P(R"({"type":"global_local","global":64,"left":10,"right":70,"causal":true})"), cross);
+  check_all_tiles(P(R"({"type":"global_local","global":3,"left":0,"right":0})"), self);
   check_all_tiles(P(R"({"type":"strided","stride":6,"mode":"relative"})"), self);
   check_all_tiles(P(R"({"type":"strided","stride":6,"mode":"relative","causal":true})"), cross);
   check_all_tiles(P(R"({"type":"strided","stride":5,"mode":"columns"})"), cross);
