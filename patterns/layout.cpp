@@ -662,13 +662,6 @@ bool TableBuilder::row_tiles(int64_t i, const Region& rg, int64_t base) {
   return true;
 }
 
-// Reduces the rows of query tile qt: `touched` gets the key tiles some real row allows
-// a key of, `full` those that every real row allows completely.
-// A query tile whose rows all have one key set (a LongNet run, a block of a block
-// pattern, a stride class) is reduced at once: every row allows the set, or with causal
-// the set's slots below a bound that grows with the row, so that the tile's touched
-// tiles are those of its last row and its full tiles those of its first. False when the
-// tile does not qualify (rows not ascending, or keys that differ).
 // The first and last real rows of query tile qt and their count, when the rows ascend
 // and share the positive leaf's key set (RowGen::uniform_keys).
 bool TableBuilder::uniform_rows(int64_t qt, int64_t& i0, int64_t& i1, int64_t& rows) const {
@@ -686,6 +679,13 @@ bool TableBuilder::uniform_rows(int64_t qt, int64_t& i0, int64_t& i1, int64_t& r
   return i0 >= 0 && gen_.uniform_keys(i0, i1, kind == OrderSpec::kRun || kind == OrderSpec::kClass);
 }
 
+// Reduces the rows of query tile qt: `touched` gets the key tiles some real row allows
+// a key of, `full` those that every real row allows completely.
+// A query tile whose rows all have one key set (a LongNet run, a block of a block
+// pattern, a stride class) is reduced at once: every row allows the set, or with causal
+// the set's slots below a bound that grows with the row, so that the tile's touched
+// tiles are those of its last row and its full tiles those of its first. False when the
+// tile does not qualify (rows not ascending, or keys that differ).
 bool TableBuilder::reduce_uniform(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs) {
   const OrderSpec::Kind kind = order_.spec().kind;
   if (!gen_.single_leaf() || kind == OrderSpec::kGrid) return false;
