@@ -826,71 +826,45 @@ int64_t TableBuilder::reduce_grid(int64_t qt, Ivs& touched, Ivs& full) {
 // A local window in natural order is a band: both ends of row i's interval grow with i
 // (also under causal), and consecutive rows overlap, so the tile's keys are one range
 // from its first row's start to its last row's end, and its fully allowed keys run
-// from the last row's start to the first row's end.
+// from the last row's start to the first row's end. Global + local is the same band
+// beside the global keys G = [0, g), for query tiles without global rows whose causal
+// bound (if any) leaves G whole: its tiles are G's and the band's range, and a tile is
+// full when it lies in G or when what it holds past G lies in every row's band.
 bool TableBuilder::reduce_band(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs) {
-  if (!gen_.single_leaf() || gen_.positive().kind != NodeKind::kWindow ||
-      order_.spec().kind != OrderSpec::kIdentity || order_.restricted()) {
+  if (!gen_.single_leaf() || order_.spec().kind != OrderSpec::kIdentity || order_.restricted()) return false;
+  int64_t left = 0, right = 0, global = 0;
+  if (gen_.positive().kind == NodeKind::kWindow) {
+    const auto& w = std::get<LocalWindow>(*gen_.positive().leaf);
+    left = w.left, right = w.right;
+  } else if (gen_.positive().kind == NodeKind::kGlobalLocal) {
+    const auto& p = std::get<GlobalLocal>(*gen_.positive().leaf);
+    left = p.left, right = p.right, global = p.global;
+  } else {
     return false;
   }
-  const auto& w = std::get<LocalWindow>(*gen_.positive().leaf);
-  const int64_t tm = order_.tile_m();
-  const Band band = scan_band(qt * tm, std::min(gen_.nq(), (qt + 1) * tm) - 1, w.left, w.right, 0);
-  pairs = band.pairs;
-  touched.clear();
-  full.clear();
-  have_row_ = false;
-  if (band.first_lo < 0) return true;
-  touched.push_back({tile_of(band.first_lo), tile_of(band.last_hi - 1) + 1});
-  const int64_t f0 = tile_of(band.max_lo + tn_ - 1), f1 = tile_of(band.min_hi);
-  if (!band.empty_row && band.max_lo < band.min_hi && f0 < f1) full.push_back({f0, f1});
-  return true;
-}
-
-// Rows [first, last] in natural order, each allowing keys [0, g) and its band
-// [max(0, i - left), min(Nk, i + right + 1)) (clipped by causal): the bands' hull ends,
-// their common part, whether one is empty, and the rows' allowed keys.
-TableBuilder::Band TableBuilder::scan_band(int64_t first, int64_t last, int64_t left, int64_t right,
-                                           int64_t g) const {
-  const int64_t nk = gen_.nk(), shift = gen_.nk() - gen_.nq();
-  Band b;
-  b.min_hi = nk;
+  const int64_t nk = gen_.nk(), shift = gen_.nk() - gen_.nq(), tm = order_.tile_m();
+  const int64_t g = std::min(global, nk);
+  const int64_t first = qt * tm, last = std::min(gen_.nq(), (qt + 1) * tm) - 1;
+  if (first > last || first < global) return false;               // no rows, or global rows: the general path
+  if (g > 0 && gen_.causal() && first + shift + 1 < g) return false;  // causal cuts into G
+  int64_t first_lo = -1, last_hi = -1, max_lo = 0, min_hi = nk;
+  bool empty_row = false;
+  pairs = 0;
   for (int64_t i = first; i <= last; ++i) {
     const int64_t lo = std::max<int64_t>(0, i - left);
     int64_t hi = std::min(nk, i + right + 1);
     if (gen_.causal()) hi = std::min(hi, i + shift + 1);
-    b.pairs += g;
+    pairs += g;
     if (lo >= hi) {
-      b.empty_row = true;
+      empty_row = true;
       continue;
     }
-    b.pairs += hi - lo - std::max<int64_t>(0, std::min(g, hi) - lo);  // the band less its part in [0, g)
-    if (b.first_lo < 0) b.first_lo = lo;
-    b.last_hi = hi;
-    b.max_lo = std::max(b.max_lo, lo);
-    b.min_hi = std::min(b.min_hi, hi);
+    pairs += hi - lo - std::max<int64_t>(0, std::min(g, hi) - lo);  // the band less its part in G
+    if (first_lo < 0) first_lo = lo;
+    last_hi = hi;
+    max_lo = std::max(max_lo, lo);
+    min_hi = std::min(min_hi, hi);
   }
-  return b;
-}
-
-// Global + local in natural order, for query tiles without global rows whose causal
-// bound (if any) leaves the global keys G = [0, g) whole: row i allows G and its band
-// B_i, which moves as a window's does. Its tiles are G's and the band's range (as in
-// reduce_band); a tile is full when it lies in G, or when what it holds past G lies in
-// every row's band.
-bool TableBuilder::reduce_global_band(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs) {
-  if (!gen_.single_leaf() || gen_.positive().kind != NodeKind::kGlobalLocal ||
-      order_.spec().kind != OrderSpec::kIdentity || order_.restricted()) {
-    return false;
-  }
-  const auto& p = std::get<GlobalLocal>(*gen_.positive().leaf);
-  const int64_t nk = gen_.nk(), tm = order_.tile_m();
-  const int64_t g = std::min(p.global, nk);
-  const int64_t first = qt * tm, last = std::min(gen_.nq(), (qt + 1) * tm) - 1;
-  if (first > last || first < p.global) return false;  // global rows: the general path
-  if (gen_.causal() && first + (nk - gen_.nq()) + 1 < g) return false;  // causal cuts into G
-  const Band band = scan_band(first, last, p.left, p.right, g);
-  const int64_t first_lo = band.first_lo, last_hi = band.last_hi, max_lo = band.max_lo, min_hi = band.min_hi;
-  pairs = band.pairs;
   touched.clear();
   full.clear();
   have_row_ = false;
@@ -900,7 +874,7 @@ bool TableBuilder::reduce_global_band(int64_t qt, Ivs& touched, Ivs& full, int64
   if (unsorted) iv_normalize(touched);
   const int64_t whole = tile_of(g);  // tiles [0, whole) lie in G
   if (whole > 0) full.push_back({0, whole});
-  if (first_lo >= 0 && !band.empty_row && max_lo < min_hi) {
+  if (first_lo >= 0 && !empty_row && max_lo < min_hi) {
     // Tile t >= whole holds [max(t tn, g), (t + 1) tn) outside G: full from the first
     // tile whose part outside G starts at max_lo or later, up to min_hi.
     const int64_t from = g >= max_lo ? whole : std::max(whole, tile_of(max_lo + tn_ - 1));
@@ -916,7 +890,7 @@ int64_t TableBuilder::reduce(int64_t qt, Ivs& touched, Ivs& full) {
   if (order_.spec().kind == OrderSpec::kGrid) return reduce_grid(qt, touched, full);
   int64_t pairs = 0;
   if (reduce_uniform(qt, touched, full, pairs) || reduce_uniform_holes(qt, touched, full, pairs) ||
-      reduce_band(qt, touched, full, pairs) || reduce_global_band(qt, touched, full, pairs)) {
+      reduce_band(qt, touched, full, pairs)) {
     return pairs;
   }
   touched.clear();

@@ -138,14 +138,6 @@ class TableBuilder {
   bool uniform_rows(int64_t qt, int64_t& i0, int64_t& i1, int64_t& rows) const;
   int64_t reduce_grid(int64_t qt, Ivs& touched, Ivs& full);
   bool reduce_band(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs);
-  bool reduce_global_band(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs);
-  struct Band {
-    int64_t first_lo = -1, last_hi = -1;  // the first row's band start, the last row's end
-    int64_t max_lo = 0, min_hi = 0;       // the band every row allows: [max_lo, min_hi)
-    bool empty_row = false;               // a row whose band is empty
-    int64_t pairs = 0;
-  };
-  Band scan_band(int64_t first, int64_t last, int64_t left, int64_t right, int64_t g) const;
   int64_t tile_of(int64_t slot) const { return shift_ >= 0 ? slot >> shift_ : slot / tn_; }
 
   RowGen& gen_;
