@@ -736,24 +736,20 @@ bool TableBuilder::reduce_uniform(int64_t qt, Ivs& touched, Ivs& full, int64_t& 
 // less the lost ones. A tile is listed when a key is left, full when S covers it and no
 // row loses a key in it.
 bool TableBuilder::reduce_uniform_holes(int64_t qt, Ivs& touched, Ivs& full, int64_t& pairs) {
-  const NodeKind pk = gen_.positive().kind;
-  if (!gen_.has_excludes() || gen_.causal() || order_.spec().kind == OrderSpec::kGrid || pk == NodeKind::kUnion ||
-      pk == NodeKind::kIntersect) {
-    return false;
-  }
+  if (!gen_.has_excludes() || gen_.causal() || order_.spec().kind == OrderSpec::kGrid) return false;
   int64_t i0 = -1, i1 = -1, rows = 0;
-  if (!uniform_rows(qt, i0, i1, rows)) return false;
+  if (!uniform_rows(qt, i0, i1, rows)) return false;  // also: the positive node is one leaf
   int64_t base = 0;
   const Region rg = order_.region(i0, base);
-  set_ = gen_.positive_row(i0, rg);
+  const Ivs& set = gen_.positive_row(i0, rg);  // stays valid across excluded()
   touched.clear();
   full.clear();
   have_row_ = false;
   pairs = 0;
-  if (set_.empty()) return true;
-  const int64_t t0 = tile_of(set_.front().lo + base), t1 = tile_of(set_.back().hi - 1 + base) + 1;
+  if (set.empty()) return true;
+  const int64_t t0 = tile_of(set.front().lo + base), t1 = tile_of(set.back().hi - 1 + base) + 1;
   const size_t n = static_cast<size_t>(t1 - t0);
-  budget_.spend(n + set_.size());
+  budget_.spend(n + set.size());
   // Keys of [lo, hi) (ranks) per key tile, into counts.
   auto count = [&](int64_t lo, int64_t hi, std::vector<int64_t>& counts) {
     for (int64_t t = tile_of(lo + base); t <= tile_of(hi - 1 + base); ++t)
@@ -761,21 +757,21 @@ bool TableBuilder::reduce_uniform_holes(int64_t qt, Ivs& touched, Ivs& full, int
   };
   set_keys_.assign(n, 0);
   lost_keys_.assign(n, 0);
-  for (const Iv& iv : set_) count(iv.lo, iv.hi, set_keys_);
+  for (const Iv& iv : set) count(iv.lo, iv.hi, set_keys_);
   int64_t lost = 0;
   for (int64_t s = qt * order_.tile_m(); s < (qt + 1) * order_.tile_m(); ++s) {
     const int64_t i = order_.q_token(s);
     if (i < 0) continue;
-    const Ivs& taken = gen_.excluded(i, rg, set_.front().lo, set_.back().hi);
+    const Ivs& taken = gen_.excluded(i, rg, set.front().lo, set.back().hi);
     if (taken.empty()) continue;
-    iv_intersect(set_, taken, lost_set_);
+    iv_intersect(set, taken, lost_set_);
     budget_.spend(taken.size() + lost_set_.size());
     for (const Iv& iv : lost_set_) {
       lost += iv.hi - iv.lo;
       count(iv.lo, iv.hi, lost_keys_);
     }
   }
-  pairs = rows * iv_size(set_) - lost;
+  pairs = rows * iv_size(set) - lost;
   bool unsorted = false;
   for (size_t k = 0; k < n; ++k) {
     const int64_t t = t0 + static_cast<int64_t>(k);

@@ -147,7 +147,7 @@ class TableBuilder {
   int shift_ = -1;  // log2(tile_n) when it is a power of two
   Ivs row_, rt_, rf_, prev_t_, prev_f_, tmp_;
   std::vector<int64_t> tile_count_, tiles_;  // reduce_grid: allowed keys per key tile
-  Ivs set_, lost_set_;                         // reduce_uniform_holes: the shared set, a row's losses
+  Ivs lost_set_;                               // reduce_uniform_holes: a row's losses in the shared set
   std::vector<int64_t> set_keys_, lost_keys_;  // ... and their keys per key tile
   int64_t pairs_ = 0;
   int64_t last_base_ = 0;

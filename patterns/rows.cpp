@@ -207,20 +207,19 @@ Progression rank_progression(const Region& rg, int64_t a0, int64_t q, int64_t a,
   if (a >= b) return {};
   // Rank k holds token start + k * step; it is in the progression iff
   // k * step = a0 - start (mod q): a progression of ranks with period m.
-  int64_t k0, m;
   if (rg.step == 1) {
     // Natural order: ranks are tokens - start (no divisions by the step).
     const int64_t klo = a - rg.start, khi = b - rg.start;
     const int64_t first = klo + pos_mod(a0 - rg.start - klo, q);
     if (first >= khi) return {};
     return Progression{first, q, (khi - 1 - first) / q + 1};
-  } else {
-    const int64_t g = std::gcd(rg.step, q);
-    const int64_t rhs = pos_mod(a0 - rg.start, q);
-    if (rhs % g != 0) return {};
-    m = q / g;
-    k0 = m == 1 ? 0 : static_cast<int64_t>(static_cast<__int128>(rhs / g) * modinv((rg.step / g) % m, m) % m);
   }
+  const int64_t g = std::gcd(rg.step, q);
+  const int64_t rhs = pos_mod(a0 - rg.start, q);
+  if (rhs % g != 0) return {};
+  const int64_t m = q / g;
+  const int64_t k0 =
+      m == 1 ? 0 : static_cast<int64_t>(static_cast<__int128>(rhs / g) * modinv((rg.step / g) % m, m) % m);
   const int64_t klo = (a - rg.start + rg.step - 1) / rg.step;
   const int64_t khi = (b - rg.start + rg.step - 1) / rg.step;
   const int64_t first = m == 1 ? klo : klo + pos_mod(k0 - klo, m);

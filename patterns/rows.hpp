@@ -145,7 +145,7 @@ class RowGen {
   const Ivs& unclipped_row(int64_t i, const Region& region);
   bool has_excludes() const { return !excludes_.empty(); }
   // The positive leaf's keys of row i (no excludes, no causal clip); the reference
-  // stays valid until the next call of row() or positive_row().
+  // stays valid until the next call of row() or positive_row() (excluded() keeps it).
   const Ivs& positive_row(int64_t i, const Region& region);
   // The keys the excluded nodes take from row i inside ranks [lo, hi) (their union);
   // valid until the next call of row() or excluded().
