@@ -9,59 +9,34 @@
 //                      [--reps R] [--rounds K]
 #include <spattn/modules.hpp>
 
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
 
-#include "engine/reference.hpp"
+#include "api/tools.hpp"
 #include "modules/gemm.hpp"
-#include "runtime/device.hpp"
-#include "runtime/driver.hpp"
 
 namespace {
 
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) {
-    std::fprintf(stderr, "module_bench: %s: %s\n", what, cudaGetErrorString(status));
-    std::exit(1);
-  }
-}
+namespace tools = spattn::tools;
 
 // Median over `rounds` of the mean time of `reps` calls, after one warm-up call.
 template <typename Fn>
 float time_ms(Fn&& fn, int reps, int rounds) {
   fn();
-  cudaEvent_t start, stop;
-  check(cudaEventCreate(&start), "cudaEventCreate");
-  check(cudaEventCreate(&stop), "cudaEventCreate");
+  tools::synchronize();
+  tools::Timer timer;
   std::vector<float> times;
   for (int r = 0; r < rounds; ++r) {
-    check(cudaEventRecord(start), "cudaEventRecord");
+    timer.start();
     for (int i = 0; i < reps; ++i) fn();
-    check(cudaEventRecord(stop), "cudaEventRecord");
-    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    float ms = 0;
-    check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
-    times.push_back(ms / static_cast<float>(reps));
+    times.push_back(timer.stop_ms() / static_cast<float>(reps));
   }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
 }
-
-struct Buffer {
-  void* p = nullptr;
-  explicit Buffer(size_t bytes) { check(cudaMalloc(&p, bytes), "cudaMalloc"); }
-  ~Buffer() { cudaFree(p); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-};
 
 std::string pattern_json(const std::string& name) {
   if (name == "longnet") return R"({"type":"longnet","segments":[2048,4096,8192],"rates":[1,2,4]})";
@@ -96,8 +71,8 @@ int main(int argc, char** argv) try {
     std::fprintf(stderr, "module_bench: need N, E, H, reps, rounds >= 1 and H dividing E\n");
     return 2;
   }
-  if (!spattn::runtime::has_gpu()) {
-    std::printf("module_bench: skipped, no GPU (%s)\n", spattn::runtime::no_gpu_reason().c_str());
+  if (!tools::has_gpu()) {
+    std::printf("module_bench: skipped, no GPU (%s)\n", tools::no_gpu_reason().c_str());
     return 0;
   }
   const spattn::DType bf16 = spattn::DType::kBFloat16;
@@ -106,40 +81,41 @@ int main(int argc, char** argv) try {
   options.dtype = bf16;
   spattn::MultiheadAttention mha(E, H, H, pattern, options);
 
-  Buffer x(N * E * 2), out(N * E * 2), qkv(N * 3 * E * 2), attn_out(N * E * 2);
-  spattn::engine::fill_random(x.p, N * E, bf16, 1);
-  spattn::engine::fill_random(qkv.p, N * 3 * E, bf16, 2);
-  const auto rows = [&](void* p) { return spattn::TensorView::contiguous3(p, bf16, {1, N, E}); };
-  const float module_ms = time_ms([&] { mha.forward(rows(x.p), rows(x.p), rows(x.p), rows(out.p)); }, reps, rounds);
+  const int64_t D = E / H;
+  tools::DeviceTensor x(bf16, {1, N, E}), out(bf16, {1, N, E}), qkv(bf16, {1, N, 3 * E}), attn_out(bf16, {1, N, H, D});
+  x.fill_random(1);
+  qkv.fill_random(2);
+  const float module_ms = time_ms([&] { mha.forward(x.view(), x.view(), x.view(), out.view()); }, reps, rounds);
 
   // The parts on buffers of their shapes: GEMMs with the module's weights and biases.
   const spattn::MultiheadWeights w = mha.weights();
   spattn::modules::Gemm gemm;
   spattn::modules::GemmArgs in{};
   in.m = 3 * E, in.n = N, in.k = E;
-  in.w = w.in_proj_weight, in.ldw = E, in.x = x.p, in.ldx = E, in.y = qkv.p, in.ldy = 3 * E, in.bias = w.in_proj_bias;
+  in.w = w.in_proj_weight, in.ldw = E, in.x = x.view().data, in.ldx = E, in.y = qkv.view().data, in.ldy = 3 * E;
+  in.bias = w.in_proj_bias;
   const float qkv_ms = time_ms([&] { gemm.run(in, true, nullptr); }, reps, rounds);
   spattn::modules::GemmArgs o{};
   o.m = E, o.n = N, o.k = E;
-  o.w = w.out_proj_weight, o.ldw = E, o.x = attn_out.p, o.ldx = E, o.y = out.p, o.ldy = E, o.bias = w.out_proj_bias;
+  o.w = w.out_proj_weight, o.ldw = E, o.x = attn_out.view().data, o.ldx = E, o.y = out.view().data, o.ldy = E;
+  o.bias = w.out_proj_bias;
   const float out_ms = time_ms([&] { gemm.run(o, true, nullptr); }, reps, rounds);
   // Q, K, V as the module's attention sees them: head views into the fused QKV rows.
-  const int64_t D = E / H;
   const auto head_view = [&](int64_t part) {
-    spattn::TensorView t = spattn::TensorView::contiguous(static_cast<char*>(qkv.p) + part * E * 2, bf16, {1, N, H, D});
+    spattn::TensorView t =
+        spattn::TensorView::contiguous(static_cast<char*>(qkv.view().data) + part * E * 2, bf16, {1, N, H, D});
     t.strides[0] = N * 3 * E;
     t.strides[1] = 3 * E;
     return t;
   };
-  const spattn::TensorView ao = spattn::TensorView::contiguous(attn_out.p, bf16, {1, N, H, D});
   spattn::Attention& attention = mha.attention();
   const float attention_ms =
-      time_ms([&] { attention.forward(head_view(0), head_view(1), head_view(2), ao); }, reps, rounds);
-  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+      time_ms([&] { attention.forward(head_view(0), head_view(1), head_view(2), attn_out.view()); }, reps, rounds);
+  tools::synchronize();
 
   const float parts = qkv_ms + attention_ms + out_ms;
   std::printf("module_bench: %s, x [1, %lld, %lld] bf16, %lld heads of %lld, pattern %s\n",
-              spattn::runtime::device_info(spattn::runtime::current_device()).name.c_str(),
+              tools::current_gpu().name.c_str(),
               static_cast<long long>(N), static_cast<long long>(E), static_cast<long long>(H),
               static_cast<long long>(D), pattern.to_json().c_str());
   std::printf("  module forward %.3f ms\n  parts: QKV GEMM %.3f + attention %.3f + output GEMM %.3f = %.3f ms\n",
