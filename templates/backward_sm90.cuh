@@ -15,7 +15,7 @@
 // warpgroup of 128 threads per 64 keys of the tile and no producer warpgroup: every
 // thread keeps all 255 registers (dK, dV, Sᵀ and dPᵀ of 64 keys take 192 at head dim
 // 128). K and V load once (TMA, or gathered by all threads); Q, dO and the rows'
-// tokens, LSE·log2(e) and row sums go through a ring of kStages query-tile stages that
+// tokens, LSE and row sums go through a ring of kStages query-tile stages that
 // warp 0 refills (TMA, or cp.async gathers completed one step later) as soon as every
 // thread has released a stage. Warpgroup c owns keys [64c, 64c + 64), and dK, dV of them
 // in registers. Per query tile, with S = scale Q Kᵀ:
@@ -64,7 +64,7 @@ struct Backward {
 
   // Shared memory, from a 1024-byte aligned base: K, V (D/64 chunks of [BN][128 B]),
   // Q and dO per stage (chunks of [BM][128 B]), two dS buffers ([BM][BN], chunks of
-  // [BM][128 B]), per stage the rows' LSE·log2(e), row sums and tokens, the key
+  // [BM][128 B]), per stage the rows' LSE, row sums and tokens, the key
   // tokens, mbarriers.
   static constexpr int kKVBytes = BN * D * 2;
   static constexpr int kQBytes = BM * D * 2;
@@ -148,9 +148,11 @@ struct Backward {
     }
   }
 
-  // Step y's query tile into stage s, by warp 0: the rows' tokens, LSE·log2(e) and row
-  // sums, then Q and dO by TMA (the stage's full barrier completes with their bytes) or
-  // as one cp.async group that complete_gather publishes later.
+  // Step y's query tile into stage s, by warp 0: the rows' tokens, and their LSE and row
+  // sums by 4-byte cp.async (warp 0 issues them and goes on: its warpgroup's products do
+  // not wait for these loads), then Q and dO by TMA (the stage's full barrier completes
+  // with their bytes and every lane's copies) or as one cp.async group that
+  // complete_gather publishes later.
   static __device__ __forceinline__ void issue_step(const SpattnBwd90Params& P, const Item& it, uint32_t base,
                                                     unsigned char* g, int y, int s, bool tma) {
     const SpattnBwdParams& p = P.base;
@@ -162,20 +164,26 @@ struct Backward {
     const bool permuted = it.t.q_slots >= 0;
     float* lse2 = lse2_of(g, s);
     const int64_t q_row0 = it.doc.q_row0;
+    const uint32_t lse_dst = smem_addr(lse2);
 #pragma unroll
     for (int r = lane; r < BM; r += 32) {
       const int token = permuted ? __ldg(p.arena + it.t.q_slots + q_tile * BM + r) : q_tile * BM + r;
       const bool valid = token >= 0 && token < it.doc.nq;
-      // +inf LSE for padding rows: their P is 0.
-      lse2[r] = valid ? __ldg(p.lse + b * p.lse_stride_b + h * p.lse_stride_h + q_row0 + token) * 1.4426950408889634f
-                      : __int_as_float(0x7f800000);
-      lse2[BM + r] = valid ? __ldg(p.dsum + ((int64_t)b * p.heads + h) * p.nq + q_row0 + token) : 0.f;
+      if (valid) {
+        cp_async_4(lse_dst + 4 * r, p.lse + b * p.lse_stride_b + h * p.lse_stride_h + q_row0 + token);
+        cp_async_4(lse_dst + 4 * (BM + r), p.dsum + ((int64_t)b * p.heads + h) * p.nq + q_row0 + token);
+      } else {
+        lse2[r] = __int_as_float(0x7f800000);  // +inf LSE for padding rows: their P is 0
+        lse2[BM + r] = 0.f;
+      }
       reinterpret_cast<int*>(lse2)[2 * BM + r] = valid ? token : -1;
     }
     const uint32_t q_dst = base + kOffQ + s * kQBytes, do_dst = base + kOffDo + s * kQBytes;
     if (tma) {
-      // Every lane arrives (releasing its own stores); lane 0 with the tiles' bytes. Rows
-      // copied in slot order (":copy") load from the copies at row copy + slot, head 0.
+      // Every lane arrives twice: now (releasing its own stores; lane 0 with the tiles'
+      // bytes) and once its row copies are complete. Rows copied in slot order (":copy")
+      // load from the copies at row copy + slot, head 0.
+      mbar_arrive_on_copies(bar.q_full(s));
       if (lane == 0) {
         const int copy = P.q_copy_row ? __ldg(P.q_copy_row + it.table * p.heads + h) : -1;
         const bool copied = copy >= 0;
@@ -370,7 +378,8 @@ struct Backward {
       }
 #pragma unroll
       for (int jn = 0; jn < BM / 8; ++jn) {
-        const float2 l2 = *reinterpret_cast<const float2*>(lse2 + jn * 8 + (lane % 4) * 2);
+        const float2 l = *reinterpret_cast<const float2*>(lse2 + jn * 8 + (lane % 4) * 2);
+        const float2 l2 = make_float2(l.x * 1.4426950408889634f, l.y * 1.4426950408889634f);  // LSE·log2(e)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int y = jn * 4 + e;
@@ -436,14 +445,16 @@ struct Backward {
           Cfg::MmaQ::ss_bt(acc_q, ds_a + (a_off >> 4), k_n + ((kk * 16 * 128) >> 4), kk > 0 ? 1 : 0);
         }
         wgmma_commit();
-        wgmma_wait_all();
-        fence_operands(acc_q);
+        // dV and dK, the last readers of the stage's Q and dO, are done: the stage is
+        // released (its rows' tokens read first) and refilled while dQ runs.
+        wgmma_wait_one();
         fence_operands(acc_dk);
         fence_operands(acc_dv);
-        // The rows' tokens are read before the stage is released (and refilled).
         const int q_rows[2] = {qtok[warp * 16 + lane / 4], qtok[warp * 16 + lane / 4 + 8]};
         mbar_arrive(bar.q_empty(stage));
         refill(P, it, base, g, x, n_steps, stage, phase, tma_q, cw * 4 + warp);
+        wgmma_wait_all();
+        fence_operands(acc_q);
         float* dq_base =
             p.dq_acc + ((int64_t)b * p.nq + it.doc.q_row0) * p.heads * D + h * D + cw * kDqCols + (lane % 4) * 2;
 #pragma unroll
@@ -506,12 +517,12 @@ struct Backward {
 
     if (threadIdx.x == 0) {
       // K/V full: thread 0's expected bytes; q full: the 32 lanes of warp 0 (lane 0 with
-      // TMA's bytes); q empty: every thread once done with the stage. (An arrival
-      // releases only the arriving thread's own accesses.)
+      // TMA's bytes), with TMA twice each (issue_step); q empty: every thread once done
+      // with the stage. (An arrival releases only the arriving thread's own accesses.)
       const Barriers bar{base + kOffBar};
       mbar_init(bar.kv_full(), 1);
       for (int s = 0; s < kStages; ++s) {
-        mbar_init(bar.q_full(s), 32);
+        mbar_init(bar.q_full(s), tma_q ? 64 : 32);
         mbar_init(bar.q_empty(s), kThreads);
       }
       asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
