@@ -205,12 +205,8 @@ struct Attention::Impl {
 
 void Attention::backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                          const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
-                         const TensorView& dv, CUstream stream) {
+                         const TensorView& dv, CUstream stream, const AdaptiveInputs* adaptive) {
   const engine::Problem p = engine::backward_problem_from_tensors(q, k, v, o, lse, d_o, dq, dk, dv);
-  if (is_adaptive(impl_->pattern))
-    SPATTN_FAIL(ErrorCode::kUnsupported,
-                "backward of adaptive patterns is not supported yet: their transposed tables would have to be built "
-                "on the GPU from each forward's chosen blocks (forward works; train with a static pattern)");
   std::lock_guard<std::mutex> lock(impl_->mu);
   const int device = impl_->options.device >= 0 ? impl_->options.device : runtime::current_device();
   // Training calls backward once per layer and step: as in forward(), a repeated problem
@@ -220,7 +216,8 @@ void Attention::backward(const TensorView& q, const TensorView& k, const TensorV
     const engine::Problem& lp = last->problem();
     if (lp.nq == p.nq && lp.nk == p.nk && lp.heads == p.heads && lp.kv_heads == p.kv_heads &&
         lp.head_dim == p.head_dim && lp.dtype == p.dtype) {
-      last->run(q, k, v, o, lse, d_o, dq, dk, dv, impl_->options.scale, stream);
+      last->run(q, k, v, o, lse, d_o, dq, dk, dv, impl_->options.scale, stream, adaptive);
+      if (last->adaptive()) impl_->last.selection = last->adaptive()->describe();
       return;
     }
   }
@@ -241,7 +238,8 @@ void Attention::backward(const TensorView& q, const TensorView& k, const TensorV
   }
   impl_->last_backward = slot.get();
   impl_->last_backward_device = device;
-  slot->run(q, k, v, o, lse, d_o, dq, dk, dv, impl_->options.scale, stream);
+  slot->run(q, k, v, o, lse, d_o, dq, dk, dv, impl_->options.scale, stream, adaptive);
+  if (slot->adaptive()) impl_->last.selection = slot->adaptive()->describe();
 }
 
 Attention::Attention(Pattern pattern, AttentionOptions options) : impl_(std::make_unique<Impl>()) {

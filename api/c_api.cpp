@@ -168,6 +168,28 @@ spattn_status spattn_attention_forward(spattn_attention_t attn, const spattn_ten
   });
 }
 
+namespace {
+
+// An adaptive call's optional tensors: absent ones (NULL or a NULL data pointer) stay null
+// pointers in AdaptiveInputs.
+struct AdaptiveViews {
+  spattn::TensorView scores, wq, wk, blocks;
+  spattn::AdaptiveInputs inputs;
+  AdaptiveViews(const spattn_tensor* s, const spattn_tensor* q, const spattn_tensor* k, const spattn_tensor* b)
+      : scores(optional_view_of(s, "scores")),
+        wq(optional_view_of(q, "wq")),
+        wk(optional_view_of(k, "wk")),
+        blocks(optional_view_of(b, "blocks")) {
+    inputs.scores = scores.data ? &scores : nullptr;
+    inputs.wq = wq.data ? &wq : nullptr;
+    inputs.wk = wk.data ? &wk : nullptr;
+    inputs.blocks = blocks.data ? &blocks : nullptr;
+  }
+  AdaptiveViews(const AdaptiveViews&) = delete;
+};
+
+}  // namespace
+
 spattn_status spattn_attention_forward_adaptive(spattn_attention_t attn, const spattn_tensor* q,
                                                 const spattn_tensor* k, const spattn_tensor* v,
                                                 const spattn_tensor* o, const spattn_tensor* lse,
@@ -176,16 +198,25 @@ spattn_status spattn_attention_forward_adaptive(spattn_attention_t attn, const s
   return guarded([&] {
     if (!attn) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "attention handle is NULL");
     const spattn::TensorView l = lse ? view_of(lse, "lse") : spattn::TensorView{};
-    // Absent (NULL or a NULL data pointer) inputs stay null pointers in AdaptiveInputs.
-    const spattn::TensorView s = optional_view_of(scores, "scores"), pq = optional_view_of(wq, "wq"),
-                             pk = optional_view_of(wk, "wk"), c = optional_view_of(blocks, "blocks");
-    spattn::AdaptiveInputs in;
-    in.scores = s.data ? &s : nullptr;
-    in.wq = pq.data ? &pq : nullptr;
-    in.wk = pk.data ? &pk : nullptr;
-    in.blocks = c.data ? &c : nullptr;
+    const AdaptiveViews in(scores, wq, wk, blocks);
     attn->attn.forward(view_of(q, "q"), view_of(k, "k"), view_of(v, "v"), view_of(o, "o"), lse ? &l : nullptr,
-                       static_cast<CUstream>(stream), &in);
+                       static_cast<CUstream>(stream), &in.inputs);
+  });
+}
+
+spattn_status spattn_attention_backward_adaptive(spattn_attention_t attn, const spattn_tensor* q,
+                                                 const spattn_tensor* k, const spattn_tensor* v,
+                                                 const spattn_tensor* o, const spattn_tensor* lse,
+                                                 const spattn_tensor* d_o, const spattn_tensor* dq,
+                                                 const spattn_tensor* dk, const spattn_tensor* dv,
+                                                 const spattn_tensor* scores, const spattn_tensor* wq,
+                                                 const spattn_tensor* wk, const spattn_tensor* blocks, void* stream) {
+  return guarded([&] {
+    if (!attn) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "attention handle is NULL");
+    const AdaptiveViews in(scores, wq, wk, blocks);
+    attn->attn.backward(view_of(q, "q"), view_of(k, "k"), view_of(v, "v"), view_of(o, "o"), view_of(lse, "lse"),
+                        view_of(d_o, "d_o"), view_of(dq, "dq"), view_of(dk, "dk"), view_of(dv, "dv"),
+                        static_cast<CUstream>(stream), &in.inputs);
   });
 }
 

@@ -185,11 +185,7 @@ PatternBuild compile_pattern(const Pattern& pattern, const std::string& arch, in
   const codegen::RenderedKernel main =
       pass == TunePass::kForward ? codegen::render_forward(spec) : codegen::render_backward(spec);
   std::vector<codegen::RenderedKernel> programs{main};
-  if (pass == TunePass::kForward) {
-    for (codegen::RenderedKernel& r : engine::companion_kernels(pattern)) programs.push_back(std::move(r));
-  } else {
-    programs.push_back(codegen::render_support_kernels());
-  }
+  for (codegen::RenderedKernel& r : engine::companion_kernels(pattern)) programs.push_back(std::move(r));
   for (const codegen::RenderedKernel& r : programs) {
     const auto t = std::chrono::steady_clock::now();
     const CacheLookup found = engine::compile_cached(r, arch);

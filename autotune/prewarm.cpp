@@ -344,8 +344,7 @@ std::vector<PlannedKernel> plan_prewarm(const Manifest& manifest, const PrewarmO
       for (const Selection& sel : n.selections) {
         const LayoutOptions options = n.documents ? engine::documents_layout_options(sel.config.layout_options())
                                                   : sel.config.layout_options();
-        const Layout layout = backward ? compile_layout(*n.pattern, n.problem.shape(), options)
-                                       : engine::forward_layout(*n.pattern, n.problem.shape(), options);
+        const Layout layout = engine::forward_layout(*n.pattern, n.problem.shape(), options);
         // The backward pass over documents runs for patterns whose document tables are
         // built on the GPU (engine::BackwardPlan); others have no kernel to prewarm.
         if (backward && n.documents && !engine::document_tables_on_gpu(layout.parts)) {
@@ -372,9 +371,10 @@ std::vector<PlannedKernel> plan_prewarm(const Manifest& manifest, const PrewarmO
     if (!use.empty()) out[it->second].uses.push_back(use);
   };
   for (const std::string& arch : archs) add(arch, "", "support kernels", codegen::render_support_kernels(), "");
-  // Adaptive patterns' selection kernels, once per arch that runs one.
+  // Adaptive patterns' selection kernels (and the backward pass's table builders), once
+  // per arch that runs one.
   for (const Need& n : needs)
-    if (n.error.empty() && n.pass == TunePass::kForward && is_adaptive(*n.pattern))
+    if (n.error.empty() && !n.selections.empty() && is_adaptive(*n.pattern))
       add(n.arch, "", "adaptive selection kernels", codegen::render_adaptive_kernels(), n.label);
   for (Need& n : needs) {
     if (!n.error.empty())

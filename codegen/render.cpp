@@ -202,7 +202,10 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   add_template(out, "spattn/ptx.cuh");
   if (sm90) add_template(out, "spattn/sm90.cuh");
   add_template(out, family.template_name);
-  if (spec.varlen && bounds) add_template(out, "spattn/varlen.cuh");
+  if (spec.varlen && bounds) {
+    add_template(out, "spattn/tables.cuh");
+    add_template(out, "spattn/varlen.cuh");
+  }
   out.threads = c.threads();
   out.smem_bytes = smem;
   return out;
@@ -298,7 +301,10 @@ RenderedKernel render_backward(const KernelSpec& spec) {
     add_template(out, "spattn/backward_sm90.cuh");
   }
   if (!sm90 || spec.deterministic) add_template(out, "spattn/backward.cuh");
-  if (bounds) add_template(out, "spattn/varlen.cuh");
+  if (bounds) {
+    add_template(out, "spattn/tables.cuh");
+    add_template(out, "spattn/varlen.cuh");
+  }
   out.threads = threads;
   out.smem_bytes = smem;
   if (spec.deterministic) {
@@ -331,6 +337,7 @@ RenderedKernel render_adaptive_kernels() {
   out.kernel_name = "spattn_adaptive_select";
   out.program_name = "spattn_adaptive.cu";
   add_template(out, "spattn/params.cuh");
+  add_template(out, "spattn/tables.cuh");
   add_template(out, "spattn/adaptive.cuh");
   out.threads = 128;
   return out;

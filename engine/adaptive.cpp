@@ -163,11 +163,10 @@ void AdaptiveSelector::project(const runtime::DeviceBuffer& pooled, const Tensor
   }
 }
 
-void AdaptiveSelector::run(const TensorView& q, const TensorView& k, const AdaptiveInputs& in, int64_t batch,
-                           const DeviceLayout& tables, CUstream stream) {
+const int32_t* AdaptiveSelector::run(const TensorView& q, const TensorView& k, const AdaptiveInputs& in,
+                                     int64_t batch, const AdaptiveTarget& target, CUstream stream) {
   check_inputs(in, batch);
-  SPATTN_REQUIRE(tables.batch_copies() >= batch, "adaptive: tables for {} batches, the call has {}",
-                 tables.batch_copies(), batch);
+  SPATTN_REQUIRE(target.copies >= batch, "adaptive: tables for {} batches, the call has {}", target.copies, batch);
   const AdaptiveGeometry& g = geometry_;
   const float* scores = nullptr;
   int64_t s_b = 0, s_h = 0, s_row = 0;
@@ -237,9 +236,9 @@ void AdaptiveSelector::run(const TensorView& q, const TensorView& k, const Adapt
   p.c_stride_row = g.max_k;
   p.c_stride_h = g.nq_blocks * g.max_k;
   p.c_stride_b = heads_ * p.c_stride_h;
-  p.arena = const_cast<int32_t*>(tables.arena());
-  p.tables = tables.tables();
-  p.arena_stride_b = tables.arena_stride();
+  p.arena = target.arena;
+  p.tables = target.tables;
+  p.arena_stride_b = target.stride;
   p.batch = i32(batch, "batch");
   p.heads = i32(heads_, "heads");
   p.nq_blocks = i32(g.nq_blocks, "query blocks");
@@ -265,6 +264,7 @@ void AdaptiveSelector::run(const TensorView& q, const TensorView& k, const Adapt
   const unsigned smem = p.stage_row ? static_cast<unsigned>(warps * row_bytes) : 0u;
   void* args[] = {&p};
   select_->kernel.launch({static_cast<unsigned>(ctas)}, {threads}, smem, stream, args);
+  return chosen;
 }
 
 }  // namespace spattn::engine

@@ -8,6 +8,7 @@
 #include <spattn/tensor.hpp>
 
 #include <string>
+#include <vector>
 
 #include "engine/device_layout.hpp"
 #include "engine/jit.hpp"
@@ -19,16 +20,29 @@ namespace spattn::engine {
 
 struct Problem;
 
+// Where a selection writes its tables: `copies` copies of an arena, `stride` elements
+// apart (one per batch), and one descriptor per query head (its row offsets are read from
+// the first copy; full counts and key tiles are written into each batch's copy).
+struct AdaptiveTarget {
+  int32_t* arena = nullptr;
+  const SpattnTable* tables = nullptr;
+  int32_t stride = 0;
+  int64_t copies = 0;
+};
+
 class AdaptiveSelector {
  public:
   // The geometry of the plan's problem; tiles as in its layout (adaptive_layout).
   AdaptiveSelector(const Pattern& pattern, const Problem& problem, int64_t tile_m, int64_t tile_n, int device);
 
   // Scores (computed or from `inputs`), selection and this call's tables for `batch`
-  // batches into `tables` (which holds `batch` copies of the arena). Checks the inputs'
-  // shapes first (kInvalidArgument naming the tensor and the expected shape).
-  void run(const TensorView& q, const TensorView& k, const AdaptiveInputs& inputs, int64_t batch,
-           const DeviceLayout& tables, CUstream stream);
+  // batches into `target` (which holds at least `batch` copies). Checks the inputs'
+  // shapes first (kInvalidArgument naming the tensor and the expected shape). Returns
+  // the chosen blocks on the device, [batch, Hq, nq_blocks, max_k] contiguous (the
+  // caller's `inputs.blocks` when given), ready in stream order.
+  const int32_t* run(const TensorView& q, const TensorView& k, const AdaptiveInputs& inputs, int64_t batch,
+                     const AdaptiveTarget& target, CUstream stream);
+  const AdaptiveGeometry& geometry() const { return geometry_; }
 
   // One line for explain(): the selection and where its scores came from.
   std::string describe() const;
@@ -49,6 +63,43 @@ class AdaptiveSelector {
   runtime::DeviceBuffer rows_;  // k, diagonal, allowed per query block (int32, 3 x nq_blocks)
   runtime::DeviceBuffer pooled_q_, pooled_k_, proj_q_, proj_k_, scores_, chosen_;
   std::string last_source_ = "not run yet";
+};
+
+// The backward pass's tables of an adaptive pattern, built per call on the GPU: the
+// selection runs again on the call's inputs (the forward's, so it chooses the same blocks)
+// and writes the forward rows at the backward tiles, then their columns are transposed
+// (SpattnAdaptiveColumnsParams) — in every batch's copy of one capacity arena. Table h
+// serves query head h; the work list holds every key tile of every head.
+class AdaptiveBackwardTables {
+ public:
+  // `layout`: adaptive_layout at the backward config's tiles.
+  AdaptiveBackwardTables(const Pattern& pattern, const Layout& layout, const Problem& problem, int device,
+                         bool deterministic);
+  ~AdaptiveBackwardTables();
+
+  // This call's tables for `batch` batches on `stream` (growing the copies first).
+  void build(const TensorView& q, const TensorView& k, const AdaptiveInputs& inputs, int64_t batch,
+             CUstream stream);
+
+  const DeviceBackwardLayout& tables() const { return tables_; }
+  int32_t arena_stride() const { return stride_; }
+  std::string describe() const { return selector_.describe(); }
+
+ private:
+  void reserve(int64_t batch);
+
+  AdaptiveSelector selector_;
+  int64_t heads_;
+  int tile_m_, tile_n_;
+  int64_t num_q_tiles_, num_k_tiles_;
+  PackedBackwardTables packed_;  // one copy
+  std::vector<SpattnTable> forward_;  // per head: the forward rows inside the arena
+  int64_t copies_ = 0;
+  int32_t stride_ = 0;
+  DeviceBackwardLayout tables_;
+  const JitKernel* columns_ = nullptr;
+  const JitKernel* transpose_ = nullptr;
+  runtime::DeviceBuffer forward_tables_, counts_;
 };
 
 }  // namespace spattn::engine

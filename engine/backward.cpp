@@ -40,7 +40,9 @@ BackwardPlan::BackwardPlan(const Pattern& pattern, const Problem& problem, const
                         info.smem_per_block_optin);
   LayoutOptions layout_options = config.layout_options();
   if (documents) layout_options = documents_plan_options(pattern, problem.heads, layout_options);
-  layout_ = compile_layout(pattern, problem.shape(), layout_options);
+  SPATTN_REQUIRE(!(documents && is_adaptive(pattern)),
+                 "adaptive patterns do not run over documents (documents_supported)");
+  layout_ = forward_layout(pattern, problem.shape(), layout_options);
   if (documents) check_documents_backward(pattern, layout_);
   codegen::KernelSpec spec = kernel_spec_for(layout_, config, problem, info.arch(), documents);
   spec.deterministic = deterministic;
@@ -59,6 +61,13 @@ BackwardPlan::BackwardPlan(const Pattern& pattern, const Problem& problem, const
     documents_ = std::make_unique<DocumentBackwardTables>(layout_, rendered_, device, problem.heads,
                                                           problem.heads / problem.kv_heads, deterministic);
     log::debug("backward plan {} | {}{} | documents (tables built per call) | kernel {} ({})", problem.to_string(),
+               config.to_string(), deterministic ? " deterministic" : "", rendered_.program_name,
+               bwd_->cache_hit ? "cache hit" : "compiled");
+    return;
+  }
+  if (is_adaptive(pattern)) {
+    adaptive_ = std::make_unique<AdaptiveBackwardTables>(pattern, layout_, problem, device, deterministic);
+    log::debug("backward plan {} | {}{} | adaptive (tables built per call) | kernel {} ({})", problem.to_string(),
                config.to_string(), deterministic ? " deterministic" : "", rendered_.program_name,
                bwd_->cache_hit ? "cache hit" : "compiled");
     return;
@@ -82,14 +91,19 @@ BackwardPlan::~BackwardPlan() = default;
 
 void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                        const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
-                       const TensorView& dv, float scale, CUstream stream) {
+                       const TensorView& dv, float scale, CUstream stream, const AdaptiveInputs* adaptive) {
   SPATTN_REQUIRE(!documents_, "a documents backward plan runs through run_documents (internal)");
+  SPATTN_REQUIRE(adaptive_ || adaptive == nullptr ||
+                     (!adaptive->scores && !adaptive->wq && !adaptive->wk && !adaptive->blocks),
+                 "adaptive inputs (scores, projections, chosen blocks) were given for the backward pass of a static "
+                 "pattern; they belong to adaptive patterns only");
   const Problem p = backward_problem_from_tensors(q, k, v, o, lse, d_o, dq, dk, dv);
   SPATTN_REQUIRE(p.nq == problem_.nq && p.nk == problem_.nk && p.heads == problem_.heads &&
                      p.kv_heads == problem_.kv_heads && p.head_dim == problem_.head_dim && p.dtype == problem_.dtype,
                  "tensors ({}) do not match the backward plan ({})", p.to_string(), problem_.to_string());
   SPATTN_REQUIRE(p.batch <= 65535, "batch {} exceeds the launch grid limit 65535", p.batch);
   runtime::make_current(device_);
+  if (adaptive_) adaptive_->build(q, k, adaptive ? *adaptive : AdaptiveInputs{}, p.batch, stream);
   execute(q, k, v, o, lse, d_o, dq, dk, dv, p, scale, stream);
 }
 
@@ -127,18 +141,20 @@ void BackwardPlan::execute(const TensorView& q, const TensorView& k, const Tenso
     return reinterpret_cast<uintptr_t>(t.data) % 4 == 0 && t.strides[0] % 2 == 0 && t.strides[1] % 2 == 0 &&
            t.strides[2] % 2 == 0;
   };
-  // Documents: rows outside every document and key tiles no query tile attends have no
-  // writer; the outputs are cleared first (which needs them contiguous).
+  // Tables built per call (documents, adaptive patterns): rows outside every document and
+  // key tiles no query tile attends have no writer; the outputs are cleared first (which
+  // needs them contiguous).
+  const bool per_call = documents_ || adaptive_;
   auto dense = [&](const TensorView& t) {
     return t.strides[3] == 1 && t.strides[2] == p.head_dim && t.strides[1] == p.kv_heads * p.head_dim &&
            t.strides[0] == p.nk * p.kv_heads * p.head_dim;
   };
   const bool direct_kv = tables.num_items() > 0 && tables.sole_key_writer() && pairs_aligned(dk) &&
-                         pairs_aligned(dv) && (!documents_ || (dense(dk) && dense(dv)));
+                         pairs_aligned(dv) && (!per_call || (dense(dk) && dense(dv)));
   ensure(dsum_, rows * 4);
   ensure(dq_acc_, q_elems * 4);
   SPATTN_CU_CHECK(cuMemsetD32Async(dq_acc_.get(), 0, q_elems, stream));
-  if (direct_kv && documents_) {
+  if (direct_kv && per_call) {
     SPATTN_CU_CHECK(cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(dk.data), 0, k_elems * 2, stream));
     SPATTN_CU_CHECK(cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(dv.data), 0, k_elems * 2, stream));
   }
@@ -200,6 +216,7 @@ void BackwardPlan::execute(const TensorView& q, const TensorView& k, const Tenso
     bp.scale_log2 = scale * 1.4426950408889634f;
     bp.arena = tables.arena();
     bp.tables = tables.tables();
+    bp.arena_stride_b = adaptive_ ? adaptive_->arena_stride() : 0;
     if (documents_) {
       bp.vl_tiles = documents_->tiles();
       bp.vl_ktiles = documents_->key_tiles();

@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "codegen/kernel_spec.hpp"
+#include "engine/adaptive.hpp"
 #include "engine/device_layout.hpp"
 #include "engine/forward.hpp"
 #include "engine/jit.hpp"
@@ -42,9 +43,11 @@ class BackwardPlan {
   ~BackwardPlan();
 
   // Asynchronous on `stream`. scale <= 0 means 1/sqrt(D); it must be the forward's.
+  // Adaptive patterns: `adaptive` are the forward's inputs (the selection runs again on
+  // them and on q, k, choosing the same blocks); null means computed scores.
   void run(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o, const TensorView& lse,
            const TensorView& d_o, const TensorView& dq, const TensorView& dk, const TensorView& dv, float scale,
-           CUstream stream);
+           CUstream stream, const AdaptiveInputs* adaptive = nullptr);
   // Documents plans: builds this call's tables from `lengths` on the stream, then runs the
   // same kernels. The views are [B, N, H, D] (packed documents as one batch of all rows),
   // `lse` [B, Hq, N] as the documents forward wrote it; with `check` the host waits for
@@ -53,6 +56,7 @@ class BackwardPlan {
                      const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
                      const TensorView& dv, const DocumentLengths& lengths, bool check, float scale, CUstream stream);
   const DocumentBackwardTables* documents() const { return documents_.get(); }
+  const AdaptiveBackwardTables* adaptive() const { return adaptive_.get(); }
 
   const Problem& problem() const { return problem_; }  // batch 1: the plan serves any batch
   const Layout& layout() const { return layout_; }
@@ -63,7 +67,9 @@ class BackwardPlan {
   bool deterministic() const { return deterministic_; }
 
  private:
-  const DeviceBackwardLayout& device_tables() const { return documents_ ? documents_->tables() : tables_; }
+  const DeviceBackwardLayout& device_tables() const {
+    return documents_ ? documents_->tables() : adaptive_ ? adaptive_->tables() : tables_;
+  }
   // Everything after the tables exist: row sums, the key-tile (and dQ) kernels, conversions.
   void execute(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
@@ -82,6 +88,7 @@ class BackwardPlan {
   DeviceBackwardLayout tables_;
   RowCopies copies_;  // ":copy" (sm90): the permuted rows of Q, dO, K, V in slot order
   std::unique_ptr<DocumentBackwardTables> documents_;  // documents: tables built per call
+  std::unique_ptr<AdaptiveBackwardTables> adaptive_;   // adaptive patterns: tables built per call
   runtime::DeviceBuffer dsum_, dq_acc_, dk_acc_, dv_acc_;
 };
 

@@ -271,7 +271,10 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
   runtime::make_current(device_);
   if (adaptive_) {
     reserve_batch(p.batch);
-    adaptive_->run(q, k, adaptive ? *adaptive : AdaptiveInputs{}, p.batch, tables_, stream);
+    adaptive_->run(q, k, adaptive ? *adaptive : AdaptiveInputs{}, p.batch,
+                   {const_cast<int32_t*>(tables_.arena()), tables_.tables(), tables_.arena_stride(),
+                    tables_.batch_copies()},
+                   stream);
   }
   execute(q, k, v, o, lse, p, scale, stream);
 }

@@ -69,8 +69,8 @@ bool encode_tile_map(SpattnTensorMap& map, const TensorView& t, int rows);
 // kernel (plans, `spattn compile`, prewarm) asks these.
 Layout forward_layout(const Pattern& pattern, const Shape& shape, const LayoutOptions& options);
 LayoutStats forward_layout_stats(const Pattern& pattern, const Layout& layout, int64_t head_dim);
-// The programs a forward pass of `pattern` loads besides its own kernel: the support
-// kernels, and for adaptive patterns the selection kernels.
+// The programs a forward or backward pass of `pattern` loads besides its own kernel: the
+// support kernels, and for adaptive patterns the selection (and backward table) kernels.
 std::vector<codegen::RenderedKernel> companion_kernels(const Pattern& pattern);
 
 // The spec the plan's kernel is generated from, and its rendered source. The layout

@@ -144,14 +144,22 @@ KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, 
   auto fits = [&](const KernelConfig& c) {
     return limit <= 0 || std::max(backward_smem_bytes(c, d), backward_dq_smem_bytes(c, d)) <= limit;
   };
+  // Adaptive patterns: both tiles divide the block (key tiles are 64 or 128 keys).
+  const int64_t block = is_adaptive(pattern) ? std::get<Adaptive>(pattern.node()).block : 0;
+  if (block > 0 && block % 64 != 0)
+    SPATTN_FAIL(ErrorCode::kUnsupported,
+                "backward of adaptive block {}: the backward kernels take 64 or 128 keys per CTA and their tiles must "
+                "divide the block; blocks that are multiples of 64 train",
+                block);
+  auto divides = [&](const KernelConfig& c) { return block == 0 || (block % c.tile_m == 0 && block % c.tile_n == 0); };
   std::string why_not;
   if (!family_supports(KernelFamily::kSm90, d, problem.dtype, device.arch(), &why_not)) {
     why_not = "not sm90: " + why_not;
   } else if (d != 128) {
     why_not = fmt::format("not sm90: its backward is measured faster at head dim 128 only (not {})", d);
   } else {
-    const LayoutTraits traits = layout_traits_or_default(pattern, problem);
-    KernelConfig c = KernelConfig::parse("sm90:64x128s2");
+    const LayoutTraits traits = block > 0 ? LayoutTraits{} : layout_traits_or_default(pattern, problem);
+    KernelConfig c = KernelConfig::parse(block > 0 && block % 128 != 0 ? "sm90:64x64s2" : "sm90:64x128s2");
     if (traits.permutes) c.gather = TokenGather::kCopy;
     if (traits.permutes && traits.mostly_partial) {
       why_not = "not sm90: the layout permutes tokens and most of its tiles are partial, whose mask the sm80 kernel "
@@ -160,9 +168,10 @@ KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, 
       why_not = fmt::format("not sm90: {} B of shared memory per block allowed", limit);
     } else {
       check_backward_config(c, d, problem.dtype, device.arch(), limit);
-      return {c, fmt::format("heuristic (backward, sm90 family: wgmma, 128 keys per CTA in two warpgroups, 64 "
-                             "queries per step, two query-tile stages, {} B of shared memory{})",
-                             backward_smem_bytes(c, d),
+      return {c, fmt::format("heuristic (backward, sm90 family: wgmma, {} keys per CTA in {} warpgroup{}, 64 "
+                             "queries per step, two query-tile stages, {} B of shared memory{}{})",
+                             c.tile_n, c.tile_n / 64, c.tile_n > 64 ? "s" : "", backward_smem_bytes(c, d),
+                             block > 0 ? fmt::format("; adaptive block {}: the tiles divide it", block) : "",
                              traits.permutes ? "; permuted tokens copied in slot order before the kernel, then "
                                                "loaded by TMA"
                                              : "")};
@@ -170,7 +179,7 @@ KernelChoice backward_heuristic(const Pattern& pattern, const Problem& problem, 
   }
   for (const char* text : {"64x128w8s2", "64x128w8s1", "64x64w4s2", "64x64w4s1"}) {
     KernelConfig c = KernelConfig::parse(text);
-    if (!fits(c)) continue;
+    if (!fits(c) || !divides(c)) continue;
     check_backward_config(c, d, problem.dtype, device.arch(), limit);
     return {c, fmt::format("heuristic (backward, sm80 family: {} keys per CTA, {} queries per step, {} query-tile "
                            "buffer{}, {} B of shared memory of {} allowed; {})",

@@ -7,9 +7,12 @@
 //    then the key tiles of every query tile of the block, full before partial, into this
 //    batch's copy of the table arena. No host round trip: the forward kernel runs next
 //    on the same stream.
+//  - adaptive_columns, adaptive_transpose (backward pass, after the selection at the
+//    backward tiles): the forward rows' columns (SpattnAdaptiveColumnsParams).
 #pragma once
 
 #include "spattn/params.cuh"
+#include "spattn/tables.cuh"
 
 namespace spattn {
 
@@ -210,8 +213,63 @@ __device__ void adaptive_select(const SpattnAdaptiveSelectParams& p) {
   }
 }
 
+// One CTA per (batch, head): the key blocks' counts of choosing query blocks, then the
+// key tiles' column offsets (room for every query tile of every such block).
+__device__ void adaptive_columns(const SpattnAdaptiveColumnsParams& p) {
+  constexpr int kThreads = kSpattnAdaptiveColumnsThreads;
+  __shared__ int warp_counts[kThreads / 32];
+  const int bh = blockIdx.x, b = bh / p.heads, h = bh % p.heads, tid = threadIdx.x;
+  int32_t* counts = p.counts + (int64_t)bh * p.nk_blocks;
+  for (int j = tid; j < p.nk_blocks; j += kThreads) counts[j] = 0;
+  __syncthreads();
+  const int32_t* chosen = p.chosen + (int64_t)bh * p.nq_blocks * p.max_k;
+  for (int64_t x = tid; x < (int64_t)p.nq_blocks * p.max_k; x += kThreads) {
+    const int J = __ldg(chosen + x);
+    if (J >= 0) atomicAdd(counts + J, 1);
+  }
+  __syncthreads();  // the counts (in L2) are visible to the block after the barrier
+  int32_t* arena = p.arena + (int64_t)b * p.arena_stride_b;
+  const SpattnBwdTable t = p.tables[h];
+  int before = 0;
+  for (int k0 = 0; k0 < t.num_k_tiles; k0 += kThreads) {
+    const int kt = k0 + tid;
+    const int room = kt < t.num_k_tiles ? __ldcg(counts + kt / p.k_tiles_per_block) * p.q_tiles_per_block : 0;
+    int chunk = 0;
+    const int at = before + block_exclusive_sum<kThreads>(room, warp_counts, chunk);
+    if (kt < t.num_k_tiles) arena[t.col_ptr + kt] = at;
+    before += chunk;
+  }
+  if (tid == 0) arena[t.col_ptr + t.num_k_tiles] = before;
+}
+
+// One CTA per (key tile, batch x head): the key tile's column from this batch's forward
+// rows. Partial pairs above the causal diagonal (the chosen diagonal block's tiles past
+// the query tile) allow nothing and are left out.
+__device__ void adaptive_transpose(const SpattnAdaptiveColumnsParams& p) {
+  constexpr int kThreads = kSpattnAdaptiveColumnsThreads;
+  __shared__ int warp_counts[kThreads / 32];
+  const int kt = blockIdx.x, bh = blockIdx.y, b = bh / p.heads, h = bh % p.heads;
+  int32_t* arena = p.arena + (int64_t)b * p.arena_stride_b;
+  const SpattnBwdTable t = p.tables[h];
+  int count = 0, full = 0;
+  if (__ldcg(p.counts + (int64_t)bh * p.nk_blocks + kt / p.k_tiles_per_block) > 0) {
+    const int shift = p.nk - p.nq, j0 = kt * p.tile_n;
+    auto drop = [&](int qt) { return p.causal && j0 > min((qt + 1) * p.tile_m, p.nq) - 1 + shift; };
+    transpose_column<kThreads>(arena, t, 0, p.num_q_tiles, kt, arena + t.rows + __ldg(arena + t.col_ptr + kt),
+                               warp_counts, count, full, drop);
+  }
+  if (threadIdx.x == 0) {
+    arena[t.full_count + kt] = full;
+    arena[t.col_len + kt] = count;
+  }
+}
+
 }  // namespace spattn
 
 extern "C" __global__ void spattn_adaptive_pool_bf16(const SpattnAdaptivePoolParams p) { spattn::adaptive_pool<true>(p); }
 extern "C" __global__ void spattn_adaptive_pool_fp16(const SpattnAdaptivePoolParams p) { spattn::adaptive_pool<false>(p); }
 extern "C" __global__ void spattn_adaptive_select(const SpattnAdaptiveSelectParams p) { spattn::adaptive_select(p); }
+extern "C" __global__ void spattn_adaptive_columns(const SpattnAdaptiveColumnsParams p) { spattn::adaptive_columns(p); }
+extern "C" __global__ void spattn_adaptive_transpose(const SpattnAdaptiveColumnsParams p) {
+  spattn::adaptive_transpose(p);
+}

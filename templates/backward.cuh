@@ -210,11 +210,12 @@ struct Backward {
 
     const int32_t* qslots = t.q_slots >= 0 ? p.arena + t.q_slots : nullptr;
     const int32_t* kslots = Cfg::kPermutedKeys && t.k_slots >= 0 ? p.arena + t.k_slots : nullptr;
-    const int begin = __ldg(p.arena + t.col_ptr + k_tile);
-    const int n_tiles = t.col_len >= 0 ? __ldg(p.arena + t.col_len + k_tile)
-                                       : __ldg(p.arena + t.col_ptr + k_tile + 1) - begin;
-    const int n_full = __ldg(p.arena + t.full_count + k_tile);
-    const int32_t* q_list = p.arena + t.rows + begin;
+    const int32_t* columns = p.arena + (int64_t)b * p.arena_stride_b;  // this batch's columns
+    const int begin = __ldg(columns + t.col_ptr + k_tile);
+    const int n_tiles = t.col_len >= 0 ? __ldg(columns + t.col_len + k_tile)
+                                       : __ldg(columns + t.col_ptr + k_tile + 1) - begin;
+    const int n_full = __ldg(columns + t.full_count + k_tile);
+    const int32_t* q_list = columns + t.rows + begin;
     // The work list holds only key tiles that some query tile attends, or (documents)
     // the dK, dV outputs are zero where none does.
     if (n_tiles <= 0) return;
@@ -479,11 +480,11 @@ struct BackwardDq {
 
     const int32_t* qslots = t.q_slots >= 0 ? p.arena + t.q_slots : nullptr;
     const int32_t* kslots = Cfg::kPermutedKeys && t.k_slots >= 0 ? p.arena + t.k_slots : nullptr;
-    const int begin = __ldg(p.arena + t.row_ptr + q_tile);
-    const int n_tiles = t.row_len >= 0 ? __ldg(p.arena + t.row_len + q_tile)
-                                       : __ldg(p.arena + t.row_ptr + q_tile + 1) - begin;
-    const int n_full = __ldg(p.arena + t.row_full + q_tile);
-    const int32_t* k_list = p.arena + t.cols + begin;
+    const int32_t* rows = p.arena + (int64_t)b * p.arena_stride_b;  // this batch's rows
+    const int begin = __ldg(rows + t.row_ptr + q_tile);
+    const int n_tiles = t.row_len >= 0 ? __ldg(rows + t.row_len + q_tile) : __ldg(rows + t.row_ptr + q_tile + 1) - begin;
+    const int n_full = __ldg(rows + t.row_full + q_tile);
+    const int32_t* k_list = rows + t.cols + begin;
     if (n_tiles <= 0) return;
 
     const elem* qbase = static_cast<const elem*>(p.q) + b * p.q_stride_b + doc.q_row0 * p.q_stride_n + h * p.q_stride_h;

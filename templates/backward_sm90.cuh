@@ -118,11 +118,12 @@ struct Backward {
       it.k_local = __ldg(p.vl_ktiles + 2 * it.k_tile + 1);
       it.doc = DocRows::of(p.vl_docs, d);
     }
-    const int begin = __ldg(p.arena + it.t.col_ptr + it.k_tile);
-    it.n_tiles = it.t.col_len >= 0 ? __ldg(p.arena + it.t.col_len + it.k_tile)
-                                   : __ldg(p.arena + it.t.col_ptr + it.k_tile + 1) - begin;
-    it.n_full = __ldg(p.arena + it.t.full_count + it.k_tile);
-    it.q_list = p.arena + it.t.rows + begin;
+    const int32_t* columns = p.arena + (int64_t)it.doc.b * p.arena_stride_b;  // this batch's columns
+    const int begin = __ldg(columns + it.t.col_ptr + it.k_tile);
+    it.n_tiles = it.t.col_len >= 0 ? __ldg(columns + it.t.col_len + it.k_tile)
+                                   : __ldg(columns + it.t.col_ptr + it.k_tile + 1) - begin;
+    it.n_full = __ldg(columns + it.t.full_count + it.k_tile);
+    it.q_list = columns + it.t.rows + begin;
     return it;
   }
 

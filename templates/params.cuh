@@ -184,6 +184,11 @@ struct SpattnBwdParams {
   float scale, scale_log2;
   const int32_t* arena;
   const SpattnBwdTable* tables;
+  // Elements between per-batch copies of the tables' columns and rows (col_ptr,
+  // full_count, rows, col_len; row_ptr, row_full, cols): tables the GPU writes per batch
+  // (adaptive patterns); 0: one copy serves every batch. Heads and token slots are read
+  // from the first copy.
+  int32_t arena_stride_b;
   // 4 ints per item: table, tile (a key tile; for the dQ kernel a query tile), first
   // index into the table's heads, number of heads (consecutive, of one KV head).
   const int32_t* work;
@@ -327,6 +332,29 @@ struct SpattnAdaptiveSelectParams {
   // global memory (rows too long for shared memory).
   int32_t stage_row;
 };
+
+// Adaptive patterns' backward tables (templates/adaptive.cuh), per call after the
+// selection has written the forward rows at the backward tiles into each batch's copy of
+// the arena (table h serves head h):
+//  - columns (one CTA per (batch, head)): counts per key block the query blocks that chose
+//    it (`chosen` as the selection wrote it, -1 past k_I) into `counts` (nk_blocks ints
+//    per (batch, head), scratch), then col_ptr: every key tile of block J gets room for
+//    counts[J] * q_tiles_per_block query tiles;
+//  - transpose (one CTA per (key tile, batch x head)): the key tile's column, full query
+//    tiles first (as the forward rows classify them), partial ones whose causal mask
+//    allows any pair, then full_count and col_len.
+struct SpattnAdaptiveColumnsParams {
+  const int32_t* chosen;  // [B, Hq, nq_blocks, max_k]
+  int32_t* counts;        // [B * Hq, nk_blocks]
+  int32_t* arena;
+  const SpattnBwdTable* tables;
+  int32_t arena_stride_b;
+  int32_t heads, nq_blocks, nk_blocks, max_k;
+  int32_t q_tiles_per_block, k_tiles_per_block, tile_m, tile_n;
+  int32_t num_q_tiles, num_k_tiles;  // tiles of the problem (key tiles inside Nk)
+  int32_t nq, nk, causal;
+};
+constexpr int kSpattnAdaptiveColumnsThreads = 256;
 
 // Documents (templates/varlen.cuh), first kernel: the documents of a call from its
 // lengths and every table query tile's document. Packed documents (cu_q non-null):

@@ -15,6 +15,7 @@
 #pragma once
 
 #include "spattn/params.cuh"
+#include "spattn/tables.cuh"
 
 namespace spattn {
 namespace varlen {
@@ -30,46 +31,6 @@ __device__ __forceinline__ void fail(int32_t* status, int code, int doc, int val
     status[2] = value;
     status[3] = limit;
   }
-}
-
-// Exclusive prefix of `pred` over the block (blockDim.x = kThreads, a multiple of 32);
-// `total` gets the block's count. Every thread must call it.
-template <int kThreads>
-__device__ __forceinline__ int block_prefix(bool pred, int* warp_counts, int& total) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const unsigned ballot = __ballot_sync(0xffffffffu, pred);
-  if (lane == 0) warp_counts[warp] = __popc(ballot);
-  __syncthreads();
-  int before = 0;
-  total = 0;
-#pragma unroll
-  for (int w = 0; w < kThreads / 32; ++w) {
-    before += w < warp ? warp_counts[w] : 0;
-    total += warp_counts[w];
-  }
-  __syncthreads();
-  return before + __popc(ballot & ((1u << lane) - 1u));
-}
-
-// Exclusive prefix sum of `value` over the block (blockDim.x = kDocsThreads); `total`
-// gets the block's sum. Every thread must call it.
-__device__ __forceinline__ int block_exclusive_sum(int value, int* warp_counts, int& total) {
-  int incl = value;
-#pragma unroll
-  for (int s = 1; s < 32; s <<= 1) {
-    const int v = __shfl_up_sync(0xffffffffu, incl, s);
-    if (threadIdx.x % 32 >= s) incl += v;
-  }
-  if (threadIdx.x % 32 == 31) warp_counts[threadIdx.x / 32] = incl;
-  __syncthreads();
-  int before = 0;
-  total = 0;
-  for (int w = 0; w < kDocsThreads / 32; ++w) {
-    before += w < static_cast<int>(threadIdx.x) / 32 ? warp_counts[w] : 0;
-    total += warp_counts[w];
-  }
-  __syncthreads();
-  return before + incl - value;
 }
 
 // Document e of the call: {batch index, first query row, query rows, first key row, key rows}.
@@ -144,8 +105,8 @@ __device__ void varlen_docs(const SpattnVarlenDocsParams& p) {
     const int tiles = e < entries ? (d[2] + p.tile_m - 1) / p.tile_m : 0;
     const int ktiles = e < entries && p.vl_ktiles ? (d[4] + p.tile_n - 1) / p.tile_n : 0;
     int chunk_tiles = 0, chunk_ktiles = 0;
-    const int first = first_tile + block_exclusive_sum(tiles, warp_counts, chunk_tiles);
-    const int kfirst = first_ktile + block_exclusive_sum(ktiles, warp_counts, chunk_ktiles);
+    const int first = first_tile + block_exclusive_sum<kDocsThreads>(tiles, warp_counts, chunk_tiles);
+    const int kfirst = first_ktile + block_exclusive_sum<kDocsThreads>(ktiles, warp_counts, chunk_ktiles);
     if (e < entries) {
       int32_t* out = p.vl_docs + kSpattnDocInts * e;
 #pragma unroll
@@ -291,7 +252,7 @@ __device__ void varlen_order(const SpattnVarlenOrderParams& p) {
     const int b = b0 + tid;
     const int count = b < bins ? __ldcg(p.bins + b) : 0;  // counted by atomics (in L2)
     int chunk = 0;
-    const int at = before + block_exclusive_sum(count, warp_counts, chunk);
+    const int at = before + block_exclusive_sum<kDocsThreads>(count, warp_counts, chunk);
     if (b < bins) p.bins[b] = at;
     before += chunk;
   }
@@ -302,17 +263,6 @@ __device__ void varlen_order(const SpattnVarlenOrderParams& p) {
 #pragma unroll
     for (int x = 0; x < 6; ++x) p.work_out[6 * to + x] = __ldg(w + x);
   }
-}
-
-// Whether the ascending list [first, first + n) holds `value`.
-__device__ __forceinline__ bool holds(const int32_t* first, int n, int value) {
-  int lo = 0, hi = n;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (__ldg(first + mid) < value) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo < n && __ldg(first + lo) == value;
 }
 
 // The backward pass's columns (SpattnVarlenTransposeParams): per key tile of a
@@ -328,25 +278,8 @@ __device__ void varlen_transpose(const SpattnVarlenTransposeParams& p) {
     const int local = __ldg(p.vl_ktiles + 2 * k + 1);
     const int32_t* d = p.vl_docs + kSpattnDocInts * doc;
     const int q_tiles = (__ldg(d + 2) + p.tile_m - 1) / p.tile_m, g0 = __ldg(d + 5);
-    int32_t* rows = p.arena + t.rows + (int64_t)k * p.col_capacity;
-    for (int want_full = 1; want_full >= 0; --want_full) {
-      for (int i0 = 0; i0 < q_tiles; i0 += kTablesThreads) {
-        const int i = i0 + tid;
-        bool pick = false;
-        if (i < q_tiles) {
-          const int g = g0 + i;
-          const int begin = __ldg(p.arena + t.row_ptr + g), n_full = __ldg(p.arena + t.row_full + g);
-          const int len = __ldg(p.arena + t.row_len + g);
-          pick = want_full ? holds(p.arena + t.cols + begin, n_full, local)
-                           : holds(p.arena + t.cols + begin + n_full, len - n_full, local);
-        }
-        int chunk = 0;
-        const int at = block_prefix<kTablesThreads>(pick, warp_counts, chunk);
-        if (pick) rows[count + at] = i;
-        count += chunk;
-      }
-      if (want_full) full = count;
-    }
+    transpose_column<kTablesThreads>(p.arena, t, g0, q_tiles, local, p.arena + t.rows + (int64_t)k * p.col_capacity,
+                                     warp_counts, count, full, [](int) { return false; });
   }
   if (tid == 0) {
     p.arena[t.full_count + k] = full;

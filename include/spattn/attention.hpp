@@ -105,9 +105,13 @@ class Attention {
   // required and must be the forward's; o and d_o are like q. Asynchronous on `stream`.
   // Rows with no allowed key get zero gradients. Accumulates in fp32 with atomics, so
   // results may differ in the last bits from run to run.
+  // Adaptive patterns: `adaptive` takes the forward's scores or projections (its `blocks`
+  // output may be given again or left null): the selection runs again on them and on q, k
+  // and chooses the forward's blocks; gradients flow through the attention over those
+  // blocks, not through the selection. Adaptive blocks must be multiples of 64 here.
   void backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                 const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
-                const TensorView& dv, CUstream stream = nullptr);
+                const TensorView& dv, CUstream stream = nullptr, const AdaptiveInputs* adaptive = nullptr);
 
   // Gradients of forward_varlen / forward_padded with the same documents (or padding):
   // tensors as those calls take them (lse required: [Hq, total_q] for packed documents,

@@ -122,6 +122,20 @@ spattn_status spattn_attention_backward(spattn_attention_t attn, const spattn_te
                                         const spattn_tensor* d_o, const spattn_tensor* dq, const spattn_tensor* dk,
                                         const spattn_tensor* dv, void* stream);
 
+/* Gradients of spattn_attention_forward_adaptive: the tensors of spattn_attention_backward,
+ * and the forward's scores or wq / wk (NULL, or a NULL data pointer, where the forward had
+ * none): the selection runs again on them and chooses the forward's blocks; blocks, when
+ * given, receives them again. Gradients flow through the attention over the chosen
+ * blocks, not through the selection. SPATTN_ERROR_UNSUPPORTED for blocks that are not
+ * multiples of 64. */
+spattn_status spattn_attention_backward_adaptive(spattn_attention_t attn, const spattn_tensor* q,
+                                                 const spattn_tensor* k, const spattn_tensor* v,
+                                                 const spattn_tensor* o, const spattn_tensor* lse,
+                                                 const spattn_tensor* d_o, const spattn_tensor* dq,
+                                                 const spattn_tensor* dk, const spattn_tensor* dv,
+                                                 const spattn_tensor* scores, const spattn_tensor* wq,
+                                                 const spattn_tensor* wk, const spattn_tensor* blocks, void* stream);
+
 /* Gradients of spattn_attention_forward_varlen / _padded with the same lengths: tensors
  * as those calls take them (lse required: [Hq, total_q], or [B, Hq, Nq] for padded
  * batches), dq like q, dk and dv like k. Rows outside every document (padding) get zero

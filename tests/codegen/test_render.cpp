@@ -99,6 +99,11 @@ TEST(Render, AdaptiveKernelsCompile) {
     const auto out = compile(r, arch);
     EXPECT_GT(out.cubin.size(), 1000u) << arch;
     EXPECT_LE(out.local_bytes, 0) << arch << " spills:\n" << out.log;
+    // Every entry point, the backward pass's table builders included, is in the program.
+    for (const char* entry : {"spattn_adaptive_pool_bf16", "spattn_adaptive_pool_fp16", "spattn_adaptive_select",
+                              "spattn_adaptive_columns", "spattn_adaptive_transpose"})
+      EXPECT_NE(out.log.find(std::string("entry function '") + entry + "'"), std::string::npos)
+          << arch << " " << entry << "\n" << out.log;
   }
 }
 

@@ -406,8 +406,11 @@ TEST_F(AdaptiveGpu, BadInputsAreClearErrors) {
   expect([&] { wrong_tiles.forward(q, k, v, o); }, ErrorCode::kInvalidArgument, "needs kernel tiles that divide it");
   runtime::DeviceBuffer lse(B * H * N * 4), grads(B * N * H * D * 2 * 3);
   const TensorView tl = TensorView::contiguous3(lse.data(), DType::kFloat32, {B, H, N});
-  expect([&] { attn.backward(q, k, v, o, tl, o, q, k, v); }, ErrorCode::kUnsupported,
-         "backward of adaptive patterns is not supported yet");
+  Attention small(Pattern::parse(R"({"type":"adaptive","block":32,"top_k":2})"));
+  expect([&] { small.backward(q, k, v, o, tl, o, q, k, v); }, ErrorCode::kUnsupported,
+         "backward of adaptive block 32");
+  expect([&] { dense.backward(q, k, v, o, tl, o, q, k, v, nullptr, &in); }, ErrorCode::kInvalidArgument,
+         "they belong to adaptive patterns only");
 }
 
 }  // namespace
