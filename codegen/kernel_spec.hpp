@@ -35,6 +35,9 @@ struct KernelSpec {
   bool varlen = false;
   // Backward only: the deterministic mode (no atomics; a separate dQ kernel).
   bool deterministic = false;
+  // Adaptive layouts: the kernels read block gates when a call gives them
+  // (SpattnGates; the backward also sums dS per tile pair for their gradients).
+  bool gates = false;
 };
 
 // A rendered, ready-to-compile program.

@@ -164,6 +164,8 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   src << fmt::format("  static constexpr bool kPermutedKeys = {};\n", spec.permuted_keys ? "true" : "false");
   src << fmt::format("  static constexpr bool kVarlen = {};  // documents (SpattnFwdParams::vl_tiles)\n",
                      spec.varlen ? "true" : "false");
+  src << fmt::format("  static constexpr bool kGates = {};  // adaptive block gates (SpattnGates)\n",
+                     spec.gates ? "true" : "false");
   if (sm90) {
     const Sm90Shape shape = sm90_shape(c, spec.head_dim);
     src << fmt::format("  static constexpr bool kStageO = {};  // outputs through shared memory\n",
@@ -266,6 +268,8 @@ RenderedKernel render_backward(const KernelSpec& spec) {
   }
   src << fmt::format("  static constexpr bool kVarlen = {};  // documents (SpattnBwdParams::vl_ktiles)\n",
                      spec.varlen ? "true" : "false");
+  src << fmt::format("  static constexpr bool kGates = {};  // adaptive block gates (SpattnGates)\n",
+                     spec.gates ? "true" : "false");
   write_mask_members(src, false);  // the backward runs whole problems
   if (bounds) write_row_bounds_member(src, true, false);
   src << "};\n\n";

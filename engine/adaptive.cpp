@@ -111,6 +111,13 @@ void AdaptiveSelector::check_inputs(const AdaptiveInputs& in, int64_t batch) con
     const int64_t pq = in.wq->shape[in.wq->rank - 1], pk = in.wk->shape[in.wk->rank - 1];
     SPATTN_REQUIRE(pq == pk, "adaptive: wq projects to {} and wk to {} dimensions; they must agree", pq, pk);
   }
+  SPATTN_REQUIRE(!in.gates_grad || in.gates, "adaptive gates_grad needs the gates it is the gradient of (gates)");
+  for (const auto& [t, name] : {std::pair{in.gates, "adaptive gates"}, std::pair{in.gates_grad, "adaptive gates_grad"}}) {
+    if (!t) continue;
+    check_f32(*t, name, {batch, heads_, g.nq_blocks, g.nk_blocks}, "[B, Hq, nq_blocks, nk_blocks]");
+    SPATTN_REQUIRE(contiguous(*t), "{} must be contiguous ([B, Hq, nq_blocks, nk_blocks] row-major); got {}", name,
+                   t->describe());
+  }
   if (in.blocks) {
     const TensorView& t = *in.blocks;
     SPATTN_REQUIRE(t.data != nullptr, "adaptive blocks output is a null pointer");
@@ -265,6 +272,18 @@ const int32_t* AdaptiveSelector::run(const TensorView& q, const TensorView& k, c
   void* args[] = {&p};
   select_->kernel.launch({static_cast<unsigned>(ctas)}, {threads}, smem, stream, args);
   return chosen;
+}
+
+SpattnGates AdaptiveSelector::gates(const AdaptiveInputs& in) const {
+  SpattnGates out{};
+  if (!in.gates) return out;
+  const AdaptiveGeometry& g = geometry_;
+  out.gates = static_cast<const float*>(in.gates->data);
+  out.rows = i32(g.nq_blocks, "query blocks");
+  out.cols = i32(g.nk_blocks, "key blocks");
+  out.q_tiles = i32(g.block / tile_m_, "query tiles per block");
+  out.k_tiles = i32(g.block / tile_n_, "key tiles per block");
+  return out;
 }
 
 }  // namespace spattn::engine

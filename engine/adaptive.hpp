@@ -43,6 +43,9 @@ class AdaptiveSelector {
   const int32_t* run(const TensorView& q, const TensorView& k, const AdaptiveInputs& inputs, int64_t batch,
                      const AdaptiveTarget& target, CUstream stream);
   const AdaptiveGeometry& geometry() const { return geometry_; }
+  // The kernels' view of inputs.gates at this selector's tiles (none without gates; the
+  // caller completes the scale and the backward's partials).
+  SpattnGates gates(const AdaptiveInputs& inputs) const;
 
   // One line for explain(): the selection and where its scores came from.
   std::string describe() const;
@@ -77,9 +80,13 @@ class AdaptiveBackwardTables {
                          bool deterministic);
   ~AdaptiveBackwardTables();
 
-  // This call's tables for `batch` batches on `stream` (growing the copies first).
-  void build(const TensorView& q, const TensorView& k, const AdaptiveInputs& inputs, int64_t batch,
-             CUstream stream);
+  // This call's tables for `batch` batches on `stream` (growing the copies first), and
+  // the kernels' gates: with inputs.gates_grad, zeroed partials for the key-tile kernel.
+  SpattnGates build(const TensorView& q, const TensorView& k, const AdaptiveInputs& inputs, int64_t batch,
+                    CUstream stream);
+  // After the backward kernels: inputs.gates_grad from the partials of `gates` (as build
+  // returned it); nothing without gates_grad.
+  void write_gate_grads(const AdaptiveInputs& inputs, const SpattnGates& gates, int64_t batch, CUstream stream);
 
   const DeviceBackwardLayout& tables() const { return tables_; }
   int32_t arena_stride() const { return stride_; }
@@ -99,7 +106,8 @@ class AdaptiveBackwardTables {
   DeviceBackwardLayout tables_;
   const JitKernel* columns_ = nullptr;
   const JitKernel* transpose_ = nullptr;
-  runtime::DeviceBuffer forward_tables_, counts_;
+  const JitKernel* gate_grads_ = nullptr;
+  runtime::DeviceBuffer forward_tables_, counts_, partials_;
 };
 
 }  // namespace spattn::engine

@@ -8,6 +8,7 @@
 #include "engine/adaptive.hpp"
 #include "engine/forward.hpp"
 #include "patterns/arith.hpp"
+#include "runtime/driver.hpp"
 #include "templates/params.cuh"
 
 namespace spattn::engine {
@@ -88,6 +89,7 @@ AdaptiveBackwardTables::AdaptiveBackwardTables(const Pattern& pattern, const Lay
   const codegen::RenderedKernel program = codegen::render_adaptive_kernels();
   columns_ = &load_kernel(program, device, "spattn_adaptive_columns");
   transpose_ = &load_kernel(program, device, "spattn_adaptive_transpose");
+  gate_grads_ = &load_kernel(program, device, "spattn_adaptive_gate_grads");
 }
 
 AdaptiveBackwardTables::~AdaptiveBackwardTables() = default;
@@ -107,8 +109,8 @@ void AdaptiveBackwardTables::reserve(int64_t batch) {
   stride_ = batch > 1 ? static_cast<int32_t>(one) : 0;
 }
 
-void AdaptiveBackwardTables::build(const TensorView& q, const TensorView& k, const AdaptiveInputs& inputs,
-                                   int64_t batch, CUstream stream) {
+SpattnGates AdaptiveBackwardTables::build(const TensorView& q, const TensorView& k, const AdaptiveInputs& inputs,
+                                          int64_t batch, CUstream stream) {
   const AdaptiveGeometry& g = selector_.geometry();
   SPATTN_REQUIRE(batch * heads_ <= 65535, "adaptive backward: batch {} x {} heads exceed the launch grid limit 65535",
                  batch, heads_);
@@ -143,6 +145,36 @@ void AdaptiveBackwardTables::build(const TensorView& q, const TensorView& k, con
   columns_->kernel.launch({bh}, {kSpattnAdaptiveColumnsThreads}, 0, stream, args);
   transpose_->kernel.launch({static_cast<unsigned>(num_k_tiles_), bh}, {kSpattnAdaptiveColumnsThreads}, 0, stream,
                             args);
+
+  SpattnGates gates = selector_.gates(inputs);
+  if (inputs.gates_grad) {
+    // One sum per tile pair of every chosen block; pairs no kernel visits (past Nq or Nk,
+    // above the causal diagonal) stay 0.
+    const size_t bytes = static_cast<size_t>(batch * heads_ * g.nq_blocks * g.max_k) * gates.q_tiles * gates.k_tiles * 4;
+    if (partials_.size() < bytes) partials_ = runtime::DeviceBuffer(bytes);
+    SPATTN_CU_CHECK(cuMemsetD32Async(partials_.get(), 0, bytes / 4, stream));
+    gates.chosen = chosen;
+    gates.partials = static_cast<float*>(partials_.data());
+    gates.max_k = static_cast<int32_t>(g.max_k);
+  }
+  return gates;
+}
+
+void AdaptiveBackwardTables::write_gate_grads(const AdaptiveInputs& inputs, const SpattnGates& gates, int64_t batch,
+                                              CUstream stream) {
+  if (!inputs.gates_grad) return;
+  const AdaptiveGeometry& g = selector_.geometry();
+  const TensorView& out = *inputs.gates_grad;
+  SPATTN_CU_CHECK(cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(out.data), 0,
+                                   static_cast<size_t>(batch * heads_ * g.nq_blocks * g.nk_blocks), stream));
+  SpattnAdaptiveGateGradParams p{};
+  p.gates = gates;
+  p.grad = static_cast<float*>(out.data);
+  p.entries = batch * heads_ * g.nq_blocks * g.max_k;
+  void* args[] = {&p};
+  const int64_t ctas = (p.entries + 255) / 256;
+  SPATTN_REQUIRE(ctas <= 0x7fffffff, "adaptive: {} chosen blocks exceed the launch grid", p.entries);
+  gate_grads_->kernel.launch({static_cast<unsigned>(ctas)}, {256}, 0, stream, args);
 }
 
 }  // namespace spattn::engine

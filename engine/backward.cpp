@@ -94,17 +94,24 @@ void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorVie
                        const TensorView& dv, float scale, CUstream stream, const AdaptiveInputs* adaptive) {
   SPATTN_REQUIRE(!documents_, "a documents backward plan runs through run_documents (internal)");
   SPATTN_REQUIRE(adaptive_ || adaptive == nullptr ||
-                     (!adaptive->scores && !adaptive->wq && !adaptive->wk && !adaptive->blocks),
-                 "adaptive inputs (scores, projections, chosen blocks) were given for the backward pass of a static "
-                 "pattern; they belong to adaptive patterns only");
+                     (!adaptive->scores && !adaptive->wq && !adaptive->wk && !adaptive->blocks && !adaptive->gates &&
+                      !adaptive->gates_grad),
+                 "adaptive inputs (scores, projections, chosen blocks, gates) were given for the backward pass of a "
+                 "static pattern; they belong to adaptive patterns only");
   const Problem p = backward_problem_from_tensors(q, k, v, o, lse, d_o, dq, dk, dv);
   SPATTN_REQUIRE(p.nq == problem_.nq && p.nk == problem_.nk && p.heads == problem_.heads &&
                      p.kv_heads == problem_.kv_heads && p.head_dim == problem_.head_dim && p.dtype == problem_.dtype,
                  "tensors ({}) do not match the backward plan ({})", p.to_string(), problem_.to_string());
   SPATTN_REQUIRE(p.batch <= 65535, "batch {} exceeds the launch grid limit 65535", p.batch);
   runtime::make_current(device_);
-  if (adaptive_) adaptive_->build(q, k, adaptive ? *adaptive : AdaptiveInputs{}, p.batch, stream);
-  execute(q, k, v, o, lse, d_o, dq, dk, dv, p, scale, stream);
+  if (!adaptive_) {
+    execute(q, k, v, o, lse, d_o, dq, dk, dv, p, scale, stream);
+    return;
+  }
+  const AdaptiveInputs inputs = adaptive ? *adaptive : AdaptiveInputs{};
+  const SpattnGates gates = adaptive_->build(q, k, inputs, p.batch, stream);
+  execute(q, k, v, o, lse, d_o, dq, dk, dv, p, scale, stream, gates);
+  adaptive_->write_gate_grads(inputs, gates, p.batch, stream);
 }
 
 void BackwardPlan::run_documents(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
@@ -126,7 +133,8 @@ void BackwardPlan::run_documents(const TensorView& q, const TensorView& k, const
 
 void BackwardPlan::execute(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                            const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
-                           const TensorView& dv, const Problem& p, float scale, CUstream stream) {
+                           const TensorView& dv, const Problem& p, float scale, CUstream stream,
+                           const SpattnGates& gates) {
   const DeviceBackwardLayout& tables = device_tables();
   if (scale <= 0) scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
   const size_t rows = static_cast<size_t>(p.batch * p.heads * p.nq);
@@ -217,6 +225,7 @@ void BackwardPlan::execute(const TensorView& q, const TensorView& k, const Tenso
     bp.arena = tables.arena();
     bp.tables = tables.tables();
     bp.arena_stride_b = adaptive_ ? adaptive_->arena_stride() : 0;
+    bp.gates = gates;
     if (documents_) {
       bp.vl_tiles = documents_->tiles();
       bp.vl_ktiles = documents_->key_tiles();

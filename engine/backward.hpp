@@ -71,9 +71,10 @@ class BackwardPlan {
     return documents_ ? documents_->tables() : adaptive_ ? adaptive_->tables() : tables_;
   }
   // Everything after the tables exist: row sums, the key-tile (and dQ) kernels, conversions.
+  // `gates`: adaptive block gates and their partials (SpattnGates; none by default).
   void execute(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
                const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
-               const TensorView& dv, const Problem& p, float scale, CUstream stream);
+               const TensorView& dv, const Problem& p, float scale, CUstream stream, const SpattnGates& gates = {});
 
   Problem problem_;
   KernelConfig config_;

@@ -107,6 +107,7 @@ codegen::KernelSpec kernel_spec_for(const Layout& layout, const KernelConfig& co
   for (const BlockTable& t : layout.tables) spec.permuted_keys |= !t.k_slots.empty();
   spec.token_offsets = !(layout.rect == TokenRect{0, layout.shape.nq, 0, layout.shape.nk});
   spec.varlen = documents;
+  spec.gates = layout.adaptive_block > 0;
   // Documents of patterns without per-row key ranges take each document shape's layout,
   // token orders included (DocumentTables' host path).
   if (documents && !document_tables_on_gpu(layout.parts)) spec.permuted_keys = true;
@@ -263,20 +264,26 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
                      p.kv_heads == problem_.kv_heads && p.head_dim == problem_.head_dim && p.dtype == problem_.dtype,
                  "tensors ({}) do not match the plan ({})", p.to_string(), problem_.to_string());
   SPATTN_REQUIRE(adaptive_ || adaptive == nullptr ||
-                     (!adaptive->scores && !adaptive->wq && !adaptive->wk && !adaptive->blocks),
-                 "adaptive inputs (scores, projections, chosen blocks) were given for a '{}' pattern; they belong to "
-                 "adaptive patterns only",
+                     (!adaptive->scores && !adaptive->wq && !adaptive->wk && !adaptive->blocks && !adaptive->gates &&
+                      !adaptive->gates_grad),
+                 "adaptive inputs (scores, projections, chosen blocks, gates) were given for a '{}' pattern; they "
+                 "belong to adaptive patterns only",
                  pattern_.kind());
+  SPATTN_REQUIRE(adaptive == nullptr || !adaptive->gates_grad,
+                 "adaptive gates_grad is an output of the backward pass; the forward pass takes the gates only");
   SPATTN_REQUIRE(!documents_, "a documents plan runs through run_documents (internal)");
   runtime::make_current(device_);
+  SpattnGates gates{};
   if (adaptive_) {
     reserve_batch(p.batch);
-    adaptive_->run(q, k, adaptive ? *adaptive : AdaptiveInputs{}, p.batch,
+    const AdaptiveInputs inputs = adaptive ? *adaptive : AdaptiveInputs{};
+    adaptive_->run(q, k, inputs, p.batch,
                    {const_cast<int32_t*>(tables_.arena()), tables_.tables(), tables_.arena_stride(),
                     tables_.batch_copies()},
                    stream);
+    gates = adaptive_->gates(inputs);
   }
-  execute(q, k, v, o, lse, p, scale, stream);
+  execute(q, k, v, o, lse, p, scale, stream, gates);
 }
 
 void ForwardPlan::run_documents(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
@@ -293,7 +300,7 @@ void ForwardPlan::run_documents(const TensorView& q, const TensorView& k, const 
 }
 
 void ForwardPlan::execute(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
-                          const TensorView* lse, const Problem& p, float scale, CUstream stream) {
+                          const TensorView* lse, const Problem& p, float scale, CUstream stream, SpattnGates gates) {
   const DeviceLayout& tables = device_layout();
   if (scale <= 0) scale = 1.0f / std::sqrt(static_cast<float>(p.head_dim));
   const int parts = static_cast<int>(layout_.parts.size());
@@ -353,6 +360,10 @@ void ForwardPlan::execute(const TensorView& q, const TensorView& k, const Tensor
     fp.mask_nq = static_cast<int32_t>(whole_.nq);
     fp.mask_nk = static_cast<int32_t>(whole_.nk);
     fp.arena_stride_b = tables.arena_stride();
+    if (gates.gates) {
+      gates.inv_scale_log2 = 1.0f / (scale * 1.4426950408889634f);
+      fp.gates = gates;
+    }
     if (documents_) {
       fp.vl_tiles = documents_->tiles();
       fp.vl_docs = documents_->docs();

@@ -172,8 +172,9 @@ class ForwardPlan {
   void launch_forward(SpattnFwdParams& params, const TensorView& q, const TensorView& k, const TensorView& v,
                       CUstream stream) const;
   // Everything after the tables exist: part buffers, fill, forward, split and part merges.
+  // `gates`: adaptive block gates (SpattnGates; none by default), the scale completed here.
   void execute(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& o,
-               const TensorView* lse, const Problem& p, float scale, CUstream stream);
+               const TensorView* lse, const Problem& p, float scale, CUstream stream, SpattnGates gates = {});
 
   Pattern pattern_;
   Problem problem_;

@@ -98,6 +98,7 @@ Layout adaptive_layout(const Pattern& pattern, const Shape& shape, const LayoutO
   layout.rect = TokenRect{0, shape.nq, 0, shape.nk};
   layout.tile_m = options.tile_m;
   layout.tile_n = options.tile_n;
+  layout.adaptive_block = g.block;
   // Inside the chosen tiles the kernel's predicate is causal alone (every key otherwise).
   layout.parts.push_back(LayoutPart{Pattern(Dense{}, g.causal), 0, {}});
 

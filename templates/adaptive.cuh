@@ -8,7 +8,9 @@
 //    batch's copy of the table arena. No host round trip: the forward kernel runs next
 //    on the same stream.
 //  - adaptive_columns, adaptive_transpose (backward pass, after the selection at the
-//    backward tiles): the forward rows' columns (SpattnAdaptiveColumnsParams).
+//    backward tiles): the forward rows' columns (SpattnAdaptiveColumnsParams);
+//  - adaptive_gate_grads (after the backward kernels, with gates): dL/dg of the chosen
+//    blocks from the kernels' per-tile-pair sums of dS (SpattnAdaptiveGateGradParams).
 #pragma once
 
 #include "spattn/params.cuh"
@@ -264,6 +266,22 @@ __device__ void adaptive_transpose(const SpattnAdaptiveColumnsParams& p) {
   }
 }
 
+// One thread per (batch, head, query block, slot) of the chosen blocks: the gate's
+// gradient from its tile pairs' sums of dS, d(log g) = sum dS, so dL/dg = sum dS / g.
+__device__ void adaptive_gate_grads(const SpattnAdaptiveGateGradParams& p) {
+  const int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= p.entries) return;
+  const SpattnGates& g = p.gates;
+  const int J = __ldg(g.chosen + e);
+  if (J < 0) return;
+  const int pairs = g.q_tiles * g.k_tiles;
+  float sum = 0.f;
+  for (int x = 0; x < pairs; ++x) sum += __ldcg(g.partials + e * pairs + x);
+  const int64_t at = (e / g.max_k) * g.cols + J;  // (b, h, I) row of the gates
+  const float gate = __ldg(g.gates + at);
+  p.grad[at] = gate > 0.f ? sum / gate : 0.f;
+}
+
 }  // namespace spattn
 
 extern "C" __global__ void spattn_adaptive_pool_bf16(const SpattnAdaptivePoolParams p) { spattn::adaptive_pool<true>(p); }
@@ -272,4 +290,7 @@ extern "C" __global__ void spattn_adaptive_select(const SpattnAdaptiveSelectPara
 extern "C" __global__ void spattn_adaptive_columns(const SpattnAdaptiveColumnsParams p) { spattn::adaptive_columns(p); }
 extern "C" __global__ void spattn_adaptive_transpose(const SpattnAdaptiveColumnsParams p) {
   spattn::adaptive_transpose(p);
+}
+extern "C" __global__ void spattn_adaptive_gate_grads(const SpattnAdaptiveGateGradParams p) {
+  spattn::adaptive_gate_grads(p);
 }

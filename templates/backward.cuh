@@ -305,17 +305,29 @@ struct Backward {
           bits[wd] = word;
         }
       }
+      // Adaptive gates: log2 g of the step's block joins the logits (a removed block: P = 0).
+      float gl2 = 0.f;
+      int q_tile_x = 0;
+      if constexpr (Cfg::kGates) {
+        if (p.gates.gates) {
+          q_tile_x = __ldg(q_list + it);
+          gl2 = gate_log2(p.gates, b, p.heads, h, q_tile_x, k_tile);
+        }
+      }
+      const bool removed = Cfg::kGates && gl2 == neg_inf();
       // P rounded to 16 bits right away: it is the A operand of dV as such, and dS reads
       // it back (dS is rounded to 16 bits for its products too); that frees 16 registers.
       uint32_t p16[kNTilesQ][2];
 #pragma unroll
       for (int nt = 0; nt < kNTilesQ; ++nt) {
-        const float2 l2 = *reinterpret_cast<const float2*>(lse2 + nt * 8 + (lane % 4) * 2);  // columns c, c + 1
+        float2 l2 = *reinterpret_cast<const float2*>(lse2 + nt * 8 + (lane % 4) * 2);  // columns c, c + 1
+        if constexpr (Cfg::kGates) l2 = make_float2(l2.x - gl2, l2.y - gl2);
         float pv[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           pv[e] = exp2_approx(acc_s[nt][e] * p.scale_log2 - ((e & 1) ? l2.y : l2.x));
           if (partial && !((bits[(nt * 4 + e) / 32] >> ((nt * 4 + e) % 32)) & 1u)) pv[e] = 0.f;
+          if (removed) pv[e] = 0.f;
         }
         p16[nt][0] = pack2<kBf16>(pv[0], pv[1]);
         p16[nt][1] = pack2<kBf16>(pv[2], pv[3]);
@@ -337,6 +349,25 @@ struct Backward {
           unpack2<kBf16>(p16[nt][1], pv[2], pv[3]);
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc_dp[nt][e] = pv[e] * (acc_dp[nt][e] - ((e & 1) ? d2.y : d2.x));
+        }
+        if constexpr (Cfg::kGates) {
+          // The gate's gradient: this pair's sum of dS (the warps' sums added in order).
+          if (p.gates.partials) {
+            __shared__ float gate_sums[2][kWarps];
+            float sum = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < kNTilesQ; ++nt)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) sum += acc_dp[nt][e];
+            sum = warp_sum(sum);
+            if (lane == 0) gate_sums[x & 1][warp] = sum;
+            __syncthreads();  // a slot is rewritten two steps later, after thread 0 passed the next barrier
+            if (tid == 0) {
+              float total = 0.f;
+              for (int w = 0; w < kWarps; ++w) total += gate_sums[x & 1][w];
+              store_gate_partial(p.gates, b, p.heads, h, q_tile_x, k_tile, total);
+            }
+          }
         }
         T::pack_all(acc_dp, ds16);
       }
@@ -518,6 +549,9 @@ struct BackwardDq {
       T::template load_rows<kThreads, BN>(kbase, p.k_stride_n, ks, k_tile * BN, doc.nk, kslots, ktok);
       T::template load_rows<kThreads, BN>(vbase, p.v_stride_n, vs, k_tile * BN, doc.nk, kslots, nullptr);
       cp_async_commit();
+      // Adaptive gates: log2 g of the tile's block joins the logits (a removed block: P = 0).
+      const float gl2 = Cfg::kGates && p.gates.gates ? gate_log2(p.gates, b, p.heads, h, q_tile, k_tile) : 0.f;
+      const bool removed = gl2 == neg_inf();
       cp_async_wait_all();
       __syncthreads();
 
@@ -534,7 +568,8 @@ struct BackwardDq {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int r = r0 + (e >> 1) * 8;
-            float pv = exp2_approx(acc_s[nt][e] * p.scale_log2 - lse2[r]);
+            float pv = exp2_approx(acc_s[nt][e] * p.scale_log2 + gl2 - lse2[r]);
+            if (removed) pv = 0.f;
             if (partial) {
               const int i = qtok[r];
               const int j = ktok[c * kSub + nt * 8 + (lane % 4) * 2 + (e & 1)];

@@ -363,6 +363,16 @@ struct Backward {
       // ---- Pᵀ = exp(Sᵀ - LSE) in place (fp32); masked pairs (partial tiles) and padding
       // give 0. This runs while dPᵀ is computed.
       const bool partial = i >= it.n_full;
+      // Adaptive gates: log2 g of the step's block joins the logits (a removed block: P = 0).
+      float gl2 = 0.f;
+      int q_tile_x = 0;
+      if constexpr (Cfg::kGates) {
+        if (p.gates.gates) {
+          q_tile_x = __ldg(it.q_list + i);
+          gl2 = gate_log2(p.gates, b, p.heads, h, q_tile_x, it.k_tile);
+        }
+      }
+      const bool removed = Cfg::kGates && gl2 == neg_inf();
       uint32_t bits[kTWords];
       if (partial) {
 #pragma unroll
@@ -380,12 +390,13 @@ struct Backward {
 #pragma unroll
       for (int jn = 0; jn < BM / 8; ++jn) {
         const float2 l = *reinterpret_cast<const float2*>(lse2 + jn * 8 + (lane % 4) * 2);
-        const float2 l2 = make_float2(l.x * 1.4426950408889634f, l.y * 1.4426950408889634f);  // LSE·log2(e)
+        const float2 l2 = make_float2(l.x * 1.4426950408889634f - gl2, l.y * 1.4426950408889634f - gl2);  // LSE·log2(e)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int y = jn * 4 + e;
           float pv = exp2_approx(acc_s[y] * p.scale_log2 - ((e & 1) ? l2.y : l2.x));
           if (partial && !((bits[y / 32] >> (y % 32)) & 1u)) pv = 0.f;
+          if (removed) pv = 0.f;
           acc_s[y] = pv;
         }
       }
@@ -395,16 +406,32 @@ struct Backward {
       // ---- dSᵀ = Pᵀ ∘ (dPᵀ - D); P and dS rounded to 16 bits as the A operands of dV
       // and dK (and dS as the A operand of dQ)
       uint32_t pw[kNT / 2], dw[kNT / 2];
+      float ds_sum = 0.f;
 #pragma unroll
       for (int jn = 0; jn < BM / 8; ++jn) {
         const float2 d2 = *reinterpret_cast<const float2*>(dsum + jn * 8 + (lane % 4) * 2);
         float ds[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) ds[e] = acc_s[jn * 4 + e] * (acc_dp[jn * 4 + e] - ((e & 1) ? d2.y : d2.x));
+        if constexpr (Cfg::kGates) ds_sum += (ds[0] + ds[1]) + (ds[2] + ds[3]);
         pw[jn * 2] = pack2<kBf16>(acc_s[jn * 4], acc_s[jn * 4 + 1]);
         pw[jn * 2 + 1] = pack2<kBf16>(acc_s[jn * 4 + 2], acc_s[jn * 4 + 3]);
         dw[jn * 2] = pack2<kBf16>(ds[0], ds[1]);
         dw[jn * 2 + 1] = pack2<kBf16>(ds[2], ds[3]);
+      }
+      if constexpr (Cfg::kGates) {
+        // The gate's gradient: this pair's sum of dS (the warps' sums added in order).
+        if (p.gates.partials) {
+          __shared__ float gate_sums[2][4 * kConsumers];
+          ds_sum = warp_sum(ds_sum);
+          if (lane == 0) gate_sums[x & 1][cw * 4 + warp] = ds_sum;
+          bar_sync(2, 128 * kConsumers);  // a slot is rewritten two steps later, after thread 0 passed the next one
+          if (cw == 0 && warp == 0 && lane == 0) {
+            float total = 0.f;
+            for (int w = 0; w < 4 * kConsumers; ++w) total += gate_sums[x & 1][w];
+            store_gate_partial(p.gates, b, p.heads, h, q_tile_x, it.k_tile, total);
+          }
+        }
       }
 
       // ---- dV += Pᵀ dO, dK += dSᵀ Q (scaled at the end), in flight while dS is stored

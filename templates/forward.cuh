@@ -335,6 +335,19 @@ struct Forward {
         }
       }
 
+      // ---- adaptive gates: log g of the tile's block added to its scores (score units)
+      if constexpr (Cfg::kGates) {
+        if (p.gates.gates) {
+          const float bias = gate_log2(p.gates, b, p.heads, h, q_tile, col) * p.gates.inv_scale_log2;
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < kNTilesS; ++nt)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) acc_s[mt][nt][e] += bias;
+        }
+      }
+
       // ---- online softmax
       float scale_o[kMTiles][2];
 #pragma unroll

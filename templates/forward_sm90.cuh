@@ -326,6 +326,14 @@ struct Forward {
               if (!((bits[x / 32] >> (x % 32)) & 1u)) acc_s[x] = neg_inf();
           }
         }
+        if constexpr (Cfg::kGates) {  // log g of the tile's block, in score units
+          if (p.gates.gates) {
+            const float bias =
+                gate_log2(p.gates, it.b, p.heads, h, it.q_tile, __ldg(it.cols + n)) * p.gates.inv_scale_log2;
+#pragma unroll
+            for (int x = 0; x < kNS; ++x) acc_s[x] += bias;
+          }
+        }
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
           float mx = row_max[hr];

@@ -30,6 +30,25 @@ struct SpattnTable {
   int32_t cols;         // arena offset of the key tile indices
 };
 
+// Adaptive patterns' block gates (spattn::AdaptiveInputs::gates): the logits of query
+// block I and key block J of (batch b, query head h) get log g[b][h][I][J] added; a gate
+// <= 0 (or NaN) removes the block. gates null: none (kernels rendered without
+// KernelSpec::gates never read this).
+struct SpattnGates {
+  const float* gates;       // [B, Hq, rows, cols] fp32 contiguous
+  int32_t rows, cols;       // query blocks, key blocks
+  int32_t q_tiles, k_tiles; // the kernel's query tiles and key tiles per block
+  float inv_scale_log2;     // 1 / (softmax scale * log2(e)): the forward adds log2 g in score units
+  // Backward with gate gradients (null partials: none): each (query tile, key tile) pair
+  // of a chosen block stores the sum of its dS (the gradient of its logits) at
+  // partials[b][h][I][slot][qt % q_tiles][kt % k_tiles], where slot is J's position in
+  // chosen[b][h][I][0 .. max_k) (ascending, -1 past k_I); the gate-gradient kernel adds
+  // them up.
+  const int32_t* chosen;
+  float* partials;
+  int32_t max_k;
+};
+
 // Forward attention over block tables. Strides are in elements; the last dimension
 // (head dim) is contiguous.
 struct SpattnFwdParams {
@@ -79,6 +98,7 @@ struct SpattnFwdParams {
   // buffers alike). Null otherwise.
   const int32_t* vl_tiles;
   const int32_t* vl_docs;
+  SpattnGates gates;  // adaptive patterns (KernelSpec::gates)
 };
 
 // A TMA tensor map (the driver's CUtensorMap: 128 opaque bytes, 64-byte aligned),
@@ -203,6 +223,7 @@ struct SpattnBwdParams {
   const int32_t* vl_tiles;
   const int32_t* vl_ktiles;
   const int32_t* vl_docs;
+  SpattnGates gates;  // adaptive patterns (KernelSpec::gates); the key-tile kernel stores the partials
 };
 
 // The sm90 family's backward kernel: the common parameters and tensor maps for TMA
@@ -355,6 +376,16 @@ struct SpattnAdaptiveColumnsParams {
   int32_t nq, nk, causal;
 };
 constexpr int kSpattnAdaptiveColumnsThreads = 256;
+
+// Adaptive patterns' gate gradients after the backward kernels (one thread per (batch,
+// head, query block, slot)): dL/dg[b][h][I][J] = (the sum of its tile pairs' partials,
+// SpattnGates) / g for every chosen block J with g > 0; 0 for a gate that removes its
+// block. Entries of blocks not chosen are left as they are (the host zeroes them).
+struct SpattnAdaptiveGateGradParams {
+  SpattnGates gates;
+  float* grad;  // [B, Hq, rows, cols] fp32 contiguous
+  int64_t entries;  // B * Hq * rows * max_k
+};
 
 // Documents (templates/varlen.cuh), first kernel: the documents of a call from its
 // lengths and every table query tile's document. Packed documents (cu_q non-null):

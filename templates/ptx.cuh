@@ -142,4 +142,38 @@ __device__ __forceinline__ float exp2_approx(float x) {
 
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Adaptive patterns' gates (SpattnGates): log2 of the gate of the block that holds query
+// tile qt and key tile kt of (batch b, query head h); -inf where the gate removes it.
+__device__ __forceinline__ float gate_log2(const SpattnGates& g, int b, int heads, int h, int qt, int kt) {
+  const int64_t at = (((int64_t)b * heads + h) * g.rows + qt / g.q_tiles) * g.cols + kt / g.k_tiles;
+  const float v = __ldg(g.gates + at);
+  return v > 0.f ? log2f(v) : neg_inf();
+}
+
+// Stores the dS sum of the tile pair (qt, kt) of (b, h) at its chosen block's slot
+// (SpattnGates::partials): J's position in the ascending chosen row, found by bisection.
+__device__ __forceinline__ void store_gate_partial(const SpattnGates& g, int b, int heads, int h, int qt, int kt,
+                                                   float sum) {
+  const int J = kt / g.k_tiles;
+  const int64_t row = ((int64_t)b * heads + h) * g.rows + qt / g.q_tiles;
+  const int32_t* c = g.chosen + row * g.max_k;
+  int lo = 0, hi = g.max_k;  // the first slot holding a block >= J (-1, past k_I, is past every block)
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    const int v = __ldg(c + mid);
+    if (v >= 0 && v < J)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo < g.max_k && __ldg(c + lo) == J)
+    g.partials[((row * g.max_k + lo) * g.q_tiles + qt % g.q_tiles) * g.k_tiles + kt % g.k_tiles] = sum;
+}
+
 }  // namespace spattn

@@ -84,6 +84,16 @@ struct AdaptiveInputs {
   // Output: the chosen key blocks, [B, Hq, nq_blocks, max_k] int32 contiguous, ascending
   // per row, -1 past k_I.
   const TensorView* blocks = nullptr;
+  // Block gates, [B, Hq, nq_blocks, nk_blocks] fp32 contiguous (e.g. a Gumbel-softmax or
+  // straight-through scorer's weights): the logits of query block I against a chosen key
+  // block J get log g[I, J] added, so the block's attention weights are scaled by g
+  // before the softmax normalisation. Read only at chosen blocks; a gate <= 0 (or NaN)
+  // removes its block. The backward pass needs the forward's gates.
+  const TensorView* gates = nullptr;
+  // Backward output with gates: dL/dg, same shape as gates, fp32 contiguous. Every entry
+  // is written: (sum of dL/dlogit over the block's pairs) / g at chosen blocks with
+  // g > 0, 0 elsewhere. The forward pass refuses it.
+  const TensorView* gates_grad = nullptr;
 };
 
 }  // namespace spattn

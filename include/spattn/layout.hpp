@@ -135,6 +135,9 @@ struct Layout {
   // have no table (e.g. LongNet rows in no branch of their head) and the kernel must
   // write O = 0, LSE = -inf for them before (or instead of) running.
   bool covers_all_rows = true;
+  // Adaptive layouts (adaptive_layout): the block the GPU selects per call; 0 for the
+  // layouts compile_layout builds.
+  int64_t adaptive_block = 0;
   std::vector<WorkItem> schedule;  // every (table, q_tile, head) once, in launch order
 
   bool needs_merge() const { return parts.size() > 1; }

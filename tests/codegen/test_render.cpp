@@ -101,9 +101,44 @@ TEST(Render, AdaptiveKernelsCompile) {
     EXPECT_LE(out.local_bytes, 0) << arch << " spills:\n" << out.log;
     // Every entry point, the backward pass's table builders included, is in the program.
     for (const char* entry : {"spattn_adaptive_pool_bf16", "spattn_adaptive_pool_fp16", "spattn_adaptive_select",
-                              "spattn_adaptive_columns", "spattn_adaptive_transpose"})
+                              "spattn_adaptive_columns", "spattn_adaptive_transpose", "spattn_adaptive_gate_grads"})
       EXPECT_NE(out.log.find(std::string("entry function '") + entry + "'"), std::string::npos)
           << arch << " " << entry << "\n" << out.log;
+  }
+}
+
+// Adaptive layouts' kernels read block gates (KernelSpec::gates): forward and backward of
+// both families (and the deterministic dQ pass) compile with them, and spill no more than
+// the same kernels without gates.
+TEST(Render, GatedKernelsCompileWithinTheirBudget) {
+  struct Case {
+    const char* arch;
+    const char* config;
+    bool backward, deterministic;
+  };
+  const Case cases[] = {
+      {"sm_90a", "sm90:128x128s2", false, false}, {"sm_80", "sm80:128x64w4s2", false, false},
+      {"sm_90a", "sm90:64x128s2", true, false},   {"sm_90a", "sm90:64x128s2", true, true},
+      {"sm_80", "sm80:64x64w4s2", true, false},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(std::string(c.arch) + " " + c.config + (c.backward ? " backward" : " forward") +
+                 (c.deterministic ? " deterministic" : ""));
+    codegen::KernelSpec spec =
+        spec_for(R"({"type":"dense","causal":true})", 128, DType::kBFloat16, c.arch, KernelConfig::parse(c.config));
+    spec.permuted_keys = false;
+    spec.deterministic = c.deterministic;
+    auto render = [&](bool gates) {
+      spec.gates = gates;
+      return c.backward ? codegen::render_backward(spec) : codegen::render_forward(spec);
+    };
+    const auto gated = render(true), plain = render(false);
+    EXPECT_NE(gated.source.find("kGates = true"), std::string::npos);
+    EXPECT_NE(plain.source.find("kGates = false"), std::string::npos);
+    const auto with = compile(gated, c.arch), without = compile(plain, c.arch);
+    EXPECT_GT(with.cubin.size(), 1000u);
+    EXPECT_LE(with.registers, 255);
+    EXPECT_LE(with.local_bytes, without.local_bytes) << "gates add spills:\n" << with.log;
   }
 }
 

@@ -411,6 +411,27 @@ TEST_F(AdaptiveGpu, BadInputsAreClearErrors) {
          "backward of adaptive block 32");
   expect([&] { dense.backward(q, k, v, o, tl, o, q, k, v, nullptr, &in); }, ErrorCode::kInvalidArgument,
          "they belong to adaptive patterns only");
+  // Gates: the scores' grid, contiguous; their gradient is the backward's output only.
+  TensorView gates = TensorView::contiguous(scores.data(), DType::kFloat32, {B, H, 4, 3});
+  in = AdaptiveInputs{};
+  in.gates = &gates;
+  expect([&] { attn.forward(q, k, v, o, nullptr, nullptr, &in); }, ErrorCode::kInvalidArgument,
+         "adaptive gates must have shape [B, Hq, nq_blocks, nk_blocks] = [1, 2, 4, 4]");
+  expect([&] { dense.forward(q, k, v, o, nullptr, nullptr, &in); }, ErrorCode::kInvalidArgument,
+         "they belong to adaptive patterns only");
+  gates = TensorView::contiguous(scores.data(), DType::kFloat32, {B, H, 4, 4});
+  TensorView gates_grad = gates;
+  in.gates_grad = &gates_grad;
+  expect([&] { attn.forward(q, k, v, o, nullptr, nullptr, &in); }, ErrorCode::kInvalidArgument,
+         "gates_grad is an output of the backward pass");
+  in.gates = nullptr;
+  Attention trainable(Pattern::parse(R"({"type":"adaptive","block":64,"top_k":2})"));
+  expect([&] { trainable.backward(q, k, v, o, tl, o, q, k, v, nullptr, &in); }, ErrorCode::kInvalidArgument,
+         "gates_grad needs the gates");
+  in.gates = &gates;
+  gates_grad.strides[3] = 2;
+  expect([&] { trainable.backward(q, k, v, o, tl, o, q, k, v, nullptr, &in); }, ErrorCode::kInvalidArgument,
+         "adaptive gates_grad must be contiguous");
 }
 
 }  // namespace
