@@ -173,17 +173,22 @@ namespace {
 // An adaptive call's optional tensors: absent ones (NULL or a NULL data pointer) stay null
 // pointers in AdaptiveInputs.
 struct AdaptiveViews {
-  spattn::TensorView scores, wq, wk, blocks;
+  spattn::TensorView scores, wq, wk, blocks, gates, gates_grad;
   spattn::AdaptiveInputs inputs;
-  AdaptiveViews(const spattn_tensor* s, const spattn_tensor* q, const spattn_tensor* k, const spattn_tensor* b)
+  AdaptiveViews(const spattn_tensor* s, const spattn_tensor* q, const spattn_tensor* k, const spattn_tensor* b,
+                const spattn_tensor* g, const spattn_tensor* dg)
       : scores(optional_view_of(s, "scores")),
         wq(optional_view_of(q, "wq")),
         wk(optional_view_of(k, "wk")),
-        blocks(optional_view_of(b, "blocks")) {
+        blocks(optional_view_of(b, "blocks")),
+        gates(optional_view_of(g, "gates")),
+        gates_grad(optional_view_of(dg, "gates_grad")) {
     inputs.scores = scores.data ? &scores : nullptr;
     inputs.wq = wq.data ? &wq : nullptr;
     inputs.wk = wk.data ? &wk : nullptr;
     inputs.blocks = blocks.data ? &blocks : nullptr;
+    inputs.gates = gates.data ? &gates : nullptr;
+    inputs.gates_grad = gates_grad.data ? &gates_grad : nullptr;
   }
   AdaptiveViews(const AdaptiveViews&) = delete;
 };
@@ -194,11 +199,12 @@ spattn_status spattn_attention_forward_adaptive(spattn_attention_t attn, const s
                                                 const spattn_tensor* k, const spattn_tensor* v,
                                                 const spattn_tensor* o, const spattn_tensor* lse,
                                                 const spattn_tensor* scores, const spattn_tensor* wq,
-                                                const spattn_tensor* wk, const spattn_tensor* blocks, void* stream) {
+                                                const spattn_tensor* wk, const spattn_tensor* blocks,
+                                                const spattn_tensor* gates, void* stream) {
   return guarded([&] {
     if (!attn) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "attention handle is NULL");
     const spattn::TensorView l = lse ? view_of(lse, "lse") : spattn::TensorView{};
-    const AdaptiveViews in(scores, wq, wk, blocks);
+    const AdaptiveViews in(scores, wq, wk, blocks, gates, nullptr);
     attn->attn.forward(view_of(q, "q"), view_of(k, "k"), view_of(v, "v"), view_of(o, "o"), lse ? &l : nullptr,
                        static_cast<CUstream>(stream), &in.inputs);
   });
@@ -210,10 +216,12 @@ spattn_status spattn_attention_backward_adaptive(spattn_attention_t attn, const 
                                                  const spattn_tensor* d_o, const spattn_tensor* dq,
                                                  const spattn_tensor* dk, const spattn_tensor* dv,
                                                  const spattn_tensor* scores, const spattn_tensor* wq,
-                                                 const spattn_tensor* wk, const spattn_tensor* blocks, void* stream) {
+                                                 const spattn_tensor* wk, const spattn_tensor* blocks,
+                                                 const spattn_tensor* gates, const spattn_tensor* gates_grad,
+                                                 void* stream) {
   return guarded([&] {
     if (!attn) throw spattn::Error(spattn::ErrorCode::kInvalidArgument, "attention handle is NULL");
-    const AdaptiveViews in(scores, wq, wk, blocks);
+    const AdaptiveViews in(scores, wq, wk, blocks, gates, gates_grad);
     attn->attn.backward(view_of(q, "q"), view_of(k, "k"), view_of(v, "v"), view_of(o, "o"), view_of(lse, "lse"),
                         view_of(d_o, "d_o"), view_of(dq, "dq"), view_of(dk, "dk"), view_of(dv, "dv"),
                         static_cast<CUstream>(stream), &in.inputs);

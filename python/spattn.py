@@ -95,8 +95,10 @@ _lib.spattn_last_error.restype = ctypes.c_char_p
 _lib.spattn_attention_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
 _lib.spattn_attention_destroy.argtypes = [ctypes.c_void_p]
 _lib.spattn_attention_forward.argtypes = [ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 5 + [ctypes.c_void_p]
-_lib.spattn_attention_forward_adaptive.argtypes = ([ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 9 +
+_lib.spattn_attention_forward_adaptive.argtypes = ([ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 10 +
                                                    [ctypes.c_void_p])
+_lib.spattn_attention_backward_adaptive.argtypes = ([ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 15 +
+                                                    [ctypes.c_void_p])
 _lib.spattn_adaptive_geometry.argtypes = ([ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64] +
                                           [ctypes.POINTER(ctypes.c_int64)] * 3)
 _lib.spattn_attention_forward_varlen.argtypes = ([ctypes.c_void_p] + [ctypes.POINTER(_Tensor)] * 7 +
@@ -224,7 +226,7 @@ class Attention:
             self._handle = None
 
     def forward(self, q, k, v, out=None, lse=None, stream=None, *, scores=None, wq=None, wk=None,
-                return_blocks=False, seqused_k=None, seqused_q=None, key_padding_mask=None):
+                return_blocks=False, gates=None, seqused_k=None, seqused_q=None, key_padding_mask=None):
         """O = attention(q, k, v) under the pattern, written into `out` (allocated like q if
         None) and LSE into `lse` [B, Hq, Nq] float32 if given; returns out, or (out, blocks)
         with return_blocks=True.
@@ -255,36 +257,23 @@ class Attention:
             [Hkv, D, P] per head (converted with .float().contiguous()); both or neither,
             exclusive with scores;
           return_blocks: also return the chosen key blocks, int32 [B, Hq, nq_blocks, max_k]
-            (see adaptive_geometry), ascending per row, -1 past the row's count.
+            (see adaptive_geometry), ascending per row, -1 past the row's count;
+          gates [B, Hq, nq_blocks, nk_blocks]: block gates (converted to contiguous float32):
+            a chosen block's logits get log g added, a gate <= 0 removes the block.
         Shapes are checked by the library (SpattnError with its message)."""
         import torch
+        given = scores is not None or wq is not None or wk is not None or gates is not None
         if seqused_k is not None or seqused_q is not None or key_padding_mask is not None:
-            if scores is not None or wq is not None or wk is not None or return_blocks:
+            if given or return_blocks:
                 raise ArgumentError("seqused_k / seqused_q / key_padding_mask do not combine with adaptive inputs "
-                                    "(scores, wq, wk, return_blocks)")
+                                    "(scores, wq, wk, gates, return_blocks)")
             return self._forward_padded(q, k, v, out, lse, stream, seqused_k, seqused_q, key_padding_mask)
         adaptive = None
-        if scores is not None or wq is not None or wk is not None or return_blocks:
+        if given or return_blocks:
             temporaries = []
-
-            def as_f32(t, contiguous):
-                if not isinstance(t, torch.Tensor):
-                    return t  # _view names it
-                c = t if t.dtype == torch.float32 else t.float()
-                if contiguous or (c.dim() > 0 and c.stride(-1) != 1):
-                    c = c.contiguous()
-                if c is not t:
-                    temporaries.append(c)
-                return c
-
-            _same_device(("q", q), {"scores": scores, "wq": wq, "wk": wk})
-            scores = as_f32(scores, False) if scores is not None else None
-            wq = as_f32(wq, True) if wq is not None else None
-            wk = as_f32(wk, True) if wk is not None else None
-            blocks = None
-            if return_blocks:
-                blocks = self._blocks_for(q, k)
-            adaptive = (scores, wq, wk, blocks, temporaries)
+            scores, wq, wk, gates = _adaptive_inputs(q, scores, wq, wk, gates, temporaries)
+            blocks = self._blocks_for(q, k) if return_blocks else None
+            adaptive = (scores, wq, wk, blocks, gates, temporaries)
         out = _forward(_lib.spattn_attention_forward, self._handle, q, k, v, out, lse, stream, adaptive)
         return (out, adaptive[3]) if return_blocks else out
 
@@ -377,7 +366,7 @@ class Attention:
         return torch.empty((q.shape[0], q.shape[2], nq_blocks, max_k), dtype=torch.int32, device=q.device)
 
     def backward(self, q, k, v, out, lse, d_out, dq=None, dk=None, dv=None, stream=None, *, seqused_k=None,
-                 seqused_q=None, key_padding_mask=None):
+                 seqused_q=None, key_padding_mask=None, scores=None, wq=None, wk=None, gates=None, gates_grad=None):
         """Gradients of forward(q, k, v) -> (out, lse) for d_out; returns (dq, dk, dv), written
         into the given buffers (allocated like q, k and v if None). lse [B, Hq, Nq] float32 is
         required: the forward's. seqused_k, seqused_q, key_padding_mask: the padded batch of
@@ -385,10 +374,25 @@ class Attention:
         checked and converted as there); the gradients of rows past the used lengths are
         zero. Shapes and dtypes are checked by the library (ArgumentError naming the tensor);
         static patterns whose rows are not key ranges (strided, LongNet, grids, custom blocks)
-        and adaptive patterns have no padded backward yet (SpattnError, status 2)."""
+        and adaptive patterns have no padded backward yet (SpattnError, status 2).
+
+        Adaptive patterns: scores, wq, wk and gates are the forward's (the selection runs
+        again and chooses the forward's blocks); with gates the call returns (dq, dk, dv,
+        gates_grad): dL/dg float32 like gates (written into gates_grad if given, contiguous
+        float32), 0 where no block was chosen or the gate removed it."""
         import torch
         padded = seqused_k is not None or seqused_q is not None or key_padding_mask is not None
+        adaptive = any(t is not None for t in (scores, wq, wk, gates, gates_grad))
         temporaries = []
+        if padded and adaptive:
+            raise ArgumentError("seqused_k / seqused_q / key_padding_mask do not combine with adaptive inputs "
+                                "(scores, wq, wk, gates, gates_grad)")
+        if gates_grad is not None and gates is None:
+            raise ArgumentError("gates_grad needs the gates it is the gradient of (gates)")
+        if adaptive:
+            scores, wq, wk, gates = _adaptive_inputs(q, scores, wq, wk, gates, temporaries)
+            if gates is not None and gates_grad is None:
+                gates_grad = torch.empty_like(gates)
         if padded:
             seqused_k, seqused_q, temporaries = _padded_lengths(q, k, v, seqused_k, seqused_q, key_padding_mask)
         named = {"q": q, "k": k, "v": v, "out": out, "lse": lse, "d_out": d_out, "dq": dq, "dk": dk, "dv": dv}
@@ -399,9 +403,16 @@ class Attention:
                 lengths = [ctypes.pointer(_view(t, name, "int32")) if t is not None else None
                            for name, t in (("seqused_q", seqused_q), ("seqused_k", seqused_k))]
                 _check(_lib.spattn_attention_backward_padded(self._handle, *views, *lengths, ctypes.c_void_p(handle)))
+            elif adaptive:
+                extra = [ctypes.pointer(_view(t, name, "float32")) if t is not None else None
+                         for name, t in (("scores", scores), ("wq", wq), ("wk", wk))]
+                gate_views = [ctypes.pointer(_view(t, name, "float32")) if t is not None else None
+                              for name, t in (("gates", gates), ("gates_grad", gates_grad))]
+                _check(_lib.spattn_attention_backward_adaptive(self._handle, *views, *extra, None, *gate_views,
+                                                               ctypes.c_void_p(handle)))
             else:
                 _check(_lib.spattn_attention_backward(self._handle, *views, ctypes.c_void_p(handle)))
-        return dq, dk, dv
+        return (dq, dk, dv, gates_grad) if gates is not None else (dq, dk, dv)
 
     def backward_varlen(self, q, k, v, out, lse, d_out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                         dq=None, dk=None, dv=None, stream=None):
@@ -449,7 +460,7 @@ def _forward(fn, handle, q, k, v, out, lse, stream, adaptive=None):
         return out
     *inputs, temporaries = adaptive
     extra = [ctypes.pointer(_view(t, name, "float32 (int32 for blocks)")) if t is not None else None
-             for t, name in zip(inputs, ("scores", "wq", "wk", "blocks"))]
+             for t, name in zip(inputs, ("scores", "wq", "wk", "blocks", "gates"))]
     _check(_lib.spattn_attention_forward_adaptive(handle, *[ctypes.pointer(x) for x in views], lse_view, *extra,
                                                   ctypes.c_void_p(stream)))
     if explicit_stream and temporaries and stream != torch.cuda.current_stream(q.device).cuda_stream:
@@ -542,6 +553,26 @@ def _padded_lengths(q, k, v, seqused_k, seqused_q, key_padding_mask):
             _check_lengths_vector(name, t, batch, "[B]")
     _same_device(("q", q), {"key_padding_mask": key_padding_mask, "seqused_k": seqused_k, "seqused_q": seqused_q})
     return seqused_k, seqused_q, temporaries
+
+
+def _adaptive_inputs(q, scores, wq, wk, gates, temporaries):
+    """An adaptive call's float inputs as the library takes them: float32, scores with a
+    contiguous last dim, wq / wk / gates contiguous (copies made here go to temporaries);
+    all on q's device."""
+    import torch
+    _same_device(("q", q), {"scores": scores, "wq": wq, "wk": wk, "gates": gates})
+
+    def as_f32(t, contiguous):
+        if t is None or not isinstance(t, torch.Tensor):
+            return t  # _view names what is not a tensor
+        c = t if t.dtype == torch.float32 else t.float()
+        if contiguous or (c.dim() > 0 and c.stride(-1) != 1):
+            c = c.contiguous()
+        if c is not t:
+            temporaries.append(c)
+        return c
+
+    return as_f32(scores, False), as_f32(wq, True), as_f32(wk, True), as_f32(gates, True)
 
 
 def _gradient_buffers(named):
@@ -855,41 +886,52 @@ def _register_ops():
 
     from torch import Tensor
 
+    def adaptive_kwargs(scores, gates):
+        return {name: t for name, t in (("scores", scores), ("gates", gates)) if t is not None}
+
     @torch.library.custom_op("spattn::attention_forward", mutates_args=())
     def attention_forward(q: Tensor, k: Tensor, v: Tensor, seqused_k: Optional[Tensor], seqused_q: Optional[Tensor],
-                          pattern: str, scale: float, deterministic: bool) -> tuple[Tensor, Tensor]:
+                          scores: Optional[Tensor], gates: Optional[Tensor], pattern: str, scale: float,
+                          deterministic: bool) -> tuple[Tensor, Tensor]:
         out = torch.empty_like(q)
         lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), device=q.device, dtype=torch.float32)
-        _attention_for(pattern, scale).forward(q, k, v, out=out, lse=lse, seqused_k=seqused_k, seqused_q=seqused_q)
+        _attention_for(pattern, scale).forward(q, k, v, out=out, lse=lse, seqused_k=seqused_k, seqused_q=seqused_q,
+                                               **adaptive_kwargs(scores, gates))
         return out, lse
 
     @attention_forward.register_fake
-    def _(q, k, v, seqused_k, seqused_q, pattern, scale, deterministic):
+    def _(q, k, v, seqused_k, seqused_q, scores, gates, pattern, scale, deterministic):
         return torch.empty_like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
 
+    # The fourth gradient: dL/dg (float32 like gates) with gates, an empty tensor without.
     @torch.library.custom_op("spattn::attention_backward", mutates_args=())
     def attention_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, d_out: Tensor,
-                           seqused_k: Optional[Tensor], seqused_q: Optional[Tensor], pattern: str, scale: float,
-                           deterministic: bool) -> tuple[Tensor, Tensor, Tensor]:
-        return _attention_for(pattern, scale, deterministic).backward(q, k, v, out, lse, d_out.contiguous(),
-                                                                      seqused_k=seqused_k, seqused_q=seqused_q)
+                           seqused_k: Optional[Tensor], seqused_q: Optional[Tensor], scores: Optional[Tensor],
+                           gates: Optional[Tensor], pattern: str, scale: float,
+                           deterministic: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        grads = _attention_for(pattern, scale, deterministic).backward(q, k, v, out, lse, d_out.contiguous(),
+                                                                       seqused_k=seqused_k, seqused_q=seqused_q,
+                                                                       **adaptive_kwargs(scores, gates))
+        return grads if gates is not None else (*grads, q.new_empty(0, dtype=torch.float32))
 
     @attention_backward.register_fake
-    def _(q, k, v, out, lse, d_out, seqused_k, seqused_q, pattern, scale, deterministic):
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    def _(q, k, v, out, lse, d_out, seqused_k, seqused_q, scores, gates, pattern, scale, deterministic):
+        dg = gates.new_empty(gates.shape, dtype=torch.float32) if gates is not None else q.new_empty(0, dtype=torch.float32)
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dg
 
     def setup_context(ctx, inputs, output):
-        q, k, v, seqused_k, seqused_q, pattern, scale, deterministic = inputs
+        q, k, v, seqused_k, seqused_q, scores, gates, pattern, scale, deterministic = inputs
         out, lse = output
         ctx.mark_non_differentiable(lse)
-        ctx.save_for_backward(q, k, v, out, lse, seqused_k, seqused_q)
+        ctx.save_for_backward(q, k, v, out, lse, seqused_k, seqused_q, scores, gates)
         ctx.pattern, ctx.scale, ctx.deterministic = pattern, scale, deterministic
 
     def backward(ctx, d_out, d_lse):
-        q, k, v, out, lse, seqused_k, seqused_q = ctx.saved_tensors
-        dq, dk, dv = torch.ops.spattn.attention_backward(q, k, v, out, lse, d_out, seqused_k, seqused_q, ctx.pattern,
-                                                         ctx.scale, ctx.deterministic)
-        return dq, dk, dv, None, None, None, None, None
+        q, k, v, out, lse, seqused_k, seqused_q, scores, gates = ctx.saved_tensors
+        dq, dk, dv, dg = torch.ops.spattn.attention_backward(q, k, v, out, lse, d_out, seqused_k, seqused_q, scores,
+                                                             gates, ctx.pattern, ctx.scale, ctx.deterministic)
+        dg = dg.to(gates.dtype) if gates is not None and ctx.needs_input_grad[6] else None
+        return dq, dk, dv, None, None, None, dg, None, None, None
 
     attention_forward.register_autograd(backward, setup_context=setup_context)
 
@@ -941,7 +983,7 @@ def _register_ops():
 
 
 def attention(q, k, v, pattern, scale=None, deterministic=False, *, seqused_k=None, seqused_q=None,
-              key_padding_mask=None):
+              key_padding_mask=None, scores=None, gates=None):
     """Differentiable sparse attention: q [B, Nq, Hq, D], k/v [B, Nk, Hkv, D] (fp16/bf16, CUDA).
 
     scale defaults to 1/sqrt(D). The forward saves O and LSE; the backward runs spattn's
@@ -956,13 +998,14 @@ def attention(q, k, v, pattern, scale=None, deterministic=False, *, seqused_k=No
     others (strided, LongNet, grids, custom blocks) run forward, and their backward raises
     SpattnError (status 2).
 
-    Adaptive patterns run forward only here (their block scores from the block means;
-    Attention.forward takes supplied scores or projections): their backward raises
-    SpattnError (status 2, unsupported) with the library's reason; train with a static
-    pattern."""
+    Adaptive patterns train too (blocks that are multiples of 64): scores [B, Hq,
+    nq_blocks, nk_blocks] (default: the block means' products) choose the blocks and get no
+    gradient; gates of the same shape (see Attention.forward) scale the chosen blocks and
+    receive dL/dg (in gates' dtype), as a Gumbel-softmax or straight-through scorer needs.
+    Blocks of 32 keys run forward only (their backward raises SpattnError, status 2)."""
     if seqused_k is not None or seqused_q is not None or key_padding_mask is not None:
         seqused_k, seqused_q, _ = _padded_lengths(q, k, v, seqused_k, seqused_q, key_padding_mask)
-    out, _ = _register_ops().attention_forward(q, k, v, seqused_k, seqused_q, _pattern_text(pattern),
+    out, _ = _register_ops().attention_forward(q, k, v, seqused_k, seqused_q, scores, gates, _pattern_text(pattern),
                                                float(scale or 0.0), bool(deterministic))
     return out
 

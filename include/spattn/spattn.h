@@ -77,15 +77,18 @@ spattn_status spattn_attention_forward(spattn_attention_t attn, const spattn_ten
  *   wq, wk: projections of the pooled blocks, fp32, contiguous: [D, P] shared by every
  *     head, or [Hq, D, P] (wq) / [Hkv, D, P] (wk) per head; both or neither;
  *   blocks [B, Hq, nq_blocks, max_k] SPATTN_INT32, contiguous: written with the chosen key
- *     blocks, ascending per row, -1 past the row's count (the grid: spattn_adaptive_geometry).
- * With all four absent it is spattn_attention_forward (scores from the block means, for
+ *     blocks, ascending per row, -1 past the row's count (the grid: spattn_adaptive_geometry);
+ *   gates [B, Hq, nq_blocks, nk_blocks] fp32, contiguous: block gates; a chosen block's
+ *     logits get log g added, a gate <= 0 (or NaN) removes the block.
+ * With all five absent it is spattn_attention_forward (scores from the block means, for
  * adaptive patterns); other patterns refuse any adaptive input. Asynchronous on `stream`:
  * the selection runs on the GPU in the same stream before the attention. */
 spattn_status spattn_attention_forward_adaptive(spattn_attention_t attn, const spattn_tensor* q,
                                                 const spattn_tensor* k, const spattn_tensor* v,
                                                 const spattn_tensor* o, const spattn_tensor* lse,
                                                 const spattn_tensor* scores, const spattn_tensor* wq,
-                                                const spattn_tensor* wk, const spattn_tensor* blocks, void* stream);
+                                                const spattn_tensor* wk, const spattn_tensor* blocks,
+                                                const spattn_tensor* gates, void* stream);
 
 /* Packed variable-length documents (FlashAttention's varlen convention): q [total_q, Hq, D],
  * k and v [total_k, Hkv, D], o like q (rank 3), lse [Hq, total_q] fp32 (rank 2) or NULL;
@@ -125,16 +128,20 @@ spattn_status spattn_attention_backward(spattn_attention_t attn, const spattn_te
 /* Gradients of spattn_attention_forward_adaptive: the tensors of spattn_attention_backward,
  * and the forward's scores or wq / wk (NULL, or a NULL data pointer, where the forward had
  * none): the selection runs again on them and chooses the forward's blocks; blocks, when
- * given, receives them again. Gradients flow through the attention over the chosen
- * blocks, not through the selection. SPATTN_ERROR_UNSUPPORTED for blocks that are not
- * multiples of 64. */
+ * given, receives them again; gates are the forward's. Gradients flow through the
+ * attention over the chosen blocks, not through the selection; gates_grad (optional,
+ * needs gates; like gates) receives dL/dg: the sum of the logits' gradients over each
+ * chosen block divided by its gate, 0 for blocks not chosen or removed.
+ * SPATTN_ERROR_UNSUPPORTED for blocks that are not multiples of 64. */
 spattn_status spattn_attention_backward_adaptive(spattn_attention_t attn, const spattn_tensor* q,
                                                  const spattn_tensor* k, const spattn_tensor* v,
                                                  const spattn_tensor* o, const spattn_tensor* lse,
                                                  const spattn_tensor* d_o, const spattn_tensor* dq,
                                                  const spattn_tensor* dk, const spattn_tensor* dv,
                                                  const spattn_tensor* scores, const spattn_tensor* wq,
-                                                 const spattn_tensor* wk, const spattn_tensor* blocks, void* stream);
+                                                 const spattn_tensor* wk, const spattn_tensor* blocks,
+                                                 const spattn_tensor* gates, const spattn_tensor* gates_grad,
+                                                 void* stream);
 
 /* Gradients of spattn_attention_forward_varlen / _padded with the same lengths: tensors
  * as those calls take them (lse required: [Hq, total_q], or [B, Hq, Nq] for padded

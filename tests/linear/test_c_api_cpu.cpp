@@ -283,7 +283,7 @@ struct AdaptiveTensors {
                 wk = fake_tensor(SPATTN_FP32, {64, 16}, 9);
   spattn_status forward(spattn_attention_t attn, const spattn_tensor* s, const spattn_tensor* pq,
                         const spattn_tensor* pk, const spattn_tensor* c) const {
-    return spattn_attention_forward_adaptive(attn, &q, &k, &v, &o, &lse, s, pq, pk, c, nullptr);
+    return spattn_attention_forward_adaptive(attn, &q, &k, &v, &o, &lse, s, pq, pk, c, nullptr, nullptr);
   }
 };
 
@@ -296,7 +296,7 @@ TEST(AdaptiveCApi, ForwardValidatesDescriptorsAndNeedsAGpu) {
   expect_status(t.forward(nullptr, &t.scores, nullptr, nullptr, &t.blocks), SPATTN_ERROR_INVALID_ARGUMENT,
                 "attention handle is NULL");
   expect_status(spattn_attention_forward_adaptive(attn, nullptr, &t.k, &t.v, &t.o, nullptr, &t.scores, nullptr,
-                                                  nullptr, &t.blocks, nullptr),
+                                                  nullptr, &t.blocks, nullptr, nullptr),
                 SPATTN_ERROR_INVALID_ARGUMENT, "q is NULL");
   {
     spattn_tensor bad = t.scores;

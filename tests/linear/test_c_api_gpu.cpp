@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <spattn/adaptive.hpp>
+#include <spattn/attention.hpp>
 #include <spattn/linear.hpp>
 #include <spattn/spattn.h>
 
@@ -178,7 +179,8 @@ TEST(AdaptiveCApiGpu, SuppliedScoresChooseTheReferenceBlocksAndAttendThem) {
 
   spattn_attention_t attn = nullptr;
   ASSERT_EQ(spattn_attention_create(json, R"({"use_tuning_db": false})", &attn), SPATTN_OK) << spattn_last_error();
-  ASSERT_EQ(spattn_attention_forward_adaptive(attn, &tq, &tk, &tv, &to, &tl, &ts, nullptr, nullptr, &tc, nullptr),
+  ASSERT_EQ(spattn_attention_forward_adaptive(attn, &tq, &tk, &tv, &to, &tl, &ts, nullptr, nullptr, &tc, nullptr,
+                                              nullptr),
             SPATTN_OK)
       << spattn_last_error();
   runtime::synchronize();
@@ -239,17 +241,18 @@ TEST(AdaptiveCApiGpu, SuppliedScoresChooseTheReferenceBlocksAndAttendThem) {
                       wide_blocks = describe(dblocks, DType::kInt32, {B, H, nqb, max_k - 1}),
                       float_blocks = describe(dblocks, DType::kFloat32, {B, H, nqb, max_k});
   EXPECT_EQ(spattn_attention_forward_adaptive(attn, &tq, &tk, &tv, &to, &tl, &short_scores, nullptr, nullptr, &tc,
-                                              nullptr),
+                                              nullptr, nullptr),
             SPATTN_ERROR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(spattn_last_error()).find("adaptive scores"), std::string::npos) << spattn_last_error();
   for (const spattn_tensor* bad : {&wide_blocks, &float_blocks}) {
-    EXPECT_EQ(spattn_attention_forward_adaptive(attn, &tq, &tk, &tv, &to, &tl, &ts, nullptr, nullptr, bad, nullptr),
+    EXPECT_EQ(spattn_attention_forward_adaptive(attn, &tq, &tk, &tv, &to, &tl, &ts, nullptr, nullptr, bad, nullptr,
+                                                nullptr),
               SPATTN_ERROR_INVALID_ARGUMENT);
     EXPECT_NE(std::string(spattn_last_error()).find("adaptive blocks output must be int32 [B, Hq, nq_blocks, max_k]"),
               std::string::npos)
         << spattn_last_error();
   }
-  EXPECT_EQ(spattn_attention_forward_adaptive(attn, &tq, &tk, &tv, &to, &tl, &ts, &ts, &ts, nullptr, nullptr),
+  EXPECT_EQ(spattn_attention_forward_adaptive(attn, &tq, &tk, &tv, &to, &tl, &ts, &ts, &ts, nullptr, nullptr, nullptr),
             SPATTN_ERROR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(spattn_last_error()).find("exclude each other"), std::string::npos) << spattn_last_error();
   spattn_attention_destroy(attn);
@@ -258,12 +261,107 @@ TEST(AdaptiveCApiGpu, SuppliedScoresChooseTheReferenceBlocksAndAttendThem) {
   spattn_attention_t dense = nullptr;
   ASSERT_EQ(spattn_attention_create(R"({"type":"dense","causal":true})", R"({"use_tuning_db": false})", &dense),
             SPATTN_OK);
-  EXPECT_EQ(spattn_attention_forward_adaptive(dense, &tq, &tk, &tv, &to, &tl, &ts, nullptr, nullptr, nullptr, nullptr),
+  EXPECT_EQ(spattn_attention_forward_adaptive(dense, &tq, &tk, &tv, &to, &tl, &ts, nullptr, nullptr, nullptr, nullptr,
+                                              nullptr),
             SPATTN_ERROR_INVALID_ARGUMENT);
   EXPECT_NE(std::string(spattn_last_error()).find("they belong to adaptive patterns only"), std::string::npos)
       << spattn_last_error();
   runtime::synchronize();
   spattn_attention_destroy(dense);
+}
+
+// Training through the C ABI: spattn_attention_forward_adaptive with gates and
+// spattn_attention_backward_adaptive with their gradient give, in deterministic mode,
+// the very bits of spattn::Attention on the same inputs (which the engine tests check
+// against the fp64 reference), gates_grad included.
+TEST(AdaptiveCApiGpu, GatedBackwardEqualsTheCppApi) {
+  SPATTN_REQUIRE_GPU();
+  const char* json = R"({"type":"adaptive","block":64,"top_k":3,"causal":true})";
+  const int64_t B = 2, N = 640, H = 4, Hkv = 2, Dh = 64;
+  const DType dt = DType::kBFloat16;
+  const AdaptiveGeometry g = adaptive_geometry(Pattern::parse(json), N, N);
+  const int64_t nqb = g.nq_blocks, nkb = g.nk_blocks;
+  std::mt19937_64 rng(53);
+  std::vector<float> q = test::uniform(B * N * H * Dh, -1, 1, rng), k = test::uniform(B * N * Hkv * Dh, -1, 1, rng),
+                     v = test::uniform(B * N * Hkv * Dh, -1, 1, rng), d_o = test::uniform(B * N * H * Dh, -1, 1, rng),
+                     scores = test::uniform(B * H * nqb * nkb, -1, 1, rng),
+                     gates = test::uniform(B * H * nqb * nkb, 0.1, 2, rng);
+  for (auto* x : {&q, &k, &v, &d_o}) test::round_to(*x, dt);
+  const runtime::DeviceBuffer bq = test::upload_as(q, dt), bk = test::upload_as(k, dt), bv = test::upload_as(v, dt),
+                              bdo = test::upload_as(d_o, dt), bs = test::upload_as(scores, DType::kFloat32),
+                              bg = test::upload_as(gates, DType::kFloat32);
+  struct Outputs {
+    runtime::DeviceBuffer o, lse, dq, dk, dv, dg;
+  };
+  auto outputs = [&] {
+    Outputs x{runtime::DeviceBuffer(B * N * H * Dh * 2), runtime::DeviceBuffer(B * H * N * 4),
+              runtime::DeviceBuffer(B * N * H * Dh * 2), runtime::DeviceBuffer(B * N * Hkv * Dh * 2),
+              runtime::DeviceBuffer(B * N * Hkv * Dh * 2), runtime::DeviceBuffer(B * H * nqb * nkb * 4)};
+    for (auto* b : {&x.o, &x.lse, &x.dq, &x.dk, &x.dv, &x.dg}) b->fill_bytes(0xff);
+    return x;
+  };
+  Outputs c = outputs(), cpp = outputs();
+
+  spattn_attention_t attn = nullptr;
+  ASSERT_EQ(spattn_attention_create(json, R"({"use_tuning_db": false, "deterministic": true})", &attn), SPATTN_OK)
+      << spattn_last_error();
+  const spattn_tensor tq = describe(bq, dt, {B, N, H, Dh}), tk = describe(bk, dt, {B, N, Hkv, Dh}),
+                      tv = describe(bv, dt, {B, N, Hkv, Dh}), tdo = describe(bdo, dt, {B, N, H, Dh}),
+                      ts = describe(bs, DType::kFloat32, {B, H, nqb, nkb}),
+                      tg = describe(bg, DType::kFloat32, {B, H, nqb, nkb}), to = describe(c.o, dt, {B, N, H, Dh}),
+                      tl = describe(c.lse, DType::kFloat32, {B, H, N}), tdq = describe(c.dq, dt, {B, N, H, Dh}),
+                      tdk = describe(c.dk, dt, {B, N, Hkv, Dh}), tdv = describe(c.dv, dt, {B, N, Hkv, Dh}),
+                      tdg = describe(c.dg, DType::kFloat32, {B, H, nqb, nkb});
+  ASSERT_EQ(spattn_attention_forward_adaptive(attn, &tq, &tk, &tv, &to, &tl, &ts, nullptr, nullptr, nullptr, &tg,
+                                              nullptr),
+            SPATTN_OK)
+      << spattn_last_error();
+  ASSERT_EQ(spattn_attention_backward_adaptive(attn, &tq, &tk, &tv, &to, &tl, &tdo, &tdq, &tdk, &tdv, &ts, nullptr,
+                                               nullptr, nullptr, &tg, &tdg, nullptr),
+            SPATTN_OK)
+      << spattn_last_error();
+  // gates_grad without gates is refused with the reason.
+  EXPECT_EQ(spattn_attention_backward_adaptive(attn, &tq, &tk, &tv, &to, &tl, &tdo, &tdq, &tdk, &tdv, &ts, nullptr,
+                                               nullptr, nullptr, nullptr, &tdg, nullptr),
+            SPATTN_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(spattn_last_error()).find("gates_grad needs the gates"), std::string::npos)
+      << spattn_last_error();
+  runtime::synchronize();
+  spattn_attention_destroy(attn);
+
+  AttentionOptions opts;
+  opts.use_tuning_db = false;
+  opts.deterministic = true;
+  Attention ref(Pattern::parse(json), opts);
+  auto qv = [&](const runtime::DeviceBuffer& b) { return TensorView::contiguous(b.data(), dt, {B, N, H, Dh}); };
+  auto kv = [&](const runtime::DeviceBuffer& b) { return TensorView::contiguous(b.data(), dt, {B, N, Hkv, Dh}); };
+  auto grid = [&](const runtime::DeviceBuffer& b) {
+    return TensorView::contiguous(b.data(), DType::kFloat32, {B, H, nqb, nkb});
+  };
+  const TensorView vs = grid(bs), vg = grid(bg), vdg = grid(cpp.dg);
+  const TensorView vl = TensorView::contiguous3(cpp.lse.data(), DType::kFloat32, {B, H, N});
+  AdaptiveInputs in;
+  in.scores = &vs;
+  in.gates = &vg;
+  ref.forward(qv(bq), kv(bk), kv(bv), qv(cpp.o), &vl, nullptr, &in);
+  in.gates_grad = &vdg;
+  ref.backward(qv(bq), kv(bk), kv(bv), qv(cpp.o), vl, qv(bdo), qv(cpp.dq), kv(cpp.dk), kv(cpp.dv), nullptr, &in);
+  runtime::synchronize();
+  auto bytes = [](const runtime::DeviceBuffer& b) {
+    std::vector<unsigned char> x(b.size());
+    b.download(x.data(), x.size());
+    return x;
+  };
+  EXPECT_TRUE(bytes(c.o) == bytes(cpp.o)) << "O";
+  EXPECT_TRUE(bytes(c.lse) == bytes(cpp.lse)) << "LSE";
+  EXPECT_TRUE(bytes(c.dq) == bytes(cpp.dq)) << "dQ";
+  EXPECT_TRUE(bytes(c.dk) == bytes(cpp.dk)) << "dK";
+  EXPECT_TRUE(bytes(c.dv) == bytes(cpp.dv)) << "dV";
+  EXPECT_TRUE(bytes(c.dg) == bytes(cpp.dg)) << "dL/dg";
+  std::vector<float> dg(static_cast<size_t>(B * H * nqb * nkb));
+  c.dg.download(dg.data(), dg.size() * 4);
+  EXPECT_TRUE(std::any_of(dg.begin(), dg.end(), [](float x) { return x != 0.f; })) << "no gate gradient";
+  EXPECT_TRUE(std::all_of(dg.begin(), dg.end(), [](float x) { return std::isfinite(x); })) << "non-finite dL/dg";
 }
 
 }  // namespace

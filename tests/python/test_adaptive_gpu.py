@@ -8,8 +8,9 @@ H=4, D=64 bf16; Nq < Nk with GQA; keep_ratio without causal; integer-valued bf16
 (many ties; converted to fp32 by the wrapper) given as a non-contiguous view. Then scores
 computed from block means and from projections (wq, wk in bf16, converted): the blocks are
 a valid choice and the output is the attention over them. Errors: wrong shapes (the
-library's message), adaptive inputs for a static pattern, and spattn.attention's backward
-refusing adaptive patterns. Exits 77 (ctest: skipped) without PyTorch or a CUDA GPU.
+library's message) and adaptive inputs for a static pattern. Training: spattn.attention's
+gradients (q, k, v, and the gates with supplied scores) against torch's autograd through
+the reference. Exits 77 (ctest: skipped) without PyTorch or a CUDA GPU.
 
 Tolerances (bf16, as tests/python/test_torch_gpu.py): output rel L2 <= 3e-2; LSE max abs
 error <= 2e-3 (natural log)."""
@@ -94,9 +95,11 @@ def valid(blocks, geo):
     return True
 
 
-def reference(q, k, v, blocks, block, causal):
+def reference(q, k, v, blocks, block, causal, gates=None):
     """fp32 attention [B, Nq, H, D] and LSE [B, H, Nq] over the chosen blocks: key j is allowed
-    for query i iff block(j) is chosen for block(i) and (causal) j <= i + Nk - Nq."""
+    for query i iff block(j) is chosen for block(i) and (causal) j <= i + Nk - Nq; with gates
+    [B, H, nqb, nkb], log g is added to the logits of each block (g <= 0: removed).
+    Differentiable in q, k, v and gates."""
     B, nq, H, D = q.shape
     nk, hkv = k.shape[1], k.shape[2]
     nqb, nkb = -(-nq // block), -(-nk // block)
@@ -116,6 +119,10 @@ def reference(q, k, v, blocks, block, causal):
     kt = k.float().repeat_interleave(H // hkv, dim=2).transpose(1, 2)
     vt = v.float().repeat_interleave(H // hkv, dim=2).transpose(1, 2)
     s = (qt @ kt.transpose(-1, -2)) / math.sqrt(D)
+    if gates is not None:
+        g = gates.float()[:, :, qb][:, :, :, kb]  # [B, H, Nq, Nk]
+        mask = mask & (g > 0)
+        s = s + torch.log(torch.where(g > 0, g, torch.ones_like(g)))
     s = s.masked_fill(~mask, -math.inf)
     lse = torch.logsumexp(s, dim=-1)
     p = torch.nan_to_num(torch.softmax(s, dim=-1), nan=0.0)  # rows that see nothing: O = 0
@@ -221,22 +228,51 @@ if first is not None:
                  1, "adaptive patterns only")
     torch.cuda.synchronize()
 
-    # spattn.attention: the forward runs; the backward refuses adaptive patterns with the reason.
-    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
-    out = spattn.attention(*leaves, causal4)
-    ref, _ = reference(q, k, v, attn(q, k, v, return_blocks=True)[1], 64, True)
-    if not rel(out, ref) <= TOL_OUT:
-        failures.append(f"spattn.attention forward of an adaptive pattern: rel {rel(out, ref):.2e}")
+    # spattn.attention trains adaptive patterns: computed scores, then supplied scores with
+    # gates (bf16, some removed), gradients of q, k, v and the gates against torch's autograd
+    # through the fp32 reference over the same blocks.
+    TOL_GRAD = 3e-2  # bf16, the backward tolerance of autotune/harness.hpp
+    d_out = torch.randn(q.shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+    nqb, nkb = -(-q.shape[1] // 64), -(-k.shape[1] // 64)
+    sc = torch.rand((q.shape[0], q.shape[2], nqb, nkb), device="cuda", generator=gen)
+    gates = (torch.rand((q.shape[0], q.shape[2], nqb, nkb), device="cuda", generator=gen) * 2 + 0.1)
+    gates.view(-1)[::7] = 0  # removed blocks
+    gates = gates.to(torch.bfloat16)
+    for name, kw in (("computed scores", {}), ("supplied scores and gates", {"scores": sc, "gates": gates})):
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        g_leaf = kw["gates"].clone().requires_grad_() if "gates" in kw else None
+        call = dict(kw, gates=g_leaf) if g_leaf is not None else kw
+        out = spattn.attention(*leaves, causal4, **call)
+        out.backward(d_out)
+        blocks = attn(q, k, v, return_blocks=True, **({"scores": sc} if "scores" in kw else {}))[1]
+        ref_leaves = [x.detach().float().requires_grad_() for x in (q, k, v)]
+        ref_g = g_leaf.detach().float().requires_grad_() if g_leaf is not None else None
+        ref, _ = reference(*ref_leaves, blocks, 64, True, ref_g)
+        ref.backward(d_out.float())
+        errs = {"out": rel(out, ref)}
+        for what, got, want in zip(("dq", "dk", "dv"), leaves, ref_leaves):
+            errs[what] = rel(got.grad, want.grad)
+        if ref_g is not None:
+            errs["dgates"] = rel(g_leaf.grad, ref_g.grad)
+            if g_leaf.grad.dtype != torch.bfloat16:
+                failures.append(f"spattn.attention {name}: gates' gradient is {g_leaf.grad.dtype}")
+        print(f"spattn.attention {name}: " + ", ".join(f"{w} rel {e:.2e}" for w, e in errs.items()))
+        if not all(e <= (TOL_OUT if w == "out" else TOL_GRAD) for w, e in errs.items()):
+            failures.append(f"spattn.attention {name}: {errs}")
+    # Attention.backward with gates returns the gates' gradient too; gates_grad needs gates.
+    o_buf = torch.empty_like(q)
+    lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), device="cuda", dtype=torch.float32)
+    attn(q, k, v, o_buf, lse, scores=sc, gates=gates)
+    grads = attn.backward(q, k, v, o_buf, lse, d_out, scores=sc, gates=gates)
+    if len(grads) != 4 or grads[3].shape != gates.shape or grads[3].dtype != torch.float32:
+        failures.append("Attention.backward with gates: expected (dq, dk, dv, gates_grad float32 like gates)")
     try:
-        out.float().sum().backward()
-    except Exception as e:  # noqa: BLE001 (the type autograd re-raises is checked below)
-        message = str(e)
-        if "backward of adaptive patterns is not supported" not in message:
-            failures.append(f"spattn.attention backward: unclear error {type(e).__name__}: {message}")
-        elif not isinstance(e, spattn.SpattnError) or e.status != 2:
-            print(f"note: the backward's error arrives as {type(e).__name__}")
+        attn.backward(q, k, v, o_buf, lse, d_out, scores=sc, gates_grad=torch.empty_like(sc))
+    except spattn.ArgumentError as e:
+        if "gates_grad needs the gates" not in str(e):
+            failures.append(f"gates_grad without gates: {e}")
     else:
-        failures.append("spattn.attention backward of an adaptive pattern was accepted")
+        failures.append("gates_grad without gates: accepted")
 
 if failures:
     print("FAILED:\n  " + "\n  ".join(failures))

@@ -132,12 +132,19 @@ scores_bad = desc(fp32, [2, 4, 16, 16], 5)
 scores_bad.contents.rank = 5
 blocks = desc(3, [2, 4, 16, 4], 6)  # SPATTN_INT32
 status = spattn._lib.spattn_attention_forward_adaptive(handle, q4, k4, v4, o4, None, scores_bad, None, None, blocks,
-                                                       None)
+                                                       None, None)
 message = spattn._lib.spattn_last_error().decode()
 assert status == 1 and "scores: rank must be 1 to 4 (got 5)" in message, (status, message)
-status = spattn._lib.spattn_attention_forward_adaptive(None, q4, k4, v4, o4, None, None, None, None, blocks, None)
+status = spattn._lib.spattn_attention_forward_adaptive(None, q4, k4, v4, o4, None, None, None, None, blocks, None,
+                                                       None)
 message = spattn._lib.spattn_last_error().decode()
 assert status == 1 and "attention handle is NULL" in message, (status, message)
+gates_bad = desc(fp32, [2, 4, 16, 16], 7)
+gates_bad.contents.rank = 5
+status = spattn._lib.spattn_attention_forward_adaptive(handle, q4, k4, v4, o4, None, None, None, None, None,
+                                                       gates_bad, None)
+message = spattn._lib.spattn_last_error().decode()
+assert status == 1 and "gates: rank must be 1 to 4 (got 5)" in message, (status, message)
 spattn._lib.spattn_attention_destroy(handle)
 
 # The C ABI's documents forwards: descriptors checked by name before anything needs a GPU.
