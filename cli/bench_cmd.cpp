@@ -369,13 +369,15 @@ void register_adaptive_bench(CLI::App& bench) {
   struct Args {
     int64_t seq = 32768, heads = 16, batch = 1, block = 128, top_k = 8;
     double keep_ratio = 0;
-    bool causal = false;
+    bool causal = false, backward = false;
     int head_dim = 128;
     std::string dtype = "bf16";
     int reps = 20;
   };
   auto args = std::make_shared<Args>();
   auto* cmd = bench.add_subcommand("adaptive", "time adaptive top-k selection against the attention over its blocks");
+  cmd->add_flag("--backward", args->backward,
+                "also time the backward pass (supplied scores), without and with gates and their gradient");
   cmd->add_option("--seq", args->seq, "tokens")->capture_default_str();
   cmd->add_option("--heads", args->heads, "heads")->capture_default_str();
   cmd->add_option("--batch", args->batch, "batch")->capture_default_str();
@@ -413,7 +415,15 @@ void register_adaptive_bench(CLI::App& bench) {
       for (float& f : host) f = static_cast<float>((x = x * 1664525u + 1013904223u) >> 8) / 16777216.f;
       scores.upload(host);
     }
-    const TensorView tb = blocks.view(), ts = scores.view();
+    tools::DeviceTensor gates(DType::kFloat32, {B, H, g.nq_blocks, g.nk_blocks}),
+        gates_grad(DType::kFloat32, {B, H, g.nq_blocks, g.nk_blocks});
+    {
+      std::vector<float> host(static_cast<size_t>(B * H * g.nq_blocks * g.nk_blocks));
+      uint32_t x = 777;
+      for (float& f : host) f = 0.25f + static_cast<float>((x = x * 1664525u + 1013904223u) >> 8) / 16777216.f;
+      gates.upload(host);
+    }
+    const TensorView tb = blocks.view(), ts = scores.view(), tg = gates.view(), tdg = gates_grad.view();
     const Timing computed = time_runs("timing adaptive (computed scores)", args->reps, [&](int r) {
       attn.forward(q[r % kSets].view(), k[r % kSets].view(), v[r % kSets].view(), o.view());
     });
@@ -424,6 +434,34 @@ void register_adaptive_bench(CLI::App& bench) {
       attn.forward(q[r % kSets].view(), k[r % kSets].view(), v[r % kSets].view(), o.view(), nullptr, nullptr,
                    &supplied_in);
     });
+    AdaptiveInputs gated_in = supplied_in;
+    gated_in.gates = &tg;
+    const Timing gated = time_runs("timing adaptive (supplied scores, gates)", args->reps, [&](int r) {
+      attn.forward(q[r % kSets].view(), k[r % kSets].view(), v[r % kSets].view(), o.view(), nullptr, nullptr,
+                   &gated_in);
+    });
+    // The backward pass over the supplied scores' blocks, then with gates and dL/dg.
+    std::optional<Timing> backward, backward_gated;
+    if (args->backward) {
+      const tools::DeviceTensor lse(DType::kFloat32, {B, H, N}), dq(dtype, {B, N, H, D}), dk(dtype, {B, N, H, D}),
+          dv(dtype, {B, N, H, D});
+      tools::DeviceTensor d_o(dtype, {B, N, H, D});
+      d_o.fill_random(99);
+      const TensorView tl = lse.view();
+      auto run_backward = [&](const AdaptiveInputs& in) {
+        AdaptiveInputs forward_in = in;
+        forward_in.gates_grad = nullptr;  // an output of the backward only
+        attn.forward(q[0].view(), k[0].view(), v[0].view(), o.view(), &tl, nullptr, &forward_in);
+        return [&, in](int) {
+          attn.backward(q[0].view(), k[0].view(), v[0].view(), o.view(), tl, d_o.view(), dq.view(), dk.view(),
+                        dv.view(), nullptr, &in);
+        };
+      };
+      backward = time_runs("timing the backward (supplied scores)", args->reps, run_backward(supplied_in));
+      AdaptiveInputs train_in = gated_in;
+      train_in.gates_grad = &tdg;
+      backward_gated = time_runs("timing the backward (gates, dL/dg)", args->reps, run_backward(train_in));
+    }
     // The blocks chosen for batch 0, head 0 as a static pattern of every head.
     AdaptiveInputs out_in;
     out_in.blocks = &tb;
@@ -444,11 +482,17 @@ void register_adaptive_bench(CLI::App& bench) {
     const double base = alone.median();
     const double flops = 4.0 * D * static_cast<double>(stat.explanation().stats.allowed_pairs_total) * B;
     if (globals().json) {
-      print_json({{"pattern", ex.pattern}, {"problem", ex.problem}, {"device", ex.device},
-                  {"config", ex.config.to_string()}, {"computed_ms", computed.median()},
-                  {"supplied_ms", supplied.median()}, {"attention_ms", base},
-                  {"computed_overhead", computed.median() / base - 1}, {"supplied_overhead", supplied.median() / base - 1},
-                  {"attention_tflops", flops / base / 1e9}, {"reps", args->reps}});
+      nlohmann::json j = {{"pattern", ex.pattern}, {"problem", ex.problem}, {"device", ex.device},
+                          {"config", ex.config.to_string()}, {"computed_ms", computed.median()},
+                          {"supplied_ms", supplied.median()}, {"attention_ms", base},
+                          {"computed_overhead", computed.median() / base - 1},
+                          {"supplied_overhead", supplied.median() / base - 1},
+                          {"attention_tflops", flops / base / 1e9}, {"gated_ms", gated.median()}, {"reps", args->reps}};
+      if (backward) {
+        j["backward_ms"] = backward->median();
+        j["backward_gated_ms"] = backward_gated->median();
+      }
+      print_json(j);
       return;
     }
     std::cout << attn.explain();
@@ -457,6 +501,13 @@ void register_adaptive_bench(CLI::App& bench) {
     std::cout << fmt::format("supplied  {} (+{:.1f}%)\n", supplied.line(), 100 * (supplied.median() / base - 1));
     std::cout << fmt::format("attention {}; {:.1f} useful TFLOP/s (custom pattern of the blocks batch 0, head 0 chose)\n",
                              alone.line(), flops / base / 1e9);
+    std::cout << fmt::format("gated     {} (supplied scores and gates; +{:.1f}% over supplied)\n", gated.line(),
+                             100 * (gated.median() / supplied.median() - 1));
+    if (backward) {
+      std::cout << fmt::format("backward  {} (supplied scores)\n", backward->line());
+      std::cout << fmt::format("backward  {} (gates and dL/dg; +{:.1f}%)\n", backward_gated->line(),
+                               100 * (backward_gated->median() / backward->median() - 1));
+    }
   });
 }
 
