@@ -16,6 +16,7 @@ return the blocks chosen:
     attn = spattn.Attention({"type": "adaptive", "block": 64, "top_k": 4, "causal": True})
     nq_blocks, nk_blocks, max_k = spattn.adaptive_geometry(attn.pattern, nq, nk)
     out, blocks = attn(q, k, v, scores=scores, return_blocks=True)  # scores [B, Hq, nq_blocks, nk_blocks]
+    out = spattn.attention(q, k, v, pattern, scores=scores, gates=gates)  # trains q, k, v and the gates
 
 The linear-time mixers (include/spattn/linear.hpp), forward only:
 
