@@ -274,6 +274,10 @@ const int32_t* AdaptiveSelector::run(const TensorView& q, const TensorView& k, c
   return chosen;
 }
 
+bool has_adaptive_inputs(const AdaptiveInputs* in) {
+  return in && (in->scores || in->wq || in->wk || in->blocks || in->gates || in->gates_grad);
+}
+
 SpattnGates AdaptiveSelector::gates(const AdaptiveInputs& in) const {
   SpattnGates out{};
   if (!in.gates) return out;

@@ -30,6 +30,10 @@ struct AdaptiveTarget {
   int64_t copies = 0;
 };
 
+// Whether a call gave any adaptive input (scores, projections, chosen blocks, gates, gate
+// gradients): what plans of static patterns refuse.
+bool has_adaptive_inputs(const AdaptiveInputs* inputs);
+
 class AdaptiveSelector {
  public:
   // The geometry of the plan's problem; tiles as in its layout (adaptive_layout).

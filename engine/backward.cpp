@@ -93,9 +93,7 @@ void BackwardPlan::run(const TensorView& q, const TensorView& k, const TensorVie
                        const TensorView& lse, const TensorView& d_o, const TensorView& dq, const TensorView& dk,
                        const TensorView& dv, float scale, CUstream stream, const AdaptiveInputs* adaptive) {
   SPATTN_REQUIRE(!documents_, "a documents backward plan runs through run_documents (internal)");
-  SPATTN_REQUIRE(adaptive_ || adaptive == nullptr ||
-                     (!adaptive->scores && !adaptive->wq && !adaptive->wk && !adaptive->blocks && !adaptive->gates &&
-                      !adaptive->gates_grad),
+  SPATTN_REQUIRE(adaptive_ || !has_adaptive_inputs(adaptive),
                  "adaptive inputs (scores, projections, chosen blocks, gates) were given for the backward pass of a "
                  "static pattern; they belong to adaptive patterns only");
   const Problem p = backward_problem_from_tensors(q, k, v, o, lse, d_o, dq, dk, dv);

@@ -263,9 +263,7 @@ void ForwardPlan::run(const TensorView& q, const TensorView& k, const TensorView
   SPATTN_REQUIRE(p.nq == problem_.nq && p.nk == problem_.nk && p.heads == problem_.heads &&
                      p.kv_heads == problem_.kv_heads && p.head_dim == problem_.head_dim && p.dtype == problem_.dtype,
                  "tensors ({}) do not match the plan ({})", p.to_string(), problem_.to_string());
-  SPATTN_REQUIRE(adaptive_ || adaptive == nullptr ||
-                     (!adaptive->scores && !adaptive->wq && !adaptive->wk && !adaptive->blocks && !adaptive->gates &&
-                      !adaptive->gates_grad),
+  SPATTN_REQUIRE(adaptive_ || !has_adaptive_inputs(adaptive),
                  "adaptive inputs (scores, projections, chosen blocks, gates) were given for a '{}' pattern; they "
                  "belong to adaptive patterns only",
                  pattern_.kind());
