@@ -204,6 +204,7 @@ RenderedKernel render_forward(const KernelSpec& spec) {
   add_template(out, "spattn/ptx.cuh");
   if (sm90) add_template(out, "spattn/sm90.cuh");
   add_template(out, family.template_name);
+  add_template(out, "spattn/warp.cuh");  // through ptx.cuh
   if (spec.varlen && bounds) {
     add_template(out, "spattn/tables.cuh");
     add_template(out, "spattn/varlen.cuh");
@@ -305,6 +306,7 @@ RenderedKernel render_backward(const KernelSpec& spec) {
     add_template(out, "spattn/backward_sm90.cuh");
   }
   if (!sm90 || spec.deterministic) add_template(out, "spattn/backward.cuh");
+  add_template(out, "spattn/warp.cuh");  // through ptx.cuh
   if (bounds) {
     add_template(out, "spattn/tables.cuh");
     add_template(out, "spattn/varlen.cuh");

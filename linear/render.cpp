@@ -87,6 +87,7 @@ codegen::RenderedKernel render_performer_support(DType dtype) {
   add_template(out, "spattn/linear_params.cuh");
   add_template(out, "spattn/linear_common.cuh");
   add_template(out, "spattn/linear_performer.cuh");
+  add_template(out, "spattn/warp.cuh");
   return out;
 }
 
@@ -120,6 +121,7 @@ codegen::RenderedKernel render_performer_causal(const PerformerConfig& config, i
   add_template(out, "spattn/linear_params.cuh");
   add_template(out, "spattn/linear_common.cuh");
   add_template(out, "spattn/linear_performer.cuh");
+  add_template(out, "spattn/warp.cuh");
   return out;
 }
 

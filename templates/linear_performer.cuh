@@ -12,19 +12,10 @@
 #pragma once
 
 #include "spattn/linear_common.cuh"
+#include "spattn/warp.cuh"
 
 namespace spattn::linear {
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
 
 // Float max through integer atomics (IEEE order: non-negative floats order as ints,
 // negative ones reversed as unsigned). *addr starts at -inf.

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "spattn/params.cuh"
+#include "spattn/warp.cuh"
 
 namespace spattn {
 
@@ -141,12 +142,6 @@ __device__ __forceinline__ float exp2_approx(float x) {
 }
 
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // Adaptive patterns' gates (SpattnGates): log2 of the gate of the block that holds query
 // tile qt and key tile kt of (batch b, query head h); -inf where the gate removes it.

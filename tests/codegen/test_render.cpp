@@ -40,7 +40,7 @@ TEST(Render, SourceNamesItsSpecAndIsDeterministic) {
   EXPECT_NE(a.source.find("local_window"), std::string::npos);
   EXPECT_NE(a.source.find("family sm80, tile 128x64, 4 warps, 1 stage(s), head dim 128, bf16, sm_90a"), std::string::npos);
   EXPECT_NE(a.source.find("kHeadDim = 128"), std::string::npos);
-  ASSERT_EQ(a.template_hashes.size(), 3u);
+  ASSERT_EQ(a.template_hashes.size(), 4u);  // params, ptx, the family's template, warp
   EXPECT_EQ(a.template_hashes[2].second, templates::get("spattn/forward.cuh").sha256);
   // A different tile config is a different program.
   KernelConfig other;
